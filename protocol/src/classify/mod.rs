@@ -1,0 +1,489 @@
+//! Statement classification: what the router needs to know about a SQL string, decided by a
+//! lexer in one pass with no allocation. It fails closed: a statement is [`Class::Read`] only
+//! when every token is accounted for; anything it cannot prove is [`Class::Unknown`] and goes to
+//! the primary. [`Verdict::refused_read_only`] is the separate, deliberately narrow question
+//! "is this known to write (or to turn writes back on)?", used to refuse statements in read-only
+//! sessions before they reach any server.
+
+pub mod functions;
+pub mod lexer;
+#[cfg(test)]
+mod tests;
+
+use lexer::{Lexer, Token};
+
+/// What one statement (or a whole multi-statement string) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Provably reads and changes nothing: may run on a replica.
+    Read,
+    /// Known to change data or schema.
+    Write,
+    /// Transaction control.
+    Tx(TxControl),
+    /// Session state: applied to every backend connection of the session.
+    Session,
+    /// Nothing to run (empty string or only comments).
+    Empty,
+    /// Not proven to be a read: the primary.
+    Unknown,
+    /// More than one statement: the primary.
+    Multi,
+}
+
+/// Transaction-control statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxControl {
+    /// `BEGIN` / `START TRANSACTION`, with its options.
+    Begin(TxOptions),
+    /// `SET TRANSACTION ...` / `SET SESSION CHARACTERISTICS AS TRANSACTION ...`.
+    SetTransaction(TxOptions),
+    /// `COMMIT` / `END` / `ROLLBACK` / `ABORT` (and `... AND CHAIN`).
+    End,
+    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, two-phase commands.
+    Other,
+}
+
+/// Options of a transaction as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TxOptions {
+    /// `READ ONLY` (Some(true)) or `READ WRITE` (Some(false)).
+    pub read_only: Option<bool>,
+    /// `ISOLATION LEVEL SERIALIZABLE`.
+    pub serializable: bool,
+}
+
+/// State a statement leaves behind that ties the session to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// `CREATE TEMP TABLE`.
+    TempTable,
+    /// `LISTEN`.
+    Listen,
+    /// `pg_advisory_lock` and friends, MySQL `GET_LOCK`.
+    AdvisoryLock,
+    /// `LOCK TABLE`.
+    Lock,
+}
+
+/// The classifier's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The class of the statement, or [`Class::Multi`].
+    pub class: Class,
+    /// How many non-empty statements the string holds.
+    pub statements: u32,
+    /// Some statement is known to write, or to make the session writable again
+    /// (`SET default_transaction_read_only = off`, `BEGIN READ WRITE`, ...).
+    pub writes: bool,
+    /// Some statement pins the session to the primary.
+    pub pin: Option<Pin>,
+}
+
+impl Verdict {
+    /// Whether a read-only session must refuse this string with SQLSTATE 25006.
+    pub fn refused_read_only(&self) -> bool {
+        self.writes
+    }
+
+    /// Whether the string may run on a replica in a read-write session.
+    pub fn is_read(&self) -> bool {
+        self.class == Class::Read && self.pin.is_none()
+    }
+}
+
+/// Classifies PostgreSQL SQL text.
+pub fn classify_pg(sql: &str) -> Verdict {
+    classify_with(Lexer::new(sql), &[])
+}
+
+/// Classifies PostgreSQL SQL text, with extra read-only functions from the config (lower-case,
+/// sorted).
+pub fn classify_pg_with(sql: &str, extra_read_only: &[String]) -> Verdict {
+    classify_with(Lexer::new(sql), extra_read_only)
+}
+
+fn classify_with(lexer: Lexer<'_>, extra: &[String]) -> Verdict {
+    let mut verdict = Verdict { class: Class::Empty, statements: 0, writes: false, pin: None };
+    let mut scan = Scan::new(extra);
+    for tok in lexer {
+        if tok == Token::Semicolon {
+            verdict.add(scan.finish());
+            scan = Scan::new(extra);
+        } else {
+            scan.feed(tok);
+        }
+    }
+    verdict.add(scan.finish());
+    verdict
+}
+
+impl Verdict {
+    fn add(&mut self, s: Stmt) {
+        if s.class != Class::Empty {
+            self.statements += 1;
+            self.class = if self.statements > 1 { Class::Multi } else { s.class };
+            self.writes |= s.writes;
+            self.pin = self.pin.or(s.pin);
+        }
+    }
+}
+
+/// What a statement's first keyword says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    None,
+    Query,
+    Show,
+    Explain,
+    Write,
+    Copy,
+    CreateOrAlter,
+    Begin,
+    End,
+    TxOther,
+    Set,
+    SessionOther,
+    Listen,
+    Lock,
+    Unknown,
+}
+
+fn lead_of(word: &str) -> Lead {
+    const KW: &[(&str, Lead)] = &[
+        ("abort", Lead::End),
+        ("alter", Lead::CreateOrAlter),
+        ("analyse", Lead::Write),
+        ("analyze", Lead::Write),
+        ("begin", Lead::Begin),
+        ("call", Lead::Unknown),
+        ("checkpoint", Lead::Unknown),
+        ("cluster", Lead::Write),
+        ("comment", Lead::Write),
+        ("commit", Lead::End),
+        ("copy", Lead::Copy),
+        ("create", Lead::CreateOrAlter),
+        ("deallocate", Lead::SessionOther),
+        ("delete", Lead::Write),
+        ("discard", Lead::SessionOther),
+        ("drop", Lead::Write),
+        ("end", Lead::End),
+        ("explain", Lead::Explain),
+        ("grant", Lead::Write),
+        ("import", Lead::Write),
+        ("insert", Lead::Write),
+        ("listen", Lead::Listen),
+        ("lock", Lead::Lock),
+        ("merge", Lead::Write),
+        ("prepare", Lead::SessionOther),
+        ("reassign", Lead::Write),
+        ("refresh", Lead::Write),
+        ("reindex", Lead::Write),
+        ("release", Lead::TxOther),
+        ("replace", Lead::Write),
+        ("reset", Lead::SessionOther),
+        ("revoke", Lead::Write),
+        ("rollback", Lead::End),
+        ("savepoint", Lead::TxOther),
+        ("security", Lead::Write),
+        ("select", Lead::Query),
+        ("set", Lead::Set),
+        ("show", Lead::Show),
+        ("start", Lead::Begin),
+        ("table", Lead::Query),
+        ("truncate", Lead::Write),
+        ("unlisten", Lead::SessionOther),
+        ("update", Lead::Write),
+        ("vacuum", Lead::Write),
+        ("values", Lead::Query),
+        ("with", Lead::Query),
+    ];
+    KW.binary_search_by(|(k, _)| functions_cmp(k, word)).map_or(Lead::Unknown, |i| KW[i].1)
+}
+
+fn functions_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+}
+
+fn is(word: &str, kw: &str) -> bool {
+    word.eq_ignore_ascii_case(kw)
+}
+
+/// The outcome of one statement.
+struct Stmt {
+    class: Class,
+    writes: bool,
+    pin: Option<Pin>,
+}
+
+/// The per-statement state machine fed one token at a time.
+struct Scan<'a, 'x> {
+    extra: &'x [String],
+    lead: Lead,
+    /// Words seen so far in this statement (saturating), for position-dependent rules.
+    words: u32,
+    prev: Option<Token<'a>>,
+    prev_word: &'a str,
+    prev2_word: &'a str,
+    /// The schema of the word being read, when it came as `schema.word`.
+    qualifier: Option<&'a str>,
+    depth: u32,
+    /// EXPLAIN ANALYZE: the inner statement runs.
+    analyze: bool,
+    /// A token made this statement unreadable or unprovable.
+    unknown: bool,
+    /// A data-modifying word inside a query (CTE with INSERT, ...).
+    dml: bool,
+    /// `SELECT ... INTO`.
+    into: bool,
+    /// `FOR UPDATE` / `FOR SHARE` / `FOR NO KEY UPDATE` / `FOR KEY SHARE`.
+    locking: bool,
+    /// A call to a function not on the read-only list.
+    unsafe_call: bool,
+    /// A string literal mentions a read-only setting (with a call: `set_config(...)`).
+    mentions_read_only: bool,
+    temp: bool,
+    advisory: bool,
+    opts: TxOptions,
+    /// SET: the parameter's name and whether its value is not clearly "on".
+    set_target_read_only: bool,
+    set_value_on: Option<bool>,
+    set_transaction: bool,
+    copy_from: bool,
+}
+
+impl<'a, 'x> Scan<'a, 'x> {
+    fn new(extra: &'x [String]) -> Self {
+        Self {
+            extra,
+            lead: Lead::None,
+            words: 0,
+            prev: None,
+            prev_word: "",
+            prev2_word: "",
+            qualifier: None,
+            depth: 0,
+            analyze: false,
+            unknown: false,
+            dml: false,
+            into: false,
+            locking: false,
+            unsafe_call: false,
+            mentions_read_only: false,
+            temp: false,
+            advisory: false,
+            opts: TxOptions::default(),
+            set_target_read_only: false,
+            set_value_on: None,
+            set_transaction: false,
+            copy_from: false,
+        }
+    }
+
+    fn feed(&mut self, tok: Token<'a>) {
+        match tok {
+            Token::Unterminated | Token::Op if self.lead == Lead::None => self.unknown = true,
+            Token::Unterminated => self.unknown = true,
+            Token::Open => {
+                if let Some(Token::Word(w)) = self.prev {
+                    self.call(w);
+                }
+                self.depth += 1;
+            }
+            Token::Close => self.depth = self.depth.saturating_sub(1),
+            Token::Str(s) => {
+                if contains_ci(s, "read_only") {
+                    self.mentions_read_only = true;
+                }
+                if self.lead == Lead::Set && self.words >= 2 {
+                    self.set_value(s.trim_matches(|c| c == '\'' || c == '"'));
+                }
+            }
+            Token::Number => {
+                if self.lead == Lead::Set && self.words >= 2 {
+                    self.set_value("number");
+                }
+            }
+            Token::Word(w) => {
+                self.qualifier = match self.prev {
+                    Some(Token::Dot) => Some(self.prev_word),
+                    _ => None,
+                };
+                self.word(w);
+            }
+            Token::QuotedIdent(q) => {
+                if contains_ci(q, "read_only") {
+                    self.mentions_read_only = true;
+                    if self.lead == Lead::Set {
+                        self.set_target_read_only = true;
+                    }
+                }
+                self.words = self.words.saturating_add(1);
+            }
+            _ => {}
+        }
+        self.prev = Some(tok);
+    }
+
+    fn word(&mut self, w: &'a str) {
+        self.words = self.words.saturating_add(1);
+        if self.lead == Lead::None {
+            self.lead = lead_of(w);
+        } else {
+            self.keyword(w);
+        }
+        self.prev2_word = self.prev_word;
+        self.prev_word = w;
+    }
+
+    fn keyword(&mut self, w: &'a str) {
+        match self.lead {
+            Lead::Explain => {
+                if is(w, "analyze") || is(w, "analyse") {
+                    self.analyze = true;
+                } else if self.depth == 0 && !is(w, "verbose") && !is(w, "costs") {
+                    // The inner statement starts here; an option word inside `( ... )` does not.
+                    let inner = lead_of(w);
+                    if inner != Lead::Unknown {
+                        self.lead = if inner == Lead::Query { Lead::Query } else { inner };
+                        if !self.analyze && inner != Lead::Query {
+                            // EXPLAIN of a write without ANALYZE does not run it, but it is not
+                            // a read either: the primary, not refused.
+                            self.lead = Lead::Unknown;
+                        }
+                    }
+                }
+            }
+            // `alias.update` is a column, never a keyword.
+            Lead::Query | Lead::Show if self.qualifier.is_some() => {}
+            Lead::Query | Lead::Show => {
+                if is(w, "insert") || is(w, "update") || is(w, "delete") || is(w, "merge") {
+                    if !is(self.prev_word, "for") && !is(self.prev_word, "no") && !is(self.prev_word, "key") {
+                        self.dml = true;
+                    } else {
+                        self.locking = true;
+                    }
+                } else if is(w, "share") && (is(self.prev_word, "for") || is(self.prev_word, "key")) {
+                    self.locking = true;
+                } else if is(w, "into") {
+                    self.into = true;
+                } else if is(w, "lock") && is(self.prev_word, "for") {
+                    self.locking = true;
+                }
+            }
+            Lead::CreateOrAlter => {
+                if is(w, "temp") || is(w, "temporary") {
+                    self.temp = true;
+                }
+            }
+            Lead::Copy => {
+                if is(w, "from") && self.depth == 0 {
+                    self.copy_from = true;
+                }
+            }
+            Lead::Begin => self.tx_option(w),
+            Lead::Set => {
+                if self.words == 2 && (is(w, "transaction") || is(w, "session") || is(w, "local")) {
+                    self.set_transaction |= is(w, "transaction");
+                } else if self.words == 3 && is(w, "characteristics") {
+                    self.set_transaction = true;
+                }
+                if self.set_transaction {
+                    self.tx_option(w);
+                } else if !self.set_target_read_only && self.set_value_on.is_none() && ends_with_ci(w, "read_only") {
+                    self.set_target_read_only = true;
+                } else if self.set_target_read_only && !is(w, "to") {
+                    self.set_value(w);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_value(&mut self, v: &str) {
+        if self.set_value_on.is_none() {
+            self.set_value_on = Some(crate::pg::startup::parse_bool(v) == Some(true));
+        }
+    }
+
+    fn tx_option(&mut self, w: &str) {
+        if is(self.prev_word, "read") {
+            if is(w, "only") {
+                self.opts.read_only = Some(true);
+            } else if is(w, "write") {
+                self.opts.read_only = Some(false);
+            }
+        } else if is(w, "serializable") {
+            self.opts.serializable = true;
+        }
+    }
+
+    fn call(&mut self, name: &str) {
+        let column_list = ["as", "with", "recursive", "tablesample"].iter().any(|kw| is(self.prev2_word, kw));
+        if self.words <= 1 || column_list || functions::is_syntax(name) {
+            return; // syntax, `AS alias(col, ...)`, `WITH name(col, ...)`, `TABLESAMPLE method(n)`
+        }
+        if starts_with_ci(name, "pg_advisory_") || starts_with_ci(name, "pg_try_advisory_") {
+            self.advisory = true;
+        }
+        // A qualified name is known only in pg_catalog.
+        let builtin = self.qualifier.is_none_or(|q| is(q, "pg_catalog"));
+        if !builtin || !functions::is_read_only(name, self.extra) {
+            self.unsafe_call = true;
+        }
+    }
+
+    fn finish(&mut self) -> Stmt {
+        let pin = if self.temp {
+            Some(Pin::TempTable)
+        } else if self.advisory {
+            Some(Pin::AdvisoryLock)
+        } else if self.lead == Lead::Listen {
+            Some(Pin::Listen)
+        } else if self.lead == Lead::Lock {
+            Some(Pin::Lock)
+        } else {
+            None
+        };
+        let enables_writes = self.opts.read_only == Some(false)
+            || (self.set_target_read_only && self.set_value_on != Some(true))
+            || (self.unsafe_call && self.mentions_read_only);
+        let class = match self.lead {
+            Lead::None if self.unknown => Class::Unknown,
+            Lead::None => Class::Empty,
+            _ if self.unknown => Class::Unknown,
+            Lead::Query | Lead::Show => {
+                if self.into || self.dml {
+                    Class::Write
+                } else if self.locking || self.unsafe_call {
+                    Class::Unknown
+                } else {
+                    Class::Read
+                }
+            }
+            Lead::Write => Class::Write,
+            Lead::CreateOrAlter => Class::Write,
+            Lead::Copy if self.copy_from => Class::Write,
+            Lead::Begin => Class::Tx(TxControl::Begin(self.opts)),
+            Lead::End => Class::Tx(TxControl::End),
+            Lead::TxOther => Class::Tx(TxControl::Other),
+            Lead::Set if self.set_transaction => Class::Tx(TxControl::SetTransaction(self.opts)),
+            Lead::Set | Lead::SessionOther | Lead::Listen => Class::Session,
+            Lead::Explain | Lead::Copy | Lead::Lock | Lead::Unknown => Class::Unknown,
+        };
+        let writes = class == Class::Write || enables_writes;
+        Stmt { class, writes, pin }
+    }
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+fn starts_with_ci(hay: &str, prefix: &str) -> bool {
+    hay.len() >= prefix.len() && hay.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ci(hay: &str, suffix: &str) -> bool {
+    hay.len() >= suffix.len() && hay.as_bytes()[hay.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}

@@ -1,0 +1,285 @@
+//! The classifier's table: every pitfall named in PRODUCT.md section 4, and the lexer traps
+//! (comments, quotes, dollar quotes) that fool naive splitters.
+
+use super::*;
+
+/// Expected routing: R = provably a read (replica), P = primary but not refused in a read-only
+/// session, W = known write (refused in a read-only session), T = transaction control,
+/// S = session state, M = several statements.
+fn check(sql: &str, want: char) {
+    let v = classify_pg(sql);
+    let got = match v.class {
+        Class::Read if v.pin.is_none() && !v.writes => 'R',
+        Class::Multi => 'M',
+        _ if v.writes => 'W',
+        Class::Tx(_) => 'T',
+        Class::Session => 'S',
+        Class::Empty => 'E',
+        _ => 'P',
+    };
+    assert_eq!(got, want, "{sql:?} classified as {v:?}");
+}
+
+#[test]
+fn reads() {
+    for sql in [
+        "select 1",
+        "SELECT * FROM users WHERE id = $1",
+        "  select count(*) from t",
+        "(select 1) union (select 2)",
+        "with x as (select 1) select * from x",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r WHERE n < 5) SELECT * FROM r",
+        "values (1), (2)",
+        "table users",
+        "show search_path",
+        "SHOW ALL",
+        "explain select * from t",
+        "EXPLAIN (ANALYZE, BUFFERS) SELECT 1",
+        "explain analyze select * from t",
+        "select now(), current_timestamp, pg_catalog.now()",
+        "select * from t where name = 'insert into x'",
+        "select * from t where name = $$ delete from t $$",
+        "select /* update t set x = 1 */ 1",
+        "select 1 -- ; drop table t",
+        "select 'a;b'",
+        "select E'it\\'s; delete'",
+        "select \"update\" from t",
+        "select coalesce(a, b), nullif(a, b) from t",
+        "select * from t where exists (select 1 from u)",
+        "select * from t where id in (1, 2, 3)",
+        "select x::varchar(10) from t",
+        "select cast(x as numeric(10,2)) from t",
+        "select row_number() over (partition by a order by b) from t",
+        "select count(*) filter (where a > 1) from t",
+        "select * from generate_series(1, 10) as g(n)",
+        "select * from t as a(x, y)",
+        "select pg_is_in_recovery()",
+        "select string_agg(name, ',') from t group by k",
+        "select jsonb_build_object('a', 1)",
+        "select * from t limit 10 offset 5",
+        "select * from t order by a desc nulls last",
+        "select lower(upper(name)) from t",
+        "select 1;",
+        ";select 1;;",
+        "select * from t for_update_col",
+        "select pg_sleep(0.1)",
+        "select a.update from t a",
+        "select date_trunc('day', now())",
+        "select * from t1 join t2 on (t1.id = t2.id)",
+        "select * from t where a = any(array[1,2])",
+        "select current_setting('transaction_isolation')",
+        "select version()",
+        "SELECT U&'\\0041'",
+        "select $1::int",
+        "select 1 from t tablesample system (10)",
+    ] {
+        check(sql, 'R');
+    }
+}
+
+#[test]
+fn primary_not_refused() {
+    for sql in [
+        "select nextval('s')",
+        "select currval('s')",
+        "select lastval()",
+        "SELECT txid_current()",
+        "select pg_notify('c', 'x')",
+        "select my_function(1)",
+        "select public.lower('x')",
+        "select myschema.f()",
+        "select * from t for update",
+        "select * from t for share",
+        "select * from t for no key update",
+        "select * from t for key share",
+        "select * from t FOR UPDATE SKIP LOCKED",
+        "select * from t where id = 1 for update of t nowait",
+        "select pg_advisory_lock(1)",
+        "select pg_try_advisory_lock(1)",
+        "select pg_advisory_unlock(1)",
+        "select pg_advisory_xact_lock(1)",
+        "select pg_current_wal_lsn()",
+        "call proc()",
+        "do $$ begin perform 1; end $$",
+        "notify c, 'x'",
+        "lock table t in access exclusive mode",
+        "explain insert into t values (1)",
+        "explain update t set a = 1",
+        "copy t to stdout",
+        "copy (select 1) to stdout",
+        "checkpoint",
+        "fetch 10 from c",
+        "declare c cursor for select 1",
+        "select 'unterminated",
+        "select /* unterminated",
+        "select $a$ unterminated",
+        "frobnicate the database",
+        "@@@",
+        "select dblink_exec('x')",
+        "select set_config('search_path', 'x', false)",
+        "select * from t where f(a) > 1",
+        "select * from t where a = 1 for update",
+        "listen channel",
+    ] {
+        check(sql, if sql.starts_with("listen") { 'S' } else { 'P' });
+    }
+}
+
+#[test]
+fn writes() {
+    for sql in [
+        "insert into t values (1)",
+        "INSERT INTO t SELECT * FROM u",
+        "update t set a = 1",
+        "delete from t",
+        "merge into t using u on t.id = u.id when matched then delete",
+        "create table t (a int)",
+        "create temp table t (a int)",
+        "CREATE TEMPORARY TABLE t AS SELECT 1",
+        "create index on t (a)",
+        "drop table t",
+        "alter table t add column b int",
+        "truncate t",
+        "grant select on t to u",
+        "revoke select on t from u",
+        "comment on table t is 'x'",
+        "vacuum t",
+        "analyze t",
+        "cluster t",
+        "reindex table t",
+        "refresh materialized view v",
+        "copy t from stdin",
+        "copy t (a, b) from '/tmp/x'",
+        "select * into newtable from t",
+        "select a into temp t2 from t",
+        "with d as (delete from t returning *) select * from d",
+        "with u as (update t set a = 1 returning *) select * from u",
+        "with i as (insert into t values (1) returning id) select id from i",
+        "explain analyze insert into t values (1)",
+        "explain (analyze) delete from t",
+        "EXPLAIN ANALYZE UPDATE t SET a = 1",
+        "/* c */ insert into t values (1)",
+        "-- comment\ninsert into t values (1)",
+        "  \n\tINSERT into t values (1)",
+        "create function f() returns int as $$ select 1 $$ language sql",
+        "security label on table t is 'x'",
+        "reassign owned by a to b",
+        "import foreign schema s from server x into y",
+        "set default_transaction_read_only = off",
+        "SET default_transaction_read_only TO false",
+        "set session default_transaction_read_only = 'off'",
+        "set transaction_read_only = 0",
+        "set \"default_transaction_read_only\" = off",
+        "set default_transaction_read_only to default",
+        "set session characteristics as transaction read write",
+        "set transaction read write",
+        "begin read write",
+        "begin isolation level serializable read write",
+        "start transaction read write",
+        "select set_config('default_transaction_read_only', 'off', false)",
+        "select set_config('transaction_read_only', 'off', true)",
+    ] {
+        check(sql, 'W');
+    }
+}
+
+#[test]
+fn transaction_control_and_session_state() {
+    for (sql, want) in [
+        ("begin", 'T'),
+        ("BEGIN READ ONLY", 'T'),
+        ("start transaction read only", 'T'),
+        ("start transaction isolation level serializable", 'T'),
+        ("commit", 'T'),
+        ("end", 'T'),
+        ("rollback", 'T'),
+        ("abort", 'T'),
+        ("savepoint a", 'T'),
+        ("release savepoint a", 'T'),
+        ("rollback to savepoint a", 'T'),
+        ("set transaction read only", 'T'),
+        ("set transaction isolation level serializable", 'T'),
+        ("set session characteristics as transaction read only", 'T'),
+        ("set search_path = a, b", 'S'),
+        ("SET statement_timeout TO 1000", 'S'),
+        ("set local work_mem = '64MB'", 'S'),
+        ("set default_transaction_read_only = on", 'S'),
+        ("set time zone 'UTC'", 'S'),
+        ("reset all", 'S'),
+        ("reset search_path", 'S'),
+        ("discard all", 'S'),
+        ("prepare p as select 1", 'S'),
+        ("deallocate p", 'S'),
+        ("deallocate all", 'S'),
+        ("unlisten *", 'S'),
+        ("", 'E'),
+        ("  -- only a comment", 'E'),
+        (";;", 'E'),
+    ] {
+        check(sql, want);
+    }
+}
+
+#[test]
+fn multi_statement_strings() {
+    check("select 1; select 2", 'M');
+    check("begin; select 1; commit", 'M');
+    let v = classify_pg("select 1; insert into t values (1)");
+    assert_eq!(v.class, Class::Multi);
+    assert!(v.writes, "a write anywhere in the string is refused in read-only sessions");
+    assert_eq!(v.statements, 2);
+    check("select ';'; ", 'R');
+    check("select $$;$$", 'R');
+}
+
+#[test]
+fn transaction_options_are_read() {
+    let opts = |sql| match classify_pg(sql).class {
+        Class::Tx(TxControl::Begin(o) | TxControl::SetTransaction(o)) => o,
+        c => panic!("{sql}: {c:?}"),
+    };
+    assert_eq!(opts("begin read only").read_only, Some(true));
+    assert_eq!(opts("begin transaction isolation level serializable, read only").read_only, Some(true));
+    assert!(opts("begin isolation level serializable").serializable);
+    assert_eq!(opts("begin").read_only, None);
+    assert!(opts("set transaction isolation level serializable").serializable);
+}
+
+#[test]
+fn pins() {
+    let pin = |sql| classify_pg(sql).pin;
+    assert_eq!(pin("create temp table t (a int)"), Some(Pin::TempTable));
+    assert_eq!(pin("CREATE TEMPORARY TABLE t (a int)"), Some(Pin::TempTable));
+    assert_eq!(pin("select pg_advisory_lock(1)"), Some(Pin::AdvisoryLock));
+    assert_eq!(pin("listen c"), Some(Pin::Listen));
+    assert_eq!(pin("lock table t"), Some(Pin::Lock));
+    assert_eq!(pin("create table t (a int)"), None);
+}
+
+#[test]
+fn config_extends_the_read_only_list() {
+    let extra = vec!["my_pure_fn".to_owned()];
+    assert!(classify_pg_with("select my_pure_fn(1)", &extra).is_read());
+    assert!(!classify_pg("select my_pure_fn(1)").is_read());
+}
+
+/// Junk never panics and never reads as a provable read unless it lexes cleanly.
+#[test]
+fn junk_never_panics() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let alphabet: &[u8] = b"sElEcT iNsErT ;'\"$$()/*-\n\\eE.,:?@#`0123456789\xc3\xa9";
+    for _ in 0..20_000 {
+        let mut s = Vec::new();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 40) as usize;
+        for i in 0..len {
+            let r = seed.rotate_left(u32::try_from(i).unwrap_or(0)) as usize;
+            s.push(alphabet[r % alphabet.len()]);
+        }
+        let text = String::from_utf8_lossy(&s);
+        let _ = classify_pg(&text);
+        let _ = lexer::Lexer::mysql(&text).count();
+    }
+}

@@ -1,0 +1,19 @@
+//! Wire codecs and SQL classification for sqlswitch. No I/O, no tokio: every function here takes
+//! bytes and returns values, so it is unit-tested without sockets and fuzzed without a runtime.
+//!
+//! - [`pg`]: the PostgreSQL v3 wire protocol as the proxy needs it. [`pg::frame`] splits a byte
+//!   stream into messages (type byte + length) without decoding their bodies; [`pg::startup`]
+//!   parses the untyped startup packets (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest);
+//!   [`pg::frontend`] reads the few client messages the proxy looks into (`Q`, `P`, `p`, `C`);
+//!   [`pg::backend`] encodes the control-path messages the proxy itself sends (authentication,
+//!   ParameterStatus, BackendKeyData, ReadyForQuery, ErrorResponse).
+//! - [`classify`]: a hand-written SQL lexer that decides whether a statement is provably a read,
+//!   failing closed.
+//! - [`error`]: the protocol error type.
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod error;
+pub mod pg;
+
+pub use error::ProtocolError;
