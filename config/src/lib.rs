@@ -1,1 +1,410 @@
+//! The sqlswitch config: a TOML file (PRODUCT.md section 2) read into typed structs that refuse
+//! unknown keys, then validated as a whole so that `sqlswitch check` reports every problem at
+//! once, each naming the file, the key and why. Nothing here opens a socket: the daemon loads
+//! and validates before it binds anything.
+#![forbid(unsafe_code)]
 
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Admin socket and metrics endpoint.
+    #[serde(default)]
+    pub admin: Admin,
+    /// How long SIGTERM waits for sessions to finish before closing them.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The clusters, each with its own listeners and backends.
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<Cluster>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Unix socket for `sqlswitch ctl`, created mode 0600.
+    #[serde(default = "defaults::socket")]
+    pub socket: PathBuf,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { socket: defaults::socket(), metrics: None }
+    }
+}
+
+/// Wire protocol of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// PostgreSQL v3.
+    Postgres,
+    /// MySQL / MariaDB.
+    Mysql,
+}
+
+/// `[[cluster]]`: one primary and its replicas behind one or two listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Name used in admin commands and metrics.
+    pub name: String,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Read-write listener.
+    pub listen: SocketAddr,
+    /// Optional listener whose every session is read-only.
+    #[serde(default)]
+    pub read_only_listen: Option<SocketAddr>,
+    /// Users whose sessions are read-only.
+    #[serde(default)]
+    pub read_only_users: Vec<String>,
+    /// Replicas further behind get no reads.
+    #[serde(default = "defaults::max_replica_lag", with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    /// A session never reads older data than it wrote.
+    #[serde(default = "defaults::yes")]
+    pub read_your_writes: bool,
+    /// Credentials for health and lag checks, promotion and fencing.
+    #[serde(default)]
+    pub monitor: Option<Credentials>,
+    /// Functions, beyond the built-in list, that read and change nothing.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// Client connections accepted at once on this cluster's listeners.
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_client_connections: usize,
+    /// Largest client message the proxy buffers, in bytes.
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: usize,
+    /// Idle backend connections kept per backend, user and database.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Time allowed to connect and log in to a backend.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time a client has to finish startup and authentication.
+    #[serde(default = "defaults::auth_timeout", with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Users clients log in as; the proxy logs in to the backends as the same user.
+    #[serde(default, rename = "user")]
+    pub users: Vec<User>,
+    /// The primary and the replicas.
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Backend>,
+}
+
+impl Cluster {
+    /// The configured user called `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Index of the primary backend (validation guarantees exactly one).
+    pub fn primary_index(&self) -> usize {
+        self.backends.iter().position(|b| b.role == Role::Primary).unwrap_or(0)
+    }
+}
+
+/// A user name and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: Secret,
+}
+
+/// `[[cluster.user]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password, inline.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Name of an environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl User {
+    /// The password, after [`Config::load`] resolved `password_env`.
+    pub fn secret(&self) -> &str {
+        self.password.as_ref().map_or("", |s| s.expose())
+    }
+}
+
+/// A password: never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The password itself, for authentication only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Role of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Serves reads.
+    Replica,
+}
+
+/// `[[cluster.backend]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Name used in admin commands and metrics.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Primary or replica.
+    pub role: Role,
+    /// Share of reads among replicas.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn socket() -> PathBuf {
+        PathBuf::from("/tmp/sqlswitch.sock")
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_replica_lag() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_client_connections() -> usize {
+        10_000
+    }
+    pub fn max_message_size() -> usize {
+        256 << 20
+    }
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn auth_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+}
+
+/// One thing wrong with a config: which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, as a path (`cluster[0].backend[1].role`), or empty for the file as a whole.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.file.display(), p.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, resolving `password_env`.
+    ///
+    /// # Errors
+    /// Every problem found, each naming the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let fail = |message: String| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem { key: String::new(), message }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        Self::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment variables.
+    ///
+    /// # Errors
+    /// Every problem found, each naming the key.
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem { key: String::new(), message: format!("{}{}", e.message(), location(text, &e)) }],
+        })?;
+        let problems = config.validate(env);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { file: path.to_owned(), problems })
+        }
+    }
+
+    /// Checks the config as a whole and resolves `password_env`; returns every problem.
+    pub fn validate(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+        if self.clusters.is_empty() {
+            problem("cluster".into(), "at least one [[cluster]] is required".into());
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            problem("admin.socket".into(), "must not be empty".into());
+        }
+        let mut names = HashSet::new();
+        let mut listeners = HashSet::new();
+        for (ci, c) in self.clusters.iter_mut().enumerate() {
+            let at = format!("cluster[{ci}]");
+            if c.name.is_empty() {
+                problem(format!("{at}.name"), "must not be empty".into());
+            } else if !names.insert(c.name.clone()) {
+                problem(format!("{at}.name"), format!("cluster name {:?} is used twice", c.name));
+            }
+            if c.protocol == Protocol::Mysql {
+                problem(format!("{at}.protocol"), "\"mysql\" is not supported yet; only \"postgres\" is".into());
+            }
+            for (key, addr) in [("listen", Some(c.listen)), ("read_only_listen", c.read_only_listen)] {
+                if let Some(addr) = addr {
+                    if addr.port() != 0 && !listeners.insert(addr) {
+                        problem(format!("{at}.{key}"), format!("address {addr} is already used by another listener"));
+                    }
+                }
+            }
+            if c.max_replica_lag.is_zero() {
+                problem(format!("{at}.max_replica_lag"), "must be greater than zero".into());
+            }
+            for (key, value) in [
+                ("max_client_connections", c.max_client_connections),
+                ("max_message_size", c.max_message_size),
+                ("pool_max_idle", c.pool_max_idle.max(1)),
+            ] {
+                if value == 0 {
+                    problem(format!("{at}.{key}"), "must be greater than zero".into());
+                }
+            }
+            if c.max_message_size < 1024 {
+                problem(format!("{at}.max_message_size"), "must be at least 1024 bytes".into());
+            }
+            if c.users.is_empty() {
+                problem(format!("{at}.user"), "at least one [[cluster.user]] is required".into());
+            }
+            let mut users = HashSet::new();
+            for (ui, u) in c.users.iter_mut().enumerate() {
+                let key = format!("{at}.user[{ui}]");
+                if u.name.is_empty() {
+                    problem(format!("{key}.name"), "must not be empty".into());
+                } else if !users.insert(u.name.clone()) {
+                    problem(format!("{key}.name"), format!("user {:?} is configured twice", u.name));
+                }
+                match (&u.password, &u.password_env) {
+                    (Some(_), Some(_)) => problem(key, "set password or password_env, not both".into()),
+                    (None, None) => problem(key, "password or password_env is required".into()),
+                    (None, Some(var)) => match env(var) {
+                        Some(value) => u.password = Some(Secret::new(value)),
+                        None => problem(format!("{key}.password_env"), format!("environment variable {var} is not set")),
+                    },
+                    (Some(_), None) => {}
+                }
+            }
+            for (ri, name) in c.read_only_users.iter().enumerate() {
+                if !users.contains(name) {
+                    problem(format!("{at}.read_only_users[{ri}]"), format!("{name:?} is not a configured [[cluster.user]]"));
+                }
+            }
+            for f in &mut c.read_only_functions {
+                f.make_ascii_lowercase();
+            }
+            c.read_only_functions.sort();
+            if c.backends.is_empty() {
+                problem(format!("{at}.backend"), "at least one [[cluster.backend]] is required".into());
+            }
+            let primaries = c.backends.iter().filter(|b| b.role == Role::Primary).count();
+            if !c.backends.is_empty() && primaries != 1 {
+                problem(format!("{at}.backend"), format!("exactly one backend must have role = \"primary\" (found {primaries})"));
+            }
+            let mut backends = HashSet::new();
+            for (bi, b) in c.backends.iter().enumerate() {
+                let key = format!("{at}.backend[{bi}]");
+                if b.name.is_empty() {
+                    problem(format!("{key}.name"), "must not be empty".into());
+                } else if !backends.insert(b.name.clone()) {
+                    problem(format!("{key}.name"), format!("backend {:?} is configured twice", b.name));
+                }
+                let port_ok = b.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok {
+                    problem(format!("{key}.address"), format!("{:?} is not host:port", b.address));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// " at line L, column C" for a TOML error, when it has a position.
+fn location(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return String::new() };
+    let before = text.get(..span.start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(" (line {line}, column {col})")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+use super::*;
+
+const GOOD: &str = r#"
+[admin]
+socket = "/tmp/s.sock"
+metrics = "127.0.0.1:9930"
+
+[[cluster]]
+name = "app"
+protocol = "postgres"
+listen = "127.0.0.1:6432"
+read_only_listen = "127.0.0.1:6433"
+read_only_users = ["anon"]
+max_replica_lag = "1s"
+monitor = { user = "monitor", password = "monitor" }
+
+[[cluster.user]]
+name = "app"
+password = "app"
+
+[[cluster.user]]
+name = "anon"
+password_env = "ANON_PW"
+
+[[cluster.backend]]
+name = "pg1"
+address = "127.0.0.1:15432"
+role = "primary"
+
+[[cluster.backend]]
+name = "pg2"
+address = "localhost:15433"
+role = "replica"
+weight = 2
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("t.toml"), |v| (v == "ANON_PW").then(|| "secret".to_owned()))
+}
+
+#[test]
+fn the_product_example_loads() {
+    let c = parse(GOOD).unwrap();
+    let cl = &c.clusters[0];
+    assert_eq!(cl.max_replica_lag, Duration::from_secs(1));
+    assert_eq!(cl.user("anon").unwrap().secret(), "secret");
+    assert_eq!(cl.backends[1].weight, 2);
+    assert_eq!(cl.primary_index(), 0);
+    assert!(cl.read_your_writes);
+    assert!(!format!("{cl:?}").contains("secret"), "passwords never reach Debug output");
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key_and_line() {
+    let err = parse(&GOOD.replace("weight = 2", "wieght = 2")).unwrap_err().to_string();
+    assert!(err.starts_with("t.toml: "), "{err}");
+    assert!(err.contains("wieght"), "{err}");
+    assert!(err.contains("line 32"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let bad = GOOD
+        .replace("role = \"replica\"", "role = \"primary\"")
+        .replace("read_only_users = [\"anon\"]", "read_only_users = [\"nobody\"]")
+        .replace("password_env = \"ANON_PW\"", "password_env = \"MISSING\"")
+        .replace("address = \"localhost:15433\"", "address = \"localhost\"");
+    let err = parse(&bad).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "cluster[0].user[1].password_env",
+            "cluster[0].read_only_users[0]",
+            "cluster[0].backend",
+            "cluster[0].backend[1].address"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn mysql_is_refused_until_supported() {
+    let err = parse(&GOOD.replace("protocol = \"postgres\"", "protocol = \"mysql\"")).unwrap_err().to_string();
+    assert!(err.contains("cluster[0].protocol: \"mysql\" is not supported yet"), "{err}");
+}
+
+#[test]
+fn bad_durations_and_addresses_are_errors() {
+    assert!(parse(&GOOD.replace("\"1s\"", "\"soon\"")).is_err());
+    assert!(parse(&GOOD.replace("127.0.0.1:6432", "nowhere")).is_err());
+    let dup = GOOD.replace("127.0.0.1:6433", "127.0.0.1:6432");
+    assert!(parse(&dup).unwrap_err().to_string().contains("cluster[0].read_only_listen"));
+}
