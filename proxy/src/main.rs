@@ -1,1 +1,128 @@
-fn main(){}
+//! The `sqlswitch` command: `run`, `check` and `ctl`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sqlswitch::Daemon;
+use sqlswitch_config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// A read/write-splitting SQL proxy: applications connect to sqlswitch instead of their
+/// database; reads go to healthy replicas, writes and transactions to the primary, and the
+/// primary can be switched with no client errors.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground. SIGTERM stops gracefully (sessions finish their
+    /// transaction, up to `shutdown_grace`), SIGINT stops at once, SIGHUP reloads the config.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or exit 1 listing every problem with its key.
+    Check {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send an admin command to a running daemon over its Unix socket.
+    Ctl {
+        /// The admin socket (`[admin] socket` in the config).
+        #[arg(long, default_value = "/tmp/sqlswitch.sock")]
+        socket: PathBuf,
+        /// Print the daemon's JSON answer as it is, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments, for example `status`.
+        #[arg(required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                let listeners: usize = c.clusters.iter().map(|c| 1 + usize::from(c.read_only_listen.is_some())).sum();
+                println!("{}: ok ({} cluster(s), {listeners} listener(s))", config.display(), c.clusters.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => run(config),
+        Command::Ctl { socket, json: _, command } => {
+            eprintln!(
+                "sqlswitch ctl {}: the admin socket {} is not served by this version yet",
+                command.join(" "),
+                socket.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sqlswitch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let grace = config.shutdown_grace;
+    let daemon = Daemon::start(config).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                info!(grace = ?grace, "SIGTERM: no new connections; sessions end at their next transaction boundary");
+                if !daemon.shutdown(grace).await {
+                    warn!("shutdown grace period over; closing the remaining sessions");
+                }
+                return Ok(());
+            }
+            _ = int.recv() => {
+                info!("SIGINT: stopping now");
+                return Ok(());
+            }
+            _ = hup.recv() => warn!("SIGHUP: config reload is not supported by this version yet; the running config stays"),
+        }
+    }
+}

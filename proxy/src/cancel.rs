@@ -1,0 +1,106 @@
+//! Query cancellation. Each session gets its own process id and secret from the proxy; a
+//! CancelRequest naming them is forwarded, with the backend's own key, to the backend that runs
+//! the session's query. The registry is shared by every listener of the daemon, because a client
+//! may send its cancel on any connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a session's query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// The backend's address.
+    pub addr: SocketAddr,
+    /// The backend's process id.
+    pub pid: i32,
+    /// The backend's secret key.
+    pub secret: i32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    secret: i32,
+    target: Option<CancelTarget>,
+}
+
+/// All sessions' cancel keys.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<i32, Entry>>,
+}
+
+impl Registry {
+    /// Hands out a fresh key; the returned guard removes it when the session ends.
+    pub fn register(self: &Arc<Self>) -> CancelKey {
+        let mut map = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let pid = rand::random::<i32>() & i32::MAX;
+            if pid != 0 && !map.contains_key(&pid) {
+                let secret = rand::random::<i32>();
+                map.insert(pid, Entry { secret, target: None });
+                return CancelKey { registry: Arc::clone(self), pid, secret };
+            }
+        }
+    }
+
+    fn target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        let map = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&pid).filter(|e| e.secret == secret).and_then(|e| e.target)
+    }
+
+    /// Forwards a client's CancelRequest. Unknown keys are ignored silently, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        if let Some(target) = self.target(pid, secret) {
+            send_cancel(target).await;
+        }
+    }
+}
+
+/// Sends a CancelRequest for `target` to its backend.
+pub async fn send_cancel(target: CancelTarget) {
+    let mut buf = BytesMut::with_capacity(16);
+    buf.put_i32(16);
+    buf.put_i32(sqlswitch_protocol::pg::startup::CANCEL_REQUEST_CODE);
+    buf.put_i32(target.pid);
+    buf.put_i32(target.secret);
+    match TcpStream::connect(target.addr).await {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(&buf).await {
+                tracing::warn!(backend = %target.addr, error = %e, "could not send cancel request");
+            }
+        }
+        Err(e) => tracing::warn!(backend = %target.addr, error = %e, "could not connect to send cancel request"),
+    }
+}
+
+/// A session's key; removed from the registry on drop.
+#[derive(Debug)]
+pub struct CancelKey {
+    registry: Arc<Registry>,
+    /// Process id given to the client.
+    pub pid: i32,
+    /// Secret given to the client.
+    pub secret: i32,
+}
+
+impl CancelKey {
+    /// Points the key at the backend now running the session's queries.
+    pub fn set_target(&self, target: Option<CancelTarget>) {
+        let mut map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(e) = map.get_mut(&self.pid) {
+            e.target = target;
+        }
+    }
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        let mut map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(&self.pid);
+    }
+}

@@ -1,0 +1,168 @@
+//! A cluster as the daemon runs it: its config, its backends with their pools and metrics, and
+//! each user's SCRAM verifier, computed once at start so a login costs no key derivation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlswitch_config::{Cluster as ClusterConfig, Role};
+
+use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
+use crate::pg::backend::BackendConn;
+use crate::pool::Pool;
+
+/// What a pooled PostgreSQL connection was opened with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Login user.
+    pub user: String,
+    /// Startup parameters, database included, in the order sent.
+    pub params: Vec<(String, String)>,
+}
+
+/// One backend at run time.
+pub struct Backend {
+    /// Name from the config.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Primary or replica.
+    pub role: Role,
+    /// Share of reads.
+    pub weight: u32,
+    /// Idle connections.
+    pub pool: Pool<PoolKey, BackendConn>,
+    /// Metrics handles.
+    pub metrics: BackendMetrics,
+}
+
+/// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
+pub struct Verifier {
+    /// Salt sent to clients.
+    pub salt: Vec<u8>,
+    /// PBKDF2 iterations.
+    pub iterations: usize,
+    /// `H(ClientKey)`.
+    pub stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: Vec<u8>,
+}
+
+impl Verifier {
+    /// Derives the verifier of `password` with a fresh random salt.
+    pub fn new(password: &str) -> Self {
+        use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramSecret};
+        const ITERATIONS: usize = 4096;
+        let salt: [u8; 16] = rand::random();
+        let salted = gen_salted_password(password, &salt, ITERATIONS);
+        match ScramSecret::verifier_from_salted_password(salt.to_vec(), salted, ITERATIONS) {
+            ScramSecret::Verifier { salt, iterations, stored_key, server_key } => {
+                Self { salt, iterations, stored_key, server_key }
+            }
+            ScramSecret::SaltedPassword { salt, .. } => {
+                Self { salt, iterations: ITERATIONS, stored_key: Vec::new(), server_key: Vec::new() }
+            }
+        }
+    }
+
+    /// The verifier as pgwire's SCRAM state machine takes it.
+    pub fn secret(&self) -> pgwire::api::auth::sasl::scram::ScramSecret {
+        pgwire::api::auth::sasl::scram::ScramSecret::Verifier {
+            salt: self.salt.clone(),
+            iterations: self.iterations,
+            stored_key: self.stored_key.clone(),
+            server_key: self.server_key.clone(),
+        }
+    }
+}
+
+/// A configured user at run time.
+pub struct User {
+    /// Password, for logging in to backends.
+    pub password: String,
+    /// Verifier, for checking clients.
+    pub verifier: Verifier,
+    /// Whether this user's sessions are read-only.
+    pub read_only: bool,
+}
+
+/// A cluster at run time.
+pub struct Cluster {
+    /// Its config.
+    pub config: ClusterConfig,
+    /// Backends, in config order.
+    pub backends: Vec<Backend>,
+    /// Users by name.
+    pub users: HashMap<String, User>,
+    /// A verifier that matches no password, used for unknown users so that a login attempt
+    /// does not reveal which user names exist.
+    pub decoy: Verifier,
+    /// Metrics handles.
+    pub metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Builds the run-time cluster from validated config.
+    pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| {
+                let role = match b.role {
+                    Role::Primary => "primary",
+                    Role::Replica => "replica",
+                };
+                let metrics = registry.backend(&config.name, &b.name, role);
+                Backend {
+                    name: b.name.clone(),
+                    address: b.address.clone(),
+                    role: b.role,
+                    weight: b.weight,
+                    pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
+                    metrics,
+                }
+            })
+            .collect();
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let user = User {
+                    password: u.secret().to_owned(),
+                    verifier: Verifier::new(u.secret()),
+                    read_only: config.read_only_users.contains(&u.name),
+                };
+                (u.name.clone(), user)
+            })
+            .collect();
+        let decoy_password: [u8; 16] = rand::random();
+        Arc::new(Self {
+            metrics: registry.cluster(&config.name),
+            decoy: Verifier::new(&format!("{decoy_password:?}")),
+            backends,
+            users,
+            config,
+        })
+    }
+
+    /// Backends to try for a session, best first: the primary for read-write sessions;
+    /// replicas in weighted random order, then the primary, for read-only ones.
+    pub fn candidates(&self, read_only: bool) -> Vec<usize> {
+        let primary = self.config.primary_index();
+        if !read_only {
+            return vec![primary];
+        }
+        let mut replicas: Vec<(f64, usize)> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.role == Role::Replica && b.weight > 0)
+            .map(|(i, b)| {
+                // Weighted shuffle (Efraimidis-Spirakis): sort by u^(1/w), largest first.
+                let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+                (u.powf(1.0 / f64::from(b.weight)), i)
+            })
+            .collect();
+        replicas.sort_by(|a, b| b.0.total_cmp(&a.0));
+        replicas.into_iter().map(|(_, i)| i).chain(std::iter::once(primary)).collect()
+    }
+}

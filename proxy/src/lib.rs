@@ -1,0 +1,20 @@
+//! sqlswitch, the daemon: a read/write-splitting proxy in front of a primary and its replicas.
+//!
+//! - [`server`]: listeners, accept loops, graceful shutdown; [`Daemon`] is the running whole.
+//! - [`cluster`]: a cluster at run time (backends, pools, users' SCRAM verifiers) and the choice
+//!   of backend for a session.
+//! - [`pg`]: PostgreSQL clients: startup and authentication ([`pg::client`]), backend
+//!   connections ([`pg::backend`]) and the byte-forwarding session ([`pg::session`]).
+//! - [`pool`]: idle backend connections keyed by login.
+//! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
+//! - [`metrics`]: Prometheus handles, registered once.
+#![forbid(unsafe_code)]
+
+pub mod cancel;
+pub mod cluster;
+pub mod metrics;
+pub mod pg;
+pub mod pool;
+pub mod server;
+
+pub use server::Daemon;

@@ -1,0 +1,264 @@
+//! A connection to a PostgreSQL backend: connect, log in as the session's user (SCRAM-SHA-256,
+//! md5, cleartext or trust), collect ParameterStatus and BackendKeyData, and reset it for reuse.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
+use sqlswitch_protocol::pg::frame::{self, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cancel::CancelTarget;
+use crate::metrics::BackendMetrics;
+
+/// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
+pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+/// Why a backend connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect or I/O failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Connect and login took longer than `connect_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// The backend refused the session; the ErrorResponse is relayed to the client as it is.
+    #[error("backend refused the session: {message}")]
+    Refused {
+        /// The backend's ErrorResponse, whole.
+        error: Bytes,
+        /// Its message, for logs.
+        message: String,
+    },
+    /// The backend asked for something the proxy does not do, or broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Parameters and credentials for a login.
+pub struct Login<'a> {
+    /// User name.
+    pub user: &'a str,
+    /// Password.
+    pub password: &'a str,
+    /// Startup parameters (database, GUCs), user excluded.
+    pub params: &'a [(String, String)],
+}
+
+/// An open, logged-in backend connection.
+pub struct BackendConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the backend and not yet forwarded.
+    pub buf: BytesMut,
+    /// ParameterStatus values as last reported.
+    pub params: Vec<(String, String)>,
+    /// Key to cancel this connection's queries.
+    pub cancel: CancelTarget,
+    /// Transaction status from the last ReadyForQuery.
+    pub tx: TxStatus,
+    metrics: BackendMetrics,
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        self.metrics.open.decrement(1.0);
+    }
+}
+
+impl BackendConn {
+    /// Connects to `addr` and logs in, within `timeout`.
+    ///
+    /// # Errors
+    /// See [`BackendError`]; a refusal carries the backend's ErrorResponse.
+    pub async fn connect(
+        addr: &str,
+        login: &Login<'_>,
+        timeout: Duration,
+        metrics: &BackendMetrics,
+    ) -> Result<Self, BackendError> {
+        let result = tokio::time::timeout(timeout, Self::connect_inner(addr, login, metrics)).await;
+        let result = result.unwrap_or(Err(BackendError::Timeout));
+        if result.is_err() {
+            metrics.connect_failures.increment(1);
+        }
+        result
+    }
+
+    async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let peer: SocketAddr = stream.peer_addr()?;
+        metrics.open.increment(1.0);
+        let mut conn = BackendConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            params: Vec::new(),
+            cancel: CancelTarget { addr: peer, pid: 0, secret: 0 },
+            tx: TxStatus::Idle,
+            metrics: metrics.clone(),
+        };
+        let mut out = BytesMut::new();
+        let params = std::iter::once(("user", login.user)).chain(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        postgres_protocol::message::frontend::startup_message(params, &mut out)?;
+        conn.stream.write_all(&out).await?;
+        conn.authenticate(login).await?;
+        loop {
+            let f = conn.read_frame().await?;
+            match f.tag {
+                msg::PARAMETER_STATUS => conn.note_parameter(f.body()),
+                msg::BACKEND_KEY_DATA => {
+                    let mut b = f.body();
+                    if b.len() < 8 {
+                        return Err(BackendError::Protocol("short BackendKeyData".into()));
+                    }
+                    conn.cancel.pid = b.get_i32();
+                    conn.cancel.secret = b.get_i32();
+                }
+                msg::READY_FOR_QUERY => {
+                    conn.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'I'));
+                    return Ok(conn);
+                }
+                msg::ERROR_RESPONSE => return Err(refused(f)),
+                _ => {} // NoticeResponse and friends during startup are not relayed.
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, login: &Login<'_>) -> Result<(), BackendError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            if f.tag == msg::ERROR_RESPONSE {
+                return Err(refused(f));
+            }
+            if f.tag != msg::AUTHENTICATION {
+                return Err(BackendError::Protocol(format!("unexpected message {:?} during login", f.tag as char)));
+            }
+            let mut body = f.body();
+            if body.len() < 4 {
+                return Err(BackendError::Protocol("short authentication message".into()));
+            }
+            let code = body.get_i32();
+            let mut out = BytesMut::new();
+            match code {
+                0 => return Ok(()),
+                3 => postgres_protocol::message::frontend::password_message(login.password.as_bytes(), &mut out)?,
+                5 => {
+                    let salt: [u8; 4] = body
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| BackendError::Protocol("short md5 salt".into()))?;
+                    let hash = postgres_protocol::authentication::md5_hash(login.user.as_bytes(), login.password.as_bytes(), salt);
+                    postgres_protocol::message::frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                10 => {
+                    let offered = body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                    if !offered {
+                        return Err(BackendError::Protocol("backend offers no SASL mechanism the proxy supports".into()));
+                    }
+                    let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
+                    postgres_protocol::message::frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASLContinue before SASL".into()))?;
+                    s.update(body)?;
+                    postgres_protocol::message::frontend::sasl_response(s.message(), &mut out)?;
+                }
+                12 => {
+                    let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASLFinal before SASL".into()))?;
+                    s.finish(body)?;
+                    continue;
+                }
+                other => return Err(BackendError::Protocol(format!("unsupported authentication method {other}"))),
+            }
+            self.stream.write_all(&out).await?;
+        }
+    }
+
+    /// Reads one whole message.
+    ///
+    /// # Errors
+    /// I/O failure, end of stream, or a malformed frame.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match frame::decode(&mut self.buf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(BackendError::Protocol(e.to_string())),
+            }
+            self.buf.reserve(8 * 1024);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body.
+    pub fn note_parameter(&mut self, body: &[u8]) {
+        let mut fields = frame::Fields::new(body);
+        if let (Ok(name), Ok(value)) = (fields.cstr("name"), fields.cstr("value")) {
+            match self.params.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => value.clone_into(&mut slot.1),
+                None => self.params.push((name.to_owned(), value.to_owned())),
+            }
+        }
+    }
+
+    /// Whether the socket is still open and holds no unread bytes: a pooled connection that the
+    /// server closed (restart, idle timeout) reads as end of stream here.
+    pub fn is_reusable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Returns the connection to a clean state for the next session: rolls back an open
+    /// transaction and runs `DISCARD ALL`. `Ok(false)` means it must not be reused.
+    ///
+    /// # Errors
+    /// I/O failure.
+    pub async fn reset(&mut self) -> Result<bool, BackendError> {
+        let mut out = BytesMut::new();
+        let mut expect = 1;
+        if self.tx != TxStatus::Idle {
+            postgres_protocol::message::frontend::query("ROLLBACK", &mut out)?;
+            expect += 1;
+        }
+        postgres_protocol::message::frontend::query("DISCARD ALL", &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut ok = true;
+        while expect > 0 {
+            let f = self.read_frame().await?;
+            match f.tag {
+                msg::ERROR_RESPONSE => ok = false,
+                msg::PARAMETER_STATUS => self.note_parameter(f.body()),
+                msg::READY_FOR_QUERY => {
+                    expect -= 1;
+                    self.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'I'));
+                }
+                _ => {}
+            }
+        }
+        Ok(ok && self.tx == TxStatus::Idle)
+    }
+
+    /// Says goodbye; errors are irrelevant, the connection is being dropped.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::with_capacity(5);
+        out.put_u8(b'X');
+        out.put_i32(4);
+        let _ = self.stream.write_all(&out).await;
+    }
+}
+
+fn refused(f: Frame) -> BackendError {
+    let (_, text) = msg::error_fields(f.body());
+    let message = text.unwrap_or("unknown error").to_owned();
+    BackendError::Refused { error: f.bytes, message }
+}

@@ -1,0 +1,202 @@
+//! The client's side of a connection before it becomes a session: the startup packet (answering
+//! SSLRequest and GSSENCRequest with `N` while TLS is not configured), protocol version
+//! negotiation, and SCRAM-SHA-256 authentication against the configured users. The SCRAM
+//! arithmetic is pgwire's sans-I/O state machine; the proxy owns the socket and the framing.
+
+use bytes::BytesMut;
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
+use pgwire::error::PgWireError;
+use sqlswitch_protocol::pg::backend::{self as msg, Severity};
+use sqlswitch_protocol::pg::frontend;
+use sqlswitch_protocol::pg::sqlstate;
+use sqlswitch_protocol::pg::startup::{self, Startup, StartupRequest};
+use sqlswitch_protocol::pg::frame;
+use sqlswitch_protocol::ProtocolError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cluster::Cluster;
+
+/// What a new connection asked for.
+pub enum Opening {
+    /// A session, authenticated.
+    Session(Startup),
+    /// Cancel another session's query.
+    Cancel {
+        /// Process id.
+        pid: i32,
+        /// Secret key.
+        secret: i32,
+    },
+}
+
+/// Why a connection ended before its session began. The client has already been told.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The socket failed or closed.
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Authentication failed.
+    #[error("authentication failed for user {0:?}")]
+    Auth(String),
+    /// The client asked for something the proxy does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Sends a FATAL ErrorResponse; the caller closes the connection after.
+pub async fn send_fatal(stream: &mut TcpStream, code: &str, text: &str) {
+    let mut out = BytesMut::new();
+    msg::error_response(&mut out, Severity::Fatal, code, text);
+    let _ = stream.write_all(&out).await;
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), HandshakeError> {
+    buf.reserve(1024);
+    if stream.read_buf(buf).await? == 0 {
+        return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
+/// Reads startup packets until a StartupMessage or a CancelRequest; for a StartupMessage,
+/// authenticates the user. Errors have already been sent to the client.
+///
+/// # Errors
+/// See [`HandshakeError`].
+pub async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, cluster: &Cluster) -> Result<Opening, HandshakeError> {
+    let startup = loop {
+        let request = match startup::decode(buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                read_more(stream, buf).await?;
+                continue;
+            }
+            Err(e) => {
+                let code = match e {
+                    ProtocolError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                send_fatal(stream, code, &e.to_string()).await;
+                return Err(e.into());
+            }
+        };
+        match request {
+            // No TLS or GSSAPI encryption is configured: say so and wait for the next packet.
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                if !buf.is_empty() {
+                    // Bytes after the request would be plaintext smuggled past a TLS handshake.
+                    send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, "unexpected data after encryption request").await;
+                    return Err(ProtocolError::Malformed { what: "encryption request" }.into());
+                }
+                stream.write_all(b"N").await?;
+            }
+            StartupRequest::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            StartupRequest::Startup(s) => break s,
+        }
+    };
+    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+        let text = "replication connections are not supported through sqlswitch";
+        send_fatal(stream, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
+        return Err(HandshakeError::Unsupported(text.into()));
+    }
+    let Some(user) = startup.param("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
+        let text = "no PostgreSQL user name specified in startup packet";
+        send_fatal(stream, sqlstate::INVALID_AUTHORIZATION, text).await;
+        return Err(HandshakeError::Unsupported(text.into()));
+    };
+    let mut out = BytesMut::new();
+    if startup.minor > 0 || startup.protocol_options().next().is_some() {
+        msg::negotiate_protocol_version(&mut out, 0, startup.protocol_options());
+    }
+    authenticate(stream, buf, &mut out, cluster, &user).await?;
+    Ok(Opening::Session(startup))
+}
+
+/// SCRAM-SHA-256 against the user's verifier (or a decoy for unknown users, so that both fail
+/// alike). Sends AuthenticationOk on success.
+async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    cluster: &Cluster,
+    user: &str,
+) -> Result<(), HandshakeError> {
+    let verifier = cluster.users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
+    msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
+    stream.write_all(out).await?;
+    out.clear();
+
+    let first = read_password_message(stream, buf).await?;
+    let (mechanism, data) = match frontend::sasl_initial_response(first.body()) {
+        Ok(v) => v,
+        Err(e) => {
+            send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse").await;
+            return Err(e.into());
+        }
+    };
+    if mechanism != "SCRAM-SHA-256" {
+        let text = format!("SASL mechanism {mechanism:?} is not supported; use SCRAM-SHA-256");
+        send_fatal(stream, sqlstate::INVALID_AUTHORIZATION, &text).await;
+        return Err(HandshakeError::Unsupported(text));
+    }
+    let scram = ScramServerAuth::new();
+    let (server_first, waiting) = match scram.on_client_first_message_with_secret(data, verifier.secret()) {
+        Ok(v) => v,
+        Err(e) => {
+            send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &format!("invalid SCRAM message: {}", scram_reason(&e))).await;
+            return Err(HandshakeError::Auth(user.to_owned()));
+        }
+    };
+    msg::authentication_sasl_continue(out, server_first.as_bytes());
+    stream.write_all(out).await?;
+    out.clear();
+
+    let last = read_password_message(stream, buf).await?;
+    match waiting.on_client_final_message(last.body()) {
+        Ok(server_final) if cluster.users.contains_key(user) => {
+            msg::authentication_sasl_final(out, server_final.as_bytes());
+            msg::authentication_ok(out);
+            stream.write_all(out).await?;
+            out.clear();
+            Ok(())
+        }
+        _ => {
+            let text = format!("password authentication failed for user \"{user}\"");
+            cluster.metrics.auth_failures.increment(1);
+            send_fatal(stream, sqlstate::INVALID_PASSWORD, &text).await;
+            Err(HandshakeError::Auth(user.to_owned()))
+        }
+    }
+}
+
+fn scram_reason(e: &PgWireError) -> String {
+    match e {
+        PgWireError::InvalidScramMessage(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<frame::Frame, HandshakeError> {
+    loop {
+        match frame::decode(buf, startup::MAX_STARTUP_LEN) {
+            Ok(Some(f)) if f.tag == frontend::PASSWORD => return Ok(f),
+            Ok(Some(f)) if f.tag == frontend::TERMINATE => {
+                return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(Some(f)) => {
+                let text = format!("expected SASL response, got message type {:?}", char::from(f.tag));
+                send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &text).await;
+                return Err(ProtocolError::Malformed { what: "authentication message" }.into());
+            }
+            Ok(None) => read_more(stream, buf).await?,
+            Err(e) => {
+                send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+                return Err(e.into());
+            }
+        }
+    }
+}

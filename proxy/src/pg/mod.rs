@@ -1,0 +1,195 @@
+//! PostgreSQL clients: from a freshly accepted socket to a running session and back to the
+//! pool. [`client`] does the startup and authentication, [`backend`] the connections to the
+//! servers, [`session`] the relaying.
+
+pub mod backend;
+pub mod client;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use sqlswitch_protocol::pg::backend::{self as msg, Severity};
+use sqlswitch_protocol::pg::sqlstate;
+use sqlswitch_protocol::pg::startup::{options_set, parse_bool, Startup};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cancel::{self, CancelKey};
+use crate::cluster::{Cluster, PoolKey};
+use backend::{BackendConn, BackendError, Login};
+use client::{send_fatal, Opening};
+use session::{End, Session, Settings};
+
+const READ_ONLY_GUC: &str = "default_transaction_read_only";
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cluster: Arc<Cluster>,
+    read_only_listener: bool,
+    cancels: Arc<cancel::Registry>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let opening = tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, &cluster)).await;
+    let startup = match opening {
+        Ok(Ok(Opening::Session(s))) => s,
+        Ok(Ok(Opening::Cancel { pid, secret })) => {
+            cancels.cancel(pid, secret).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection ended before its session began");
+            return;
+        }
+        Err(_) => {
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "timed out waiting for startup and authentication").await;
+            return;
+        }
+    };
+    let user = startup.param("user").unwrap_or_default().to_owned();
+    let Some(account) = cluster.users.get(&user) else { return };
+    let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
+    let key = pool_key(&startup, &user, read_only);
+    let login = Login { user: &user, password: &account.password, params: &key.params };
+
+    let (index, conn) = match acquire(&cluster, read_only, &key, &login).await {
+        Ok(found) => found,
+        Err(e) => {
+            refuse_session(&mut stream, &cluster, e).await;
+            return;
+        }
+    };
+    let backend = &cluster.backends[index];
+    let cancel_key = cancels.register();
+    cancel_key.set_target(Some(conn.cancel));
+    if let Err(e) = welcome(&mut stream, &conn, &cancel_key).await {
+        debug!(%peer, error = %e, "client left during startup");
+        release(&cluster, index, key, conn, false).await;
+        return;
+    }
+    info!(%peer, user = %user, backend = %backend.name, read_only, "session started");
+    cluster.metrics.sessions_total.increment(1);
+    cluster.metrics.sessions.increment(1.0);
+
+    let settings = Settings {
+        read_only,
+        max_message: cluster.config.max_message_size,
+        read_only_functions: &cluster.config.read_only_functions,
+        cluster_metrics: &cluster.metrics,
+        backend_metrics: &backend.metrics,
+    };
+    let mut session = Session::new(stream, buf, conn, settings);
+    let end = session.run(&shutdown).await;
+    cluster.metrics.sessions.decrement(1.0);
+    let idle = session.is_idle();
+    if matches!(end, End::Shutdown) {
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "terminating connection because sqlswitch is shutting down");
+        let _ = session.client().write_all(&out).await;
+    }
+    debug!(%peer, ?end, "session ended");
+    let conn = session.backend;
+    match end {
+        End::BackendGone => {}
+        _ if !idle => {
+            // The client left mid-query: stop the query rather than let it run for nobody,
+            // and close the connection, whose state is unknown.
+            cancel::send_cancel(conn.cancel).await;
+            conn.terminate().await;
+        }
+        End::Shutdown => conn.terminate().await,
+        _ => release(&cluster, index, key, conn, true).await,
+    }
+}
+
+/// A session is read-only when the client declares `default_transaction_read_only=on`, as a
+/// startup parameter or in `options`.
+fn declared_read_only(startup: &Startup) -> bool {
+    let direct = startup.param(READ_ONLY_GUC).and_then(parse_bool);
+    let in_options = startup.param("options").and_then(|o| options_set(o, READ_ONLY_GUC));
+    direct.or(in_options).unwrap_or(false)
+}
+
+/// The startup parameters the backend login carries: the client's, minus `user`, plus the
+/// read-only setting for read-only sessions (last, so it wins over anything in `options`).
+fn pool_key(startup: &Startup, user: &str, read_only: bool) -> PoolKey {
+    let mut params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| k != "user" && k != READ_ONLY_GUC && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if !params.iter().any(|(k, _)| k == "database") {
+        params.push(("database".into(), user.to_owned()));
+    }
+    if read_only {
+        params.push((READ_ONLY_GUC.into(), "on".into()));
+    }
+    PoolKey { user: user.to_owned(), params }
+}
+
+/// A pooled or new connection to the first backend that takes the session.
+async fn acquire(cluster: &Cluster, read_only: bool, key: &PoolKey, login: &Login<'_>) -> Result<(usize, BackendConn), BackendError> {
+    let mut last = BackendError::Protocol("the cluster has no backend for this session".into());
+    for index in cluster.candidates(read_only) {
+        let backend = &cluster.backends[index];
+        while let Some(conn) = backend.pool.take(key) {
+            if conn.is_reusable() {
+                return Ok((index, conn));
+            }
+        }
+        match BackendConn::connect(&backend.address, login, cluster.config.connect_timeout, &backend.metrics).await {
+            Ok(conn) => return Ok((index, conn)),
+            // The server itself said no (bad database, no such role): every backend of the
+            // cluster would say the same, so relay it now.
+            Err(e @ BackendError::Refused { .. }) => return Err(e),
+            Err(e) => {
+                warn!(cluster = %cluster.config.name, backend = %backend.name, error = %e, "backend unavailable");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn refuse_session(stream: &mut TcpStream, cluster: &Cluster, e: BackendError) {
+    match e {
+        BackendError::Refused { error, .. } => {
+            let _ = stream.write_all(&error).await;
+        }
+        other => {
+            let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
+            send_fatal(stream, sqlstate::CONNECTION_FAILURE, &text).await;
+        }
+    }
+}
+
+/// ParameterStatus from the backend, the proxy's own cancel key, and ReadyForQuery.
+async fn welcome(stream: &mut TcpStream, conn: &BackendConn, key: &CancelKey) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    for (name, value) in &conn.params {
+        msg::parameter_status(&mut out, name, value);
+    }
+    msg::backend_key_data(&mut out, key.pid, key.secret);
+    msg::ready_for_query(&mut out, conn.tx);
+    stream.write_all(&out).await
+}
+
+/// Resets a connection and returns it to its backend's pool, or closes it.
+async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut conn: BackendConn, reset: bool) {
+    let clean = !reset || matches!(conn.reset().await, Ok(true));
+    if clean && conn.is_reusable() {
+        if let Some(extra) = cluster.backends[index].pool.put(key, conn) {
+            extra.terminate().await;
+        }
+    } else {
+        conn.terminate().await;
+    }
+}

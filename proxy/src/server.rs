@@ -1,0 +1,154 @@
+//! The daemon: builds the run-time clusters, binds every listener, accepts connections and
+//! shuts down gracefully. Each accepted connection is one task, tracked so that shutdown can
+//! wait for sessions to finish what they are doing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlswitch_config::{Config, Protocol};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::cancel;
+use crate::cluster::Cluster;
+use crate::metrics::Registry;
+use crate::pg;
+
+/// A bound listener.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Cluster name.
+    pub cluster: String,
+    /// Whether every session on it is read-only.
+    pub read_only: bool,
+    /// The bound address (the real port when the config said 0).
+    pub addr: SocketAddr,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Every listener, bound.
+    pub listeners: Vec<ListenerInfo>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Daemon {
+    /// Binds every listener of `config` and starts serving. The config must be validated.
+    ///
+    /// # Errors
+    /// A listener or the metrics endpoint could not be bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let registry = Registry::start(config.admin.metrics)?;
+        let cancels = Arc::new(cancel::Registry::default());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::new();
+        for cluster_config in config.clusters {
+            if cluster_config.protocol != Protocol::Postgres {
+                anyhow::bail!("cluster {:?}: protocol mysql is not supported yet", cluster_config.name);
+            }
+            let cluster = Cluster::new(cluster_config, &registry);
+            let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
+            let addrs = std::iter::once((cluster.config.listen, false)).chain(cluster.config.read_only_listen.map(|a| (a, true)));
+            for (addr, read_only) in addrs {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cluster {:?}: cannot listen on {addr}", cluster.config.name))?;
+                let addr = listener.local_addr()?;
+                info!(cluster = %cluster.config.name, %addr, read_only, "listening");
+                listeners.push(ListenerInfo { cluster: cluster.config.name.clone(), read_only, addr });
+                let accept = Accept {
+                    listener,
+                    cluster: Arc::clone(&cluster),
+                    read_only,
+                    cancels: Arc::clone(&cancels),
+                    permits: Arc::clone(&permits),
+                    shutdown: shutdown.clone(),
+                    tracker: tracker.clone(),
+                };
+                tracker.spawn(accept.run());
+            }
+        }
+        Ok(Self { listeners, metrics: registry.handle(), shutdown, tracker })
+    }
+
+    /// The address of `cluster`'s read-write (or read-only) listener.
+    pub fn addr(&self, cluster: &str, read_only: bool) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.cluster == cluster && l.read_only == read_only).map(|l| l.addr)
+    }
+
+    /// Stops accepting, lets each session end at its next idle moment, and waits up to `grace`.
+    /// Returns whether every session ended in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+/// One listener's accept loop.
+struct Accept {
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    read_only: bool,
+    cancels: Arc<cancel::Registry>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Accept {
+    async fn run(self) {
+        loop {
+            let accepted = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                r = self.listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before accept: never fatal.
+                    warn!(cluster = %self.cluster.config.name, error = %e, "accept failed");
+                    if matches!(e.raw_os_error(), Some(23 | 24)) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                self.tracker.spawn(too_many(stream, self.cluster.config.max_client_connections));
+                continue;
+            };
+            let span = tracing::info_span!("session", cluster = %self.cluster.config.name, %peer);
+            let task = pg::serve(
+                stream,
+                peer,
+                Arc::clone(&self.cluster),
+                self.read_only,
+                Arc::clone(&self.cancels),
+                self.shutdown.clone(),
+            );
+            self.tracker.spawn(
+                async move {
+                    task.await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn too_many(mut stream: TcpStream, max: usize) {
+    let text = format!("sorry, too many clients already (max_client_connections = {max})");
+    pg::client::send_fatal(&mut stream, sqlswitch_protocol::pg::sqlstate::TOO_MANY_CONNECTIONS, &text).await;
+}
