@@ -1,0 +1,49 @@
+//! An in-process sqlswitch in front of a [`Topology`](crate::pg::Topology).
+
+use std::path::Path;
+
+use anyhow::Result;
+use sqlswitch::Daemon;
+use sqlswitch_config::Config;
+
+use crate::pg::{Topology, ANON, APP, DATABASE, MD5_USER, MONITOR, TRUST_USER};
+
+/// Config text for a cluster named `name` over `topo`, listening on `listen` and
+/// `read_only_listen`; `extra` is appended inside the `[[cluster]]` table.
+pub fn config_text(topo: &Topology, name: &str, listen: &str, read_only_listen: &str, metrics: Option<&str>, extra: &str) -> String {
+    let mut t = String::new();
+    t += "[admin]\nsocket = \"/tmp/sqlswitch-test.sock\"\n";
+    if let Some(m) = metrics {
+        t += &format!("metrics = \"{m}\"\n");
+    }
+    t += &format!(
+        "\n[[cluster]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"{listen}\"\nread_only_listen = \"{read_only_listen}\"\n\
+         read_only_users = [\"{anon}\"]\nmonitor = {{ user = \"{mu}\", password = \"{mp}\" }}\n{extra}\n",
+        anon = ANON.0,
+        mu = MONITOR.0,
+        mp = MONITOR.1,
+    );
+    for (user, pw) in [APP, ANON, MD5_USER, TRUST_USER] {
+        t += &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{pw}\"\n");
+    }
+    for (i, node) in topo.nodes.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        t += &format!("\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n", node.name, node.port);
+    }
+    t
+}
+
+/// Starts sqlswitch on `127.0.0.1:0` in front of `topo`.
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start(topo: &Topology, extra: &str) -> Result<Daemon> {
+    let text = config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let config = Config::parse(&text, Path::new("<test>"), |_| None)?;
+    Daemon::start(config).await
+}
+
+/// A libpq-style connection string to `port` as `(user, password)`, database `app`.
+pub fn conn_str(port: u16, (user, password): (&str, &str)) -> String {
+    format!("host=127.0.0.1 port={port} user={user} password={password} dbname={DATABASE} connect_timeout=10")
+}

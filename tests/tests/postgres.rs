@@ -1,0 +1,374 @@
+//! End-to-end tests of sqlswitch in front of a real PostgreSQL primary with two streaming
+//! replicas (started once for this test binary by the harness). Clients are tokio-postgres,
+//! `psql` and `pgbench`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlswitch_tests::pg::{client_bin, Topology, ANON, APP, DATABASE, MD5_USER, TRUST_USER};
+use sqlswitch_tests::proxy::{self, conn_str};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(port: u16, who: (&str, &str)) -> Result<Client, tokio_postgres::Error> {
+    connect_str(&conn_str(port, who)).await
+}
+
+async fn connect_str(s: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(s, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+async fn in_recovery(client: &Client) -> bool {
+    client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0)
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_and_bad_passwords() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+
+    let client = connect(port, APP).await.expect("the right password logs in");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    let err = connect(port, (APP.0, "wrong")).await.err().expect("a wrong password is refused");
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    let err = connect(port, ("nobody", "x")).await.err().expect("an unknown user is refused");
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_auth_methods_md5_and_trust() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    for who in [MD5_USER, TRUST_USER, APP] {
+        let client = connect(port, who).await.unwrap_or_else(|e| panic!("{}: {e}", who.0));
+        let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        assert_eq!(user, who.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_refusal_is_relayed() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let s = format!("host=127.0.0.1 port={port} user={} password={} dbname=no_such_db", APP.0, APP.1);
+    let err = connect_str(&s).await.err().expect("a missing database is refused");
+    assert_eq!(code(&err), Some(&SqlState::INVALID_CATALOG_NAME), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_user_lands_on_the_primary() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    assert!(!in_recovery(&client).await);
+    let n = client.execute("INSERT INTO items (note) VALUES ('from app')", &[]).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_user_reads_a_replica_and_cannot_write() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, ANON).await.unwrap();
+    assert!(in_recovery(&client).await, "the read-only user's session runs on a replica");
+    let _ = client.query("SELECT count(*) FROM items", &[]).await.unwrap();
+
+    for sql in [
+        "INSERT INTO items (note) VALUES ('anon')",
+        "SET default_transaction_read_only = off",
+        "BEGIN READ WRITE",
+        "SELECT 1; DELETE FROM items",
+    ] {
+        let err = client.batch_execute(sql).await.err().unwrap_or_else(|| panic!("{sql} must be refused"));
+        assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{sql}: {err}");
+        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(message.contains("sqlswitch"), "refused by the proxy, not a server: {message}");
+    }
+    // Extended protocol: the Parse is refused, and the session carries on.
+    let err = client.prepare("UPDATE items SET note = 'x'").await.err().expect("prepared write refused");
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
+    let err = client.execute("DELETE FROM items WHERE id = $1", &[&1i64]).await.err().expect("write refused");
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
+    let one: i64 = client.query_one("SELECT $1::bigint", &[&1i64]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the session still works after refusals");
+    // A write the lexer does not see is still refused by the server: the backend connection
+    // itself is read-only.
+    let err = client.batch_execute("SELECT nextval('items_id_seq')").await.err().expect("refused by the server");
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_refusal_keeps_answers_in_order() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, ANON).await.unwrap();
+    // tokio-postgres pipelines concurrent queries on one connection.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int", &[]),
+        client.execute("INSERT INTO items (note) VALUES ('x')", &[]),
+        client.query_one("SELECT 3::int", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(code(&b.unwrap_err()), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_listener_and_declared_read_only_sessions() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let ro_port = daemon.addr("app", true).unwrap().port();
+    let client = connect(ro_port, APP).await.unwrap();
+    assert!(in_recovery(&client).await, "every session on the read-only listener is read-only");
+    let err = client.batch_execute("INSERT INTO items (note) VALUES ('x')").await.unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+
+    let port = daemon.addr("app", false).unwrap().port();
+    let s = format!("{} options='-c default_transaction_read_only=on'", conn_str(port, APP));
+    let client = connect_str(&s).await.unwrap();
+    assert!(in_recovery(&client).await, "a client that declares read-only gets a replica");
+    let err = client.batch_execute("DELETE FROM items").await.unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_backend() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel_query(NoTls).await
+    });
+    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    canceller.await.unwrap().unwrap();
+    assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1200), "cancel took {:?}", started.elapsed());
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the session survives its cancelled query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sessions() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let who = if i % 2 == 0 { APP } else { ANON };
+        tasks.push(tokio::spawn(async move {
+            let client = connect(port, who).await?;
+            let row = client.query_one("SELECT $1::int + 1", &[&i]).await?;
+            // Hold every session open together for a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<i32, tokio_postgres::Error>(row.get(0))
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap().unwrap_or_else(|e| panic!("session {i}: {e:?}"));
+        assert_eq!(got, i32::try_from(i).unwrap() + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_mid_query_releases_the_backend() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let s = format!("{} application_name=leaver", conn_str(port, APP));
+    let (client, conn) = tokio_postgres::connect(&s, NoTls).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    let query = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
+    let watcher = connect_str(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", topo.primary().port)).await.unwrap();
+    let busy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'leaver' AND state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher.query_one(busy, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client vanishes: its socket closes with the query still running.
+    conn_task.abort();
+    query.abort();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n: i64 = watcher.query_one(busy, &[]).await.unwrap().get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backend is still running the abandoned query");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_reset_between_sessions() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    client.batch_execute("SET search_path = nowhere; PREPARE p AS SELECT 1").await.unwrap();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let client = connect(port, APP).await.unwrap();
+        let again: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        if again == pid {
+            let path: String = client.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+            assert_ne!(path, "nowhere", "session state does not leak to the next session");
+            let err = client.batch_execute("EXECUTE p").await.unwrap_err();
+            assert_eq!(code(&err), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backend connection was never reused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_one_client_does_not_hurt_others() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let addr = daemon.addr("app", false).unwrap();
+    let client = connect(addr.port(), APP).await.unwrap();
+    // An SSLRequest with bytes smuggled after it, HTTP, a 2 GiB length, protocol 2.0.
+    for junk in [&b"\x00\x00\x00\x08\x04\xd2\x16\x2fjunk"[..], b"GET / HTTP/1.1\r\n\r\n", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x09\x00\x02\x00\x00\x00"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await.expect("the proxy closes the connection");
+    }
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let fresh = connect(addr.port(), APP).await.unwrap();
+    assert!(!in_recovery(&fresh).await);
+}
+
+/// Runs `psql -c sql` as `who` through the proxy on `port`.
+async fn psql(port: u16, (user, password): (&'static str, &'static str), sql: &'static str) -> std::process::Output {
+    let psql = client_bin(Topology::shared(), "psql");
+    let url = format!("postgresql://{user}:{password}@127.0.0.1:{port}/{DATABASE}");
+    tokio::task::spawn_blocking(move || Command::new(psql).args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", sql]).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_sqlswitch() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let out = psql(port, ANON, "SELECT pg_is_in_recovery()").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+    let out = psql(port, ANON, "INSERT INTO items (note) VALUES ('psql')").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only session"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(port, APP, "INSERT INTO items (note) VALUES ('psql') RETURNING note").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "psql");
+}
+
+fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> String {
+    let out = Command::new(client_bin(topo, "pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
+        .args(args)
+        .arg(DATABASE)
+        .env("PGPASSWORD", APP.1)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+fn processed(report: &str) -> u64 {
+    let line = report.lines().find(|l| l.starts_with("number of transactions actually processed")).expect(report);
+    line.split(':').nth(1).and_then(|v| v.split('/').next()).and_then(|v| v.trim().parse().ok()).expect(line)
+}
+
+fn failed(report: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_and_tpcb_through_sqlswitch() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let primary = topo.primary().port;
+    tokio::task::spawn_blocking(move || {
+        let topo = Topology::shared();
+        pgbench(topo, primary, &["-i", "-q", "-s", "1"]);
+        for args in [
+            &["-S", "-c", "4", "-j", "2", "-T", "3"][..],
+            &["-S", "-M", "extended", "-c", "4", "-j", "2", "-T", "2"],
+            &["-S", "-M", "prepared", "-c", "4", "-j", "2", "-T", "2"],
+            &["-c", "4", "-j", "2", "-T", "3"],
+        ] {
+            let report = pgbench(topo, port, args);
+            assert_eq!(failed(&report), 0, "{args:?}:\n{report}");
+            assert!(processed(&report) > 100, "{args:?}:\n{report}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_reports_sessions_statements_and_connections() {
+    let topo = Topology::shared();
+    let metrics_port = sqlswitch_tests::pg::free_ports(1).unwrap()[0];
+    let text = proxy::config_text(topo, "metered", "127.0.0.1:0", "127.0.0.1:0", Some(&format!("127.0.0.1:{metrics_port}")), "");
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start(config).await.unwrap();
+    let port = daemon.addr("metered", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    let anon = connect(port, ANON).await.unwrap();
+    anon.batch_execute("SELECT 1").await.unwrap();
+
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+            s.read_to_string(&mut body).await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for needle in [
+        "sqlswitch_client_sessions{cluster=\"metered\"} 2",
+        "sqlswitch_statements_total{cluster=\"metered\",target=\"primary\"}",
+        "sqlswitch_statements_total{cluster=\"metered\",target=\"replica\"}",
+        "sqlswitch_backend_connections{cluster=\"metered\",backend=\"primary\",state=\"open\"}",
+    ] {
+        assert!(body.contains(needle), "missing {needle} in:\n{body}");
+    }
+}
