@@ -358,14 +358,19 @@ impl Config {
                     (None, None) => problem(key, "password or password_env is required".into()),
                     (None, Some(var)) => match env(var) {
                         Some(value) => u.password = Some(Secret::new(value)),
-                        None => problem(format!("{key}.password_env"), format!("environment variable {var} is not set")),
+                        None => {
+                            problem(format!("{key}.password_env"), format!("environment variable {var} is not set"))
+                        }
                     },
                     (Some(_), None) => {}
                 }
             }
             for (ri, name) in c.read_only_users.iter().enumerate() {
                 if !users.contains(name) {
-                    problem(format!("{at}.read_only_users[{ri}]"), format!("{name:?} is not a configured [[cluster.user]]"));
+                    problem(
+                        format!("{at}.read_only_users[{ri}]"),
+                        format!("{name:?} is not a configured [[cluster.user]]"),
+                    );
                 }
             }
             for f in &mut c.read_only_functions {
@@ -377,7 +382,10 @@ impl Config {
             }
             let primaries = c.backends.iter().filter(|b| b.role == Role::Primary).count();
             if !c.backends.is_empty() && primaries != 1 {
-                problem(format!("{at}.backend"), format!("exactly one backend must have role = \"primary\" (found {primaries})"));
+                problem(
+                    format!("{at}.backend"),
+                    format!("exactly one backend must have role = \"primary\" (found {primaries})"),
+                );
             }
             let mut backends = HashSet::new();
             for (bi, b) in c.backends.iter().enumerate() {
@@ -387,7 +395,10 @@ impl Config {
                 } else if !backends.insert(b.name.clone()) {
                     problem(format!("{key}.name"), format!("backend {:?} is configured twice", b.name));
                 }
-                let port_ok = b.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let port_ok = b
+                    .address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
                 if !port_ok {
                     problem(format!("{key}.address"), format!("{:?} is not host:port", b.address));
                 }

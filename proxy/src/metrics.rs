@@ -88,7 +88,8 @@ impl Registry {
             statements: self.counter("sqlswitch_statements_total", &[("cluster", cluster), ("target", role)]),
             open: self.gauge("sqlswitch_backend_connections", &state("open")),
             idle: self.gauge("sqlswitch_backend_connections", &state("idle")),
-            connect_failures: self.counter("sqlswitch_backend_connect_failures_total", &[("cluster", cluster), ("backend", backend)]),
+            connect_failures: self
+                .counter("sqlswitch_backend_connect_failures_total", &[("cluster", cluster), ("backend", backend)]),
         }
     }
 }

@@ -58,7 +58,8 @@ impl Daemon {
             }
             let cluster = Cluster::new(cluster_config, &registry);
             let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
-            let addrs = std::iter::once((cluster.config.listen, false)).chain(cluster.config.read_only_listen.map(|a| (a, true)));
+            let addrs = std::iter::once((cluster.config.listen, false))
+                .chain(cluster.config.read_only_listen.map(|a| (a, true)));
             for (addr, read_only) in addrs {
                 let listener = TcpListener::bind(addr)
                     .await

@@ -55,7 +55,9 @@ impl Topology {
     /// # Panics
     /// When PostgreSQL cannot be started: every test that needs it must fail, not skip.
     pub fn shared() -> &'static Topology {
-        SHARED.get_or_init(|| Topology::start(2).unwrap_or_else(|e| panic!("cannot start the PostgreSQL topology: {e:#}")))
+        SHARED.get_or_init(|| {
+            Topology::start(2).unwrap_or_else(|e| panic!("cannot start the PostgreSQL topology: {e:#}"))
+        })
     }
 
     /// The primary.
@@ -85,11 +87,17 @@ impl Topology {
         // The reaper: stops every server and removes the directory once this process is gone.
         topo.spawn_reaper(replicas + 1)?;
         let primary = Node { name: "primary".into(), data: dir.join("primary"), port: ports[0] };
-        topo.pg(Command::new(topo.bin.join("initdb"))
-            .args(["-D"])
-            .arg(&primary.data)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"]))
-            .context("initdb")?;
+        topo.pg(Command::new(topo.bin.join("initdb")).args(["-D"]).arg(&primary.data).args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]))
+        .context("initdb")?;
         std::fs::write(
             primary.data.join("pg_hba.conf"),
             "local all all trust\n\
@@ -155,7 +163,7 @@ impl Topology {
                 .arg(&node.data)
                 .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-U", "postgres", "-p"])
                 .arg(topo.primary().port.to_string()))
-            .context("pg_basebackup")?;
+                .context("pg_basebackup")?;
             topo.write_node_conf(&node)?;
             topo.pg_ctl_start(&node)?;
             topo.nodes.push(node);
@@ -180,7 +188,12 @@ impl Topology {
 
     fn pg_ctl_start(&self, node: &Node) -> Result<()> {
         let log = self.dir.join(format!("{}.log", node.name));
-        self.pg(Command::new(self.bin.join("pg_ctl")).arg("-D").arg(&node.data).arg("-l").arg(&log).args(["-w", "-t", "60", "start"]))
+        self.pg(Command::new(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&node.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"]))
             .map(drop)
             .with_context(|| format!("starting {}: {}", node.name, std::fs::read_to_string(&log).unwrap_or_default()))
     }
@@ -199,7 +212,11 @@ impl Topology {
     fn wait_streaming(&self, replicas: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let n = self.psql_admin(self.primary(), "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", "postgres")?;
+            let n = self.psql_admin(
+                self.primary(),
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                "postgres",
+            )?;
             if n.trim().parse::<usize>().unwrap_or(0) >= replicas {
                 return Ok(());
             }
@@ -219,7 +236,8 @@ impl Topology {
         let deadline = Instant::now() + Duration::from_secs(30);
         for r in self.replicas() {
             loop {
-                let done = self.psql_admin(r, &format!("SELECT pg_last_wal_replay_lsn() >= '{}'", lsn.trim()), "postgres")?;
+                let done =
+                    self.psql_admin(r, &format!("SELECT pg_last_wal_replay_lsn() >= '{}'", lsn.trim()), "postgres")?;
                 if done.trim() == "t" {
                     break;
                 }
@@ -235,7 +253,8 @@ impl Topology {
     /// Stops every server now (the reaper would do it at exit anyway).
     pub fn stop(&self) {
         for n in self.nodes.iter().rev() {
-            let _ = self.pg(Command::new(self.bin.join("pg_ctl")).arg("-D").arg(&n.data).args(["-m", "fast", "-w", "stop"]));
+            let _ = self
+                .pg(Command::new(self.bin.join("pg_ctl")).arg("-D").arg(&n.data).args(["-m", "fast", "-w", "stop"]));
         }
     }
 
@@ -246,7 +265,11 @@ impl Topology {
         for name in names {
             let data = self.dir.join(name);
             let sudo = if self.as_postgres { "runuser -u postgres -- " } else { "" };
-            stops += &format!("[ -d {d} ] && {sudo}{} -D {d} -m immediate stop >/dev/null 2>&1; ", pg_ctl.display(), d = data.display());
+            stops += &format!(
+                "[ -d {d} ] && {sudo}{} -D {d} -m immediate stop >/dev/null 2>&1; ",
+                pg_ctl.display(),
+                d = data.display()
+            );
         }
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stops} rm -rf {dir}",
@@ -321,7 +344,8 @@ fn unique() -> u32 {
 /// # Errors
 /// Binding failed.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 

@@ -10,7 +10,14 @@ use crate::pg::{Topology, ANON, APP, DATABASE, MD5_USER, MONITOR, TRUST_USER};
 
 /// Config text for a cluster named `name` over `topo`, listening on `listen` and
 /// `read_only_listen`; `extra` is appended inside the `[[cluster]]` table.
-pub fn config_text(topo: &Topology, name: &str, listen: &str, read_only_listen: &str, metrics: Option<&str>, extra: &str) -> String {
+pub fn config_text(
+    topo: &Topology,
+    name: &str,
+    listen: &str,
+    read_only_listen: &str,
+    metrics: Option<&str>,
+    extra: &str,
+) -> String {
     let mut t = String::new();
     t += "[admin]\nsocket = \"/tmp/sqlswitch-test.sock\"\n";
     if let Some(m) = metrics {
@@ -28,7 +35,10 @@ pub fn config_text(topo: &Topology, name: &str, listen: &str, read_only_listen: 
     }
     for (i, node) in topo.nodes.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "replica" };
-        t += &format!("\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n", node.name, node.port);
+        t += &format!(
+            "\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
+            node.name, node.port
+        );
     }
     t
 }

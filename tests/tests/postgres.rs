@@ -27,6 +27,14 @@ async fn in_recovery(client: &Client) -> bool {
     client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0)
 }
 
+/// The error of an operation that must fail.
+fn refused<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
+    match result {
+        Ok(_) => panic!("expected an error: {what}"),
+        Err(e) => e,
+    }
+}
+
 fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
     e.code()
 }
@@ -41,9 +49,9 @@ async fn good_and_bad_passwords() {
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 
-    let err = connect(port, (APP.0, "wrong")).await.err().expect("a wrong password is refused");
+    let err = refused(connect(port, (APP.0, "wrong")).await, "a wrong password is refused");
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
-    let err = connect(port, ("nobody", "x")).await.err().expect("an unknown user is refused");
+    let err = refused(connect(port, ("nobody", "x")).await, "an unknown user is refused");
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
 
@@ -65,7 +73,7 @@ async fn backend_refusal_is_relayed() {
     let daemon = proxy::start(topo, "").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let s = format!("host=127.0.0.1 port={port} user={} password={} dbname=no_such_db", APP.0, APP.1);
-    let err = connect_str(&s).await.err().expect("a missing database is refused");
+    let err = refused(connect_str(&s).await, "a missing database is refused");
     assert_eq!(code(&err), Some(&SqlState::INVALID_CATALOG_NAME), "{err}");
 }
 
@@ -101,15 +109,15 @@ async fn read_only_user_reads_a_replica_and_cannot_write() {
         assert!(message.contains("sqlswitch"), "refused by the proxy, not a server: {message}");
     }
     // Extended protocol: the Parse is refused, and the session carries on.
-    let err = client.prepare("UPDATE items SET note = 'x'").await.err().expect("prepared write refused");
+    let err = refused(client.prepare("UPDATE items SET note = 'x'").await, "prepared write refused");
     assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
-    let err = client.execute("DELETE FROM items WHERE id = $1", &[&1i64]).await.err().expect("write refused");
+    let err = refused(client.execute("DELETE FROM items WHERE id = $1", &[&1i64]).await, "write refused");
     assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
     let one: i64 = client.query_one("SELECT $1::bigint", &[&1i64]).await.unwrap().get(0);
     assert_eq!(one, 1, "the session still works after refusals");
     // A write the lexer does not see is still refused by the server: the backend connection
     // itself is read-only.
-    let err = client.batch_execute("SELECT nextval('items_id_seq')").await.err().expect("refused by the server");
+    let err = refused(client.batch_execute("SELECT nextval('items_id_seq')").await, "refused by the server");
     assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
 }
 
@@ -199,7 +207,9 @@ async fn client_leaving_mid_query_releases_the_backend() {
     let (client, conn) = tokio_postgres::connect(&s, NoTls).await.unwrap();
     let conn_task = tokio::spawn(conn);
     let query = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    let watcher = connect_str(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", topo.primary().port)).await.unwrap();
+    let watcher = connect_str(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", topo.primary().port))
+        .await
+        .unwrap();
     let busy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'leaver' AND state = 'active'";
     let deadline = Instant::now() + Duration::from_secs(5);
     while watcher.query_one(busy, &[]).await.unwrap().get::<_, i64>(0) == 0 {
@@ -252,11 +262,18 @@ async fn garbage_from_one_client_does_not_hurt_others() {
     let addr = daemon.addr("app", false).unwrap();
     let client = connect(addr.port(), APP).await.unwrap();
     // An SSLRequest with bytes smuggled after it, HTTP, a 2 GiB length, protocol 2.0.
-    for junk in [&b"\x00\x00\x00\x08\x04\xd2\x16\x2fjunk"[..], b"GET / HTTP/1.1\r\n\r\n", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x09\x00\x02\x00\x00\x00"] {
+    for junk in [
+        &b"\x00\x00\x00\x08\x04\xd2\x16\x2fjunk"[..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x7f\xff\xff\xff",
+        b"\x00\x00\x00\x09\x00\x02\x00\x00\x00",
+    ] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(junk).await.unwrap();
         let mut reply = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await.expect("the proxy closes the connection");
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+            .await
+            .expect("the proxy closes the connection");
     }
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -268,9 +285,11 @@ async fn garbage_from_one_client_does_not_hurt_others() {
 async fn psql(port: u16, (user, password): (&'static str, &'static str), sql: &'static str) -> std::process::Output {
     let psql = client_bin(Topology::shared(), "psql");
     let url = format!("postgresql://{user}:{password}@127.0.0.1:{port}/{DATABASE}");
-    tokio::task::spawn_blocking(move || Command::new(psql).args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", sql]).output().unwrap())
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        Command::new(psql).args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", sql]).output().unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +302,11 @@ async fn psql_through_sqlswitch() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
     let out = psql(port, ANON, "INSERT INTO items (note) VALUES ('psql')").await;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only session"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only session"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = psql(port, APP, "INSERT INTO items (note) VALUES ('psql') RETURNING note").await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "psql");
@@ -345,7 +368,14 @@ async fn pgbench_select_only_and_tpcb_through_sqlswitch() {
 async fn metrics_endpoint_reports_sessions_statements_and_connections() {
     let topo = Topology::shared();
     let metrics_port = sqlswitch_tests::pg::free_ports(1).unwrap()[0];
-    let text = proxy::config_text(topo, "metered", "127.0.0.1:0", "127.0.0.1:0", Some(&format!("127.0.0.1:{metrics_port}")), "");
+    let text = proxy::config_text(
+        topo,
+        "metered",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        Some(&format!("127.0.0.1:{metrics_port}")),
+        "",
+    );
     let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
     let daemon = sqlswitch::Daemon::start(config).await.unwrap();
     let port = daemon.addr("metered", false).unwrap().port();

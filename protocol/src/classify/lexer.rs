@@ -228,9 +228,7 @@ impl<'a> Iterator for Lexer<'a> {
                 }
             }
             b'E' | b'e' if next == Some(b'\'') => self.string(start, start + 1, true),
-            b'B' | b'b' | b'X' | b'x' | b'N' | b'n' if next == Some(b'\'') => {
-                self.string(start, start + 1, self.mysql)
-            }
+            b'B' | b'b' | b'X' | b'x' | b'N' | b'n' if next == Some(b'\'') => self.string(start, start + 1, self.mysql),
             b'U' | b'u' if next == Some(b'&') && matches!(self.peek(start + 2), Some(b'\'' | b'"')) => {
                 if self.peek(start + 2) == Some(b'"') {
                     self.pos = start + 2;

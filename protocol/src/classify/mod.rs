@@ -299,11 +299,7 @@ impl<'a, 'x> Scan<'a, 'x> {
                     self.set_value(s.trim_matches(|c| c == '\'' || c == '"'));
                 }
             }
-            Token::Number => {
-                if self.lead == Lead::Set && self.words >= 2 {
-                    self.set_value("number");
-                }
-            }
+            Token::Number if self.lead == Lead::Set && self.words >= 2 => self.set_value("number"),
             Token::Word(w) => {
                 self.qualifier = match self.prev {
                     Some(Token::Dot) => Some(self.prev_word),
@@ -371,16 +367,8 @@ impl<'a, 'x> Scan<'a, 'x> {
                     self.locking = true;
                 }
             }
-            Lead::CreateOrAlter => {
-                if is(w, "temp") || is(w, "temporary") {
-                    self.temp = true;
-                }
-            }
-            Lead::Copy => {
-                if is(w, "from") && self.depth == 0 {
-                    self.copy_from = true;
-                }
-            }
+            Lead::CreateOrAlter if is(w, "temp") || is(w, "temporary") => self.temp = true,
+            Lead::Copy if is(w, "from") && self.depth == 0 => self.copy_from = true,
             Lead::Begin => self.tx_option(w),
             Lead::Set => {
                 if self.words == 2 && (is(w, "transaction") || is(w, "session") || is(w, "local")) {

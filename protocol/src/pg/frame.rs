@@ -88,11 +88,7 @@ impl<'a> Fields<'a> {
     /// # Errors
     /// No terminator, or invalid UTF-8.
     pub fn cstr(&mut self, what: &'static str) -> Result<&'a str, ProtocolError> {
-        let nul = self
-            .rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::Malformed { what })?;
+        let nul = self.rest.iter().position(|&b| b == 0).ok_or(ProtocolError::Malformed { what })?;
         let s = std::str::from_utf8(&self.rest[..nul]).map_err(|_| ProtocolError::Malformed { what })?;
         self.rest = &self.rest[nul + 1..];
         Ok(s)

@@ -192,10 +192,7 @@ mod tests {
     fn rejects_bad_input() {
         assert!(decode(&mut packet(196_608, b"user\0app")).is_err());
         assert!(decode(&mut packet(196_608, b"user\0app\0\0junk")).is_err());
-        assert!(matches!(
-            decode(&mut packet(2 << 16, b"\0")),
-            Err(ProtocolError::UnsupportedVersion { major: 2, .. })
-        ));
+        assert!(matches!(decode(&mut packet(2 << 16, b"\0")), Err(ProtocolError::UnsupportedVersion { major: 2, .. })));
         let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
         assert!(matches!(decode(&mut huge), Err(ProtocolError::TooLarge { .. })));
         let mut neg = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);

@@ -103,7 +103,8 @@ impl BackendConn {
             metrics: metrics.clone(),
         };
         let mut out = BytesMut::new();
-        let params = std::iter::once(("user", login.user)).chain(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let params =
+            std::iter::once(("user", login.user)).chain(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         postgres_protocol::message::frontend::startup_message(params, &mut out)?;
         conn.stream.write_all(&out).await?;
         conn.authenticate(login).await?;
@@ -153,16 +154,26 @@ impl BackendConn {
                         .get(..4)
                         .and_then(|s| s.try_into().ok())
                         .ok_or_else(|| BackendError::Protocol("short md5 salt".into()))?;
-                    let hash = postgres_protocol::authentication::md5_hash(login.user.as_bytes(), login.password.as_bytes(), salt);
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        login.user.as_bytes(),
+                        login.password.as_bytes(),
+                        salt,
+                    );
                     postgres_protocol::message::frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 10 => {
                     let offered = body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                     if !offered {
-                        return Err(BackendError::Protocol("backend offers no SASL mechanism the proxy supports".into()));
+                        return Err(BackendError::Protocol(
+                            "backend offers no SASL mechanism the proxy supports".into(),
+                        ));
                     }
                     let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
-                    postgres_protocol::message::frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    postgres_protocol::message::frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        s.message(),
+                        &mut out,
+                    )?;
                     scram = Some(s);
                 }
                 11 => {

@@ -7,10 +7,10 @@ use bytes::BytesMut;
 use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use pgwire::error::PgWireError;
 use sqlswitch_protocol::pg::backend::{self as msg, Severity};
+use sqlswitch_protocol::pg::frame;
 use sqlswitch_protocol::pg::frontend;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::pg::startup::{self, Startup, StartupRequest};
-use sqlswitch_protocol::pg::frame;
 use sqlswitch_protocol::ProtocolError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,7 +67,11 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Han
 ///
 /// # Errors
 /// See [`HandshakeError`].
-pub async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, cluster: &Cluster) -> Result<Opening, HandshakeError> {
+pub async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cluster: &Cluster,
+) -> Result<Opening, HandshakeError> {
     let startup = loop {
         let request = match startup::decode(buf) {
             Ok(Some(r)) => r,
@@ -147,7 +151,8 @@ async fn authenticate(
     let (server_first, waiting) = match scram.on_client_first_message_with_secret(data, verifier.secret()) {
         Ok(v) => v,
         Err(e) => {
-            send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &format!("invalid SCRAM message: {}", scram_reason(&e))).await;
+            send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &format!("invalid SCRAM message: {}", scram_reason(&e)))
+                .await;
             return Err(HandshakeError::Auth(user.to_owned()));
         }
     };

@@ -37,7 +37,8 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let opening = tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, &cluster)).await;
+    let opening =
+        tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, &cluster)).await;
     let startup = match opening {
         Ok(Ok(Opening::Session(s))) => s,
         Ok(Ok(Opening::Cancel { pid, secret })) => {
@@ -49,7 +50,8 @@ pub async fn serve(
             return;
         }
         Err(_) => {
-            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "timed out waiting for startup and authentication").await;
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "timed out waiting for startup and authentication")
+                .await;
             return;
         }
     };
@@ -91,7 +93,12 @@ pub async fn serve(
     let idle = session.is_idle();
     if matches!(end, End::Shutdown) {
         let mut out = BytesMut::new();
-        msg::error_response(&mut out, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "terminating connection because sqlswitch is shutting down");
+        msg::error_response(
+            &mut out,
+            Severity::Fatal,
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because sqlswitch is shutting down",
+        );
         let _ = session.client().write_all(&out).await;
     }
     debug!(%peer, ?end, "session ended");
@@ -136,7 +143,12 @@ fn pool_key(startup: &Startup, user: &str, read_only: bool) -> PoolKey {
 }
 
 /// A pooled or new connection to the first backend that takes the session.
-async fn acquire(cluster: &Cluster, read_only: bool, key: &PoolKey, login: &Login<'_>) -> Result<(usize, BackendConn), BackendError> {
+async fn acquire(
+    cluster: &Cluster,
+    read_only: bool,
+    key: &PoolKey,
+    login: &Login<'_>,
+) -> Result<(usize, BackendConn), BackendError> {
     let mut last = BackendError::Protocol("the cluster has no backend for this session".into());
     for index in cluster.candidates(read_only) {
         let backend = &cluster.backends[index];

@@ -157,7 +157,12 @@ impl<'a> Session<'a> {
 
     async fn tell_client_backend_gone(&mut self) {
         let mut out = BytesMut::new();
-        msg::error_response(&mut out, Severity::Fatal, sqlstate::CONNECTION_FAILURE, "the database server closed the connection unexpectedly");
+        msg::error_response(
+            &mut out,
+            Severity::Fatal,
+            sqlstate::CONNECTION_FAILURE,
+            "the database server closed the connection unexpectedly",
+        );
         let _ = self.client.write_all(&out).await;
     }
 
@@ -173,7 +178,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn to_client(&mut self, bytes: &[u8]) -> Result<(), End> {
+    async fn send_client(&mut self, bytes: &[u8]) -> Result<(), End> {
         self.client.write_all(bytes).await.map_err(|_| End::ClientGone)
     }
 
@@ -203,7 +208,8 @@ impl<'a> Session<'a> {
             match header.tag {
                 fe::QUERY | fe::PARSE => {
                     let body = &self.cbuf[fwd + HEADER_LEN..fwd + len];
-                    let text = if header.tag == fe::QUERY { fe::query_text(body) } else { fe::parse(body).map(|(_, q)| q) };
+                    let text =
+                        if header.tag == fe::QUERY { fe::query_text(body) } else { fe::parse(body).map(|(_, q)| q) };
                     let text = match text {
                         Ok(t) => t,
                         Err(e) => return Err(self.client_error(fwd, e).await),
@@ -263,7 +269,7 @@ impl<'a> Session<'a> {
         );
         if tag == fe::QUERY {
             msg::ready_for_query(&mut err, self.backend.tx);
-            return self.to_client(&err).await;
+            return self.send_client(&err).await;
         }
         if self.pipeline_open {
             self.inject = Some(err);
@@ -271,7 +277,7 @@ impl<'a> Session<'a> {
             Ok(())
         } else {
             self.skip = Some(Skip::ReplyLocally);
-            self.to_client(&err).await
+            self.send_client(&err).await
         }
     }
 
@@ -280,7 +286,7 @@ impl<'a> Session<'a> {
             Skip::ReplyLocally => {
                 let mut out = BytesMut::new();
                 msg::ready_for_query(&mut out, self.backend.tx);
-                self.to_client(&out).await
+                self.send_client(&out).await
             }
             Skip::ForwardSync => {
                 let mut sync = BytesMut::with_capacity(HEADER_LEN);
@@ -346,7 +352,7 @@ impl<'a> Session<'a> {
                                 if let Some(err) = self.inject.take() {
                                     self.flush_backend(fwd).await?;
                                     fwd = 0;
-                                    self.to_client(&err).await?;
+                                    self.send_client(&err).await?;
                                 }
                                 self.hold = false;
                             }
