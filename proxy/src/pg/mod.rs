@@ -76,7 +76,7 @@ pub async fn serve(
         release(&cluster, index, key, conn, false).await;
         return;
     }
-    info!(%peer, user = %user, backend = %backend.name, read_only, "session started");
+    info!(user = %user, backend = %backend.name, read_only, "session started");
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
 

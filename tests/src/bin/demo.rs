@@ -1,2 +1,88 @@
-//! `sqlswitch-demo`: real PostgreSQL primary and replicas, sqlswitch in front, URLs printed.
-fn main() {}
+//! `sqlswitch-demo` (run by `scripts/demo`): starts a real PostgreSQL primary and two streaming
+//! replicas in a temporary directory, the `sqlswitch` binary in front of them, prints URLs to
+//! paste into `psql`, and stops everything on Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sqlswitch_tests::pg::{Topology, ANON, APP, DATABASE};
+use sqlswitch_tests::proxy::config_text;
+
+const LISTEN: &str = "127.0.0.1:6432";
+const READ_ONLY_LISTEN: &str = "127.0.0.1:6433";
+const METRICS: &str = "127.0.0.1:9930";
+
+fn main() -> Result<()> {
+    let sqlswitch = sibling("sqlswitch")?;
+    for addr in [LISTEN, READ_ONLY_LISTEN, METRICS] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            bail!("{addr} is in use: stop whatever listens there (another demo?) and try again");
+        }
+    }
+    eprintln!("starting a PostgreSQL primary and two streaming replicas...");
+    let topo = Topology::start(2)?;
+    let config_path = topo.dir.join("sqlswitch.toml");
+    let text = config_text(&topo, "app", LISTEN, READ_ONLY_LISTEN, Some(METRICS), "")
+        .replace("/tmp/sqlswitch-test.sock", "/tmp/sqlswitch-demo.sock");
+    std::fs::write(&config_path, text)?;
+    let mut daemon = Command::new(&sqlswitch)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting sqlswitch")?;
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(status) = daemon.try_wait()? {
+        topo.stop();
+        bail!("sqlswitch exited at start ({status})");
+    }
+    let (primary, r1, r2) = (topo.nodes[0].port, topo.nodes[1].port, topo.nodes[2].port);
+    println!(
+        "\nsqlswitch is running (config: {config}).\n\n\
+         Application user (reads and writes; primary):\n  psql 'postgresql://{au}:{ap}@{LISTEN}/{DATABASE}'\n\
+         Anonymous user (read-only; a replica; writes refused with 25006):\n  psql 'postgresql://{nu}:{np}@{LISTEN}/{DATABASE}'\n\
+         Read-only listener (every session read-only):\n  psql 'postgresql://{au}:{ap}@{READ_ONLY_LISTEN}/{DATABASE}'\n\n\
+         Try: SELECT pg_is_in_recovery();   INSERT INTO items (note) VALUES ('hello');\n\
+         Metrics: curl http://{METRICS}/metrics\n\
+         Load:    PGPASSWORD={ap} pgbench -i -h 127.0.0.1 -p {primary} -U {au} {DATABASE}   (once, direct to the primary)\n         \
+         PGPASSWORD={ap} pgbench -S -c 8 -T 10 -h 127.0.0.1 -p 6432 -U {au} {DATABASE}\n\
+         Servers: primary 127.0.0.1:{primary}, replicas 127.0.0.1:{r1} and 127.0.0.1:{r2}; data in {dir}\n\n\
+         Ctrl-C stops everything.",
+        config = config_path.display(),
+        au = APP.0,
+        ap = APP.1,
+        nu = ANON.0,
+        np = ANON.1,
+        dir = topo.dir.display(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
+        }
+    });
+    eprintln!("\nstopping sqlswitch and PostgreSQL...");
+    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    topo.stop();
+    Ok(())
+}
+
+async fn wait_exit(child: &mut std::process::Child) {
+    while matches!(child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A binary built next to this one.
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("no parent directory")?.join(name);
+    if !path.exists() {
+        bail!("{} not found: build it with `cargo build --release -p sqlswitch`", path.display());
+    }
+    Ok(path)
+}

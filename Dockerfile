@@ -1,0 +1,15 @@
+# Build stage: compile the sqlswitch binary.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p sqlswitch
+
+# Run stage: the binary alone, as a non-root user.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sqlswitch \
+    && mkdir -p /etc/sqlswitch
+COPY --from=build /src/target/release/sqlswitch /usr/local/bin/sqlswitch
+USER 10001
+EXPOSE 6432 6433 9930
+ENTRYPOINT ["/usr/local/bin/sqlswitch"]
+CMD ["run", "--config", "/etc/sqlswitch/sqlswitch.toml"]

