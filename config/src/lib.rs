@@ -77,9 +77,13 @@ pub struct Cluster {
     /// A session never reads older data than it wrote.
     #[serde(default = "defaults::yes")]
     pub read_your_writes: bool,
-    /// Credentials for health and lag checks, promotion and fencing.
+    /// Credentials for health and lag checks, promotion and fencing. Without them, read-write
+    /// sessions send everything to the primary (lag and read-your-writes cannot be checked).
     #[serde(default)]
     pub monitor: Option<Credentials>,
+    /// How often the monitor checks each backend.
+    #[serde(default = "defaults::monitor_interval", with = "humantime_serde")]
+    pub monitor_interval: Duration,
     /// Functions, beyond the built-in list, that read and change nothing.
     #[serde(default)]
     pub read_only_functions: Vec<String>,
@@ -228,6 +232,9 @@ mod defaults {
     pub fn auth_timeout() -> Duration {
         Duration::from_secs(15)
     }
+    pub fn monitor_interval() -> Duration {
+        Duration::from_millis(100)
+    }
     pub fn weight() -> u32 {
         1
     }
@@ -326,6 +333,9 @@ impl Config {
                         problem(format!("{at}.{key}"), format!("address {addr} is already used by another listener"));
                     }
                 }
+            }
+            if c.monitor_interval.is_zero() {
+                problem(format!("{at}.monitor_interval"), "must be greater than zero".into());
             }
             if c.max_replica_lag.is_zero() {
                 problem(format!("{at}.max_replica_lag"), "must be greater than zero".into());

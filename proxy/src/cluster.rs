@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlswitch_config::{Cluster as ClusterConfig, Role};
 
 use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
+use crate::monitor::{Clock, Health};
 use crate::pg::backend::BackendConn;
 use crate::pool::Pool;
 
@@ -33,6 +34,8 @@ pub struct Backend {
     pub pool: Pool<PoolKey, BackendConn>,
     /// Metrics handles.
     pub metrics: BackendMetrics,
+    /// What the monitor last saw.
+    pub health: Health,
 }
 
 /// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
@@ -98,6 +101,8 @@ pub struct Cluster {
     pub decoy: Verifier,
     /// Metrics handles.
     pub metrics: ClusterMetrics,
+    /// The time base of lag and read-your-writes.
+    pub clock: Clock,
 }
 
 impl Cluster {
@@ -107,11 +112,7 @@ impl Cluster {
             .backends
             .iter()
             .map(|b| {
-                let role = match b.role {
-                    Role::Primary => "primary",
-                    Role::Replica => "replica",
-                };
-                let metrics = registry.backend(&config.name, &b.name, role);
+                let metrics = registry.backend(&config.name, &b.name);
                 Backend {
                     name: b.name.clone(),
                     address: b.address.clone(),
@@ -119,6 +120,7 @@ impl Cluster {
                     weight: b.weight,
                     pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
                     metrics,
+                    health: Health::default(),
                 }
             })
             .collect();
@@ -137,6 +139,7 @@ impl Cluster {
         let decoy_password: [u8; 16] = rand::random();
         Arc::new(Self {
             metrics: registry.cluster(&config.name),
+            clock: Clock::default(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,
@@ -144,8 +147,9 @@ impl Cluster {
         })
     }
 
-    /// Backends to try for a session, best first: the primary for read-write sessions;
-    /// replicas in weighted random order, then the primary, for read-only ones.
+    /// Backends to try for a session's first connection, best first: the primary for
+    /// read-write sessions; healthy replicas in weighted random order, then the primary, for
+    /// read-only ones.
     pub fn candidates(&self, read_only: bool) -> Vec<usize> {
         let primary = self.config.primary_index();
         if !read_only {
@@ -156,6 +160,8 @@ impl Cluster {
             .iter()
             .enumerate()
             .filter(|(_, b)| b.role == Role::Replica && b.weight > 0)
+            // With a monitor, only replicas it has seen answer; without one, every replica.
+            .filter(|(_, b)| self.config.monitor.is_none() || b.health.is_up())
             .map(|(i, b)| {
                 // Weighted shuffle (Efraimidis-Spirakis): sort by u^(1/w), largest first.
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);

@@ -4,17 +4,23 @@
 //! - [`cluster`]: a cluster at run time (backends, pools, users' SCRAM verifiers) and the choice
 //!   of backend for a session.
 //! - [`pg`]: PostgreSQL clients: startup and authentication ([`pg::client`]), backend
-//!   connections ([`pg::backend`]) and the byte-forwarding session ([`pg::session`]).
+//!   connections ([`pg::backend`]), the byte-forwarding session ([`pg::session`]) that groups
+//!   client messages into batches ([`pg::batch`]) and routes each ([`pg::dispatch`]), and the
+//!   state that follows a session across connections ([`pg::state`]).
 //! - [`pool`]: idle backend connections keyed by login.
 //! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
+//! - [`route`]: the routing decision, a pure function.
+//! - [`monitor`]: health, lag and read-your-writes bookkeeping per backend.
 //! - [`metrics`]: Prometheus handles, registered once.
 #![forbid(unsafe_code)]
 
 pub mod cancel;
 pub mod cluster;
 pub mod metrics;
+pub mod monitor;
 pub mod pg;
 pub mod pool;
+pub mod route;
 pub mod server;
 
 pub use server::Daemon;

@@ -46,7 +46,10 @@ impl Registry {
         let counters: &[(&'static str, &'static str)] = &[
             ("sqlswitch_client_sessions_total", "Client sessions accepted."),
             ("sqlswitch_auth_failures_total", "Client authentications refused."),
-            ("sqlswitch_statements_total", "Statements and Execute messages forwarded, by target role."),
+            (
+                "sqlswitch_statements_total",
+                "Statements (Query and Execute messages) routed, by target role and reason.",
+            ),
             ("sqlswitch_statements_refused_total", "Writes refused in read-only sessions."),
             ("sqlswitch_backend_connect_failures_total", "Failed attempts to connect or log in to a backend."),
         ];
@@ -73,7 +76,16 @@ impl Registry {
     /// The handles of one cluster.
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
         let c = [("cluster", cluster)];
+        let routed = ["primary", "replica"].map(|target| {
+            crate::route::Reason::ALL.map(|reason| {
+                self.counter(
+                    "sqlswitch_statements_total",
+                    &[("cluster", cluster), ("target", target), ("reason", reason.label())],
+                )
+            })
+        });
         ClusterMetrics {
+            routed,
             sessions: self.gauge("sqlswitch_client_sessions", &c),
             sessions_total: self.counter("sqlswitch_client_sessions_total", &c),
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
@@ -82,10 +94,9 @@ impl Registry {
     }
 
     /// The handles of one backend.
-    pub fn backend(&self, cluster: &str, backend: &str, role: &str) -> BackendMetrics {
+    pub fn backend(&self, cluster: &str, backend: &str) -> BackendMetrics {
         let state = |s| [("cluster", cluster), ("backend", backend), ("state", s)];
         BackendMetrics {
-            statements: self.counter("sqlswitch_statements_total", &[("cluster", cluster), ("target", role)]),
             open: self.gauge("sqlswitch_backend_connections", &state("open")),
             idle: self.gauge("sqlswitch_backend_connections", &state("idle")),
             connect_failures: self
@@ -102,6 +113,8 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 /// Per-cluster handles.
 #[derive(Clone)]
 pub struct ClusterMetrics {
+    /// Statements routed, by `[primary, replica]` and [`crate::route::Reason`] index.
+    pub routed: [[Counter; 8]; 2],
     /// Sessions open now.
     pub sessions: Gauge,
     /// Sessions accepted.
@@ -115,8 +128,6 @@ pub struct ClusterMetrics {
 /// Per-backend handles.
 #[derive(Clone)]
 pub struct BackendMetrics {
-    /// Statements sent to this backend's role.
-    pub statements: Counter,
     /// Open connections.
     pub open: Gauge,
     /// Idle pooled connections.

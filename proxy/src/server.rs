@@ -57,6 +57,12 @@ impl Daemon {
                 anyhow::bail!("cluster {:?}: protocol mysql is not supported yet", cluster_config.name);
             }
             let cluster = Cluster::new(cluster_config, &registry);
+            if let Some(mut monitor) = crate::monitor::Monitor::new(Arc::clone(&cluster)) {
+                // One round before listening, so the first sessions already know which
+                // replicas are up and caught up.
+                monitor.tick().await;
+                tokio::spawn(monitor.run(cluster.config.monitor_interval, shutdown.clone()));
+            }
             let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
             let addrs = std::iter::once((cluster.config.listen, false))
                 .chain(cluster.config.read_only_listen.map(|a| (a, true)));

@@ -207,12 +207,22 @@ async fn client_leaving_mid_query_releases_the_backend() {
     let (client, conn) = tokio_postgres::connect(&s, NoTls).await.unwrap();
     let conn_task = tokio::spawn(conn);
     let query = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    let watcher = connect_str(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", topo.primary().port))
-        .await
-        .unwrap();
+    // The query may run on any server (it is a read): watch them all.
+    let mut watchers = Vec::new();
+    for node in &topo.nodes {
+        let w = connect_str(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", node.port)).await.unwrap();
+        watchers.push(w);
+    }
     let busy = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'leaver' AND state = 'active'";
+    let running = || async {
+        let mut n = 0;
+        for w in &watchers {
+            n += w.query_one(busy, &[]).await.unwrap().get::<_, i64>(0);
+        }
+        n
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while watcher.query_one(busy, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+    while running().await == 0 {
         assert!(Instant::now() < deadline, "the query never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -221,8 +231,7 @@ async fn client_leaving_mid_query_releases_the_backend() {
     query.abort();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let n: i64 = watcher.query_one(busy, &[]).await.unwrap().get(0);
-        if n == 0 {
+        if running().await == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the backend is still running the abandoned query");
@@ -395,8 +404,8 @@ async fn metrics_endpoint_reports_sessions_statements_and_connections() {
     }
     for needle in [
         "sqlswitch_client_sessions{cluster=\"metered\"} 2",
-        "sqlswitch_statements_total{cluster=\"metered\",target=\"primary\"}",
-        "sqlswitch_statements_total{cluster=\"metered\",target=\"replica\"}",
+        "sqlswitch_statements_total{cluster=\"metered\",target=\"primary\",reason=\"write\"}",
+        "sqlswitch_statements_total{cluster=\"metered\",target=\"replica\",reason=\"read_only_session\"}",
         "sqlswitch_backend_connections{cluster=\"metered\",backend=\"primary\",state=\"open\"}",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");

@@ -78,6 +78,10 @@ pub struct Verdict {
     pub writes: bool,
     /// Some statement pins the session to the primary.
     pub pin: Option<Pin>,
+    /// Some statement changes session state (SET, RESET, DISCARD, PREPARE, ...).
+    pub session: bool,
+    /// Some statement asks for SERIALIZABLE isolation, which a standby cannot give.
+    pub serializable: bool,
 }
 
 impl Verdict {
@@ -104,7 +108,8 @@ pub fn classify_pg_with(sql: &str, extra_read_only: &[String]) -> Verdict {
 }
 
 fn classify_with(lexer: Lexer<'_>, extra: &[String]) -> Verdict {
-    let mut verdict = Verdict { class: Class::Empty, statements: 0, writes: false, pin: None };
+    let mut verdict =
+        Verdict { class: Class::Empty, statements: 0, writes: false, pin: None, session: false, serializable: false };
     let mut scan = Scan::new(extra);
     for tok in lexer {
         if tok == Token::Semicolon {
@@ -125,6 +130,8 @@ impl Verdict {
             self.class = if self.statements > 1 { Class::Multi } else { s.class };
             self.writes |= s.writes;
             self.pin = self.pin.or(s.pin);
+            self.session |= s.class == Class::Session;
+            self.serializable |= s.serializable;
         }
     }
 }
@@ -214,6 +221,7 @@ struct Stmt {
     class: Class,
     writes: bool,
     pin: Option<Pin>,
+    serializable: bool,
 }
 
 /// The per-statement state machine fed one token at a time.
@@ -250,6 +258,8 @@ struct Scan<'a, 'x> {
     set_value_on: Option<bool>,
     set_transaction: bool,
     copy_from: bool,
+    /// The word (or string) `serializable` appears.
+    serializable: bool,
 }
 
 impl<'a, 'x> Scan<'a, 'x> {
@@ -277,6 +287,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             set_value_on: None,
             set_transaction: false,
             copy_from: false,
+            serializable: false,
         }
     }
 
@@ -294,6 +305,9 @@ impl<'a, 'x> Scan<'a, 'x> {
             Token::Str(s) => {
                 if contains_ci(s, "read_only") {
                     self.mentions_read_only = true;
+                }
+                if contains_ci(s, "serializable") {
+                    self.serializable = true;
                 }
                 if self.lead == Lead::Set && self.words >= 2 {
                     self.set_value(s.trim_matches(|c| c == '\'' || c == '"'));
@@ -323,6 +337,9 @@ impl<'a, 'x> Scan<'a, 'x> {
 
     fn word(&mut self, w: &'a str) {
         self.words = self.words.saturating_add(1);
+        if is(w, "serializable") {
+            self.serializable = true;
+        }
         if self.lead == Lead::None {
             self.lead = lead_of(w);
         } else {
@@ -460,7 +477,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             Lead::Explain | Lead::Copy | Lead::Lock | Lead::Unknown => Class::Unknown,
         };
         let writes = class == Class::Write || enables_writes;
-        Stmt { class, writes, pin }
+        Stmt { class, writes, pin, serializable: self.serializable || self.opts.serializable }
     }
 }
 

@@ -257,6 +257,17 @@ fn pins() {
 }
 
 #[test]
+fn session_and_serializable_flags() {
+    assert!(classify_pg("set search_path = a").session);
+    assert!(classify_pg("select 1; set search_path = a").session);
+    assert!(!classify_pg("select 1").session);
+    assert!(classify_pg("set default_transaction_isolation = 'serializable'").serializable);
+    assert!(classify_pg("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE").serializable);
+    assert!(classify_pg("begin isolation level serializable").serializable);
+    assert!(!classify_pg("begin isolation level repeatable read").serializable);
+}
+
+#[test]
 fn config_extends_the_read_only_list() {
     let extra = vec!["my_pure_fn".to_owned()];
     assert!(classify_pg_with("select my_pure_fn(1)", &extra).is_read());

@@ -259,6 +259,34 @@ impl BackendConn {
         Ok(ok && self.tx == TxStatus::Idle)
     }
 
+    /// Runs control-path SQL (monitoring, session-state replay) and returns the text values of
+    /// every row. Not for the hot path: it decodes rows.
+    ///
+    /// # Errors
+    /// I/O failure, or the server's error message.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' => {
+                    rows.push(data_row(f.body()).ok_or_else(|| BackendError::Protocol("malformed DataRow".into()))?)
+                }
+                msg::ERROR_RESPONSE => failure = Some(refused(f)),
+                msg::PARAMETER_STATUS => self.note_parameter(f.body()),
+                msg::READY_FOR_QUERY => {
+                    self.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'I'));
+                    return failure.map_or(Ok(rows), Err);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Says goodbye; errors are irrelevant, the connection is being dropped.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);
@@ -266,6 +294,24 @@ impl BackendConn {
         out.put_i32(4);
         let _ = self.stream.write_all(&out).await;
     }
+}
+
+/// The text values of a DataRow body.
+fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let mut f = frame::Fields::new(body);
+    let count = f.bytes(2, "DataRow").ok()?;
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut values = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = f.i32("DataRow").ok()?;
+        if len < 0 {
+            values.push(None);
+        } else {
+            let bytes = f.bytes(usize::try_from(len).ok()?, "DataRow").ok()?;
+            values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+        }
+    }
+    Some(values)
 }
 
 fn refused(f: Frame) -> BackendError {

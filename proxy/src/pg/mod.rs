@@ -3,8 +3,11 @@
 //! servers, [`session`] the relaying.
 
 pub mod backend;
+pub mod batch;
 pub mod client;
+mod dispatch;
 pub mod session;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +24,10 @@ use tracing::{debug, info, warn};
 use crate::cancel::{self, CancelKey};
 use crate::cluster::{Cluster, PoolKey};
 use backend::{BackendConn, BackendError, Login};
+use batch::Side;
 use client::{send_fatal, Opening};
-use session::{End, Session, Settings};
+use session::{End, Identity, Session, Slot};
+use sqlswitch_config::Role;
 
 const READ_ONLY_GUC: &str = "default_transaction_read_only";
 
@@ -80,17 +85,19 @@ pub async fn serve(
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
 
-    let settings = Settings {
+    let side = if backend.role == Role::Primary { Side::Primary } else { Side::Replica };
+    let first = Slot { conn, backend: index, applied: Default::default(), stale: false };
+    let id = Identity {
+        cluster: &cluster,
+        user: &user,
+        password: &account.password,
+        key: &key,
         read_only,
-        max_message: cluster.config.max_message_size,
-        read_only_functions: &cluster.config.read_only_functions,
-        cluster_metrics: &cluster.metrics,
-        backend_metrics: &backend.metrics,
+        cancel: &cancel_key,
     };
-    let mut session = Session::new(stream, buf, conn, settings);
+    let mut session = Session::new(stream, buf, id, first, side);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
-    let idle = session.is_idle();
     if matches!(end, End::Shutdown) {
         let mut out = BytesMut::new();
         msg::error_response(
@@ -102,17 +109,21 @@ pub async fn serve(
         let _ = session.client().write_all(&out).await;
     }
     debug!(%peer, ?end, "session ended");
-    let conn = session.backend;
-    match end {
-        End::BackendGone => {}
-        _ if !idle => {
+    let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
+    let slots = std::mem::take(&mut session.slots);
+    drop(session);
+    for (i, slot) in slots.into_iter().enumerate() {
+        let Some(slot) = slot else { continue };
+        if matches!(end, End::Shutdown | End::BackendGone) {
+            slot.conn.terminate().await;
+        } else if busy.is_some_and(|side| side.index() == i) {
             // The client left mid-query: stop the query rather than let it run for nobody,
             // and close the connection, whose state is unknown.
-            cancel::send_cancel(conn.cancel).await;
-            conn.terminate().await;
+            cancel::send_cancel(slot.conn.cancel).await;
+            slot.conn.terminate().await;
+        } else {
+            release(&cluster, slot.backend, key.clone(), slot.conn, true).await;
         }
-        End::Shutdown => conn.terminate().await,
-        _ => release(&cluster, index, key, conn, true).await,
     }
 }
 
@@ -195,7 +206,7 @@ async fn welcome(stream: &mut TcpStream, conn: &BackendConn, key: &CancelKey) ->
 }
 
 /// Resets a connection and returns it to its backend's pool, or closes it.
-async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut conn: BackendConn, reset: bool) {
+pub(crate) async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut conn: BackendConn, reset: bool) {
     let clean = !reset || matches!(conn.reset().await, Ok(true));
     if clean && conn.is_reusable() {
         if let Some(extra) = cluster.backends[index].pool.put(key, conn) {

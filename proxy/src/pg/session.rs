@@ -1,19 +1,22 @@
-//! A client session bound to one backend connection: bytes flow both ways without being
-//! decoded. The proxy reads only message headers, plus the bodies of `Q` and `P` (to classify
-//! the SQL) and of `Z` (transaction status) and `S` (parameter changes) from the backend.
-//! Forwarding is zero-copy: complete messages at the front of a read buffer are written on in
-//! one `write_all` straight from that buffer, and a message larger than what has arrived is
-//! streamed through as it comes, so a huge row never has to fit in memory.
+//! A client session: client messages are grouped into batches ([`super::batch`]), each batch is
+//! routed on its own ([`crate::route`]) and relayed to the primary or a replica connection
+//! ([`super::dispatch`]), and the answers flow back without being decoded. The proxy reads only
+//! message headers, the bodies of `Q`, `P`, `B`, `D`, `C` from the client, and `Z`, `E`, `S`
+//! from the backend. Forwarding is zero-copy: complete messages at the front of a read buffer
+//! go out in one `write_all` straight from that buffer, and a message larger than what has
+//! arrived is streamed through as it comes.
+//!
+//! One connection is *active* at a time: the one owing answers. A batch for the other one waits
+//! until every answer is in, so the client always reads answers in order.
 //!
 //! In a read-only session a statement the classifier knows to write is refused with SQLSTATE
-//! 25006 and never sent. The refusal keeps the protocol's ordering: when the backend still owes
-//! answers to earlier messages, the refusal waits for them, or rides just before the
-//! ReadyForQuery of the pipeline it belongs to.
+//! 25006 and never sent, in protocol order: the refusal waits for earlier answers, or rides just
+//! before the ReadyForQuery of the pipeline it belongs to.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use sqlswitch_protocol::classify;
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
-use sqlswitch_protocol::pg::frame::{self, HEADER_LEN};
+use sqlswitch_protocol::pg::frame::{self, Fields, HEADER_LEN};
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
@@ -22,7 +25,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
-use crate::metrics::{BackendMetrics, ClusterMetrics};
+use super::batch::{OpenBatch, Side};
+use super::state::{Applied, SessionState};
+use crate::cancel::CancelKey;
+use crate::cluster::{Cluster, PoolKey};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -31,78 +37,155 @@ pub enum End {
     Quit,
     /// The client's socket closed or failed.
     ClientGone,
-    /// The backend's socket closed or failed; the client has been told.
+    /// A backend failed mid-work; the client has been told.
     BackendGone,
     /// The client broke the protocol; it has been told.
     ClientError(ProtocolError),
-    /// The daemon is shutting down and the session was idle; the client has been told.
+    /// The daemon is shutting down and the session was idle.
     Shutdown,
 }
 
 /// After a locally refused extended-protocol message, client messages are discarded up to Sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    /// Nothing was forwarded in this pipeline: answer the Sync with our own ReadyForQuery.
+pub(super) enum Skip {
+    /// Nothing of this pipeline went to a backend: answer its Sync with our own ReadyForQuery.
     ReplyLocally,
-    /// The backend holds earlier messages of this pipeline: forward the Sync, and put our
-    /// error just before its ReadyForQuery unless the backend reports an error itself.
+    /// A backend holds earlier messages of this pipeline: forward the Sync and put our error
+    /// just before its ReadyForQuery, unless the backend reports an error itself.
     ForwardSync,
 }
 
-/// Per-session settings that do not change while it runs.
-pub struct Settings<'a> {
-    /// Refuse writes with 25006.
+/// One backend connection of the session.
+pub struct Slot {
+    /// The connection.
+    pub conn: BackendConn,
+    /// Which backend of the cluster.
+    pub backend: usize,
+    /// What it has been given of the session state.
+    pub applied: Applied,
+    /// It still holds state the session has discarded (`DISCARD ALL` ran elsewhere): replace
+    /// it before use.
+    pub stale: bool,
+}
+
+/// A batch kept until its first answer byte, to retry it elsewhere if its replica fails.
+pub(super) struct Retry {
+    pub bytes: Bytes,
+    pub binds: Vec<String>,
+}
+
+/// Who the session is.
+pub struct Identity<'a> {
+    /// The cluster.
+    pub cluster: &'a Cluster,
+    /// Login user.
+    pub user: &'a str,
+    /// Its password, for opening more backend connections.
+    pub password: &'a str,
+    /// What its backend connections are opened with.
+    pub key: &'a PoolKey,
+    /// Refuse writes with 25006; use replicas for everything.
     pub read_only: bool,
-    /// Largest client message buffered.
-    pub max_message: usize,
-    /// Config's extra read-only functions.
-    pub read_only_functions: &'a [String],
-    /// Cluster handles.
-    pub cluster_metrics: &'a ClusterMetrics,
-    /// Handles of the backend in use.
-    pub backend_metrics: &'a BackendMetrics,
+    /// The cancel key handed to the client.
+    pub cancel: &'a CancelKey,
 }
 
 /// A running session.
 pub struct Session<'a> {
-    client: TcpStream,
-    cbuf: BytesMut,
-    /// The backend connection; returned to the caller when the session ends.
-    pub backend: BackendConn,
-    settings: Settings<'a>,
-    /// Sync/Query/FunctionCall messages forwarded whose ReadyForQuery has not come back.
-    outstanding: u32,
-    /// Extended-protocol messages forwarded since the last Sync.
-    pipeline_open: bool,
-    skip: Option<Skip>,
-    inject: Option<BytesMut>,
-    /// Client input waits until the backend has answered everything forwarded.
-    hold: bool,
-    /// Bytes of a backend message still to stream through unexamined.
+    pub(super) client: TcpStream,
+    pub(super) cbuf: BytesMut,
+    pub(super) id: Identity<'a>,
+    /// The primary and replica connections.
+    pub slots: [Option<Slot>; 2],
+    pub(super) active: Option<Side>,
+    pub(super) state: SessionState,
+    pub(super) batch: OpenBatch,
+    /// Sync points (Sync, Query, FunctionCall) sent whose ReadyForQuery has not come back.
+    pub(super) outstanding: u32,
+    pub(super) skip: Option<Skip>,
+    pub(super) inject: Option<BytesMut>,
+    /// Client input waits until the active connection has answered everything.
+    pub(super) hold: bool,
     passthrough: usize,
+    /// A write was sent to the primary and not yet acknowledged.
+    pub(super) writes_in_flight: bool,
+    /// A session-state change waiting for its ReadyForQuery to be recorded.
+    pub(super) state_change: Option<StateChange>,
+    /// The backend reported an error since the last ReadyForQuery.
+    batch_error: bool,
+    pub(super) retry: Option<Retry>,
+    /// Where the unnamed statement was last parsed.
+    pub(super) unnamed_side: Option<Side>,
+}
+
+/// A session-state change in flight.
+#[derive(Debug)]
+pub(super) enum StateChange {
+    /// Record this statement for replay.
+    Record(String),
+    /// `DISCARD ALL`: forget everything.
+    ForgetAll,
+}
+
+impl Side {
+    /// Index into the session's slots.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Primary => 0,
+            Side::Replica => 1,
+        }
+    }
 }
 
 impl<'a> Session<'a> {
-    /// A session over an authenticated client and a logged-in backend; `cbuf` holds any client
-    /// bytes already read past the startup.
-    pub fn new(client: TcpStream, cbuf: BytesMut, backend: BackendConn, settings: Settings<'a>) -> Self {
+    /// A session over an authenticated client and its first backend connection.
+    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: Slot, side: Side) -> Self {
+        let mut slots = [None, None];
+        slots[side.index()] = Some(first);
+        let mut batch = OpenBatch::default();
+        batch.reset();
         Self {
             client,
             cbuf,
-            backend,
-            settings,
+            id,
+            slots,
+            active: Some(side),
+            state: SessionState::default(),
+            batch,
             outstanding: 0,
-            pipeline_open: false,
             skip: None,
             inject: None,
             hold: false,
             passthrough: 0,
+            writes_in_flight: false,
+            state_change: None,
+            batch_error: false,
+            retry: None,
+            unnamed_side: None,
         }
     }
 
-    /// Whether the backend connection is between transactions with nothing in flight.
+    pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot> {
+        self.slots[side.index()].as_mut()
+    }
+
+    /// The transaction status of the active connection.
+    pub(super) fn tx(&self) -> TxStatus {
+        self.active.and_then(|s| self.slots[s.index()].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
+    }
+
+    /// Whether nothing is in flight and no transaction is open.
     pub fn is_idle(&self) -> bool {
-        self.outstanding == 0 && !self.pipeline_open && self.backend.tx == TxStatus::Idle && self.passthrough == 0
+        self.outstanding == 0
+            && self.batch.len == 0
+            && self.batch.side.is_none()
+            && self.tx() == TxStatus::Idle
+            && self.passthrough == 0
+    }
+
+    /// The connection owing answers, if any.
+    pub fn active_side(&self) -> Option<Side> {
+        self.active
     }
 
     /// The client socket, for the final words.
@@ -110,44 +193,40 @@ impl<'a> Session<'a> {
         &mut self.client
     }
 
-    /// Relays until the client or the backend leaves, or `shutdown` fires while idle.
+    /// Relays until the client leaves, a backend fails mid-work, or `shutdown` fires while idle.
     ///
     /// # Cancellation safety
     /// Run it to completion: it is the session's only task.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> End {
-        if !self.cbuf.is_empty() {
-            if let Err(end) = self.on_client().await {
-                return end;
-            }
+        if let Err(end) = self.on_client().await {
+            return end;
         }
         loop {
             if self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(8192);
             }
-            if self.backend.buf.capacity() - self.backend.buf.len() < 4096 {
-                self.backend.buf.reserve(16 * 1024);
-            }
             let idle = self.is_idle() && self.cbuf.is_empty();
+            let hold = self.hold;
+            let active = match self.active {
+                Some(side) => self.slots[side.index()].as_mut(),
+                None => None,
+            };
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
-                r = self.backend.stream.read_buf(&mut self.backend.buf) => match r {
-                    Ok(0) | Err(_) => Err(End::BackendGone),
+                r = read_backend(active) => match r {
+                    Ok(0) | Err(_) => Err(()),
                     Ok(_) => Ok(true),
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !self.hold => match r {
-                    Ok(0) | Err(_) => Err(End::ClientGone),
+                r = self.client.read_buf(&mut self.cbuf), if !hold => match r {
+                    Ok(0) | Err(_) => return End::ClientGone,
                     Ok(_) => Ok(false),
                 },
             };
             let result = match step {
                 Ok(true) => self.on_backend().await,
                 Ok(false) => self.on_client().await,
-                Err(End::BackendGone) => {
-                    self.tell_client_backend_gone().await;
-                    return End::BackendGone;
-                }
-                Err(end) => return end,
+                Err(()) => self.backend_failed().await,
             };
             if let Err(end) = result {
                 return end;
@@ -155,7 +234,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn tell_client_backend_gone(&mut self) {
+    pub(super) async fn tell_client_backend_gone(&mut self) {
         let mut out = BytesMut::new();
         msg::error_response(
             &mut out,
@@ -166,38 +245,34 @@ impl<'a> Session<'a> {
         let _ = self.client.write_all(&out).await;
     }
 
-    /// Writes the first `n` bytes of the client buffer to the backend.
-    async fn forward_client(&mut self, n: usize) -> Result<(), End> {
-        if n > 0 {
-            if self.backend.stream.write_all(&self.cbuf[..n]).await.is_err() {
-                self.tell_client_backend_gone().await;
-                return Err(End::BackendGone);
-            }
-            self.cbuf.advance(n);
-        }
-        Ok(())
-    }
-
-    async fn send_client(&mut self, bytes: &[u8]) -> Result<(), End> {
+    pub(super) async fn send_client(&mut self, bytes: &[u8]) -> Result<(), End> {
         self.client.write_all(bytes).await.map_err(|_| End::ClientGone)
     }
 
     /// Handles every complete client message in the buffer.
     async fn on_client(&mut self) -> Result<(), End> {
-        let mut fwd = 0;
-        while !self.hold {
-            let header = match frame::peek_header(&self.cbuf[fwd..], self.settings.max_message) {
+        loop {
+            if self.hold {
+                return Ok(());
+            }
+            if self.batch.complete {
+                if !self.dispatch().await? {
+                    return Ok(()); // held until the active connection has answered
+                }
+                self.batch.reset();
+                continue;
+            }
+            let at = self.batch.len;
+            let header = match frame::peek_header(&self.cbuf[at..], self.id.cluster.config.max_message_size) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
-                Err(e) => return Err(self.client_error(fwd, e).await),
+                Err(e) => return Err(self.client_error(e).await),
             };
-            if self.cbuf.len() - fwd < header.total_len {
+            if self.cbuf.len() - at < header.total_len {
                 break;
             }
             let len = header.total_len;
             if let Some(skip) = self.skip {
-                self.forward_client(fwd).await?;
-                fwd = 0;
                 self.cbuf.advance(len);
                 if header.tag == fe::SYNC {
                     self.skip = None;
@@ -205,60 +280,127 @@ impl<'a> Session<'a> {
                 }
                 continue;
             }
+            let body = &self.cbuf[at + HEADER_LEN..at + len];
             match header.tag {
                 fe::QUERY | fe::PARSE => {
-                    let body = &self.cbuf[fwd + HEADER_LEN..fwd + len];
-                    let text =
-                        if header.tag == fe::QUERY { fe::query_text(body) } else { fe::parse(body).map(|(_, q)| q) };
-                    let text = match text {
-                        Ok(t) => t,
-                        Err(e) => return Err(self.client_error(fwd, e).await),
+                    let parsed =
+                        if header.tag == fe::QUERY { fe::query_text(body).map(|q| ("", q)) } else { fe::parse(body) };
+                    let (name, text) = match parsed {
+                        Ok(v) => v,
+                        Err(e) => return Err(self.client_error(e).await),
                     };
-                    if self.settings.read_only
-                        && classify::classify_pg_with(text, self.settings.read_only_functions).refused_read_only()
-                    {
-                        self.forward_client(fwd).await?;
-                        fwd = 0;
-                        self.refuse(header.tag, len).await?;
+                    let verdict = classify::classify_pg_with(text, &self.id.cluster.config.read_only_functions);
+                    if self.id.read_only && verdict.refused_read_only() {
+                        if !self.refuse(header.tag, len).await? {
+                            return Ok(());
+                        }
                         continue;
                     }
+                    let text = text.to_owned();
+                    let name = name.to_owned();
+                    self.batch.add_verdict(&verdict, &text);
                     if header.tag == fe::QUERY {
-                        self.settings.backend_metrics.statements.increment(1);
-                        self.outstanding += 1;
+                        self.batch.simple = true;
+                        self.batch.statements += 1;
+                        self.batch.syncs += 1;
+                        self.batch.complete = true;
+                    } else if name.is_empty() {
+                        self.batch.parses_unnamed = true;
                     } else {
-                        self.pipeline_open = true;
+                        let parse = Bytes::copy_from_slice(&self.cbuf[at..at + len]);
+                        let generation = self.state.define(&name, parse, verdict.is_read());
+                        self.batch.parsed.push((name, generation));
                     }
                 }
-                fe::SYNC | fe::FUNCTION_CALL => {
-                    self.outstanding += 1;
-                    self.pipeline_open = false;
+                fe::BIND | fe::DESCRIBE | fe::CLOSE => {
+                    let name = match statement_name(header.tag, body) {
+                        Ok(n) => n.map(str::to_owned),
+                        Err(e) => return Err(self.client_error(e).await),
+                    };
+                    self.note_statement_use(header.tag, name);
                 }
-                fe::EXECUTE => {
-                    self.settings.backend_metrics.statements.increment(1);
-                    self.pipeline_open = true;
+                fe::EXECUTE => self.batch.statements += 1,
+                fe::SYNC => {
+                    self.batch.syncs += 1;
+                    self.batch.complete = true;
                 }
-                fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.pipeline_open = true,
+                fe::FUNCTION_CALL => {
+                    self.batch.read = false;
+                    self.batch.statements += 1;
+                    self.batch.syncs += 1;
+                    self.batch.complete = true;
+                }
                 fe::TERMINATE => {
-                    self.forward_client(fwd).await?;
+                    if self.batch.len > 0 {
+                        self.batch.complete = true;
+                        let _ = self.dispatch().await;
+                    }
                     return Err(End::Quit);
+                }
+                fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
+                    // Part of a COPY already running on the active connection.
+                    self.batch.side = self.batch.side.or(self.active);
                 }
                 _ => {}
             }
-            fwd += len;
+            self.batch.any = true;
+            self.batch.len += len;
+            if header.tag == fe::FLUSH || self.batch.len > FORCE_DISPATCH {
+                // The client wants answers before its Sync (or the batch is too big to hold):
+                // decide now; the rest of the batch follows to the same connection.
+                if !self.dispatch().await? {
+                    return Ok(());
+                }
+            }
         }
-        self.forward_client(fwd).await
+        if self.batch.side.is_some() && self.batch.len > 0 && !self.batch.complete {
+            self.dispatch().await?;
+        }
+        Ok(())
     }
 
-    /// Refuses the write at the front of the client buffer (a `Q` or `P` of `len` bytes).
-    async fn refuse(&mut self, tag: u8, len: usize) -> Result<(), End> {
-        let must_wait = self.outstanding > 0 && (tag == fe::QUERY || !self.pipeline_open);
-        if must_wait {
-            // The backend still owes answers to earlier messages: refuse once it has given
-            // them, so the client reads every answer in order.
-            self.hold = true;
-            return Ok(());
+    /// Records a Bind, Describe or Close of a named (or the unnamed) statement.
+    fn note_statement_use(&mut self, tag: u8, name: Option<String>) {
+        let Some(name) = name else { return };
+        if tag == fe::CLOSE {
+            if !name.is_empty() {
+                self.batch.closes.push(name);
+            }
+            return;
         }
-        self.settings.cluster_metrics.refused.increment(1);
+        if name.is_empty() {
+            if !self.batch.parses_unnamed {
+                self.batch.needs_unnamed_from = true;
+            }
+            return;
+        }
+        if self.batch.parsed.iter().any(|(n, _)| *n == name) {
+            return;
+        }
+        match self.state.statement(&name) {
+            Some(s) if s.read => {}
+            _ => self.batch.read = false,
+        }
+        if !self.batch.binds.contains(&name) {
+            self.batch.binds.push(name);
+        }
+    }
+
+    /// Refuses the write at offset `batch.len` (a `Q` or `P` of `len` bytes). Returns false when
+    /// it must wait for the active connection's answers first.
+    async fn refuse(&mut self, tag: u8, len: usize) -> Result<bool, End> {
+        if self.batch.len > 0 && tag == fe::PARSE {
+            // Earlier messages of this pipeline go out first; our error rides before its Sync's answer.
+            if !self.dispatch().await? {
+                return Ok(false);
+            }
+        }
+        let pipeline = self.batch.side.is_some();
+        if self.outstanding > 0 && !pipeline {
+            self.hold = true;
+            return Ok(false);
+        }
+        self.id.cluster.metrics.refused.increment(1);
         self.cbuf.advance(len);
         let mut err = BytesMut::new();
         msg::error_response(
@@ -267,45 +409,45 @@ impl<'a> Session<'a> {
             sqlstate::READ_ONLY_SQL_TRANSACTION,
             "cannot execute a write in a read-only session (sqlswitch refused it before it reached any server)",
         );
-        if tag == fe::QUERY {
-            msg::ready_for_query(&mut err, self.backend.tx);
-            return self.send_client(&err).await;
-        }
-        if self.pipeline_open {
+        if tag == fe::QUERY && !pipeline {
+            msg::ready_for_query(&mut err, self.tx());
+            self.send_client(&err).await?;
+        } else if pipeline {
             self.inject = Some(err);
             self.skip = Some(Skip::ForwardSync);
-            Ok(())
         } else {
             self.skip = Some(Skip::ReplyLocally);
-            self.send_client(&err).await
+            self.send_client(&err).await?;
         }
+        Ok(true)
     }
 
     async fn end_skip(&mut self, skip: Skip) -> Result<(), End> {
         match skip {
             Skip::ReplyLocally => {
                 let mut out = BytesMut::new();
-                msg::ready_for_query(&mut out, self.backend.tx);
+                msg::ready_for_query(&mut out, self.tx());
                 self.send_client(&out).await
             }
             Skip::ForwardSync => {
-                let mut sync = BytesMut::with_capacity(HEADER_LEN);
-                sync.extend_from_slice(&[fe::SYNC, 0, 0, 0, 4]);
-                if self.backend.stream.write_all(&sync).await.is_err() {
+                let side = self.batch.side.or(self.active).unwrap_or(Side::Primary);
+                let sent = match self.slot(side) {
+                    Some(slot) => slot.conn.stream.write_all(&[fe::SYNC, 0, 0, 0, 4]).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
                     self.tell_client_backend_gone().await;
                     return Err(End::BackendGone);
                 }
                 self.outstanding += 1;
-                self.pipeline_open = false;
-                // Hold client input until the backend's ReadyForQuery carries our error out.
+                self.batch.reset();
                 self.hold = true;
                 Ok(())
             }
         }
     }
 
-    async fn client_error(&mut self, fwd: usize, e: ProtocolError) -> End {
-        let _ = self.forward_client(fwd).await;
+    async fn client_error(&mut self, e: ProtocolError) -> End {
         let code = match e {
             ProtocolError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
             _ => sqlstate::PROTOCOL_VIOLATION,
@@ -316,11 +458,13 @@ impl<'a> Session<'a> {
         End::ClientError(e)
     }
 
-    /// Forwards every backend message in the buffer, watching `Z`, `E` and `S`.
+    /// Forwards every message the active connection sent, watching `Z`, `E` and `S`.
     async fn on_backend(&mut self) -> Result<(), End> {
+        let Some(side) = self.active else { return Ok(()) };
         let mut fwd = 0;
         loop {
-            let buf_len = self.backend.buf.len();
+            let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
+            let buf_len = slot.conn.buf.len();
             if self.passthrough > 0 {
                 let n = self.passthrough.min(buf_len - fwd);
                 fwd += n;
@@ -329,7 +473,7 @@ impl<'a> Session<'a> {
                     break;
                 }
             }
-            let header = match frame::peek_header(&self.backend.buf[fwd..], MAX_BACKEND_MESSAGE) {
+            let header = match frame::peek_header(&slot.conn.buf[fwd..], MAX_BACKEND_MESSAGE) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(_) => {
@@ -343,27 +487,32 @@ impl<'a> Session<'a> {
                     if avail < header.total_len {
                         break;
                     }
-                    let body = &self.backend.buf[fwd + HEADER_LEN..fwd + header.total_len];
+                    let start = fwd + HEADER_LEN;
+                    fwd += header.total_len;
                     match header.tag {
                         msg::READY_FOR_QUERY => {
-                            self.backend.tx = TxStatus::from_byte(body.first().copied().unwrap_or(b'T'));
+                            slot.conn.tx = TxStatus::from_byte(slot.conn.buf.get(start).copied().unwrap_or(b'T'));
                             self.outstanding = self.outstanding.saturating_sub(1);
+                            self.after_ready(side);
                             if self.outstanding == 0 {
                                 if let Some(err) = self.inject.take() {
-                                    self.flush_backend(fwd).await?;
-                                    fwd = 0;
+                                    // Our refusal goes just before this ReadyForQuery.
+                                    self.flush_backend(side, fwd - header.total_len).await?;
+                                    fwd = header.total_len;
                                     self.send_client(&err).await?;
                                 }
                                 self.hold = false;
                             }
                         }
-                        msg::ERROR_RESPONSE => self.inject = None,
+                        msg::ERROR_RESPONSE => {
+                            self.inject = None;
+                            self.batch_error = true;
+                        }
                         _ => {
-                            let body = body.to_vec();
-                            self.backend.note_parameter(&body);
+                            let body = slot.conn.buf[start..fwd].to_vec();
+                            slot.conn.note_parameter(&body);
                         }
                     }
-                    fwd += header.total_len;
                 }
                 _ if avail >= header.total_len => fwd += header.total_len,
                 _ => {
@@ -373,19 +522,86 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        self.flush_backend(fwd).await?;
-        if !self.hold && !self.cbuf.is_empty() {
+        self.flush_backend(side, fwd).await?;
+        if !self.hold && (!self.cbuf.is_empty() || self.batch.complete) {
             // Client messages held back while the backend caught up.
             return Box::pin(self.on_client()).await;
         }
         Ok(())
     }
 
-    async fn flush_backend(&mut self, n: usize) -> Result<(), End> {
+    /// Bookkeeping at each ReadyForQuery of `side`.
+    fn after_ready(&mut self, side: Side) {
+        if self.writes_in_flight && side == Side::Primary {
+            self.state.last_write = Some(self.id.cluster.clock.now());
+        }
+        if self.outstanding == 0 {
+            self.writes_in_flight = false;
+            self.retry = None;
+            match self.state_change.take() {
+                Some(_) if self.batch_error => {}
+                Some(StateChange::Record(sql)) => self.state.record(sql),
+                Some(StateChange::ForgetAll) => self.forget_all(side),
+                None => {}
+            }
+        }
+        self.batch_error = false;
+    }
+
+    /// `DISCARD ALL` ran on `side`: the session's statements and state are gone; the other
+    /// connection still holds them and is replaced before its next use.
+    fn forget_all(&mut self, side: Side) {
+        self.state.forget_all();
+        self.state.replay.clear();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot {
+                slot.applied = Applied::default();
+                slot.stale = i != side.index();
+            }
+        }
+    }
+
+    async fn flush_backend(&mut self, side: Side, n: usize) -> Result<(), End> {
         if n > 0 {
-            self.client.write_all(&self.backend.buf[..n]).await.map_err(|_| End::ClientGone)?;
-            self.backend.buf.advance(n);
+            self.retry = None; // an answer byte reached the client: no retry elsewhere now
+            let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
+            self.client.write_all(&slot.conn.buf[..n]).await.map_err(|_| End::ClientGone)?;
+            slot.conn.buf.advance(n);
         }
         Ok(())
+    }
+}
+
+/// Client batches larger than this are dispatched before their Sync.
+const FORCE_DISPATCH: usize = 1 << 20;
+
+async fn read_backend(slot: Option<&mut Slot>) -> std::io::Result<usize> {
+    match slot {
+        Some(s) => {
+            if s.conn.buf.capacity() - s.conn.buf.len() < 4096 {
+                s.conn.buf.reserve(16 * 1024);
+            }
+            s.conn.stream.read_buf(&mut s.conn.buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The statement a Bind, Describe (`S`) or Close (`S`) names; `None` for portals.
+fn statement_name(tag: u8, body: &[u8]) -> Result<Option<&str>, ProtocolError> {
+    let mut f = Fields::new(body);
+    if tag == fe::BIND {
+        f.cstr("Bind portal")?;
+        return f.cstr("Bind statement").map(Some);
+    }
+    let kind = f.bytes(1, "Describe/Close kind")?[0];
+    let name = f.cstr("Describe/Close name")?;
+    Ok((kind == b'S').then_some(name))
+}
+
+impl BackendConn {
+    /// Whether this connection may go back to the pool as it is.
+    pub fn is_clean(&self) -> bool {
+        self.tx == TxStatus::Idle && self.buf.is_empty()
     }
 }

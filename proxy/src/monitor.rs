@@ -1,0 +1,227 @@
+//! Health, lag and read-your-writes bookkeeping (PRODUCT.md section 5). One task per cluster
+//! polls every backend as the `monitor` user: the primary's `pg_current_wal_lsn()` and each
+//! replica's `pg_last_wal_replay_lsn()`. Each primary sample is `(t, lsn)`, with `t` taken
+//! before the query was sent, so every write acknowledged before `t` is at or below `lsn`. A
+//! replica that has replayed `lsn` is therefore *caught up to t*. Sessions compare that against
+//! the time their last write was acknowledged: no query of their own, no extra round trip.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlswitch_config::Role;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::Cluster;
+use crate::pg::backend::{BackendConn, Login};
+
+/// Microseconds since the daemon started: the time base of every lag comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { start: Instant::now() }
+    }
+}
+
+impl Clock {
+    /// Now, in micros since start (never 0, so 0 can mean "unknown").
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// What the monitor last saw of one backend. Written by the monitor, read by every routing
+/// decision with relaxed loads: a decision needs a recent value, not a consistent snapshot.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Reachable at the last check.
+    pub up: AtomicBool,
+    /// Taken out of rotation by a session that saw it fail, until the monitor sees it answer.
+    pub failed: AtomicBool,
+    /// Newest moment (clock micros) whose primary position it has replayed; 0 = unknown.
+    pub caught_up_to: AtomicU64,
+    /// Last position: current WAL on the primary, replayed WAL on a replica.
+    pub lsn: AtomicU64,
+    /// Bytes of WAL behind the primary's last sample.
+    pub lag_bytes: AtomicU64,
+}
+
+impl Health {
+    /// Whether routing may send work here.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A session saw this backend fail: no more reads until the monitor sees it answer again.
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Parses `X/Y` (hex) into a 64-bit WAL position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Primary samples `(t, lsn)`, oldest first; enough for a minute at the default interval.
+struct Samples(VecDeque<(u64, u64)>);
+
+impl Samples {
+    const KEEP: usize = 1024;
+
+    fn push(&mut self, t: u64, lsn: u64) {
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back((t, lsn));
+    }
+
+    /// The newest sample time whose position `replayed` covers; 0 when none does.
+    fn caught_up_to(&self, replayed: u64) -> u64 {
+        self.0.iter().rev().find(|(_, lsn)| *lsn <= replayed).map_or(0, |(t, _)| *t)
+    }
+}
+
+/// The monitor of one cluster: a connection per backend and the primary's recent samples.
+pub struct Monitor {
+    cluster: Arc<Cluster>,
+    conns: Vec<Option<BackendConn>>,
+    samples: Samples,
+    params: Vec<(String, String)>,
+}
+
+impl Monitor {
+    /// A monitor for `cluster`; `None` when the cluster has no `monitor` credentials.
+    pub fn new(cluster: Arc<Cluster>) -> Option<Self> {
+        cluster.config.monitor.as_ref()?;
+        let params = vec![
+            ("database".to_owned(), "postgres".to_owned()),
+            ("application_name".to_owned(), "sqlswitch-monitor".to_owned()),
+        ];
+        let conns = cluster.backends.iter().map(|_| None).collect();
+        Some(Self { cluster, conns, samples: Samples(VecDeque::new()), params })
+    }
+
+    /// Polls every `interval` until `shutdown`.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => self.tick().await,
+            }
+        }
+    }
+
+    /// Checks every backend once: the primary first, so replicas compare against a fresh sample.
+    pub async fn tick(&mut self) {
+        let cluster = Arc::clone(&self.cluster);
+        let Some(monitor) = cluster.config.monitor.as_ref() else { return };
+        let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &self.params };
+        let primary = cluster.config.primary_index();
+        let order = std::iter::once(primary).chain((0..cluster.backends.len()).filter(|&i| i != primary));
+        for i in order {
+            let backend = &cluster.backends[i];
+            let t = cluster.clock.now();
+            let sql = match backend.role {
+                Role::Primary => "SELECT pg_current_wal_lsn()::text",
+                Role::Replica => "SELECT pg_last_wal_replay_lsn()::text",
+            };
+            let result = check(
+                &mut self.conns[i],
+                &backend.address,
+                &login,
+                cluster.config.connect_timeout,
+                &backend.metrics,
+                sql,
+            )
+            .await;
+            let health = &backend.health;
+            let was_up = health.up.load(Ordering::Relaxed);
+            match result.as_deref().map(parse_lsn) {
+                Ok(Some(lsn)) => {
+                    health.lsn.store(lsn, Ordering::Relaxed);
+                    if backend.role == Role::Primary {
+                        self.samples.push(t, lsn);
+                        health.caught_up_to.store(t, Ordering::Relaxed);
+                    } else {
+                        let newest = self.samples.0.back().map_or(0, |(_, p)| *p);
+                        health.lag_bytes.store(newest.saturating_sub(lsn), Ordering::Relaxed);
+                        health.caught_up_to.store(self.samples.caught_up_to(lsn), Ordering::Relaxed);
+                    }
+                    health.up.store(true, Ordering::Relaxed);
+                    health.failed.store(false, Ordering::Relaxed);
+                    if !was_up {
+                        info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
+                    }
+                }
+                other => {
+                    if was_up {
+                        let why = match other {
+                            Err(e) => e.clone(),
+                            Ok(_) => "unexpected answer (a replica that is not in recovery?)".to_owned(),
+                        };
+                        warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
+                    }
+                    health.up.store(false, Ordering::Relaxed);
+                    self.conns[i] = None;
+                }
+            }
+        }
+    }
+}
+
+async fn check(
+    conn: &mut Option<BackendConn>,
+    address: &str,
+    login: &Login<'_>,
+    timeout: Duration,
+    metrics: &crate::metrics::BackendMetrics,
+    sql: &str,
+) -> Result<String, String> {
+    if conn.is_none() {
+        *conn = Some(BackendConn::connect(address, login, timeout, metrics).await.map_err(|e| e.to_string())?);
+    }
+    let c = conn.as_mut().ok_or("no connection")?;
+    let rows = tokio::time::timeout(timeout, c.simple_query(sql))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    rows.into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .ok_or_else(|| "no value (not a replica?)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parsing() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn caught_up_to_is_the_newest_sample_replayed() {
+        let mut s = Samples(VecDeque::new());
+        s.push(100, 10);
+        s.push(200, 20);
+        s.push(300, 20);
+        s.push(400, 35);
+        assert_eq!(s.caught_up_to(5), 0);
+        assert_eq!(s.caught_up_to(10), 100);
+        assert_eq!(s.caught_up_to(25), 300, "an idle primary keeps replicas caught up");
+        assert_eq!(s.caught_up_to(35), 400);
+    }
+}

@@ -1,0 +1,141 @@
+//! The open batch: client messages from the end of one Sync to the next (or one Query), with
+//! what routing needs to know about them. A batch is dispatched whole at its Sync, so one
+//! decision covers it; a Flush, or a batch too large to hold, dispatches what is there and fixes
+//! the backend for the rest of it.
+
+use sqlswitch_protocol::classify::{Class, TxControl, Verdict};
+
+use crate::route;
+
+/// Which of the session's two backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The connection to the primary.
+    Primary,
+    /// The connection to a replica.
+    Replica,
+}
+
+/// The batch being assembled.
+#[derive(Debug, Default)]
+pub struct OpenBatch {
+    /// Bytes at the front of the client buffer that belong to it and are not dispatched yet.
+    pub len: usize,
+    /// Where its dispatched part went; the rest follows.
+    pub side: Option<Side>,
+    /// Messages were added since the last dispatch decision.
+    pub any: bool,
+    /// Every statement so far is provably a read.
+    pub read: bool,
+    /// Starts a `READ ONLY` transaction.
+    pub begins_read_only_tx: bool,
+    /// Execute messages and simple Queries in it.
+    pub statements: u32,
+    /// Named statements it binds without parsing them itself: they may need preparing.
+    pub binds: Vec<String>,
+    /// Named statements it parses: `(name, generation)`.
+    pub parsed: Vec<(String, u64)>,
+    /// Named statements it closes.
+    pub closes: Vec<String>,
+    /// A session-state statement to record once it succeeds (`None` when there is none).
+    pub session_sql: Option<String>,
+    /// State that cannot be replayed, or a pin: the session stays on the primary.
+    pub pins: bool,
+    /// It forgets every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub forgets_all: bool,
+    /// It binds the unnamed statement without parsing it: it must go where that was parsed.
+    pub needs_unnamed_from: bool,
+    /// It parses the unnamed statement.
+    pub parses_unnamed: bool,
+    /// A simple Query (not extended protocol).
+    pub simple: bool,
+    /// Sync points (Sync, Query, FunctionCall) in its undispatched part.
+    pub syncs: u32,
+    /// It reached its sync point and waits only to be dispatched.
+    pub complete: bool,
+}
+
+impl OpenBatch {
+    /// A fresh batch, keeping the vectors' capacity.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.side = None;
+        self.any = false;
+        self.read = true;
+        self.begins_read_only_tx = false;
+        self.statements = 0;
+        self.binds.clear();
+        self.parsed.clear();
+        self.closes.clear();
+        self.session_sql = None;
+        self.pins = false;
+        self.forgets_all = false;
+        self.needs_unnamed_from = false;
+        self.parses_unnamed = false;
+        self.simple = false;
+        self.syncs = 0;
+        self.complete = false;
+    }
+
+    /// Adds a statement's verdict; `sql` is its text, kept when it is session state.
+    pub fn add_verdict(&mut self, v: &Verdict, sql: &str) {
+        self.any = true;
+        if !v.is_read() {
+            self.read = false;
+        }
+        if v.pin.is_some() {
+            self.pins = true;
+        }
+        match v.class {
+            Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true) && !o.serializable => {
+                self.begins_read_only_tx = true
+            }
+            Class::Tx(TxControl::Begin(o) | TxControl::SetTransaction(o)) if o.serializable => self.pins = true,
+            Class::Session => {
+                match statement_effect(sql) {
+                    Effect::ForgetsAll => self.forgets_all = true,
+                    // Dropping one statement by SQL would desynchronise our map: stay on the primary.
+                    Effect::Deallocates => self.pins = true,
+                    // Two state changes in one batch: keep it simple and stay on the primary.
+                    Effect::Replayable if self.session_sql.is_some() => self.pins = true,
+                    Effect::Replayable => self.session_sql = Some(sql.to_owned()),
+                }
+                self.pins |= v.serializable;
+            }
+            // Several statements with a state change among them cannot be replayed alone.
+            Class::Multi if v.session => self.pins = true,
+            _ => {}
+        }
+    }
+
+    /// The routing view of this batch.
+    pub fn view(&self) -> route::Batch {
+        route::Batch {
+            read: self.read && self.statements > 0 && self.session_sql.is_none() && !self.pins,
+            begins_read_only_tx: self.begins_read_only_tx,
+            session_state: self.session_sql.is_some() || self.pins,
+        }
+    }
+}
+
+/// What a session-state statement does to prepared statements.
+enum Effect {
+    /// `DISCARD ALL`: drops every prepared statement and resets all state.
+    ForgetsAll,
+    /// `DEALLOCATE ...`: drops prepared statements.
+    Deallocates,
+    /// Anything else (`SET`, `RESET`, `PREPARE`, `DISCARD PLANS`, ...): replay it elsewhere.
+    Replayable,
+}
+
+fn statement_effect(sql: &str) -> Effect {
+    let mut words = sql.split(|c: char| c.is_ascii_whitespace() || c == ';').filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("");
+    if first.eq_ignore_ascii_case("deallocate") {
+        Effect::Deallocates
+    } else if first.eq_ignore_ascii_case("discard") && words.next().is_some_and(|w| w.eq_ignore_ascii_case("all")) {
+        Effect::ForgetsAll
+    } else {
+        Effect::Replayable
+    }
+}

@@ -1,0 +1,329 @@
+//! Sending a batch: the routing decision, the connection it needs (opened lazily, given the
+//! session's state and prepared statements first), the send itself, and what to do when a
+//! replica dies under a read that has not answered yet (send it to the primary instead).
+
+use bytes::{Bytes, BytesMut};
+use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
+use sqlswitch_protocol::pg::frontend as fe;
+use sqlswitch_protocol::pg::sqlstate;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use super::backend::{BackendConn, BackendError, Login};
+use super::batch::Side;
+use super::session::{End, Retry, Session, Slot, StateChange};
+use super::state::Applied;
+use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
+use sqlswitch_config::Role;
+
+impl Session<'_> {
+    /// Routes and sends the undispatched part of the open batch. Returns false when it must
+    /// wait until the active connection has answered everything.
+    pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
+        let (side, replica, reason) = match self.batch.side {
+            Some(side) => (side, None, None),
+            None => match self.decide() {
+                Some((side, replica, reason)) => (side, replica, Some(reason)),
+                None => {
+                    self.hold = true;
+                    return Ok(false);
+                }
+            },
+        };
+        if reason.is_some() && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
+            if self.outstanding > 0 {
+                self.hold = true;
+                return Ok(false);
+            }
+            self.state_change = Some(match self.batch.session_sql.take() {
+                Some(sql) => StateChange::Record(sql),
+                None => StateChange::ForgetAll,
+            });
+        }
+        if self.batch.pins {
+            self.state.pinned = true;
+        }
+        let len = self.batch.len;
+        let bytes = self.cbuf.split_to(len).freeze();
+        let binds = std::mem::take(&mut self.batch.binds);
+        let side = self.send(side, replica, &bytes, &binds).await?;
+        let Some(side) = side else {
+            // No backend could take it: the client has its error; drop the batch.
+            self.batch.binds = binds;
+            self.state_change = None;
+            self.batch.len = 0;
+            return Ok(true);
+        };
+        if side == Side::Replica && self.batch.complete && self.outstanding == 0 && self.tx() == TxStatus::Idle {
+            self.retry = Some(Retry { bytes, binds: binds.clone() });
+        }
+        self.batch.binds = binds;
+        self.after_send(side, reason);
+        if self.state_change.is_some() && self.batch.complete {
+            self.hold = true; // the change is recorded (or not) at its ReadyForQuery
+        }
+        Ok(true)
+    }
+
+    /// Where the batch goes: `(side, replica backend, reason)`, or `None` to wait.
+    fn decide(&mut self) -> Option<(Side, Option<usize>, Reason)> {
+        let busy = self.outstanding > 0 || self.tx() != TxStatus::Idle;
+        if busy && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
+            // State changed inside a transaction may be rolled back: do not replay it, stay put.
+            self.batch.pins = true;
+            self.batch.session_sql = None;
+        }
+        if self.batch.needs_unnamed_from {
+            let side = self.unnamed_side.or(self.active).unwrap_or(Side::Primary);
+            return self.wait_or(side, Reason::Transaction);
+        }
+        let cluster = self.id.cluster;
+        let now = cluster.clock.now();
+        let monitored = cluster.config.monitor.is_some();
+        let mut views = [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0 }; MAX_VIEWS];
+        for (view, b) in views.iter_mut().zip(&cluster.backends) {
+            *view = if monitored {
+                BackendView {
+                    replica: b.role == Role::Replica,
+                    up: b.health.is_up(),
+                    weight: b.weight,
+                    caught_up_to: b.health.caught_up_to.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            } else {
+                // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
+                let fresh = if self.id.read_only { now } else { 0 };
+                BackendView { replica: b.role == Role::Replica, up: true, weight: b.weight, caught_up_to: fresh }
+            };
+        }
+        let table = Table {
+            backends: &views[..cluster.backends.len().min(MAX_VIEWS)],
+            now,
+            max_lag: micros(cluster.config.max_replica_lag),
+        };
+        let current_replica = self.slots[1].as_ref().map(|s| s.backend);
+        let in_tx_on = busy.then(|| match self.active {
+            Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
+            _ => Target::Primary,
+        });
+        let session = SessionView {
+            read_only: self.id.read_only,
+            pinned: self.state.pinned,
+            in_tx_on,
+            last_write: self.state.last_write,
+            current_replica,
+        };
+        let (target, reason) = route::route(&self.batch.view(), &session, &table, rand::random());
+        match target {
+            Target::Primary => self.wait_or(Side::Primary, reason),
+            Target::Replica(i) => self.wait_or(Side::Replica, reason).map(|(s, _, r)| (s, Some(i), r)),
+        }
+    }
+
+    fn wait_or(&self, side: Side, reason: Reason) -> Option<(Side, Option<usize>, Reason)> {
+        if self.outstanding > 0 && self.active != Some(side) {
+            return None;
+        }
+        Some((side, None, reason))
+    }
+
+    /// Sends `bytes` to `side` (a replica that fails falls back to the primary). Returns the
+    /// side it went to, or `None` when no backend could take it (the client was told).
+    async fn send(
+        &mut self,
+        mut side: Side,
+        mut replica: Option<usize>,
+        bytes: &Bytes,
+        binds: &[String],
+    ) -> Result<Option<Side>, End> {
+        loop {
+            match self.ready_slot(side, replica, binds).await {
+                Ok(()) => {
+                    let slot = self.slots[side.index()].as_mut().ok_or(End::BackendGone)?;
+                    if slot.conn.stream.write_all(bytes).await.is_ok() {
+                        return Ok(Some(side));
+                    }
+                    if side == Side::Primary || self.batch.side.is_some() || self.outstanding > 0 {
+                        self.tell_client_backend_gone().await;
+                        return Err(End::BackendGone);
+                    }
+                    self.drop_slot(side);
+                }
+                Err(e) if side == Side::Replica => {
+                    debug!(error = %e, "replica unavailable for this batch; using the primary");
+                    self.drop_slot(side);
+                }
+                Err(e) => {
+                    warn!(error = %e, "the primary is unavailable");
+                    self.refuse_batch(&format!("sqlswitch cannot reach the primary: {e}")).await?;
+                    return Ok(None);
+                }
+            }
+            side = Side::Primary;
+            replica = None;
+        }
+    }
+
+    /// Answers a batch no backend could take with an error (and its ReadyForQuery).
+    async fn refuse_batch(&mut self, text: &str) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, text);
+        for _ in 0..self.batch.syncs {
+            msg::ready_for_query(&mut out, TxStatus::Idle);
+        }
+        self.batch.syncs = 0;
+        self.send_client(&out).await
+    }
+
+    /// Drops a connection that failed, and keeps reads off its replica until the monitor sees
+    /// it answer again.
+    pub(super) fn drop_slot(&mut self, side: Side) {
+        if let Some(slot) = self.slots[side.index()].take() {
+            if side == Side::Replica {
+                self.id.cluster.backends[slot.backend].health.mark_failed();
+            }
+        }
+        if self.active == Some(side) {
+            self.active = None;
+        }
+    }
+
+    /// Makes sure `side` has a connection (to `replica` when given), with the session state
+    /// replayed and the batch's statements prepared.
+    async fn ready_slot(&mut self, side: Side, replica: Option<usize>, binds: &[String]) -> Result<(), BackendError> {
+        let cluster = self.id.cluster;
+        let backend = replica.unwrap_or_else(|| cluster.config.primary_index());
+        let replace = match &self.slots[side.index()] {
+            Some(slot) => {
+                slot.backend != backend || slot.stale || (self.active != Some(side) && !slot.conn.is_reusable())
+            }
+            None => true,
+        };
+        if replace {
+            if let Some(old) = self.slots[side.index()].take() {
+                super::release(cluster, old.backend, self.id.key.clone(), old.conn, true).await;
+            }
+            if self.active == Some(side) {
+                self.active = None;
+            }
+            let conn = self.acquire(backend).await?;
+            self.slots[side.index()] = Some(Slot { conn, backend, applied: Applied::default(), stale: false });
+        }
+        let slot = self.slots[side.index()].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        if slot.applied.replayed < self.state.replay.len() {
+            let sql = self.state.replay[slot.applied.replayed..].join(";\n");
+            slot.conn.simple_query(&sql).await?;
+            slot.applied.replayed = self.state.replay.len();
+        }
+        for name in binds {
+            let Some(stmt) = self.state.statement(name) else { continue };
+            let Some(close_first) = slot.applied.needs(name, stmt.generation) else { continue };
+            prepare(&mut slot.conn, name, &stmt.parse, close_first).await?;
+            slot.applied.prepared.insert(name.clone(), stmt.generation);
+        }
+        Ok(())
+    }
+
+    async fn acquire(&self, backend: usize) -> Result<BackendConn, BackendError> {
+        let cluster = self.id.cluster;
+        let b = &cluster.backends[backend];
+        while let Some(conn) = b.pool.take(self.id.key) {
+            if conn.is_reusable() {
+                return Ok(conn);
+            }
+        }
+        let login = Login { user: self.id.user, password: self.id.password, params: &self.id.key.params };
+        BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics).await
+    }
+
+    /// Bookkeeping after the batch went to `side`.
+    fn after_send(&mut self, side: Side, reason: Option<Reason>) {
+        let Some(slot) = self.slots[side.index()].as_mut() else { return };
+        for (name, generation) in self.batch.parsed.drain(..) {
+            slot.applied.prepared.insert(name, generation);
+        }
+        for name in self.batch.closes.drain(..) {
+            slot.applied.prepared.remove(&name);
+            self.state.forget(&name);
+        }
+        if self.batch.parses_unnamed {
+            self.unnamed_side = Some(side);
+        }
+        if side == Side::Primary && !self.batch.view().read {
+            self.writes_in_flight = true;
+        }
+        if let Some(reason) = reason {
+            let role = usize::from(side == Side::Replica);
+            self.id.cluster.metrics.routed[role][reason.index()].increment(u64::from(self.batch.statements));
+        }
+        if self.active != Some(side) {
+            self.id.cancel.set_target(Some(slot.conn.cancel));
+            self.active = Some(side);
+        }
+        self.outstanding += self.batch.syncs;
+        self.batch.syncs = 0;
+        self.batch.len = 0;
+        self.batch.side = (!self.batch.complete).then_some(side);
+    }
+
+    /// The active connection failed. A replica read that has not answered yet is sent to the
+    /// primary; an idle connection is dropped quietly and replaced at next use; anything else
+    /// ends the session with an error.
+    pub(super) async fn backend_failed(&mut self) -> Result<(), End> {
+        let Some(side) = self.active else { return Ok(()) };
+        let was_idle =
+            self.outstanding == 0 && self.slots[side.index()].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
+        self.drop_slot(side);
+        if let Some(retry) = self.retry.take() {
+            warn!("a replica failed before answering; sending the read to the primary");
+            self.outstanding = self.outstanding.saturating_sub(1);
+            match self.send(Side::Primary, None, &retry.bytes, &retry.binds).await? {
+                Some(side) => {
+                    self.outstanding += 1;
+                    self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel));
+                    self.active = Some(side);
+                }
+                None => self.hold = false,
+            }
+            return Ok(());
+        }
+        if was_idle {
+            return Ok(());
+        }
+        self.tell_client_backend_gone().await;
+        Err(End::BackendGone)
+    }
+}
+
+/// Routing views on the stack: clusters larger than this route among their first backends.
+const MAX_VIEWS: usize = 32;
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Prepares a named statement on `conn` from the client's own Parse message (closing an older
+/// definition first), and waits for the answer.
+async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first: bool) -> Result<(), BackendError> {
+    let mut out = BytesMut::with_capacity(parse.len() + name.len() + 16);
+    if close_first {
+        postgres_protocol::message::frontend::close(b'S', name, &mut out)?;
+    }
+    out.extend_from_slice(parse);
+    out.extend_from_slice(&[fe::SYNC, 0, 0, 0, 4]);
+    conn.stream.write_all(&out).await?;
+    let mut failure = None;
+    loop {
+        let f = conn.read_frame().await?;
+        match f.tag {
+            msg::ERROR_RESPONSE => {
+                let (_, text) = msg::error_fields(f.body());
+                failure = Some(BackendError::Refused { message: text.unwrap_or("").to_owned(), error: f.bytes });
+            }
+            msg::READY_FOR_QUERY => {
+                conn.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'T'));
+                return failure.map_or(Ok(()), Err);
+            }
+            _ => {}
+        }
+    }
+}

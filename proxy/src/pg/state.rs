@@ -1,0 +1,122 @@
+//! What a session must carry from one backend connection to another so that switching between
+//! the primary and a replica is invisible to the client: the named prepared statements (to be
+//! prepared lazily wherever they are executed), the session-state statements (SET and friends,
+//! replayed on every connection before its next statement), and the pins and write times that
+//! keep it on the primary.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+/// A named prepared statement, as the client last defined it.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The client's Parse message, whole: replayed verbatim on another connection.
+    pub parse: Bytes,
+    /// Bumped at every redefinition, so a connection holding an older one is noticed.
+    pub generation: u64,
+    /// Provably a read.
+    pub read: bool,
+}
+
+/// The session-wide state.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    statements: HashMap<String, Statement>,
+    generation: u64,
+    /// Session-state statements that succeeded, in order.
+    pub replay: Vec<String>,
+    /// Primary-only from now on (temp table, lock, LISTEN, SERIALIZABLE, state we cannot replay).
+    pub pinned: bool,
+    /// When the last write was acknowledged (clock micros).
+    pub last_write: Option<u64>,
+}
+
+/// Past this many replayed statements the session is pinned instead: replaying them on a new
+/// connection would cost more than the replica saves.
+const MAX_REPLAY: usize = 64;
+
+impl SessionState {
+    /// Records a Parse of a named statement; returns its generation.
+    pub fn define(&mut self, name: &str, parse: Bytes, read: bool) -> u64 {
+        self.generation += 1;
+        let generation = self.generation;
+        self.statements.insert(name.to_owned(), Statement { parse, generation, read });
+        generation
+    }
+
+    /// The statement called `name`, if the client defined it.
+    pub fn statement(&self, name: &str) -> Option<&Statement> {
+        self.statements.get(name)
+    }
+
+    /// The client closed `name`.
+    pub fn forget(&mut self, name: &str) {
+        self.statements.remove(name);
+    }
+
+    /// `DISCARD ALL` / `DEALLOCATE ALL` dropped every prepared statement.
+    pub fn forget_all(&mut self) {
+        self.statements.clear();
+    }
+
+    /// A session-state statement succeeded on the primary.
+    pub fn record(&mut self, sql: String) {
+        if self.replay.len() >= MAX_REPLAY {
+            self.pinned = true;
+        } else {
+            self.replay.push(sql);
+        }
+    }
+}
+
+/// A backend connection's view of the session state: what it has been given so far.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// How many of [`SessionState::replay`] ran here.
+    pub replayed: usize,
+    /// Named statements prepared here, by generation.
+    pub prepared: HashMap<String, u64>,
+}
+
+impl Applied {
+    /// Whether `name` at `generation` is prepared here; `Some(true)` when an older definition
+    /// is there and must be closed first.
+    pub fn needs(&self, name: &str, generation: u64) -> Option<bool> {
+        match self.prepared.get(name) {
+            Some(g) if *g == generation => None,
+            Some(_) => Some(true),
+            None => Some(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_track_redefinitions() {
+        let mut s = SessionState::default();
+        let g1 = s.define("s1", Bytes::from_static(b"P"), true);
+        let mut a = Applied::default();
+        assert_eq!(a.needs("s1", g1), Some(false));
+        a.prepared.insert("s1".into(), g1);
+        assert_eq!(a.needs("s1", g1), None);
+        let g2 = s.define("s1", Bytes::from_static(b"P2"), false);
+        assert_eq!(a.needs("s1", g2), Some(true));
+        assert!(!s.statement("s1").unwrap().read);
+        s.forget("s1");
+        assert!(s.statement("s1").is_none());
+    }
+
+    #[test]
+    fn too_much_state_pins() {
+        let mut s = SessionState::default();
+        for i in 0..=MAX_REPLAY {
+            s.record(format!("SET a.b = {i}"));
+        }
+        assert!(s.pinned);
+        assert_eq!(s.replay.len(), MAX_REPLAY);
+    }
+}
