@@ -1,5 +1,5 @@
 //! Health, lag and read-your-writes bookkeeping (PRODUCT.md section 5). One task per cluster
-//! polls every backend as the `monitor` user: the primary's `pg_current_wal_lsn()` and each
+//! polls every backend as the `monitor` user: the primary's `pg_current_wal_insert_lsn()` and each
 //! replica's `pg_last_wal_replay_lsn()`. Each primary sample is `(t, lsn)`, with `t` taken
 //! before the query was sent, so every write acknowledged before `t` is at or below `lsn`. A
 //! replica that has replayed `lsn` is therefore *caught up to t*. Sessions compare that against
@@ -50,6 +50,9 @@ pub struct Health {
     pub lsn: AtomicU64,
     /// Bytes of WAL behind the primary's last sample.
     pub lag_bytes: AtomicU64,
+    /// Replication delay when last checked, in micros: the time of the check minus
+    /// `caught_up_to`. Over-states the real delay by at most one monitor interval.
+    pub lag_micros: AtomicU64,
 }
 
 impl Health {
@@ -61,6 +64,23 @@ impl Health {
     /// A session saw this backend fail: no more reads until the monitor sees it answer again.
     pub fn mark_failed(&self) {
         self.failed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The position of the end of the last record at or before insert position `lsn`. At the start
+/// of a page (or of a 16 MiB segment) PostgreSQL's insert position points past the page header,
+/// where no record ends; a replica that has replayed everything stops before that header.
+pub fn record_boundary(lsn: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SHORT_HEADER: u64 = 24;
+    const SEGMENT: u64 = 16 << 20;
+    const LONG_HEADER: u64 = 40;
+    if lsn % SEGMENT == LONG_HEADER {
+        lsn - LONG_HEADER
+    } else if lsn % PAGE == SHORT_HEADER {
+        lsn - SHORT_HEADER
+    } else {
+        lsn
     }
 }
 
@@ -109,6 +129,23 @@ impl Monitor {
         Some(Self { cluster, conns, samples: Samples(VecDeque::new()), params })
     }
 
+    /// The first checks, before the daemon listens: quick rounds (for at most about a second)
+    /// until every replica that answers has replayed some primary sample, so the first sessions
+    /// can use it. With asynchronous commit a replica trails the primary's write position by up
+    /// to `wal_writer_delay` even when idle.
+    pub async fn warm_up(&mut self) {
+        for _ in 0..50 {
+            self.tick().await;
+            let pending = self.cluster.backends.iter().any(|b| {
+                b.role == Role::Replica && b.health.is_up() && b.health.caught_up_to.load(Ordering::Relaxed) == 0
+            });
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls every `interval` until `shutdown`.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
@@ -121,60 +158,71 @@ impl Monitor {
         }
     }
 
-    /// Checks every backend once: the primary first, so replicas compare against a fresh sample.
+    /// Checks every backend once: the primary first, so replicas compare against a fresh
+    /// sample; then the replicas at the same time, so one that hangs delays no other.
     pub async fn tick(&mut self) {
         let cluster = Arc::clone(&self.cluster);
         let Some(monitor) = cluster.config.monitor.as_ref() else { return };
         let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &self.params };
         let primary = cluster.config.primary_index();
-        let order = std::iter::once(primary).chain((0..cluster.backends.len()).filter(|&i| i != primary));
-        for i in order {
-            let backend = &cluster.backends[i];
-            let t = cluster.clock.now();
-            let sql = match backend.role {
-                Role::Primary => "SELECT pg_current_wal_lsn()::text",
-                Role::Replica => "SELECT pg_last_wal_replay_lsn()::text",
-            };
-            let result = check(
-                &mut self.conns[i],
-                &backend.address,
-                &login,
-                cluster.config.connect_timeout,
-                &backend.metrics,
-                sql,
-            )
-            .await;
-            let health = &backend.health;
-            let was_up = health.up.load(Ordering::Relaxed);
-            match result.as_deref().map(parse_lsn) {
-                Ok(Some(lsn)) => {
-                    health.lsn.store(lsn, Ordering::Relaxed);
-                    if backend.role == Role::Primary {
-                        self.samples.push(t, lsn);
-                        health.caught_up_to.store(t, Ordering::Relaxed);
-                    } else {
-                        let newest = self.samples.0.back().map_or(0, |(_, p)| *p);
-                        health.lag_bytes.store(newest.saturating_sub(lsn), Ordering::Relaxed);
-                        health.caught_up_to.store(self.samples.caught_up_to(lsn), Ordering::Relaxed);
-                    }
-                    health.up.store(true, Ordering::Relaxed);
-                    health.failed.store(false, Ordering::Relaxed);
-                    if !was_up {
-                        info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
-                    }
-                }
-                other => {
-                    if was_up {
-                        let why = match other {
-                            Err(e) => e.clone(),
-                            Ok(_) => "unexpected answer (a replica that is not in recovery?)".to_owned(),
-                        };
-                        warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
-                    }
-                    health.up.store(false, Ordering::Relaxed);
-                    self.conns[i] = None;
-                }
+        let mut conns = std::mem::take(&mut self.conns);
+        let t = cluster.clock.now();
+        if let Some(lsn) = probe(&cluster, primary, &mut conns[primary], &login).await {
+            self.samples.push(t, record_boundary(lsn));
+            cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
+        }
+        let samples = &self.samples;
+        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary).map(|(i, conn)| {
+            let (cluster, login) = (&cluster, &login);
+            async move {
+                let Some(lsn) = probe(cluster, i, conn, login).await else { return };
+                let health = &cluster.backends[i].health;
+                let newest = samples.0.back().map_or(0, |(_, p)| *p);
+                let caught_up_to = samples.caught_up_to(lsn);
+                health.lag_bytes.store(newest.saturating_sub(lsn), Ordering::Relaxed);
+                health.caught_up_to.store(caught_up_to, Ordering::Relaxed);
+                let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
+                health.lag_micros.store(lag, Ordering::Relaxed);
             }
+        });
+        futures::future::join_all(replicas).await;
+        self.conns = conns;
+    }
+}
+
+/// Checks backend `i` and updates its `up` flag; returns its WAL position.
+async fn probe(cluster: &Cluster, i: usize, conn: &mut Option<BackendConn>, login: &Login<'_>) -> Option<u64> {
+    let backend = &cluster.backends[i];
+    let sql = match backend.role {
+        // The insert position, not the write position: with asynchronous commit a commit is
+        // acknowledged once inserted, before it is written.
+        Role::Primary => "SELECT pg_current_wal_insert_lsn()::text",
+        Role::Replica => "SELECT pg_last_wal_replay_lsn()::text",
+    };
+    let result = check(conn, &backend.address, login, cluster.config.connect_timeout, &backend.metrics, sql).await;
+    let health = &backend.health;
+    let was_up = health.up.load(Ordering::Relaxed);
+    match result.as_deref().map(parse_lsn) {
+        Ok(Some(lsn)) => {
+            health.lsn.store(lsn, Ordering::Relaxed);
+            health.up.store(true, Ordering::Relaxed);
+            health.failed.store(false, Ordering::Relaxed);
+            if !was_up {
+                info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
+            }
+            Some(lsn)
+        }
+        other => {
+            if was_up {
+                let why = match other {
+                    Err(e) => e.clone(),
+                    Ok(_) => "unexpected answer (a replica that is not in recovery?)".to_owned(),
+                };
+                warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
+            }
+            health.up.store(false, Ordering::Relaxed);
+            *conn = None;
+            None
         }
     }
 }
@@ -210,6 +258,14 @@ mod tests {
         assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
         assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn page_headers_hold_no_record() {
+        assert_eq!(record_boundary(0x400_0028), 0x400_0000, "segment start");
+        assert_eq!(record_boundary(0x400_2018), 0x400_2000, "page start");
+        assert_eq!(record_boundary(0x400_2028), 0x400_2028, "a record can end 16 bytes into a page");
+        assert_eq!(record_boundary(0x400_01e8), 0x400_01e8);
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct BackendView {
     /// The newest moment (clock micros) whose primary position this replica has replayed;
     /// 0 when unknown.
     pub caught_up_to: u64,
+    /// Replication delay at the last check, in micros.
+    pub lag: u64,
 }
 
 /// The snapshot a decision reads.
@@ -113,8 +115,6 @@ pub struct BackendView {
 pub struct Table<'a> {
     /// Every backend of the cluster.
     pub backends: &'a [BackendView],
-    /// Now (clock micros).
-    pub now: u64,
     /// `max_replica_lag` in micros.
     pub max_lag: u64,
 }
@@ -122,11 +122,7 @@ pub struct Table<'a> {
 impl Table<'_> {
     fn usable(&self, i: usize) -> bool {
         let b = &self.backends[i];
-        b.replica
-            && b.up
-            && b.weight > 0
-            && b.caught_up_to > 0
-            && self.now.saturating_sub(b.caught_up_to) <= self.max_lag
+        b.replica && b.up && b.weight > 0 && b.caught_up_to > 0 && b.lag <= self.max_lag
     }
 }
 
@@ -187,14 +183,16 @@ pub fn route(batch: &Batch, s: &SessionView, t: &Table<'_>, pick: f64) -> (Targe
 mod tests {
     use super::*;
 
-    const PRIMARY: BackendView = BackendView { replica: false, up: true, weight: 1, caught_up_to: 0 };
+    const PRIMARY: BackendView = BackendView { replica: false, up: true, weight: 1, caught_up_to: 0, lag: 0 };
+    const NOW: u64 = 10_000_000;
 
+    /// A replica caught up to `caught_up_to`, checked just now.
     fn replica(caught_up_to: u64) -> BackendView {
-        BackendView { replica: true, up: true, weight: 1, caught_up_to }
+        BackendView { replica: true, up: true, weight: 1, caught_up_to, lag: NOW.saturating_sub(caught_up_to) }
     }
 
     fn table(backends: &[BackendView]) -> Table<'_> {
-        Table { backends, now: 10_000_000, max_lag: 1_000_000 }
+        Table { backends, max_lag: 1_000_000 }
     }
 
     const READ: Batch = Batch { read: true, begins_read_only_tx: false, session_state: false };

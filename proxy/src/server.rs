@@ -31,10 +31,37 @@ pub struct ListenerInfo {
     pub addr: SocketAddr,
 }
 
+/// What the monitor last saw of one backend.
+#[derive(Debug, Clone)]
+pub struct BackendStatus {
+    /// Name from the config.
+    pub name: String,
+    /// `primary` or `replica`.
+    pub role: &'static str,
+    /// `up` or `down`.
+    pub state: &'static str,
+    /// Replication delay at the last check, in milliseconds (`None` when unknown).
+    pub lag_ms: Option<u64>,
+    /// WAL bytes behind the primary's last sample.
+    pub lag_bytes: u64,
+    /// Idle pooled connections.
+    pub idle_connections: usize,
+}
+
+/// A cluster's state.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// Name from the config.
+    pub name: String,
+    /// Its backends.
+    pub backends: Vec<BackendStatus>,
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// Every listener, bound.
     pub listeners: Vec<ListenerInfo>,
+    clusters: Vec<Arc<Cluster>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     shutdown: CancellationToken,
@@ -52,6 +79,7 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
+        let mut clusters = Vec::new();
         for cluster_config in config.clusters {
             if cluster_config.protocol != Protocol::Postgres {
                 anyhow::bail!("cluster {:?}: protocol mysql is not supported yet", cluster_config.name);
@@ -60,9 +88,10 @@ impl Daemon {
             if let Some(mut monitor) = crate::monitor::Monitor::new(Arc::clone(&cluster)) {
                 // One round before listening, so the first sessions already know which
                 // replicas are up and caught up.
-                monitor.tick().await;
+                monitor.warm_up().await;
                 tokio::spawn(monitor.run(cluster.config.monitor_interval, shutdown.clone()));
             }
+            clusters.push(Arc::clone(&cluster));
             let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
             let addrs = std::iter::once((cluster.config.listen, false))
                 .chain(cluster.config.read_only_listen.map(|a| (a, true)));
@@ -85,12 +114,39 @@ impl Daemon {
                 tracker.spawn(accept.run());
             }
         }
-        Ok(Self { listeners, metrics: registry.handle(), shutdown, tracker })
+        Ok(Self { listeners, clusters, metrics: registry.handle(), shutdown, tracker })
     }
 
     /// The address of `cluster`'s read-write (or read-only) listener.
     pub fn addr(&self, cluster: &str, read_only: bool) -> Option<SocketAddr> {
         self.listeners.iter().find(|l| l.cluster == cluster && l.read_only == read_only).map(|l| l.addr)
+    }
+
+    /// What the monitor last saw of every backend.
+    pub fn status(&self) -> Vec<ClusterStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.clusters
+            .iter()
+            .map(|c| ClusterStatus {
+                name: c.config.name.clone(),
+                backends: c
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let lag = b.health.lag_micros.load(Relaxed);
+                        BackendStatus {
+                            name: b.name.clone(),
+                            role: if b.role == sqlswitch_config::Role::Primary { "primary" } else { "replica" },
+                            state: if b.health.is_up() { "up" } else { "down" },
+                            lag_ms: (b.role == sqlswitch_config::Role::Replica && lag != u64::MAX)
+                                .then_some(lag / 1000),
+                            lag_bytes: b.health.lag_bytes.load(Relaxed),
+                            idle_connections: b.pool.idle_count(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Stops accepting, lets each session end at its next idle moment, and waits up to `grace`.

@@ -5,7 +5,9 @@
 //!   process stops the servers and removes the directory when the process that started them
 //!   exits, however it exits.
 //! - [`proxy`]: an in-process sqlswitch in front of it, on `127.0.0.1:0`.
+//! - [`client`]: tokio-postgres helpers for the tests.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod pg;
 pub mod proxy;

@@ -232,22 +232,58 @@ impl Topology {
     /// # Errors
     /// Not caught up within 30 s.
     pub fn wait_replicas_caught_up(&self) -> Result<()> {
-        let lsn = self.psql_admin(self.primary(), "SELECT pg_current_wal_lsn()", "postgres")?;
+        // The insert position covers every acknowledged commit, even with asynchronous commit;
+        // at a page or segment start it points past a header where no record ends.
+        let insert =
+            self.psql_admin(self.primary(), "SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", "postgres")?;
+        let insert: u64 = insert.trim().parse().context("insert position")?;
+        let target = if insert % (16 << 20) == 40 {
+            insert - 40
+        } else if insert % 8192 == 24 {
+            insert - 24
+        } else {
+            insert
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         for r in self.replicas() {
             loop {
-                let done =
-                    self.psql_admin(r, &format!("SELECT pg_last_wal_replay_lsn() >= '{}'", lsn.trim()), "postgres")?;
-                if done.trim() == "t" {
+                let sql = format!("SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint >= {target}");
+                if self.psql_admin(r, &sql, "postgres")?.trim() == "t" {
                     break;
                 }
                 if Instant::now() > deadline {
                     bail!("{} did not catch up within 30 s", r.name);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         Ok(())
+    }
+
+    /// Stops one server at once, as a crash would (`-m immediate`).
+    ///
+    /// # Errors
+    /// pg_ctl failed.
+    pub fn kill_node(&self, node: &Node) -> Result<()> {
+        self.pg(Command::new(self.bin.join("pg_ctl")).arg("-D").arg(&node.data).args(["-m", "immediate", "-w", "stop"]))
+            .map(drop)
+    }
+
+    /// Starts a stopped server again.
+    ///
+    /// # Errors
+    /// pg_ctl failed.
+    pub fn restart_node(&self, node: &Node) -> Result<()> {
+        self.pg_ctl_start(node)
+    }
+
+    /// Pauses (or resumes) WAL replay on a replica.
+    ///
+    /// # Errors
+    /// psql failed.
+    pub fn set_replay_paused(&self, node: &Node, paused: bool) -> Result<()> {
+        let f = if paused { "pg_wal_replay_pause" } else { "pg_wal_replay_resume" };
+        self.psql_admin(node, &format!("SELECT {f}()"), "postgres").map(drop)
     }
 
     /// Stops every server now (the reaper would do it at exit anyway).

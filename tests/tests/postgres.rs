@@ -5,39 +5,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sqlswitch_tests::client::{code, connect, connect_str, in_recovery, refused};
 use sqlswitch_tests::pg::{client_bin, Topology, ANON, APP, DATABASE, MD5_USER, TRUST_USER};
 use sqlswitch_tests::proxy::{self, conn_str};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(port: u16, who: (&str, &str)) -> Result<Client, tokio_postgres::Error> {
-    connect_str(&conn_str(port, who)).await
-}
-
-async fn connect_str(s: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(s, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-async fn in_recovery(client: &Client) -> bool {
-    client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0)
-}
-
-/// The error of an operation that must fail.
-fn refused<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
-    match result {
-        Ok(_) => panic!("expected an error: {what}"),
-        Err(e) => e,
-    }
-}
-
-fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
-    e.code()
-}
+use tokio_postgres::NoTls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_and_bad_passwords() {

@@ -164,6 +164,21 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, text: 
     });
 }
 
+/// Whether an ErrorResponse body reports a FATAL or PANIC error: the server is closing the
+/// connection.
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        let Some(nul) = tail.iter().position(|&b| b == 0) else { return false };
+        if kind == b'V' || kind == b'S' {
+            let v = &tail[..nul];
+            return v == b"FATAL" || v == b"PANIC";
+        }
+        rest = &tail[nul + 1..];
+    }
+    false
+}
+
 /// Reads the fields of an ErrorResponse or NoticeResponse body: `(SQLSTATE, message)`.
 pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
     let mut code = None;
@@ -197,6 +212,11 @@ mod tests {
         let f = frame::decode(&mut buf, 1 << 20).unwrap().unwrap();
         assert_eq!(f.tag, ERROR_RESPONSE);
         assert_eq!(error_fields(f.body()), (Some("25006"), Some("cannot write")));
+        assert!(!is_fatal(f.body()));
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Fatal, "57P01", "bye");
+        let f = frame::decode(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(is_fatal(f.body()));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::session::{End, Retry, Session, Slot, StateChange};
 use super::state::Applied;
 use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
 use sqlswitch_config::Role;
+use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
     /// Routes and sends the undispatched part of the open batch. Returns false when it must
@@ -30,6 +31,13 @@ impl Session<'_> {
                 }
             },
         };
+        // Only an executed statement that is neither a read nor a session-state change can write:
+        // a Parse/Describe batch (a client preparing a statement) or a SET does not start
+        // read-your-writes.
+        let writes = self.batch.statements > 0
+            && !self.batch.view().read
+            && self.batch.session_sql.is_none()
+            && !self.batch.forgets_all;
         if reason.is_some() && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
             if self.outstanding > 0 {
                 self.hold = true;
@@ -58,7 +66,7 @@ impl Session<'_> {
             self.retry = Some(Retry { bytes, binds: binds.clone() });
         }
         self.batch.binds = binds;
-        self.after_send(side, reason);
+        self.after_send(side, reason, writes);
         if self.state_change.is_some() && self.batch.complete {
             self.hold = true; // the change is recorded (or not) at its ReadyForQuery
         }
@@ -80,24 +88,31 @@ impl Session<'_> {
         let cluster = self.id.cluster;
         let now = cluster.clock.now();
         let monitored = cluster.config.monitor.is_some();
-        let mut views = [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0 }; MAX_VIEWS];
+        let mut views =
+            [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
         for (view, b) in views.iter_mut().zip(&cluster.backends) {
             *view = if monitored {
                 BackendView {
                     replica: b.role == Role::Replica,
                     up: b.health.is_up(),
                     weight: b.weight,
-                    caught_up_to: b.health.caught_up_to.load(std::sync::atomic::Ordering::Relaxed),
+                    caught_up_to: b.health.caught_up_to.load(Relaxed),
+                    lag: b.health.lag_micros.load(Relaxed),
                 }
             } else {
                 // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
                 let fresh = if self.id.read_only { now } else { 0 };
-                BackendView { replica: b.role == Role::Replica, up: true, weight: b.weight, caught_up_to: fresh }
+                BackendView {
+                    replica: b.role == Role::Replica,
+                    up: true,
+                    weight: b.weight,
+                    caught_up_to: fresh,
+                    lag: 0,
+                }
             };
         }
         let table = Table {
             backends: &views[..cluster.backends.len().min(MAX_VIEWS)],
-            now,
             max_lag: micros(cluster.config.max_replica_lag),
         };
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
@@ -236,7 +251,7 @@ impl Session<'_> {
     }
 
     /// Bookkeeping after the batch went to `side`.
-    fn after_send(&mut self, side: Side, reason: Option<Reason>) {
+    fn after_send(&mut self, side: Side, reason: Option<Reason>, writes: bool) {
         let Some(slot) = self.slots[side.index()].as_mut() else { return };
         for (name, generation) in self.batch.parsed.drain(..) {
             slot.applied.prepared.insert(name, generation);
@@ -248,7 +263,7 @@ impl Session<'_> {
         if self.batch.parses_unnamed {
             self.unnamed_side = Some(side);
         }
-        if side == Side::Primary && !self.batch.view().read {
+        if side == Side::Primary && writes {
             self.writes_in_flight = true;
         }
         if let Some(reason) = reason {

@@ -461,6 +461,15 @@ impl<'a> Session<'a> {
     /// Forwards every message the active connection sent, watching `Z`, `E` and `S`.
     async fn on_backend(&mut self) -> Result<(), End> {
         let Some(side) = self.active else { return Ok(()) };
+        if self.retry.is_some() {
+            // A replica read that may still be retried elsewhere: hold its answer until it is
+            // whole (ends with ReadyForQuery) or large, so that a replica dying mid-answer costs
+            // the client nothing. A small answer usually arrives in one read anyway.
+            let buf = self.slots[side.index()].as_ref().map(|s| &s.conn.buf[..]).unwrap_or_default();
+            if buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
+                return Ok(());
+            }
+        }
         let mut fwd = 0;
         loop {
             let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
@@ -505,6 +514,14 @@ impl<'a> Session<'a> {
                             }
                         }
                         msg::ERROR_RESPONSE => {
+                            let body = &slot.conn.buf[start..fwd];
+                            if msg::is_fatal(body) && (self.outstanding == 0 || self.retry.is_some()) {
+                                // The server is closing this connection (shutdown, crash): with
+                                // nothing owed to the client, or a read that can run elsewhere,
+                                // the client need not hear of it.
+                                self.flush_backend(side, fwd - header.total_len).await?;
+                                return self.backend_failed().await;
+                            }
                             self.inject = None;
                             self.batch_error = true;
                         }
@@ -570,6 +587,14 @@ impl<'a> Session<'a> {
         }
         Ok(())
     }
+}
+
+/// A retryable replica answer is held back up to this size.
+const RETRY_HOLD: usize = 64 * 1024;
+
+/// Whether `buf` ends with a whole ReadyForQuery message.
+fn ends_with_ready_for_query(buf: &[u8]) -> bool {
+    buf.len() >= 6 && buf[buf.len() - 6..buf.len() - 1] == [msg::READY_FOR_QUERY, 0, 0, 0, 5]
 }
 
 /// Client batches larger than this are dispatched before their Sync.
