@@ -51,14 +51,19 @@ async fn backend_refusal_is_relayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn application_user_lands_on_the_primary() {
+async fn application_user_writes_land_on_the_primary() {
     let topo = Topology::shared();
     let daemon = proxy::start(topo, "").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let client = connect(port, APP).await.unwrap();
-    assert!(!in_recovery(&client).await);
-    let n = client.execute("INSERT INTO items (note) VALUES ('from app')", &[]).await.unwrap();
-    assert_eq!(n, 1);
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('from app') RETURNING pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    client.batch_execute("BEGIN").await.unwrap();
+    assert!(!in_recovery(&client).await, "a transaction runs on the primary");
+    client.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +265,8 @@ async fn garbage_from_one_client_does_not_hurt_others() {
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
     let fresh = connect(addr.port(), APP).await.unwrap();
-    assert!(!in_recovery(&fresh).await);
+    let two: i32 = fresh.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
 }
 
 /// Runs `psql -c sql` as `who` through the proxy on `port`.
