@@ -27,10 +27,12 @@ fn main() -> Result<()> {
     }
     eprintln!("starting PostgreSQL (primary + 2 replicas)...");
     let topo = Topology::start(2)?;
-    let port = free_ports(1)?[0];
+    let ports = free_ports(2)?;
+    let (port, metrics_port) = (ports[0], ports[1]);
     let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let config = topo.dir.join("bench.toml");
-    std::fs::write(&config, config_text(&topo, "bench", &listen, "127.0.0.1:0", None, ""))?;
+    std::fs::write(&config, config_text(&topo, "bench", &listen, "127.0.0.1:0", Some(&metrics), ""))?;
     let mut daemon = Daemon(
         Command::new(&sqlswitch)
             .args(["run", "--config"])
@@ -58,6 +60,10 @@ fn main() -> Result<()> {
     let (d, p) = (median(&mut direct), median(&mut proxied));
     println!("{:<8} {d:>14.0} {p:>14.0}", "median");
     println!("ratio sqlswitch/direct: {:.2}", p / d);
+    println!("statements routed through sqlswitch (target, reason: count):");
+    for line in scrape(&metrics)?.lines().filter(|l| l.starts_with("sqlswitch_statements_total") && !l.ends_with(" 0")) {
+        println!("  {line}");
+    }
     daemon.stop();
     topo.stop();
     Ok(())
@@ -94,6 +100,16 @@ fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> Result<String> {
         bail!("pgbench {args:?} on port {port} failed:\n{text}");
     }
     Ok(text)
+}
+
+/// The proxy's `/metrics` text.
+fn scrape(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 fn tps(report: &str) -> Result<f64> {
