@@ -2,7 +2,11 @@
 //! each user's SCRAM verifier, computed once at start so a login costs no key derivation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use sqlswitch_config::{Cluster as ClusterConfig, Role};
 
@@ -10,6 +14,126 @@ use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
 use crate::monitor::{Clock, Health};
 use crate::pg::backend::BackendConn;
 use crate::pool::Pool;
+
+/// Maintenance mode of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Normal operation.
+    ReadWrite,
+    /// Reads go on; writes get the read-only error at once.
+    ReadOnly,
+}
+
+/// Whether a backend takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// In rotation.
+    Enabled,
+    /// No new work; sessions move off at their next transaction boundary.
+    Draining,
+}
+
+/// The routing table: an immutable value, replaced whole (one `ArcSwap` store, a new
+/// generation) by every change, and read once per routing decision.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    /// Bumped by every change.
+    pub generation: u64,
+    /// Index of the primary backend.
+    pub primary: usize,
+    /// Maintenance mode.
+    pub mode: Mode,
+    /// Per backend, in config order.
+    pub states: Vec<BackendState>,
+}
+
+impl RoutingTable {
+    /// Whether backend `i` is the primary.
+    pub fn is_primary(&self, i: usize) -> bool {
+        self.primary == i
+    }
+
+    /// Whether backend `i` takes new work.
+    pub fn enabled(&self, i: usize) -> bool {
+        self.states.get(i).is_some_and(|s| *s == BackendState::Enabled)
+    }
+
+    /// A copy with the next generation, for a change.
+    pub fn next(&self) -> Self {
+        Self { generation: self.generation + 1, ..self.clone() }
+    }
+}
+
+/// What new work must wait for, set by `pause` and by a switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hold {
+    /// Every new transaction waits (`pause`).
+    pub all: bool,
+    /// New primary work waits (switchover); replica reads go on.
+    pub primary: bool,
+}
+
+/// The gate sessions pass at each transaction boundary, and the counts a switchover needs.
+pub struct Gate {
+    hold: watch::Sender<Hold>,
+    /// Sessions with primary work in flight (a transaction, or answers owed).
+    pub primary_busy: AtomicUsize,
+    /// Batches that waited at the gate, ever.
+    pub held_total: AtomicU64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            hold: watch::Sender::new(Hold::default()),
+            primary_busy: AtomicUsize::new(0),
+            held_total: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Whether work for the primary (or a replica) must wait now.
+    pub fn closed(&self, primary: bool) -> bool {
+        let h = *self.hold.borrow();
+        h.all || (primary && h.primary)
+    }
+
+    /// Waits until work for the primary (or a replica) may start.
+    pub async fn wait(&self, primary: bool) {
+        self.held_total.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.hold.subscribe();
+        while {
+            let h = *rx.borrow_and_update();
+            h.all || (primary && h.primary)
+        } {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Changes what is held.
+    pub fn set(&self, change: impl FnOnce(&mut Hold)) {
+        self.hold.send_modify(change);
+    }
+
+    /// What is held now.
+    pub fn hold(&self) -> Hold {
+        *self.hold.borrow()
+    }
+
+    /// Marks a session's primary work as started; with the gate checked after, a switchover
+    /// that closes the gate and then waits for `primary_busy` to reach zero cannot miss it.
+    pub fn enter_primary(&self) {
+        self.primary_busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks a session's primary work as finished.
+    pub fn leave_primary(&self) {
+        self.primary_busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// What a pooled PostgreSQL connection was opened with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,6 +160,10 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// What the monitor last saw.
     pub health: Health,
+    /// Session connections open to it now.
+    pub sessions: AtomicUsize,
+    /// Statements sent to it.
+    pub queries: AtomicU64,
 }
 
 /// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
@@ -103,6 +231,10 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     /// The time base of lag and read-your-writes.
     pub clock: Clock,
+    /// The routing table.
+    pub table: ArcSwap<RoutingTable>,
+    /// Holds new work during `pause` and switchover.
+    pub gate: Gate,
 }
 
 impl Cluster {
@@ -121,6 +253,8 @@ impl Cluster {
                     pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
                     metrics,
                     health: Health::default(),
+                    sessions: AtomicUsize::new(0),
+                    queries: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -140,6 +274,13 @@ impl Cluster {
         Arc::new(Self {
             metrics: registry.cluster(&config.name),
             clock: Clock::default(),
+            table: ArcSwap::from_pointee(RoutingTable {
+                generation: 1,
+                primary: config.primary_index(),
+                mode: Mode::ReadWrite,
+                states: vec![BackendState::Enabled; config.backends.len()],
+            }),
+            gate: Gate::default(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,
@@ -151,7 +292,8 @@ impl Cluster {
     /// read-write sessions; healthy replicas in weighted random order, then the primary, for
     /// read-only ones.
     pub fn candidates(&self, read_only: bool) -> Vec<usize> {
-        let primary = self.config.primary_index();
+        let table = self.table.load();
+        let primary = table.primary;
         if !read_only {
             return vec![primary];
         }
@@ -159,7 +301,7 @@ impl Cluster {
             .backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.role == Role::Replica && b.weight > 0)
+            .filter(|(i, b)| *i != primary && b.weight > 0 && table.enabled(*i))
             // With a monitor, only replicas it has seen answer; without one, every replica.
             .filter(|(_, b)| self.config.monitor.is_none() || b.health.is_up())
             .map(|(i, b)| {

@@ -9,18 +9,23 @@
 //!   state that follows a session across connections ([`pg::state`]).
 //! - [`pool`]: idle backend connections keyed by login.
 //! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
+//! - [`admin`], [`control`], [`switchover`]: the admin socket, the operations behind its
+//!   commands, and the zero-downtime switchover.
 //! - [`route`]: the routing decision, a pure function.
 //! - [`monitor`]: health, lag and read-your-writes bookkeeping per backend.
 //! - [`metrics`]: Prometheus handles, registered once.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cancel;
 pub mod cluster;
+pub mod control;
 pub mod metrics;
 pub mod monitor;
 pub mod pg;
 pub mod pool;
 pub mod route;
 pub mod server;
+pub mod switchover;
 
 pub use server::Daemon;

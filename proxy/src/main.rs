@@ -34,7 +34,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Send an admin command to a running daemon over its Unix socket.
+    /// Send an admin command to a running daemon over its Unix socket: status,
+    /// switchover CLUSTER BACKEND [promote] [timeout=30s], pause CLUSTER [timeout=10s],
+    /// resume CLUSTER, mode CLUSTER read-only|read-write, drain CLUSTER BACKEND,
+    /// enable CLUSTER BACKEND. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
+    /// cannot be reached.
     Ctl {
         /// The admin socket (`[admin] socket` in the config).
         #[arg(long, default_value = "/tmp/sqlswitch.sock")]
@@ -63,13 +67,22 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
-        Command::Ctl { socket, json: _, command } => {
-            eprintln!(
-                "sqlswitch ctl {}: the admin socket {} is not served by this version yet",
-                command.join(" "),
-                socket.display()
-            );
-            ExitCode::from(2)
+        Command::Ctl { socket, json, command } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(sqlswitch::admin::ctl(&socket, &command.join(" "), json)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("sqlswitch ctl: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

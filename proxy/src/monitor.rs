@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlswitch_config::Role;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -136,9 +135,11 @@ impl Monitor {
     pub async fn warm_up(&mut self) {
         for _ in 0..50 {
             self.tick().await;
-            let pending = self.cluster.backends.iter().any(|b| {
-                b.role == Role::Replica && b.health.is_up() && b.health.caught_up_to.load(Ordering::Relaxed) == 0
-            });
+            let primary = self.cluster.table.load().primary;
+            let pending =
+                self.cluster.backends.iter().enumerate().any(|(i, b)| {
+                    i != primary && b.health.is_up() && b.health.caught_up_to.load(Ordering::Relaxed) == 0
+                });
             if !pending {
                 return;
             }
@@ -164,10 +165,10 @@ impl Monitor {
         let cluster = Arc::clone(&self.cluster);
         let Some(monitor) = cluster.config.monitor.as_ref() else { return };
         let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &self.params };
-        let primary = cluster.config.primary_index();
+        let primary = cluster.table.load().primary;
         let mut conns = std::mem::take(&mut self.conns);
         let t = cluster.clock.now();
-        if let Some(lsn) = probe(&cluster, primary, &mut conns[primary], &login).await {
+        if let Some(lsn) = probe(&cluster, primary, true, &mut conns[primary], &login).await {
             self.samples.push(t, record_boundary(lsn));
             cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
         }
@@ -175,7 +176,7 @@ impl Monitor {
         let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary).map(|(i, conn)| {
             let (cluster, login) = (&cluster, &login);
             async move {
-                let Some(lsn) = probe(cluster, i, conn, login).await else { return };
+                let Some(lsn) = probe(cluster, i, false, conn, login).await else { return };
                 let health = &cluster.backends[i].health;
                 let newest = samples.0.back().map_or(0, |(_, p)| *p);
                 let caught_up_to = samples.caught_up_to(lsn);
@@ -190,14 +191,22 @@ impl Monitor {
     }
 }
 
-/// Checks backend `i` and updates its `up` flag; returns its WAL position.
-async fn probe(cluster: &Cluster, i: usize, conn: &mut Option<BackendConn>, login: &Login<'_>) -> Option<u64> {
+/// Checks backend `i` (the primary, or a replica) and updates its `up` flag; returns its WAL
+/// position. A replica that is not in recovery (a fenced old primary) answers NULL: down.
+async fn probe(
+    cluster: &Cluster,
+    i: usize,
+    primary: bool,
+    conn: &mut Option<BackendConn>,
+    login: &Login<'_>,
+) -> Option<u64> {
     let backend = &cluster.backends[i];
-    let sql = match backend.role {
+    let sql = if primary {
         // The insert position, not the write position: with asynchronous commit a commit is
         // acknowledged once inserted, before it is written.
-        Role::Primary => "SELECT pg_current_wal_insert_lsn()::text",
-        Role::Replica => "SELECT pg_last_wal_replay_lsn()::text",
+        "SELECT pg_current_wal_insert_lsn()::text"
+    } else {
+        "SELECT pg_last_wal_replay_lsn()::text"
     };
     let result = check(conn, &backend.address, login, cluster.config.connect_timeout, &backend.metrics, sql).await;
     let health = &backend.health;

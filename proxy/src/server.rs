@@ -62,6 +62,8 @@ pub struct Daemon {
     /// Every listener, bound.
     pub listeners: Vec<ListenerInfo>,
     clusters: Vec<Arc<Cluster>>,
+    /// The operations behind the admin commands.
+    pub control: Arc<crate::control::Control>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     shutdown: CancellationToken,
@@ -74,13 +76,22 @@ impl Daemon {
     /// # Errors
     /// A listener or the metrics endpoint could not be bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, true).await
+    }
+
+    /// As [`Daemon::start`]; `bind_admin` false leaves the admin socket out (tests drive
+    /// [`Daemon::control`] directly).
+    ///
+    /// # Errors
+    /// A listener, the admin socket or the metrics endpoint could not be bound.
+    pub async fn start_with(config: Config, bind_admin: bool) -> anyhow::Result<Self> {
         let registry = Registry::start(config.admin.metrics)?;
         let cancels = Arc::new(cancel::Registry::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
-        for cluster_config in config.clusters {
+        for cluster_config in config.clusters.clone() {
             if cluster_config.protocol != Protocol::Postgres {
                 anyhow::bail!("cluster {:?}: protocol mysql is not supported yet", cluster_config.name);
             }
@@ -114,7 +125,17 @@ impl Daemon {
                 tracker.spawn(accept.run());
             }
         }
-        Ok(Self { listeners, clusters, metrics: registry.handle(), shutdown, tracker })
+        let control = crate::control::Control::new(clusters.clone());
+        if bind_admin {
+            let listener = crate::admin::bind(&config.admin.socket)?;
+            tokio::spawn(crate::admin::serve(
+                listener,
+                config.admin.socket.clone(),
+                Arc::clone(&control),
+                shutdown.clone(),
+            ));
+        }
+        Ok(Self { listeners, clusters, control, metrics: registry.handle(), shutdown, tracker })
     }
 
     /// The address of `cluster`'s read-write (or read-only) listener.

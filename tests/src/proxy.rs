@@ -50,7 +50,9 @@ pub fn config_text(
 pub async fn start(topo: &Topology, extra: &str) -> Result<Daemon> {
     let text = config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
     let config = Config::parse(&text, Path::new("<test>"), |_| None)?;
-    Daemon::start(config).await
+    // Tests run many daemons at once: none binds the (shared) admin socket path; tests drive
+    // `Daemon::control` directly, and the admin socket test binds its own path.
+    Daemon::start_with(config, false).await
 }
 
 /// A libpq-style connection string to `port` as `(user, password)`, database `app`.

@@ -61,7 +61,8 @@ fn main() -> Result<()> {
     println!("{:<8} {d:>14.0} {p:>14.0}", "median");
     println!("ratio sqlswitch/direct: {:.2}", p / d);
     println!("statements routed through sqlswitch (target, reason: count):");
-    for line in scrape(&metrics)?.lines().filter(|l| l.starts_with("sqlswitch_statements_total") && !l.ends_with(" 0")) {
+    for line in scrape(&metrics)?.lines().filter(|l| l.starts_with("sqlswitch_statements_total") && !l.ends_with(" 0"))
+    {
         println!("  {line}");
     }
     daemon.stop();

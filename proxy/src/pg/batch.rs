@@ -27,6 +27,9 @@ pub struct OpenBatch {
     pub any: bool,
     /// Every statement so far is provably a read.
     pub read: bool,
+    /// Some statement may write (not a read, transaction control or session state): refused
+    /// in read-only maintenance mode.
+    pub maybe_writes: bool,
     /// Starts a `READ ONLY` transaction.
     pub begins_read_only_tx: bool,
     /// Execute messages and simple Queries in it.
@@ -62,6 +65,7 @@ impl OpenBatch {
         self.side = None;
         self.any = false;
         self.read = true;
+        self.maybe_writes = false;
         self.begins_read_only_tx = false;
         self.statements = 0;
         self.binds.clear();
@@ -82,6 +86,9 @@ impl OpenBatch {
         self.any = true;
         if !v.is_read() {
             self.read = false;
+        }
+        if v.writes || !matches!(v.class, Class::Read | Class::Tx(_) | Class::Session | Class::Empty) {
+            self.maybe_writes = true;
         }
         if v.pin.is_some() {
             self.pins = true;

@@ -13,23 +13,52 @@ use super::backend::{BackendConn, BackendError, Login};
 use super::batch::Side;
 use super::session::{End, Retry, Session, Slot, StateChange};
 use super::state::Applied;
+use crate::cluster::Mode;
 use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
-use sqlswitch_config::Role;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
     /// Routes and sends the undispatched part of the open batch. Returns false when it must
     /// wait until the active connection has answered everything.
     pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
-        let (side, replica, reason) = match self.batch.side {
-            Some(side) => (side, None, None),
-            None => match self.decide() {
-                Some((side, replica, reason)) => (side, replica, Some(reason)),
-                None => {
-                    self.hold = true;
-                    return Ok(false);
+        let (side, backend, reason) = match self.batch.side {
+            Some(side) => {
+                let backend = self.slots[side.index()].as_ref().map_or(0, |s| s.backend);
+                (side, backend, None)
+            }
+            None => {
+                let at_boundary = self.outstanding == 0 && self.tx() == TxStatus::Idle;
+                loop {
+                    let Some((side, backend, reason)) = self.decide() else {
+                        self.hold = true;
+                        return Ok(false);
+                    };
+                    if !at_boundary {
+                        break (side, backend, Some(reason));
+                    }
+                    let cluster = self.id.cluster;
+                    if cluster.table.load().mode == Mode::ReadOnly && self.batch.maybe_writes {
+                        self.refuse_pending(
+                            "cannot execute a write: the cluster is in read-only maintenance mode (sqlswitch)",
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                    // Count primary work before looking at the gate: a switchover closes the
+                    // gate before it counts, so one of the two always sees the other.
+                    let primary = side == Side::Primary;
+                    if primary && !self.primary_counted {
+                        cluster.gate.enter_primary();
+                        self.primary_counted = true;
+                    }
+                    if !cluster.gate.closed(primary) {
+                        break (side, backend, Some(reason));
+                    }
+                    self.leave_primary();
+                    cluster.gate.wait(primary).await;
+                    // The routing table may have changed meanwhile: decide again.
                 }
-            },
+            }
         };
         // Only an executed statement that is neither a read nor a session-state change can write:
         // a Parse/Describe batch (a client preparing a statement) or a SET does not start
@@ -54,7 +83,7 @@ impl Session<'_> {
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
-        let side = self.send(side, replica, &bytes, &binds).await?;
+        let side = self.send(side, backend, &bytes, &binds).await?;
         let Some(side) = side else {
             // No backend could take it: the client has its error; drop the batch.
             self.batch.binds = binds;
@@ -74,7 +103,7 @@ impl Session<'_> {
     }
 
     /// Where the batch goes: `(side, replica backend, reason)`, or `None` to wait.
-    fn decide(&mut self) -> Option<(Side, Option<usize>, Reason)> {
+    fn decide(&mut self) -> Option<(Side, usize, Reason)> {
         let busy = self.outstanding > 0 || self.tx() != TxStatus::Idle;
         if busy && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
             // State changed inside a transaction may be rolled back: do not replay it, stay put.
@@ -83,18 +112,21 @@ impl Session<'_> {
         }
         if self.batch.needs_unnamed_from {
             let side = self.unnamed_side.or(self.active).unwrap_or(Side::Primary);
-            return self.wait_or(side, Reason::Transaction);
+            let backend =
+                self.slots[side.index()].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
+            return self.wait_or(side, backend, Reason::Transaction);
         }
         let cluster = self.id.cluster;
+        let rt = cluster.table.load();
         let now = cluster.clock.now();
         let monitored = cluster.config.monitor.is_some();
         let mut views =
             [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
-        for (view, b) in views.iter_mut().zip(&cluster.backends) {
+        for (i, (view, b)) in views.iter_mut().zip(&cluster.backends).enumerate() {
             *view = if monitored {
                 BackendView {
-                    replica: b.role == Role::Replica,
-                    up: b.health.is_up(),
+                    replica: !rt.is_primary(i),
+                    up: b.health.is_up() && rt.enabled(i),
                     weight: b.weight,
                     caught_up_to: b.health.caught_up_to.load(Relaxed),
                     lag: b.health.lag_micros.load(Relaxed),
@@ -103,8 +135,8 @@ impl Session<'_> {
                 // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
                 let fresh = if self.id.read_only { now } else { 0 };
                 BackendView {
-                    replica: b.role == Role::Replica,
-                    up: true,
+                    replica: !rt.is_primary(i),
+                    up: rt.enabled(i),
                     weight: b.weight,
                     caught_up_to: fresh,
                     lag: 0,
@@ -129,16 +161,16 @@ impl Session<'_> {
         };
         let (target, reason) = route::route(&self.batch.view(), &session, &table, rand::random());
         match target {
-            Target::Primary => self.wait_or(Side::Primary, reason),
-            Target::Replica(i) => self.wait_or(Side::Replica, reason).map(|(s, _, r)| (s, Some(i), r)),
+            Target::Primary => self.wait_or(Side::Primary, rt.primary, reason),
+            Target::Replica(i) => self.wait_or(Side::Replica, i, reason),
         }
     }
 
-    fn wait_or(&self, side: Side, reason: Reason) -> Option<(Side, Option<usize>, Reason)> {
+    fn wait_or(&self, side: Side, backend: usize, reason: Reason) -> Option<(Side, usize, Reason)> {
         if self.outstanding > 0 && self.active != Some(side) {
             return None;
         }
-        Some((side, None, reason))
+        Some((side, backend, reason))
     }
 
     /// Sends `bytes` to `side` (a replica that fails falls back to the primary). Returns the
@@ -146,12 +178,12 @@ impl Session<'_> {
     async fn send(
         &mut self,
         mut side: Side,
-        mut replica: Option<usize>,
+        mut backend: usize,
         bytes: &Bytes,
         binds: &[String],
     ) -> Result<Option<Side>, End> {
         loop {
-            match self.ready_slot(side, replica, binds).await {
+            match self.ready_slot(side, backend, binds).await {
                 Ok(()) => {
                     let slot = self.slots[side.index()].as_mut().ok_or(End::BackendGone)?;
                     if slot.conn.stream.write_all(bytes).await.is_ok() {
@@ -174,7 +206,32 @@ impl Session<'_> {
                 }
             }
             side = Side::Primary;
-            replica = None;
+            backend = self.id.cluster.table.load().primary;
+        }
+    }
+
+    /// Answers the undispatched batch with a read-only error instead of sending it.
+    async fn refuse_pending(&mut self, text: &str) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, Severity::Error, sqlstate::READ_ONLY_SQL_TRANSACTION, text);
+        for _ in 0..self.batch.syncs {
+            msg::ready_for_query(&mut out, self.tx());
+        }
+        let len = self.batch.len;
+        let _ = self.cbuf.split_to(len);
+        if !self.batch.complete {
+            self.skip = Some(super::session::Skip::ReplyLocally);
+        }
+        self.batch.reset();
+        self.id.cluster.metrics.refused.increment(1);
+        self.send_client(&out).await
+    }
+
+    /// The session's primary work is over (or never started): let a switchover count it out.
+    pub(super) fn leave_primary(&mut self) {
+        if self.primary_counted {
+            self.id.cluster.gate.leave_primary();
+            self.primary_counted = false;
         }
     }
 
@@ -204,9 +261,8 @@ impl Session<'_> {
 
     /// Makes sure `side` has a connection (to `replica` when given), with the session state
     /// replayed and the batch's statements prepared.
-    async fn ready_slot(&mut self, side: Side, replica: Option<usize>, binds: &[String]) -> Result<(), BackendError> {
+    async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
         let cluster = self.id.cluster;
-        let backend = replica.unwrap_or_else(|| cluster.config.primary_index());
         let replace = match &self.slots[side.index()] {
             Some(slot) => {
                 slot.backend != backend || slot.stale || (self.active != Some(side) && !slot.conn.is_reusable())
@@ -221,7 +277,8 @@ impl Session<'_> {
                 self.active = None;
             }
             let conn = self.acquire(backend).await?;
-            self.slots[side.index()] = Some(Slot { conn, backend, applied: Applied::default(), stale: false });
+            let counted = super::session::Counted::new(&cluster.backends[backend].sessions);
+            self.slots[side.index()] = Some(Slot { conn, backend, counted, applied: Applied::default(), stale: false });
         }
         let slot = self.slots[side.index()].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         if slot.applied.replayed < self.state.replay.len() {
@@ -266,6 +323,7 @@ impl Session<'_> {
         if side == Side::Primary && writes {
             self.writes_in_flight = true;
         }
+        self.id.cluster.backends[slot.backend].queries.fetch_add(u64::from(self.batch.statements), Relaxed);
         if let Some(reason) = reason {
             let role = usize::from(side == Side::Replica);
             self.id.cluster.metrics.routed[role][reason.index()].increment(u64::from(self.batch.statements));
@@ -291,7 +349,8 @@ impl Session<'_> {
         if let Some(retry) = self.retry.take() {
             warn!("a replica failed before answering; sending the read to the primary");
             self.outstanding = self.outstanding.saturating_sub(1);
-            match self.send(Side::Primary, None, &retry.bytes, &retry.binds).await? {
+            let primary = self.id.cluster.table.load().primary;
+            match self.send(Side::Primary, primary, &retry.bytes, &retry.binds).await? {
                 Some(side) => {
                     self.outstanding += 1;
                     self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel));

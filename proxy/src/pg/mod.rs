@@ -27,7 +27,6 @@ use backend::{BackendConn, BackendError, Login};
 use batch::Side;
 use client::{send_fatal, Opening};
 use session::{End, Identity, Session, Slot};
-use sqlswitch_config::Role;
 
 const READ_ONLY_GUC: &str = "default_transaction_read_only";
 
@@ -85,8 +84,9 @@ pub async fn serve(
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
 
-    let side = if backend.role == Role::Primary { Side::Primary } else { Side::Replica };
-    let first = Slot { conn, backend: index, applied: Default::default(), stale: false };
+    let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
+    let counted = session::Counted::new(&backend.sessions);
+    let first = Slot { conn, backend: index, counted, applied: Default::default(), stale: false };
     let id = Identity {
         cluster: &cluster,
         user: &user,

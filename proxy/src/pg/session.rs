@@ -47,7 +47,7 @@ pub enum End {
 
 /// After a locally refused extended-protocol message, client messages are discarded up to Sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Skip {
+pub(crate) enum Skip {
     /// Nothing of this pipeline went to a backend: answer its Sync with our own ReadyForQuery.
     ReplyLocally,
     /// A backend holds earlier messages of this pipeline: forward the Sync and put our error
@@ -55,12 +55,31 @@ pub(super) enum Skip {
     ForwardSync,
 }
 
+/// Counts a session connection in its backend's `sessions` while it exists.
+pub struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    /// Counts one more.
+    pub fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One backend connection of the session.
-pub struct Slot {
+pub struct Slot<'a> {
     /// The connection.
     pub conn: BackendConn,
     /// Which backend of the cluster.
     pub backend: usize,
+    /// Keeps the backend's session count.
+    pub counted: Counted<'a>,
     /// What it has been given of the session state.
     pub applied: Applied,
     /// It still holds state the session has discarded (`DISCARD ALL` ran elsewhere): replace
@@ -96,7 +115,7 @@ pub struct Session<'a> {
     pub(super) cbuf: BytesMut,
     pub(super) id: Identity<'a>,
     /// The primary and replica connections.
-    pub slots: [Option<Slot>; 2],
+    pub slots: [Option<Slot<'a>>; 2],
     pub(super) active: Option<Side>,
     pub(super) state: SessionState,
     pub(super) batch: OpenBatch,
@@ -116,6 +135,14 @@ pub struct Session<'a> {
     pub(super) retry: Option<Retry>,
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
+    /// Counted in the cluster's `primary_busy` (primary work in flight).
+    pub(super) primary_counted: bool,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.leave_primary();
+    }
 }
 
 /// A session-state change in flight.
@@ -139,7 +166,7 @@ impl Side {
 
 impl<'a> Session<'a> {
     /// A session over an authenticated client and its first backend connection.
-    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: Slot, side: Side) -> Self {
+    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: Slot<'a>, side: Side) -> Self {
         let mut slots = [None, None];
         slots[side.index()] = Some(first);
         let mut batch = OpenBatch::default();
@@ -162,10 +189,11 @@ impl<'a> Session<'a> {
             batch_error: false,
             retry: None,
             unnamed_side: None,
+            primary_counted: false,
         }
     }
 
-    pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot> {
+    pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {
         self.slots[side.index()].as_mut()
     }
 
@@ -555,6 +583,9 @@ impl<'a> Session<'a> {
         if self.outstanding == 0 {
             self.writes_in_flight = false;
             self.retry = None;
+            if self.tx() == TxStatus::Idle && self.batch.side.is_none() {
+                self.leave_primary();
+            }
             match self.state_change.take() {
                 Some(_) if self.batch_error => {}
                 Some(StateChange::Record(sql)) => self.state.record(sql),
@@ -600,7 +631,7 @@ fn ends_with_ready_for_query(buf: &[u8]) -> bool {
 /// Client batches larger than this are dispatched before their Sync.
 const FORCE_DISPATCH: usize = 1 << 20;
 
-async fn read_backend(slot: Option<&mut Slot>) -> std::io::Result<usize> {
+async fn read_backend(slot: Option<&mut Slot<'_>>) -> std::io::Result<usize> {
     match slot {
         Some(s) => {
             if s.conn.buf.capacity() - s.conn.buf.len() < 4096 {

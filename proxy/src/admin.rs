@@ -1,0 +1,246 @@
+//! The admin socket (PRODUCT.md section 3): a Unix socket, created mode 0600, one command per
+//! line, one JSON object per answer line. A switchover also sends one `{"progress": ...}` line
+//! per step as it completes, before its answer. `sqlswitch ctl` is the client.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::control::Control;
+
+/// Binds the admin socket at `path`: refuses a path that a live daemon serves or that is not a
+/// socket, replaces a stale socket, and makes it 0600.
+///
+/// # Errors
+/// Any of those.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("admin socket {}: the path exists and is not a socket", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("admin socket {}: another sqlswitch is serving it", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("admin socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves admin connections until `shutdown`, then removes the socket.
+pub async fn serve(listener: UnixListener, path: PathBuf, control: Arc<Control>, shutdown: CancellationToken) {
+    info!(socket = %path.display(), "admin socket ready");
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(stream, Arc::clone(&control)));
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn connection(stream: UnixStream, control: Arc<Control>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        let control = Arc::clone(&control);
+        let work = tokio::spawn(async move {
+            let answer = execute(&control, &line, &tx).await;
+            let _ = tx.send(answer.unwrap_or_else(|e| json!({ "ok": false, "error": e })));
+        });
+        while let Some(value) = rx.recv().await {
+            let mut text = value.to_string();
+            text.push('\n');
+            if write.write_all(text.as_bytes()).await.is_err() {
+                // The operator left; the command still runs to its end (a switchover cannot be
+                // abandoned halfway, and a pause ends by its own timeout).
+                break;
+            }
+        }
+        let _ = work.await;
+    }
+}
+
+/// Parses `key=value` options (`timeout=30s`) and bare flags (`promote`).
+struct Args<'a> {
+    positional: Vec<&'a str>,
+    timeout: Option<Duration>,
+    promote: bool,
+}
+
+fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
+    let mut args = Args { positional: Vec::new(), timeout: None, promote: false };
+    for w in words {
+        if let Some(v) = w.strip_prefix("timeout=") {
+            args.timeout = Some(humantime::parse_duration(v).map_err(|e| format!("timeout={v}: {e}"))?);
+        } else if *w == "promote" {
+            args.promote = true;
+        } else {
+            args.positional.push(w);
+        }
+    }
+    Ok(args)
+}
+
+const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [timeout=30s] | pause CLUSTER [timeout=10s] | \
+                     resume CLUSTER | mode CLUSTER read-only|read-write | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
+
+async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    let Some((&command, rest)) = words.split_first() else { return Err(format!("empty command; {USAGE}")) };
+    let args = parse_args(rest)?;
+    let need = |n: usize| -> Result<(), String> {
+        if args.positional.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{command}: expected {n} argument(s), got {}; {USAGE}", args.positional.len()))
+        }
+    };
+    match command {
+        "status" => {
+            need(0)?;
+            Ok(control.status())
+        }
+        "pause" => {
+            need(1)?;
+            control.pause(args.positional[0], args.timeout.unwrap_or(Duration::from_secs(10)))
+        }
+        "resume" => {
+            need(1)?;
+            control.resume(args.positional[0])
+        }
+        "mode" => {
+            need(2)?;
+            control.mode(args.positional[0], args.positional[1])
+        }
+        "drain" | "enable" => {
+            need(2)?;
+            control.set_enabled(args.positional[0], args.positional[1], command == "enable")
+        }
+        "switchover" => {
+            need(2)?;
+            let timeout = args.timeout.unwrap_or(Duration::from_secs(30));
+            let mut report = |step: &crate::switchover::Step| {
+                let _ = progress.send(step.json());
+            };
+            crate::switchover::run(control, args.positional[0], args.positional[1], args.promote, timeout, &mut report)
+                .await
+        }
+        "reload" => {
+            Err("reload is not supported by this version yet: restart sqlswitch to apply config changes".into())
+        }
+        other => Err(format!("unknown command {other:?}; {USAGE}")),
+    }
+}
+
+/// `sqlswitch ctl`: sends `command` to the daemon at `socket` and prints the answer (and a
+/// switchover's steps as they complete). Returns whether the daemon answered `ok`.
+///
+/// # Errors
+/// The socket could not be reached.
+pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Result<bool> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the admin socket {}: {e} (is sqlswitch running?)", socket.display())
+    })?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let value: Value = serde_json::from_str(&line)?;
+        if json_output {
+            println!("{line}");
+        } else {
+            print_pretty(&value);
+        }
+        if let Some(ok) = value.get("ok").and_then(Value::as_bool) {
+            return Ok(ok);
+        }
+    }
+    anyhow::bail!("the daemon closed the admin connection without an answer")
+}
+
+fn print_pretty(v: &Value) {
+    if let Some(p) = v.get("progress") {
+        println!(
+            "  {:<9} {:>9.1} ms  {}",
+            p["step"].as_str().unwrap_or(""),
+            p["ms"].as_f64().unwrap_or(0.0),
+            p["detail"].as_str().unwrap_or("")
+        );
+        return;
+    }
+    if v["ok"] == false {
+        println!("error: {}", v["error"].as_str().unwrap_or("unknown"));
+        return;
+    }
+    if let Some(clusters) = v.get("clusters").and_then(Value::as_array) {
+        for c in clusters {
+            println!(
+                "cluster {}  mode {}  generation {}  primary {}{}",
+                c["name"].as_str().unwrap_or(""),
+                c["mode"].as_str().unwrap_or(""),
+                c["generation"],
+                c["primary"].as_str().unwrap_or(""),
+                if c["paused"] == true { "  PAUSED" } else { "" }
+            );
+            println!(
+                "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10}",
+                "backend", "role", "state", "lag ms", "lag bytes", "sessions", "queries"
+            );
+            for b in c["backends"].as_array().into_iter().flatten() {
+                let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
+                println!(
+                    "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10}",
+                    b["name"].as_str().unwrap_or(""),
+                    b["role"].as_str().unwrap_or(""),
+                    b["state"].as_str().unwrap_or(""),
+                    lag,
+                    b["lag_bytes"],
+                    b["sessions"],
+                    b["queries"]
+                );
+            }
+        }
+        return;
+    }
+    if v.get("steps").is_some() {
+        println!(
+            "switched {} from {} to {}: clients paused {} ms, {} statement(s) held, routing generation {}",
+            v["cluster"].as_str().unwrap_or(""),
+            v["from"].as_str().unwrap_or(""),
+            v["to"].as_str().unwrap_or(""),
+            v["pause_ms"],
+            v["held"],
+            v["generation"]
+        );
+        return;
+    }
+    let mut fields: Vec<String> = Vec::new();
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            if k != "ok" {
+                fields.push(format!("{k}={}", val.as_str().map_or_else(|| val.to_string(), str::to_owned)));
+            }
+        }
+    }
+    println!("ok {}", fields.join(" "));
+}

@@ -1,0 +1,195 @@
+//! The operations behind the admin commands (PRODUCT.md section 3): status, pause and resume,
+//! maintenance mode, drain and enable. Every change builds a new routing table and stores it
+//! whole; the switchover is in [`crate::switchover`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
+
+/// The daemon's clusters, as the admin socket sees them.
+pub struct Control {
+    clusters: Vec<Arc<Cluster>>,
+    /// Bumped by every pause and resume, so a pause's timer never ends a later pause.
+    pause_generation: AtomicU64,
+}
+
+/// An admin command failed; the text is for the operator.
+pub type Failure = String;
+
+impl Control {
+    /// Control over `clusters`.
+    pub fn new(clusters: Vec<Arc<Cluster>>) -> Arc<Self> {
+        Arc::new(Self { clusters, pause_generation: AtomicU64::new(0) })
+    }
+
+    /// The cluster called `name`.
+    ///
+    /// # Errors
+    /// No such cluster.
+    pub fn cluster(&self, name: &str) -> Result<&Arc<Cluster>, Failure> {
+        self.clusters.iter().find(|c| c.config.name == name).ok_or_else(|| format!("no cluster named {name:?}"))
+    }
+
+    /// Index of the backend called `name` in `cluster`.
+    ///
+    /// # Errors
+    /// No such backend.
+    pub fn backend(cluster: &Cluster, name: &str) -> Result<usize, Failure> {
+        cluster
+            .backends
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| format!("cluster {:?} has no backend named {name:?}", cluster.config.name))
+    }
+
+    /// Every cluster: mode, generation, primary, and per backend its role, state, lag,
+    /// sessions and statements.
+    pub fn status(&self) -> Value {
+        let clusters: Vec<Value> = self.clusters.iter().map(|c| cluster_status(c)).collect();
+        json!({ "ok": true, "clusters": clusters })
+    }
+
+    /// Holds every new transaction of `name` at its boundary until `resume` or `timeout`.
+    ///
+    /// # Errors
+    /// No such cluster.
+    pub fn pause(self: &Arc<Self>, name: &str, timeout: Duration) -> Result<Value, Failure> {
+        let cluster = Arc::clone(self.cluster(name)?);
+        let generation = self.pause_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        cluster.gate.set(|h| h.all = true);
+        let control = Arc::clone(self);
+        let timed = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if control.pause_generation.load(Ordering::SeqCst) == generation {
+                timed.gate.set(|h| h.all = false);
+                tracing::warn!(cluster = %timed.config.name, ?timeout, "pause timed out; resumed");
+            }
+        });
+        tracing::info!(cluster = %name, ?timeout, "paused");
+        Ok(json!({
+            "ok": true,
+            "cluster": name,
+            "paused": true,
+            "timeout_ms": millis(timeout),
+            "in_flight": cluster.gate.primary_busy.load(Ordering::SeqCst),
+        }))
+    }
+
+    /// Releases what `pause` held.
+    ///
+    /// # Errors
+    /// No such cluster.
+    pub fn resume(&self, name: &str) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        self.pause_generation.fetch_add(1, Ordering::SeqCst);
+        cluster.gate.set(|h| h.all = false);
+        tracing::info!(cluster = %name, "resumed");
+        Ok(json!({ "ok": true, "cluster": name, "paused": false }))
+    }
+
+    /// Maintenance mode: `read-only` or `read-write`.
+    ///
+    /// # Errors
+    /// No such cluster, or an unknown mode.
+    pub fn mode(&self, name: &str, mode: &str) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let mode = match mode {
+            "read-only" => Mode::ReadOnly,
+            "read-write" => Mode::ReadWrite,
+            other => return Err(format!("unknown mode {other:?}: use read-only or read-write")),
+        };
+        let table = change(cluster, |t| t.mode = mode);
+        tracing::info!(cluster = %name, mode = mode_name(mode), generation = table.generation, "mode changed");
+        Ok(json!({ "ok": true, "cluster": name, "mode": mode_name(mode), "generation": table.generation }))
+    }
+
+    /// Stops routing new work to a backend (or brings it back).
+    ///
+    /// # Errors
+    /// No such cluster or backend, or draining the primary.
+    pub fn set_enabled(&self, name: &str, backend: &str, enabled: bool) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let i = Self::backend(cluster, backend)?;
+        if !enabled && cluster.table.load().is_primary(i) {
+            return Err(format!("{backend:?} is the primary of {name:?}: switch over to another backend first"));
+        }
+        let state = if enabled { BackendState::Enabled } else { BackendState::Draining };
+        let table = change(cluster, |t| t.states[i] = state);
+        let word = if enabled { "enabled" } else { "draining" };
+        tracing::info!(cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
+        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation }))
+    }
+}
+
+/// Applies `edit` to a copy of the table with the next generation, and stores it.
+pub fn change(cluster: &Cluster, edit: impl FnOnce(&mut RoutingTable)) -> Arc<RoutingTable> {
+    let mut next = cluster.table.load().next();
+    edit(&mut next);
+    let next = Arc::new(next);
+    cluster.table.store(Arc::clone(&next));
+    next
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::ReadWrite => "read-write",
+        Mode::ReadOnly => "read-only",
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn cluster_status(c: &Cluster) -> Value {
+    let table = c.table.load();
+    let hold = c.gate.hold();
+    let backends: Vec<Value> = c
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let primary = table.is_primary(i);
+            let state = if !table.enabled(i) {
+                "draining"
+            } else if b.weight == 0 && !primary {
+                "disabled"
+            } else if b.health.is_up() || (c.config.monitor.is_none()) {
+                "up"
+            } else {
+                "down"
+            };
+            let lag = b.health.lag_micros.load(Ordering::Relaxed);
+            json!({
+                "name": b.name,
+                "address": b.address,
+                "role": if primary { "primary" } else { "replica" },
+                "state": state,
+                "weight": b.weight,
+                "lag_ms": (!primary && lag != u64::MAX).then_some(lag / 1000),
+                "lag_bytes": if primary { 0 } else { b.health.lag_bytes.load(Ordering::Relaxed) },
+                "sessions": b.sessions.load(Ordering::Relaxed),
+                "queries": b.queries.load(Ordering::Relaxed),
+                "idle_connections": b.pool.idle_count(),
+            })
+        })
+        .collect();
+    json!({
+        "name": c.config.name,
+        "protocol": "postgres",
+        "mode": mode_name(table.mode),
+        "generation": table.generation,
+        "primary": c.backends[table.primary].name,
+        "paused": hold.all,
+        "holding_primary": hold.primary,
+        "primary_busy": c.gate.primary_busy.load(Ordering::SeqCst),
+        "held_total": c.gate.held_total.load(Ordering::Relaxed),
+        "backends": backends,
+    })
+}
