@@ -49,6 +49,17 @@ pub struct Topology {
 
 static SHARED: OnceLock<Topology> = OnceLock::new();
 
+impl Drop for Topology {
+    /// A topology a test started for itself is stopped and removed when the test is done (the
+    /// shared one is static and left to the reaper).
+    fn drop(&mut self) {
+        for n in self.nodes.iter().rev() {
+            let _ = self.kill_node(n);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Topology {
     /// The process-wide topology, started on first use and stopped when the process exits.
     ///
@@ -110,7 +121,7 @@ impl Topology {
         let mut conf = std::fs::OpenOptions::new().append(true).open(primary.data.join("postgresql.conf"))?;
         std::io::Write::write_all(
             &mut conf,
-            b"\nmax_connections = 500\nshared_buffers = 32MB\nfsync = off\nsynchronous_commit = off\n\
+            b"\nmax_connections = 500\nshared_buffers = 32MB\nfsync = off\n\
               full_page_writes = off\nmax_wal_senders = 10\nhot_standby_feedback = on\n\
               wal_receiver_status_interval = 1s\nlog_min_messages = warning\n\
               include_if_exists = 'node.conf'\n",
@@ -126,7 +137,10 @@ impl Topology {
                  CREATE ROLE {mon} LOGIN PASSWORD '{mon_pw}' IN ROLE pg_monitor;\n\
                  CREATE ROLE {trust} LOGIN PASSWORD '{trust_pw}';\n\
                  SET password_encryption = 'md5';\n\
-                 CREATE ROLE {md5} LOGIN PASSWORD '{md5_pw}';\n",
+                 CREATE ROLE {md5} LOGIN PASSWORD '{md5_pw}';\n\
+                 GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only TO {mon};\n\
+                 GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {mon};\n\
+                 GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {mon};\n",
                 app = APP.0,
                 app_pw = APP.1,
                 anon = ANON.0,

@@ -1,0 +1,263 @@
+//! Admin commands and the zero-downtime switchover, against real PostgreSQL. A test that
+//! changes the primary starts its own topology (a primary and one streaming replica); the
+//! others share one. They run one at a time: pgbench and switchovers want the whole machine.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlswitch_tests::client::{code, connect};
+use sqlswitch_tests::pg::{client_bin, Topology, APP, DATABASE};
+use sqlswitch_tests::proxy;
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn server_name(client: &Client) -> String {
+    client.query_one("SELECT current_setting('cluster_name')", &[]).await.unwrap().get(0)
+}
+
+async fn switchover(
+    daemon: &sqlswitch::Daemon,
+    target: &str,
+    promote: bool,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let mut steps = Vec::new();
+    let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
+    let r = sqlswitch::switchover::run(&daemon.control, "app", target, promote, timeout, &mut report).await;
+    if r.is_ok() {
+        assert_eq!(
+            steps,
+            ["hold", "drain", "fence", "catch_up", "promote", "swap", "release"],
+            "every step reported, in order"
+        );
+    }
+    r
+}
+
+fn primary_of(daemon: &sqlswitch::Daemon) -> String {
+    daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
+}
+
+fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(client_bin(topo, "pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
+        .args(args)
+        .arg(DATABASE)
+        .env("PGPASSWORD", APP.1)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_pgbench_load_costs_no_client_errors() {
+    let _serial = SERIAL.lock().await;
+    let topo = std::sync::Arc::new(Topology::start(1).unwrap());
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (ok, out) = pgbench(&topo, topo.primary().port, &["-i", "-q", "-s", "1"]);
+    assert!(ok, "{out}");
+    topo.wait_replicas_caught_up().unwrap();
+
+    let load_topo = std::sync::Arc::clone(&topo);
+    let load =
+        tokio::task::spawn_blocking(move || pgbench(&load_topo, port, &["-c", "8", "-j", "2", "-T", "6", "-P", "1"]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let result = switchover(&daemon, "replica1", true, Duration::from_secs(30)).await.expect("switchover");
+    let (ok, report) = load.await.unwrap();
+    println!("{result}\n{report}");
+    assert!(ok, "pgbench failed during the switchover:\n{report}");
+    assert!(!report.contains("aborted"), "{report}");
+    assert!(report.contains("number of failed transactions: 0"), "{report}");
+    let pause = result["pause_ms"].as_u64().unwrap();
+    assert!(pause < 1000, "clients paused {pause} ms");
+    assert_eq!(primary_of(&daemon), "replica1");
+
+    // Writes land on the new primary, through a session that lived across the switchover too.
+    let client = connect(port, APP).await.unwrap();
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('after') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "replica1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_state_carry_on_after_a_switchover() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("SET application_name = 'carry-on'").await.unwrap();
+    let insert =
+        client.prepare("INSERT INTO items (note) VALUES ($1) RETURNING current_setting('cluster_name')").await.unwrap();
+    assert_eq!(client.query_one(&insert, &[&"before"]).await.unwrap().get::<_, String>(0), "primary");
+    let temp = connect(port, APP).await.unwrap();
+    temp.batch_execute("CREATE TEMP TABLE scratch (a int)").await.unwrap();
+
+    switchover(&daemon, "replica1", true, Duration::from_secs(30)).await.expect("switchover");
+
+    let row = client.query_one(&insert, &[&"after"]).await.expect("the prepared statement works on the new primary");
+    assert_eq!(row.get::<_, String>(0), "replica1");
+    let app: String = client.query_one("SHOW application_name", &[]).await.unwrap().get(0);
+    assert_eq!(app, "carry-on", "session state was replayed on the new primary");
+    let one: i32 = temp.query_one("SELECT 1", &[]).await.expect("a session with a temp table carries on").get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_drain_times_out_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('open transaction')").await.unwrap();
+    let err = switchover(&daemon, "replica1", true, Duration::from_millis(500)).await.expect_err("drain must time out");
+    assert!(err.contains("drain"), "{err}");
+    assert_eq!(primary_of(&daemon), "primary");
+    client.batch_execute("COMMIT").await.expect("the open transaction finishes on the old primary");
+    let other = connect(port, APP).await.unwrap();
+    let row = other
+        .query_one("INSERT INTO items (note) VALUES ('still') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "primary", "the old primary is not fenced and still takes writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_to_a_lagging_target_times_out_cleanly_then_succeeds() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let target = &topo.replicas()[0];
+    topo.set_replay_paused(target, true).unwrap();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('not replayed yet')").await.unwrap();
+    let err = switchover(&daemon, "replica1", true, Duration::from_secs(1)).await.expect_err("catch-up must time out");
+    assert!(err.contains("catch_up"), "{err}");
+    assert_eq!(primary_of(&daemon), "primary");
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('x') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "primary", "the fence was undone");
+
+    topo.set_replay_paused(target, false).unwrap();
+    switchover(&daemon, "replica1", true, Duration::from_secs(30))
+        .await
+        .expect("succeeds once the target can catch up");
+    let n: i64 =
+        client.query_one("SELECT count(*) FROM items WHERE note = 'not replayed yet'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "nothing written before the switchover is lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mode_refuses_writes_and_serves_reads() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    daemon.control.mode("app", "read-only").unwrap();
+    let err = client.batch_execute("INSERT INTO items (note) VALUES ('maintenance')").await.unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err:?}");
+    let err = client.query_one("SELECT nextval('items_id_seq')", &[]).await.unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err:?}");
+    let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await.expect("reads go on").get(0);
+    assert!(n >= 0);
+    daemon.control.mode("app", "read-write").unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('back')").await.expect("writes again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_reads_off_a_replica_and_enable_brings_it_back() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    daemon.control.set_enabled("app", "replica1", false).unwrap();
+    assert!(daemon.control.set_enabled("app", "primary", false).is_err(), "the primary cannot be drained");
+    for _ in 0..20 {
+        assert_eq!(server_name(&client).await, "replica2", "a drained replica gets no new reads");
+    }
+    daemon.control.set_enabled("app", "replica1", true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = connect(port, APP).await.unwrap();
+        if server_name(&c).await == "replica1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica1 never got reads again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_work_and_always_ends() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let client = std::sync::Arc::new(connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap());
+
+    // A pause nobody resumes ends by its timeout.
+    daemon.control.pause("app", Duration::from_millis(300)).unwrap();
+    let started = Instant::now();
+    client.batch_execute("SELECT 1").await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "held only {waited:?}");
+    assert!(waited < Duration::from_secs(3), "held {waited:?}");
+
+    // Resume releases at once, and a stale timer does not end a later pause.
+    daemon.control.pause("app", Duration::from_secs(60)).unwrap();
+    let c = std::sync::Arc::clone(&client);
+    let held = tokio::spawn(async move { c.batch_execute("SELECT 2").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "work is held while paused");
+    daemon.control.resume("app").unwrap();
+    tokio::time::timeout(Duration::from_secs(2), held).await.expect("resume releases held work").unwrap().unwrap();
+    let status = daemon.control.status();
+    assert_eq!(status["clusters"][0]["paused"], false);
+    assert!(status["clusters"][0]["held_total"].as_u64().unwrap() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_answers_json_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let socket = topo.dir.join("admin-test.sock");
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+        .replace("/tmp/sqlswitch-test.sock", &socket.display().to_string());
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start(config.clone()).await.unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(sqlswitch::Daemon::start(config).await.is_err(), "a second daemon refuses a socket that is served");
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    for (command, ok) in [
+        ("status", true),
+        ("mode app read-only", true),
+        ("mode app read-write", true),
+        ("frobnicate", false),
+        ("drain nope x", false),
+    ] {
+        write.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        let answer: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer["ok"], ok, "{command}: {answer}");
+        if !ok {
+            assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+        }
+    }
+    assert!(sqlswitch::admin::ctl(&socket, "status", true).await.unwrap());
+    drop(daemon);
+}
