@@ -214,9 +214,9 @@ fn print_pretty(v: &Value) {
                     b["role"].as_str().unwrap_or(""),
                     b["state"].as_str().unwrap_or(""),
                     lag,
-                    b["lag_bytes"],
-                    b["sessions"],
-                    b["queries"]
+                    b["lag_bytes"].to_string(),
+                    b["sessions"].to_string(),
+                    b["queries"].to_string()
                 );
             }
         }

@@ -66,6 +66,8 @@ pub struct Daemon {
     pub control: Arc<crate::control::Control>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The admin socket this daemon bound, removed when it stops.
+    admin_socket: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -85,10 +87,39 @@ impl Daemon {
     /// # Errors
     /// A listener, the admin socket or the metrics endpoint could not be bound.
     pub async fn start_with(config: Config, bind_admin: bool) -> anyhow::Result<Self> {
-        let registry = Registry::start(config.admin.metrics)?;
-        let cancels = Arc::new(cancel::Registry::default());
+        // The admin socket first: a second daemon on the same config stops here, before it
+        // binds or starts anything.
+        let admin = if bind_admin { Some(crate::admin::bind(&config.admin.socket)?) } else { None };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let started = Self::start_clusters(&config, &shutdown, &tracker).await;
+        let (listeners, clusters, registry) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                // Stop whatever was spawned, and leave no socket behind.
+                shutdown.cancel();
+                if admin.is_some() {
+                    let _ = std::fs::remove_file(&config.admin.socket);
+                }
+                return Err(e);
+            }
+        };
+        let control = crate::control::Control::new(clusters.clone());
+        let admin_socket = admin.map(|listener| {
+            let path = config.admin.socket.clone();
+            tokio::spawn(crate::admin::serve(listener, path.clone(), Arc::clone(&control), shutdown.clone()));
+            path
+        });
+        Ok(Self { listeners, clusters, control, metrics: registry.handle(), admin_socket, shutdown, tracker })
+    }
+
+    async fn start_clusters(
+        config: &Config,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<(Vec<ListenerInfo>, Vec<Arc<Cluster>>, Registry)> {
+        let registry = Registry::start(config.admin.metrics)?;
+        let cancels = Arc::new(cancel::Registry::default());
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
         for cluster_config in config.clusters.clone() {
@@ -125,17 +156,7 @@ impl Daemon {
                 tracker.spawn(accept.run());
             }
         }
-        let control = crate::control::Control::new(clusters.clone());
-        if bind_admin {
-            let listener = crate::admin::bind(&config.admin.socket)?;
-            tokio::spawn(crate::admin::serve(
-                listener,
-                config.admin.socket.clone(),
-                Arc::clone(&control),
-                shutdown.clone(),
-            ));
-        }
-        Ok(Self { listeners, clusters, control, metrics: registry.handle(), shutdown, tracker })
+        Ok((listeners, clusters, registry))
     }
 
     /// The address of `cluster`'s read-write (or read-only) listener.
@@ -176,6 +197,16 @@ impl Daemon {
         self.shutdown.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+impl Drop for Daemon {
+    /// However the daemon stops, it stops accepting and removes its admin socket.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(path) = &self.admin_socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -59,8 +59,16 @@ fn main() -> Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Whatever ends the demo (Ctrl-C, a closed terminal, kill) stops what it started.
+        let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(h)) => (t, h),
+            _ => return,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
             _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
         }
     });
