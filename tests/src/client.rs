@@ -51,6 +51,14 @@ pub fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
     e.code()
 }
 
+/// Which server ran the statement (`primary`, `replica1`, ...: the harness's `cluster_name`).
+///
+/// # Panics
+/// The query failed.
+pub async fn server_name(client: &Client) -> String {
+    client.query_one("SELECT current_setting('cluster_name')", &[]).await.expect("cluster_name").get(0)
+}
+
 /// Whether the session's statement ran on a standby.
 ///
 /// # Panics

@@ -399,6 +399,26 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// Runs `pgbench` as the application user against `port` (database `app`).
+///
+/// # Errors
+/// pgbench could not run, or failed; its whole output is in the error.
+pub fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> Result<String> {
+    let out = Command::new(client_bin(topo, "pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
+        .args(args)
+        .arg(DATABASE)
+        .env("PGPASSWORD", APP.1)
+        .stdin(Stdio::null())
+        .output()
+        .context("running pgbench")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("pgbench {args:?} on port {port} failed:\n{text}");
+    }
+    Ok(text)
+}
+
 /// Where the harness's binaries are, for tests that run `psql` and `pgbench` themselves.
 pub fn client_bin(topo: &Topology, name: &str) -> PathBuf {
     let p = topo.bin.join(name);

@@ -301,16 +301,7 @@ async fn psql_through_sqlswitch() {
 }
 
 fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> String {
-    let out = Command::new(client_bin(topo, "pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
-        .args(args)
-        .arg(DATABASE)
-        .env("PGPASSWORD", APP.1)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
+    sqlswitch_tests::pg::pgbench(topo, port, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn processed(report: &str) -> u64 {

@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use sqlswitch_tests::client::{connect, direct, in_recovery};
+use sqlswitch_tests::client::{connect, direct, in_recovery, server_name};
 use sqlswitch_tests::pg::{Topology, APP, DATABASE};
 use sqlswitch_tests::proxy;
 use tokio::sync::Mutex;
-use tokio_postgres::Client;
 
 /// These tests change the topology (paused replay, a stopped replica): one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -34,10 +33,6 @@ fn routed(daemon: &sqlswitch::Daemon) -> String {
     let lines: Vec<&str> =
         body.lines().filter(|l| l.starts_with("sqlswitch_statements_total") && !l.ends_with(" 0")).collect();
     format!("{lines:?} {:?}", daemon.status())
-}
-
-async fn server_name(client: &Client) -> String {
-    client.query_one("SELECT current_setting('cluster_name')", &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

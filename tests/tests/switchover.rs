@@ -2,22 +2,16 @@
 //! changes the primary starts its own topology (a primary and one streaming replica); the
 //! others share one. They run one at a time: pgbench and switchovers want the whole machine.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlswitch_tests::client::{code, connect};
-use sqlswitch_tests::pg::{client_bin, Topology, APP, DATABASE};
+use sqlswitch_tests::client::{code, connect, server_name};
+use sqlswitch_tests::pg::{Topology, APP};
 use sqlswitch_tests::proxy;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-async fn server_name(client: &Client) -> String {
-    client.query_one("SELECT current_setting('cluster_name')", &[]).await.unwrap().get(0)
-}
 
 async fn switchover(
     daemon: &sqlswitch::Daemon,
@@ -42,15 +36,12 @@ fn primary_of(daemon: &sqlswitch::Daemon) -> String {
     daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
 }
 
+/// pgbench's success and its whole output.
 fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new(client_bin(topo, "pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
-        .args(args)
-        .arg(DATABASE)
-        .env("PGPASSWORD", APP.1)
-        .output()
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    match sqlswitch_tests::pg::pgbench(topo, port, args) {
+        Ok(out) => (true, out),
+        Err(e) => (false, format!("{e:#}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

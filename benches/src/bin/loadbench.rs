@@ -5,12 +5,11 @@
 //! Options (environment): `BENCH_SECONDS` per round (default 10), `BENCH_ROUNDS` (default 3),
 //! `BENCH_CLIENTS` (default 8).
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sqlswitch_tests::pg::{client_bin, free_ports, Topology, APP, DATABASE};
+use sqlswitch_tests::pg::{free_ports, pgbench, Topology};
 use sqlswitch_tests::proxy::config_text;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -86,21 +85,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> Result<String> {
-    let bin: PathBuf = client_bin(topo, "pgbench");
-    let out = Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP.0])
-        .args(args)
-        .arg(DATABASE)
-        .env("PGPASSWORD", APP.1)
-        .output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("pgbench {args:?} on port {port} failed:\n{text}");
-    }
-    Ok(text)
 }
 
 /// The proxy's `/metrics` text.
