@@ -7,6 +7,8 @@
 //!   [`pg::frontend`] reads the few client messages the proxy looks into (`Q`, `P`, `p`, `C`);
 //!   [`pg::backend`] encodes the control-path messages the proxy itself sends (authentication,
 //!   ParameterStatus, BackendKeyData, ReadyForQuery, ErrorResponse).
+//! - [`mysql`]: the MySQL/MariaDB protocol: packet framing, commands, and following an answer
+//!   to its end without decoding rows.
 //! - [`classify`]: a hand-written SQL lexer that decides whether a statement is provably a read,
 //!   failing closed.
 //! - [`error`]: the protocol error type.
@@ -14,6 +16,7 @@
 
 pub mod classify;
 pub mod error;
+pub mod mysql;
 pub mod pg;
 
 pub use error::ProtocolError;

@@ -107,6 +107,18 @@ pub fn classify_pg_with(sql: &str, extra_read_only: &[String]) -> Verdict {
     classify_with(Lexer::new(sql), extra_read_only)
 }
 
+/// Classifies MySQL/MariaDB SQL text (backticks, `#` comments, backslash escapes). Executable
+/// comments (`/*! ... */`, `/*M! ... */`) may hold anything: a string containing one is never a
+/// provable read. `@@identity` and `@@last_insert_id` read per-connection state of the primary.
+pub fn classify_mysql_with(sql: &str, extra_read_only: &[String]) -> Verdict {
+    let mut v = classify_with(Lexer::mysql(sql), extra_read_only);
+    let opaque = ["/*!", "/*M!", "@@identity", "@@last_insert_id"].iter().any(|needle| contains_ci(sql, needle));
+    if opaque && v.class == Class::Read {
+        v.class = Class::Unknown;
+    }
+    v
+}
+
 fn classify_with(lexer: Lexer<'_>, extra: &[String]) -> Verdict {
     let mut verdict =
         Verdict { class: Class::Empty, statements: 0, writes: false, pin: None, session: false, serializable: false };
@@ -172,6 +184,8 @@ fn lead_of(word: &str) -> Lead {
         ("create", Lead::CreateOrAlter),
         ("deallocate", Lead::SessionOther),
         ("delete", Lead::Write),
+        ("desc", Lead::Query),
+        ("describe", Lead::Query),
         ("discard", Lead::SessionOther),
         ("drop", Lead::Write),
         ("end", Lead::End),
@@ -200,7 +214,9 @@ fn lead_of(word: &str) -> Lead {
         ("table", Lead::Query),
         ("truncate", Lead::Write),
         ("unlisten", Lead::SessionOther),
+        ("unlock", Lead::Lock),
         ("update", Lead::Write),
+        ("use", Lead::SessionOther),
         ("vacuum", Lead::Write),
         ("values", Lead::Query),
         ("with", Lead::Query),
@@ -382,6 +398,8 @@ impl<'a, 'x> Scan<'a, 'x> {
                     self.into = true;
                 } else if is(w, "lock") && is(self.prev_word, "for") {
                     self.locking = true;
+                } else if is(w, "mode") && is(self.prev_word, "share") {
+                    self.locking = true; // MySQL `LOCK IN SHARE MODE`
                 }
             }
             Lead::CreateOrAlter if is(w, "temp") || is(w, "temporary") => self.temp = true,
@@ -428,7 +446,8 @@ impl<'a, 'x> Scan<'a, 'x> {
         if self.words <= 1 || column_list || functions::is_syntax(name) {
             return; // syntax, `AS alias(col, ...)`, `WITH name(col, ...)`, `TABLESAMPLE method(n)`
         }
-        if starts_with_ci(name, "pg_advisory_") || starts_with_ci(name, "pg_try_advisory_") {
+        let user_lock = ["get_lock", "release_lock", "release_all_locks", "is_used_lock"].iter().any(|f| is(name, f));
+        if user_lock || starts_with_ci(name, "pg_advisory_") || starts_with_ci(name, "pg_try_advisory_") {
             self.advisory = true;
         }
         // A qualified name is known only in pg_catalog.

@@ -356,6 +356,50 @@ fn session_and_serializable_flags() {
 }
 
 #[test]
+fn mysql_dialect() {
+    let m = |sql| classify_mysql_with(sql, &[]);
+    for sql in [
+        "SELECT * FROM `users` WHERE `id` = ?",
+        "select * from t # trailing\n",
+        "select 'it\\'s; delete' from t",
+        "SELECT @v",
+        "select ifnull(a, 0), date_format(now(), '%Y') from t",
+        "SHOW TABLES",
+        "DESCRIBE t",
+        "select @@version",
+    ] {
+        assert!(m(sql).is_read(), "{sql}: {:?}", m(sql));
+    }
+    for sql in [
+        "SELECT * FROM t LOCK IN SHARE MODE",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT LAST_INSERT_ID()",
+        "SELECT @@identity",
+        "select @@last_insert_id",
+        "SELECT FOUND_ROWS()",
+        "SELECT GET_LOCK('x', 1)",
+        "SELECT /*!40001 SQL_NO_CACHE */ * FROM t",
+        "/*M!100100 select 1 */",
+        "SELECT a INTO @v FROM t",
+        "select 1; select 2",
+        "SELECT SLEEP(1)",
+    ] {
+        assert!(!m(sql).is_read(), "{sql} must go to the primary");
+    }
+    assert_eq!(m("SELECT GET_LOCK('x', 1)").pin, Some(Pin::AdvisoryLock));
+    assert_eq!(m("LOCK TABLES t READ").pin, Some(Pin::Lock));
+    assert_eq!(m("USE app").class, Class::Session);
+    assert_eq!(m("SET NAMES utf8mb4").class, Class::Session);
+    assert_eq!(m("SET @v = 1").class, Class::Session);
+    assert!(m("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 1").writes);
+    assert!(m("REPLACE INTO t VALUES (1)").writes);
+    assert!(matches!(
+        m("START TRANSACTION READ ONLY").class,
+        Class::Tx(TxControl::Begin(TxOptions { read_only: Some(true), .. }))
+    ));
+}
+
+#[test]
 fn config_extends_the_read_only_list() {
     let extra = vec!["my_pure_fn".to_owned()];
     assert!(classify_pg_with("select my_pure_fn(1)", &extra).is_read());

@@ -1,0 +1,85 @@
+//! The MySQL/MariaDB client/server protocol as the proxy needs it. [`packet`] frames packets
+//! (3-byte length, sequence id, 16 MiB continuations); [`command`] names the commands and what
+//! answer each expects; [`response`] follows an answer packet by packet to find its end and its
+//! final status flags, without decoding rows. Handshake and authentication messages are
+//! `mysql_common`'s, used by the daemon.
+
+pub mod command;
+pub mod packet;
+pub mod response;
+
+/// Error codes the proxy sends itself.
+pub mod code {
+    /// `ER_ACCESS_DENIED_ERROR` (1045).
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// `ER_OPTION_PREVENTS_STATEMENT` (1290): the read-only error.
+    pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
+    /// `ER_UNKNOWN_COM_ERROR` (1047).
+    pub const UNKNOWN_COMMAND: u16 = 1047;
+    /// `ER_NET_PACKET_TOO_LARGE` (1153).
+    pub const PACKET_TOO_LARGE: u16 = 1153;
+    /// `ER_CON_COUNT_ERROR` (1040).
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// `ER_HANDSHAKE_ERROR` (1043).
+    pub const HANDSHAKE: u16 = 1043;
+    /// `CR_SERVER_LOST` style failure reported as `ER_UNKNOWN_ERROR` (1105).
+    pub const UNKNOWN: u16 = 1105;
+}
+
+/// Server status flags carried by OK and EOF packets.
+pub mod status {
+    /// `SERVER_STATUS_IN_TRANS`.
+    pub const IN_TRANS: u16 = 0x0001;
+    /// `SERVER_STATUS_AUTOCOMMIT`.
+    pub const AUTOCOMMIT: u16 = 0x0002;
+    /// `SERVER_MORE_RESULTS_EXISTS`.
+    pub const MORE_RESULTS: u16 = 0x0008;
+}
+
+/// Capability flags the proxy looks at.
+pub mod caps {
+    /// `CLIENT_CONNECT_WITH_DB`.
+    pub const CONNECT_WITH_DB: u32 = 0x0000_0008;
+    /// `CLIENT_COMPRESS`.
+    pub const COMPRESS: u32 = 0x0000_0020;
+    /// `CLIENT_LOCAL_FILES`.
+    pub const LOCAL_FILES: u32 = 0x0000_0080;
+    /// `CLIENT_PROTOCOL_41`.
+    pub const PROTOCOL_41: u32 = 0x0000_0200;
+    /// `CLIENT_SSL`.
+    pub const SSL: u32 = 0x0000_0800;
+    /// `CLIENT_TRANSACTIONS`.
+    pub const TRANSACTIONS: u32 = 0x0000_2000;
+    /// `CLIENT_SECURE_CONNECTION`.
+    pub const SECURE_CONNECTION: u32 = 0x0000_8000;
+    /// `CLIENT_MULTI_STATEMENTS`.
+    pub const MULTI_STATEMENTS: u32 = 0x0001_0000;
+    /// `CLIENT_MULTI_RESULTS`.
+    pub const MULTI_RESULTS: u32 = 0x0002_0000;
+    /// `CLIENT_PS_MULTI_RESULTS`.
+    pub const PS_MULTI_RESULTS: u32 = 0x0004_0000;
+    /// `CLIENT_PLUGIN_AUTH`.
+    pub const PLUGIN_AUTH: u32 = 0x0008_0000;
+    /// `CLIENT_CONNECT_ATTRS`.
+    pub const CONNECT_ATTRS: u32 = 0x0010_0000;
+    /// `CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA`.
+    pub const PLUGIN_AUTH_LENENC: u32 = 0x0020_0000;
+    /// `CLIENT_SESSION_TRACK`.
+    pub const SESSION_TRACK: u32 = 0x0080_0000;
+    /// `CLIENT_DEPRECATE_EOF`.
+    pub const DEPRECATE_EOF: u32 = 0x0100_0000;
+
+    /// What the proxy offers clients and relays faithfully: no compression, no TLS (yet), no
+    /// LOCAL INFILE, no session tracking.
+    pub const OFFERED: u32 = CONNECT_WITH_DB
+        | PROTOCOL_41
+        | TRANSACTIONS
+        | SECURE_CONNECTION
+        | MULTI_STATEMENTS
+        | MULTI_RESULTS
+        | PS_MULTI_RESULTS
+        | PLUGIN_AUTH
+        | CONNECT_ATTRS
+        | PLUGIN_AUTH_LENENC
+        | DEPRECATE_EOF;
+}
