@@ -1,0 +1,251 @@
+//! A MariaDB primary and two GTID replicas, as real servers, on free loopback ports in a
+//! temporary directory; a reaper stops them when the process that started them exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::pg::{free_ports, ANON, APP, DATABASE, MONITOR};
+
+/// One server.
+#[derive(Debug)]
+pub struct Node {
+    /// `primary`, `replica1`, `replica2`.
+    pub name: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// `server_id` (also how tests tell servers apart: `SELECT @@server_id`).
+    pub server_id: u32,
+    process: Child,
+}
+
+/// A running MariaDB primary and replicas.
+#[derive(Debug)]
+pub struct Topology {
+    /// Where everything lives.
+    pub dir: PathBuf,
+    /// `nodes[0]` is the primary.
+    pub nodes: Vec<Node>,
+}
+
+static SHARED: OnceLock<Topology> = OnceLock::new();
+
+impl Topology {
+    /// The process-wide topology, started on first use.
+    ///
+    /// # Panics
+    /// MariaDB cannot be started: the tests that need it fail rather than skip.
+    pub fn shared() -> &'static Topology {
+        SHARED.get_or_init(|| Topology::start(2).unwrap_or_else(|e| panic!("cannot start the MariaDB topology: {e:#}")))
+    }
+
+    /// The primary.
+    pub fn primary(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// The replicas.
+    pub fn replicas(&self) -> &[Node] {
+        &self.nodes[1..]
+    }
+
+    /// Starts a primary and `replicas` GTID replicas.
+    ///
+    /// # Errors
+    /// Any step failing, with the server's error log where there is one.
+    pub fn start(replicas: usize) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("sqlswitch-mariadb-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&dir)?;
+        spawn_reaper(&dir)?;
+        let template = dir.join("template");
+        let mut install = Command::new("mariadb-install-db");
+        install
+            .arg(format!("--datadir={}", template.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        if is_root() {
+            install.arg("--user=root");
+        }
+        run(&mut install).context("mariadb-install-db (install mariadb-server)")?;
+        let ports = free_ports(replicas + 1)?;
+        let mut topo = Topology { dir: dir.clone(), nodes: Vec::new() };
+        for (i, port) in ports.iter().enumerate() {
+            let name = if i == 0 { "primary".to_owned() } else { format!("replica{i}") };
+            let data = dir.join(&name);
+            run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
+            let server_id = u32::try_from(i + 1).unwrap_or(1);
+            let process = start_server(&dir, &name, &data, *port, server_id, i > 0)?;
+            topo.nodes.push(Node { name, data, port: *port, server_id, process });
+        }
+        for n in &topo.nodes {
+            topo.wait_ready(n)?;
+        }
+        let (app, anon, mon) = (APP, ANON, MONITOR);
+        topo.sql(
+            topo.primary(),
+            &format!(
+                "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl'; GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';\
+                 CREATE USER '{u}'@'%' IDENTIFIED BY '{p}'; \
+                 CREATE USER '{nu}'@'%' IDENTIFIED BY '{np}'; \
+                 CREATE USER '{mu}'@'%' IDENTIFIED BY '{mp}'; \
+                 GRANT REPLICA MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SUPER ON *.* TO '{mu}'@'%';\
+                 CREATE DATABASE {db}; GRANT ALL ON {db}.* TO '{u}'@'%'; GRANT SELECT ON {db}.* TO '{nu}'@'%';\
+                 CREATE TABLE {db}.items (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));",
+                u = app.0,
+                p = app.1,
+                nu = anon.0,
+                np = anon.1,
+                mu = mon.0,
+                mp = mon.1,
+                db = DATABASE,
+            ),
+        )?;
+        for r in topo.replicas() {
+            topo.sql(
+                r,
+                &format!(
+                    "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', MASTER_PASSWORD='repl', \
+                     MASTER_USE_GTID=slave_pos; START SLAVE;",
+                    topo.primary().port
+                ),
+            )?;
+        }
+        topo.wait_replicas_caught_up()?;
+        Ok(topo)
+    }
+
+    /// Runs SQL as root over the node's Unix socket; returns the tab-separated output.
+    ///
+    /// # Errors
+    /// The client failed; its stderr is in the error.
+    pub fn sql(&self, node: &Node, sql: &str) -> Result<String> {
+        run(Command::new("mariadb")
+            .arg(format!("--socket={}", self.dir.join(format!("{}.sock", node.name)).display()))
+            .args(["-uroot", "-N", "-B", "-e", sql]))
+    }
+
+    fn wait_ready(&self, node: &Node) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sql(node, "SELECT 1").is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join(format!("{}.err", node.name))).unwrap_or_default();
+                bail!("{} did not start within 60 s:\n{log}", node.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Waits until every replica has applied the primary's current GTID position.
+    ///
+    /// # Errors
+    /// Not caught up within 60 s.
+    pub fn wait_replicas_caught_up(&self) -> Result<()> {
+        let pos = self.sql(self.primary(), "SELECT @@gtid_binlog_pos")?;
+        let pos = pos.trim();
+        for r in self.replicas() {
+            let done = self.sql(r, &format!("SELECT MASTER_GTID_WAIT('{pos}', 60)"))?;
+            if done.trim() != "0" {
+                bail!("{} did not reach GTID {pos} within 60 s", r.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops (or starts again) the SQL thread of a replica: it keeps receiving but applies nothing.
+    ///
+    /// # Errors
+    /// The client failed.
+    pub fn set_apply_paused(&self, node: &Node, paused: bool) -> Result<()> {
+        let sql = if paused { "STOP SLAVE SQL_THREAD" } else { "START SLAVE SQL_THREAD" };
+        self.sql(node, sql).map(drop)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.process.kill();
+            let _ = n.process.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_server(dir: &Path, name: &str, data: &Path, port: u16, server_id: u32, replica: bool) -> Result<Child> {
+    let mut cmd = Command::new("/usr/sbin/mariadbd");
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.join(format!("{name}.sock")).display()))
+        .arg(format!("--pid-file={}", dir.join(format!("{name}.pid")).display()))
+        .arg(format!("--log-error={}", dir.join(format!("{name}.err")).display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--server-id={server_id}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--log-bin=binlog",
+            "--log-slave-updates",
+            "--gtid-strict-mode=1",
+            "--binlog-format=ROW",
+            "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+            "--max-connections=500",
+            "--skip-slave-start",
+        ]);
+    if replica {
+        cmd.arg("--read-only=1");
+    }
+    if is_root() {
+        cmd.arg("--user=root");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().with_context(|| format!("starting mariadbd for {name}"))
+}
+
+/// Stops every server whose pid file is in `dir` and removes `dir` once this process exits.
+fn spawn_reaper(dir: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; for f in {dir}/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("spawning the reaper")?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
