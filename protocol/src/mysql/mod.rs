@@ -5,6 +5,7 @@
 //! `mysql_common`'s, used by the daemon.
 
 pub mod command;
+pub mod handshake;
 pub mod packet;
 pub mod response;
 
