@@ -324,9 +324,6 @@ impl Config {
             } else if !names.insert(c.name.clone()) {
                 problem(format!("{at}.name"), format!("cluster name {:?} is used twice", c.name));
             }
-            if c.protocol == Protocol::Mysql {
-                problem(format!("{at}.protocol"), "\"mysql\" is not supported yet; only \"postgres\" is".into());
-            }
             for (key, addr) in [("listen", Some(c.listen)), ("read_only_listen", c.read_only_listen)] {
                 if let Some(addr) = addr {
                     if addr.port() != 0 && !listeners.insert(addr) {

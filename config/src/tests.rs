@@ -80,9 +80,10 @@ fn every_problem_is_reported_with_its_key() {
 }
 
 #[test]
-fn mysql_is_refused_until_supported() {
-    let err = parse(&GOOD.replace("protocol = \"postgres\"", "protocol = \"mysql\"")).unwrap_err().to_string();
-    assert!(err.contains("cluster[0].protocol: \"mysql\" is not supported yet"), "{err}");
+fn mysql_clusters_load_and_unknown_protocols_do_not() {
+    let c = parse(&GOOD.replace("protocol = \"postgres\"", "protocol = \"mysql\"")).unwrap();
+    assert_eq!(c.clusters[0].protocol, Protocol::Mysql);
+    assert!(parse(&GOOD.replace("protocol = \"postgres\"", "protocol = \"oracle\"")).is_err());
 }
 
 #[test]

@@ -156,6 +156,8 @@ pub struct Backend {
     pub weight: u32,
     /// Idle connections.
     pub pool: Pool<PoolKey, BackendConn>,
+    /// Idle MySQL connections.
+    pub mysql_pool: Pool<PoolKey, crate::mysql::backend::MyConn>,
     /// Metrics handles.
     pub metrics: BackendMetrics,
     /// What the monitor last saw.
@@ -251,6 +253,7 @@ impl Cluster {
                     role: b.role,
                     weight: b.weight,
                     pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
+                    mysql_pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
                     metrics,
                     health: Health::default(),
                     sessions: AtomicUsize::new(0),

@@ -7,6 +7,7 @@
 //!   connections ([`pg::backend`]), the byte-forwarding session ([`pg::session`]) that groups
 //!   client messages into batches ([`pg::batch`]) and routes each ([`pg::dispatch`]), and the
 //!   state that follows a session across connections ([`pg::state`]).
+//! - [`mysql`]: MySQL/MariaDB clients: handshake, login, backend connections and the relay.
 //! - [`pool`]: idle backend connections keyed by login.
 //! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
 //! - [`admin`], [`control`], [`switchover`]: the admin socket, the operations behind its
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod monitor;
+pub mod mysql;
 pub mod pg;
 pub mod pool;
 pub mod route;

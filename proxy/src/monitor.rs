@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::Cluster;
+use crate::mysql::backend::MyConn;
 use crate::pg::backend::{BackendConn, Login};
+use sqlswitch_config::Protocol;
 
 /// Microseconds since the daemon started: the time base of every lag comparison.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +85,22 @@ pub fn record_boundary(lsn: u64) -> u64 {
     }
 }
 
+/// A MariaDB GTID position (`domain-server-seq`, comma-separated per domain) as one number:
+/// the sequence number when there is one domain (or none: 0). With several domains there is no
+/// single order, so `None`: such replicas are never judged caught up (fail closed).
+pub fn parse_gtid(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(0);
+    }
+    let mut domains = s.split(',');
+    let first = domains.next()?;
+    if domains.next().is_some() {
+        return None;
+    }
+    first.rsplit('-').next()?.parse().ok()
+}
+
 /// Parses `X/Y` (hex) into a 64-bit WAL position.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
@@ -111,7 +129,7 @@ impl Samples {
 /// The monitor of one cluster: a connection per backend and the primary's recent samples.
 pub struct Monitor {
     cluster: Arc<Cluster>,
-    conns: Vec<Option<BackendConn>>,
+    conns: Vec<Option<Conn>>,
     samples: Samples,
     params: Vec<(String, String)>,
 }
@@ -191,27 +209,29 @@ impl Monitor {
     }
 }
 
-/// Checks backend `i` (the primary, or a replica) and updates its `up` flag; returns its WAL
-/// position. A replica that is not in recovery (a fenced old primary) answers NULL: down.
-async fn probe(
-    cluster: &Cluster,
-    i: usize,
-    primary: bool,
-    conn: &mut Option<BackendConn>,
-    login: &Login<'_>,
-) -> Option<u64> {
+/// A monitoring connection.
+enum Conn {
+    Pg(BackendConn),
+    My(MyConn),
+}
+
+/// Checks backend `i` (the primary, or a replica) and updates its `up` flag; returns its
+/// position (WAL for PostgreSQL, GTID sequence for MariaDB). A PostgreSQL replica that is not in
+/// recovery (a fenced old primary) answers NULL: down.
+async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Conn>, login: &Login<'_>) -> Option<u64> {
     let backend = &cluster.backends[i];
-    let sql = if primary {
+    let (sql, parse): (&str, fn(&str) -> Option<u64>) = match (cluster.config.protocol, primary) {
         // The insert position, not the write position: with asynchronous commit a commit is
         // acknowledged once inserted, before it is written.
-        "SELECT pg_current_wal_insert_lsn()::text"
-    } else {
-        "SELECT pg_last_wal_replay_lsn()::text"
+        (Protocol::Postgres, true) => ("SELECT pg_current_wal_insert_lsn()::text", parse_lsn),
+        (Protocol::Postgres, false) => ("SELECT pg_last_wal_replay_lsn()::text", parse_lsn),
+        (Protocol::Mysql, true) => ("SELECT @@gtid_binlog_pos", parse_gtid),
+        (Protocol::Mysql, false) => ("SELECT @@gtid_slave_pos", parse_gtid),
     };
-    let result = check(conn, &backend.address, login, cluster.config.connect_timeout, &backend.metrics, sql).await;
+    let result = check(conn, cluster, i, login, sql).await;
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);
-    match result.as_deref().map(parse_lsn) {
+    match result.as_deref().map(parse) {
         Ok(Some(lsn)) => {
             health.lsn.store(lsn, Ordering::Relaxed);
             health.up.store(true, Ordering::Relaxed);
@@ -237,21 +257,43 @@ async fn probe(
 }
 
 async fn check(
-    conn: &mut Option<BackendConn>,
-    address: &str,
+    conn: &mut Option<Conn>,
+    cluster: &Cluster,
+    i: usize,
     login: &Login<'_>,
-    timeout: Duration,
-    metrics: &crate::metrics::BackendMetrics,
     sql: &str,
 ) -> Result<String, String> {
+    let backend = &cluster.backends[i];
+    let timeout = cluster.config.connect_timeout;
     if conn.is_none() {
-        *conn = Some(BackendConn::connect(address, login, timeout, metrics).await.map_err(|e| e.to_string())?);
+        *conn = Some(match cluster.config.protocol {
+            Protocol::Postgres => Conn::Pg(
+                BackendConn::connect(&backend.address, login, timeout, &backend.metrics)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            Protocol::Mysql => {
+                let my = crate::mysql::backend::Login {
+                    user: login.user,
+                    password: login.password,
+                    database: None,
+                    caps: sqlswitch_protocol::mysql::caps::OFFERED,
+                    charset: 45,
+                    read_only: false,
+                };
+                Conn::My(
+                    MyConn::connect(&backend.address, &my, timeout, &backend.metrics)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+        });
     }
-    let c = conn.as_mut().ok_or("no connection")?;
-    let rows = tokio::time::timeout(timeout, c.simple_query(sql))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let rows = match conn.as_mut().ok_or("no connection")? {
+        Conn::Pg(c) => tokio::time::timeout(timeout, c.simple_query(sql)).await,
+        Conn::My(c) => tokio::time::timeout(timeout, c.simple_query(sql)).await,
+    };
+    let rows = rows.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
     rows.into_iter()
         .next()
         .and_then(|r| r.into_iter().next().flatten())
@@ -267,6 +309,14 @@ mod tests {
         assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
         assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn gtid_positions() {
+        assert_eq!(parse_gtid("0-1-10"), Some(10));
+        assert_eq!(parse_gtid(""), Some(0));
+        assert_eq!(parse_gtid("0-1-10,1-2-5"), None, "several domains have no single order");
+        assert_eq!(parse_gtid("junk"), None);
     }
 
     #[test]

@@ -123,9 +123,6 @@ impl Daemon {
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
         for cluster_config in config.clusters.clone() {
-            if cluster_config.protocol != Protocol::Postgres {
-                anyhow::bail!("cluster {:?}: protocol mysql is not supported yet", cluster_config.name);
-            }
             let cluster = Cluster::new(cluster_config, &registry);
             if let Some(mut monitor) = crate::monitor::Monitor::new(Arc::clone(&cluster)) {
                 // One round before listening, so the first sessions already know which
@@ -244,17 +241,14 @@ impl Accept {
                 continue;
             };
             let span = tracing::info_span!("session", cluster = %self.cluster.config.name, %peer);
-            let task = pg::serve(
-                stream,
-                peer,
-                Arc::clone(&self.cluster),
-                self.read_only,
-                Arc::clone(&self.cancels),
-                self.shutdown.clone(),
-            );
+            let cluster = Arc::clone(&self.cluster);
+            let (read_only, cancels, shutdown) = (self.read_only, Arc::clone(&self.cancels), self.shutdown.clone());
             self.tracker.spawn(
                 async move {
-                    task.await;
+                    match cluster.config.protocol {
+                        Protocol::Postgres => pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await,
+                        Protocol::Mysql => crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await,
+                    }
                     drop(permit);
                 }
                 .instrument(span),

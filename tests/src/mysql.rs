@@ -94,7 +94,7 @@ impl Topology {
                  CREATE USER '{mu}'@'%' IDENTIFIED BY '{mp}'; \
                  GRANT REPLICA MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SUPER ON *.* TO '{mu}'@'%';\
                  CREATE DATABASE {db}; GRANT ALL ON {db}.* TO '{u}'@'%'; GRANT SELECT ON {db}.* TO '{nu}'@'%';\
-                 CREATE TABLE {db}.items (id BIGINT AUTO_INCREMENT PRIMARY KEY, note TEXT, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));",
+                 CREATE TABLE {db}.items (id BIGINT AUTO_INCREMENT PRIMARY KEY, note LONGTEXT, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));",
                 u = app.0,
                 p = app.1,
                 nu = anon.0,
@@ -197,6 +197,7 @@ fn start_server(dir: &Path, name: &str, data: &Path, port: u16, server_id: u32, 
             "--innodb-flush-log-at-trx-commit=2",
             "--sync-binlog=0",
             "--max-connections=500",
+            "--max-allowed-packet=64M",
             "--skip-slave-start",
         ]);
     if replica {

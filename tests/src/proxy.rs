@@ -59,3 +59,42 @@ pub async fn start(topo: &Topology, extra: &str) -> Result<Daemon> {
 pub fn conn_str(port: u16, (user, password): (&str, &str)) -> String {
     format!("host=127.0.0.1 port={port} user={user} password={password} dbname={DATABASE} connect_timeout=10")
 }
+
+/// Config text for a MySQL cluster named `name` over a MariaDB topology.
+pub fn mysql_config_text(topo: &crate::mysql::Topology, name: &str, extra: &str) -> String {
+    let mut t = format!(
+        "[admin]\nsocket = \"/tmp/sqlswitch-test.sock\"\n\n[[cluster]]\nname = \"{name}\"\nprotocol = \"mysql\"\n\
+         listen = \"127.0.0.1:0\"\nread_only_listen = \"127.0.0.1:0\"\nread_only_users = [\"{anon}\"]\n\
+         monitor = {{ user = \"{mu}\", password = \"{mp}\" }}\n{extra}\n",
+        anon = ANON.0,
+        mu = MONITOR.0,
+        mp = MONITOR.1,
+    );
+    for (user, pw) in [APP, ANON] {
+        t += &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{pw}\"\n");
+    }
+    for (i, node) in topo.nodes.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        t += &format!(
+            "\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
+            node.name, node.port
+        );
+    }
+    t
+}
+
+/// Starts sqlswitch on `127.0.0.1:0` in front of a MariaDB topology.
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start_mysql(topo: &crate::mysql::Topology, extra: &str) -> Result<Daemon> {
+    let config = Config::parse(&mysql_config_text(topo, "app", extra), Path::new("<test>"), |_| None)?;
+    Daemon::start_with(config, false).await
+}
+
+/// A `mysql://` URL to `port` as `(user, password)`, database `app`. `prefer_socket=false`:
+/// otherwise mysql_async, seeing a local server, reconnects to the `@@socket` the backend
+/// reports and bypasses the proxy.
+pub fn mysql_url(port: u16, (user, password): (&str, &str)) -> String {
+    format!("mysql://{user}:{password}@127.0.0.1:{port}/{DATABASE}?prefer_socket=false")
+}

@@ -97,7 +97,9 @@ impl ServerHandshake {
         let rest = f.bytes(part2.min(f.rest().len()), "scramble")?;
         nonce.extend_from_slice(rest.strip_suffix(&[0]).unwrap_or(rest));
         let plugin = if caps & caps::PLUGIN_AUTH != 0 {
-            std::str::from_utf8(f.rest().split(|&b| b == 0).next().unwrap_or_default()).map_err(|_| MALFORMED)?.to_owned()
+            std::str::from_utf8(f.rest().split(|&b| b == 0).next().unwrap_or_default())
+                .map_err(|_| MALFORMED)?
+                .to_owned()
         } else {
             "mysql_native_password".to_owned()
         };
@@ -167,8 +169,11 @@ impl ClientResponse {
         } else {
             None
         };
-        let plugin =
-            if caps & caps::PLUGIN_AUTH != 0 && !f.rest().is_empty() { Some(f.cstr("plugin")?.to_owned()) } else { None };
+        let plugin = if caps & caps::PLUGIN_AUTH != 0 && !f.rest().is_empty() {
+            Some(f.cstr("plugin")?.to_owned())
+        } else {
+            None
+        };
         let attrs = if caps & caps::CONNECT_ATTRS != 0 && !f.rest().is_empty() {
             let (len, n) = lenenc(f.rest()).ok_or(MALFORMED)?;
             f.bytes(n, "attrs length")?;
@@ -250,7 +255,11 @@ mod tests {
             attrs: b"\x04_pid\x0212".to_vec(),
         };
         assert_eq!(ClientResponse::parse(&r.encode()).unwrap(), r);
-        let short = ClientResponse { caps: caps::OFFERED & !caps::PLUGIN_AUTH_LENENC & !caps::CONNECT_ATTRS, attrs: vec![], ..r };
+        let short = ClientResponse {
+            caps: caps::OFFERED & !caps::PLUGIN_AUTH_LENENC & !caps::CONNECT_ATTRS,
+            attrs: vec![],
+            ..r
+        };
         assert_eq!(ClientResponse::parse(&short.encode()).unwrap(), short);
         assert!(ClientResponse::parse(b"\x00\x00").is_err());
         assert!(ClientResponse::parse(&[0xff; 40]).is_err());

@@ -1,0 +1,288 @@
+//! A connection to a MySQL/MariaDB backend: connect, log in as the session's user
+//! (`mysql_native_password`, or `caching_sha2_password`'s fast path), control-path queries
+//! (replay, monitoring, fencing), and reset for reuse.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
+use mysql_common::auth::plugins::mysql_native_password::scramble_native;
+use sqlswitch_protocol::mysql::command::{self, Answer};
+use sqlswitch_protocol::mysql::handshake::{parse_auth_switch, ClientResponse, ServerHandshake};
+use sqlswitch_protocol::mysql::packet::{self, Packet};
+use sqlswitch_protocol::mysql::response::{lenenc, ok_status, Step, Tracker};
+use sqlswitch_protocol::mysql::{caps, status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::metrics::BackendMetrics;
+use crate::pg::backend::BackendError;
+
+/// Largest answer packet buffered whole on the control path.
+const MAX_CONTROL_PACKET: usize = 64 << 20;
+
+/// What a login needs.
+pub struct Login<'a> {
+    /// User name.
+    pub user: &'a str,
+    /// Password.
+    pub password: &'a str,
+    /// Initial database.
+    pub database: Option<&'a str>,
+    /// Capabilities to ask for (the client's, within what the proxy relays).
+    pub caps: u32,
+    /// Collation id.
+    pub charset: u8,
+    /// Open the connection `SET SESSION TRANSACTION READ ONLY`.
+    pub read_only: bool,
+}
+
+/// An open, logged-in backend connection.
+pub struct MyConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read and not yet forwarded.
+    pub buf: BytesMut,
+    /// Status flags of the last answer.
+    pub status: u16,
+    /// Negotiated capabilities.
+    pub caps: u32,
+    /// Server version string.
+    pub version: String,
+    read_only: bool,
+    metrics: BackendMetrics,
+}
+
+impl Drop for MyConn {
+    fn drop(&mut self) {
+        self.metrics.open.decrement(1.0);
+    }
+}
+
+impl MyConn {
+    /// Connects and logs in within `timeout`.
+    ///
+    /// # Errors
+    /// See [`BackendError`]; a refusal carries the server's ERR payload.
+    pub async fn connect(
+        addr: &str,
+        login: &Login<'_>,
+        timeout: Duration,
+        metrics: &BackendMetrics,
+    ) -> Result<Self, BackendError> {
+        let result = tokio::time::timeout(timeout, Self::connect_inner(addr, login, metrics))
+            .await
+            .unwrap_or(Err(BackendError::Timeout));
+        if result.is_err() {
+            metrics.connect_failures.increment(1);
+        }
+        result
+    }
+
+    async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        metrics.open.increment(1.0);
+        let mut conn = MyConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            status: status::AUTOCOMMIT,
+            caps: 0,
+            version: String::new(),
+            read_only: login.read_only,
+            metrics: metrics.clone(),
+        };
+        let hello = conn.read_packet().await?;
+        if hello.payload.first() == Some(&0xFF) {
+            return Err(refused(hello.payload.freeze()));
+        }
+        let server = ServerHandshake::parse(&hello.payload).map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let required = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH;
+        if server.caps & required != required {
+            return Err(BackendError::Protocol("the server lacks protocol 4.1 authentication".into()));
+        }
+        conn.caps =
+            (login.caps & caps::OFFERED & server.caps) | required | (server.caps & caps::CONNECT_WITH_DB & login.caps);
+        if login.database.is_some() {
+            conn.caps |= caps::CONNECT_WITH_DB & server.caps;
+        }
+        conn.version = server.version.clone();
+        let response = ClientResponse {
+            caps: conn.caps,
+            max_packet: 1 << 30,
+            charset: login.charset,
+            user: login.user.to_owned(),
+            auth: scramble(&server.plugin, &server.nonce, login.password),
+            database: login.database.map(str::to_owned),
+            plugin: Some(server.plugin.clone()),
+            attrs: Vec::new(),
+        };
+        conn.send(hello.last_seq.wrapping_add(1), &response.encode()).await?;
+        loop {
+            let p = conn.read_packet().await?;
+            let seq = p.last_seq.wrapping_add(1);
+            match p.payload.first() {
+                Some(0x00) => {
+                    conn.status = ok_status(&p.payload).unwrap_or(status::AUTOCOMMIT);
+                    break;
+                }
+                Some(0xFF) => return Err(refused(p.payload.freeze())),
+                Some(0xFE) => {
+                    let (plugin, nonce) =
+                        parse_auth_switch(&p.payload).map_err(|e| BackendError::Protocol(e.to_string()))?;
+                    conn.send(seq, &scramble(&plugin, &nonce, login.password)).await?;
+                }
+                // caching_sha2_password: 0x01 0x03 is "fast auth succeeded, OK follows";
+                // 0x01 0x04 asks for the password in full, which needs TLS or RSA.
+                Some(0x01) if p.payload.get(1) == Some(&0x03) => {}
+                Some(0x01) => {
+                    return Err(BackendError::Protocol(
+                        "the server wants caching_sha2_password full authentication, which needs TLS (not configured)"
+                            .into(),
+                    ))
+                }
+                _ => return Err(BackendError::Protocol("unexpected packet during login".into())),
+            }
+        }
+        if login.read_only {
+            conn.simple_query("SET SESSION TRANSACTION READ ONLY").await?;
+        }
+        Ok(conn)
+    }
+
+    async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<u8, BackendError> {
+        let mut out = BytesMut::with_capacity(payload.len() + 4);
+        let next = packet::encode(&mut out, seq, payload);
+        self.stream.write_all(&out).await?;
+        Ok(next)
+    }
+
+    /// Reads one whole logical packet.
+    ///
+    /// # Errors
+    /// I/O failure, end of stream, or an oversized packet.
+    pub async fn read_packet(&mut self) -> Result<Packet, BackendError> {
+        loop {
+            match packet::decode(&mut self.buf, MAX_CONTROL_PACKET) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(BackendError::Protocol(e.to_string())),
+            }
+            self.buf.reserve(8 * 1024);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Runs control-path SQL and returns the text values of every row. Not for the hot path.
+    ///
+    /// # Errors
+    /// I/O failure, or the server's error.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.send(0, &payload).await?;
+        let mut tracker = Tracker::new(Answer::ResultSet, self.caps & caps::DEPRECATE_EOF != 0);
+        let mut rows = Vec::new();
+        let mut columns_left: Option<u64> = None;
+        loop {
+            let p = self.read_packet().await?;
+            if p.payload.first() == Some(&0xFF) {
+                // Drain nothing more: an ERR ends the answer.
+                return Err(refused(p.payload.freeze()));
+            }
+            let before_rows = columns_left.is_none();
+            match tracker.feed(p.payload.len(), &p.payload).map_err(|e| BackendError::Protocol(e.to_string()))? {
+                Step::Done(flags) => {
+                    if let Some(f) = flags {
+                        self.status = f;
+                    }
+                    return Ok(rows);
+                }
+                Step::More => {}
+            }
+            if before_rows {
+                if p.payload.first() != Some(&0x00) {
+                    columns_left = lenenc(&p.payload).map(|(n, _)| n);
+                }
+                continue;
+            }
+            match columns_left {
+                Some(n) if n > 0 => columns_left = Some(n - 1),
+                Some(_) if p.payload.first() == Some(&0xFE) && p.payload.len() < 9 => {}
+                _ => rows.push(text_row(&p.payload)),
+            }
+        }
+    }
+
+    /// Whether the socket is still open with no unread bytes.
+    pub fn is_reusable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Resets the session for the next client (`COM_RESET_CONNECTION`), keeping a read-only
+    /// connection read-only. `Ok(false)` means it must not be reused.
+    ///
+    /// # Errors
+    /// I/O failure.
+    pub async fn reset(&mut self) -> Result<bool, BackendError> {
+        self.send(0, &[command::RESET_CONNECTION]).await?;
+        let p = self.read_packet().await?;
+        if p.payload.first() != Some(&0x00) {
+            return Ok(false);
+        }
+        self.status = ok_status(&p.payload).unwrap_or(status::AUTOCOMMIT);
+        if self.read_only {
+            self.simple_query("SET SESSION TRANSACTION READ ONLY").await?;
+        }
+        Ok(self.status & status::IN_TRANS == 0)
+    }
+
+    /// Says goodbye.
+    pub async fn quit(mut self) {
+        let _ = self.stream.write_all(&[1, 0, 0, 0, command::QUIT]).await;
+    }
+}
+
+/// The auth response for `plugin`.
+fn scramble(plugin: &str, nonce: &[u8], password: &str) -> Vec<u8> {
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let nonce = &nonce[..nonce.len().min(20)];
+    match plugin {
+        "caching_sha2_password" => {
+            let n: [u8; 20] = nonce.try_into().unwrap_or([0; 20]);
+            scramble_sha256(&n, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default()
+        }
+        _ => scramble_native(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default(),
+    }
+}
+
+/// The values of a text-protocol row: length-encoded strings, `0xFB` for NULL.
+fn text_row(mut p: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    while let Some(&first) = p.first() {
+        if first == 0xFB {
+            values.push(None);
+            p = &p[1..];
+            continue;
+        }
+        let Some((len, n)) = lenenc(p) else { break };
+        let end = n + usize::try_from(len).unwrap_or(usize::MAX);
+        let Some(bytes) = p.get(n..end) else { break };
+        values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+        p = &p[end..];
+    }
+    values
+}
+
+/// A refusal carrying the server's ERR payload and its message.
+pub fn refused(payload: Bytes) -> BackendError {
+    let message = String::from_utf8_lossy(payload.get(9..).unwrap_or_default()).into_owned();
+    BackendError::Refused { error: payload, message }
+}

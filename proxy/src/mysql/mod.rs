@@ -1,0 +1,205 @@
+//! MySQL/MariaDB clients: the handshake and login against the configured users
+//! (`mysql_native_password`, with an auth switch for clients that start with another plugin), the
+//! first backend connection, then the session relay ([`session`]).
+
+pub mod backend;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use mysql_common::auth::plugins::mysql_native_password::scramble_native;
+use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ClientResponse, ServerHandshake};
+use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload};
+use sqlswitch_protocol::mysql::{caps, code, status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::cluster::{Cluster, PoolKey};
+use crate::pg::backend::BackendError;
+use crate::pg::batch::Side;
+use crate::pg::session::Counted;
+use session::{MySession, MySlot};
+
+/// What the proxy calls itself in the handshake (MariaDB style, so clients enable MariaDB
+/// behaviour; the backends are asked nothing until login succeeds).
+const SERVER_VERSION: &str = "5.5.5-10.11.0-MariaDB-sqlswitch";
+const NATIVE: &str = "mysql_native_password";
+const UTF8MB4_GENERAL_CI: u8 = 45;
+
+/// Sends an ERR packet with sequence id `seq`.
+pub async fn send_err(stream: &mut TcpStream, seq: u8, code: u16, sqlstate: &str, text: &str) {
+    let mut out = BytesMut::new();
+    packet::encode(&mut out, seq, &err_payload(code, sqlstate, text));
+    let _ = stream.write_all(&out).await;
+}
+
+/// Serves one accepted MySQL client connection to its end.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cluster: Arc<Cluster>,
+    read_only_listener: bool,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let login =
+        tokio::time::timeout(cluster.config.auth_timeout, handshake(&mut stream, &mut buf, &cluster, peer)).await;
+    let (hello, seq) = match login {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection ended before its session began");
+            return;
+        }
+        Err(_) => {
+            send_err(&mut stream, 0, code::HANDSHAKE, "08S01", "timed out waiting for the handshake").await;
+            return;
+        }
+    };
+    let Some(account) = cluster.users.get(&hello.user) else { return };
+    let read_only = read_only_listener || account.read_only;
+    let mut params = vec![("database".to_owned(), hello.database.clone().unwrap_or_default())];
+    params.push(("caps".to_owned(), (hello.caps & caps::OFFERED).to_string()));
+    params.push(("charset".to_owned(), hello.charset.to_string()));
+    if read_only {
+        params.push(("read_only".to_owned(), "on".to_owned()));
+    }
+    let key = PoolKey { user: hello.user.clone(), params };
+    let id = session::Identity {
+        cluster: &cluster,
+        user: &hello.user,
+        password: &account.password,
+        database: hello.database.as_deref(),
+        caps: hello.caps & caps::OFFERED,
+        charset: hello.charset,
+        key: &key,
+        read_only,
+    };
+    let mut first = None;
+    let mut last_error = BackendError::Protocol("the cluster has no backend for this session".into());
+    for index in cluster.candidates(read_only) {
+        match session::acquire(&id, index).await {
+            Ok(conn) => {
+                first = Some((index, conn));
+                break;
+            }
+            Err(e @ BackendError::Refused { .. }) => {
+                last_error = e;
+                break;
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    let Some((index, conn)) = first else {
+        match last_error {
+            BackendError::Refused { error, .. } => {
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &error);
+                let _ = stream.write_all(&out).await;
+            }
+            other => {
+                let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
+                send_err(&mut stream, seq, code::UNKNOWN, "08S01", &text).await;
+            }
+        }
+        return;
+    };
+    if conn.caps & caps::DEPRECATE_EOF != id.caps & caps::DEPRECATE_EOF {
+        send_err(
+            &mut stream,
+            seq,
+            code::HANDSHAKE,
+            "08S01",
+            "the backend does not support the client's result format (CLIENT_DEPRECATE_EOF)",
+        )
+        .await;
+        return;
+    }
+    let mut out = BytesMut::new();
+    packet::encode(&mut out, seq, &ok_payload(conn.status));
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let backend = &cluster.backends[index];
+    info!(user = %hello.user, backend = %backend.name, read_only, "session started");
+    cluster.metrics.sessions_total.increment(1);
+    cluster.metrics.sessions.increment(1.0);
+    let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
+    let slot = MySlot { conn, backend: index, replayed: 0, counted: Counted::new(&backend.sessions) };
+    let mut session = MySession::new(stream, buf, id, slot, side);
+    let end = session.run(&shutdown).await;
+    cluster.metrics.sessions.decrement(1.0);
+    debug!(%peer, ?end, "session ended");
+    session.release().await;
+}
+
+/// Reads the client's handshake response and checks its password. Returns it and the next
+/// sequence id; errors have been sent to the client.
+async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cluster: &Cluster,
+    peer: SocketAddr,
+) -> anyhow::Result<(ClientResponse, u8)> {
+    let nonce: Vec<u8> = (0..20).map(|_| rand::random::<u8>() % 94 + 33).collect();
+    let hello = ServerHandshake {
+        version: SERVER_VERSION.to_owned(),
+        connection_id: rand::random::<u32>() & 0x7fff_ffff,
+        nonce: nonce.clone(),
+        caps: caps::OFFERED,
+        charset: UTF8MB4_GENERAL_CI,
+        status: status::AUTOCOMMIT,
+        plugin: NATIVE.to_owned(),
+    };
+    let mut out = BytesMut::new();
+    packet::encode(&mut out, 0, &hello.encode());
+    stream.write_all(&out).await?;
+    let first = read_packet(stream, buf).await?;
+    let mut response = match ClientResponse::parse(&first.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            send_err(stream, first.last_seq.wrapping_add(1), code::HANDSHAKE, "08S01", &e.to_string()).await;
+            anyhow::bail!("bad handshake response: {e}");
+        }
+    };
+    let mut seq = first.last_seq.wrapping_add(1);
+    if response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &auth_switch_request(NATIVE, &nonce));
+        stream.write_all(&out).await?;
+        let answer = read_packet(stream, buf).await?;
+        response.auth = answer.payload.to_vec();
+        seq = answer.last_seq.wrapping_add(1);
+    }
+    let expected = cluster.users.get(&response.user).and_then(|u| {
+        if u.password.is_empty() {
+            Some(Vec::new())
+        } else {
+            scramble_native(&nonce, u.password.as_bytes()).map(|s| s.to_vec())
+        }
+    });
+    if expected.as_deref() != Some(&response.auth[..]) {
+        cluster.metrics.auth_failures.increment(1);
+        let using = if response.auth.is_empty() { "NO" } else { "YES" };
+        let text = format!("Access denied for user '{}'@'{}' (using password: {using})", response.user, peer.ip());
+        send_err(stream, seq, code::ACCESS_DENIED, "28000", &text).await;
+        anyhow::bail!("authentication failed for user {:?}", response.user);
+    }
+    Ok((response, seq))
+}
+
+async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
+    loop {
+        if let Some(p) = packet::decode(buf, 64 * 1024)? {
+            return Ok(p);
+        }
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            anyhow::bail!("client closed the connection");
+        }
+    }
+}

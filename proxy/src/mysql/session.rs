@@ -1,0 +1,511 @@
+//! A MySQL client session. The protocol is one command, one answer, so the relay is a loop:
+//! read a command, decide where it runs ([`crate::route`], the same rules as PostgreSQL with the
+//! MySQL dialect of the classifier), make sure that connection has the session's state, send
+//! the command, and stream the answer back while following it ([`Tracker`]) to its end and its
+//! status flags. Rows are never decoded.
+//!
+//! Prepared statements (`COM_STMT_*`) run on the primary connection, so their ids are the
+//! primary's and need no mapping.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::{Buf, BytesMut};
+use sqlswitch_config::Role;
+use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
+use sqlswitch_protocol::mysql::command::{self, Answer};
+use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
+use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
+use sqlswitch_protocol::mysql::{caps, code};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::backend::{Login, MyConn};
+use crate::cluster::{Cluster, Mode, PoolKey};
+use crate::pg::backend::BackendError;
+use crate::pg::batch::Side;
+use crate::pg::session::Counted;
+use crate::pg::state::SessionState;
+use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
+
+/// Who the session is.
+pub struct Identity<'a> {
+    /// The cluster.
+    pub cluster: &'a Cluster,
+    /// Login user.
+    pub user: &'a str,
+    /// Its password, for more backend connections.
+    pub password: &'a str,
+    /// Initial database.
+    pub database: Option<&'a str>,
+    /// The client's capabilities, within what the proxy relays.
+    pub caps: u32,
+    /// The client's collation.
+    pub charset: u8,
+    /// What its connections are pooled by.
+    pub key: &'a PoolKey,
+    /// Read-only session.
+    pub read_only: bool,
+}
+
+/// A pooled or new connection to backend `index` for this session.
+///
+/// # Errors
+/// The backend could not be reached or refused the login.
+pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendError> {
+    let b = &id.cluster.backends[index];
+    while let Some(conn) = b.mysql_pool.take(id.key) {
+        if conn.is_reusable() {
+            return Ok(conn);
+        }
+    }
+    let login = Login {
+        user: id.user,
+        password: id.password,
+        database: id.database,
+        caps: id.caps,
+        charset: id.charset,
+        read_only: id.read_only,
+    };
+    MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics).await
+}
+
+/// One backend connection of the session.
+pub struct MySlot<'a> {
+    /// The connection.
+    pub conn: MyConn,
+    /// Which backend.
+    pub backend: usize,
+    /// How many of the session's state statements ran here.
+    pub replayed: usize,
+    /// Keeps the backend's session count.
+    pub counted: Counted<'a>,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum End {
+    /// `COM_QUIT`.
+    Quit,
+    /// The client went away or broke the protocol.
+    ClientGone,
+    /// A backend failed mid-answer; the client has been told.
+    BackendGone,
+    /// Shutdown while idle.
+    Shutdown,
+}
+
+/// A running session.
+pub struct MySession<'a> {
+    client: TcpStream,
+    cbuf: BytesMut,
+    id: Identity<'a>,
+    slots: [Option<MySlot<'a>>; 2],
+    active: Option<Side>,
+    state: SessionState,
+    read_only: bool,
+    primary_counted: bool,
+}
+
+/// A command's route.
+struct Plan {
+    side: Side,
+    backend: usize,
+    reason: Reason,
+    read: bool,
+    record: Option<String>,
+}
+
+impl<'a> MySession<'a> {
+    /// A session over a logged-in client and its first backend connection.
+    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: MySlot<'a>, side: Side) -> Self {
+        let read_only = id.read_only;
+        let mut slots = [None, None];
+        slots[usize::from(side == Side::Replica)] = Some(first);
+        Self {
+            client,
+            cbuf,
+            id,
+            slots,
+            active: Some(side),
+            state: SessionState::default(),
+            read_only,
+            primary_counted: false,
+        }
+    }
+
+    fn in_tx(&self) -> bool {
+        self.active
+            .and_then(|s| self.slots[usize::from(s == Side::Replica)].as_ref())
+            .is_some_and(|s| in_transaction(s.conn.status))
+    }
+
+    /// Relays commands until the client quits or `shutdown` fires between transactions.
+    pub async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        loop {
+            let packet = loop {
+                match packet::decode(&mut self.cbuf, self.id.cluster.config.max_message_size) {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.err(1, code::PACKET_TOO_LARGE, "08S01", &e.to_string()).await;
+                        return End::ClientGone;
+                    }
+                }
+                self.cbuf.reserve(8 * 1024);
+                let idle = !self.in_tx();
+                tokio::select! {
+                    () = shutdown.cancelled(), if idle => return End::Shutdown,
+                    r = self.client.read_buf(&mut self.cbuf) => if !matches!(r, Ok(n) if n > 0) { return End::ClientGone },
+                }
+            };
+            let Some(&cmd) = packet.payload.first() else { return End::ClientGone };
+            let reply_seq = packet.last_seq.wrapping_add(1);
+            if cmd == command::QUIT {
+                return End::Quit;
+            }
+            let Some(answer) = command::answer(cmd) else {
+                let text = format!("command 0x{cmd:02x} is not supported by sqlswitch");
+                self.err(reply_seq, code::UNKNOWN_COMMAND, "08S01", &text).await;
+                continue;
+            };
+            match self.command(&packet, cmd, answer, reply_seq).await {
+                Ok(()) => {}
+                Err(end) => return end,
+            }
+        }
+    }
+
+    async fn err(&mut self, seq: u8, code: u16, state: &str, text: &str) {
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &err_payload(code, state, text));
+        let _ = self.client.write_all(&out).await;
+    }
+
+    async fn command(&mut self, packet: &packet::Packet, cmd: u8, answer: Answer, seq: u8) -> Result<(), End> {
+        let cluster = self.id.cluster;
+        let plan = match cmd {
+            command::QUERY => {
+                let sql = String::from_utf8_lossy(&packet.payload[1..]);
+                let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
+                let maintenance = cluster.table.load().mode == Mode::ReadOnly && !self.in_tx();
+                let may_write =
+                    v.writes || !matches!(v.class, Class::Read | Class::Tx(_) | Class::Session | Class::Empty);
+                if (self.read_only && v.refused_read_only()) || (maintenance && may_write) {
+                    cluster.metrics.refused.increment(1);
+                    let why = if self.read_only {
+                        "the session is read-only"
+                    } else {
+                        "the cluster is in read-only maintenance mode"
+                    };
+                    let text = format!("The MySQL server is running with the --read-only option so it cannot execute this statement ({why}; sqlswitch)");
+                    self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
+                    return Ok(());
+                }
+                if let Class::Tx(TxControl::SetTransaction(o)) = v.class {
+                    if o.read_only == Some(true) && sql.to_ascii_lowercase().contains("session") {
+                        self.read_only = true; // the client declared its session read-only
+                    }
+                }
+                let in_tx = self.in_tx();
+                let mut record = None;
+                if v.pin.is_some() || (v.session && (in_tx || v.statements > 1)) || v.serializable {
+                    self.state.pinned = true;
+                } else if v.class == Class::Session {
+                    record = Some(sql.into_owned());
+                }
+                let batch = route::Batch {
+                    read: v.is_read(),
+                    begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
+                    session_state: record.is_some() || self.state.pinned,
+                };
+                self.plan(&batch, record)
+            }
+            command::INIT_DB => {
+                let db = String::from_utf8_lossy(&packet.payload[1..]).replace('`', "``");
+                let batch = route::Batch { session_state: true, ..Default::default() };
+                self.plan(&batch, Some(format!("USE `{db}`")))
+            }
+            // Prepared statements, field lists, options and resets: the primary connection.
+            _ => {
+                if matches!(cmd, command::SET_OPTION | command::RESET_CONNECTION) {
+                    self.state.pinned = true;
+                }
+                let batch = route::Batch { session_state: true, ..Default::default() };
+                self.plan(&batch, None)
+            }
+        };
+        self.execute(packet, answer, plan, seq).await
+    }
+
+    fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
+        let cluster = self.id.cluster;
+        let rt = cluster.table.load();
+        let monitored = cluster.config.monitor.is_some();
+        let mut views = [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; 32];
+        for (i, (view, b)) in views.iter_mut().zip(&cluster.backends).enumerate() {
+            *view = BackendView {
+                replica: !rt.is_primary(i),
+                up: rt.enabled(i) && (!monitored || b.health.is_up()),
+                weight: b.weight,
+                caught_up_to: if monitored {
+                    b.health.caught_up_to.load(Relaxed)
+                } else if self.read_only {
+                    u64::MAX
+                } else {
+                    0
+                },
+                lag: if monitored { b.health.lag_micros.load(Relaxed) } else { 0 },
+            };
+        }
+        let table = Table {
+            backends: &views[..cluster.backends.len().min(32)],
+            max_lag: u64::try_from(cluster.config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
+        };
+        let current_replica = self.slots[1].as_ref().map(|s| s.backend);
+        let in_tx_on = self.in_tx().then(|| match self.active {
+            Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
+            _ => Target::Primary,
+        });
+        let session = SessionView {
+            read_only: self.read_only,
+            pinned: self.state.pinned,
+            in_tx_on,
+            last_write: self.state.last_write,
+            current_replica,
+        };
+        let (target, reason) = route::route(batch, &session, &table, rand::random());
+        let read = batch.read;
+        match target {
+            Target::Primary => Plan { side: Side::Primary, backend: rt.primary, reason, read, record },
+            Target::Replica(i) => Plan { side: Side::Replica, backend: i, reason, read, record },
+        }
+    }
+
+    /// Sends the command where `plan` says (a replica that fails before answering hands it to
+    /// the primary) and relays the answer.
+    async fn execute(&mut self, packet: &packet::Packet, answer: Answer, mut plan: Plan, seq: u8) -> Result<(), End> {
+        let cluster = self.id.cluster;
+        if !self.in_tx() {
+            loop {
+                let primary = plan.side == Side::Primary;
+                if primary && !self.primary_counted {
+                    cluster.gate.enter_primary();
+                    self.primary_counted = true;
+                }
+                if !cluster.gate.closed(primary) {
+                    break;
+                }
+                self.leave_primary();
+                cluster.gate.wait(primary).await;
+                plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record);
+            }
+        }
+        let mut wire = BytesMut::with_capacity(packet.payload.len() + HEADER_LEN);
+        packet::encode(&mut wire, packet.seq, &packet.payload);
+        loop {
+            match self.send(&plan, &wire).await {
+                Ok(()) => {}
+                Err(e) if plan.side == Side::Replica => {
+                    warn!(error = %e, "replica unavailable for this command; using the primary");
+                    self.drop_slot(Side::Replica);
+                    plan.side = Side::Primary;
+                    plan.backend = cluster.table.load().primary;
+                    continue;
+                }
+                Err(e) => {
+                    self.leave_primary();
+                    self.err(seq, code::UNKNOWN, "08S01", &format!("sqlswitch cannot reach the primary: {e}")).await;
+                    return Ok(());
+                }
+            }
+            let role = usize::from(plan.side == Side::Replica);
+            cluster.metrics.routed[role][plan.reason.index()].increment(1);
+            cluster.backends[plan.backend].queries.fetch_add(1, Relaxed);
+            match self.relay(plan.side, answer).await {
+                Ok(failed) => {
+                    if !failed {
+                        if let Some(sql) = plan.record.take() {
+                            self.state.record(sql);
+                            if let Some(slot) = self.slots[role].as_mut() {
+                                slot.replayed = self.state.replay.len();
+                            }
+                        }
+                    }
+                    if plan.side == Side::Primary && !plan.read && plan.reason != Reason::SessionState {
+                        self.state.last_write = Some(cluster.clock.now());
+                    }
+                    if !self.in_tx() {
+                        self.leave_primary();
+                    }
+                    return Ok(());
+                }
+                Err(forwarded) if plan.side == Side::Replica && !forwarded && !self.in_tx() => {
+                    warn!("a replica failed before answering; sending the command to the primary");
+                    self.drop_slot(Side::Replica);
+                    plan.side = Side::Primary;
+                    plan.backend = cluster.table.load().primary;
+                }
+                Err(_) => {
+                    self.err(seq, code::UNKNOWN, "08S01", "the database server closed the connection unexpectedly")
+                        .await;
+                    return Err(End::BackendGone);
+                }
+            }
+        }
+    }
+
+    fn leave_primary(&mut self) {
+        if self.primary_counted {
+            self.id.cluster.gate.leave_primary();
+            self.primary_counted = false;
+        }
+    }
+
+    fn drop_slot(&mut self, side: Side) {
+        let i = usize::from(side == Side::Replica);
+        if let Some(slot) = self.slots[i].take() {
+            if side == Side::Replica {
+                self.id.cluster.backends[slot.backend].health.mark_failed();
+            }
+        }
+        if self.active == Some(side) {
+            self.active = None;
+        }
+    }
+
+    /// Makes sure `plan.side` has a connection to `plan.backend` with the session state, then
+    /// sends `wire`.
+    async fn send(&mut self, plan: &Plan, wire: &[u8]) -> Result<(), BackendError> {
+        let i = usize::from(plan.side == Side::Replica);
+        let replace = self.slots[i]
+            .as_ref()
+            .is_none_or(|s| s.backend != plan.backend || (self.active != Some(plan.side) && !s.conn.is_reusable()));
+        if replace {
+            if let Some(old) = self.slots[i].take() {
+                release(self.id.cluster, self.id.key, old).await;
+            }
+            let conn = acquire(&self.id, plan.backend).await?;
+            let counted = Counted::new(&self.id.cluster.backends[plan.backend].sessions);
+            self.slots[i] = Some(MySlot { conn, backend: plan.backend, replayed: 0, counted });
+        }
+        let slot = self.slots[i].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        while slot.replayed < self.state.replay.len() {
+            slot.conn.simple_query(&self.state.replay[slot.replayed]).await?;
+            slot.replayed += 1;
+        }
+        slot.conn.stream.write_all(wire).await?;
+        self.active = Some(plan.side);
+        Ok(())
+    }
+
+    /// Streams the answer on `side` to the client. `Ok(failed)` when it is complete (`failed`:
+    /// it was an error); `Err(forwarded)` when the backend failed, saying whether any of the
+    /// answer had reached the client.
+    async fn relay(&mut self, side: Side, answer: Answer) -> Result<bool, bool> {
+        let i = usize::from(side == Side::Replica);
+        let Some(slot) = self.slots[i].as_mut() else { return Err(false) };
+        let conn = &mut slot.conn;
+        let mut tracker = Tracker::new(answer, conn.caps & caps::DEPRECATE_EOF != 0);
+        if tracker.done() {
+            return Ok(false);
+        }
+        let mut forwarded = false;
+        let mut passthrough = 0usize;
+        loop {
+            let mut fwd = 0;
+            let mut done = None;
+            loop {
+                if passthrough > 0 {
+                    let n = passthrough.min(conn.buf.len() - fwd);
+                    fwd += n;
+                    passthrough -= n;
+                    if passthrough > 0 {
+                        break;
+                    }
+                }
+                let Some(h) = packet::peek_header(&conn.buf[fwd..]) else { break };
+                let avail = conn.buf.len() - fwd - HEADER_LEN;
+                let first = conn.buf.get(fwd + HEADER_LEN).copied();
+                // Terminators and result headers are small: read them whole. A large packet
+                // that starts like one is a row: its first bytes are enough.
+                let whole = h.len == 0 || (first.is_some_and(needs_whole) && h.len <= 64 * 1024);
+                if (whole && avail < h.len) || (!whole && avail == 0) {
+                    break;
+                }
+                let seen = avail.min(h.len);
+                let prefix = &conn.buf[fwd + HEADER_LEN..fwd + HEADER_LEN + seen];
+                let step = tracker.feed(h.len, prefix).map_err(|_| forwarded)?;
+                if seen < h.len {
+                    fwd += HEADER_LEN + seen;
+                    passthrough = h.len - seen;
+                } else {
+                    fwd += h.total_len();
+                }
+                if let Step::Done(flags) = step {
+                    done = Some(flags);
+                    break;
+                }
+            }
+            if fwd > 0 {
+                if self.client.write_all(&conn.buf[..fwd]).await.is_err() {
+                    return Err(true);
+                }
+                conn.buf.advance(fwd);
+                forwarded = true;
+            }
+            if let Some(flags) = done {
+                if let Some(f) = flags {
+                    conn.status = f;
+                }
+                return Ok(tracker.failed);
+            }
+            conn.buf.reserve(16 * 1024);
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(forwarded),
+            }
+        }
+    }
+
+    /// Returns the session's connections to their pools.
+    pub async fn release(mut self) {
+        self.leave_primary();
+        let cluster = self.id.cluster;
+        let key = self.id.key;
+        for slot in std::mem::take(&mut self.slots).into_iter().flatten() {
+            release(cluster, key, slot).await;
+        }
+    }
+}
+
+impl Drop for MySession<'_> {
+    fn drop(&mut self) {
+        self.leave_primary();
+    }
+}
+
+/// Resets a connection and pools it, or closes it.
+async fn release(cluster: &Cluster, key: &PoolKey, slot: MySlot<'_>) {
+    let mut conn = slot.conn;
+    if matches!(conn.reset().await, Ok(true)) && conn.is_reusable() {
+        if let Some(extra) = cluster.backends[slot.backend].mysql_pool.put(key.clone(), conn) {
+            extra.quit().await;
+        }
+    } else {
+        conn.quit().await;
+    }
+}
+
+/// An OK answer with `status`, for commands the proxy answers itself.
+pub fn ok(seq: u8, status: u16) -> BytesMut {
+    let mut out = BytesMut::new();
+    packet::encode(&mut out, seq, &ok_payload(status));
+    out
+}
+
+/// Whether `role` is a replica (for metrics).
+pub fn is_replica(role: Role) -> bool {
+    role == Role::Replica
+}

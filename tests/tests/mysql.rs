@@ -1,0 +1,163 @@
+//! End-to-end tests of sqlswitch in front of a real MariaDB primary with two GTID replicas,
+//! with mysql_async as the application and the `mariadb` client as a person would use it.
+
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Error, Opts};
+use sqlswitch_tests::mysql::Topology;
+use sqlswitch_tests::pg::{ANON, APP};
+use sqlswitch_tests::proxy::{mysql_url, start_mysql};
+use tokio::sync::Mutex;
+
+/// The read-your-writes test stops replication: one test at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn connect(port: u16, who: (&str, &str)) -> Result<Conn, Error> {
+    Conn::new(Opts::from_url(&mysql_url(port, who)).expect("url")).await
+}
+
+async fn server_id(conn: &mut Conn) -> u32 {
+    conn.query_first("SELECT @@server_id").await.unwrap().unwrap()
+}
+
+fn code(e: &Error) -> Option<u16> {
+    match e {
+        Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_reads_and_writes() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+
+    let Err(err) = connect(port, (APP.0, "wrong")).await else { panic!("a wrong password is refused") };
+    assert_eq!(code(&err), Some(1045), "{err:?}");
+    let Err(err) = connect(port, ("nobody", "x")).await else { panic!("an unknown user is refused") };
+    assert_eq!(code(&err), Some(1045), "{err:?}");
+
+    let mut conn = connect(port, APP).await.unwrap();
+    let id = server_id(&mut conn).await;
+    assert!(id == 2 || id == 3, "a plain read runs on a replica (server {id})");
+    conn.query_drop("INSERT INTO items (note) VALUES ('mysql')").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    assert_eq!(server_id(&mut conn).await, 1, "a transaction runs on the primary");
+    conn.query_drop("INSERT INTO items (note) VALUES ('in tx')").await.unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_sessions_read_replicas_and_cannot_write() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut anon = connect(port, ANON).await.unwrap();
+    let id = server_id(&mut anon).await;
+    assert!(id == 2 || id == 3, "server {id}");
+    for sql in
+        ["INSERT INTO items (note) VALUES ('anon')", "DELETE FROM items", "SELECT 1; UPDATE items SET note = 'x'"]
+    {
+        let err = anon.query_drop(sql).await.err().unwrap_or_else(|| panic!("{sql} must be refused"));
+        assert_eq!(code(&err), Some(1290), "{sql}: {err:?}");
+    }
+    let n: i64 = anon.query_first("SELECT COUNT(*) FROM items").await.unwrap().unwrap();
+    assert!(n >= 0, "the session goes on after refusals");
+
+    let ro_port = daemon.addr("app", true).unwrap().port();
+    let mut ro = connect(ro_port, APP).await.unwrap();
+    let err = ro.query_drop("INSERT INTO items (note) VALUES ('x')").await.unwrap_err();
+    assert_eq!(code(&err), Some(1290), "the read-only listener refuses writes: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_pitfalls_run_on_the_primary_and_state_follows_the_session() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    for sql in [
+        "SELECT @@server_id, LAST_INSERT_ID()",
+        "SELECT @@server_id FROM items LIMIT 1 FOR UPDATE",
+        "SELECT @@server_id FROM items LIMIT 1 LOCK IN SHARE MODE",
+        "SELECT @@server_id, FOUND_ROWS()",
+        "SELECT @@server_id, @@identity",
+        "SELECT @@server_id /*!100000 , 1 */",
+        "SELECT @@server_id, GET_LOCK('sqlswitch', 0)",
+    ] {
+        let mut conn = connect(port, APP).await.unwrap();
+        let row: mysql_async::Row = conn.query_first(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")).unwrap();
+        let id: u32 = row.get(0).unwrap();
+        assert_eq!(id, 1, "{sql} ran on server {id}");
+    }
+    // User variables set in the session are seen by reads on a replica.
+    let mut conn = connect(port, APP).await.unwrap();
+    conn.query_drop("SET @v = 42").await.unwrap();
+    let (v, id): (i64, u32) = conn.query_first("SELECT @v, @@server_id").await.unwrap().unwrap();
+    assert_eq!(v, 42);
+    assert!(id == 2 || id == 3, "server {id}");
+    // USE follows the session too.
+    conn.query_drop("USE information_schema").await.unwrap();
+    let db: String = conn.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+    assert_eq!(db, "information_schema");
+    // Prepared statements run on the primary connection.
+    let (id, x): (u32, i64) = conn.exec_first("SELECT @@server_id, ? + 1", (41,)).await.unwrap().unwrap();
+    assert_eq!((id, x), (1, 42));
+    // Multi-statement strings and several result sets.
+    let mut result = conn.query_iter("SELECT 1; SELECT 2, 3").await.unwrap();
+    let first: Vec<i64> = result.collect().await.unwrap();
+    let second: Vec<(i64, i64)> = result.collect().await.unwrap();
+    assert_eq!((first, second), (vec![1], vec![(2, 3)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_mib_row_round_trips() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let mut conn = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let big = "x".repeat(20 << 20);
+    conn.exec_drop("INSERT INTO items (note) VALUES (?)", (big.as_str(),)).await.unwrap();
+    let id: u64 = conn.query_first("SELECT LAST_INSERT_ID()").await.unwrap().unwrap();
+    let back: String = conn.query_first(format!("SELECT note FROM items WHERE id = {id}")).await.unwrap().unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back == big);
+    conn.query_drop(format!("DELETE FROM items WHERE id = {id}")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_its_own_writes_while_replicas_lag() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let mut conn = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    for r in topo.replicas() {
+        topo.set_apply_paused(r, true).unwrap();
+    }
+    let mut found = 0;
+    for i in 0..1000 {
+        let note = format!("ryw {i}");
+        conn.exec_drop("INSERT INTO items (note) VALUES (?)", (note.as_str(),)).await.unwrap();
+        let id: u64 = conn.query_first("SELECT LAST_INSERT_ID()").await.unwrap().unwrap();
+        let got: Option<String> = conn.query_first(format!("SELECT note FROM items WHERE id = {id}")).await.unwrap();
+        if got.as_deref() == Some(note.as_str()) {
+            found += 1;
+        }
+    }
+    for r in topo.replicas() {
+        topo.set_apply_paused(r, false).unwrap();
+    }
+    assert_eq!(found, 1000, "every read after a write sees it");
+    topo.wait_replicas_caught_up().unwrap();
+    // Once the replicas catch up, reads return to them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server_id(&mut conn).await == 1 {
+        assert!(std::time::Instant::now() < deadline, "reads never returned to a replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
