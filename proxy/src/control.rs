@@ -182,7 +182,7 @@ fn cluster_status(c: &Cluster) -> Value {
         .collect();
     json!({
         "name": c.config.name,
-        "protocol": "postgres",
+        "protocol": match c.config.protocol { sqlswitch_config::Protocol::Postgres => "postgres", sqlswitch_config::Protocol::Mysql => "mysql" },
         "mode": mode_name(table.mode),
         "generation": table.generation,
         "primary": c.backends[table.primary].name,

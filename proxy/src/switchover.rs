@@ -1,4 +1,4 @@
-//! Zero-downtime switchover (PRODUCT.md section 6), for PostgreSQL: hold new primary work, let
+//! Zero-downtime switchover (PRODUCT.md section 6), for PostgreSQL and MariaDB: hold new primary work, let
 //! in-flight primary work finish, fence the old primary and read its final position, wait for
 //! the target to replay it, promote it (or check it is already writable), swap the routing
 //! table, release. Any failure before the swap undoes the fence, resumes on the old primary and
@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::cluster::Cluster;
 use crate::control::{change, millis, Control, Failure};
-use crate::monitor::{parse_lsn, record_boundary};
+use crate::monitor::{parse_gtid, parse_lsn, record_boundary};
+use crate::mysql::backend::MyConn;
 use crate::pg::backend::{BackendConn, BackendError, Login};
+use sqlswitch_config::Protocol;
 
 /// One completed step, for the live report.
 #[derive(Debug, Clone)]
@@ -45,7 +48,7 @@ pub async fn run(
     timeout: Duration,
     report: &mut (dyn FnMut(&Step) + Send),
 ) -> Result<Value, Failure> {
-    let cluster = Arc::clone(control.cluster(cluster_name)?);
+    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
     let target = Control::backend(&cluster, target_name)?;
     let old = cluster.table.load().primary;
     if old == target {
@@ -56,11 +59,10 @@ pub async fn run(
             "cluster {cluster_name:?} has no monitor credentials: a switchover needs them to fence and promote"
         ));
     };
-    let params = vec![
-        ("database".to_owned(), "postgres".to_owned()),
-        ("application_name".to_owned(), "sqlswitch-switchover".to_owned()),
-    ];
-    let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &params };
+    let dialect = match cluster.config.protocol {
+        Protocol::Postgres => &POSTGRES,
+        Protocol::Mysql => &MYSQL,
+    };
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
@@ -73,12 +75,10 @@ pub async fn run(
     };
 
     // Connections first, so an unreachable server fails the switchover before anything is held.
-    let connect = |i: usize| {
-        let b = &cluster.backends[i];
-        BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics)
-    };
-    let mut old_conn = connect(old).await.map_err(|e| fail("connect", &cluster.backends[old].name, &e))?;
-    let mut new_conn = connect(target).await.map_err(|e| fail("connect", target_name, &e))?;
+    let old_name = cluster.backends[old].name.clone();
+    let mut old_conn = Server::connect(&cluster, old, &monitor).await.map_err(|e| fail("connect", &old_name, &e))?;
+    let mut new_conn =
+        Server::connect(&cluster, target, &monitor).await.map_err(|e| fail("connect", target_name, &e))?;
 
     // 1. Hold new primary work; replica reads go on.
     let at = Instant::now();
@@ -102,78 +102,64 @@ pub async fn run(
 
         // 3. Fence the old primary and read its final position.
         let at = Instant::now();
-        old_conn
-            .simple_query("ALTER SYSTEM SET default_transaction_read_only = on")
-            .await
-            .map_err(|e| fail("fence", &cluster.backends[old].name, &e))?;
-        old_conn
-            .simple_query("SELECT pg_reload_conf()")
-            .await
-            .map_err(|e| fail("fence", &cluster.backends[old].name, &e))?;
-        let final_lsn = query_lsn(&mut old_conn, "SELECT pg_current_wal_insert_lsn()::text")
-            .await
-            .map_err(|e| format!("fence: {e}"))?;
-        let final_lsn = record_boundary(final_lsn);
-        done(&mut steps, "fence", at, format!("old primary read-only; final position {}", lsn_text(final_lsn)));
+        for sql in dialect.fence {
+            old_conn.exec(sql).await.map_err(|e| fail("fence", &old_name, &e))?;
+        }
+        let final_text = old_conn.value(dialect.final_position).await.map_err(|e| format!("fence: {e}"))?;
+        let final_pos =
+            (dialect.parse)(&final_text).ok_or_else(|| format!("fence: cannot compare position {final_text:?}"))?;
+        done(&mut steps, "fence", at, format!("old primary read-only; final position {final_text}"));
 
-        // 4. Wait until the target has replayed it (a target already out of recovery, such as a
+        // 4. Wait until the target has applied it (a target that is already writable, such as a
         // logical-replication subscriber, has no comparable position).
         let at = Instant::now();
-        let in_recovery =
-            query_bool(&mut new_conn, "SELECT pg_is_in_recovery()").await.map_err(|e| format!("catch_up: {e}"))?;
-        if in_recovery {
+        let standby =
+            new_conn.value(dialect.is_standby).await.map_err(|e| format!("catch_up: {e}"))? == dialect.standby_answer;
+        if standby {
             loop {
-                let replayed = query_lsn(&mut new_conn, "SELECT pg_last_wal_replay_lsn()::text")
-                    .await
-                    .map_err(|e| format!("catch_up: {e}"))?;
-                if replayed >= final_lsn {
+                let text = new_conn.value(dialect.replayed).await.map_err(|e| format!("catch_up: {e}"))?;
+                let replayed =
+                    (dialect.parse)(&text).ok_or_else(|| format!("catch_up: cannot compare position {text:?}"))?;
+                if replayed >= final_pos {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    return Err(format!(
-                        "catch_up: {target_name} replayed {} of {} within {timeout:?}",
-                        lsn_text(replayed),
-                        lsn_text(final_lsn)
-                    ));
+                    return Err(format!("catch_up: {target_name} applied {text} of {final_text} within {timeout:?}"));
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            done(&mut steps, "catch_up", at, format!("{target_name} replayed {}", lsn_text(final_lsn)));
+            done(&mut steps, "catch_up", at, format!("{target_name} applied {final_text}"));
         } else {
-            done(&mut steps, "catch_up", at, format!("{target_name} is not in recovery: nothing to replay"));
+            done(&mut steps, "catch_up", at, format!("{target_name} is not a standby: nothing to apply"));
         }
 
         // 5. Promote, or check it is already writable; either way, clear any fence of ours.
         let at = Instant::now();
-        if in_recovery {
+        if standby {
             if !promote {
                 return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
             }
-            let ok =
-                query_bool(&mut new_conn, "SELECT pg_promote(true, 60)").await.map_err(|e| format!("promote: {e}"))?;
-            if !ok {
-                return Err(format!("promote: {target_name} did not finish promotion within 60 s"));
+            for sql in dialect.promote {
+                new_conn.exec(sql).await.map_err(|e| fail("promote", target_name, &e))?;
             }
         }
-        new_conn
-            .simple_query("ALTER SYSTEM RESET default_transaction_read_only")
-            .await
-            .map_err(|e| fail("promote", target_name, &e))?;
-        new_conn.simple_query("SELECT pg_reload_conf()").await.map_err(|e| fail("promote", target_name, &e))?;
-        let writable =
-            !query_bool(&mut new_conn, "SELECT pg_is_in_recovery()").await.map_err(|e| format!("promote: {e}"))?;
-        if !writable {
-            return Err(format!("promote: {target_name} is still in recovery"));
+        for sql in dialect.unfence {
+            new_conn.exec(sql).await.map_err(|e| fail("promote", target_name, &e))?;
         }
-        let what = if in_recovery { "promoted" } else { "already writable" };
+        let still_standby =
+            new_conn.value(dialect.is_standby).await.map_err(|e| format!("promote: {e}"))? == dialect.standby_answer;
+        if still_standby {
+            return Err(format!("promote: {target_name} is still not writable"));
+        }
+        let what = if standby { "promoted" } else { "already writable" };
         done(&mut steps, "promote", at, format!("{target_name} {what}"));
-        Ok(final_lsn)
+        Ok(final_pos)
     }
     .await;
 
     if let Err(why) = outcome {
         // Undo the fence, resume on the old primary, change nothing.
-        if let Err(e) = unfence(&mut old_conn).await {
+        if let Err(e) = old_conn.unfence(dialect).await {
             warn!(cluster = %cluster_name, error = %e, "could not undo the fence of the old primary");
         }
         cluster.gate.set(|h| h.primary = false);
@@ -212,25 +198,104 @@ fn fail(step: &str, backend: &str, e: &BackendError) -> Failure {
     format!("{step}: {backend}: {e}")
 }
 
-async fn unfence(conn: &mut BackendConn) -> Result<(), BackendError> {
-    conn.simple_query("ALTER SYSTEM RESET default_transaction_read_only").await?;
-    conn.simple_query("SELECT pg_reload_conf()").await.map(drop)
+/// The statements of each step, per protocol.
+struct Dialect {
+    /// Makes the old primary refuse writes.
+    fence: &'static [&'static str],
+    /// Undoes `fence` (on the old primary after a failure, on the target after promotion).
+    unfence: &'static [&'static str],
+    /// The old primary's final position.
+    final_position: &'static str,
+    /// The target's applied position.
+    replayed: &'static str,
+    /// Parses a position into a comparable number.
+    parse: fn(&str) -> Option<u64>,
+    /// Asks whether a server is a standby; `standby_answer` is the "yes".
+    is_standby: &'static str,
+    standby_answer: &'static str,
+    /// Promotes a standby.
+    promote: &'static [&'static str],
 }
 
-async fn first_value(conn: &mut BackendConn, sql: &str) -> Result<String, String> {
-    let rows = conn.simple_query(sql).await.map_err(|e| e.to_string())?;
-    rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
+fn pg_insert_position(text: &str) -> Option<u64> {
+    parse_lsn(text).map(record_boundary)
 }
 
-async fn query_lsn(conn: &mut BackendConn, sql: &str) -> Result<u64, String> {
-    let text = first_value(conn, sql).await?;
-    parse_lsn(&text).ok_or_else(|| format!("{sql}: not a WAL position: {text}"))
+const POSTGRES: Dialect = Dialect {
+    fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
+    unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
+    final_position: "SELECT pg_current_wal_insert_lsn()::text",
+    replayed: "SELECT pg_last_wal_replay_lsn()::text",
+    parse: pg_insert_position,
+    is_standby: "SELECT pg_is_in_recovery()",
+    standby_answer: "t",
+    promote: &["SELECT pg_promote(true, 60)"],
+};
+
+const MYSQL: Dialect = Dialect {
+    fence: &["SET GLOBAL read_only = 1"],
+    unfence: &["SET GLOBAL read_only = 0"],
+    final_position: "SELECT @@gtid_binlog_pos",
+    replayed: "SELECT @@gtid_slave_pos",
+    parse: parse_gtid,
+    is_standby: "SELECT @@read_only",
+    standby_answer: "1",
+    promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],
+};
+
+/// A control connection to a backend, as the monitor user.
+enum Server {
+    Pg(BackendConn),
+    My(MyConn),
 }
 
-async fn query_bool(conn: &mut BackendConn, sql: &str) -> Result<bool, String> {
-    Ok(first_value(conn, sql).await? == "t")
-}
+impl Server {
+    async fn connect(
+        cluster: &Cluster,
+        i: usize,
+        monitor: &sqlswitch_config::Credentials,
+    ) -> Result<Self, BackendError> {
+        let b = &cluster.backends[i];
+        let timeout = cluster.config.connect_timeout;
+        match cluster.config.protocol {
+            Protocol::Postgres => {
+                let params = vec![
+                    ("database".to_owned(), "postgres".to_owned()),
+                    ("application_name".to_owned(), "sqlswitch-switchover".to_owned()),
+                ];
+                let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &params };
+                Ok(Self::Pg(BackendConn::connect(&b.address, &login, timeout, &b.metrics).await?))
+            }
+            Protocol::Mysql => {
+                let login = crate::mysql::backend::Login {
+                    user: &monitor.user,
+                    password: monitor.password.expose(),
+                    database: None,
+                    caps: sqlswitch_protocol::mysql::caps::OFFERED,
+                    charset: 45,
+                    read_only: false,
+                };
+                Ok(Self::My(MyConn::connect(&b.address, &login, timeout, &b.metrics).await?))
+            }
+        }
+    }
 
-fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+    async fn exec(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        match self {
+            Self::Pg(c) => c.simple_query(sql).await,
+            Self::My(c) => c.simple_query(sql).await,
+        }
+    }
+
+    async fn value(&mut self, sql: &str) -> Result<String, String> {
+        let rows = self.exec(sql).await.map_err(|e| e.to_string())?;
+        rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
+    }
+
+    async fn unfence(&mut self, dialect: &Dialect) -> Result<(), BackendError> {
+        for sql in dialect.unfence {
+            self.exec(sql).await?;
+        }
+        Ok(())
+    }
 }

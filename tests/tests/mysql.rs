@@ -234,3 +234,40 @@ async fn sysbench_oltp_read_write_through_sqlswitch_has_no_errors() {
     assert!(report.contains("ignored errors:                      0"), "{report}");
     assert!(routed("replica", "read") > 1000, "reads outside transactions reach replicas:\n{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_sysbench_load_costs_no_client_errors() {
+    let _serial = SERIAL.lock().await;
+    let topo = std::sync::Arc::new(Topology::start(1).unwrap());
+    let daemon = start_mysql(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let primary = topo.primary().port;
+    tokio::task::spawn_blocking(move || sysbench(primary, "oltp_read_write", &["prepare"])).await.unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let mut conn = connect(port, APP).await.unwrap();
+
+    let load = tokio::task::spawn_blocking(move || {
+        sysbench(port, "oltp_read_write", &["--threads=8", "--time=6", "--report-interval=1", "run"])
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut steps = Vec::new();
+    let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
+    let result =
+        sqlswitch::switchover::run(&daemon.control, "app", "replica1", true, Duration::from_secs(30), &mut report)
+            .await
+            .expect("switchover");
+    let bench = load.await.unwrap();
+    println!("{result}\n{bench}");
+    assert_eq!(steps, ["hold", "drain", "fence", "catch_up", "promote", "swap", "release"]);
+    assert!(
+        bench.contains("ignored errors:                      0"),
+        "sysbench saw errors across the switchover:\n{bench}"
+    );
+    let pause = result["pause_ms"].as_u64().unwrap();
+    assert!(pause < 1000, "clients paused {pause} ms");
+    // Writes land on the new primary (server 2), from a session that lived across the switchover.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    assert_eq!(server_id(&mut conn).await, 2);
+    conn.query_drop("INSERT INTO items (note) VALUES ('after switchover')").await.unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+}

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod session;
+pub mod statements;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,7 +130,13 @@ pub async fn serve(
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
     let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
-    let slot = MySlot { conn, backend: index, replayed: 0, counted: Counted::new(&backend.sessions) };
+    let slot = MySlot {
+        conn,
+        conn_id: statements::next_conn_id(),
+        backend: index,
+        replayed: 0,
+        counted: Counted::new(&backend.sessions),
+    };
     let mut session = MySession::new(stream, buf, id, slot, side);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::backend::{Login, MyConn};
+use super::statements::{carries_statement, prepare_on, Statements};
 use crate::cluster::{Cluster, Mode, PoolKey};
 use crate::pg::backend::BackendError;
 use crate::pg::batch::Side;
@@ -75,6 +76,8 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
 pub struct MySlot<'a> {
     /// The connection.
     pub conn: MyConn,
+    /// Keys this connection's prepared statement ids.
+    pub conn_id: u64,
     /// Which backend.
     pub backend: usize,
     /// How many of the session's state statements ran here.
@@ -106,6 +109,7 @@ pub struct MySession<'a> {
     state: SessionState,
     read_only: bool,
     primary_counted: bool,
+    statements: Statements,
 }
 
 /// A command's route.
@@ -132,6 +136,7 @@ impl<'a> MySession<'a> {
             state: SessionState::default(),
             read_only,
             primary_counted: false,
+            statements: Statements::default(),
         }
     }
 
@@ -305,7 +310,7 @@ impl<'a> MySession<'a> {
         let mut wire = BytesMut::with_capacity(packet.payload.len() + HEADER_LEN);
         packet::encode(&mut wire, packet.seq, &packet.payload);
         loop {
-            match self.send(&plan, &wire).await {
+            match self.send(&plan, &mut wire).await {
                 Ok(()) => {}
                 Err(e) if plan.side == Side::Replica => {
                     warn!(error = %e, "replica unavailable for this command; using the primary");
@@ -323,7 +328,8 @@ impl<'a> MySession<'a> {
             let role = usize::from(plan.side == Side::Replica);
             cluster.metrics.routed[role][plan.reason.index()].increment(1);
             cluster.backends[plan.backend].queries.fetch_add(1, Relaxed);
-            match self.relay(plan.side, answer).await {
+            let prepared_sql = (packet.payload.first() == Some(&command::STMT_PREPARE)).then(|| &packet.payload[1..]);
+            match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
                     if !failed {
                         if let Some(sql) = plan.record.take() {
@@ -377,7 +383,7 @@ impl<'a> MySession<'a> {
 
     /// Makes sure `plan.side` has a connection to `plan.backend` with the session state, then
     /// sends `wire`.
-    async fn send(&mut self, plan: &Plan, wire: &[u8]) -> Result<(), BackendError> {
+    async fn send(&mut self, plan: &Plan, wire: &mut BytesMut) -> Result<(), BackendError> {
         let i = usize::from(plan.side == Side::Replica);
         let replace = self.slots[i]
             .as_ref()
@@ -388,12 +394,48 @@ impl<'a> MySession<'a> {
             }
             let conn = acquire(&self.id, plan.backend).await?;
             let counted = Counted::new(&self.id.cluster.backends[plan.backend].sessions);
-            self.slots[i] = Some(MySlot { conn, backend: plan.backend, replayed: 0, counted });
+            self.slots[i] = Some(MySlot {
+                conn,
+                conn_id: super::statements::next_conn_id(),
+                backend: plan.backend,
+                replayed: 0,
+                counted,
+            });
         }
         let slot = self.slots[i].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         while slot.replayed < self.state.replay.len() {
             slot.conn.simple_query(&self.state.replay[slot.replayed]).await?;
             slot.replayed += 1;
+        }
+        // A command naming a prepared statement names it as this connection knows it,
+        // preparing it here first if it never ran here.
+        let cmd = wire.get(HEADER_LEN).copied().unwrap_or(0);
+        if carries_statement(cmd) && wire.len() >= HEADER_LEN + 5 {
+            let at = HEADER_LEN + 1;
+            let client_id = u32::from_le_bytes([wire[at], wire[at + 1], wire[at + 2], wire[at + 3]]);
+            let backend_id = match self.statements.on(client_id, slot.conn_id) {
+                Some(b) => Some(b),
+                None => match self.statements.sql(client_id).map(<[u8]>::to_vec) {
+                    Some(sql) => {
+                        let b = prepare_on(&mut slot.conn, &sql).await?;
+                        self.statements.record(client_id, slot.conn_id, b);
+                        Some(b)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(b) = backend_id {
+                wire[at..at + 4].copy_from_slice(&b.to_le_bytes());
+            }
+            if cmd == command::STMT_EXECUTE && wire.len() < packet::MAX_PAYLOAD {
+                if let Some(payload) = self.statements.execute_payload(client_id, slot.conn_id, &wire[HEADER_LEN..]) {
+                    wire.clear();
+                    packet::encode(wire, 0, &payload);
+                }
+            }
+            if cmd == command::STMT_CLOSE {
+                self.statements.remove(client_id);
+            }
         }
         slot.conn.stream.write_all(wire).await?;
         self.active = Some(plan.side);
@@ -403,10 +445,13 @@ impl<'a> MySession<'a> {
     /// Streams the answer on `side` to the client. `Ok(failed)` when it is complete (`failed`:
     /// it was an error); `Err(forwarded)` when the backend failed, saying whether any of the
     /// answer had reached the client.
-    async fn relay(&mut self, side: Side, answer: Answer) -> Result<bool, bool> {
+    async fn relay(&mut self, side: Side, answer: Answer, prepared_sql: Option<&[u8]>) -> Result<bool, bool> {
         let i = usize::from(side == Side::Replica);
+        let statements = &mut self.statements;
         let Some(slot) = self.slots[i].as_mut() else { return Err(false) };
+        let conn_id = slot.conn_id;
         let conn = &mut slot.conn;
+        let mut first_packet = true;
         let mut tracker = Tracker::new(answer, conn.caps & caps::DEPRECATE_EOF != 0);
         if tracker.done() {
             return Ok(false);
@@ -435,6 +480,17 @@ impl<'a> MySession<'a> {
                     break;
                 }
                 let seen = avail.min(h.len);
+                if std::mem::take(&mut first_packet) && answer == Answer::Prepare && first == Some(0x00) && seen >= 9 {
+                    // The client gets the proxy's own statement id.
+                    if let Some(sql) = prepared_sql {
+                        let at = fwd + HEADER_LEN + 1;
+                        let b = &conn.buf[at..at + 4];
+                        let backend_id = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        let params = u16::from_le_bytes([conn.buf[at + 6], conn.buf[at + 7]]);
+                        let client_id = statements.add(sql.to_vec(), params, conn_id, backend_id);
+                        conn.buf[at..at + 4].copy_from_slice(&client_id.to_le_bytes());
+                    }
+                }
                 let prefix = &conn.buf[fwd + HEADER_LEN..fwd + HEADER_LEN + seen];
                 let step = tracker.feed(h.len, prefix).map_err(|_| forwarded)?;
                 if seen < h.len {
