@@ -12,20 +12,31 @@ use sqlswitch_tests::proxy::config_text;
 
 const LISTEN: &str = "127.0.0.1:6432";
 const READ_ONLY_LISTEN: &str = "127.0.0.1:6433";
+const MYSQL_LISTEN: &str = "127.0.0.1:3307";
+const MYSQL_READ_ONLY_LISTEN: &str = "127.0.0.1:3308";
 const METRICS: &str = "127.0.0.1:9930";
 
 fn main() -> Result<()> {
     let sqlswitch = sibling("sqlswitch")?;
-    for addr in [LISTEN, READ_ONLY_LISTEN, METRICS] {
+    for addr in [LISTEN, READ_ONLY_LISTEN, MYSQL_LISTEN, MYSQL_READ_ONLY_LISTEN, METRICS] {
         if std::net::TcpListener::bind(addr).is_err() {
             bail!("{addr} is in use: stop whatever listens there (another demo?) and try again");
         }
     }
     eprintln!("starting a PostgreSQL primary and two streaming replicas...");
     let topo = Topology::start(2)?;
+    eprintln!("starting a MariaDB primary and two GTID replicas...");
+    let maria = sqlswitch_tests::mysql::Topology::start(2)?;
     let config_path = topo.dir.join("sqlswitch.toml");
-    let text = config_text(&topo, "app", LISTEN, READ_ONLY_LISTEN, Some(METRICS), "")
+    let mut text = config_text(&topo, "app", LISTEN, READ_ONLY_LISTEN, Some(METRICS), "")
         .replace("/tmp/sqlswitch-test.sock", "/tmp/sqlswitch-demo.sock");
+    let mysql = sqlswitch_tests::proxy::mysql_config_text(&maria, "shop", "");
+    let mysql = &mysql[mysql.find("[[cluster]]").unwrap_or(0)..];
+    text += &mysql.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{MYSQL_LISTEN}\""), 1).replacen(
+        "read_only_listen = \"127.0.0.1:0\"",
+        &format!("read_only_listen = \"{MYSQL_READ_ONLY_LISTEN}\""),
+        1,
+    );
     std::fs::write(&config_path, text)?;
     let mut daemon = Command::new(&sqlswitch)
         .args(["run", "--config"])
@@ -44,7 +55,11 @@ fn main() -> Result<()> {
          Application user (reads and writes; primary):\n  psql 'postgresql://{au}:{ap}@{LISTEN}/{DATABASE}'\n\
          Anonymous user (read-only; a replica; writes refused with 25006):\n  psql 'postgresql://{nu}:{np}@{LISTEN}/{DATABASE}'\n\
          Read-only listener (every session read-only):\n  psql 'postgresql://{au}:{ap}@{READ_ONLY_LISTEN}/{DATABASE}'\n\n\
-         Try: SELECT pg_is_in_recovery();   INSERT INTO items (note) VALUES ('hello');\n\
+         Try: SELECT pg_is_in_recovery();   INSERT INTO items (note) VALUES ('hello');\n\n\
+         MariaDB (cluster shop; server_id 1 is the primary, 2 and 3 the replicas):\n  \
+         mariadb -h127.0.0.1 -P3307 -uapp -papp app      # SELECT @@server_id; INSERT INTO items (note) VALUES ('hi');\n  \
+         mariadb -h127.0.0.1 -P3307 -uanon -panon app    # reads on a replica; INSERT -> ERROR 1290\n\n\
+         Admin:   sqlswitch ctl --socket /tmp/sqlswitch-demo.sock status   (switchover app replica1 promote)\n\
          Metrics: curl http://{METRICS}/metrics\n\
          Load:    PGPASSWORD={ap} pgbench -i -h 127.0.0.1 -p {primary} -U {au} {DATABASE}   (once, direct to the primary)\n         \
          PGPASSWORD={ap} pgbench -S -c 8 -T 10 -h 127.0.0.1 -p 6432 -U {au} {DATABASE}\n\
@@ -76,6 +91,7 @@ fn main() -> Result<()> {
     let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
     let _ = daemon.wait();
     topo.stop();
+    drop(maria);
     Ok(())
 }
 
