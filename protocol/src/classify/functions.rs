@@ -108,7 +108,6 @@ const READ_ONLY: &[&str] = &[
     "coalesce",
     "concat",
     "concat_ws",
-    "connection_id",
     "conv",
     "convert",
     "corr",

@@ -17,6 +17,8 @@ pub mod code {
     pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
     /// `ER_UNKNOWN_COM_ERROR` (1047).
     pub const UNKNOWN_COMMAND: u16 = 1047;
+    /// `ER_NOT_SUPPORTED_YET` (1235).
+    pub const NOT_SUPPORTED_YET: u16 = 1235;
     /// `ER_NET_PACKET_TOO_LARGE` (1153).
     pub const PACKET_TOO_LARGE: u16 = 1153;
     /// `ER_CON_COUNT_ERROR` (1040).

@@ -193,6 +193,12 @@ impl<'a> MySession<'a> {
         let plan = match cmd {
             command::QUERY => {
                 let sql = String::from_utf8_lossy(&packet.payload[1..]);
+                if sql.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("kill")) {
+                    // Thread ids are per server: a KILL sent on could stop someone else's query.
+                    let text = "KILL through sqlswitch is not supported: thread ids differ per server; connect to the server directly";
+                    self.err(seq, code::NOT_SUPPORTED_YET, "42000", text).await;
+                    return Ok(());
+                }
                 let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
                 let maintenance = cluster.table.load().mode == Mode::ReadOnly && !self.in_tx();
                 let may_write =
