@@ -176,7 +176,7 @@ fn sysbench(port: u16, script: &str, args: &[&str]) -> String {
             "--db-driver=mysql",
             "--mysql-host=127.0.0.1",
             "--mysql-db=app",
-            "--tables=4",
+            "--tables=8",
             "--table-size=10000",
         ])
         .arg(format!("--mysql-port={port}"))
