@@ -2,6 +2,9 @@
 //! `sqlswitch` binary in front, and `pgbench` against both, alternating A/B rounds so that both
 //! see the same machine. Prints every round, the medians and the ratio proxy/direct.
 //!
+//! Then it switches the primary over under TPC-B-like load and prints the longest transaction
+//! (the stall a client saw), the failed transactions and the switchover's own report.
+//!
 //! Options (environment): `BENCH_SECONDS` per round (default 10), `BENCH_ROUNDS` (default 3),
 //! `BENCH_CLIENTS` (default 8).
 
@@ -31,7 +34,10 @@ fn main() -> Result<()> {
     let listen = format!("127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{metrics_port}");
     let config = topo.dir.join("bench.toml");
-    std::fs::write(&config, config_text(&topo, "bench", &listen, "127.0.0.1:0", Some(&metrics), ""))?;
+    let socket = topo.dir.join("admin.sock");
+    let text = config_text(&topo, "bench", &listen, "127.0.0.1:0", Some(&metrics), "")
+        .replace("/tmp/sqlswitch-test.sock", &socket.display().to_string());
+    std::fs::write(&config, text)?;
     let mut daemon = Daemon(
         Command::new(&sqlswitch)
             .args(["run", "--config"])
@@ -64,9 +70,55 @@ fn main() -> Result<()> {
     {
         println!("  {line}");
     }
+
+    // A switchover under TPC-B-like load: the longest any transaction took is the stall a
+    // client saw.
+    println!("\nswitchover under pgbench TPC-B-like load, {clients} clients:");
+    let log_prefix = topo.dir.join("tpcb");
+    let load_topo = &topo;
+    let (report, switched) = std::thread::scope(|scope| -> Result<(String, String)> {
+        let load = scope.spawn(|| {
+            let prefix = format!("--log-prefix={}", log_prefix.display());
+            pgbench(load_topo, port, &["-c", &c, "-j", "2", "-T", "8", "-l", &prefix])
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let out = Command::new(&sqlswitch)
+            .args(["ctl", "--json", "--socket"])
+            .arg(&socket)
+            .args(["switchover", "bench", "replica1", "promote"])
+            .output()?;
+        let switched = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
+        let report = load.join().map_err(|_| anyhow::anyhow!("pgbench thread panicked"))??;
+        Ok((report, switched))
+    })?;
+    let failed = report
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .unwrap_or("number of failed transactions: ?");
+    let stall_us = longest_latency(&topo.dir)?;
+    println!("  {failed}");
+    println!("  longest transaction (client-visible stall): {:.1} ms", stall_us as f64 / 1000.0);
+    println!("  switchover: {switched}");
     daemon.stop();
     topo.stop();
     Ok(())
+}
+
+/// The largest per-transaction latency in pgbench's `-l` logs under `dir`, in microseconds.
+fn longest_latency(dir: &std::path::Path) -> Result<u64> {
+    let mut longest = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpcb")) {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                // client_id transaction_no time_us script_no epoch epoch_us
+                if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                    longest = longest.max(us);
+                }
+            }
+        }
+    }
+    Ok(longest)
 }
 
 /// The proxy process, stopped on drop.
