@@ -245,7 +245,7 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
             if was_up {
                 let why = match other {
                     Err(e) => e.clone(),
-                    Ok(_) => "unexpected answer (a replica that is not in recovery?)".to_owned(),
+                    Ok(_) => "no comparable position (not a replica: a fenced old primary?)".to_owned(),
                 };
                 warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
             }
@@ -297,7 +297,7 @@ async fn check(
     rows.into_iter()
         .next()
         .and_then(|r| r.into_iter().next().flatten())
-        .ok_or_else(|| "no value (not a replica?)".to_owned())
+        .ok_or_else(|| "no position: not a replica (a fenced old primary?)".to_owned())
 }
 
 #[cfg(test)]
