@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Admin socket and metrics endpoint.
@@ -28,7 +28,7 @@ pub struct Config {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Unix socket for `sqlswitch ctl`, created mode 0600.
@@ -56,7 +56,7 @@ pub enum Protocol {
 }
 
 /// `[[cluster]]`: one primary and its replicas behind one or two listeners.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// Name used in admin commands and metrics.
@@ -123,7 +123,7 @@ impl Cluster {
 }
 
 /// A user name and password.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// User name.
@@ -133,7 +133,7 @@ pub struct Credentials {
 }
 
 /// `[[cluster.user]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     /// Login name.
@@ -187,7 +187,7 @@ pub enum Role {
 }
 
 /// `[[cluster.backend]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// Name used in admin commands and metrics.

@@ -45,6 +45,10 @@ pub struct RoutingTable {
     pub mode: Mode,
     /// Per backend, in config order.
     pub states: Vec<BackendState>,
+    /// Per backend: share of reads (reloadable).
+    pub weights: Vec<u32>,
+    /// `max_replica_lag` in micros (reloadable).
+    pub max_lag: u64,
 }
 
 impl RoutingTable {
@@ -152,8 +156,6 @@ pub struct Backend {
     pub address: String,
     /// Primary or replica.
     pub role: Role,
-    /// Share of reads.
-    pub weight: u32,
     /// Idle connections.
     pub pool: Pool<PoolKey, BackendConn>,
     /// Idle MySQL connections.
@@ -218,14 +220,37 @@ pub struct User {
     pub read_only: bool,
 }
 
+/// The users of `config`, reusing the verifiers of `old` for unchanged passwords (deriving one
+/// costs a PBKDF2).
+pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> HashMap<String, User> {
+    config
+        .users
+        .iter()
+        .map(|u| {
+            let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
+                Some(o) => Verifier {
+                    salt: o.verifier.salt.clone(),
+                    iterations: o.verifier.iterations,
+                    stored_key: o.verifier.stored_key.clone(),
+                    server_key: o.verifier.server_key.clone(),
+                },
+                None => Verifier::new(u.secret()),
+            };
+            let user =
+                User { password: u.secret().to_owned(), verifier, read_only: config.read_only_users.contains(&u.name) };
+            (u.name.clone(), user)
+        })
+        .collect()
+}
+
 /// A cluster at run time.
 pub struct Cluster {
     /// Its config.
     pub config: ClusterConfig,
     /// Backends, in config order.
     pub backends: Vec<Backend>,
-    /// Users by name.
-    pub users: HashMap<String, User>,
+    /// Users by name; replaced whole by a reload.
+    pub users: ArcSwap<HashMap<String, User>>,
     /// A verifier that matches no password, used for unknown users so that a login attempt
     /// does not reveal which user names exist.
     pub decoy: Verifier,
@@ -251,7 +276,6 @@ impl Cluster {
                     name: b.name.clone(),
                     address: b.address.clone(),
                     role: b.role,
-                    weight: b.weight,
                     pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
                     mysql_pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
                     metrics,
@@ -261,18 +285,7 @@ impl Cluster {
                 }
             })
             .collect();
-        let users = config
-            .users
-            .iter()
-            .map(|u| {
-                let user = User {
-                    password: u.secret().to_owned(),
-                    verifier: Verifier::new(u.secret()),
-                    read_only: config.read_only_users.contains(&u.name),
-                };
-                (u.name.clone(), user)
-            })
-            .collect();
+        let users = ArcSwap::from_pointee(users_of(&config, None));
         let decoy_password: [u8; 16] = rand::random();
         Arc::new(Self {
             metrics: registry.cluster(&config.name),
@@ -282,6 +295,8 @@ impl Cluster {
                 primary: config.primary_index(),
                 mode: Mode::ReadWrite,
                 states: vec![BackendState::Enabled; config.backends.len()],
+                weights: config.backends.iter().map(|b| b.weight).collect(),
+                max_lag: u64::try_from(config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
             }),
             gate: Gate::default(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
@@ -304,13 +319,13 @@ impl Cluster {
             .backends
             .iter()
             .enumerate()
-            .filter(|(i, b)| *i != primary && b.weight > 0 && table.enabled(*i))
+            .filter(|(i, _)| *i != primary && table.weights[*i] > 0 && table.enabled(*i))
             // With a monitor, only replicas it has seen answer; without one, every replica.
             .filter(|(_, b)| self.config.monitor.is_none() || b.health.is_up())
-            .map(|(i, b)| {
+            .map(|(i, _)| {
                 // Weighted shuffle (Efraimidis-Spirakis): sort by u^(1/w), largest first.
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
-                (u.powf(1.0 / f64::from(b.weight)), i)
+                (u.powf(1.0 / f64::from(table.weights[i])), i)
             })
             .collect();
         replicas.sort_by(|a, b| b.0.total_cmp(&a.0));

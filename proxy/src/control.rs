@@ -15,6 +15,8 @@ pub struct Control {
     clusters: Vec<Arc<Cluster>>,
     /// Bumped by every pause and resume, so a pause's timer never ends a later pause.
     pause_generation: AtomicU64,
+    /// The running config and the file it came from (for `reload`).
+    running: std::sync::Mutex<(Option<std::path::PathBuf>, sqlswitch_config::Config)>,
 }
 
 /// An admin command failed; the text is for the operator.
@@ -22,8 +24,69 @@ pub type Failure = String;
 
 impl Control {
     /// Control over `clusters`.
-    pub fn new(clusters: Vec<Arc<Cluster>>) -> Arc<Self> {
-        Arc::new(Self { clusters, pause_generation: AtomicU64::new(0) })
+    pub fn new(clusters: Vec<Arc<Cluster>>, config: sqlswitch_config::Config) -> Arc<Self> {
+        Arc::new(Self { clusters, pause_generation: AtomicU64::new(0), running: std::sync::Mutex::new((None, config)) })
+    }
+
+    /// Where `reload` reads the config from.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = Some(path);
+    }
+
+    /// Re-reads the config file and applies what can change live, without dropping sessions:
+    /// replica weights, `max_replica_lag`, users and `read_only_users`. Any other difference
+    /// (clusters, listeners, backends, limits) cannot apply live: the reload is refused with the
+    /// reason, and the running config stays.
+    ///
+    /// # Errors
+    /// No config file known, the file is invalid, or it changes what cannot change live.
+    pub fn reload(&self) -> Result<Value, Failure> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = running.0.clone().ok_or("reload: this daemon was not started from a config file")?;
+        let new = sqlswitch_config::Config::load(&path)
+            .map_err(|e| format!("reload refused, the running config stays: {e}"))?;
+        let old = &running.1;
+        let mut refused = Vec::new();
+        if new.admin != old.admin || new.shutdown_grace != old.shutdown_grace {
+            refused.push("[admin] and shutdown_grace".to_owned());
+        }
+        let names = |c: &sqlswitch_config::Config| c.clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        if names(&new) != names(old) {
+            refused.push("clusters were added, removed or reordered".to_owned());
+        }
+        for (o, n) in old.clusters.iter().zip(&new.clusters) {
+            // Everything but the reloadable keys must be the same.
+            let mut same = n.clone();
+            same.users.clone_from(&o.users);
+            same.read_only_users.clone_from(&o.read_only_users);
+            same.max_replica_lag = o.max_replica_lag;
+            for (sb, ob) in same.backends.iter_mut().zip(&o.backends) {
+                sb.weight = ob.weight;
+            }
+            if same != *o {
+                refused.push(format!(
+                    "cluster {:?}: only backend weights, max_replica_lag, users and read_only_users apply live \
+                     (listeners, backends and limits need a restart)",
+                    o.name
+                ));
+            }
+        }
+        if !refused.is_empty() {
+            return Err(format!("reload refused, the running config stays: {}", refused.join("; ")));
+        }
+        let mut applied = Vec::new();
+        for (cluster, n) in self.clusters.iter().zip(&new.clusters) {
+            let users = crate::cluster::users_of(n, Some(&cluster.users.load()));
+            cluster.users.store(Arc::new(users));
+            let table = change(cluster, |t| {
+                t.weights = n.backends.iter().map(|b| b.weight).collect();
+                t.max_lag = u64::try_from(n.max_replica_lag.as_micros()).unwrap_or(u64::MAX);
+            });
+            applied.push(json!({ "cluster": n.name, "generation": table.generation, "users": n.users.len() }));
+        }
+        tracing::info!(file = %path.display(), "config reloaded");
+        running.1 = new;
+        Ok(json!({ "ok": true, "reloaded": applied }))
     }
 
     /// The cluster called `name`.
@@ -158,7 +221,7 @@ fn cluster_status(c: &Cluster) -> Value {
             let primary = table.is_primary(i);
             let state = if !table.enabled(i) {
                 "draining"
-            } else if b.weight == 0 && !primary {
+            } else if table.weights[i] == 0 && !primary {
                 "disabled"
             } else if b.health.is_up() || (c.config.monitor.is_none()) {
                 "up"
@@ -171,7 +234,7 @@ fn cluster_status(c: &Cluster) -> Value {
                 "address": b.address,
                 "role": if primary { "primary" } else { "replica" },
                 "state": state,
-                "weight": b.weight,
+                "weight": table.weights[i],
                 "lag_ms": (!primary && lag != u64::MAX).then_some(lag / 1000),
                 "lag_bytes": if primary { 0 } else { b.health.lag_bytes.load(Ordering::Relaxed) },
                 "sessions": b.sessions.load(Ordering::Relaxed),

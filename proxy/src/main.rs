@@ -22,7 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground. SIGTERM stops gracefully (sessions finish their
-    /// transaction, up to `shutdown_grace`), SIGINT stops at once, SIGHUP reloads the config.
+    /// transaction, up to `shutdown_grace`), SIGINT stops at once, SIGHUP reloads the config
+    /// (weights, max_replica_lag, users and read_only_users apply live; other changes are
+    /// refused and the running config stays).
     Run {
         /// The TOML config file.
         #[arg(long, short)]
@@ -108,7 +110,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sqlswitch: {e:#}");
@@ -117,9 +119,10 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let daemon = Daemon::start(config).await?;
+    daemon.control.set_config_path(path);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -136,7 +139,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 info!("SIGINT: stopping now");
                 return Ok(());
             }
-            _ = hup.recv() => warn!("SIGHUP: config reload is not supported by this version yet; the running config stays"),
+            _ = hup.recv() => match daemon.control.reload() {
+                Ok(v) => info!(result = %v, "SIGHUP: config reloaded"),
+                Err(e) => warn!(error = %e, "SIGHUP: reload refused"),
+            },
         }
     }
 }

@@ -104,7 +104,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let control = crate::control::Control::new(clusters.clone());
+        let control = crate::control::Control::new(clusters.clone(), config.clone());
         let admin_socket = admin.map(|listener| {
             let path = config.admin.socket.clone();
             tokio::spawn(crate::admin::serve(listener, path.clone(), Arc::clone(&control), shutdown.clone()));

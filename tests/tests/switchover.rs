@@ -252,3 +252,47 @@ async fn admin_socket_answers_json_and_is_private() {
     assert!(sqlswitch::admin::ctl(&socket, "status", true).await.unwrap());
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    topo.psql_admin(topo.primary(), "DROP ROLE IF EXISTS late; CREATE ROLE late LOGIN PASSWORD 'late'", "postgres")
+        .unwrap();
+    topo.psql_admin(topo.primary(), "GRANT CONNECT ON DATABASE app TO late", "postgres").unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let file = topo.dir.join("reload.toml");
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
+    std::fs::write(&file, &text).unwrap();
+    let config = sqlswitch_config::Config::load(&file).unwrap();
+    let daemon = sqlswitch::Daemon::start_with(config, false).await.unwrap();
+    daemon.control.set_config_path(file.clone());
+    let port = daemon.addr("app", false).unwrap().port();
+
+    // Weight 0 takes replica1 out of reads; a new user can log in. Sessions stay up.
+    let kept = connect(port, APP).await.unwrap();
+    let weighted = text.replacen("name = \"replica1\"\naddress", "name = \"replica1\"\nweight = 0\naddress", 1)
+        + "\n[[cluster.user]]\nname = \"late\"\npassword = \"late\"\n";
+    // `[[cluster.user]]` after the backends still belongs to the cluster table.
+    std::fs::write(&file, &weighted).unwrap();
+    let answer = daemon.control.reload().expect("reload");
+    assert_eq!(answer["ok"], true);
+    for _ in 0..20 {
+        let c = connect(port, APP).await.unwrap();
+        assert_eq!(server_name(&c).await, "replica2", "a replica with weight 0 gets no reads");
+    }
+    let late = connect(port, ("late", "late")).await.expect("a user added by reload logs in");
+    let one: i32 = late.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let one: i32 = kept.query_one("SELECT 1", &[]).await.expect("sessions survive a reload").get(0);
+    assert_eq!(one, 1);
+
+    // A listener change cannot apply live: refused, and the running config stays.
+    std::fs::write(&file, weighted.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)).unwrap();
+    let err = daemon.control.reload().expect_err("a listener change needs a restart");
+    assert!(err.contains("restart") && err.contains("running config stays"), "{err}");
+    assert_eq!(daemon.control.status()["clusters"][0]["backends"][1]["weight"], 0);
+    // An invalid file is refused the same way.
+    std::fs::write(&file, "[[cluster]]\nname = 1\n").unwrap();
+    assert!(daemon.control.reload().is_err());
+}

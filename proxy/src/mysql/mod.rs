@@ -61,7 +61,8 @@ pub async fn serve(
             return;
         }
     };
-    let Some(account) = cluster.users.get(&hello.user) else { return };
+    let users = cluster.users.load_full();
+    let Some(account) = users.get(&hello.user) else { return };
     let read_only = read_only_listener || account.read_only;
     let mut params = vec![("database".to_owned(), hello.database.clone().unwrap_or_default())];
     params.push(("caps".to_owned(), (hello.caps & caps::OFFERED).to_string()));
@@ -182,7 +183,7 @@ async fn handshake(
         response.auth = answer.payload.to_vec();
         seq = answer.last_seq.wrapping_add(1);
     }
-    let expected = cluster.users.get(&response.user).and_then(|u| {
+    let expected = cluster.users.load().get(&response.user).and_then(|u| {
         if u.password.is_empty() {
             Some(Vec::new())
         } else {

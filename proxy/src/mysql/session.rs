@@ -259,7 +259,7 @@ impl<'a> MySession<'a> {
             *view = BackendView {
                 replica: !rt.is_primary(i),
                 up: rt.enabled(i) && (!monitored || b.health.is_up()),
-                weight: b.weight,
+                weight: rt.weights[i],
                 caught_up_to: if monitored {
                     b.health.caught_up_to.load(Relaxed)
                 } else if self.read_only {
@@ -270,10 +270,7 @@ impl<'a> MySession<'a> {
                 lag: if monitored { b.health.lag_micros.load(Relaxed) } else { 0 },
             };
         }
-        let table = Table {
-            backends: &views[..cluster.backends.len().min(32)],
-            max_lag: u64::try_from(cluster.config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
-        };
+        let table = Table { backends: &views[..cluster.backends.len().min(32)], max_lag: rt.max_lag };
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
         let in_tx_on = self.in_tx().then(|| match self.active {
             Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),

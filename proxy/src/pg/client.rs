@@ -129,7 +129,8 @@ async fn authenticate(
     cluster: &Cluster,
     user: &str,
 ) -> Result<(), HandshakeError> {
-    let verifier = cluster.users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
+    let users = cluster.users.load();
+    let verifier = users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
     msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
     stream.write_all(out).await?;
     out.clear();
@@ -162,7 +163,7 @@ async fn authenticate(
 
     let last = read_password_message(stream, buf).await?;
     match waiting.on_client_final_message(last.body()) {
-        Ok(server_final) if cluster.users.contains_key(user) => {
+        Ok(server_final) if users.contains_key(user) => {
             msg::authentication_sasl_final(out, server_final.as_bytes());
             msg::authentication_ok(out);
             stream.write_all(out).await?;

@@ -127,7 +127,7 @@ impl Session<'_> {
                 BackendView {
                     replica: !rt.is_primary(i),
                     up: b.health.is_up() && rt.enabled(i),
-                    weight: b.weight,
+                    weight: rt.weights[i],
                     caught_up_to: b.health.caught_up_to.load(Relaxed),
                     lag: b.health.lag_micros.load(Relaxed),
                 }
@@ -137,16 +137,13 @@ impl Session<'_> {
                 BackendView {
                     replica: !rt.is_primary(i),
                     up: rt.enabled(i),
-                    weight: b.weight,
+                    weight: rt.weights[i],
                     caught_up_to: fresh,
                     lag: 0,
                 }
             };
         }
-        let table = Table {
-            backends: &views[..cluster.backends.len().min(MAX_VIEWS)],
-            max_lag: micros(cluster.config.max_replica_lag),
-        };
+        let table = Table { backends: &views[..cluster.backends.len().min(MAX_VIEWS)], max_lag: rt.max_lag };
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
         let in_tx_on = busy.then(|| match self.active {
             Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
@@ -370,10 +367,6 @@ impl Session<'_> {
 
 /// Routing views on the stack: clusters larger than this route among their first backends.
 const MAX_VIEWS: usize = 32;
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
 
 /// Prepares a named statement on `conn` from the client's own Parse message (closing an older
 /// definition first), and waits for the answer.

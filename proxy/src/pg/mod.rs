@@ -60,7 +60,8 @@ pub async fn serve(
         }
     };
     let user = startup.param("user").unwrap_or_default().to_owned();
-    let Some(account) = cluster.users.get(&user) else { return };
+    let users = cluster.users.load_full();
+    let Some(account) = users.get(&user) else { return };
     let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
     let key = pool_key(&startup, &user, read_only);
     let login = Login { user: &user, password: &account.password, params: &key.params };
