@@ -387,6 +387,12 @@ impl Config {
             if c.backends.is_empty() {
                 problem(format!("{at}.backend"), "at least one [[cluster.backend]] is required".into());
             }
+            if c.backends.len() > 64 {
+                problem(
+                    format!("{at}.backend"),
+                    format!("at most 64 backends per cluster (found {})", c.backends.len()),
+                );
+            }
             let primaries = c.backends.iter().filter(|b| b.role == Role::Primary).count();
             if !c.backends.is_empty() && primaries != 1 {
                 problem(

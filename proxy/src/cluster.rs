@@ -31,6 +31,78 @@ pub enum BackendState {
     Enabled,
     /// No new work; sessions move off at their next transaction boundary.
     Draining,
+    /// Taken out of the config by a reload: no new work, ever (its index stays reserved).
+    Removed,
+}
+
+/// Most backends a cluster can have, including those added by reloads.
+pub const MAX_BACKENDS: usize = 64;
+
+/// A cluster's backends, append-only: an index, once handed out, names the same backend for the
+/// life of the daemon, so sessions and routing tables can hold indexes while a reload adds
+/// backends. Reads take no lock.
+pub struct Backends {
+    slots: Box<[std::sync::OnceLock<Backend>]>,
+    len: AtomicUsize,
+    grow: std::sync::Mutex<()>,
+}
+
+impl Backends {
+    fn new(list: Vec<Backend>) -> Self {
+        let slots: Box<[std::sync::OnceLock<Backend>]> =
+            (0..MAX_BACKENDS).map(|_| std::sync::OnceLock::new()).collect();
+        let len = list.len().min(MAX_BACKENDS);
+        for (slot, b) in slots.iter().zip(list) {
+            let _ = slot.set(b);
+        }
+        Self { slots, len: AtomicUsize::new(len), grow: std::sync::Mutex::new(()) }
+    }
+
+    /// How many backends there are (removed ones included).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every backend, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.slots[..self.len()].iter().filter_map(std::sync::OnceLock::get)
+    }
+
+    /// Appends a backend; its index, or `None` when the cluster is full.
+    pub fn push(&self, b: Backend) -> Option<usize> {
+        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = self.len();
+        self.slots.get(n)?.set(b).ok()?;
+        self.len.store(n + 1, Ordering::Release);
+        Some(n)
+    }
+}
+
+impl std::ops::Index<usize> for Backends {
+    type Output = Backend;
+
+    /// Indexes come only from this list (the routing table, sessions' connections), so they are
+    /// always in range.
+    fn index(&self, i: usize) -> &Backend {
+        match self.slots.get(i).and_then(std::sync::OnceLock::get) {
+            Some(b) => b,
+            None => unreachable!("backend index {i} was never handed out"),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Backends {
+    type Item = &'a Backend;
+    type IntoIter = Box<dyn Iterator<Item = &'a Backend> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
 }
 
 /// The routing table: an immutable value, replaced whole (one `ArcSwap` store, a new
@@ -55,6 +127,11 @@ impl RoutingTable {
     /// Whether backend `i` is the primary.
     pub fn is_primary(&self, i: usize) -> bool {
         self.primary == i
+    }
+
+    /// Backend `i`'s share of reads (0 for one this table does not list yet).
+    pub fn weight(&self, i: usize) -> u32 {
+        self.weights.get(i).copied().unwrap_or(0)
     }
 
     /// Whether backend `i` takes new work.
@@ -210,6 +287,24 @@ impl Verifier {
     }
 }
 
+impl Backend {
+    /// A backend of `cluster` from its config entry.
+    pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, registry: &Registry) -> Self {
+        let metrics = registry.backend(&cluster.name, &b.name);
+        Backend {
+            name: b.name.clone(),
+            address: b.address.clone(),
+            role: b.role,
+            pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone()),
+            mysql_pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone()),
+            metrics,
+            health: Health::default(),
+            sessions: AtomicUsize::new(0),
+            queries: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A configured user at run time.
 pub struct User {
     /// Password, for logging in to backends.
@@ -247,8 +342,8 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
 pub struct Cluster {
     /// Its config.
     pub config: ClusterConfig,
-    /// Backends, in config order.
-    pub backends: Vec<Backend>,
+    /// Backends, in config order, then those added by reloads.
+    pub backends: Backends,
     /// Users by name; replaced whole by a reload.
     pub users: ArcSwap<HashMap<String, User>>,
     /// A verifier that matches no password, used for unknown users so that a login attempt
@@ -267,24 +362,7 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the run-time cluster from validated config.
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
-        let backends = config
-            .backends
-            .iter()
-            .map(|b| {
-                let metrics = registry.backend(&config.name, &b.name);
-                Backend {
-                    name: b.name.clone(),
-                    address: b.address.clone(),
-                    role: b.role,
-                    pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
-                    mysql_pool: Pool::new(config.pool_max_idle, metrics.idle.clone()),
-                    metrics,
-                    health: Health::default(),
-                    sessions: AtomicUsize::new(0),
-                    queries: AtomicU64::new(0),
-                }
-            })
-            .collect();
+        let backends = Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, registry)).collect());
         let users = ArcSwap::from_pointee(users_of(&config, None));
         let decoy_password: [u8; 16] = rand::random();
         Arc::new(Self {
@@ -319,13 +397,13 @@ impl Cluster {
             .backends
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != primary && table.weights[*i] > 0 && table.enabled(*i))
+            .filter(|(i, _)| *i != primary && table.weight(*i) > 0 && table.enabled(*i))
             // With a monitor, only replicas it has seen answer; without one, every replica.
             .filter(|(_, b)| self.config.monitor.is_none() || b.health.is_up())
             .map(|(i, _)| {
                 // Weighted shuffle (Efraimidis-Spirakis): sort by u^(1/w), largest first.
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
-                (u.powf(1.0 / f64::from(table.weights[i])), i)
+                (u.powf(1.0 / f64::from(table.weight(i).max(1))), i)
             })
             .collect();
         replicas.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -17,6 +17,8 @@ pub struct Control {
     pause_generation: AtomicU64,
     /// The running config and the file it came from (for `reload`).
     running: std::sync::Mutex<(Option<std::path::PathBuf>, sqlswitch_config::Config)>,
+    /// For the metrics of backends a reload adds.
+    registry: Arc<crate::metrics::Registry>,
 }
 
 /// An admin command failed; the text is for the operator.
@@ -24,8 +26,17 @@ pub type Failure = String;
 
 impl Control {
     /// Control over `clusters`.
-    pub fn new(clusters: Vec<Arc<Cluster>>, config: sqlswitch_config::Config) -> Arc<Self> {
-        Arc::new(Self { clusters, pause_generation: AtomicU64::new(0), running: std::sync::Mutex::new((None, config)) })
+    pub fn new(
+        clusters: Vec<Arc<Cluster>>,
+        config: sqlswitch_config::Config,
+        registry: Arc<crate::metrics::Registry>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            clusters,
+            pause_generation: AtomicU64::new(0),
+            running: std::sync::Mutex::new((None, config)),
+            registry,
+        })
     }
 
     /// Where `reload` reads the config from.
@@ -54,19 +65,38 @@ impl Control {
         if names(&new) != names(old) {
             refused.push("clusters were added, removed or reordered".to_owned());
         }
-        for (o, n) in old.clusters.iter().zip(&new.clusters) {
-            // Everything but the reloadable keys must be the same.
+        for ((o, n), cluster) in old.clusters.iter().zip(&new.clusters).zip(&self.clusters) {
+            // Backends: existing ones keep their address; new ones join as replicas; the
+            // primary stays.
+            let primary = &cluster.backends[cluster.table.load().primary].name;
+            for nb in &n.backends {
+                match cluster.backends.iter().find(|b| b.name == nb.name) {
+                    Some(b) if b.address != nb.address => {
+                        refused.push(format!("cluster {:?}: backend {:?} changed address (remove it and add a new one)", o.name, nb.name));
+                    }
+                    None if nb.role == sqlswitch_config::Role::Primary => refused.push(format!(
+                        "cluster {:?}: new backend {:?} cannot join as the primary (add it as a replica, then switch over)",
+                        o.name, nb.name
+                    )),
+                    _ => {}
+                }
+            }
+            if !n.backends.iter().any(|b| &b.name == primary) {
+                refused.push(format!(
+                    "cluster {:?}: {primary:?} is the primary and cannot be removed (switch over first)",
+                    o.name
+                ));
+            }
+            // Everything else but the reloadable keys must be the same.
             let mut same = n.clone();
             same.users.clone_from(&o.users);
             same.read_only_users.clone_from(&o.read_only_users);
             same.max_replica_lag = o.max_replica_lag;
-            for (sb, ob) in same.backends.iter_mut().zip(&o.backends) {
-                sb.weight = ob.weight;
-            }
+            same.backends.clone_from(&o.backends);
             if same != *o {
                 refused.push(format!(
-                    "cluster {:?}: only backend weights, max_replica_lag, users and read_only_users apply live \
-                     (listeners, backends and limits need a restart)",
+                    "cluster {:?}: only backends, weights, max_replica_lag, users and read_only_users apply live \
+                     (listeners and limits need a restart)",
                     o.name
                 ));
             }
@@ -78,8 +108,33 @@ impl Control {
         for (cluster, n) in self.clusters.iter().zip(&new.clusters) {
             let users = crate::cluster::users_of(n, Some(&cluster.users.load()));
             cluster.users.store(Arc::new(users));
+            // New backends first, so the table below can name them.
+            let mut indexes = Vec::with_capacity(n.backends.len());
+            for nb in &n.backends {
+                let index = match cluster.backends.iter().position(|b| b.name == nb.name) {
+                    Some(i) => i,
+                    None => {
+                        cluster.backends.push(crate::cluster::Backend::new(n, nb, &self.registry)).ok_or_else(|| {
+                            format!("reload: cluster {:?} is full ({} backends)", n.name, crate::cluster::MAX_BACKENDS)
+                        })?
+                    }
+                };
+                indexes.push((index, nb.weight));
+            }
+            let count = cluster.backends.len();
             let table = change(cluster, |t| {
-                t.weights = n.backends.iter().map(|b| b.weight).collect();
+                t.states.resize(count, BackendState::Enabled);
+                t.weights.resize(count, 0);
+                for (i, state) in t.states.iter_mut().enumerate() {
+                    match indexes.iter().find(|(j, _)| *j == i) {
+                        Some(_) if *state == BackendState::Removed => *state = BackendState::Enabled,
+                        Some(_) => {}
+                        None => *state = BackendState::Removed,
+                    }
+                }
+                for &(i, w) in &indexes {
+                    t.weights[i] = w;
+                }
                 t.max_lag = u64::try_from(n.max_replica_lag.as_micros()).unwrap_or(u64::MAX);
             });
             applied.push(json!({ "cluster": n.name, "generation": table.generation, "users": n.users.len() }));
@@ -181,6 +236,9 @@ impl Control {
         if !enabled && cluster.table.load().is_primary(i) {
             return Err(format!("{backend:?} is the primary of {name:?}: switch over to another backend first"));
         }
+        if cluster.table.load().states.get(i) == Some(&BackendState::Removed) {
+            return Err(format!("{backend:?} was removed from the config; add it back and reload"));
+        }
         let state = if enabled { BackendState::Enabled } else { BackendState::Draining };
         let table = change(cluster, |t| t.states[i] = state);
         let word = if enabled { "enabled" } else { "draining" };
@@ -219,9 +277,11 @@ fn cluster_status(c: &Cluster) -> Value {
         .enumerate()
         .map(|(i, b)| {
             let primary = table.is_primary(i);
-            let state = if !table.enabled(i) {
+            let state = if table.states.get(i) == Some(&BackendState::Removed) {
+                "removed"
+            } else if !table.enabled(i) {
                 "draining"
-            } else if table.weights[i] == 0 && !primary {
+            } else if table.weight(i) == 0 && !primary {
                 "disabled"
             } else if b.health.is_up() || (c.config.monitor.is_none()) {
                 "up"
@@ -234,7 +294,7 @@ fn cluster_status(c: &Cluster) -> Value {
                 "address": b.address,
                 "role": if primary { "primary" } else { "replica" },
                 "state": state,
-                "weight": table.weights[i],
+                "weight": table.weight(i),
                 "lag_ms": (!primary && lag != u64::MAX).then_some(lag / 1000),
                 "lag_bytes": if primary { 0 } else { b.health.lag_bytes.load(Ordering::Relaxed) },
                 "sessions": b.sessions.load(Ordering::Relaxed),

@@ -183,7 +183,10 @@ impl Monitor {
         let cluster = Arc::clone(&self.cluster);
         let Some(monitor) = cluster.config.monitor.as_ref() else { return };
         let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &self.params };
-        let primary = cluster.table.load().primary;
+        let table = cluster.table.load();
+        let primary = table.primary;
+        // A reload may have added backends.
+        self.conns.resize_with(cluster.backends.len(), || None);
         let mut conns = std::mem::take(&mut self.conns);
         let t = cluster.clock.now();
         if let Some(lsn) = probe(&cluster, primary, true, &mut conns[primary], &login).await {
@@ -191,7 +194,8 @@ impl Monitor {
             cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
         }
         let samples = &self.samples;
-        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary).map(|(i, conn)| {
+        let live = |i: usize| table.states.get(i).is_some_and(|s| *s != crate::cluster::BackendState::Removed);
+        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary && live(*i)).map(|(i, conn)| {
             let (cluster, login) = (&cluster, &login);
             async move {
                 let Some(lsn) = probe(cluster, i, false, conn, login).await else { return };

@@ -104,7 +104,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let control = crate::control::Control::new(clusters.clone(), config.clone());
+        let control = crate::control::Control::new(clusters.clone(), config.clone(), Arc::clone(&registry));
         let admin_socket = admin.map(|listener| {
             let path = config.admin.socket.clone();
             tokio::spawn(crate::admin::serve(listener, path.clone(), Arc::clone(&control), shutdown.clone()));
@@ -117,8 +117,8 @@ impl Daemon {
         config: &Config,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> anyhow::Result<(Vec<ListenerInfo>, Vec<Arc<Cluster>>, Registry)> {
-        let registry = Registry::start(config.admin.metrics)?;
+    ) -> anyhow::Result<(Vec<ListenerInfo>, Vec<Arc<Cluster>>, Arc<Registry>)> {
+        let registry = Arc::new(Registry::start(config.admin.metrics)?);
         let cancels = Arc::new(cancel::Registry::default());
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();

@@ -296,3 +296,57 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
     std::fs::write(&file, "[[cluster]]\nname = 1\n").unwrap();
     assert!(daemon.control.reload().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_replicas_without_dropping_sessions() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let file = topo.dir.join("reload-backends.toml");
+    let full = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
+    // Start without replica1.
+    let block = |name: &str| {
+        let node = topo.nodes.iter().find(|n| n.name == name).unwrap();
+        format!("\n[[cluster.backend]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nrole = \"replica\"\n", node.port)
+    };
+    let without_r1 = full.replace(&block("replica1"), "");
+    std::fs::write(&file, &without_r1).unwrap();
+    let daemon = sqlswitch::Daemon::start_with(sqlswitch_config::Config::load(&file).unwrap(), false).await.unwrap();
+    daemon.control.set_config_path(file.clone());
+    let port = daemon.addr("app", false).unwrap().port();
+    let kept = connect(port, APP).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(server_name(&connect(port, APP).await.unwrap()).await, "replica2");
+    }
+
+    // Add replica1 and remove replica2.
+    std::fs::write(&file, full.replace(&block("replica2"), "")).unwrap();
+    daemon.control.reload().expect("reload adding and removing replicas");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let name = server_name(&connect(port, APP).await.unwrap()).await;
+        assert_ne!(name, "replica2", "a removed replica gets no new reads");
+        if name == "replica1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the added replica never got reads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = daemon.control.status();
+    let states: Vec<(String, String)> = status["clusters"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_owned(), b["state"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(states.contains(&("replica2".into(), "removed".into())), "{states:?}");
+    assert!(states.contains(&("replica1".into(), "up".into())), "{states:?}");
+    let one: i32 = kept.query_one("SELECT 1", &[]).await.expect("sessions survive").get(0);
+    assert_eq!(one, 1);
+    // The primary cannot be removed by a reload.
+    let block_primary = format!(
+        "\n[[cluster.backend]]\nname = \"primary\"\naddress = \"127.0.0.1:{}\"\nrole = \"primary\"\n",
+        topo.primary().port
+    );
+    std::fs::write(&file, full.replace(&block_primary, "")).unwrap();
+    assert!(daemon.control.reload().is_err());
+}

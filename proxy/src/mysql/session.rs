@@ -259,7 +259,7 @@ impl<'a> MySession<'a> {
             *view = BackendView {
                 replica: !rt.is_primary(i),
                 up: rt.enabled(i) && (!monitored || b.health.is_up()),
-                weight: rt.weights[i],
+                weight: rt.weight(i),
                 caught_up_to: if monitored {
                     b.health.caught_up_to.load(Relaxed)
                 } else if self.read_only {

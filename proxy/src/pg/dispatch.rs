@@ -127,7 +127,7 @@ impl Session<'_> {
                 BackendView {
                     replica: !rt.is_primary(i),
                     up: b.health.is_up() && rt.enabled(i),
-                    weight: rt.weights[i],
+                    weight: rt.weight(i),
                     caught_up_to: b.health.caught_up_to.load(Relaxed),
                     lag: b.health.lag_micros.load(Relaxed),
                 }
@@ -137,7 +137,7 @@ impl Session<'_> {
                 BackendView {
                     replica: !rt.is_primary(i),
                     up: rt.enabled(i),
-                    weight: rt.weights[i],
+                    weight: rt.weight(i),
                     caught_up_to: fresh,
                     lag: 0,
                 }
