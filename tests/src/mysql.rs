@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::pg::{free_ports, ANON, APP, DATABASE, MONITOR};
+use crate::pg::{free_ports, is_root, run, spawn_detached, unique, ANON, APP, DATABASE, MONITOR};
 
 /// One server.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl Topology {
     /// # Errors
     /// Any step failing, with the server's error log where there is one.
     pub fn start(replicas: usize) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sqlswitch-mariadb-{}-{}", std::process::id(), nanos()));
+        let dir = std::env::temp_dir().join(format!("sqlswitch-mariadb-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         spawn_reaper(&dir)?;
         let template = dir.join("template");
@@ -212,41 +212,9 @@ fn start_server(dir: &Path, name: &str, data: &Path, port: u16, server_id: u32, 
 
 /// Stops every server whose pid file is in `dir` and removes `dir` once this process exits.
 fn spawn_reaper(dir: &Path) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let script = format!(
+    spawn_detached(&format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; for f in {dir}/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; rm -rf {dir}",
         pid = std::process::id(),
         dir = dir.display()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("spawning the reaper")?;
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}{}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
-fn nanos() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    ))
 }

@@ -326,16 +326,7 @@ impl Topology {
             pid = std::process::id(),
             dir = self.dir.display()
         );
-        use std::os::unix::process::CommandExt;
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("spawning the reaper")?;
-        Ok(())
+        spawn_detached(&script)
     }
 
     /// Runs a server binary, as `postgres` when we are root.
@@ -352,7 +343,8 @@ impl Topology {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs a command to completion; its stdout, or an error with both outputs.
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
@@ -364,6 +356,24 @@ fn run(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `script` in `sh`, detached from this process's group, so it outlives a test process that
+/// is killed.
+///
+/// # Errors
+/// The shell could not be started.
+pub(crate) fn spawn_detached(script: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("spawning the reaper")?;
+    Ok(())
 }
 
 /// The newest PostgreSQL server binaries installed.
@@ -381,11 +391,13 @@ pub fn find_bin() -> Result<PathBuf> {
     versions.pop().map(|(_, p)| p).context("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql")
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
-fn unique() -> u32 {
+/// A number that differs between runs, for directory names.
+pub(crate) fn unique() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }
 

@@ -70,13 +70,7 @@ impl MyConn {
         timeout: Duration,
         metrics: &BackendMetrics,
     ) -> Result<Self, BackendError> {
-        let result = tokio::time::timeout(timeout, Self::connect_inner(addr, login, metrics))
-            .await
-            .unwrap_or(Err(BackendError::Timeout));
-        if result.is_err() {
-            metrics.connect_failures.increment(1);
-        }
-        result
+        crate::pg::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {

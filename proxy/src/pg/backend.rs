@@ -81,12 +81,7 @@ impl BackendConn {
         timeout: Duration,
         metrics: &BackendMetrics,
     ) -> Result<Self, BackendError> {
-        let result = tokio::time::timeout(timeout, Self::connect_inner(addr, login, metrics)).await;
-        let result = result.unwrap_or(Err(BackendError::Timeout));
-        if result.is_err() {
-            metrics.connect_failures.increment(1);
-        }
-        result
+        timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
@@ -312,6 +307,22 @@ fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
         }
     }
     Some(values)
+}
+
+/// Runs a connect-and-login within `timeout`, counting failures in the backend's metrics.
+///
+/// # Errors
+/// The login's own error, or [`BackendError::Timeout`].
+pub async fn timed_login<T>(
+    timeout: Duration,
+    metrics: &BackendMetrics,
+    login: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let result = tokio::time::timeout(timeout, login).await.unwrap_or(Err(BackendError::Timeout));
+    if result.is_err() {
+        metrics.connect_failures.increment(1);
+    }
+    result
 }
 
 fn refused(f: Frame) -> BackendError {
