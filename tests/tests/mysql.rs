@@ -109,9 +109,17 @@ async fn mysql_pitfalls_run_on_the_primary_and_state_follows_the_session() {
     conn.query_drop("USE information_schema").await.unwrap();
     let db: String = conn.query_first("SELECT DATABASE()").await.unwrap().unwrap();
     assert_eq!(db, "information_schema");
-    // Prepared statements run on the primary connection.
-    let (id, x): (u32, i64) = conn.exec_first("SELECT @@server_id, ? + 1", (41,)).await.unwrap().unwrap();
-    assert_eq!((id, x), (1, 42));
+    // A prepared read runs on a replica (prepared there lazily, with its parameter types);
+    // prepared writes and locking reads on the primary.
+    for i in 0..5 {
+        let (id, x): (u32, i64) = conn.exec_first("SELECT @@server_id, ? + 1", (41 + i,)).await.unwrap().unwrap();
+        assert!(id == 2 || id == 3, "a prepared read ran on server {id}");
+        assert_eq!(x, 42 + i);
+    }
+    let locked: Option<u32> =
+        conn.exec_first("SELECT @@server_id FROM app.items WHERE id > ? LIMIT 1 FOR UPDATE", (0,)).await.unwrap();
+    assert_eq!(locked, Some(1));
+    conn.exec_drop("INSERT INTO app.items (note) VALUES (?)", ("prepared",)).await.unwrap();
     // Multi-statement strings and several result sets.
     let mut result = conn.query_iter("SELECT 1; SELECT 2, 3").await.unwrap();
     let first: Vec<i64> = result.collect().await.unwrap();
@@ -228,12 +236,8 @@ async fn sysbench_oltp_read_write_through_sqlswitch_has_no_errors() {
 
     // The same tables read outside transactions: the reads go to replicas.
     let report = tokio::task::spawn_blocking(move || {
-        // Text queries: server-side prepared statements still run on the primary in this version.
-        sysbench(
-            port,
-            "oltp_read_only",
-            &["--threads=4", "--time=3", "--skip-trx=on", "--db-ps-mode=disable", "--report-interval=0", "run"],
-        )
+        // With server-side prepared statements, as sysbench uses by default.
+        sysbench(port, "oltp_read_only", &["--threads=4", "--time=3", "--skip-trx=on", "--report-interval=0", "run"])
     })
     .await
     .unwrap();

@@ -238,8 +238,21 @@ impl<'a> MySession<'a> {
                 let batch = route::Batch { session_state: true, ..Default::default() };
                 self.plan(&batch, Some(format!("USE `{db}`")))
             }
-            // Prepared statements, field lists, options and resets: the primary connection.
+            // A prepared read may execute on a replica (prepared there lazily).
+            command::STMT_EXECUTE if packet.payload.len() >= 6 => {
+                let p = &packet.payload;
+                let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                let read = self.statements.replica_ok(id, p[5]);
+                self.statements.set_long_data(id, false);
+                let batch = route::Batch { read, ..Default::default() };
+                self.plan(&batch, None)
+            }
+            // Long data, resets, cursors, field lists, options: the primary connection.
             _ => {
+                if cmd == command::STMT_SEND_LONG_DATA && packet.payload.len() >= 5 {
+                    let p = &packet.payload;
+                    self.statements.set_long_data(u32::from_le_bytes([p[1], p[2], p[3], p[4]]), true);
+                }
                 if matches!(cmd, command::SET_OPTION | command::RESET_CONNECTION) {
                     self.state.pinned = true;
                 }
@@ -410,6 +423,7 @@ impl<'a> MySession<'a> {
             slot.conn.simple_query(&self.state.replay[slot.replayed]).await?;
             slot.replayed += 1;
         }
+        let mut close_elsewhere = Vec::new();
         // A command naming a prepared statement names it as this connection knows it,
         // preparing it here first if it never ran here.
         let cmd = wire.get(HEADER_LEN).copied().unwrap_or(0);
@@ -437,10 +451,21 @@ impl<'a> MySession<'a> {
                 }
             }
             if cmd == command::STMT_CLOSE {
+                close_elsewhere = self.statements.prepared_elsewhere(client_id, slot.conn_id);
                 self.statements.remove(client_id);
             }
         }
         slot.conn.stream.write_all(wire).await?;
+        // A closed statement is closed on the session's other connection too (no answer comes).
+        if let Some(o) = self.slots[1 - i].as_mut() {
+            if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.conn_id) {
+                let mut payload = vec![command::STMT_CLOSE];
+                payload.extend_from_slice(&id.to_le_bytes());
+                let mut close = BytesMut::new();
+                packet::encode(&mut close, 0, &payload);
+                o.conn.stream.write_all(&close).await?;
+            }
+        }
         self.active = Some(plan.side);
         Ok(())
     }

@@ -21,6 +21,10 @@ pub fn next_conn_id() -> u64 {
 
 struct Prepared {
     sql: Vec<u8>,
+    /// Provably a read: its executions may run on a replica.
+    read: bool,
+    /// Long data was sent for its next execution (to the primary connection).
+    long_data: bool,
     /// Number of parameters.
     params: u16,
     /// The parameter types of the client's last execute that sent them (2 bytes each).
@@ -47,10 +51,10 @@ impl Statements {
     /// client gets.
     pub fn add(&mut self, sql: Vec<u8>, params: u16, conn: u64, backend_id: u32) -> u32 {
         self.next = self.next.wrapping_add(1).max(1);
-        self.map.insert(
-            self.next,
-            Prepared { sql, params, types: None, on: vec![On { conn, id: backend_id, typed: false }] },
-        );
+        let text = String::from_utf8_lossy(&sql);
+        let read = sqlswitch_protocol::classify::classify_mysql_with(&text, &[]).is_read();
+        let on = vec![On { conn, id: backend_id, typed: false }];
+        self.map.insert(self.next, Prepared { sql, read, long_data: false, params, types: None, on });
         self.next
     }
 
@@ -88,6 +92,29 @@ impl Statements {
         out.extend_from_slice(types);
         out.extend_from_slice(&payload[flag_at + 1..]);
         Some(out)
+    }
+
+    /// Whether an execution of client statement `id` with cursor `flags` may run on a replica:
+    /// a provable read, with no long data pending and no cursor (a cursor's fetches need the
+    /// connection that opened it).
+    pub fn replica_ok(&self, id: u32, flags: u8) -> bool {
+        self.map.get(&id).is_some_and(|p| p.read && !p.long_data && flags == 0)
+    }
+
+    /// Long data was sent for statement `id` (it goes to the primary connection), or its
+    /// execution consumed it.
+    pub fn set_long_data(&mut self, id: u32, pending: bool) {
+        if let Some(p) = self.map.get_mut(&id) {
+            p.long_data = pending;
+        }
+    }
+
+    /// The connections other than `except` on which statement `id` is prepared, with their ids.
+    pub fn prepared_elsewhere(&self, id: u32, except: u64) -> Vec<(u64, u32)> {
+        self.map
+            .get(&id)
+            .map(|p| p.on.iter().filter(|o| o.conn != except).map(|o| (o.conn, o.id)).collect())
+            .unwrap_or_default()
     }
 
     /// The SQL of client statement `id`.
@@ -158,6 +185,11 @@ mod tests {
     fn client_ids_map_per_connection() {
         let mut s = Statements::default();
         let a = s.add(b"select ?".to_vec(), 1, 7, 1);
+        assert!(s.replica_ok(a, 0), "a read may run on a replica");
+        assert!(!s.replica_ok(a, 1), "not with a cursor");
+        s.set_long_data(a, true);
+        assert!(!s.replica_ok(a, 0), "not with long data pending on the primary");
+        s.set_long_data(a, false);
         let b = s.add(b"select 2".to_vec(), 0, 7, 2);
         assert_ne!(a, b);
         assert_eq!(s.on(a, 7), Some(1));
