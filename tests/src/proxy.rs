@@ -30,15 +30,18 @@ pub fn config_text(
         mu = MONITOR.0,
         mp = MONITOR.1,
     );
-    for (user, pw) in [APP, ANON, MD5_USER, TRUST_USER] {
+    t + &users_and_backends(&[APP, ANON, MD5_USER, TRUST_USER], topo.nodes.iter().map(|n| (n.name.as_str(), n.port)))
+}
+
+/// The `[[cluster.user]]` and `[[cluster.backend]]` tables: the first node is the primary.
+fn users_and_backends<'a>(users: &[(&str, &str)], nodes: impl Iterator<Item = (&'a str, u16)>) -> String {
+    let mut t = String::new();
+    for (user, pw) in users {
         t += &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{pw}\"\n");
     }
-    for (i, node) in topo.nodes.iter().enumerate() {
+    for (i, (name, port)) in nodes.enumerate() {
         let role = if i == 0 { "primary" } else { "replica" };
-        t += &format!(
-            "\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
-            node.name, node.port
-        );
+        t += &format!("\n[[cluster.backend]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n");
     }
     t
 }
@@ -62,7 +65,7 @@ pub fn conn_str(port: u16, (user, password): (&str, &str)) -> String {
 
 /// Config text for a MySQL cluster named `name` over a MariaDB topology.
 pub fn mysql_config_text(topo: &crate::mysql::Topology, name: &str, extra: &str) -> String {
-    let mut t = format!(
+    let t = format!(
         "[admin]\nsocket = \"/tmp/sqlswitch-test.sock\"\n\n[[cluster]]\nname = \"{name}\"\nprotocol = \"mysql\"\n\
          listen = \"127.0.0.1:0\"\nread_only_listen = \"127.0.0.1:0\"\nread_only_users = [\"{anon}\"]\n\
          monitor = {{ user = \"{mu}\", password = \"{mp}\" }}\n{extra}\n",
@@ -70,17 +73,7 @@ pub fn mysql_config_text(topo: &crate::mysql::Topology, name: &str, extra: &str)
         mu = MONITOR.0,
         mp = MONITOR.1,
     );
-    for (user, pw) in [APP, ANON] {
-        t += &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{pw}\"\n");
-    }
-    for (i, node) in topo.nodes.iter().enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        t += &format!(
-            "\n[[cluster.backend]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
-            node.name, node.port
-        );
-    }
-    t
+    t + &users_and_backends(&[APP, ANON], topo.nodes.iter().map(|n| (n.name.as_str(), n.port)))
 }
 
 /// Starts sqlswitch on `127.0.0.1:0` in front of a MariaDB topology.

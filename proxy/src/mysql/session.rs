@@ -10,10 +10,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{Buf, BytesMut};
-use sqlswitch_config::Role;
 use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
 use sqlswitch_protocol::mysql::command::{self, Answer};
-use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
+use sqlswitch_protocol::mysql::packet::{self, err_payload, HEADER_LEN};
 use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +27,7 @@ use crate::pg::backend::BackendError;
 use crate::pg::batch::Side;
 use crate::pg::session::Counted;
 use crate::pg::state::SessionState;
-use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
+use crate::route::{self, Reason, SessionView, Target};
 
 /// Who the session is.
 pub struct Identity<'a> {
@@ -126,7 +125,7 @@ impl<'a> MySession<'a> {
     pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: MySlot<'a>, side: Side) -> Self {
         let read_only = id.read_only;
         let mut slots = [None, None];
-        slots[usize::from(side == Side::Replica)] = Some(first);
+        slots[side.index()] = Some(first);
         Self {
             client,
             cbuf,
@@ -141,9 +140,7 @@ impl<'a> MySession<'a> {
     }
 
     fn in_tx(&self) -> bool {
-        self.active
-            .and_then(|s| self.slots[usize::from(s == Side::Replica)].as_ref())
-            .is_some_and(|s| in_transaction(s.conn.status))
+        self.active.and_then(|s| self.slots[s.index()].as_ref()).is_some_and(|s| in_transaction(s.conn.status))
     }
 
     /// Relays commands until the client quits or `shutdown` fires between transactions.
@@ -264,26 +261,6 @@ impl<'a> MySession<'a> {
     }
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
-        let cluster = self.id.cluster;
-        let rt = cluster.table.load();
-        let monitored = cluster.config.monitor.is_some();
-        let mut views = [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; 32];
-        for (i, (view, b)) in views.iter_mut().zip(&cluster.backends).enumerate() {
-            *view = BackendView {
-                replica: !rt.is_primary(i),
-                up: rt.enabled(i) && (!monitored || b.health.is_up()),
-                weight: rt.weight(i),
-                caught_up_to: if monitored {
-                    b.health.caught_up_to.load(Relaxed)
-                } else if self.read_only {
-                    u64::MAX
-                } else {
-                    0
-                },
-                lag: if monitored { b.health.lag_micros.load(Relaxed) } else { 0 },
-            };
-        }
-        let table = Table { backends: &views[..cluster.backends.len().min(32)], max_lag: rt.max_lag };
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
         let in_tx_on = self.in_tx().then(|| match self.active {
             Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
@@ -296,10 +273,10 @@ impl<'a> MySession<'a> {
             last_write: self.state.last_write,
             current_replica,
         };
-        let (target, reason) = route::route(batch, &session, &table, rand::random());
+        let (target, reason, primary) = self.id.cluster.route(batch, &session);
         let read = batch.read;
         match target {
-            Target::Primary => Plan { side: Side::Primary, backend: rt.primary, reason, read, record },
+            Target::Primary => Plan { side: Side::Primary, backend: primary, reason, read, record },
             Target::Replica(i) => Plan { side: Side::Replica, backend: i, reason, read, record },
         }
     }
@@ -341,7 +318,7 @@ impl<'a> MySession<'a> {
                     return Ok(());
                 }
             }
-            let role = usize::from(plan.side == Side::Replica);
+            let role = plan.side.index();
             cluster.metrics.routed[role][plan.reason.index()].increment(1);
             cluster.backends[plan.backend].queries.fetch_add(1, Relaxed);
             let prepared_sql = (packet.payload.first() == Some(&command::STMT_PREPARE)).then(|| &packet.payload[1..]);
@@ -386,7 +363,7 @@ impl<'a> MySession<'a> {
     }
 
     fn drop_slot(&mut self, side: Side) {
-        let i = usize::from(side == Side::Replica);
+        let i = side.index();
         if let Some(slot) = self.slots[i].take() {
             if side == Side::Replica {
                 self.id.cluster.backends[slot.backend].health.mark_failed();
@@ -400,7 +377,7 @@ impl<'a> MySession<'a> {
     /// Makes sure `plan.side` has a connection to `plan.backend` with the session state, then
     /// sends `wire`.
     async fn send(&mut self, plan: &Plan, wire: &mut BytesMut) -> Result<(), BackendError> {
-        let i = usize::from(plan.side == Side::Replica);
+        let i = plan.side.index();
         let replace = self.slots[i]
             .as_ref()
             .is_none_or(|s| s.backend != plan.backend || (self.active != Some(plan.side) && !s.conn.is_reusable()));
@@ -474,7 +451,7 @@ impl<'a> MySession<'a> {
     /// it was an error); `Err(forwarded)` when the backend failed, saying whether any of the
     /// answer had reached the client.
     async fn relay(&mut self, side: Side, answer: Answer, prepared_sql: Option<&[u8]>) -> Result<bool, bool> {
-        let i = usize::from(side == Side::Replica);
+        let i = side.index();
         let statements = &mut self.statements;
         let Some(slot) = self.slots[i].as_mut() else { return Err(false) };
         let conn_id = slot.conn_id;
@@ -580,16 +557,4 @@ async fn release(cluster: &Cluster, key: &PoolKey, slot: MySlot<'_>) {
     } else {
         conn.quit().await;
     }
-}
-
-/// An OK answer with `status`, for commands the proxy answers itself.
-pub fn ok(seq: u8, status: u16) -> BytesMut {
-    let mut out = BytesMut::new();
-    packet::encode(&mut out, seq, &ok_payload(status));
-    out
-}
-
-/// Whether `role` is a replica (for metrics).
-pub fn is_replica(role: Role) -> bool {
-    role == Role::Replica
 }

@@ -14,7 +14,7 @@ use super::batch::Side;
 use super::session::{End, Retry, Session, Slot, StateChange};
 use super::state::Applied;
 use crate::cluster::Mode;
-use crate::route::{self, BackendView, Reason, SessionView, Table, Target};
+use crate::route::{Reason, SessionView, Target};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
@@ -116,34 +116,6 @@ impl Session<'_> {
                 self.slots[side.index()].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
             return self.wait_or(side, backend, Reason::Transaction);
         }
-        let cluster = self.id.cluster;
-        let rt = cluster.table.load();
-        let now = cluster.clock.now();
-        let monitored = cluster.config.monitor.is_some();
-        let mut views =
-            [BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
-        for (i, (view, b)) in views.iter_mut().zip(&cluster.backends).enumerate() {
-            *view = if monitored {
-                BackendView {
-                    replica: !rt.is_primary(i),
-                    up: b.health.is_up() && rt.enabled(i),
-                    weight: rt.weight(i),
-                    caught_up_to: b.health.caught_up_to.load(Relaxed),
-                    lag: b.health.lag_micros.load(Relaxed),
-                }
-            } else {
-                // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
-                let fresh = if self.id.read_only { now } else { 0 };
-                BackendView {
-                    replica: !rt.is_primary(i),
-                    up: rt.enabled(i),
-                    weight: rt.weight(i),
-                    caught_up_to: fresh,
-                    lag: 0,
-                }
-            };
-        }
-        let table = Table { backends: &views[..cluster.backends.len().min(MAX_VIEWS)], max_lag: rt.max_lag };
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
         let in_tx_on = busy.then(|| match self.active {
             Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
@@ -156,9 +128,9 @@ impl Session<'_> {
             last_write: self.state.last_write,
             current_replica,
         };
-        let (target, reason) = route::route(&self.batch.view(), &session, &table, rand::random());
+        let (target, reason, primary) = self.id.cluster.route(&self.batch.view(), &session);
         match target {
-            Target::Primary => self.wait_or(Side::Primary, rt.primary, reason),
+            Target::Primary => self.wait_or(Side::Primary, primary, reason),
             Target::Replica(i) => self.wait_or(Side::Replica, i, reason),
         }
     }
@@ -364,9 +336,6 @@ impl Session<'_> {
         Err(End::BackendGone)
     }
 }
-
-/// Routing views on the stack: clusters larger than this route among their first backends.
-const MAX_VIEWS: usize = 32;
 
 /// Prepares a named statement on `conn` from the client's own Parse message (closing an older
 /// definition first), and waits for the answer.
