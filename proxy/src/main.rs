@@ -23,8 +23,8 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground. SIGTERM stops gracefully (sessions finish their
     /// transaction, up to `shutdown_grace`), SIGINT stops at once, SIGHUP reloads the config
-    /// (weights, max_replica_lag, users and read_only_users apply live; other changes are
-    /// refused and the running config stays).
+    /// (replicas added or removed, weights, max_replica_lag, users and read_only_users apply
+    /// live; other changes are refused and the running config stays).
     Run {
         /// The TOML config file.
         #[arg(long, short)]
@@ -39,7 +39,7 @@ enum Command {
     /// Send an admin command to a running daemon over its Unix socket: status,
     /// switchover CLUSTER BACKEND [promote] [timeout=30s], pause CLUSTER [timeout=10s],
     /// resume CLUSTER, mode CLUSTER read-only|read-write, drain CLUSTER BACKEND,
-    /// enable CLUSTER BACKEND. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
+    /// enable CLUSTER BACKEND, reload. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {
         /// The admin socket (`[admin] socket` in the config).
