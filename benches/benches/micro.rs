@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sqlswitch::route::{self, BackendView, SessionView, Table};
 use sqlswitch_protocol::classify::classify_pg;
+use sqlswitch_protocol::classify::lexer::Lexer;
 use sqlswitch_protocol::pg::frame;
 
 const STATEMENTS: &[(&str, &str)] = &[
@@ -25,6 +26,9 @@ fn classify(c: &mut Criterion) {
         g.bench_function(*name, |b| b.iter(|| classify_pg(black_box(sql))));
     }
     g.finish();
+    // The lexer alone, to tell tokenising from classifying.
+    let sql = STATEMENTS[0].1;
+    c.bench_function("lex/pgbench_select", |b| b.iter(|| Lexer::new(black_box(sql)).count()));
 }
 
 fn framing(c: &mut Criterion) {

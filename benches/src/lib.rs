@@ -1,3 +1,8 @@
-//! Load benches for sqlswitch. `loadbench` runs `pgbench` against a direct connection to the
-//! primary and through sqlswitch, alternating rounds in one run, and prints each TPS and the ratio.
+//! The load-bench suite for sqlswitch (`scripts/bench`): real databases, PgBouncer and the
+//! sqlswitch binary as real processes, every workload against each in alternating rounds, and a
+//! table of medians and ratios. `loadbench` is the entry point; these are its parts.
 #![forbid(unsafe_code)]
+
+pub mod measure;
+pub mod report;
+pub mod targets;

@@ -344,7 +344,7 @@ impl Topology {
 }
 
 /// Runs a command to completion; its stdout, or an error with both outputs.
-pub(crate) fn run(cmd: &mut Command) -> Result<String> {
+pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
@@ -392,7 +392,7 @@ pub fn find_bin() -> Result<PathBuf> {
 }
 
 /// Whether this process runs as root.
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
@@ -429,6 +429,17 @@ pub fn pgbench(topo: &Topology, port: u16, args: &[&str]) -> Result<String> {
         bail!("pgbench {args:?} on port {port} failed:\n{text}");
     }
     Ok(text)
+}
+
+/// `number of failed transactions` from a pgbench report (0 when pgbench does not print it).
+pub fn pgbench_failed(report: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Where the harness's binaries are, for tests that run `psql` and `pgbench` themselves.

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlswitch_tests::client::{code, connect, connect_str, in_recovery, refused};
-use sqlswitch_tests::pg::{client_bin, Topology, ANON, APP, DATABASE, MD5_USER, TRUST_USER};
+use sqlswitch_tests::pg::{client_bin, pgbench_failed, Topology, ANON, APP, DATABASE, MD5_USER, TRUST_USER};
 use sqlswitch_tests::proxy::{self, conn_str};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
@@ -309,16 +309,6 @@ fn processed(report: &str) -> u64 {
     line.split(':').nth(1).and_then(|v| v.split('/').next()).and_then(|v| v.trim().parse().ok()).expect(line)
 }
 
-fn failed(report: &str) -> u64 {
-    report
-        .lines()
-        .find(|l| l.starts_with("number of failed transactions"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_select_only_and_tpcb_through_sqlswitch() {
     let topo = Topology::shared();
@@ -335,7 +325,7 @@ async fn pgbench_select_only_and_tpcb_through_sqlswitch() {
             &["-c", "4", "-j", "2", "-T", "3"],
         ] {
             let report = pgbench(topo, port, args);
-            assert_eq!(failed(&report), 0, "{args:?}:\n{report}");
+            assert_eq!(pgbench_failed(&report), 0, "{args:?}:\n{report}");
             assert!(processed(&report) > 100, "{args:?}:\n{report}");
         }
     })

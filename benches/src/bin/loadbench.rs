@@ -1,111 +1,336 @@
-//! `loadbench` (run by `scripts/bench`): real PostgreSQL primary and replicas, the release
-//! `sqlswitch` binary in front, and `pgbench` against both, alternating A/B rounds so that both
-//! see the same machine. Prints every round, the medians and the ratio proxy/direct.
-//!
-//! Then it switches the primary over under TPC-B-like load and prints the longest transaction
-//! (the stall a client saw), the failed transactions and the switchover's own report.
+//! `loadbench` (run by `scripts/bench`): the load-bench suite. It starts real PostgreSQL and
+//! MariaDB topologies (a primary and two replicas each), PgBouncer in session pooling mode when
+//! installed, and the release `sqlswitch` binary twice over — a primary-only cluster (the proxy's
+//! own cost, comparable to PgBouncer) and a splitting cluster (what users get) — and runs every
+//! workload against each target in alternating rounds, so that all of them see the same machine.
+//! It prints the medians and ratios and writes them to `benches/RESULTS.md`.
 //!
 //! Options (environment): `BENCH_SECONDS` per round (default 10), `BENCH_ROUNDS` (default 3),
-//! `BENCH_CLIENTS` (default 8).
+//! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
+//! `connect`, `idle`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
+//! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`).
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sqlswitch_tests::pg::{free_ports, pgbench, Topology};
-use sqlswitch_tests::proxy::config_text;
+use sqlswitch_benches::measure::{self, median};
+use sqlswitch_benches::report::{self, Row, DIRECT, PGBOUNCER, PRIMARY_ONLY, SPLIT};
+use sqlswitch_benches::targets::{self, ClusterSpec};
+use sqlswitch_tests::pg::{free_ports, pgbench, pgbench_failed, Topology};
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+struct Options {
+    seconds: u64,
+    rounds: u64,
+    idle_conns: usize,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn from_env() -> Self {
+        let num = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split(',').map(|g| g.trim().to_owned()).collect());
+        Self {
+            seconds: num("BENCH_SECONDS", 10),
+            rounds: num("BENCH_ROUNDS", 3),
+            idle_conns: usize::try_from(num("BENCH_IDLE_CONNS", 5000)).unwrap_or(5000),
+            only,
+        }
+    }
+
+    fn wants(&self, group: &str) -> bool {
+        self.only.as_ref().is_none_or(|g| g.iter().any(|g| g == group))
+    }
+}
+
+/// A comma-separated list from the environment.
+fn list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_owned()).collect()
+}
+
+/// The PostgreSQL side: targets as ports (`None` when absent).
+struct PgSide<'a> {
+    topo: &'a Topology,
+    ports: [Option<u16>; 4],
 }
 
 fn main() -> Result<()> {
-    let seconds = env_num("BENCH_SECONDS", 10);
-    let rounds = env_num("BENCH_ROUNDS", 3);
-    let clients = env_num("BENCH_CLIENTS", 8);
-    let sqlswitch = std::env::current_exe()?.parent().context("no parent")?.join("sqlswitch");
+    let opts = Options::from_env();
+    let exe = std::env::current_exe()?;
+    let sqlswitch = exe.parent().context("no parent")?.join("sqlswitch");
     if !sqlswitch.exists() {
         bail!("{} not found: build it with `cargo build --release -p sqlswitch`", sqlswitch.display());
     }
+    let machine = measure::machine();
+    println!("{machine}");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let pg_groups = ["pgbench", "tpcb", "connect", "idle", "callgrind", "switchover"];
+    if pg_groups.iter().any(|g| opts.wants(g)) {
+        postgres_suite(&opts, &sqlswitch, &mut rows, &mut notes)?;
+    }
+    if opts.wants("sysbench") {
+        mysql_suite(&opts, &sqlswitch, &mut rows)?;
+    }
+    let table = report::markdown(&rows);
+    println!("\n{table}");
+    for n in &notes {
+        println!("{n}");
+    }
+    let text = format!(
+        "# sqlswitch load-bench results\n\nWritten by `scripts/bench` (benches/src/bin/loadbench.rs); medians of {} \
+         alternating rounds of {} s. See `benches/NOTES.md` for what was tried.\n\n{machine}\n{table}\n{}\n",
+        opts.rounds,
+        opts.seconds,
+        notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()> {
     eprintln!("starting PostgreSQL (primary + 2 replicas)...");
     let topo = Topology::start(2)?;
-    let ports = free_ports(2)?;
-    let (port, metrics_port) = (ports[0], ports[1]);
-    let listen = format!("127.0.0.1:{port}");
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let config = topo.dir.join("bench.toml");
+    let p = free_ports(4)?;
+    let (primary_only, split, bouncer, metrics) = (p[0], p[1], p[2], p[3]);
+    let nodes: Vec<(String, u16)> = topo.nodes.iter().map(|n| (n.name.clone(), n.port)).collect();
     let socket = topo.dir.join("admin.sock");
-    let text = config_text(&topo, "bench", &listen, "127.0.0.1:0", Some(&metrics), "")
-        .replace("/tmp/sqlswitch-test.sock", &socket.display().to_string());
-    std::fs::write(&config, text)?;
-    let mut daemon = Daemon(
-        Command::new(&sqlswitch)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let primary = topo.primary().port;
-    pgbench(&topo, primary, &["-i", "-q", "-s", "10"])?;
-
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("pgbench -S -M simple, {clients} clients, {seconds} s per round, {rounds} rounds, {cores} cores");
-    println!("{:<8} {:>14} {:>14}", "round", "direct TPS", "sqlswitch TPS");
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    let c = clients.to_string();
-    let t = seconds.to_string();
-    let args = ["-S", "-M", "simple", "-c", &c, "-j", "2", "-T", &t];
-    for round in 1..=rounds {
-        direct.push(tps(&pgbench(&topo, primary, &args)?)?);
-        proxied.push(tps(&pgbench(&topo, port, &args)?)?);
-        println!("{round:<8} {:>14.0} {:>14.0}", direct[direct.len() - 1], proxied[proxied.len() - 1]);
+    let config = topo.dir.join("bench.toml");
+    let extra = "max_client_connections = 20000\npool_max_idle = 200";
+    std::fs::write(
+        &config,
+        targets::config_text(
+            &socket,
+            Some(metrics),
+            &[
+                ClusterSpec {
+                    name: "primary",
+                    protocol: "postgres",
+                    port: primary_only,
+                    nodes: nodes[..1].to_vec(),
+                    extra,
+                },
+                ClusterSpec { name: "split", protocol: "postgres", port: split, nodes: nodes.clone(), extra },
+            ],
+        ),
+    )?;
+    let mut daemon = targets::start_sqlswitch(sqlswitch, &config, split, &[])?;
+    let mut bouncer_proc = match targets::pgbouncer_bin() {
+        Some(bin) => Some(targets::start_pgbouncer(&bin, &topo.dir, bouncer, topo.primary().port, 80)?),
+        None => {
+            notes.push("PgBouncer is not installed (`apt-get install pgbouncer`): its column is empty.".into());
+            None
+        }
+    };
+    pgbench(&topo, topo.primary().port, &["-i", "-q", "-s", "10"])?;
+    topo.wait_replicas_caught_up()?;
+    let side = PgSide {
+        topo: &topo,
+        ports: [Some(topo.primary().port), bouncer_proc.as_ref().map(|_| bouncer), Some(primary_only), Some(split)],
+    };
+    let t = opts.seconds.to_string();
+    if opts.wants("pgbench") {
+        for clients in list("BENCH_CLIENTS", "8,64") {
+            for mode in list("BENCH_MODES", "simple,extended,prepared") {
+                let (clients, mode) = (clients.as_str(), mode.as_str());
+                let args = ["-S", "-M", mode, "-c", clients, "-j", "2", "-T", &t];
+                rows.push(side.rounds(opts, &format!("pgbench -S -M {mode}, {clients} clients"), "tps", &args)?);
+            }
+        }
+        let reads = measure::scrape(metrics)?;
+        let routed: Vec<&str> = reads
+            .lines()
+            .filter(|l| {
+                l.starts_with("sqlswitch_statements_total") && l.contains("cluster=\"split\"") && !l.ends_with(" 0")
+            })
+            .collect();
+        notes.push(format!("split cluster, statements by target and reason: {}", routed.join("; ")));
     }
-    let (d, p) = (median(&mut direct), median(&mut proxied));
-    println!("{:<8} {d:>14.0} {p:>14.0}", "median");
-    println!("ratio sqlswitch/direct: {:.2}", p / d);
-    println!("statements routed through sqlswitch (target, reason: count):");
-    for line in scrape(&metrics)?.lines().filter(|l| l.starts_with("sqlswitch_statements_total") && !l.ends_with(" 0"))
-    {
-        println!("  {line}");
+    if opts.wants("tpcb") {
+        let args = ["-M", "prepared", "-c", "8", "-j", "2", "-T", &t];
+        rows.push(side.rounds(opts, "pgbench TPC-B-like -M prepared, 8 clients", "tps", &args)?);
     }
-
-    // A switchover under TPC-B-like load: the longest any transaction took is the stall a
-    // client saw.
-    println!("\nswitchover under pgbench TPC-B-like load, {clients} clients:");
-    let log_prefix = topo.dir.join("tpcb");
-    let load_topo = &topo;
-    let (report, switched) = std::thread::scope(|scope| -> Result<(String, String)> {
-        let load = scope.spawn(|| {
-            let prefix = format!("--log-prefix={}", log_prefix.display());
-            pgbench(load_topo, port, &["-c", &c, "-j", "2", "-T", "8", "-l", &prefix])
+    if opts.wants("connect") {
+        let args = ["-S", "-C", "-c", "8", "-j", "2", "-T", &t];
+        rows.push(side.rounds(opts, "connect + 1 query + disconnect (pgbench -S -C), 8 clients", "conn/s", &args)?);
+    }
+    if opts.wants("idle") {
+        let mut values = [None; 4];
+        values[PRIMARY_ONLY] = Some(idle_bytes_per_conn(daemon.pid, primary_only, opts.idle_conns)?);
+        if let Some(b) = &bouncer_proc {
+            values[PGBOUNCER] = Some(idle_bytes_per_conn(b.pid, bouncer, opts.idle_conns)?);
+        }
+        rows.push(Row {
+            workload: format!("memory per idle client connection ({} connections, RSS)", opts.idle_conns),
+            unit: "bytes",
+            values,
+            higher_is_better: false,
+            note: String::new(),
         });
-        std::thread::sleep(Duration::from_secs(3));
-        let out = Command::new(&sqlswitch)
-            .args(["ctl", "--json", "--socket"])
-            .arg(&socket)
-            .args(["switchover", "bench", "replica1", "promote"])
-            .output()?;
-        let switched = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
-        let report = load.join().map_err(|_| anyhow::anyhow!("pgbench thread panicked"))??;
-        Ok((report, switched))
-    })?;
-    let failed = report
-        .lines()
-        .find(|l| l.starts_with("number of failed transactions"))
-        .unwrap_or("number of failed transactions: ?");
-    let stall_us = longest_latency(&topo.dir)?;
-    println!("  {failed}");
-    println!("  longest transaction (client-visible stall): {:.1} ms", stall_us as f64 / 1000.0);
-    println!("  switchover: {switched}");
+    }
+    if let Some(b) = bouncer_proc.as_mut() {
+        b.stop();
+    }
+    if opts.wants("callgrind") {
+        match callgrind_per_transaction(sqlswitch, &topo) {
+            Ok(row) => rows.push(row),
+            Err(e) => notes.push(format!("callgrind count skipped: {e:#}")),
+        }
+    }
+    if opts.wants("switchover") {
+        notes.push(switchover_stall(sqlswitch, &socket, &topo, split)?);
+    }
     daemon.stop();
     topo.stop();
     Ok(())
 }
 
+impl PgSide<'_> {
+    /// Runs pgbench `args` against every target, `opts.rounds` times in rotating order.
+    fn rounds(&self, opts: &Options, workload: &str, unit: &'static str, args: &[&str]) -> Result<Row> {
+        eprintln!("{workload}:");
+        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut failed = 0;
+        let present: Vec<usize> = (0..4).filter(|&i| self.ports[i].is_some()).collect();
+        for round in 0..opts.rounds {
+            let mut line = format!("  round {}:", round + 1);
+            for k in 0..present.len() {
+                let i = present[(k + round as usize) % present.len()];
+                let Some(port) = self.ports[i] else { continue };
+                let out = pgbench(self.topo, port, args)?;
+                failed += pgbench_failed(&out);
+                let v = measure::pgbench_tps(&out)?;
+                samples[i].push(v);
+                line += &format!(" {}={v:.0}", report::TARGETS[i]);
+            }
+            eprintln!("{line}");
+        }
+        let values = std::array::from_fn(|i| (!samples[i].is_empty()).then(|| median(&samples[i])));
+        let note = if failed > 0 { format!("{failed} failed transactions") } else { String::new() };
+        Ok(Row { workload: workload.into(), unit, values, higher_is_better: true, note })
+    }
+}
+
+/// Opens `n` idle, authenticated client connections to `port` and returns the growth of `pid`'s
+/// resident memory divided by `n`.
+fn idle_bytes_per_conn(pid: u32, port: u16, n: usize) -> Result<f64> {
+    use futures::StreamExt;
+    eprintln!("memory: {n} idle connections to port {port}...");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let conn_str = sqlswitch_tests::proxy::conn_str(port, sqlswitch_tests::pg::APP);
+        // Warm up (pools, allocator arenas) before the baseline.
+        let mut warm = Vec::new();
+        for _ in 0..16 {
+            warm.push(connect(&conn_str).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = measure::rss_bytes(pid)?;
+        let clients: Vec<_> = futures::stream::iter(0..n)
+            .map(|_| connect(&conn_str))
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = measure::rss_bytes(pid)?;
+        drop(clients);
+        drop(warm);
+        #[allow(clippy::cast_precision_loss)]
+        Ok((after.saturating_sub(before)) as f64 / n as f64)
+    })
+}
+
+async fn connect(conn_str: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Instructions sqlswitch executes per forwarded `pgbench -S` transaction (primary-only), from
+/// two runs under callgrind with different transaction counts: repeatable on a noisy machine.
+fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        bail!("valgrind is not installed");
+    }
+    let (few, many) = (1000u64, 4000u64);
+    let mut totals = Vec::new();
+    for n in [few, many] {
+        eprintln!("callgrind: {n} transactions...");
+        let p = free_ports(1)?;
+        let config = topo.dir.join("callgrind.toml");
+        let socket = topo.dir.join("callgrind.sock");
+        let node = vec![(topo.primary().name.clone(), topo.primary().port)];
+        let extra = "monitor_interval = \"1h\"";
+        let spec = ClusterSpec { name: "cg", protocol: "postgres", port: p[0], nodes: node, extra };
+        std::fs::write(&config, targets::config_text(&socket, None, &[spec]))?;
+        let out = topo.dir.join(format!("callgrind.{n}.out"));
+        let out_arg = format!("--callgrind-out-file={}", out.display());
+        let mut proc = targets::start_sqlswitch(sqlswitch, &config, p[0], &["valgrind", "--tool=callgrind", &out_arg])?;
+        pgbench(topo, p[0], &["-S", "-M", "simple", "-c", "1", "-t", &n.to_string()])?;
+        proc.stop();
+        totals.push(callgrind_total(&out)?);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let per_tx = (totals[1].saturating_sub(totals[0])) as f64 / (many - few) as f64;
+    let mut values = [None; 4];
+    values[PRIMARY_ONLY] = Some(per_tx);
+    Ok(Row {
+        workload: "instructions per forwarded pgbench -S transaction (callgrind)".into(),
+        unit: "instr",
+        values,
+        higher_is_better: false,
+        note: String::new(),
+    })
+}
+
+fn callgrind_total(path: &PathBuf) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no summary line in the callgrind output")
+}
+
+/// A switchover under TPC-B-like load: the longest any transaction took is the stall a
+/// client saw.
+fn switchover_stall(sqlswitch: &Path, socket: &Path, topo: &Topology, port: u16) -> Result<String> {
+    eprintln!("switchover under load...");
+    let log_prefix = topo.dir.join("tpcb");
+    let (report, switched) = std::thread::scope(|scope| -> Result<(String, String)> {
+        let load = scope.spawn(|| {
+            let prefix = format!("--log-prefix={}", log_prefix.display());
+            pgbench(topo, port, &["-c", "8", "-j", "2", "-T", "8", "-l", &prefix])
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let out = Command::new(sqlswitch)
+            .args(["ctl", "--json", "--socket"])
+            .arg(socket)
+            .args(["switchover", "split", "replica1", "promote"])
+            .output()?;
+        let switched = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
+        let report = load.join().map_err(|_| anyhow::anyhow!("pgbench thread panicked"))??;
+        Ok((report, switched))
+    })?;
+    let stall_us = longest_latency(&topo.dir)?;
+    #[allow(clippy::cast_precision_loss)]
+    Ok(format!(
+        "switchover under pgbench TPC-B-like load (8 clients, split cluster): {} failed transactions, longest \
+         transaction (the stall a client saw) {:.1} ms; the switchover reported: `{switched}`",
+        pgbench_failed(&report),
+        stall_us as f64 / 1000.0
+    ))
+}
+
 /// The largest per-transaction latency in pgbench's `-l` logs under `dir`, in microseconds.
-fn longest_latency(dir: &std::path::Path) -> Result<u64> {
+fn longest_latency(dir: &Path) -> Result<u64> {
     let mut longest = 0;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -121,44 +346,74 @@ fn longest_latency(dir: &std::path::Path) -> Result<u64> {
     Ok(longest)
 }
 
-/// The proxy process, stopped on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn stop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-            let _ = self.0.wait();
+fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    if Command::new("sysbench").arg("--version").output().is_err() {
+        bail!("sysbench is not installed (apt-get install sysbench)");
+    }
+    eprintln!("starting MariaDB (primary + 2 replicas)...");
+    let topo = sqlswitch_tests::mysql::Topology::start(2)?;
+    let p = free_ports(2)?;
+    let nodes: Vec<(String, u16)> = topo.nodes.iter().map(|n| (n.name.clone(), n.port)).collect();
+    let config = topo.dir.join("bench.toml");
+    let socket = topo.dir.join("admin.sock");
+    let extra = "max_client_connections = 20000";
+    std::fs::write(
+        &config,
+        targets::config_text(
+            &socket,
+            None,
+            &[
+                ClusterSpec { name: "my-primary", protocol: "mysql", port: p[0], nodes: nodes[..1].to_vec(), extra },
+                ClusterSpec { name: "my-split", protocol: "mysql", port: p[1], nodes, extra },
+            ],
+        ),
+    )?;
+    let mut daemon = targets::start_sqlswitch(sqlswitch, &config, p[1], &[])?;
+    let ports = [Some(topo.primary().port), None, Some(p[0]), Some(p[1])];
+    let sysbench = |workload: &str, port: u16, extra: &[String]| -> Result<String> {
+        let mut cmd = Command::new("sysbench");
+        cmd.args([workload, "--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-db=app"])
+            .args(["--mysql-user=app", "--mysql-password=app", "--tables=8", "--table-size=10000"])
+            .arg(format!("--mysql-port={port}"))
+            .args(extra);
+        let out = cmd.output().context("running sysbench")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            bail!("sysbench {workload} on {port} failed:\n{text}");
         }
+        Ok(text)
+    };
+    sysbench("oltp_read_write", topo.primary().port, &["prepare".into()])?;
+    topo.wait_replicas_caught_up()?;
+    let run = ["--threads=8".to_owned(), format!("--time={}", opts.seconds), "run".to_owned()];
+    for workload in ["oltp_read_only", "oltp_read_write"] {
+        eprintln!("sysbench {workload}:");
+        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut errors = 0;
+        let present = [DIRECT, PRIMARY_ONLY, SPLIT];
+        for round in 0..opts.rounds {
+            let mut line = format!("  round {}:", round + 1);
+            for k in 0..present.len() {
+                let i = present[(k + round as usize) % present.len()];
+                let Some(port) = ports[i] else { continue };
+                let (tps, e) = measure::sysbench_tps(&sysbench(workload, port, &run)?)?;
+                errors += e;
+                samples[i].push(tps);
+                line += &format!(" {}={tps:.0}", report::TARGETS[i]);
+            }
+            eprintln!("{line}");
+        }
+        let values = std::array::from_fn(|i| (!samples[i].is_empty()).then(|| median(&samples[i])));
+        let note = if errors > 0 { format!("{errors} ignored errors") } else { String::new() };
+        rows.push(Row {
+            workload: format!("sysbench {workload}, 8 threads (MariaDB)"),
+            unit: "tps",
+            values,
+            higher_is_better: true,
+            note,
+        });
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The proxy's `/metrics` text.
-fn scrape(addr: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-fn tps(report: &str) -> Result<f64> {
-    report
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no tps line in:\n{report}"))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    daemon.stop();
+    drop(topo);
+    Ok(())
 }

@@ -66,7 +66,7 @@ impl<'a> Lexer<'a> {
         let b = self.bytes();
         loop {
             match b.get(self.pos) {
-                Some(c) if c.is_ascii_whitespace() => self.pos += 1,
+                Some(&c) if is_space(c) => self.pos += 1,
                 Some(b'-') if self.peek(self.pos + 1) == Some(b'-') => {
                     // MySQL needs white space after `--`; `1--1` is arithmetic there.
                     if self.mysql && !matches!(self.peek(self.pos + 2), None | Some(b' ' | b'\t' | b'\n' | b'\r')) {
@@ -188,12 +188,41 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// Character classes, one table lookup per byte on the hot path.
+const WS: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT: u8 = 4;
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut class = 0;
+        if b.is_ascii_whitespace() {
+            class |= WS;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            class |= IDENT_START | IDENT;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            class |= IDENT;
+        }
+        t[c] = class;
+        c += 1;
+    }
+    t
+};
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    CLASSES[usize::from(c)] & IDENT_START != 0
 }
 
 fn is_ident_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    CLASSES[usize::from(c)] & IDENT != 0
+}
+
+fn is_space(c: u8) -> bool {
+    CLASSES[usize::from(c)] & WS != 0
 }
 
 impl<'a> Iterator for Lexer<'a> {
@@ -208,6 +237,13 @@ impl<'a> Iterator for Lexer<'a> {
         let start = self.pos;
         let c = *b.get(start)?;
         let next = self.peek(start + 1);
+        // The common case first: a word that is not a string prefix (`E'`, `U&'`, ...).
+        if is_ident_start(c) && !matches!(next, Some(b'\'' | b'&')) {
+            let rest = &b[start + 1..];
+            let end = start + 1 + rest.iter().position(|&c| !is_ident_char(c)).unwrap_or(rest.len());
+            self.pos = end;
+            return Some(Token::Word(&self.src[start..end]));
+        }
         let tok = match c {
             b'\'' => self.string(start, start, self.mysql),
             b'"' if self.mysql => self.string(start, start, true),
@@ -244,10 +280,8 @@ impl<'a> Iterator for Lexer<'a> {
             }
             b'$' if !self.mysql => self.dollar(start),
             c if is_ident_start(c) => {
-                let mut end = start + 1;
-                while b.get(end).is_some_and(|&c| is_ident_char(c)) {
-                    end += 1;
-                }
+                let rest = &b[start + 1..];
+                let end = start + 1 + rest.iter().position(|&c| !is_ident_char(c)).unwrap_or(rest.len());
                 self.pos = end;
                 Token::Word(&self.src[start..end])
             }

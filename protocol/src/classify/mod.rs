@@ -169,63 +169,30 @@ enum Lead {
 }
 
 fn lead_of(word: &str) -> Lead {
-    const KW: &[(&str, Lead)] = &[
-        ("abort", Lead::End),
-        ("alter", Lead::CreateOrAlter),
-        ("analyse", Lead::Write),
-        ("analyze", Lead::Write),
-        ("begin", Lead::Begin),
-        ("call", Lead::Unknown),
-        ("checkpoint", Lead::Unknown),
-        ("cluster", Lead::Write),
-        ("comment", Lead::Write),
-        ("commit", Lead::End),
-        ("copy", Lead::Copy),
-        ("create", Lead::CreateOrAlter),
-        ("deallocate", Lead::SessionOther),
-        ("delete", Lead::Write),
-        ("desc", Lead::Query),
-        ("describe", Lead::Query),
-        ("discard", Lead::SessionOther),
-        ("drop", Lead::Write),
-        ("end", Lead::End),
-        ("explain", Lead::Explain),
-        ("grant", Lead::Write),
-        ("import", Lead::Write),
-        ("insert", Lead::Write),
-        ("listen", Lead::Listen),
-        ("lock", Lead::Lock),
-        ("merge", Lead::Write),
-        ("prepare", Lead::SessionOther),
-        ("reassign", Lead::Write),
-        ("refresh", Lead::Write),
-        ("reindex", Lead::Write),
-        ("release", Lead::TxOther),
-        ("replace", Lead::Write),
-        ("reset", Lead::SessionOther),
-        ("revoke", Lead::Write),
-        ("rollback", Lead::End),
-        ("savepoint", Lead::TxOther),
-        ("security", Lead::Write),
-        ("select", Lead::Query),
-        ("set", Lead::Set),
-        ("show", Lead::Show),
-        ("start", Lead::Begin),
-        ("table", Lead::Query),
-        ("truncate", Lead::Write),
-        ("unlisten", Lead::SessionOther),
-        ("unlock", Lead::Lock),
-        ("update", Lead::Write),
-        ("use", Lead::SessionOther),
-        ("vacuum", Lead::Write),
-        ("values", Lead::Query),
-        ("with", Lead::Query),
-    ];
-    KW.binary_search_by(|(k, _)| functions_cmp(k, word)).map_or(Lead::Unknown, |i| KW[i].1)
-}
-
-fn functions_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+    // Lower-case into a stack buffer and match whole words: no keyword is longer than 10 bytes.
+    let mut buf = [0u8; 10];
+    let Some(lower) = buf.get_mut(..word.len()) else { return Lead::Unknown };
+    for (d, s) in lower.iter_mut().zip(word.bytes()) {
+        *d = s.to_ascii_lowercase();
+    }
+    match &*lower {
+        b"select" | b"with" | b"values" | b"table" | b"desc" | b"describe" => Lead::Query,
+        b"insert" | b"update" | b"delete" | b"merge" | b"replace" | b"truncate" | b"drop" | b"grant" | b"revoke"
+        | b"comment" | b"cluster" | b"vacuum" | b"analyze" | b"analyse" | b"reindex" | b"refresh" | b"reassign"
+        | b"import" | b"security" => Lead::Write,
+        b"create" | b"alter" => Lead::CreateOrAlter,
+        b"begin" | b"start" => Lead::Begin,
+        b"commit" | b"end" | b"rollback" | b"abort" => Lead::End,
+        b"savepoint" | b"release" => Lead::TxOther,
+        b"set" => Lead::Set,
+        b"reset" | b"discard" | b"deallocate" | b"prepare" | b"unlisten" | b"use" => Lead::SessionOther,
+        b"show" => Lead::Show,
+        b"explain" => Lead::Explain,
+        b"copy" => Lead::Copy,
+        b"listen" => Lead::Listen,
+        b"lock" | b"unlock" => Lead::Lock,
+        _ => Lead::Unknown,
+    }
 }
 
 fn is(word: &str, kw: &str) -> bool {

@@ -1,0 +1,87 @@
+//! The results table: one row per workload, the median of each target, and the ratios that
+//! answer the questions (what sqlswitch costs against a direct connection, and against
+//! PgBouncer).
+
+/// The targets, in column order.
+pub const TARGETS: [&str; 4] = ["direct", "PgBouncer", "sqlswitch primary-only", "sqlswitch split"];
+/// Column indexes into [`TARGETS`].
+pub const DIRECT: usize = 0;
+/// PgBouncer.
+pub const PGBOUNCER: usize = 1;
+/// sqlswitch with only the primary configured: the proxy's own cost.
+pub const PRIMARY_ONLY: usize = 2;
+/// sqlswitch splitting reads to the replicas: what users get.
+pub const SPLIT: usize = 3;
+
+/// One workload's figures.
+pub struct Row {
+    /// What ran.
+    pub workload: String,
+    /// Unit of the figures (`tps`, `conn/s`, `bytes/conn`, ...).
+    pub unit: &'static str,
+    /// Median per target, when measured.
+    pub values: [Option<f64>; 4],
+    /// Higher is better (throughput) or lower is better (memory, instructions).
+    pub higher_is_better: bool,
+    /// Anything else worth a reader's eye (failed transactions, errors).
+    pub note: String,
+}
+
+impl Row {
+    fn ratio(&self, a: usize, b: usize) -> String {
+        match (self.values[a], self.values[b]) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+            _ => "–".into(),
+        }
+    }
+}
+
+/// The table as Markdown.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut t = String::from("| workload | unit |");
+    for name in TARGETS {
+        t += &format!(" {name} |");
+    }
+    t += " primary-only / direct | primary-only / PgBouncer | split / direct | notes |\n|---|---|";
+    t += &"---:|".repeat(TARGETS.len() + 3);
+    t += "---|\n";
+    for r in rows {
+        t += &format!("| {} | {} |", r.workload, r.unit);
+        for v in r.values {
+            t += &match v {
+                Some(v) if v >= 100.0 => format!(" {v:.0} |"),
+                Some(v) => format!(" {v:.2} |"),
+                None => " – |".into(),
+            };
+        }
+        let better = if r.higher_is_better { "" } else { " (lower is better)" };
+        t += &format!(
+            " {} | {} | {} | {}{} |\n",
+            r.ratio(PRIMARY_ONLY, DIRECT),
+            r.ratio(PRIMARY_ONLY, PGBOUNCER),
+            r.ratio(SPLIT, DIRECT),
+            r.note,
+            better
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_and_missing_targets() {
+        let rows = [Row {
+            workload: "w".into(),
+            unit: "tps",
+            values: [Some(1000.0), None, Some(900.0), Some(1500.0)],
+            higher_is_better: true,
+            note: String::new(),
+        }];
+        let md = markdown(&rows);
+        let line = md.lines().nth(2).unwrap_or_default();
+        assert_eq!(line, "| w | tps | 1000 | – | 900 | 1500 | 0.90 | – | 1.50 |  |");
+    }
+}
