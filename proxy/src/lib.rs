@@ -29,5 +29,6 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod switchover;
+pub mod workers;
 
 pub use server::Daemon;

@@ -29,6 +29,11 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Session threads: each runs its own event loop and keeps the sessions dealt to it for
+        /// their whole life. Default: half the cores, rounded up (a proxy usually shares its
+        /// machine); on a host of its own, use one per core.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Validate a config file: exit 0, or exit 1 listing every problem with its key.
     Check {
@@ -68,7 +73,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => run(config),
+        Command::Run { config, threads } => run(config, threads.unwrap_or_else(sqlswitch::workers::default_threads)),
         Command::Ctl { socket, json, command } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
@@ -89,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, threads: usize) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -103,14 +108,15 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The control plane (accept, monitor, admin, metrics) on this thread; sessions on their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path)) {
+    match runtime.block_on(serve(config, path, threads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sqlswitch: {e:#}");
@@ -119,9 +125,9 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf, threads: usize) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
-    let daemon = Daemon::start(config).await?;
+    let daemon = Daemon::launch(config, true, threads).await?;
     daemon.control.set_config_path(path);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

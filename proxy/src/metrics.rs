@@ -125,6 +125,24 @@ pub struct ClusterMetrics {
     pub refused: Counter,
 }
 
+/// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
+/// long as it lives.
+pub struct OpenGuard(Gauge);
+
+impl OpenGuard {
+    /// Counts one more open connection.
+    pub fn new(metrics: &BackendMetrics) -> Self {
+        metrics.open.increment(1.0);
+        Self(metrics.open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Per-backend handles.
 #[derive(Clone)]
 pub struct BackendMetrics {

@@ -1,7 +1,9 @@
 //! Idle backend connections, kept per backend and keyed by what a login fixes for the
 //! connection's lifetime (user, database, startup parameters), so a reused connection is
-//! indistinguishable from a new one. Taking and putting are O(1) under a short lock; nothing
-//! here does I/O.
+//! indistinguishable from a new one. Taking and putting are short operations under a lock;
+//! nothing here does network I/O. Each connection remembers the session worker whose reactor it
+//! is registered with: a worker takes its own connections first, and re-registers one it takes
+//! from another ([`Rehome`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -9,27 +11,48 @@ use std::sync::Mutex;
 
 use metrics::Gauge;
 
+/// A connection whose socket can move to the current runtime's reactor.
+pub trait Rehome: Sized {
+    /// Re-registers the socket with the current runtime.
+    ///
+    /// # Errors
+    /// The socket could not be moved; the connection is unusable.
+    fn rehome(self) -> std::io::Result<Self>;
+}
+
 /// A pool of idle connections of type `C`, keyed by `K`.
 pub struct Pool<K, C> {
-    idle: Mutex<HashMap<K, Vec<C>>>,
+    /// `(worker, connection)`, most recently returned last.
+    idle: Mutex<HashMap<K, Vec<(usize, C)>>>,
     max_idle: usize,
     gauge: Gauge,
 }
 
-impl<K: Hash + Eq, C> Pool<K, C> {
+impl<K: Hash + Eq, C: Rehome> Pool<K, C> {
     /// A pool that keeps at most `max_idle` connections per key.
     pub fn new(max_idle: usize, gauge: Gauge) -> Self {
         Self { idle: Mutex::new(HashMap::new()), max_idle, gauge }
     }
 
-    /// Takes the most recently returned connection for `key`.
+    /// Takes the most recently returned connection for `key` that lives on this thread's
+    /// worker, or else any, moved to this worker.
     pub fn take(&self, key: &K) -> Option<C> {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let conn = idle.get_mut(key).and_then(Vec::pop);
-        if conn.is_some() {
+        let here = crate::workers::current();
+        loop {
+            let (home, conn) = {
+                let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let list = idle.get_mut(key)?;
+                let at = list.iter().rposition(|(w, _)| *w == here).or_else(|| list.len().checked_sub(1))?;
+                list.remove(at)
+            };
             self.gauge.decrement(1.0);
+            if home == here {
+                return Some(conn);
+            }
+            if let Ok(conn) = conn.rehome() {
+                return Some(conn);
+            }
         }
-        conn
     }
 
     /// Returns a clean connection; past `max_idle` it is handed back to be closed.
@@ -39,7 +62,7 @@ impl<K: Hash + Eq, C> Pool<K, C> {
         if list.len() >= self.max_idle {
             return Some(conn);
         }
-        list.push(conn);
+        list.push((crate::workers::current(), conn));
         self.gauge.increment(1.0);
         None
     }
@@ -54,6 +77,12 @@ impl<K: Hash + Eq, C> Pool<K, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rehome for u32 {
+        fn rehome(self) -> std::io::Result<Self> {
+            Ok(self)
+        }
+    }
 
     #[test]
     fn keeps_per_key_and_caps() {

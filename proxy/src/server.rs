@@ -19,6 +19,7 @@ use crate::cancel;
 use crate::cluster::Cluster;
 use crate::metrics::Registry;
 use crate::pg;
+use crate::workers::Workers;
 
 /// A bound listener.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub struct Daemon {
     admin_socket: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Stopped when the daemon is dropped.
+    _workers: Arc<Workers>,
 }
 
 impl Daemon {
@@ -87,12 +90,21 @@ impl Daemon {
     /// # Errors
     /// A listener, the admin socket or the metrics endpoint could not be bound.
     pub async fn start_with(config: Config, bind_admin: bool) -> anyhow::Result<Self> {
+        Self::launch(config, bind_admin, crate::workers::default_threads()).await
+    }
+
+    /// As [`Daemon::start_with`], with `threads` session threads.
+    ///
+    /// # Errors
+    /// A listener, the admin socket, the metrics endpoint or a thread could not be started.
+    pub async fn launch(config: Config, bind_admin: bool, threads: usize) -> anyhow::Result<Self> {
+        let workers = Arc::new(Workers::start(threads).context("cannot start the session threads")?);
         // The admin socket first: a second daemon on the same config stops here, before it
         // binds or starts anything.
         let admin = if bind_admin { Some(crate::admin::bind(&config.admin.socket)?) } else { None };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let started = Self::start_clusters(&config, &shutdown, &tracker).await;
+        let started = Self::start_clusters(&config, &shutdown, &tracker, &workers).await;
         let (listeners, clusters, registry) = match started {
             Ok(v) => v,
             Err(e) => {
@@ -110,13 +122,23 @@ impl Daemon {
             tokio::spawn(crate::admin::serve(listener, path.clone(), Arc::clone(&control), shutdown.clone()));
             path
         });
-        Ok(Self { listeners, clusters, control, metrics: registry.handle(), admin_socket, shutdown, tracker })
+        Ok(Self {
+            listeners,
+            clusters,
+            control,
+            metrics: registry.handle(),
+            admin_socket,
+            shutdown,
+            tracker,
+            _workers: workers,
+        })
     }
 
     async fn start_clusters(
         config: &Config,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
+        workers: &Arc<Workers>,
     ) -> anyhow::Result<(Vec<ListenerInfo>, Vec<Arc<Cluster>>, Arc<Registry>)> {
         let registry = Arc::new(Registry::start(config.admin.metrics)?);
         let cancels = Arc::new(cancel::Registry::default());
@@ -149,6 +171,7 @@ impl Daemon {
                     permits: Arc::clone(&permits),
                     shutdown: shutdown.clone(),
                     tracker: tracker.clone(),
+                    workers: Arc::clone(workers),
                 };
                 tracker.spawn(accept.run());
             }
@@ -216,6 +239,7 @@ struct Accept {
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    workers: Arc<Workers>,
 }
 
 impl Accept {
@@ -240,19 +264,26 @@ impl Accept {
                 self.tracker.spawn(too_many(stream, self.cluster.config.max_client_connections));
                 continue;
             };
+            // The session runs on a worker thread: move the socket to that thread's reactor.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(cluster = %self.cluster.config.name, error = %e, "cannot hand the connection over");
+                    continue;
+                }
+            };
             let span = tracing::info_span!("session", cluster = %self.cluster.config.name, %peer);
             let cluster = Arc::clone(&self.cluster);
             let (read_only, cancels, shutdown) = (self.read_only, Arc::clone(&self.cancels), self.shutdown.clone());
-            self.tracker.spawn(
-                async move {
-                    match cluster.config.protocol {
-                        Protocol::Postgres => pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await,
-                        Protocol::Mysql => crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await,
-                    }
-                    drop(permit);
+            let session = async move {
+                let Ok(stream) = TcpStream::from_std(stream) else { return };
+                match cluster.config.protocol {
+                    Protocol::Postgres => pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await,
+                    Protocol::Mysql => crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await,
                 }
-                .instrument(span),
-            );
+                drop(permit);
+            };
+            self.workers.spawn(self.tracker.track_future(session.instrument(span)));
         }
     }
 }

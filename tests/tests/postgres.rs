@@ -371,3 +371,33 @@ async fn metrics_endpoint_reports_sessions_statements_and_connections() {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }
 }
+
+/// Open backend connections of `cluster`'s primary, from the daemon's metrics.
+fn open_on_primary(daemon: &sqlswitch::Daemon) -> u64 {
+    let body = daemon.metrics.render();
+    body.lines()
+        .find(|l| l.starts_with("sqlswitch_backend_connections{") && l.contains("backend=\"primary\",state=\"open\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_hold_no_backend_connection() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let base = open_on_primary(&daemon); // the monitor's
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(port, APP).await.unwrap());
+    }
+    // Each login proved itself on a connection that went back to the pool: one serves them all.
+    let idle = open_on_primary(&daemon) - base;
+    assert!(idle <= 1, "20 idle sessions hold {idle} connections");
+    for c in &clients {
+        c.batch_execute("CREATE TEMP TABLE t (x int)").await.unwrap();
+    }
+    // Sessions that ran something keep their connection (session pooling): 20 now.
+    assert_eq!(open_on_primary(&daemon) - base, 20);
+    drop(clients);
+}

@@ -15,7 +15,7 @@ use sqlswitch_protocol::mysql::{caps, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::metrics::BackendMetrics;
+use crate::metrics::{BackendMetrics, OpenGuard};
 use crate::pg::backend::BackendError;
 
 /// Largest answer packet buffered whole on the control path.
@@ -50,12 +50,14 @@ pub struct MyConn {
     /// Server version string.
     pub version: String,
     read_only: bool,
-    metrics: BackendMetrics,
+    /// Counted as open while it lives.
+    _open: OpenGuard,
 }
 
-impl Drop for MyConn {
-    fn drop(&mut self) {
-        self.metrics.open.decrement(1.0);
+impl crate::pool::Rehome for MyConn {
+    fn rehome(mut self) -> std::io::Result<Self> {
+        self.stream = crate::workers::rehome(self.stream)?;
+        Ok(self)
     }
 }
 
@@ -76,7 +78,6 @@ impl MyConn {
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        metrics.open.increment(1.0);
         let mut conn = MyConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -84,7 +85,7 @@ impl MyConn {
             caps: 0,
             version: String::new(),
             read_only: login.read_only,
-            metrics: metrics.clone(),
+            _open: OpenGuard::new(metrics),
         };
         let hello = conn.read_packet().await?;
         if hello.payload.first() == Some(&0xFF) {

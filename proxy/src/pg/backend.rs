@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
-use crate::metrics::BackendMetrics;
+use crate::metrics::{BackendMetrics, OpenGuard};
 
 /// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
@@ -61,12 +61,14 @@ pub struct BackendConn {
     pub cancel: CancelTarget,
     /// Transaction status from the last ReadyForQuery.
     pub tx: TxStatus,
-    metrics: BackendMetrics,
+    /// Counted as open while it lives.
+    _open: OpenGuard,
 }
 
-impl Drop for BackendConn {
-    fn drop(&mut self) {
-        self.metrics.open.decrement(1.0);
+impl crate::pool::Rehome for BackendConn {
+    fn rehome(mut self) -> std::io::Result<Self> {
+        self.stream = crate::workers::rehome(self.stream)?;
+        Ok(self)
     }
 }
 
@@ -88,14 +90,13 @@ impl BackendConn {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let peer: SocketAddr = stream.peer_addr()?;
-        metrics.open.increment(1.0);
         let mut conn = BackendConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             params: Vec::new(),
             cancel: CancelTarget { addr: peer, pid: 0, secret: 0 },
             tx: TxStatus::Idle,
-            metrics: metrics.clone(),
+            _open: OpenGuard::new(metrics),
         };
         let mut out = BytesMut::new();
         let params =

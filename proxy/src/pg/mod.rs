@@ -24,9 +24,8 @@ use tracing::{debug, info, warn};
 use crate::cancel::{self, CancelKey};
 use crate::cluster::{Cluster, PoolKey};
 use backend::{BackendConn, BackendError, Login};
-use batch::Side;
 use client::{send_fatal, Opening};
-use session::{End, Identity, Session, Slot};
+use session::{End, Identity, Session};
 
 const READ_ONLY_GUC: &str = "default_transaction_read_only";
 
@@ -75,7 +74,6 @@ pub async fn serve(
     };
     let backend = &cluster.backends[index];
     let cancel_key = cancels.register();
-    cancel_key.set_target(Some(conn.cancel));
     if let Err(e) = welcome(&mut stream, &conn, &cancel_key).await {
         debug!(%peer, error = %e, "client left during startup");
         release(&cluster, index, key, conn, false).await;
@@ -84,10 +82,10 @@ pub async fn serve(
     info!(user = %user, backend = %backend.name, read_only, "session started");
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
+    // The login proved the user and database good; the connection goes back to the pool and
+    // the session takes one when it first sends something, so an idle client holds none.
+    release(&cluster, index, key.clone(), conn, false).await;
 
-    let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
-    let counted = session::Counted::new(&backend.sessions);
-    let first = Slot { conn, backend: index, counted, applied: Default::default(), stale: false };
     let id = Identity {
         cluster: &cluster,
         user: &user,
@@ -96,7 +94,7 @@ pub async fn serve(
         read_only,
         cancel: &cancel_key,
     };
-    let mut session = Session::new(stream, buf, id, first, side);
+    let mut session = Session::new(stream, buf, id);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
     if matches!(end, End::Shutdown) {

@@ -165,18 +165,16 @@ impl Side {
 }
 
 impl<'a> Session<'a> {
-    /// A session over an authenticated client and its first backend connection.
-    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: Slot<'a>, side: Side) -> Self {
-        let mut slots = [None, None];
-        slots[side.index()] = Some(first);
+    /// A session over an authenticated client; backend connections are taken as needed.
+    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>) -> Self {
         let mut batch = OpenBatch::default();
         batch.reset();
         Self {
             client,
             cbuf,
             id,
-            slots,
-            active: Some(side),
+            slots: [None, None],
+            active: None,
             state: SessionState::default(),
             batch,
             outstanding: 0,
@@ -324,9 +322,9 @@ impl<'a> Session<'a> {
                         }
                         continue;
                     }
-                    let text = text.to_owned();
-                    let name = name.to_owned();
-                    self.batch.add_verdict(&verdict, &text);
+                    // No copy of the text: it is borrowed from the client buffer (the batch
+                    // keeps its own copy only of session-state statements and named Parses).
+                    self.batch.add_verdict(&verdict, text);
                     if header.tag == fe::QUERY {
                         self.batch.simple = true;
                         self.batch.statements += 1;
@@ -336,8 +334,8 @@ impl<'a> Session<'a> {
                         self.batch.parses_unnamed = true;
                     } else {
                         let parse = Bytes::copy_from_slice(&self.cbuf[at..at + len]);
-                        let generation = self.state.define(&name, parse, verdict.is_read());
-                        self.batch.parsed.push((name, generation));
+                        let generation = self.state.define(name, parse, verdict.is_read());
+                        self.batch.parsed.push((name.to_owned(), generation));
                     }
                 }
                 fe::BIND | fe::DESCRIBE | fe::CLOSE => {
