@@ -48,7 +48,7 @@ pub fn config_text(socket: &Path, metrics: Option<u16>, clusters: &[ClusterSpec<
 /// A process stopped with SIGTERM (then waited for) on drop.
 pub struct Process {
     child: Child,
-    /// The pid whose memory is measured (PgBouncer's own, not `runuser`'s).
+    /// Its pid.
     pub pid: u32,
 }
 
@@ -79,15 +79,7 @@ impl Drop for Process {
 /// # Errors
 /// It could not start or did not listen within 60 s.
 pub fn start_sqlswitch(bin: &Path, config: &Path, port: u16, wrapper: &[&str]) -> Result<Process> {
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let child = cmd
+    let child = wrapped(bin, wrapper)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -98,6 +90,18 @@ pub fn start_sqlswitch(bin: &Path, config: &Path, port: u16, wrapper: &[&str]) -
     let mut p = Process { child, pid };
     wait_listening(&mut p, port, Duration::from_secs(60))?;
     Ok(p)
+}
+
+/// `bin`, or `wrapper... bin` (valgrind).
+fn wrapped(bin: &Path, wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 fn wait_listening(p: &mut Process, port: u16, limit: Duration) -> Result<()> {
@@ -130,7 +134,8 @@ pub fn pgbouncer_bin() -> Option<PathBuf> {
 ///
 /// # Errors
 /// It could not start or did not listen within 30 s.
-pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, pool_size: usize) -> Result<Process> {
+pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, wrapper: &[&str]) -> Result<Process> {
+    let pool_size = 80;
     let dir = dir.join("pgbouncer");
     std::fs::create_dir_all(&dir)?;
     let pidfile = dir.join("pgbouncer.pid");
@@ -149,14 +154,15 @@ pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, pool_siz
     );
     let ini_path = dir.join("pgbouncer.ini");
     std::fs::write(&ini_path, ini)?;
-    let mut cmd = if is_root() {
+    // PgBouncer will not run as root; started as root with `user =`, it drops to that user
+    // itself and keeps this process's file-descriptor limit (runuser would reset it to 1024).
+    if is_root() {
+        let mut ini = std::fs::read_to_string(&ini_path)?;
+        ini += "user = postgres\n";
+        std::fs::write(&ini_path, ini)?;
         sqlswitch_tests::pg::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
+    }
+    let mut cmd = wrapped(bin, wrapper);
     let child = cmd
         .arg(&ini_path)
         .stdin(Stdio::null())
@@ -167,9 +173,5 @@ pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, pool_siz
     let mut p = Process { pid: child.id(), child };
     wait_listening(&mut p, port, Duration::from_secs(30))
         .with_context(|| std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default())?;
-    // Measure and stop PgBouncer itself, not the `runuser` above it.
-    if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
-        p.pid = pid;
-    }
     Ok(p)
 }

@@ -10,7 +10,7 @@
 //! `connect`, `idle`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
 //! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -122,7 +122,7 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
     )?;
     let mut daemon = targets::start_sqlswitch(sqlswitch, &config, split, &[])?;
     let mut bouncer_proc = match targets::pgbouncer_bin() {
-        Some(bin) => Some(targets::start_pgbouncer(&bin, &topo.dir, bouncer, topo.primary().port, 80)?),
+        Some(bin) => Some(targets::start_pgbouncer(&bin, &topo.dir, bouncer, topo.primary().port, &[])?),
         None => {
             notes.push("PgBouncer is not installed (`apt-get install pgbouncer`): its column is empty.".into());
             None
@@ -249,41 +249,38 @@ fn idle_bytes_per_conn(pid: u32, port: u16, n: usize) -> Result<f64> {
 }
 
 async fn connect(conn_str: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    let login = tokio_postgres::connect(conn_str, tokio_postgres::NoTls);
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(30), login)
+        .await
+        .context("no answer to a login within 30 s (file-descriptor limit?)")??;
     tokio::spawn(conn);
     Ok(client)
 }
 
-/// Instructions sqlswitch executes per forwarded `pgbench -S` transaction (primary-only), from
-/// two runs under callgrind with different transaction counts: repeatable on a noisy machine.
+/// User-space instructions per forwarded `pgbench -S` transaction, for sqlswitch (primary-only)
+/// and PgBouncer: two runs under callgrind with different transaction counts, the difference
+/// divided by the difference. Repeatable on a noisy machine, unlike seconds.
 fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         bail!("valgrind is not installed");
     }
-    let (few, many) = (1000u64, 4000u64);
-    let mut totals = Vec::new();
-    for n in [few, many] {
-        eprintln!("callgrind: {n} transactions...");
-        let p = free_ports(1)?;
+    let mut values = [None; 4];
+    values[PRIMARY_ONLY] = Some(per_transaction(topo, "sqlswitch", |port, wrapper| {
         let config = topo.dir.join("callgrind.toml");
         let socket = topo.dir.join("callgrind.sock");
         let node = vec![(topo.primary().name.clone(), topo.primary().port)];
         let extra = "monitor_interval = \"1h\"";
-        let spec = ClusterSpec { name: "cg", protocol: "postgres", port: p[0], nodes: node, extra };
+        let spec = ClusterSpec { name: "cg", protocol: "postgres", port, nodes: node, extra };
         std::fs::write(&config, targets::config_text(&socket, None, &[spec]))?;
-        let out = topo.dir.join(format!("callgrind.{n}.out"));
-        let out_arg = format!("--callgrind-out-file={}", out.display());
-        let mut proc = targets::start_sqlswitch(sqlswitch, &config, p[0], &["valgrind", "--tool=callgrind", &out_arg])?;
-        pgbench(topo, p[0], &["-S", "-M", "simple", "-c", "1", "-t", &n.to_string()])?;
-        proc.stop();
-        totals.push(callgrind_total(&out)?);
+        targets::start_sqlswitch(sqlswitch, &config, port, wrapper)
+    })?);
+    if let Some(bin) = targets::pgbouncer_bin() {
+        values[PGBOUNCER] = Some(per_transaction(topo, "pgbouncer", |port, wrapper| {
+            targets::start_pgbouncer(&bin, &topo.dir, port, topo.primary().port, wrapper)
+        })?);
     }
-    #[allow(clippy::cast_precision_loss)]
-    let per_tx = (totals[1].saturating_sub(totals[0])) as f64 / (many - few) as f64;
-    let mut values = [None; 4];
-    values[PRIMARY_ONLY] = Some(per_tx);
     Ok(Row {
-        workload: "instructions per forwarded pgbench -S transaction (callgrind)".into(),
+        workload: "user-space instructions per forwarded pgbench -S transaction (callgrind)".into(),
         unit: "instr",
         values,
         higher_is_better: false,
@@ -291,7 +288,34 @@ fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
     })
 }
 
-fn callgrind_total(path: &PathBuf) -> Result<u64> {
+fn per_transaction(
+    topo: &Topology,
+    name: &str,
+    start: impl Fn(u16, &[&str]) -> Result<targets::Process>,
+) -> Result<f64> {
+    let (few, many) = (1000u64, 4000u64);
+    let mut totals = Vec::new();
+    for n in [few, many] {
+        eprintln!("callgrind: {name}, {n} transactions...");
+        let port = free_ports(1)?[0];
+        let out = topo.dir.join(format!("callgrind.{name}.{n}.out"));
+        // Callgrind creates its output as the user it starts as; PgBouncer then becomes
+        // `postgres` and must still be able to write it at exit.
+        std::fs::write(&out, "")?;
+        if sqlswitch_tests::pg::is_root() {
+            sqlswitch_tests::pg::run(Command::new("chown").arg("postgres").arg(&out))?;
+        }
+        let out_arg = format!("--callgrind-out-file={}", out.display());
+        let mut proc = start(port, &["valgrind", "--tool=callgrind", &out_arg])?;
+        pgbench(topo, port, &["-S", "-M", "simple", "-c", "1", "-t", &n.to_string()])?;
+        proc.stop();
+        totals.push(callgrind_total(&out)?);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok((totals[1].saturating_sub(totals[0])) as f64 / (many - few) as f64)
+}
+
+fn callgrind_total(path: &Path) -> Result<u64> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))

@@ -1,5 +1,6 @@
 //! MySQL/MariaDB clients: the handshake and login against the configured users
-//! (`mysql_native_password`, with an auth switch for clients that start with another plugin), the
+//! (`mysql_native_password`, or `caching_sha2_password` when the client answers with it, always
+//! on its fast path; an auth switch to native for clients that start with another plugin), the
 //! first backend connection, then the session relay ([`session`]).
 
 pub mod backend;
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
 use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ClientResponse, ServerHandshake};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload};
@@ -29,6 +31,7 @@ use session::{MySession, MySlot};
 /// behaviour; the backends are asked nothing until login succeeds).
 const SERVER_VERSION: &str = "5.5.5-10.11.0-MariaDB-sqlswitch";
 const NATIVE: &str = "mysql_native_password";
+const CACHING_SHA2: &str = "caching_sha2_password";
 const UTF8MB4_GENERAL_CI: u8 = 45;
 
 /// Sends an ERR packet with sequence id `seq`.
@@ -175,7 +178,8 @@ async fn handshake(
         }
     };
     let mut seq = first.last_seq.wrapping_add(1);
-    if response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
+    let sha2 = response.plugin.as_deref() == Some(CACHING_SHA2);
+    if !sha2 && response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &auth_switch_request(NATIVE, &nonce));
         stream.write_all(&out).await?;
@@ -186,6 +190,9 @@ async fn handshake(
     let expected = cluster.users.load().get(&response.user).and_then(|u| {
         if u.password.is_empty() {
             Some(Vec::new())
+        } else if sha2 {
+            let nonce: &[u8; 20] = nonce.as_slice().try_into().ok()?;
+            scramble_sha256(nonce, u.password.as_bytes()).map(|s| s.to_vec())
         } else {
             scramble_native(&nonce, u.password.as_bytes()).map(|s| s.to_vec())
         }
@@ -196,6 +203,15 @@ async fn handshake(
         let text = format!("Access denied for user '{}'@'{}' (using password: {using})", response.user, peer.ip());
         send_err(stream, seq, code::ACCESS_DENIED, "28000", &text).await;
         anyhow::bail!("authentication failed for user {:?}", response.user);
+    }
+    if sha2 && !response.auth.is_empty() {
+        // caching_sha2_password: the proxy knows every password, so its "cache" always holds
+        // the user and the scramble is checked on the fast path; full authentication (RSA or
+        // TLS) is never asked for. AuthMoreData 0x03 is "fast auth succeeded; OK follows".
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &[0x01, 0x03]);
+        stream.write_all(&out).await?;
+        seq = seq.wrapping_add(1);
     }
     Ok((response, seq))
 }

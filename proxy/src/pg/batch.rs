@@ -16,6 +16,51 @@ pub enum Side {
     Replica,
 }
 
+/// A list of statement names that keeps its strings' buffers from batch to batch, so that
+/// binding a prepared statement allocates nothing in steady state.
+#[derive(Debug, Default)]
+pub struct Names {
+    items: Vec<String>,
+    len: usize,
+}
+
+impl Names {
+    /// Empties the list, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The names.
+    pub fn as_slice(&self) -> &[String] {
+        &self.items[..self.len]
+    }
+
+    /// Whether `name` is in the list.
+    pub fn contains(&self, name: &str) -> bool {
+        self.as_slice().iter().any(|n| n == name)
+    }
+
+    /// Adds `name`.
+    pub fn push(&mut self, name: &str) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                slot.clear();
+                slot.push_str(name);
+            }
+            None => self.items.push(name.to_owned()),
+        }
+        self.len += 1;
+    }
+
+    /// Makes this list a copy of `other`, reusing buffers.
+    pub fn copy_from(&mut self, other: &Names) {
+        self.clear();
+        for n in other.as_slice() {
+            self.push(n);
+        }
+    }
+}
+
 /// The batch being assembled.
 #[derive(Debug, Default)]
 pub struct OpenBatch {
@@ -35,7 +80,7 @@ pub struct OpenBatch {
     /// Execute messages and simple Queries in it.
     pub statements: u32,
     /// Named statements it binds without parsing them itself: they may need preparing.
-    pub binds: Vec<String>,
+    pub binds: Names,
     /// Named statements it parses: `(name, generation)`.
     pub parsed: Vec<(String, u64)>,
     /// Named statements it closes.

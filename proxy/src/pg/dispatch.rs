@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::backend::{BackendConn, BackendError, Login};
 use super::batch::Side;
-use super::session::{End, Retry, Session, Slot, StateChange};
+use super::session::{End, Session, Slot, StateChange};
 use super::state::Applied;
 use crate::cluster::Mode;
 use crate::route::{Reason, SessionView, Target};
@@ -83,7 +83,7 @@ impl Session<'_> {
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
-        let side = self.send(side, backend, &bytes, &binds).await?;
+        let side = self.send(side, backend, &bytes, binds.as_slice()).await?;
         let Some(side) = side else {
             // No backend could take it: the client has its error; drop the batch.
             self.batch.binds = binds;
@@ -92,7 +92,8 @@ impl Session<'_> {
             return Ok(true);
         };
         if side == Side::Replica && self.batch.complete && self.outstanding == 0 && self.tx() == TxStatus::Idle {
-            self.retry = Some(Retry { bytes, binds: binds.clone() });
+            self.retry_binds.copy_from(&binds);
+            self.retry = Some(bytes);
         }
         self.batch.binds = binds;
         self.after_send(side, reason, writes);
@@ -316,10 +317,13 @@ impl Session<'_> {
             self.outstanding == 0 && self.slots[side.index()].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
         if let Some(retry) = self.retry.take() {
+            let binds = std::mem::take(&mut self.retry_binds);
             warn!("a replica failed before answering; sending the read to the primary");
             self.outstanding = self.outstanding.saturating_sub(1);
             let primary = self.id.cluster.table.load().primary;
-            match self.send(Side::Primary, primary, &retry.bytes, &retry.binds).await? {
+            let sent = self.send(Side::Primary, primary, &retry, binds.as_slice()).await;
+            self.retry_binds = binds;
+            match sent? {
                 Some(side) => {
                     self.outstanding += 1;
                     self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel));

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
-use super::batch::{OpenBatch, Side};
+use super::batch::{Names, OpenBatch, Side};
 use super::state::{Applied, SessionState};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
@@ -87,12 +87,6 @@ pub struct Slot<'a> {
     pub stale: bool,
 }
 
-/// A batch kept until its first answer byte, to retry it elsewhere if its replica fails.
-pub(super) struct Retry {
-    pub bytes: Bytes,
-    pub binds: Vec<String>,
-}
-
 /// Who the session is.
 pub struct Identity<'a> {
     /// The cluster.
@@ -132,7 +126,11 @@ pub struct Session<'a> {
     pub(super) state_change: Option<StateChange>,
     /// The backend reported an error since the last ReadyForQuery.
     batch_error: bool,
-    pub(super) retry: Option<Retry>,
+    /// A replica read kept until its first answer byte, to retry it on the primary if the
+    /// replica fails.
+    pub(super) retry: Option<Bytes>,
+    /// The statements that read binds (buffers reused).
+    pub(super) retry_binds: Names,
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
     /// Counted in the cluster's `primary_busy` (primary work in flight).
@@ -186,6 +184,7 @@ impl<'a> Session<'a> {
             state_change: None,
             batch_error: false,
             retry: None,
+            retry_binds: Names::default(),
             unnamed_side: None,
             primary_counted: false,
         }
@@ -338,13 +337,10 @@ impl<'a> Session<'a> {
                         self.batch.parsed.push((name.to_owned(), generation));
                     }
                 }
-                fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                    let name = match statement_name(header.tag, body) {
-                        Ok(n) => n.map(str::to_owned),
-                        Err(e) => return Err(self.client_error(e).await),
-                    };
-                    self.note_statement_use(header.tag, name);
-                }
+                fe::BIND | fe::DESCRIBE | fe::CLOSE => match statement_name(header.tag, body) {
+                    Ok(name) => note_statement_use(&mut self.batch, &mut self.state, header.tag, name),
+                    Err(e) => return Err(self.client_error(e).await),
+                },
                 fe::EXECUTE => self.batch.statements += 1,
                 fe::SYNC => {
                     self.batch.syncs += 1;
@@ -383,33 +379,6 @@ impl<'a> Session<'a> {
             self.dispatch().await?;
         }
         Ok(())
-    }
-
-    /// Records a Bind, Describe or Close of a named (or the unnamed) statement.
-    fn note_statement_use(&mut self, tag: u8, name: Option<String>) {
-        let Some(name) = name else { return };
-        if tag == fe::CLOSE {
-            if !name.is_empty() {
-                self.batch.closes.push(name);
-            }
-            return;
-        }
-        if name.is_empty() {
-            if !self.batch.parses_unnamed {
-                self.batch.needs_unnamed_from = true;
-            }
-            return;
-        }
-        if self.batch.parsed.iter().any(|(n, _)| *n == name) {
-            return;
-        }
-        match self.state.statement(&name) {
-            Some(s) if s.read => {}
-            _ => self.batch.read = false,
-        }
-        if !self.batch.binds.contains(&name) {
-            self.batch.binds.push(name);
-        }
     }
 
     /// Refuses the write at offset `batch.len` (a `Q` or `P` of `len` bytes). Returns false when
@@ -615,6 +584,33 @@ impl<'a> Session<'a> {
             slot.conn.buf.advance(n);
         }
         Ok(())
+    }
+}
+
+/// Records a Bind, Describe or Close of a named (or the unnamed) statement.
+fn note_statement_use(batch: &mut OpenBatch, state: &mut SessionState, tag: u8, name: Option<&str>) {
+    let Some(name) = name else { return };
+    if tag == fe::CLOSE {
+        if !name.is_empty() {
+            batch.closes.push(name.to_owned());
+        }
+        return;
+    }
+    if name.is_empty() {
+        if !batch.parses_unnamed {
+            batch.needs_unnamed_from = true;
+        }
+        return;
+    }
+    if batch.parsed.iter().any(|(n, _)| n == name) {
+        return;
+    }
+    match state.statement(name) {
+        Some(s) if s.read => {}
+        _ => batch.read = false,
+    }
+    if !batch.binds.contains(name) {
+        batch.binds.push(name);
     }
 }
 
