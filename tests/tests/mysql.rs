@@ -341,7 +341,7 @@ async fn sha2_login(port: u16, (user, password): (&str, &str)) -> Vec<Vec<u8>> {
 
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut buf = BytesMut::new();
-    let mut read = async |stream: &mut tokio::net::TcpStream, buf: &mut BytesMut| loop {
+    let read = async |stream: &mut tokio::net::TcpStream, buf: &mut BytesMut| loop {
         if let Some(p) = packet::decode(buf, 1 << 20).unwrap() {
             return p.payload.to_vec();
         }
