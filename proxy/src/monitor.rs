@@ -85,20 +85,45 @@ pub fn record_boundary(lsn: u64) -> u64 {
     }
 }
 
-/// A MariaDB GTID position (`domain-server-seq`, comma-separated per domain) as one number:
-/// the sequence number when there is one domain (or none: 0). With several domains there is no
-/// single order, so `None`: such replicas are never judged caught up (fail closed).
-pub fn parse_gtid(s: &str) -> Option<u64> {
+/// A replication position: a WAL position for PostgreSQL (one component), or a MariaDB GTID
+/// position (the sequence number of each replication domain). Positions are ordered per
+/// component: one covers another when it is at or past it in every component the other has.
+/// Domains apply independently on a replica, so no single number can stand for several.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position(Vec<(u32, u64)>);
+
+impl Position {
+    /// A one-component position (PostgreSQL's WAL).
+    pub fn scalar(lsn: u64) -> Self {
+        Self(vec![(0, lsn)])
+    }
+
+    /// Whether this position is at or past `other` in every component `other` has.
+    pub fn covers(&self, other: &Position) -> bool {
+        other.0.iter().all(|(d, seq)| *seq == 0 || self.0.iter().any(|(d2, s2)| d2 == d && s2 >= seq))
+    }
+
+    /// The sum of the components: a lag figure for people (bytes, or transactions), not an
+    /// order.
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s))
+    }
+}
+
+/// Parses a MariaDB GTID position: `domain-server-seq`, comma-separated per domain (empty: no
+/// transaction yet).
+pub fn parse_gtid(s: &str) -> Option<Position> {
     let s = s.trim();
-    if s.is_empty() {
-        return Some(0);
+    let mut v = Vec::new();
+    for gtid in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut parts = gtid.split('-');
+        let (domain, _server, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        v.push((domain.parse().ok()?, seq.parse().ok()?));
     }
-    let mut domains = s.split(',');
-    let first = domains.next()?;
-    if domains.next().is_some() {
-        return None;
-    }
-    first.rsplit('-').next()?.parse().ok()
+    Some(Position(v))
 }
 
 /// Parses `X/Y` (hex) into a 64-bit WAL position.
@@ -107,22 +132,27 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
-/// Primary samples `(t, lsn)`, oldest first; enough for a minute at the default interval.
-struct Samples(VecDeque<(u64, u64)>);
+/// A PostgreSQL position as a [`Position`].
+pub fn parse_lsn_position(s: &str) -> Option<Position> {
+    parse_lsn(s).map(Position::scalar)
+}
+
+/// Primary samples `(t, position)`, oldest first; enough for a minute at the default interval.
+struct Samples(VecDeque<(u64, Position)>);
 
 impl Samples {
     const KEEP: usize = 1024;
 
-    fn push(&mut self, t: u64, lsn: u64) {
+    fn push(&mut self, t: u64, pos: Position) {
         if self.0.len() == Self::KEEP {
             self.0.pop_front();
         }
-        self.0.push_back((t, lsn));
+        self.0.push_back((t, pos));
     }
 
     /// The newest sample time whose position `replayed` covers; 0 when none does.
-    fn caught_up_to(&self, replayed: u64) -> u64 {
-        self.0.iter().rev().find(|(_, lsn)| *lsn <= replayed).map_or(0, |(t, _)| *t)
+    fn caught_up_to(&self, replayed: &Position) -> u64 {
+        self.0.iter().rev().find(|(_, pos)| replayed.covers(pos)).map_or(0, |(t, _)| *t)
     }
 }
 
@@ -189,8 +219,12 @@ impl Monitor {
         self.conns.resize_with(cluster.backends.len(), || None);
         let mut conns = std::mem::take(&mut self.conns);
         let t = cluster.clock.now();
-        if let Some(lsn) = probe(&cluster, primary, true, &mut conns[primary], &login).await {
-            self.samples.push(t, record_boundary(lsn));
+        if let Some(pos) = probe(&cluster, primary, true, &mut conns[primary], &login).await {
+            let pos = match cluster.config.protocol {
+                Protocol::Postgres => Position::scalar(record_boundary(pos.total())),
+                Protocol::Mysql => pos,
+            };
+            self.samples.push(t, pos);
             cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
         }
         let samples = &self.samples;
@@ -198,11 +232,11 @@ impl Monitor {
         let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary && live(*i)).map(|(i, conn)| {
             let (cluster, login) = (&cluster, &login);
             async move {
-                let Some(lsn) = probe(cluster, i, false, conn, login).await else { return };
+                let Some(pos) = probe(cluster, i, false, conn, login).await else { return };
                 let health = &cluster.backends[i].health;
-                let newest = samples.0.back().map_or(0, |(_, p)| *p);
-                let caught_up_to = samples.caught_up_to(lsn);
-                health.lag_bytes.store(newest.saturating_sub(lsn), Ordering::Relaxed);
+                let newest = samples.0.back().map_or(0, |(_, p)| p.total());
+                let caught_up_to = samples.caught_up_to(&pos);
+                health.lag_bytes.store(newest.saturating_sub(pos.total()), Ordering::Relaxed);
                 health.caught_up_to.store(caught_up_to, Ordering::Relaxed);
                 let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
                 health.lag_micros.store(lag, Ordering::Relaxed);
@@ -222,13 +256,19 @@ enum Conn {
 /// Checks backend `i` (the primary, or a replica) and updates its `up` flag; returns its
 /// position (WAL for PostgreSQL, GTID sequence for MariaDB). A PostgreSQL replica that is not in
 /// recovery (a fenced old primary) answers NULL: down.
-async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Conn>, login: &Login<'_>) -> Option<u64> {
+async fn probe(
+    cluster: &Cluster,
+    i: usize,
+    primary: bool,
+    conn: &mut Option<Conn>,
+    login: &Login<'_>,
+) -> Option<Position> {
     let backend = &cluster.backends[i];
-    let (sql, parse): (&str, fn(&str) -> Option<u64>) = match (cluster.config.protocol, primary) {
+    let (sql, parse): (&str, fn(&str) -> Option<Position>) = match (cluster.config.protocol, primary) {
         // The insert position, not the write position: with asynchronous commit a commit is
         // acknowledged once inserted, before it is written.
-        (Protocol::Postgres, true) => ("SELECT pg_current_wal_insert_lsn()::text", parse_lsn),
-        (Protocol::Postgres, false) => ("SELECT pg_last_wal_replay_lsn()::text", parse_lsn),
+        (Protocol::Postgres, true) => ("SELECT pg_current_wal_insert_lsn()::text", parse_lsn_position),
+        (Protocol::Postgres, false) => ("SELECT pg_last_wal_replay_lsn()::text", parse_lsn_position),
         (Protocol::Mysql, true) => ("SELECT @@gtid_binlog_pos", parse_gtid),
         (Protocol::Mysql, false) => ("SELECT @@gtid_slave_pos", parse_gtid),
     };
@@ -236,14 +276,14 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);
     match result.as_deref().map(parse) {
-        Ok(Some(lsn)) => {
-            health.lsn.store(lsn, Ordering::Relaxed);
+        Ok(Some(pos)) => {
+            health.lsn.store(pos.total(), Ordering::Relaxed);
             health.up.store(true, Ordering::Relaxed);
             health.failed.store(false, Ordering::Relaxed);
             if !was_up {
                 info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
             }
-            Some(lsn)
+            Some(pos)
         }
         other => {
             if was_up {
@@ -317,10 +357,20 @@ mod tests {
 
     #[test]
     fn gtid_positions() {
-        assert_eq!(parse_gtid("0-1-10"), Some(10));
-        assert_eq!(parse_gtid(""), Some(0));
-        assert_eq!(parse_gtid("0-1-10,1-2-5"), None, "several domains have no single order");
+        let p = |s| parse_gtid(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(p("0-1-10"), Position(vec![(0, 10)]));
+        assert_eq!(p(""), Position(vec![]));
+        assert_eq!(p("0-1-10,1-2-5"), Position(vec![(0, 10), (1, 5)]));
         assert_eq!(parse_gtid("junk"), None);
+        assert_eq!(parse_gtid("0-1-x"), None);
+        // Per-domain order: ahead in one domain does not make up for behind in another.
+        assert!(p("0-1-10,1-2-5").covers(&p("0-1-10,1-2-5")));
+        assert!(p("0-1-11,1-2-6").covers(&p("0-1-10,1-2-5")));
+        assert!(!p("0-1-20,1-2-4").covers(&p("0-1-10,1-2-5")), "behind in domain 1");
+        assert!(!p("0-1-20").covers(&p("0-1-10,1-2-5")), "domain 1 missing");
+        assert!(p("0-1-10,1-2-5,7-3-1").covers(&p("0-1-10,1-2-5")), "extra domains do not matter");
+        assert!(p("").covers(&p("")), "nothing written yet");
+        assert_eq!(p("0-1-10,1-2-5").total(), 15);
     }
 
     #[test]
@@ -334,13 +384,23 @@ mod tests {
     #[test]
     fn caught_up_to_is_the_newest_sample_replayed() {
         let mut s = Samples(VecDeque::new());
-        s.push(100, 10);
-        s.push(200, 20);
-        s.push(300, 20);
-        s.push(400, 35);
-        assert_eq!(s.caught_up_to(5), 0);
-        assert_eq!(s.caught_up_to(10), 100);
-        assert_eq!(s.caught_up_to(25), 300, "an idle primary keeps replicas caught up");
-        assert_eq!(s.caught_up_to(35), 400);
+        let at = Position::scalar;
+        s.push(100, at(10));
+        s.push(200, at(20));
+        s.push(300, at(20));
+        s.push(400, at(35));
+        assert_eq!(s.caught_up_to(&at(5)), 0);
+        assert_eq!(s.caught_up_to(&at(10)), 100);
+        assert_eq!(s.caught_up_to(&at(25)), 300, "an idle primary keeps replicas caught up");
+        assert_eq!(s.caught_up_to(&at(35)), 400);
+        // Two domains: caught up only to the newest sample covered in both.
+        let mut m = Samples(VecDeque::new());
+        let g = |t: &str| parse_gtid(t).unwrap_or_default();
+        m.push(100, g("0-1-10,1-1-10"));
+        m.push(200, g("0-1-20,1-1-10"));
+        m.push(300, g("0-1-20,1-1-20"));
+        assert_eq!(m.caught_up_to(&g("0-1-25,1-1-15")), 200);
+        assert_eq!(m.caught_up_to(&g("0-1-15,1-1-25")), 100);
+        assert_eq!(m.caught_up_to(&g("0-1-5,1-1-25")), 0);
     }
 }

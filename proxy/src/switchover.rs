@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::cluster::Cluster;
 use crate::control::{change, millis, Control, Failure};
-use crate::monitor::{parse_gtid, parse_lsn, record_boundary};
+use crate::monitor::{parse_gtid, parse_lsn, record_boundary, Position};
 use crate::mysql::backend::MyConn;
 use crate::pg::backend::{BackendConn, BackendError, Login};
 use sqlswitch_config::Protocol;
@@ -120,7 +120,7 @@ pub async fn run(
                 let text = new_conn.value(dialect.replayed).await.map_err(|e| format!("catch_up: {e}"))?;
                 let replayed =
                     (dialect.parse)(&text).ok_or_else(|| format!("catch_up: cannot compare position {text:?}"))?;
-                if replayed >= final_pos {
+                if replayed.covers(&final_pos) {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -208,8 +208,8 @@ struct Dialect {
     final_position: &'static str,
     /// The target's applied position.
     replayed: &'static str,
-    /// Parses a position into a comparable number.
-    parse: fn(&str) -> Option<u64>,
+    /// Parses a position.
+    parse: fn(&str) -> Option<Position>,
     /// Asks whether a server is a standby; `standby_answer` is the "yes".
     is_standby: &'static str,
     standby_answer: &'static str,
@@ -217,8 +217,8 @@ struct Dialect {
     promote: &'static [&'static str],
 }
 
-fn pg_insert_position(text: &str) -> Option<u64> {
-    parse_lsn(text).map(record_boundary)
+fn pg_insert_position(text: &str) -> Option<Position> {
+    parse_lsn(text).map(|lsn| Position::scalar(record_boundary(lsn)))
 }
 
 const POSTGRES: Dialect = Dialect {

@@ -382,3 +382,26 @@ async fn caching_sha2_password_clients_log_in_on_the_fast_path() {
     assert_eq!(refused[0].get(..1), Some(&[0xFF][..]), "a wrong password gets ERR: {refused:?}");
     assert_eq!(u16::from_le_bytes([refused[0][1], refused[0][2]]), 1045);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_several_gtid_domains_still_serve_reads() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    // A write in a second replication domain: positions become `0-1-N,1-1-M`.
+    topo.sql(topo.primary(), "SET SESSION gtid_domain_id = 1; INSERT INTO app.items (note) VALUES ('domain 1')")
+        .unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let pos = topo.sql(topo.primary(), "SELECT @@gtid_binlog_pos").unwrap();
+    assert!(pos.contains(','), "two domains: {pos}");
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    let id = server_id(&mut conn).await;
+    assert!(id == 2 || id == 3, "reads still go to the caught-up replicas (server {id}, position {pos})");
+    // And read-your-writes still holds across domains.
+    conn.query_drop("INSERT INTO items (note) VALUES ('after domains')").await.unwrap();
+    let seen: Option<String> =
+        conn.query_first("SELECT note FROM items WHERE note = 'after domains' LIMIT 1").await.unwrap();
+    assert_eq!(seen.as_deref(), Some("after domains"));
+    conn.disconnect().await.unwrap();
+}
