@@ -405,3 +405,32 @@ async fn replicas_with_several_gtid_domains_still_serve_reads() {
     assert_eq!(seen.as_deref(), Some("after domains"));
     conn.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_query_stops_its_query() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap(); // on the primary
+    let running = "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP(30) /*leaver*/%'";
+    let query = tokio::spawn(async move {
+        let _ = conn.query_drop("SELECT SLEEP(30) /*leaver*/").await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while topo.sql(topo.primary(), running).unwrap().trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    query.abort(); // the client vanishes mid-query
+    let _ = query.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while topo.sql(topo.primary(), running).unwrap().trim() != "0" {
+        assert!(std::time::Instant::now() < deadline, "the query still runs for a client that left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The proxy serves on.
+    let mut again = connect(port, APP).await.unwrap();
+    assert!(server_id(&mut again).await > 0);
+}

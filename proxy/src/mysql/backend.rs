@@ -49,6 +49,8 @@ pub struct MyConn {
     pub caps: u32,
     /// Server version string.
     pub version: String,
+    /// The server's id for this connection (what `KILL QUERY` names).
+    pub thread_id: u32,
     read_only: bool,
     /// Counted as open while it lives.
     _open: OpenGuard,
@@ -84,6 +86,7 @@ impl MyConn {
             status: status::AUTOCOMMIT,
             caps: 0,
             version: String::new(),
+            thread_id: 0,
             read_only: login.read_only,
             _open: OpenGuard::new(metrics),
         };
@@ -102,6 +105,7 @@ impl MyConn {
             conn.caps |= caps::CONNECT_WITH_DB & server.caps;
         }
         conn.version = server.version.clone();
+        conn.thread_id = server.connection_id;
         let response = ClientResponse {
             caps: conn.caps,
             max_packet: 1 << 30,

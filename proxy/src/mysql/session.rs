@@ -18,7 +18,7 @@ use sqlswitch_protocol::mysql::{caps, code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::backend::{Login, MyConn};
 use super::statements::{carries_statement, prepare_on, Statements};
@@ -109,6 +109,15 @@ pub struct MySession<'a> {
     read_only: bool,
     primary_counted: bool,
     statements: Statements,
+}
+
+/// Why an answer could not be relayed whole.
+#[derive(Debug, Clone, Copy)]
+enum Fail {
+    /// The backend failed; `forwarded` says whether any of the answer reached the client.
+    Backend { forwarded: bool },
+    /// The client went away.
+    Client,
 }
 
 /// A command's route.
@@ -340,7 +349,13 @@ impl<'a> MySession<'a> {
                     }
                     return Ok(());
                 }
-                Err(forwarded) if plan.side == Side::Replica && !forwarded && !self.in_tx() => {
+                Err(Fail::Client) => {
+                    // The client left mid-command: stop the query rather than let it run for
+                    // nobody, and close the connection, whose state is unknown.
+                    self.kill_query(plan.side).await;
+                    return Err(End::ClientGone);
+                }
+                Err(Fail::Backend { forwarded }) if plan.side == Side::Replica && !forwarded && !self.in_tx() => {
                     warn!("a replica failed before answering; sending the command to the primary");
                     self.drop_slot(Side::Replica);
                     plan.side = Side::Primary;
@@ -352,6 +367,35 @@ impl<'a> MySession<'a> {
                     return Err(End::BackendGone);
                 }
             }
+        }
+    }
+
+    /// Stops the query running on `side`'s connection with `KILL QUERY` (sent as the session's
+    /// user, who may always stop its own threads, on a connection of its own) and drops the
+    /// connection.
+    async fn kill_query(&mut self, side: Side) {
+        let Some(slot) = self.slots[side.index()].take() else { return };
+        let thread = slot.conn.thread_id;
+        let killed = match acquire(&self.id, slot.backend).await {
+            Ok(mut killer) => match killer.simple_query(&format!("KILL QUERY {thread}")).await {
+                Ok(_) => {
+                    let pool = &self.id.cluster.backends[slot.backend].mysql_pool;
+                    if let Some(extra) = pool.put(self.id.key.clone(), killer) {
+                        extra.quit().await;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match killed {
+            Ok(()) => debug!(thread, "stopped the query of a client that left"),
+            Err(e) => warn!(thread, error = %e, "could not stop the query of a client that left"),
+        }
+        slot.conn.quit().await;
+        if self.active == Some(side) {
+            self.active = None;
         }
     }
 
@@ -448,12 +492,11 @@ impl<'a> MySession<'a> {
     }
 
     /// Streams the answer on `side` to the client. `Ok(failed)` when it is complete (`failed`:
-    /// it was an error); `Err(forwarded)` when the backend failed, saying whether any of the
-    /// answer had reached the client.
-    async fn relay(&mut self, side: Side, answer: Answer, prepared_sql: Option<&[u8]>) -> Result<bool, bool> {
+    /// it was an error); [`Fail`] when the backend failed or the client left.
+    async fn relay(&mut self, side: Side, answer: Answer, prepared_sql: Option<&[u8]>) -> Result<bool, Fail> {
         let i = side.index();
         let statements = &mut self.statements;
-        let Some(slot) = self.slots[i].as_mut() else { return Err(false) };
+        let Some(slot) = self.slots[i].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
         let conn_id = slot.conn_id;
         let conn = &mut slot.conn;
         let mut first_packet = true;
@@ -462,6 +505,7 @@ impl<'a> MySession<'a> {
             return Ok(false);
         }
         let mut forwarded = false;
+        let mut client_eof = false;
         let mut passthrough = 0usize;
         loop {
             let mut fwd = 0;
@@ -497,7 +541,7 @@ impl<'a> MySession<'a> {
                     }
                 }
                 let prefix = &conn.buf[fwd + HEADER_LEN..fwd + HEADER_LEN + seen];
-                let step = tracker.feed(h.len, prefix).map_err(|_| forwarded)?;
+                let step = tracker.feed(h.len, prefix).map_err(|_| Fail::Backend { forwarded })?;
                 if seen < h.len {
                     fwd += HEADER_LEN + seen;
                     passthrough = h.len - seen;
@@ -511,7 +555,7 @@ impl<'a> MySession<'a> {
             }
             if fwd > 0 {
                 if self.client.write_all(&conn.buf[..fwd]).await.is_err() {
-                    return Err(true);
+                    return Err(Fail::Client);
                 }
                 conn.buf.advance(fwd);
                 forwarded = true;
@@ -523,9 +567,25 @@ impl<'a> MySession<'a> {
                 return Ok(tracker.failed);
             }
             conn.buf.reserve(16 * 1024);
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(forwarded),
+            // Watch the client too: one that leaves while the server works (a long query)
+            // must not leave the query running for nobody. Clients send nothing mid-command;
+            // whatever they do send waits in the client buffer.
+            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                self.cbuf.reserve(4096);
+            }
+            tokio::select! {
+                r = conn.stream.read_buf(&mut conn.buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(Fail::Backend { forwarded }),
+                },
+                r = self.client.read_buf(&mut self.cbuf), if !client_eof => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        client_eof = true;
+                        if !forwarded {
+                            return Err(Fail::Client);
+                        }
+                    }
+                }
             }
         }
     }
