@@ -354,6 +354,8 @@ pub struct Cluster {
     pub table: ArcSwap<RoutingTable>,
     /// Holds new work during `pause` and switchover.
     pub gate: Gate,
+    /// MySQL client connection ids, for `KILL`.
+    pub mysql_threads: Arc<crate::mysql::threads::Registry>,
 }
 
 impl Cluster {
@@ -374,6 +376,7 @@ impl Cluster {
                 max_lag: u64::try_from(config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
             }),
             gate: Gate::default(),
+            mysql_threads: Arc::default(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,

@@ -96,9 +96,12 @@ async fn mysql_pitfalls_run_on_the_primary_and_state_follows_the_session() {
         let id: u32 = row.get(0).unwrap();
         assert_eq!(id, 1, "{sql} ran on server {id}");
     }
-    // KILL would name a thread of whichever server it reached: refused.
+    // KILL names the proxy's connection ids, not a server's: an id the proxy never gave out is
+    // unknown, and a server-side form is refused.
     let mut conn = connect(port, APP).await.unwrap();
     let err = conn.query_drop("KILL QUERY 1").await.unwrap_err();
+    assert_eq!(code(&err), Some(1094), "{err:?}");
+    let err = conn.query_drop("KILL USER app").await.unwrap_err();
     assert_eq!(code(&err), Some(1235), "{err:?}");
     // User variables set in the session are seen by reads on a replica.
     conn.query_drop("SET @v = 42").await.unwrap();
@@ -433,4 +436,34 @@ async fn a_client_that_leaves_mid_query_stops_its_query() {
     // The proxy serves on.
     let mut again = connect(port, APP).await.unwrap();
     assert!(server_id(&mut again).await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_query_and_connection_use_the_proxys_ids() {
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut victim = connect(port, APP).await.unwrap();
+    let victim_id = victim.id();
+    let mut other = connect(port, APP).await.unwrap();
+    let mut anon = connect(port, ANON).await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r: Result<Option<i64>, Error> = victim.query_first("SELECT SLEEP(30)").await;
+        (r, started.elapsed(), victim)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another user may not.
+    let err = anon.query_drop(format!("KILL QUERY {victim_id}")).await.unwrap_err();
+    assert_eq!(code(&err), Some(1095), "{err:?}");
+    // The same user may: the query stops at once (SLEEP returns 1 when interrupted).
+    other.query_drop(format!("KILL QUERY {victim_id}")).await.unwrap();
+    let (r, took, mut victim) = sleeper.await.unwrap();
+    assert!(took < Duration::from_secs(10), "the query ran on for {took:?}: {r:?}");
+    assert!(matches!(r, Ok(Some(1)) | Err(_)), "{r:?}");
+    // The connection itself lives on, until KILL CONNECTION.
+    assert!(server_id(&mut victim).await > 0);
+    other.query_drop(format!("KILL {victim_id}")).await.unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(5), victim.query_drop("SELECT 1")).await;
+    assert!(matches!(gone, Ok(Err(_))), "a killed connection is closed: {gone:?}");
 }

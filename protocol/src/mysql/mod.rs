@@ -25,6 +25,12 @@ pub mod code {
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
     /// `ER_HANDSHAKE_ERROR` (1043).
     pub const HANDSHAKE: u16 = 1043;
+    /// ER_NO_SUCH_THREAD.
+    pub const NO_SUCH_THREAD: u16 = 1094;
+    /// ER_KILL_DENIED_ERROR.
+    pub const KILL_DENIED: u16 = 1095;
+    /// ER_CONNECTION_KILLED.
+    pub const CONNECTION_KILLED: u16 = 1927;
     /// `CR_SERVER_LOST` style failure reported as `ER_UNKNOWN_ERROR` (1105).
     pub const UNKNOWN: u16 = 1105;
 }

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod session;
 pub mod statements;
+pub mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,8 +52,10 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    let thread = cluster.mysql_threads.register();
     let login =
-        tokio::time::timeout(cluster.config.auth_timeout, handshake(&mut stream, &mut buf, &cluster, peer)).await;
+        tokio::time::timeout(cluster.config.auth_timeout, handshake(&mut stream, &mut buf, &cluster, peer, thread.id))
+            .await;
     let (hello, seq) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -66,6 +69,7 @@ pub async fn serve(
     };
     let users = cluster.users.load_full();
     let Some(account) = users.get(&hello.user) else { return };
+    thread.set_user(&hello.user);
     let read_only = read_only_listener || account.read_only;
     let mut params = vec![("database".to_owned(), hello.database.clone().unwrap_or_default())];
     params.push(("caps".to_owned(), (hello.caps & caps::OFFERED).to_string()));
@@ -141,7 +145,7 @@ pub async fn serve(
         replayed: 0,
         counted: Counted::new(&backend.sessions),
     };
-    let mut session = MySession::new(stream, buf, id, slot, side);
+    let mut session = MySession::new(stream, buf, id, slot, side, thread);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
     debug!(%peer, ?end, "session ended");
@@ -155,11 +159,12 @@ async fn handshake(
     buf: &mut BytesMut,
     cluster: &Cluster,
     peer: SocketAddr,
+    connection_id: u32,
 ) -> anyhow::Result<(ClientResponse, u8)> {
     let nonce: Vec<u8> = (0..20).map(|_| rand::random::<u8>() % 94 + 33).collect();
     let hello = ServerHandshake {
         version: SERVER_VERSION.to_owned(),
-        connection_id: rand::random::<u32>() & 0x7fff_ffff,
+        connection_id,
         nonce: nonce.clone(),
         caps: caps::OFFERED,
         charset: UTF8MB4_GENERAL_CI,

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::{Buf, BytesMut};
 use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
 use sqlswitch_protocol::mysql::command::{self, Answer};
-use sqlswitch_protocol::mysql::packet::{self, err_payload, HEADER_LEN};
+use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
 use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
-use sqlswitch_protocol::mysql::{caps, code};
+use sqlswitch_protocol::mysql::{caps, code, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::backend::{Login, MyConn};
 use super::statements::{carries_statement, prepare_on, Statements};
+use super::threads::{self, Found, ThreadId};
 use crate::cluster::{Cluster, Mode, PoolKey};
 use crate::pg::backend::BackendError;
 use crate::pg::batch::Side;
@@ -96,6 +97,8 @@ pub enum End {
     BackendGone,
     /// Shutdown while idle.
     Shutdown,
+    /// Another connection ran `KILL CONNECTION` on this one.
+    Killed,
 }
 
 /// A running session.
@@ -109,6 +112,8 @@ pub struct MySession<'a> {
     read_only: bool,
     primary_counted: bool,
     statements: Statements,
+    /// The client's connection id, for `KILL`.
+    thread: ThreadId,
 }
 
 /// Why an answer could not be relayed whole.
@@ -131,7 +136,14 @@ struct Plan {
 
 impl<'a> MySession<'a> {
     /// A session over a logged-in client and its first backend connection.
-    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>, first: MySlot<'a>, side: Side) -> Self {
+    pub fn new(
+        client: TcpStream,
+        cbuf: BytesMut,
+        id: Identity<'a>,
+        first: MySlot<'a>,
+        side: Side,
+        thread: ThreadId,
+    ) -> Self {
         let read_only = id.read_only;
         let mut slots = [None, None];
         slots[side.index()] = Some(first);
@@ -145,6 +157,7 @@ impl<'a> MySession<'a> {
             read_only,
             primary_counted: false,
             statements: Statements::default(),
+            thread,
         }
     }
 
@@ -168,6 +181,7 @@ impl<'a> MySession<'a> {
                 let idle = !self.in_tx();
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
+                    () = self.thread.end.cancelled() => return End::Killed,
                     r = self.client.read_buf(&mut self.cbuf) => if !matches!(r, Ok(n) if n > 0) { return End::ClientGone },
                 }
             };
@@ -199,9 +213,12 @@ impl<'a> MySession<'a> {
         let plan = match cmd {
             command::QUERY => {
                 let sql = String::from_utf8_lossy(&packet.payload[1..]);
+                if let Some((target, connection)) = threads::parse_kill(&sql) {
+                    return self.kill(target, connection, seq).await;
+                }
                 if sql.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("kill")) {
-                    // Thread ids are per server: a KILL sent on could stop someone else's query.
-                    let text = "KILL through sqlswitch is not supported: thread ids differ per server; connect to the server directly";
+                    // Other forms (KILL USER, KILL QUERY ID) would name server-side things.
+                    let text = "only KILL [QUERY | CONNECTION] <id> is supported through sqlswitch";
                     self.err(seq, code::NOT_SUPPORTED_YET, "42000", text).await;
                     return Ok(());
                 }
@@ -370,26 +387,11 @@ impl<'a> MySession<'a> {
         }
     }
 
-    /// Stops the query running on `side`'s connection with `KILL QUERY` (sent as the session's
-    /// user, who may always stop its own threads, on a connection of its own) and drops the
-    /// connection.
+    /// Stops the query running on `side`'s connection and drops the connection.
     async fn kill_query(&mut self, side: Side) {
         let Some(slot) = self.slots[side.index()].take() else { return };
         let thread = slot.conn.thread_id;
-        let killed = match acquire(&self.id, slot.backend).await {
-            Ok(mut killer) => match killer.simple_query(&format!("KILL QUERY {thread}")).await {
-                Ok(_) => {
-                    let pool = &self.id.cluster.backends[slot.backend].mysql_pool;
-                    if let Some(extra) = pool.put(self.id.key.clone(), killer) {
-                        extra.quit().await;
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match killed {
+        match self.kill_thread(slot.backend, thread).await {
             Ok(()) => debug!(thread, "stopped the query of a client that left"),
             Err(e) => warn!(thread, error = %e, "could not stop the query of a client that left"),
         }
@@ -397,6 +399,50 @@ impl<'a> MySession<'a> {
         if self.active == Some(side) {
             self.active = None;
         }
+    }
+
+    /// `KILL QUERY <thread>` on `backend`, sent as the session's user (who may always stop its
+    /// own threads) on a connection of its own.
+    async fn kill_thread(&self, backend: usize, thread: u32) -> Result<(), BackendError> {
+        let mut killer = acquire(&self.id, backend).await?;
+        killer.simple_query(&format!("KILL QUERY {thread}")).await?;
+        if let Some(extra) = self.id.cluster.backends[backend].mysql_pool.put(self.id.key.clone(), killer) {
+            extra.quit().await;
+        }
+        Ok(())
+    }
+
+    /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids.
+    async fn kill(&mut self, target: u32, connection: bool, seq: u8) -> Result<(), End> {
+        match self.id.cluster.mysql_threads.kill(target, self.id.user, connection) {
+            Found::Unknown => {
+                self.err(seq, code::NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {target}")).await;
+            }
+            Found::NotOwner => {
+                self.err(seq, code::KILL_DENIED, "HY000", &format!("You are not owner of thread {target}")).await;
+            }
+            Found::Thread(running) => {
+                if let Some((backend, thread)) = running.filter(|_| target != self.thread.id) {
+                    if let Err(e) = self.kill_thread(backend, thread).await {
+                        let text = format!("sqlswitch could not stop thread {target}: {e}");
+                        self.err(seq, code::UNKNOWN, "HY000", &text).await;
+                        return Ok(());
+                    }
+                }
+                if connection && target == self.thread.id {
+                    self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
+                    return Err(End::Killed);
+                }
+                let status = self
+                    .active
+                    .and_then(|s| self.slots[s.index()].as_ref())
+                    .map_or(status::AUTOCOMMIT, |s| s.conn.status);
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &ok_payload(status));
+                self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+            }
+        }
+        Ok(())
     }
 
     fn leave_primary(&mut self) {
@@ -476,6 +522,7 @@ impl<'a> MySession<'a> {
                 self.statements.remove(client_id);
             }
         }
+        self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
         slot.conn.stream.write_all(wire).await?;
         // A closed statement is closed on the session's other connection too (no answer comes).
         if let Some(o) = self.slots[1 - i].as_mut() {
@@ -574,6 +621,7 @@ impl<'a> MySession<'a> {
                 self.cbuf.reserve(4096);
             }
             tokio::select! {
+                () = self.thread.end.cancelled() => return Err(Fail::Client),
                 r = conn.stream.read_buf(&mut conn.buf) => match r {
                     Ok(n) if n > 0 => {}
                     _ => return Err(Fail::Backend { forwarded }),
