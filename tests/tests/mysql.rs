@@ -467,3 +467,31 @@ async fn kill_query_and_connection_use_the_proxys_ids() {
     let gone = tokio::time::timeout(Duration::from_secs(5), victim.query_drop("SELECT 1")).await;
     assert!(matches!(gone, Ok(Err(_))), "a killed connection is closed: {gone:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_starts_a_new_session_on_the_same_connection() {
+    use mysql_async::ChangeUserOpts;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    conn.query_drop("SET @left_behind = 1").await.unwrap();
+    let to = |(user, pass): (&str, &str)| {
+        ChangeUserOpts::default()
+            .with_user(Some(user.to_owned()))
+            .with_pass(Some(pass.to_owned()))
+            .with_db_name(Some("app".to_owned()))
+    };
+    conn.change_user(to(ANON)).await.unwrap();
+    let who: String = conn.query_first("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)").await.unwrap().unwrap();
+    assert_eq!(who, ANON.0);
+    let gone: Option<Option<i64>> = conn.query_first("SELECT @left_behind").await.unwrap();
+    assert_eq!(gone, Some(None), "session variables do not survive a change of user");
+    let err = conn.query_drop("INSERT INTO items (note) VALUES ('anon')").await.unwrap_err();
+    assert_eq!(code(&err), Some(1290), "the new user is read-only: {err:?}");
+    // Back to a read-write user; a wrong password is refused.
+    conn.change_user(to(APP)).await.unwrap();
+    conn.query_drop("INSERT INTO items (note) VALUES ('changed back')").await.unwrap();
+    let err = conn.change_user(to((APP.0, "wrong"))).await.unwrap_err();
+    assert_eq!(code(&err), Some(1045), "{err:?}");
+}

@@ -185,6 +185,49 @@ impl ClientResponse {
     }
 }
 
+/// A `COM_CHANGE_USER` request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeUser {
+    /// The new login name.
+    pub user: String,
+    /// Auth response (computed with the connection's first scramble).
+    pub auth: Vec<u8>,
+    /// The new default database (`None`: none).
+    pub database: Option<String>,
+    /// The new collation, when sent.
+    pub charset: Option<u8>,
+    /// The auth plugin the response is for, when sent.
+    pub plugin: Option<String>,
+}
+
+impl ChangeUser {
+    /// Parses a `COM_CHANGE_USER` payload (including its command byte) from a client that
+    /// negotiated `client_caps`.
+    ///
+    /// # Errors
+    /// A truncated or malformed packet.
+    pub fn parse(p: &[u8], client_caps: u32) -> Result<Self, ProtocolError> {
+        let mut f = Fields::new(p.get(1..).ok_or(MALFORMED)?);
+        let user = f.cstr("user")?.to_owned();
+        let auth = if client_caps & caps::SECURE_CONNECTION != 0 {
+            let len = usize::from(f.bytes(1, "auth length")?[0]);
+            f.bytes(len, "auth response")?.to_vec()
+        } else {
+            f.cstr("auth response")?.as_bytes().to_vec()
+        };
+        let database = Some(f.cstr("database")?.to_owned()).filter(|d| !d.is_empty());
+        let mut charset = None;
+        let mut plugin = None;
+        if f.rest().len() >= 2 {
+            charset = Some(f.bytes(2, "charset")?[0]);
+            if client_caps & caps::PLUGIN_AUTH != 0 && !f.rest().is_empty() {
+                plugin = Some(f.cstr("plugin")?.to_owned());
+            }
+        }
+        Ok(Self { user, auth, database, charset, plugin })
+    }
+}
+
 /// An AuthSwitchRequest payload.
 pub fn auth_switch_request(plugin: &str, nonce: &[u8]) -> Vec<u8> {
     let mut p = vec![0xFE];
@@ -227,6 +270,25 @@ fn push_lenenc(p: &mut Vec<u8>, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_user_requests() {
+        let mut p = vec![0x11];
+        p.extend_from_slice(b"anon\0");
+        p.push(3);
+        p.extend_from_slice(b"abc");
+        p.extend_from_slice(b"app\0");
+        p.extend_from_slice(&[45, 0]);
+        p.extend_from_slice(b"mysql_native_password\0");
+        let c = ChangeUser::parse(&p, caps::SECURE_CONNECTION | caps::PLUGIN_AUTH).unwrap_or_default();
+        assert_eq!(c.user, "anon");
+        assert_eq!(c.auth, b"abc");
+        assert_eq!(c.database.as_deref(), Some("app"));
+        assert_eq!(c.charset, Some(45));
+        assert_eq!(c.plugin.as_deref(), Some("mysql_native_password"));
+        assert!(ChangeUser::parse(&[0x11, b'x'], caps::SECURE_CONNECTION).is_err(), "truncated");
+        assert!(ChangeUser::parse(&[0x11, b'x', 0, 9, 1], caps::SECURE_CONNECTION).is_err(), "auth overruns");
+    }
 
     #[test]
     fn server_handshake_round_trips() {

@@ -22,8 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::cluster::{Cluster, PoolKey};
-use crate::pg::backend::BackendError;
+use crate::cluster::Cluster;
 use crate::pg::batch::Side;
 use crate::pg::session::Counted;
 use session::{MySession, MySlot};
@@ -31,7 +30,7 @@ use session::{MySession, MySlot};
 /// What the proxy calls itself in the handshake (MariaDB style, so clients enable MariaDB
 /// behaviour; the backends are asked nothing until login succeeds).
 const SERVER_VERSION: &str = "5.5.5-10.11.0-MariaDB-sqlswitch";
-const NATIVE: &str = "mysql_native_password";
+pub(crate) const NATIVE: &str = "mysql_native_password";
 const CACHING_SHA2: &str = "caching_sha2_password";
 const UTF8MB4_GENERAL_CI: u8 = 45;
 
@@ -67,67 +66,27 @@ pub async fn serve(
             return;
         }
     };
-    let users = cluster.users.load_full();
-    let Some(account) = users.get(&hello.user) else { return };
+    let Some(id) = session::Identity::new(
+        &cluster,
+        &hello.user,
+        hello.database.as_deref(),
+        hello.caps,
+        hello.charset,
+        read_only_listener,
+    ) else {
+        return;
+    };
     thread.set_user(&hello.user);
-    let read_only = read_only_listener || account.read_only;
-    let mut params = vec![("database".to_owned(), hello.database.clone().unwrap_or_default())];
-    params.push(("caps".to_owned(), (hello.caps & caps::OFFERED).to_string()));
-    params.push(("charset".to_owned(), hello.charset.to_string()));
-    if read_only {
-        params.push(("read_only".to_owned(), "on".to_owned()));
-    }
-    let key = PoolKey { user: hello.user.clone(), params };
-    let id = session::Identity {
-        cluster: &cluster,
-        user: &hello.user,
-        password: &account.password,
-        database: hello.database.as_deref(),
-        caps: hello.caps & caps::OFFERED,
-        charset: hello.charset,
-        key: &key,
-        read_only,
-    };
-    let mut first = None;
-    let mut last_error = BackendError::Protocol("the cluster has no backend for this session".into());
-    for index in cluster.candidates(read_only) {
-        match session::acquire(&id, index).await {
-            Ok(conn) => {
-                first = Some((index, conn));
-                break;
-            }
-            Err(e @ BackendError::Refused { .. }) => {
-                last_error = e;
-                break;
-            }
-            Err(e) => last_error = e,
+    let read_only = id.read_only;
+    let (index, conn) = match session::first_connection(&id).await {
+        Ok(v) => v,
+        Err(e) => {
+            let mut out = BytesMut::new();
+            packet::encode(&mut out, seq, &session::first_connection_error(&cluster, e));
+            let _ = stream.write_all(&out).await;
+            return;
         }
-    }
-    let Some((index, conn)) = first else {
-        match last_error {
-            BackendError::Refused { error, .. } => {
-                let mut out = BytesMut::new();
-                packet::encode(&mut out, seq, &error);
-                let _ = stream.write_all(&out).await;
-            }
-            other => {
-                let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
-                send_err(&mut stream, seq, code::UNKNOWN, "08S01", &text).await;
-            }
-        }
-        return;
     };
-    if conn.caps & caps::DEPRECATE_EOF != id.caps & caps::DEPRECATE_EOF {
-        send_err(
-            &mut stream,
-            seq,
-            code::HANDSHAKE,
-            "08S01",
-            "the backend does not support the client's result format (CLIENT_DEPRECATE_EOF)",
-        )
-        .await;
-        return;
-    }
     let mut out = BytesMut::new();
     packet::encode(&mut out, seq, &ok_payload(conn.status));
     if stream.write_all(&out).await.is_err() {
@@ -145,7 +104,7 @@ pub async fn serve(
         replayed: 0,
         counted: Counted::new(&backend.sessions),
     };
-    let mut session = MySession::new(stream, buf, id, slot, side, thread);
+    let mut session = MySession::new(stream, buf, id, slot, side, thread, peer);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
     debug!(%peer, ?end, "session ended");
@@ -161,7 +120,7 @@ async fn handshake(
     peer: SocketAddr,
     connection_id: u32,
 ) -> anyhow::Result<(ClientResponse, u8)> {
-    let nonce: Vec<u8> = (0..20).map(|_| rand::random::<u8>() % 94 + 33).collect();
+    let nonce = new_nonce();
     let hello = ServerHandshake {
         version: SERVER_VERSION.to_owned(),
         connection_id,
@@ -192,21 +151,8 @@ async fn handshake(
         response.auth = answer.payload.to_vec();
         seq = answer.last_seq.wrapping_add(1);
     }
-    let expected = cluster.users.load().get(&response.user).and_then(|u| {
-        if u.password.is_empty() {
-            Some(Vec::new())
-        } else if sha2 {
-            let nonce: &[u8; 20] = nonce.as_slice().try_into().ok()?;
-            scramble_sha256(nonce, u.password.as_bytes()).map(|s| s.to_vec())
-        } else {
-            scramble_native(&nonce, u.password.as_bytes()).map(|s| s.to_vec())
-        }
-    });
-    if expected.as_deref() != Some(&response.auth[..]) {
-        cluster.metrics.auth_failures.increment(1);
-        let using = if response.auth.is_empty() { "NO" } else { "YES" };
-        let text = format!("Access denied for user '{}'@'{}' (using password: {using})", response.user, peer.ip());
-        send_err(stream, seq, code::ACCESS_DENIED, "28000", &text).await;
+    if !password_ok(cluster, &response.user, &nonce, sha2, &response.auth) {
+        send_err(stream, seq, code::ACCESS_DENIED, "28000", &access_denied(&response.user, peer, &response.auth)).await;
         anyhow::bail!("authentication failed for user {:?}", response.user);
     }
     if sha2 && !response.auth.is_empty() {
@@ -219,6 +165,37 @@ async fn handshake(
         seq = seq.wrapping_add(1);
     }
     Ok((response, seq))
+}
+
+/// A fresh 20-byte scramble of printable bytes.
+pub(crate) fn new_nonce() -> Vec<u8> {
+    (0..20).map(|_| rand::random::<u8>() % 94 + 33).collect()
+}
+
+/// Whether `auth` is `user`'s password scrambled with `nonce` (`mysql_native_password`, or
+/// `caching_sha2_password` with `sha2`). Unknown users never match; failures are counted.
+pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
+    let expected = cluster.users.load().get(user).and_then(|u| {
+        if u.password.is_empty() {
+            Some(Vec::new())
+        } else if sha2 {
+            let nonce: &[u8; 20] = nonce.try_into().ok()?;
+            scramble_sha256(nonce, u.password.as_bytes()).map(|s| s.to_vec())
+        } else {
+            scramble_native(nonce, u.password.as_bytes()).map(|s| s.to_vec())
+        }
+    });
+    let ok = expected.as_deref() == Some(auth);
+    if !ok {
+        cluster.metrics.auth_failures.increment(1);
+    }
+    ok
+}
+
+/// MySQL's error 1045 text.
+pub(crate) fn access_denied(user: &str, peer: SocketAddr, auth: &[u8]) -> String {
+    let using = if auth.is_empty() { "NO" } else { "YES" };
+    format!("Access denied for user '{user}'@'{}' (using password: {using})", peer.ip())
 }
 
 async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {

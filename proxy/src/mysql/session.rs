@@ -29,25 +29,97 @@ use crate::pg::batch::Side;
 use crate::pg::session::Counted;
 use crate::pg::state::SessionState;
 use crate::route::{self, Reason, SessionView, Target};
+use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
-/// Who the session is.
+/// Who the session is (replaced whole by `COM_CHANGE_USER`).
 pub struct Identity<'a> {
     /// The cluster.
     pub cluster: &'a Cluster,
     /// Login user.
-    pub user: &'a str,
+    pub user: String,
     /// Its password, for more backend connections.
-    pub password: &'a str,
+    pub password: String,
     /// Initial database.
-    pub database: Option<&'a str>,
+    pub database: Option<String>,
     /// The client's capabilities, within what the proxy relays.
     pub caps: u32,
     /// The client's collation.
     pub charset: u8,
     /// What its connections are pooled by.
-    pub key: &'a PoolKey,
+    pub key: PoolKey,
     /// Read-only session.
     pub read_only: bool,
+    /// It came in on the read-only listener.
+    pub listener_read_only: bool,
+}
+
+impl<'a> Identity<'a> {
+    /// The identity of `user` (who must be configured) logging in with these settings.
+    pub fn new(
+        cluster: &'a Cluster,
+        user: &str,
+        database: Option<&str>,
+        caps: u32,
+        charset: u8,
+        listener_read_only: bool,
+    ) -> Option<Self> {
+        let users = cluster.users.load();
+        let account = users.get(user)?;
+        let read_only = listener_read_only || account.read_only;
+        let caps = caps & caps::OFFERED;
+        let mut params = vec![("database".to_owned(), database.unwrap_or_default().to_owned())];
+        params.push(("caps".to_owned(), caps.to_string()));
+        params.push(("charset".to_owned(), charset.to_string()));
+        if read_only {
+            params.push(("read_only".to_owned(), "on".to_owned()));
+        }
+        Some(Self {
+            cluster,
+            user: user.to_owned(),
+            password: account.password.clone(),
+            database: database.map(str::to_owned),
+            caps,
+            charset,
+            key: PoolKey { user: user.to_owned(), params },
+            read_only,
+            listener_read_only,
+        })
+    }
+}
+
+/// The session's first connection: the first candidate backend that takes the login. A
+/// refusal by a server (no such database) is final: every backend would say the same.
+///
+/// # Errors
+/// The last backend's error.
+pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), BackendError> {
+    let mut last_error = BackendError::Protocol("the cluster has no backend for this session".into());
+    for index in id.cluster.candidates(id.read_only) {
+        match acquire(id, index).await {
+            Ok(conn) => {
+                if conn.caps & caps::DEPRECATE_EOF != id.caps & caps::DEPRECATE_EOF {
+                    return Err(BackendError::Protocol(
+                        "the backend does not support the client's result format (CLIENT_DEPRECATE_EOF)".into(),
+                    ));
+                }
+                return Ok((index, conn));
+            }
+            Err(e @ BackendError::Refused { .. }) => return Err(e),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// The error packet for a failed first connection.
+pub fn first_connection_error(cluster: &Cluster, e: BackendError) -> Vec<u8> {
+    match e {
+        BackendError::Refused { error, .. } => error.to_vec(),
+        other => {
+            let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
+            err_payload(code::UNKNOWN, "08S01", &text)
+        }
+    }
 }
 
 /// A pooled or new connection to backend `index` for this session.
@@ -56,15 +128,15 @@ pub struct Identity<'a> {
 /// The backend could not be reached or refused the login.
 pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendError> {
     let b = &id.cluster.backends[index];
-    while let Some(conn) = b.mysql_pool.take(id.key) {
+    while let Some(conn) = b.mysql_pool.take(&id.key) {
         if conn.is_reusable() {
             return Ok(conn);
         }
     }
     let login = Login {
-        user: id.user,
-        password: id.password,
-        database: id.database,
+        user: &id.user,
+        password: &id.password,
+        database: id.database.as_deref(),
         caps: id.caps,
         charset: id.charset,
         read_only: id.read_only,
@@ -114,6 +186,7 @@ pub struct MySession<'a> {
     statements: Statements,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
+    peer: std::net::SocketAddr,
 }
 
 /// Why an answer could not be relayed whole.
@@ -143,6 +216,7 @@ impl<'a> MySession<'a> {
         first: MySlot<'a>,
         side: Side,
         thread: ThreadId,
+        peer: std::net::SocketAddr,
     ) -> Self {
         let read_only = id.read_only;
         let mut slots = [None, None];
@@ -158,6 +232,7 @@ impl<'a> MySession<'a> {
             primary_counted: false,
             statements: Statements::default(),
             thread,
+            peer,
         }
     }
 
@@ -189,6 +264,12 @@ impl<'a> MySession<'a> {
             let reply_seq = packet.last_seq.wrapping_add(1);
             if cmd == command::QUIT {
                 return End::Quit;
+            }
+            if cmd == command::CHANGE_USER {
+                if let Err(end) = self.change_user(&packet, reply_seq).await {
+                    return end;
+                }
+                continue;
             }
             let Some(answer) = command::answer(cmd) else {
                 let text = format!("command 0x{cmd:02x} is not supported by sqlswitch");
@@ -387,6 +468,87 @@ impl<'a> MySession<'a> {
         }
     }
 
+    /// `COM_CHANGE_USER`: a new login on the same connection. The client proves the new
+    /// user's password against a fresh scramble (an auth switch), then everything of the old
+    /// session is dropped — connections (reset and pooled), variables, prepared statements — as
+    /// a server does, and the new login is proven on a backend like a new connection's.
+    async fn change_user(&mut self, packet: &packet::Packet, seq: u8) -> Result<(), End> {
+        let request = match ChangeUser::parse(&packet.payload, self.id.caps) {
+            Ok(r) => r,
+            Err(e) => {
+                self.err(seq, code::HANDSHAKE, "08S01", &e.to_string()).await;
+                return Err(End::ClientGone);
+            }
+        };
+        let nonce = super::new_nonce();
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &auth_switch_request(super::NATIVE, &nonce));
+        self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+        let answer = loop {
+            match packet::decode(&mut self.cbuf, 64 * 1024) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(_) => return Err(End::ClientGone),
+            }
+            self.cbuf.reserve(1024);
+            if !matches!(self.client.read_buf(&mut self.cbuf).await, Ok(n) if n > 0) {
+                return Err(End::ClientGone);
+            }
+        };
+        let seq = answer.last_seq.wrapping_add(1);
+        let cluster = self.id.cluster;
+        let new_id = Identity::new(
+            cluster,
+            &request.user,
+            request.database.as_deref(),
+            self.id.caps,
+            request.charset.unwrap_or(self.id.charset),
+            self.id.listener_read_only,
+        );
+        let verified = super::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
+        let Some(new_id) = new_id.filter(|_| verified) else {
+            let text = super::access_denied(&request.user, self.peer, &answer.payload);
+            self.err(seq, code::ACCESS_DENIED, "28000", &text).await;
+            return Err(End::ClientGone);
+        };
+        // Nothing of the old session carries over.
+        self.leave_primary();
+        for slot in std::mem::take(&mut self.slots).into_iter().flatten() {
+            release(cluster, &self.id.key, slot).await;
+        }
+        self.active = None;
+        self.state = SessionState::default();
+        self.statements = Statements::default();
+        self.read_only = new_id.read_only;
+        self.id = new_id;
+        self.thread.set_user(&self.id.user);
+        self.thread.set_target(None);
+        match first_connection(&self.id).await {
+            Ok((index, conn)) => {
+                let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &ok_payload(conn.status));
+                self.slots[side.index()] = Some(MySlot {
+                    conn,
+                    conn_id: super::statements::next_conn_id(),
+                    backend: index,
+                    replayed: 0,
+                    counted: Counted::new(&cluster.backends[index].sessions),
+                });
+                self.active = Some(side);
+                self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+                debug!(user = %self.id.user, "changed user");
+                Ok(())
+            }
+            Err(e) => {
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &first_connection_error(cluster, e));
+                let _ = self.client.write_all(&out).await;
+                Err(End::ClientGone)
+            }
+        }
+    }
+
     /// Stops the query running on `side`'s connection and drops the connection.
     async fn kill_query(&mut self, side: Side) {
         let Some(slot) = self.slots[side.index()].take() else { return };
@@ -414,7 +576,7 @@ impl<'a> MySession<'a> {
 
     /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids.
     async fn kill(&mut self, target: u32, connection: bool, seq: u8) -> Result<(), End> {
-        match self.id.cluster.mysql_threads.kill(target, self.id.user, connection) {
+        match self.id.cluster.mysql_threads.kill(target, &self.id.user, connection) {
             Found::Unknown => {
                 self.err(seq, code::NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {target}")).await;
             }
@@ -473,7 +635,7 @@ impl<'a> MySession<'a> {
             .is_none_or(|s| s.backend != plan.backend || (self.active != Some(plan.side) && !s.conn.is_reusable()));
         if replace {
             if let Some(old) = self.slots[i].take() {
-                release(self.id.cluster, self.id.key, old).await;
+                release(self.id.cluster, &self.id.key, old).await;
             }
             let conn = acquire(&self.id, plan.backend).await?;
             let counted = Counted::new(&self.id.cluster.backends[plan.backend].sessions);
@@ -642,9 +804,8 @@ impl<'a> MySession<'a> {
     pub async fn release(mut self) {
         self.leave_primary();
         let cluster = self.id.cluster;
-        let key = self.id.key;
         for slot in std::mem::take(&mut self.slots).into_iter().flatten() {
-            release(cluster, key, slot).await;
+            release(cluster, &self.id.key, slot).await;
         }
     }
 }
