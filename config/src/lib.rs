@@ -102,6 +102,12 @@ pub struct Cluster {
     /// Time a client has to finish startup and authentication.
     #[serde(default = "defaults::auth_timeout", with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// A session idle (outside a transaction) this long is closed; unset: never.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Statements held at once during a pause or switchover; beyond it they are refused.
+    #[serde(default = "defaults::max_held")]
+    pub max_held: usize,
     /// Users clients log in as; the proxy logs in to the backends as the same user.
     #[serde(default, rename = "user")]
     pub users: Vec<User>,
@@ -223,6 +229,9 @@ mod defaults {
     pub fn max_message_size() -> usize {
         256 << 20
     }
+    pub fn max_held() -> usize {
+        10_000
+    }
     pub fn pool_max_idle() -> usize {
         64
     }
@@ -334,6 +343,9 @@ impl Config {
             if c.monitor_interval.is_zero() {
                 problem(format!("{at}.monitor_interval"), "must be greater than zero".into());
             }
+            if c.idle_timeout.is_some_and(|d| d.is_zero()) {
+                problem(format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
+            }
             if c.max_replica_lag.is_zero() {
                 problem(format!("{at}.max_replica_lag"), "must be greater than zero".into());
             }
@@ -341,6 +353,7 @@ impl Config {
                 ("max_client_connections", c.max_client_connections),
                 ("max_message_size", c.max_message_size),
                 ("pool_max_idle", c.pool_max_idle.max(1)),
+                ("max_held", c.max_held),
             ] {
                 if value == 0 {
                     problem(format!("{at}.{key}"), "must be greater than zero".into());
@@ -421,13 +434,25 @@ impl Config {
     }
 }
 
-/// " at line L, column C" for a TOML error, when it has a position.
+/// " (line L, column C, key `table.key`)" for a TOML error, when it has a position: the key is
+/// the one on that line, under the nearest table header above it.
 fn location(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else { return String::new() };
     let before = text.get(..span.start).unwrap_or("");
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    format!(" (line {line}, column {col})")
+    let this_line = text.lines().nth(line - 1).unwrap_or("");
+    let key = this_line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('#'));
+    let table = text
+        .lines()
+        .take(line - 1)
+        .filter_map(|l| l.trim().strip_prefix('[').map(|t| t.trim_matches(|c| c == '[' || c == ']').trim()))
+        .last();
+    match (table, key) {
+        (Some(t), Some(k)) => format!(" (line {line}, column {col}, key `{t}.{k}`)"),
+        (None, Some(k)) => format!(" (line {line}, column {col}, key `{k}`)"),
+        _ => format!(" (line {line}, column {col})"),
+    }
 }
 
 #[cfg(test)]

@@ -162,6 +162,8 @@ pub struct Gate {
     pub primary_busy: AtomicUsize,
     /// Batches that waited at the gate, ever.
     pub held_total: AtomicU64,
+    /// Batches waiting at the gate now.
+    pub held_now: AtomicUsize,
 }
 
 impl Default for Gate {
@@ -170,6 +172,7 @@ impl Default for Gate {
             hold: watch::Sender::new(Hold::default()),
             primary_busy: AtomicUsize::new(0),
             held_total: AtomicU64::new(0),
+            held_now: AtomicUsize::new(0),
         }
     }
 }
@@ -181,8 +184,20 @@ impl Gate {
         h.all || (primary && h.primary)
     }
 
-    /// Waits until work for the primary (or a replica) may start.
-    pub async fn wait(&self, primary: bool) {
+    /// Waits until work for the primary (or a replica) may start. Returns false at once, without
+    /// waiting, when `max_held` batches wait already: the caller refuses this one.
+    pub async fn wait(&self, primary: bool, max_held: usize) -> bool {
+        /// Counts one waiting batch while it lives (also when its session is dropped mid-wait).
+        struct Held<'a>(&'a AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let held = Held(&self.held_now);
+        if held.0.fetch_add(1, Ordering::Relaxed) >= max_held {
+            return false;
+        }
         self.held_total.fetch_add(1, Ordering::Relaxed);
         let mut rx = self.hold.subscribe();
         while {
@@ -190,9 +205,11 @@ impl Gate {
             h.all || (primary && h.primary)
         } {
             if rx.changed().await.is_err() {
-                return;
+                break;
             }
         }
+        drop(held);
+        true
     }
 
     /// Changes what is held.

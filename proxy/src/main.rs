@@ -64,6 +64,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                if let Some(warning) = readable_by_others(&config) {
+                    eprintln!("{warning}");
+                }
                 let listeners: usize = c.clusters.iter().map(|c| 1 + usize::from(c.read_only_listen.is_some())).sum();
                 println!("{}: ok ({} cluster(s), {listeners} listener(s))", config.display(), c.clusters.len());
                 ExitCode::SUCCESS
@@ -108,6 +111,9 @@ fn run(path: PathBuf, threads: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(warning) = readable_by_others(&path) {
+        warn!("{warning}");
+    }
     // The control plane (accept, monitor, admin, metrics) on this thread; sessions on their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -151,4 +157,19 @@ async fn serve(config: Config, path: PathBuf, threads: usize) -> anyhow::Result<
             },
         }
     }
+}
+
+/// A warning when the config file, which holds passwords, can be read by users other than its
+/// owner and group.
+fn readable_by_others(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "warning: {} is readable by every user (mode {:o}) and may hold passwords; chmod 600 it \
+             or use password_env",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }

@@ -261,7 +261,8 @@ impl Accept {
                 }
             };
             let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-                self.tracker.spawn(too_many(stream, self.cluster.config.max_client_connections));
+                let (protocol, max) = (self.cluster.config.protocol, self.cluster.config.max_client_connections);
+                self.tracker.spawn(too_many(stream, protocol, max));
                 continue;
             };
             // The session runs on a worker thread: move the socket to that thread's reactor.
@@ -288,7 +289,18 @@ impl Accept {
     }
 }
 
-async fn too_many(mut stream: TcpStream, max: usize) {
-    let text = format!("sorry, too many clients already (max_client_connections = {max})");
-    pg::client::send_fatal(&mut stream, sqlswitch_protocol::pg::sqlstate::TOO_MANY_CONNECTIONS, &text).await;
+/// Refuses a connection beyond `max_client_connections` in the client's own protocol: SQLSTATE
+/// 53300, or MySQL error 1040 in place of the handshake.
+async fn too_many(mut stream: TcpStream, protocol: Protocol, max: usize) {
+    match protocol {
+        Protocol::Postgres => {
+            let text = format!("sorry, too many clients already (max_client_connections = {max})");
+            pg::client::send_fatal(&mut stream, sqlswitch_protocol::pg::sqlstate::TOO_MANY_CONNECTIONS, &text).await;
+        }
+        Protocol::Mysql => {
+            let text = format!("Too many connections (max_client_connections = {max})");
+            let code = sqlswitch_protocol::mysql::code::TOO_MANY_CONNECTIONS;
+            crate::mysql::send_err(&mut stream, 0, code, "08004", &text).await;
+        }
+    }
 }

@@ -495,3 +495,14 @@ async fn change_user_starts_a_new_session_on_the_same_connection() {
     let err = conn.change_user(to((APP.0, "wrong"))).await.unwrap_err();
     assert_eq!(code(&err), Some(1045), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_client_connections_clients_get_1040() {
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "max_client_connections = 1").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut first = connect(port, APP).await.unwrap();
+    let Err(err) = connect(port, APP).await else { panic!("a second client is over the limit") };
+    assert_eq!(code(&err), Some(1040), "{err:?}");
+    assert!(server_id(&mut first).await > 0, "the first is served on");
+}

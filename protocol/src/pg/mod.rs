@@ -26,6 +26,10 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     /// `57P01` admin_shutdown.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// `57P05` idle_session_timeout.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    /// `53400` configuration_limit_exceeded.
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     /// `58000` system_error (internal failures of the proxy itself).
     pub const SYSTEM_ERROR: &str = "58000";
 }

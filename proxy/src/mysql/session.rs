@@ -254,9 +254,15 @@ impl<'a> MySession<'a> {
                 }
                 self.cbuf.reserve(8 * 1024);
                 let idle = !self.in_tx();
+                let idle_timeout = self.id.cluster.config.idle_timeout.filter(|_| idle);
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
                     () = self.thread.end.cancelled() => return End::Killed,
+                    () = sleep_or_never(idle_timeout) => {
+                        let text = "The client was disconnected by the server because of inactivity (idle_timeout)";
+                        self.err(0, code::CLIENT_INACTIVE, "HY000", text).await;
+                        return End::ClientGone;
+                    }
                     r = self.client.read_buf(&mut self.cbuf) => if !matches!(r, Ok(n) if n > 0) { return End::ClientGone },
                 }
             };
@@ -403,7 +409,14 @@ impl<'a> MySession<'a> {
                     break;
                 }
                 self.leave_primary();
-                cluster.gate.wait(primary).await;
+                if !cluster.gate.wait(primary, cluster.config.max_held).await {
+                    let text = format!(
+                        "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
+                        cluster.config.max_held
+                    );
+                    self.err(seq, code::UNKNOWN, "HY000", &text).await;
+                    return Ok(());
+                }
                 plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record);
             }
         }
@@ -813,6 +826,14 @@ impl<'a> MySession<'a> {
 impl Drop for MySession<'_> {
     fn drop(&mut self) {
         self.leave_primary();
+    }
+}
+
+/// Sleeps for `d`, or forever when there is none.
+async fn sleep_or_never(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -55,7 +55,10 @@ impl Session<'_> {
                         break (side, backend, Some(reason));
                     }
                     self.leave_primary();
-                    cluster.gate.wait(primary).await;
+                    if !cluster.gate.wait(primary, cluster.config.max_held).await {
+                        self.refuse_held().await?;
+                        return Ok(true);
+                    }
                     // The routing table may have changed meanwhile: decide again.
                 }
             }
@@ -180,10 +183,23 @@ impl Session<'_> {
         }
     }
 
+    /// Answers the undispatched batch with an error: too many are held by a pause already.
+    async fn refuse_held(&mut self) -> Result<(), End> {
+        let text = format!(
+            "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
+            self.id.cluster.config.max_held
+        );
+        self.refuse_pending_with(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, &text).await
+    }
+
     /// Answers the undispatched batch with a read-only error instead of sending it.
     async fn refuse_pending(&mut self, text: &str) -> Result<(), End> {
+        self.refuse_pending_with(sqlstate::READ_ONLY_SQL_TRANSACTION, text).await
+    }
+
+    async fn refuse_pending_with(&mut self, code: &str, text: &str) -> Result<(), End> {
         let mut out = BytesMut::new();
-        msg::error_response(&mut out, Severity::Error, sqlstate::READ_ONLY_SQL_TRANSACTION, text);
+        msg::error_response(&mut out, Severity::Error, code, text);
         for _ in 0..self.batch.syncs {
             msg::ready_for_query(&mut out, self.tx());
         }

@@ -97,14 +97,16 @@ pub async fn serve(
     let mut session = Session::new(stream, buf, id);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
-    if matches!(end, End::Shutdown) {
+    let goodbye = match end {
+        End::Shutdown => Some((sqlstate::ADMIN_SHUTDOWN, "terminating connection because sqlswitch is shutting down")),
+        End::IdleTimeout => {
+            Some((sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle-session timeout"))
+        }
+        _ => None,
+    };
+    if let Some((code, text)) = goodbye {
         let mut out = BytesMut::new();
-        msg::error_response(
-            &mut out,
-            Severity::Fatal,
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection because sqlswitch is shutting down",
-        );
+        msg::error_response(&mut out, Severity::Fatal, code, text);
         let _ = session.client().write_all(&out).await;
     }
     debug!(%peer, ?end, "session ended");

@@ -43,6 +43,8 @@ pub enum End {
     ClientError(ProtocolError),
     /// The daemon is shutting down and the session was idle.
     Shutdown,
+    /// Idle (outside a transaction) for `idle_timeout`.
+    IdleTimeout,
 }
 
 /// After a locally refused extended-protocol message, client messages are discarded up to Sync.
@@ -226,11 +228,23 @@ impl<'a> Session<'a> {
         if let Err(end) = self.on_client().await {
             return end;
         }
+        // The idle timer, when configured, is re-armed each time the session becomes idle.
+        let idle_timeout = self.id.cluster.config.idle_timeout;
+        let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle_timeout.unwrap_or_default()));
+        let mut armed = false;
         loop {
             if self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(8192);
             }
             let idle = self.is_idle() && self.cbuf.is_empty();
+            match idle_timeout {
+                Some(d) if idle && !armed => {
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + d);
+                    armed = true;
+                }
+                _ if !idle => armed = false,
+                _ => {}
+            }
             let hold = self.hold;
             let active = match self.active {
                 Some(side) => self.slots[side.index()].as_mut(),
@@ -239,6 +253,7 @@ impl<'a> Session<'a> {
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
+                () = &mut idle_timer, if idle && armed => return End::IdleTimeout,
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Err(()),
                     Ok(_) => Ok(true),
@@ -260,6 +275,11 @@ impl<'a> Session<'a> {
     }
 
     pub(super) async fn tell_client_backend_gone(&mut self) {
+        if self.passthrough > 0 {
+            // Part of a message has reached the client: an error now would be read as the rest
+            // of it. Closing is the signal, as when a server dies mid-message.
+            return;
+        }
         let mut out = BytesMut::new();
         msg::error_response(
             &mut out,
@@ -363,7 +383,15 @@ impl<'a> Session<'a> {
                     // Part of a COPY already running on the active connection.
                     self.batch.side = self.batch.side.or(self.active);
                 }
-                _ => {}
+                fe::FLUSH => {}
+                other => {
+                    // As PostgreSQL does: a message type it does not know ends the session.
+                    let text = format!("invalid frontend message type {other}");
+                    let mut out = BytesMut::new();
+                    msg::error_response(&mut out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &text);
+                    let _ = self.client.write_all(&out).await;
+                    return Err(End::ClientError(ProtocolError::Malformed { what: "frontend message type" }));
+                }
             }
             self.batch.any = true;
             self.batch.len += len;

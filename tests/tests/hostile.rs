@@ -1,0 +1,341 @@
+//! Hostile input and faults against a running sqlswitch in front of real servers: every bad
+//! client gets an error or a close, the daemon keeps serving everyone else, and its memory stays
+//! bounded (the daemon runs in this process: the tests read this process's RSS).
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use sqlswitch_tests::client::connect;
+use sqlswitch_tests::pg::{Topology, APP, DATABASE};
+use sqlswitch_tests::proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// RSS checks need the other tests of this file out of the way.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Reads backend messages until one satisfies `stop`; returns them all (tags and bodies).
+async fn read_until(s: &mut TcpStream, buf: &mut BytesMut, stop: impl Fn(&Message) -> bool) -> Vec<Message> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(m) = Message::parse(buf).unwrap() {
+            let done = stop(&m);
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return seen, // closed or timed out: the caller checks what it got
+        }
+    }
+}
+
+/// A raw protocol session, logged in with SCRAM like any client, at ReadyForQuery.
+async fn raw_session(port: u16) -> (TcpStream, BytesMut) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", APP.0), ("database", DATABASE)], &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut scram = ScramSha256::new(APP.1.as_bytes(), ChannelBinding::unsupported());
+    read_until(&mut s, &mut buf, |m| matches!(m, Message::AuthenticationSasl(_))).await;
+    out.clear();
+    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::AuthenticationSaslContinue(_))).await;
+    let Some(Message::AuthenticationSaslContinue(c)) = got.last() else { panic!("no SASL continue") };
+    scram.update(c.data()).unwrap();
+    out.clear();
+    frontend::sasl_response(scram.message(), &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert!(matches!(got.last(), Some(Message::ReadyForQuery(_))), "login did not finish");
+    (s, buf)
+}
+
+/// The SQLSTATE of the first ErrorResponse among `msgs`.
+fn error_code(msgs: &[Message]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        Message::ErrorResponse(e) => {
+            use fallible_iterator::FallibleIterator;
+            let mut fields = e.fields();
+            while let Ok(Some(f)) = fields.next() {
+                if f.type_() == b'C' {
+                    return Some(String::from_utf8_lossy(f.value_bytes()).into_owned());
+                }
+            }
+            None
+        }
+        _ => None,
+    })
+}
+
+async fn still_serves(port: u16) {
+    let c = connect(port, APP).await.unwrap();
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the daemon serves others");
+}
+
+/// A daemon over the shared topology, proven to serve, and this process's RSS after that.
+async fn serving_with_baseline() -> (sqlswitch::Daemon, u16, u64) {
+    let daemon = proxy::start(Topology::shared(), "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    still_serves(port).await;
+    (daemon, port, rss())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_in_a_session_get_an_error_and_a_close() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "max_message_size = 1048576").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let bystander = connect(port, APP).await.unwrap();
+
+    // A length of 2^31-1: refused before any buffer that size exists.
+    let (mut s, mut buf) = raw_session(port).await;
+    s.write_all(b"Q\x7f\xff\xff\xff").await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("54000"), "too large");
+
+    // A negative length.
+    let (mut s, mut buf) = raw_session(port).await;
+    s.write_all(b"Q\xff\xff\xff\xf0").await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("08P01"), "negative length");
+
+    // An unknown message type: the server's own protocol error reaches the client.
+    let (mut s, mut buf) = raw_session(port).await;
+    s.write_all(b"z\x00\x00\x00\x04").await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("08P01"), "unknown type");
+
+    // Wrong order: Execute of a portal that was never bound, then Sync.
+    let (mut s, mut buf) = raw_session(port).await;
+    let mut out = BytesMut::new();
+    frontend::execute("nope", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    s.write_all(&out).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("34000"), "no such portal");
+
+    // Random bytes after login.
+    let (mut s, mut buf) = raw_session(port).await;
+    let noise: Vec<u8> = (0..4096).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let _ = s.write_all(&noise).await;
+    let _ = read_until(&mut s, &mut buf, |_| false).await; // an error and a close, or a close
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the proxy closes a client that sends noise");
+
+    // Half a message, then gone.
+    let (mut s, _) = raw_session(port).await;
+    s.write_all(b"Q\x00\x00\x01\x00SELECT").await.unwrap();
+    drop(s);
+
+    let one: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    still_serves(port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_that_never_finishes_is_dropped() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "auth_timeout = \"1s\"").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = BytesMut::new();
+    let got = read_until(&mut silent, &mut buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("08P01"), "told why");
+    assert!(started.elapsed() < Duration::from_secs(5), "dropped after auth_timeout");
+    // Half a startup packet, then silence: the same.
+    let mut half = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    half.write_all(b"\x00\x00\x00\x30\x00\x03").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), half.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a half startup is dropped too");
+    still_serves(port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_at_once_leave_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let (_daemon, port, before) = serving_with_baseline().await;
+    for _ in 0..3 {
+        let opens = (0..1000).map(|i| async move {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                if i % 2 == 0 {
+                    let mut out = BytesMut::new();
+                    frontend::startup_message([("user", APP.0)], &mut out).unwrap();
+                    let _ = s.write_all(&out).await;
+                }
+            }
+        });
+        futures::future::join_all(opens).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "3,000 abandoned connections left {grown} bytes behind");
+    still_serves(port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_costs_bounded_memory() {
+    let _serial = SERIAL.lock().await;
+    let (_daemon, port, before) = serving_with_baseline().await;
+    // 200 MB of answer that the client never reads.
+    let (mut s, _buf) = raw_session(port).await;
+    let mut out = BytesMut::new();
+    frontend::query("SELECT repeat('x', 100000) FROM generate_series(1, 2000)", &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 32 << 20, "a stalled reader made the proxy hold {grown} bytes");
+    still_serves(port).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    still_serves(port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_result_errors_that_client_and_comes_back() {
+    let topo = Topology::start(0).unwrap();
+    let daemon = proxy::start(&topo, "connect_timeout = \"2s\"").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (mut s, mut buf) = raw_session(port).await;
+    let mut out = BytesMut::new();
+    frontend::query("SELECT repeat('x', 1000) FROM generate_series(1, 10000000)", &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    // Some of the answer arrives...
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::DataRow(_))).await;
+    assert!(got.iter().any(|m| matches!(m, Message::DataRow(_))), "rows flow");
+    // ...then the server dies.
+    topo.kill_node(topo.primary()).unwrap();
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut tail)).await;
+    assert!(closed.is_ok(), "the client is not left hanging");
+    // What was left of a half-read message, then the rest.
+    buf.extend_from_slice(&tail);
+    let mut tail = buf;
+    let mut last_error = None;
+    while tail.has_remaining() {
+        match Message::parse(&mut tail) {
+            Ok(Some(Message::ErrorResponse(e))) => last_error = Some(error_code(&[Message::ErrorResponse(e)])),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    // Told: an ErrorResponse at a message boundary, or — when the server died mid-message — the
+    // connection closed inside that message, exactly what a direct client sees.
+    let cut_mid_message = !tail.is_empty();
+    assert!(last_error.is_some() || cut_mid_message, "the client is told");
+    // While it is down, new sessions get a clear error, not a hang.
+    let started = Instant::now();
+    assert!(connect(port, APP).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // It comes back: the daemon uses it again.
+    topo.restart_node(topo.primary()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = connect(port, APP).await {
+            if c.query_one("SELECT 1", &[]).await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the restarted primary is never used again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(daemon);
+    topo.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_timed_out() {
+    // Accepts TCP and then says nothing.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let text = format!(
+        "[admin]\nsocket = \"/tmp/unused.sock\"\n\n[[cluster]]\nname = \"mute\"\nprotocol = \"postgres\"\n\
+         listen = \"127.0.0.1:0\"\nconnect_timeout = \"1s\"\n\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n\n\
+         [[cluster.backend]]\nname = \"mute\"\naddress = \"{mute_addr}\"\nrole = \"primary\"\n",
+        APP.0, APP.1
+    );
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start_with(config, false).await.unwrap();
+    let port = daemon.addr("mute", false).unwrap().port();
+    let started = Instant::now();
+    let err = connect(port, APP).await.expect_err("no session on a mute backend");
+    assert!(started.elapsed() < Duration::from_secs(8), "timed out promptly ({:?})", started.elapsed());
+    assert_eq!(sqlswitch_tests::client::code(&err).map(|c| c.code()), Some("08006"), "{err:?}");
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_closed_after_idle_timeout_but_not_in_a_transaction() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "idle_timeout = \"500ms\"").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (mut idle, mut idle_buf) = raw_session(port).await;
+    let (mut busy, mut busy_buf) = raw_session(port).await;
+    let mut out = BytesMut::new();
+    frontend::query("BEGIN", &mut out).unwrap();
+    busy.write_all(&out).await.unwrap();
+    read_until(&mut busy, &mut busy_buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    let started = Instant::now();
+    let got = read_until(&mut idle, &mut idle_buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("57P05"), "the idle session is told why");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    out.clear();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    busy.write_all(&out).await.unwrap();
+    let got = read_until(&mut busy, &mut busy_buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert!(got.iter().any(|m| matches!(m, Message::DataRow(_))), "a session in a transaction is not idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_at_most_max_held_statements() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "max_held = 2").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(port, APP).await.unwrap());
+    }
+    daemon.control.pause("app", Duration::from_secs(30)).unwrap();
+    let [a, b, c] = <[_; 3]>::try_from(clients).unwrap_or_else(|_| unreachable!());
+    let held_a = tokio::spawn(async move { a.query_one("SELECT 1", &[]).await.map(|r| r.get::<_, i32>(0)) });
+    let held_b = tokio::spawn(async move { b.query_one("SELECT 2", &[]).await.map(|r| r.get::<_, i32>(0)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = c.query_one("SELECT 3", &[]).await.unwrap_err();
+    assert_eq!(sqlswitch_tests::client::code(&err).map(|c| c.code()), Some("53400"), "{err:?}");
+    daemon.control.resume("app").unwrap();
+    assert_eq!(held_a.await.unwrap().unwrap(), 1);
+    assert_eq!(held_b.await.unwrap().unwrap(), 2);
+    let three: i32 = c.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(three, 3, "after the pause the refused client goes on");
+}
