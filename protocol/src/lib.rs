@@ -16,6 +16,8 @@
 
 pub mod classify;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mysql;
 pub mod pg;
 

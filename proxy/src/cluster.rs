@@ -373,6 +373,8 @@ pub struct Cluster {
     pub gate: Gate,
     /// MySQL client connection ids, for `KILL`.
     pub mysql_threads: Arc<crate::mysql::threads::Registry>,
+    /// Client-facing TLS, when configured; replaced by a reload.
+    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
 
 impl Cluster {
@@ -394,6 +396,7 @@ impl Cluster {
             }),
             gate: Gate::default(),
             mysql_threads: Arc::default(),
+            tls: arc_swap::ArcSwapOption::empty(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,

@@ -101,8 +101,20 @@ impl Control {
                 ));
             }
         }
+        // Certificates are read again, so a rotated certificate or key applies without a restart.
+        let mut acceptors = Vec::new();
+        for n in &new.clusters {
+            match n.tls.as_ref().map(crate::tls::acceptor) {
+                Some(Ok(a)) => acceptors.push(Some(Arc::new(a))),
+                Some(Err(e)) => refused.push(format!("cluster {:?}: {e}", n.name)),
+                None => acceptors.push(None),
+            }
+        }
         if !refused.is_empty() {
             return Err(format!("reload refused, the running config stays: {}", refused.join("; ")));
+        }
+        for (cluster, acceptor) in self.clusters.iter().zip(acceptors) {
+            cluster.tls.store(acceptor);
         }
         let mut applied = Vec::new();
         for (cluster, n) in self.clusters.iter().zip(&new.clusters) {

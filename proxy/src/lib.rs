@@ -29,6 +29,7 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod switchover;
+pub mod tls;
 pub mod workers;
 
 pub use server::Daemon;

@@ -146,6 +146,11 @@ impl Daemon {
         let mut clusters = Vec::new();
         for cluster_config in config.clusters.clone() {
             let cluster = Cluster::new(cluster_config, &registry);
+            if let Some(tls) = &cluster.config.tls {
+                let acceptor =
+                    crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;
+                cluster.tls.store(Some(Arc::new(acceptor)));
+            }
             if let Some(mut monitor) = crate::monitor::Monitor::new(Arc::clone(&cluster)) {
                 // One round before listening, so the first sessions already know which
                 // replicas are up and caught up.
@@ -295,6 +300,7 @@ async fn too_many(mut stream: TcpStream, protocol: Protocol, max: usize) {
     match protocol {
         Protocol::Postgres => {
             let text = format!("sorry, too many clients already (max_client_connections = {max})");
+            let mut stream = crate::tls::ClientStream::Plain(stream);
             pg::client::send_fatal(&mut stream, sqlswitch_protocol::pg::sqlstate::TOO_MANY_CONNECTIONS, &text).await;
         }
         Protocol::Mysql => {

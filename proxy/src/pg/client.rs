@@ -12,8 +12,9 @@ use sqlswitch_protocol::pg::frontend;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::pg::startup::{self, Startup, StartupRequest};
 use sqlswitch_protocol::ProtocolError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
+
+use crate::tls::ClientStream;
 
 use crate::cluster::Cluster;
 
@@ -48,13 +49,13 @@ pub enum HandshakeError {
 }
 
 /// Sends a FATAL ErrorResponse; the caller closes the connection after.
-pub async fn send_fatal(stream: &mut TcpStream, code: &str, text: &str) {
+pub async fn send_fatal(stream: &mut ClientStream, code: &str, text: &str) {
     let mut out = BytesMut::new();
     msg::error_response(&mut out, Severity::Fatal, code, text);
-    let _ = stream.write_all(&out).await;
+    let _ = stream.send(&out).await;
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), HandshakeError> {
+async fn read_more(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<(), HandshakeError> {
     buf.reserve(1024);
     if stream.read_buf(buf).await? == 0 {
         return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -68,7 +69,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Han
 /// # Errors
 /// See [`HandshakeError`].
 pub async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     cluster: &Cluster,
 ) -> Result<Opening, HandshakeError> {
@@ -89,19 +90,32 @@ pub async fn handshake(
             }
         };
         match request {
-            // No TLS or GSSAPI encryption is configured: say so and wait for the next packet.
             StartupRequest::Ssl | StartupRequest::GssEnc => {
                 if !buf.is_empty() {
                     // Bytes after the request would be plaintext smuggled past a TLS handshake.
                     send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, "unexpected data after encryption request").await;
                     return Err(ProtocolError::Malformed { what: "encryption request" }.into());
                 }
-                stream.write_all(b"N").await?;
+                let acceptor = cluster.tls.load_full();
+                match acceptor {
+                    Some(acceptor) if matches!(request, StartupRequest::Ssl) && !stream.is_tls() => {
+                        stream.send(b"S").await?;
+                        stream.upgrade(&acceptor).await?;
+                    }
+                    // No TLS configured (or GSSAPI asked, or TLS already on): say so and wait
+                    // for the next packet.
+                    _ => stream.send(b"N").await?,
+                }
             }
             StartupRequest::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
             StartupRequest::Startup(s) => break s,
         }
     };
+    if cluster.config.tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {
+        let text = "this sqlswitch cluster accepts TLS connections only (connect with sslmode=require or stricter)";
+        send_fatal(stream, sqlstate::INVALID_AUTHORIZATION, text).await;
+        return Err(HandshakeError::Unsupported(text.into()));
+    }
     if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
         let text = "replication connections are not supported through sqlswitch";
         send_fatal(stream, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
@@ -123,7 +137,7 @@ pub async fn handshake(
 /// SCRAM-SHA-256 against the user's verifier (or a decoy for unknown users, so that both fail
 /// alike). Sends AuthenticationOk on success.
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     cluster: &Cluster,
@@ -132,7 +146,7 @@ async fn authenticate(
     let users = cluster.users.load();
     let verifier = users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
     msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
-    stream.write_all(out).await?;
+    stream.send(out).await?;
     out.clear();
 
     let first = read_password_message(stream, buf).await?;
@@ -158,7 +172,7 @@ async fn authenticate(
         }
     };
     msg::authentication_sasl_continue(out, server_first.as_bytes());
-    stream.write_all(out).await?;
+    stream.send(out).await?;
     out.clear();
 
     let last = read_password_message(stream, buf).await?;
@@ -166,7 +180,7 @@ async fn authenticate(
         Ok(server_final) if users.contains_key(user) => {
             msg::authentication_sasl_final(out, server_final.as_bytes());
             msg::authentication_ok(out);
-            stream.write_all(out).await?;
+            stream.send(out).await?;
             out.clear();
             Ok(())
         }
@@ -186,7 +200,7 @@ fn scram_reason(e: &PgWireError) -> String {
     }
 }
 
-async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<frame::Frame, HandshakeError> {
+async fn read_password_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<frame::Frame, HandshakeError> {
     loop {
         match frame::decode(buf, startup::MAX_STARTUP_LEN) {
             Ok(Some(f)) if f.tag == frontend::PASSWORD => return Ok(f),

@@ -16,13 +16,13 @@ use bytes::BytesMut;
 use sqlswitch_protocol::pg::backend::{self as msg, Severity};
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::pg::startup::{options_set, parse_bool, Startup};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{self, CancelKey};
 use crate::cluster::{Cluster, PoolKey};
+use crate::tls::ClientStream;
 use backend::{BackendConn, BackendError, Login};
 use client::{send_fatal, Opening};
 use session::{End, Identity, Session};
@@ -31,7 +31,7 @@ const READ_ONLY_GUC: &str = "default_transaction_read_only";
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     cluster: Arc<Cluster>,
     read_only_listener: bool,
@@ -39,6 +39,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let opening =
         tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, &cluster)).await;
@@ -107,7 +108,7 @@ pub async fn serve(
     if let Some((code, text)) = goodbye {
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Fatal, code, text);
-        let _ = session.client().write_all(&out).await;
+        let _ = session.client().send(&out).await;
     }
     debug!(%peer, ?end, "session ended");
     let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
@@ -183,10 +184,10 @@ async fn acquire(
     Err(last)
 }
 
-async fn refuse_session(stream: &mut TcpStream, cluster: &Cluster, e: BackendError) {
+async fn refuse_session(stream: &mut ClientStream, cluster: &Cluster, e: BackendError) {
     match e {
         BackendError::Refused { error, .. } => {
-            let _ = stream.write_all(&error).await;
+            let _ = stream.send(&error).await;
         }
         other => {
             let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
@@ -196,14 +197,14 @@ async fn refuse_session(stream: &mut TcpStream, cluster: &Cluster, e: BackendErr
 }
 
 /// ParameterStatus from the backend, the proxy's own cancel key, and ReadyForQuery.
-async fn welcome(stream: &mut TcpStream, conn: &BackendConn, key: &CancelKey) -> std::io::Result<()> {
+async fn welcome(stream: &mut ClientStream, conn: &BackendConn, key: &CancelKey) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     for (name, value) in &conn.params {
         msg::parameter_status(&mut out, name, value);
     }
     msg::backend_key_data(&mut out, key.pid, key.secret);
     msg::ready_for_query(&mut out, conn.tx);
-    stream.write_all(&out).await
+    stream.send(&out).await
 }
 
 /// Resets a connection and returns it to its backend's pool, or closes it.

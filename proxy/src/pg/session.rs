@@ -13,6 +13,7 @@
 //! 25006 and never sent, in protocol order: the refusal waits for earlier answers, or rides just
 //! before the ReadyForQuery of the pipeline it belongs to.
 
+use crate::tls::ClientStream;
 use bytes::{Buf, Bytes, BytesMut};
 use sqlswitch_protocol::classify;
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
@@ -21,7 +22,6 @@ use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
@@ -107,7 +107,7 @@ pub struct Identity<'a> {
 
 /// A running session.
 pub struct Session<'a> {
-    pub(super) client: TcpStream,
+    pub(super) client: ClientStream,
     pub(super) cbuf: BytesMut,
     pub(super) id: Identity<'a>,
     /// The primary and replica connections.
@@ -166,7 +166,7 @@ impl Side {
 
 impl<'a> Session<'a> {
     /// A session over an authenticated client; backend connections are taken as needed.
-    pub fn new(client: TcpStream, cbuf: BytesMut, id: Identity<'a>) -> Self {
+    pub fn new(client: ClientStream, cbuf: BytesMut, id: Identity<'a>) -> Self {
         let mut batch = OpenBatch::default();
         batch.reset();
         Self {
@@ -216,7 +216,7 @@ impl<'a> Session<'a> {
     }
 
     /// The client socket, for the final words.
-    pub fn client(&mut self) -> &mut TcpStream {
+    pub fn client(&mut self) -> &mut ClientStream {
         &mut self.client
     }
 
@@ -287,11 +287,11 @@ impl<'a> Session<'a> {
             sqlstate::CONNECTION_FAILURE,
             "the database server closed the connection unexpectedly",
         );
-        let _ = self.client.write_all(&out).await;
+        let _ = self.client.send(&out).await;
     }
 
     pub(super) async fn send_client(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.client.write_all(bytes).await.map_err(|_| End::ClientGone)
+        self.client.send(bytes).await.map_err(|_| End::ClientGone)
     }
 
     /// Handles every complete client message in the buffer.
@@ -389,7 +389,7 @@ impl<'a> Session<'a> {
                     let text = format!("invalid frontend message type {other}");
                     let mut out = BytesMut::new();
                     msg::error_response(&mut out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &text);
-                    let _ = self.client.write_all(&out).await;
+                    let _ = self.client.send(&out).await;
                     return Err(End::ClientError(ProtocolError::Malformed { what: "frontend message type" }));
                 }
             }
@@ -477,7 +477,7 @@ impl<'a> Session<'a> {
         };
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Fatal, code, &e.to_string());
-        let _ = self.client.write_all(&out).await;
+        let _ = self.client.send(&out).await;
         End::ClientError(e)
     }
 
@@ -608,7 +608,7 @@ impl<'a> Session<'a> {
         if n > 0 {
             self.retry = None; // an answer byte reached the client: no retry elsewhere now
             let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
-            self.client.write_all(&slot.conn.buf[..n]).await.map_err(|_| End::ClientGone)?;
+            self.client.send(&slot.conn.buf[..n]).await.map_err(|_| End::ClientGone)?;
             slot.conn.buf.advance(n);
         }
         Ok(())

@@ -1,0 +1,213 @@
+//! Client-facing TLS for PostgreSQL clients, with certificates made by `openssl` for the test:
+//! `psql` with `sslmode=verify-full`, plaintext refused when TLS is required, mutual TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sqlswitch_tests::pg::{client_bin, Topology, APP, DATABASE};
+use sqlswitch_tests::proxy;
+
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for `localhost`/127.0.0.1 and a client certificate, all signed by it.
+fn make_certs() -> Certs {
+    let dir = std::env::temp_dir().join(format!("sqlswitch-tls-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let days = ["-days", "2"];
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=sqlswitch test CA",
+            days[0],
+            days[1],
+        ],
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
+            days[0],
+            days[1],
+        ],
+    );
+    openssl(
+        &dir,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=app"],
+    );
+    // Extensions make these X.509 v3 certificates, which webpki requires.
+    std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-extfile",
+            "client.ext",
+            days[0],
+            days[1],
+        ],
+    );
+    // libpq refuses a client key others can read.
+    let _ = Command::new("chmod").arg("600").arg(dir.join("client.key")).status();
+    Certs { dir }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
+
+/// Runs `psql -c sql` with a libpq connection string; returns (ok, stdout, stderr).
+async fn psql(conn: String, sql: &'static str) -> (bool, String, String) {
+    let psql = client_bin(Topology::shared(), "psql");
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(psql)
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
+            .env("PGPASSWORD", APP.1)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_verify_full_through_sqlswitch_and_plaintext_refused() {
+    let topo = Topology::shared();
+    let certs = make_certs();
+    let extra = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", required = true }}",
+        certs.path("server.pem"),
+        certs.path("server.key")
+    );
+    let daemon = proxy::start(topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let base = format!("host=localhost port={port} user={} dbname={DATABASE}", APP.0);
+
+    let (ok, out, err) =
+        psql(format!("{base} sslmode=verify-full sslrootcert={}", certs.path("ca.pem")), "SELECT 'over tls'").await;
+    assert!(ok, "verify-full: {err}");
+    assert_eq!(out, "over tls");
+
+    let (ok, _, err) = psql(format!("{base} sslmode=disable"), "SELECT 1").await;
+    assert!(!ok, "plaintext is refused when TLS is required");
+    assert!(err.contains("TLS"), "{err}");
+
+    // A client that trusts another CA refuses the proxy's certificate.
+    let other = make_certs();
+    let (ok, _, _) = psql(format!("{base} sslmode=verify-full sslrootcert={}", other.path("ca.pem")), "SELECT 1").await;
+    assert!(!ok, "a certificate from an unknown CA is not accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate() {
+    let topo = Topology::shared();
+    let certs = make_certs();
+    let extra = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", required = true }}",
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem")
+    );
+    let daemon = proxy::start(topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let base = format!(
+        "host=localhost port={port} user={} dbname={DATABASE} sslmode=verify-full sslrootcert={}",
+        APP.0,
+        certs.path("ca.pem")
+    );
+    let (ok, _, _) = psql(base.clone(), "SELECT 1").await;
+    assert!(!ok, "no client certificate: refused");
+    let (ok, out, err) = psql(
+        format!("{base} sslcert={} sslkey={}", certs.path("client.pem"), certs.path("client.key")),
+        "SELECT 'mutual'",
+    )
+    .await;
+    assert!(ok, "with a client certificate: {err}");
+    assert_eq!(out, "mutual");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_optional_unless_required() {
+    let topo = Topology::shared();
+    let certs = make_certs();
+    let extra = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.path("server.pem"), certs.path("server.key"));
+    let daemon = proxy::start(topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let base = format!("host=localhost port={port} user={} dbname={DATABASE}", APP.0);
+    let (ok, out, err) = psql(format!("{base} sslmode=require"), "SELECT 'tls'").await;
+    assert!(ok && out == "tls", "{err}");
+    let (ok, out, err) = psql(format!("{base} sslmode=disable"), "SELECT 'plain'").await;
+    assert!(ok && out == "plain", "{err}");
+}
