@@ -122,16 +122,10 @@ fn rand_suffix() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }
 
-/// Runs `psql -c sql` with a libpq connection string; returns (ok, stdout, stderr).
-async fn psql(conn: String, sql: &'static str) -> (bool, String, String) {
-    let psql = client_bin(Topology::shared(), "psql");
+/// Runs `cmd` off the async threads; returns (ok, stdout trimmed, stderr).
+async fn run(mut cmd: Command) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(psql)
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
-            .env("PGPASSWORD", APP.1)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .unwrap();
+        let out = cmd.output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
@@ -140,6 +134,15 @@ async fn psql(conn: String, sql: &'static str) -> (bool, String, String) {
     })
     .await
     .unwrap()
+}
+
+/// Runs `psql -c sql` with a libpq connection string.
+async fn psql(conn: String, sql: &'static str) -> (bool, String, String) {
+    let mut cmd = Command::new(client_bin(Topology::shared(), "psql"));
+    cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
+        .env("PGPASSWORD", APP.1)
+        .env("PGCONNECT_TIMEOUT", "10");
+    run(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,4 +213,39 @@ async fn tls_is_optional_unless_required() {
     assert!(ok && out == "tls", "{err}");
     let (ok, out, err) = psql(format!("{base} sslmode=disable"), "SELECT 'plain'").await;
     assert!(ok && out == "plain", "{err}");
+}
+
+/// Runs the `mariadb` client with `args` and `-e sql`.
+async fn mariadb(port: u16, args: Vec<String>, sql: &'static str) -> (bool, String, String) {
+    let mut cmd = Command::new("mariadb");
+    cmd.args(["-h", "127.0.0.1", "-P", &port.to_string(), "-u", APP.0, &format!("-p{}", APP.1), "-N", "-B"])
+        .args(&args)
+        .args([DATABASE, "-e", sql]);
+    run(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_client_verifies_the_server_certificate() {
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let certs = make_certs();
+    let extra = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", required = true }}",
+        certs.path("server.pem"),
+        certs.path("server.key")
+    );
+    let daemon = proxy::start_mysql(topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let verify =
+        vec!["--ssl".to_owned(), format!("--ssl-ca={}", certs.path("ca.pem")), "--ssl-verify-server-cert".to_owned()];
+    let (ok, out, err) = mariadb(port, verify, "SELECT 'over tls'").await;
+    assert!(ok, "--ssl-verify-server-cert: {err}");
+    assert_eq!(out, "over tls");
+    let (ok, _, err) = mariadb(port, vec!["--skip-ssl".to_owned()], "SELECT 1").await;
+    assert!(!ok, "plaintext is refused when TLS is required");
+    assert!(err.contains("3159") || err.contains("insecure transport"), "{err}");
+    let other = make_certs();
+    let wrong_ca =
+        vec!["--ssl".to_owned(), format!("--ssl-ca={}", other.path("ca.pem")), "--ssl-verify-server-cert".to_owned()];
+    let (ok, _, _) = mariadb(port, wrong_ca, "SELECT 1").await;
+    assert!(!ok, "a certificate from an unknown CA is not accepted");
 }

@@ -31,6 +31,8 @@ pub mod code {
     pub const KILL_DENIED: u16 = 1095;
     /// ER_CONNECTION_KILLED.
     pub const CONNECTION_KILLED: u16 = 1927;
+    /// ER_SECURE_TRANSPORT_REQUIRED.
+    pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8): disconnected for inactivity.
     pub const CLIENT_INACTIVE: u16 = 4031;
     /// `CR_SERVER_LOST` style failure reported as `ER_UNKNOWN_ERROR` (1105).

@@ -17,7 +17,7 @@ use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ClientResponse, ServerHandshake};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload};
 use sqlswitch_protocol::mysql::{caps, code, status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use crate::cluster::Cluster;
 use crate::pg::batch::Side;
 use crate::pg::session::Counted;
+use crate::tls::ClientStream;
 use session::{MySession, MySlot};
 
 /// What the proxy calls itself in the handshake (MariaDB style, so clients enable MariaDB
@@ -35,21 +36,22 @@ const CACHING_SHA2: &str = "caching_sha2_password";
 const UTF8MB4_GENERAL_CI: u8 = 45;
 
 /// Sends an ERR packet with sequence id `seq`.
-pub async fn send_err(stream: &mut TcpStream, seq: u8, code: u16, sqlstate: &str, text: &str) {
+pub async fn send_err(stream: &mut ClientStream, seq: u8, code: u16, sqlstate: &str, text: &str) {
     let mut out = BytesMut::new();
     packet::encode(&mut out, seq, &err_payload(code, sqlstate, text));
-    let _ = stream.write_all(&out).await;
+    let _ = stream.send(&out).await;
 }
 
 /// Serves one accepted MySQL client connection to its end.
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     cluster: Arc<Cluster>,
     read_only_listener: bool,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let thread = cluster.mysql_threads.register();
     let login =
@@ -83,13 +85,13 @@ pub async fn serve(
         Err(e) => {
             let mut out = BytesMut::new();
             packet::encode(&mut out, seq, &session::first_connection_error(&cluster, e));
-            let _ = stream.write_all(&out).await;
+            let _ = stream.send(&out).await;
             return;
         }
     };
     let mut out = BytesMut::new();
     packet::encode(&mut out, seq, &ok_payload(conn.status));
-    if stream.write_all(&out).await.is_err() {
+    if stream.send(&out).await.is_err() {
         return;
     }
     let backend = &cluster.backends[index];
@@ -114,26 +116,47 @@ pub async fn serve(
 /// Reads the client's handshake response and checks its password. Returns it and the next
 /// sequence id; errors have been sent to the client.
 async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     cluster: &Cluster,
     peer: SocketAddr,
     connection_id: u32,
 ) -> anyhow::Result<(ClientResponse, u8)> {
     let nonce = new_nonce();
+    let acceptor = cluster.tls.load_full();
     let hello = ServerHandshake {
         version: SERVER_VERSION.to_owned(),
         connection_id,
         nonce: nonce.clone(),
-        caps: caps::OFFERED,
+        caps: caps::OFFERED | if acceptor.is_some() { caps::SSL } else { 0 },
         charset: UTF8MB4_GENERAL_CI,
         status: status::AUTOCOMMIT,
         plugin: NATIVE.to_owned(),
     };
     let mut out = BytesMut::new();
     packet::encode(&mut out, 0, &hello.encode());
-    stream.write_all(&out).await?;
-    let first = read_packet(stream, buf).await?;
+    stream.send(&out).await?;
+    let mut first = read_packet(stream, buf).await?;
+    // An SSLRequest: the first 32 bytes of a handshake response, with CLIENT_SSL. TLS starts,
+    // and the whole response follows over it.
+    let ssl_request = first.payload.len() == 32
+        && first.payload.get(..4).is_some_and(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & caps::SSL != 0);
+    if ssl_request {
+        let Some(acceptor) = acceptor else {
+            send_err(stream, first.last_seq.wrapping_add(1), code::HANDSHAKE, "08S01", "TLS is not configured").await;
+            anyhow::bail!("TLS requested but not configured");
+        };
+        if !buf.is_empty() {
+            anyhow::bail!("data after the SSLRequest, before the TLS handshake");
+        }
+        stream.upgrade(&acceptor).await?;
+        first = read_packet(stream, buf).await?;
+    }
+    if cluster.config.tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {
+        let text = "Connections using insecure transport are prohibited (sqlswitch requires TLS on this cluster)";
+        send_err(stream, first.last_seq.wrapping_add(1), code::SECURE_TRANSPORT_REQUIRED, "HY000", text).await;
+        anyhow::bail!("plaintext refused");
+    }
     let mut response = match ClientResponse::parse(&first.payload) {
         Ok(r) => r,
         Err(e) => {
@@ -146,7 +169,7 @@ async fn handshake(
     if !sha2 && response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &auth_switch_request(NATIVE, &nonce));
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         let answer = read_packet(stream, buf).await?;
         response.auth = answer.payload.to_vec();
         seq = answer.last_seq.wrapping_add(1);
@@ -161,7 +184,7 @@ async fn handshake(
         // TLS) is never asked for. AuthMoreData 0x03 is "fast auth succeeded; OK follows".
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &[0x01, 0x03]);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         seq = seq.wrapping_add(1);
     }
     Ok((response, seq))
@@ -198,7 +221,7 @@ pub(crate) fn access_denied(user: &str, peer: SocketAddr, auth: &[u8]) -> String
     format!("Access denied for user '{user}'@'{}' (using password: {using})", peer.ip())
 }
 
-async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
+async fn read_packet(stream: &mut ClientStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
     loop {
         if let Some(p) = packet::decode(buf, 64 * 1024)? {
             return Ok(p);

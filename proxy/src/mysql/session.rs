@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::tls::ClientStream;
 use bytes::{Buf, BytesMut};
 use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
 use sqlswitch_protocol::mysql::command::{self, Answer};
@@ -16,7 +17,6 @@ use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LE
 use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, code, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -175,7 +175,7 @@ pub enum End {
 
 /// A running session.
 pub struct MySession<'a> {
-    client: TcpStream,
+    client: ClientStream,
     cbuf: BytesMut,
     id: Identity<'a>,
     slots: [Option<MySlot<'a>>; 2],
@@ -210,7 +210,7 @@ struct Plan {
 impl<'a> MySession<'a> {
     /// A session over a logged-in client and its first backend connection.
     pub fn new(
-        client: TcpStream,
+        client: ClientStream,
         cbuf: BytesMut,
         id: Identity<'a>,
         first: MySlot<'a>,
@@ -292,7 +292,7 @@ impl<'a> MySession<'a> {
     async fn err(&mut self, seq: u8, code: u16, state: &str, text: &str) {
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &err_payload(code, state, text));
-        let _ = self.client.write_all(&out).await;
+        let _ = self.client.send(&out).await;
     }
 
     async fn command(&mut self, packet: &packet::Packet, cmd: u8, answer: Answer, seq: u8) -> Result<(), End> {
@@ -496,7 +496,7 @@ impl<'a> MySession<'a> {
         let nonce = super::new_nonce();
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &auth_switch_request(super::NATIVE, &nonce));
-        self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
         let answer = loop {
             match packet::decode(&mut self.cbuf, 64 * 1024) {
                 Ok(Some(p)) => break p,
@@ -549,14 +549,14 @@ impl<'a> MySession<'a> {
                     counted: Counted::new(&cluster.backends[index].sessions),
                 });
                 self.active = Some(side);
-                self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
                 debug!(user = %self.id.user, "changed user");
                 Ok(())
             }
             Err(e) => {
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &first_connection_error(cluster, e));
-                let _ = self.client.write_all(&out).await;
+                let _ = self.client.send(&out).await;
                 Err(End::ClientGone)
             }
         }
@@ -614,7 +614,7 @@ impl<'a> MySession<'a> {
                     .map_or(status::AUTOCOMMIT, |s| s.conn.status);
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(status));
-                self.client.write_all(&out).await.map_err(|_| End::ClientGone)?;
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
             }
         }
         Ok(())
@@ -776,7 +776,7 @@ impl<'a> MySession<'a> {
                 }
             }
             if fwd > 0 {
-                if self.client.write_all(&conn.buf[..fwd]).await.is_err() {
+                if self.client.send(&conn.buf[..fwd]).await.is_err() {
                     return Err(Fail::Client);
                 }
                 conn.buf.advance(fwd);
