@@ -339,3 +339,59 @@ async fn a_pause_holds_at_most_max_held_statements() {
     let three: i32 = c.query_one("SELECT 3", &[]).await.unwrap().get(0);
     assert_eq!(three, 3, "after the pause the refused client goes on");
 }
+
+/// Reads one MySQL packet's payload (or `None` when the proxy closed the connection).
+async fn mysql_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(p)) = sqlswitch_protocol::mysql::packet::decode(buf, 1 << 24) {
+            return Some(p.payload.to_vec());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The MySQL error code of an ERR payload.
+fn mysql_error(p: &[u8]) -> Option<u16> {
+    (p.first() == Some(&0xFF) && p.len() >= 3).then(|| u16::from_le_bytes([p[1], p[2]]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_clients_sending_garbage_get_an_error_or_a_close() {
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = proxy::start_mysql(topo, "max_message_size = 1048576").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    // A packet header announcing 16 MiB, continued, past max_message_size: refused from the
+    // header, before any of it is buffered.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert!(mysql_packet(&mut s, &mut buf).await.is_some(), "the handshake");
+    s.write_all(&[0xff, 0xff, 0xff, 1]).await.unwrap();
+    s.write_all(&[0u8; 4096]).await.unwrap();
+    let answer = mysql_packet(&mut s, &mut buf).await;
+    assert!(answer.is_none() || answer.as_deref().and_then(mysql_error).is_some(), "{answer:?}");
+    // Random bytes instead of a handshake response.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = BytesMut::new();
+    mysql_packet(&mut s, &mut buf).await;
+    let noise: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    s.write_all(&noise).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "noise ends with an error or a close");
+    // A client that connects and leaves at once.
+    drop(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    // The daemon serves on.
+    let mut conn =
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&sqlswitch_tests::proxy::mysql_url(port, APP)).unwrap())
+            .await
+            .unwrap();
+    use mysql_async::prelude::Queryable;
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the daemon serves on");
+    conn.disconnect().await.unwrap();
+}
