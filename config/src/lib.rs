@@ -111,6 +111,9 @@ pub struct Cluster {
     /// Client-facing TLS.
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// TLS to the backends (PostgreSQL).
+    #[serde(default)]
+    pub backend_tls: Option<BackendTls>,
     /// Users clients log in as; the proxy logs in to the backends as the same user.
     #[serde(default, rename = "user")]
     pub users: Vec<User>,
@@ -209,6 +212,33 @@ pub struct Tls {
     /// Refuse clients that do not use TLS.
     #[serde(default)]
     pub required: bool,
+}
+
+/// `[cluster.backend_tls]`: TLS from the proxy to the backends, with libpq's modes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
+    pub mode: TlsMode,
+    /// PEM CA certificates the backends' certificates must lead to (verify-ca, verify-full).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Never.
+    Disable,
+    /// TLS when the server offers it, unverified.
+    Prefer,
+    /// TLS or no connection, unverified.
+    Require,
+    /// TLS, the certificate signed by `ca`.
+    VerifyCa,
+    /// TLS, signed by `ca` and naming the backend's host.
+    VerifyFull,
 }
 
 /// `[[cluster.backend]]`.
@@ -371,6 +401,20 @@ impl Config {
                             problem(format!("{at}.tls.{key}"), format!("cannot read {}: {e}", path.display()));
                         }
                     }
+                }
+            }
+            if let Some(b) = &c.backend_tls {
+                let verifies = matches!(b.mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
+                match &b.ca {
+                    None if verifies => {
+                        problem(format!("{at}.backend_tls.ca"), "verify-ca and verify-full need a CA file".into())
+                    }
+                    Some(path) => {
+                        if let Err(e) = std::fs::metadata(path) {
+                            problem(format!("{at}.backend_tls.ca"), format!("cannot read {}: {e}", path.display()));
+                        }
+                    }
+                    None => {}
                 }
             }
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {

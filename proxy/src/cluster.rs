@@ -375,6 +375,8 @@ pub struct Cluster {
     pub mysql_threads: Arc<crate::mysql::threads::Registry>,
     /// Client-facing TLS, when configured; replaced by a reload.
     pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// TLS to the backends, when configured.
+    pub backend_tls: arc_swap::ArcSwapOption<crate::tls::BackendTls>,
 }
 
 impl Cluster {
@@ -397,6 +399,7 @@ impl Cluster {
             gate: Gate::default(),
             mysql_threads: Arc::default(),
             tls: arc_swap::ArcSwapOption::empty(),
+            backend_tls: arc_swap::ArcSwapOption::empty(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,

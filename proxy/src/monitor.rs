@@ -212,7 +212,13 @@ impl Monitor {
     pub async fn tick(&mut self) {
         let cluster = Arc::clone(&self.cluster);
         let Some(monitor) = cluster.config.monitor.as_ref() else { return };
-        let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &self.params };
+        let tls = cluster.backend_tls.load_full();
+        let login = Login {
+            user: &monitor.user,
+            password: monitor.password.expose(),
+            params: &self.params,
+            tls: tls.as_deref(),
+        };
         let table = cluster.table.load();
         let primary = table.primary;
         // A reload may have added backends.

@@ -151,6 +151,11 @@ impl Daemon {
                     crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;
                 cluster.tls.store(Some(Arc::new(acceptor)));
             }
+            if let Some(b) = &cluster.config.backend_tls {
+                let tls = crate::tls::BackendTls::new(b)
+                    .map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;
+                cluster.backend_tls.store(tls.map(Arc::new));
+            }
             if let Some(mut monitor) = crate::monitor::Monitor::new(Arc::clone(&cluster)) {
                 // One round before listening, so the first sessions already know which
                 // replicas are up and caught up.

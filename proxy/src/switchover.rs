@@ -263,7 +263,13 @@ impl Server {
                     ("database".to_owned(), "postgres".to_owned()),
                     ("application_name".to_owned(), "sqlswitch-switchover".to_owned()),
                 ];
-                let login = Login { user: &monitor.user, password: monitor.password.expose(), params: &params };
+                let tls = cluster.backend_tls.load_full();
+                let login = Login {
+                    user: &monitor.user,
+                    password: monitor.password.expose(),
+                    params: &params,
+                    tls: tls.as_deref(),
+                };
                 Ok(Self::Pg(BackendConn::connect(&b.address, &login, timeout, &b.metrics).await?))
             }
             Protocol::Mysql => {

@@ -1,5 +1,5 @@
-//! Client-facing TLS (rustls): the acceptor built from a cluster's `[cluster.tls]` files, and
-//! the client connection type that is plain TCP until the client asks for TLS.
+//! TLS (rustls): the acceptor built from a cluster's `[cluster.tls]` files, the connector for
+//! `[cluster.backend_tls]`, and the connection type that is plain TCP until TLS starts.
 
 use std::io;
 use std::pin::Pin;
@@ -7,13 +7,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig, SignatureScheme,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Builds the acceptor for `tls`: its certificate chain and key, and with `client_ca`, a
 /// verifier that requires client certificates it signed.
@@ -53,19 +57,25 @@ pub fn acceptor(tls: &sqlswitch_config::Tls) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A client connection: plain TCP, or TLS after the client asked for it.
-pub enum ClientStream {
+/// A connection that is plain TCP, or TLS once negotiated.
+pub enum Stream<T> {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<T>),
     /// Between the two, while the TLS handshake runs (never read or written).
     Upgrading,
 }
 
-impl ClientStream {
+/// A client connection.
+pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection to a backend.
+pub type BackendStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
     /// Writes all of `bytes` and flushes them: TLS buffers records that must be pushed out
-    /// before the proxy waits for the client's answer. Plain TCP flushes nothing.
+    /// before the proxy waits for the peer's answer. Plain TCP flushes nothing.
     ///
     /// # Errors
     /// The socket failed.
@@ -81,8 +91,10 @@ impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
     }
+}
 
-    /// Runs the TLS handshake on a plain connection.
+impl ClientStream {
+    /// Runs the server side of the TLS handshake on a plain connection.
     ///
     /// # Errors
     /// The handshake failed (the connection is unusable then).
@@ -96,25 +108,49 @@ impl ClientStream {
     }
 }
 
+impl BackendStream {
+    /// Runs the client side of the TLS handshake on a plain connection.
+    ///
+    /// # Errors
+    /// The handshake failed, or the certificate did not verify.
+    pub async fn start_tls(&mut self, connector: &TlsConnector, name: ServerName<'static>) -> io::Result<()> {
+        let Self::Plain(tcp) = std::mem::replace(self, Self::Upgrading) else {
+            return Err(io::Error::other("TLS started twice"));
+        };
+        let tls = connector.connect(name, tcp).await?;
+        *self = Self::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Tls(t) => Some(t.get_ref().0),
+            Self::Upgrading => None,
+        }
+    }
+}
+
 fn upgrading() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake did not finish")
 }
 
-impl AsyncRead for ClientStream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -122,7 +158,7 @@ impl AsyncWrite for ClientStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -130,8 +166,135 @@ impl AsyncWrite for ClientStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Upgrading => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// How the proxy checks a backend's certificate (libpq's `sslmode` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Encrypt, check nothing.
+    Nothing,
+    /// The chain must lead to the configured CA; any name.
+    Ca,
+    /// The chain must lead to the CA and name the backend's host.
+    Full,
+}
+
+/// A connector for backends: `verify` against the roots in `ca` (PEM; the system has none
+/// built in, so verify-ca/verify-full need it).
+///
+/// # Errors
+/// The CA file cannot be read or parsed.
+pub fn connector(verify: Verify, ca: Option<&std::path::Path>) -> Result<TlsConnector, String> {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = ca {
+        for cert in
+            CertificateDer::pem_file_iter(path).map_err(|e| format!("backend_tls.ca {}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| format!("backend_tls.ca {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("backend_tls.ca {}: {e}", path.display()))?;
+        }
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider)).build();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match (verify, webpki) {
+        (Verify::Full, Ok(v)) => builder.with_webpki_verifier(v).with_no_client_auth(),
+        (Verify::Ca, Ok(v)) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Lenient { chain: Some(v), provider }))
+            .with_no_client_auth(),
+        (Verify::Nothing, _) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Lenient { chain: None, provider }))
+            .with_no_client_auth(),
+        (_, Err(e)) => return Err(format!("backend_tls.ca: {e}")),
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// verify-ca (`chain`: the chain is checked, the name is not) and require/prefer (no `chain`:
+/// nothing is checked, as libpq does for those modes). The handshake's signatures always are.
+#[derive(Debug)]
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Lenient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A cluster's TLS to its backends: the connector and whether a backend without TLS is refused.
+pub struct BackendTls {
+    /// The connector, with the mode's verification.
+    pub connector: TlsConnector,
+    /// `require`, `verify-ca`, `verify-full`: no TLS, no connection.
+    pub required: bool,
+}
+
+impl BackendTls {
+    /// From `[cluster.backend_tls]`; `None` for `disable`.
+    ///
+    /// # Errors
+    /// The CA file cannot be read or parsed.
+    pub fn new(config: &sqlswitch_config::BackendTls) -> Result<Option<Self>, String> {
+        use sqlswitch_config::TlsMode;
+        let verify = match config.mode {
+            TlsMode::Disable => return Ok(None),
+            TlsMode::Prefer | TlsMode::Require => Verify::Nothing,
+            TlsMode::VerifyCa => Verify::Ca,
+            TlsMode::VerifyFull => Verify::Full,
+        };
+        let connector = connector(verify, config.ca.as_deref())?;
+        Ok(Some(Self { connector, required: config.mode != TlsMode::Prefer }))
+    }
+
+    /// The name a backend at `addr` (`host:port`) is verified against.
+    pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?} is not a host name for TLS: {e}"))
     }
 }

@@ -291,6 +291,24 @@ impl Topology {
         self.pg_ctl_start(node)
     }
 
+    /// Turns TLS on for `node` with this PEM certificate and key (copied into its data
+    /// directory), by a reload.
+    ///
+    /// # Errors
+    /// A copy or psql failed.
+    pub fn enable_ssl(&self, node: &Node, cert: &Path, key: &Path) -> Result<()> {
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = node.data.join(to);
+            std::fs::copy(from, &dest)?;
+            run(Command::new("chmod").arg("600").arg(&dest))?;
+            if self.as_postgres {
+                run(Command::new("chown").arg("postgres:postgres").arg(&dest))?;
+            }
+        }
+        self.psql_admin(node, "ALTER SYSTEM SET ssl = on", "postgres")?;
+        self.psql_admin(node, "SELECT pg_reload_conf()", "postgres").map(drop)
+    }
+
     /// Pauses (or resumes) WAL replay on a replica.
     ///
     /// # Errors

@@ -249,3 +249,35 @@ async fn mariadb_client_verifies_the_server_certificate() {
     let (ok, _, _) = mariadb(port, wrong_ca, "SELECT 1").await;
     assert!(!ok, "a certificate from an unknown CA is not accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_modes() {
+    let topo = Topology::start(0).unwrap();
+    let certs = make_certs();
+    topo.enable_ssl(topo.primary(), Path::new(&certs.path("server.pem")), Path::new(&certs.path("server.key")))
+        .unwrap();
+    let uses_tls = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (mode, ca, expect) in [
+        ("verify-full", certs.path("ca.pem"), Some("t")),
+        ("verify-ca", certs.path("ca.pem"), Some("t")),
+        ("require", String::new(), Some("t")),
+        ("disable", String::new(), Some("f")),
+    ] {
+        let ca = if ca.is_empty() { String::new() } else { format!(", ca = \"{ca}\"") };
+        let daemon = proxy::start(&topo, &format!("backend_tls = {{ mode = \"{mode}\"{ca} }}")).await.unwrap();
+        let port = daemon.addr("app", false).unwrap().port();
+        let client = sqlswitch_tests::client::connect(port, APP).await.unwrap();
+        let row = client.query_one(uses_tls, &[]).await.unwrap();
+        let ssl: bool = row.get(0);
+        assert_eq!(Some(if ssl { "t" } else { "f" }), expect, "backend_tls mode {mode}");
+    }
+    // A backend certificate from another CA fails verify-full: no session, a clear error.
+    let other = make_certs();
+    let extra = format!("backend_tls = {{ mode = \"verify-full\", ca = \"{}\" }}", other.path("ca.pem"));
+    let daemon = proxy::start(&topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let err = sqlswitch_tests::client::connect(port, APP).await.expect_err("an unverifiable backend");
+    assert_eq!(sqlswitch_tests::client::code(&err).map(|c| c.code()), Some("08006"), "{err:?}");
+    drop(daemon);
+    topo.stop();
+}

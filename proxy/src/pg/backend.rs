@@ -8,11 +8,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::metrics::{BackendMetrics, OpenGuard};
+use crate::tls::{BackendStream, BackendTls};
 
 /// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
@@ -47,12 +48,14 @@ pub struct Login<'a> {
     pub password: &'a str,
     /// Startup parameters (database, GUCs), user excluded.
     pub params: &'a [(String, String)],
+    /// TLS to the server, when configured.
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// An open, logged-in backend connection.
 pub struct BackendConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (TLS when `[cluster.backend_tls]` asks for it).
+    pub stream: BackendStream,
     /// Bytes read from the backend and not yet forwarded.
     pub buf: BytesMut,
     /// ParameterStatus values as last reported.
@@ -67,7 +70,11 @@ pub struct BackendConn {
 
 impl crate::pool::Rehome for BackendConn {
     fn rehome(mut self) -> std::io::Result<Self> {
-        self.stream = crate::workers::rehome(self.stream)?;
+        // A TLS connection stays registered where it was made (still correct, one more
+        // cross-thread wake-up per read).
+        if let BackendStream::Plain(tcp) = self.stream {
+            self.stream = BackendStream::Plain(crate::workers::rehome(tcp)?);
+        }
         Ok(self)
     }
 }
@@ -87,9 +94,29 @@ impl BackendConn {
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let peer: SocketAddr = stream.peer_addr()?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let peer: SocketAddr = tcp.peer_addr()?;
+        let mut stream = BackendStream::Plain(tcp);
+        if let Some(tls) = login.tls {
+            // SSLRequest; `S` starts TLS, `N` means the server has none.
+            stream.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+            let mut answer = [0u8; 1];
+            stream.read_exact(&mut answer).await?;
+            match answer[0] {
+                b'S' => {
+                    let name = BackendTls::server_name(addr).map_err(BackendError::Protocol)?;
+                    stream.start_tls(&tls.connector, name).await?;
+                }
+                b'N' if !tls.required => {}
+                b'N' => {
+                    return Err(BackendError::Protocol(format!(
+                        "{addr} does not offer TLS, and backend_tls requires it"
+                    )))
+                }
+                _ => return Err(BackendError::Protocol("unexpected answer to SSLRequest".into())),
+            }
+        }
         let mut conn = BackendConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -102,7 +129,7 @@ impl BackendConn {
         let params =
             std::iter::once(("user", login.user)).chain(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         postgres_protocol::message::frontend::startup_message(params, &mut out)?;
-        conn.stream.write_all(&out).await?;
+        conn.stream.send(&out).await?;
         conn.authenticate(login).await?;
         loop {
             let f = conn.read_frame().await?;
@@ -184,7 +211,7 @@ impl BackendConn {
                 }
                 other => return Err(BackendError::Protocol(format!("unsupported authentication method {other}"))),
             }
-            self.stream.write_all(&out).await?;
+            self.stream.send(&out).await?;
         }
     }
 
@@ -222,7 +249,10 @@ impl BackendConn {
     pub fn is_reusable(&self) -> bool {
         let mut probe = [0u8; 1];
         self.buf.is_empty()
-            && matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            && self.stream.tcp().is_some_and(|tcp| {
+                // Any byte here (under TLS too) means the connection is not idle as it should be.
+                matches!(tcp.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
     }
 
     /// Returns the connection to a clean state for the next session: rolls back an open
@@ -238,7 +268,7 @@ impl BackendConn {
             expect += 1;
         }
         postgres_protocol::message::frontend::query("DISCARD ALL", &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut ok = true;
         while expect > 0 {
             let f = self.read_frame().await?;
@@ -263,7 +293,7 @@ impl BackendConn {
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut rows = Vec::new();
         let mut failure = None;
         loop {
@@ -288,7 +318,7 @@ impl BackendConn {
         let mut out = BytesMut::with_capacity(5);
         out.put_u8(b'X');
         out.put_i32(4);
-        let _ = self.stream.write_all(&out).await;
+        let _ = self.stream.send(&out).await;
     }
 }
 

@@ -6,7 +6,6 @@ use bytes::{Bytes, BytesMut};
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
-use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::backend::{BackendConn, BackendError, Login};
@@ -159,7 +158,7 @@ impl Session<'_> {
             match self.ready_slot(side, backend, binds).await {
                 Ok(()) => {
                     let slot = self.slots[side.index()].as_mut().ok_or(End::BackendGone)?;
-                    if slot.conn.stream.write_all(bytes).await.is_ok() {
+                    if slot.conn.stream.send(bytes).await.is_ok() {
                         return Ok(Some(side));
                     }
                     if side == Side::Primary || self.batch.side.is_some() || self.outstanding > 0 {
@@ -289,7 +288,9 @@ impl Session<'_> {
                 return Ok(conn);
             }
         }
-        let login = Login { user: self.id.user, password: self.id.password, params: &self.id.key.params };
+        let tls = cluster.backend_tls.load_full();
+        let login =
+            Login { user: self.id.user, password: self.id.password, params: &self.id.key.params, tls: tls.as_deref() };
         BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics).await
     }
 
@@ -366,7 +367,7 @@ async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first:
     }
     out.extend_from_slice(parse);
     out.extend_from_slice(&[fe::SYNC, 0, 0, 0, 4]);
-    conn.stream.write_all(&out).await?;
+    conn.stream.send(&out).await?;
     let mut failure = None;
     loop {
         let f = conn.read_frame().await?;

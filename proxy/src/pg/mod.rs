@@ -64,7 +64,8 @@ pub async fn serve(
     let Some(account) = users.get(&user) else { return };
     let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
     let key = pool_key(&startup, &user, read_only);
-    let login = Login { user: &user, password: &account.password, params: &key.params };
+    let backend_tls = cluster.backend_tls.load_full();
+    let login = Login { user: &user, password: &account.password, params: &key.params, tls: backend_tls.as_deref() };
 
     let (index, conn) = match acquire(&cluster, read_only, &key, &login).await {
         Ok(found) => found,

@@ -21,7 +21,7 @@ use sqlswitch_protocol::pg::frame::{self, Fields, HEADER_LEN};
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
@@ -455,7 +455,7 @@ impl<'a> Session<'a> {
             Skip::ForwardSync => {
                 let side = self.batch.side.or(self.active).unwrap_or(Side::Primary);
                 let sent = match self.slot(side) {
-                    Some(slot) => slot.conn.stream.write_all(&[fe::SYNC, 0, 0, 0, 4]).await.is_ok(),
+                    Some(slot) => slot.conn.stream.send(&[fe::SYNC, 0, 0, 0, 4]).await.is_ok(),
                     None => false,
                 };
                 if !sent {
