@@ -222,12 +222,25 @@ async fn pooled_connections_are_reset_between_sessions() {
     let topo = Topology::shared();
     let daemon = proxy::start(topo, "").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
+    // Idle pooled connections of every backend.
+    let idle = || daemon.status().iter().flat_map(|c| c.backends.iter()).map(|b| b.idle_connections).sum::<usize>();
+    // A session's connection returns to the pool (reset) after the session ends: wait for it,
+    // so the next session takes it rather than opening another.
+    let released = |before: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while idle() <= before {
+            assert!(Instant::now() < deadline, "a connection never went back to the pool");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let client = connect(port, APP).await.unwrap();
     let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     client.batch_execute("SET search_path = nowhere; PREPARE p AS SELECT 1").await.unwrap();
+    let before = idle();
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    released(before).await;
+    // Reads go to either replica: a few sessions find the one holding that connection.
+    for _ in 0..40 {
         let client = connect(port, APP).await.unwrap();
         let again: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
         if again == pid {
@@ -235,11 +248,13 @@ async fn pooled_connections_are_reset_between_sessions() {
             assert_ne!(path, "nowhere", "session state does not leak to the next session");
             let err = client.batch_execute("EXECUTE p").await.unwrap_err();
             assert_eq!(code(&err), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "the backend connection was never reused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = idle();
+        drop(client);
+        released(before).await;
     }
+    panic!("the backend connection was never reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
