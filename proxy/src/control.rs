@@ -325,6 +325,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "holding_primary": hold.primary,
         "primary_busy": c.gate.primary_busy.load(Ordering::SeqCst),
         "held_total": c.gate.held_total.load(Ordering::Relaxed),
+        "held_now": c.gate.held_now.load(Ordering::Relaxed),
         "backends": backends,
     })
 }

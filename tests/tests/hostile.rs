@@ -330,7 +330,12 @@ async fn a_pause_holds_at_most_max_held_statements() {
     let [a, b, c] = <[_; 3]>::try_from(clients).unwrap_or_else(|_| unreachable!());
     let held_a = tokio::spawn(async move { a.query_one("SELECT 1", &[]).await.map(|r| r.get::<_, i32>(0)) });
     let held_b = tokio::spawn(async move { b.query_one("SELECT 2", &[]).await.map(|r| r.get::<_, i32>(0)) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are held before the third comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.control.status()["clusters"][0]["held_now"] != 2 {
+        assert!(Instant::now() < deadline, "the two statements were never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let err = c.query_one("SELECT 3", &[]).await.unwrap_err();
     assert_eq!(sqlswitch_tests::client::code(&err).map(|c| c.code()), Some("53400"), "{err:?}");
     daemon.control.resume("app").unwrap();

@@ -452,7 +452,13 @@ async fn kill_query_and_connection_use_the_proxys_ids() {
         let r: Result<Option<i64>, Error> = victim.query_first("SELECT SLEEP(30)").await;
         (r, started.elapsed(), victim)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the query runs, on whichever server got it.
+    let running = "SELECT COUNT(*) FROM information_schema.processlist WHERE info = 'SELECT SLEEP(30)'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !topo.nodes.iter().any(|n| topo.sql(n, running).is_ok_and(|c| c.trim() == "1")) {
+        assert!(std::time::Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Another user may not.
     let err = anon.query_drop(format!("KILL QUERY {victim_id}")).await.unwrap_err();
     assert_eq!(code(&err), Some(1095), "{err:?}");
