@@ -68,7 +68,40 @@ pub enum Stream<T> {
 }
 
 /// A client connection.
-pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+pub type ClientStream = Stream<tokio_rustls::server::TlsStream<Prefixed>>;
+
+/// A socket with bytes already read from it in front: a MySQL client sends its TLS ClientHello
+/// right behind its SSLRequest, without waiting, so one read may hold the start of both.
+pub struct Prefixed {
+    prefix: bytes::BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// A connection to a backend.
 pub type BackendStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -98,11 +131,12 @@ impl ClientStream {
     ///
     /// # Errors
     /// The handshake failed (the connection is unusable then).
-    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+    /// `early` holds bytes already read that belong to the TLS handshake (they are taken).
+    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor, early: &mut bytes::BytesMut) -> io::Result<()> {
         let Self::Plain(tcp) = std::mem::replace(self, Self::Upgrading) else {
             return Err(io::Error::other("TLS requested twice"));
         };
-        let tls = acceptor.accept(tcp).await?;
+        let tls = acceptor.accept(Prefixed { prefix: std::mem::take(early), inner: tcp }).await?;
         *self = Self::Tls(Box::new(tls));
         Ok(())
     }

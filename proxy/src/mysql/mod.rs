@@ -146,10 +146,9 @@ async fn handshake(
             send_err(stream, first.last_seq.wrapping_add(1), code::HANDSHAKE, "08S01", "TLS is not configured").await;
             anyhow::bail!("TLS requested but not configured");
         };
-        if !buf.is_empty() {
-            anyhow::bail!("data after the SSLRequest, before the TLS handshake");
-        }
-        stream.upgrade(&acceptor).await?;
+        // The client's ClientHello follows the SSLRequest at once: what of it was read with the
+        // request goes to the TLS handshake.
+        stream.upgrade(&acceptor, buf).await?;
         first = read_packet(stream, buf).await?;
     }
     if cluster.config.tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {

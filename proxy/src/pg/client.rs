@@ -100,7 +100,8 @@ pub async fn handshake(
                 match acceptor {
                     Some(acceptor) if matches!(request, StartupRequest::Ssl) && !stream.is_tls() => {
                         stream.send(b"S").await?;
-                        stream.upgrade(&acceptor).await?;
+                        // Nothing was read past the SSLRequest (checked above).
+                        stream.upgrade(&acceptor, buf).await?;
                     }
                     // No TLS configured (or GSSAPI asked, or TLS already on): say so and wait
                     // for the next packet.
