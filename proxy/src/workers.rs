@@ -72,16 +72,6 @@ impl Workers {
         Ok(Self { handles, next: AtomicUsize::new(0), stop })
     }
 
-    /// How many session threads run.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are none (never: at least one is started).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Runs `task` on the next worker.
     pub fn spawn<F>(&self, task: F)
     where

@@ -15,6 +15,11 @@ impl Certs {
     fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
+
+    /// The cluster's `tls` key with the server certificate and key, and `more` keys.
+    fn tls_key(&self, more: &str) -> String {
+        format!("tls = {{ cert = \"{}\", key = \"{}\"{more} }}", self.path("server.pem"), self.path("server.key"))
+    }
 }
 
 impl Drop for Certs {
@@ -149,11 +154,7 @@ async fn psql(conn: String, sql: &'static str) -> (bool, String, String) {
 async fn psql_verify_full_through_sqlswitch_and_plaintext_refused() {
     let topo = Topology::shared();
     let certs = make_certs();
-    let extra = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\", required = true }}",
-        certs.path("server.pem"),
-        certs.path("server.key")
-    );
+    let extra = certs.tls_key(", required = true");
     let daemon = proxy::start(topo, &extra).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let base = format!("host=localhost port={port} user={} dbname={DATABASE}", APP.0);
@@ -177,12 +178,7 @@ async fn psql_verify_full_through_sqlswitch_and_plaintext_refused() {
 async fn mutual_tls_requires_a_client_certificate() {
     let topo = Topology::shared();
     let certs = make_certs();
-    let extra = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", required = true }}",
-        certs.path("server.pem"),
-        certs.path("server.key"),
-        certs.path("ca.pem")
-    );
+    let extra = certs.tls_key(&format!(", client_ca = \"{}\", required = true", certs.path("ca.pem")));
     let daemon = proxy::start(topo, &extra).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let base = format!(
@@ -205,7 +201,7 @@ async fn mutual_tls_requires_a_client_certificate() {
 async fn tls_is_optional_unless_required() {
     let topo = Topology::shared();
     let certs = make_certs();
-    let extra = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.path("server.pem"), certs.path("server.key"));
+    let extra = certs.tls_key("");
     let daemon = proxy::start(topo, &extra).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let base = format!("host=localhost port={port} user={} dbname={DATABASE}", APP.0);
@@ -228,11 +224,7 @@ async fn mariadb(port: u16, args: Vec<String>, sql: &'static str) -> (bool, Stri
 async fn mariadb_client_verifies_the_server_certificate() {
     let topo = sqlswitch_tests::mysql::Topology::shared();
     let certs = make_certs();
-    let extra = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\", required = true }}",
-        certs.path("server.pem"),
-        certs.path("server.key")
-    );
+    let extra = certs.tls_key(", required = true");
     let daemon = proxy::start_mysql(topo, &extra).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let verify =

@@ -220,7 +220,7 @@ pub(crate) fn access_denied(user: &str, peer: SocketAddr, auth: &[u8]) -> String
     format!("Access denied for user '{user}'@'{}' (using password: {using})", peer.ip())
 }
 
-async fn read_packet(stream: &mut ClientStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
+pub(crate) async fn read_packet(stream: &mut ClientStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
     loop {
         if let Some(p) = packet::decode(buf, 64 * 1024)? {
             return Ok(p);

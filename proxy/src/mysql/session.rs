@@ -497,17 +497,7 @@ impl<'a> MySession<'a> {
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &auth_switch_request(super::NATIVE, &nonce));
         self.client.send(&out).await.map_err(|_| End::ClientGone)?;
-        let answer = loop {
-            match packet::decode(&mut self.cbuf, 64 * 1024) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(_) => return Err(End::ClientGone),
-            }
-            self.cbuf.reserve(1024);
-            if !matches!(self.client.read_buf(&mut self.cbuf).await, Ok(n) if n > 0) {
-                return Err(End::ClientGone);
-            }
-        };
+        let answer = super::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
         let seq = answer.last_seq.wrapping_add(1);
         let cluster = self.id.cluster;
         let new_id = Identity::new(
