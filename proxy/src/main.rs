@@ -24,7 +24,8 @@ enum Command {
     /// Run the daemon in the foreground. SIGTERM stops gracefully (sessions finish their
     /// transaction, up to `shutdown_grace`), SIGINT stops at once, SIGHUP reloads the config
     /// (replicas added or removed, weights, max_replica_lag, users and read_only_users apply
-    /// live; other changes are refused and the running config stays).
+    /// live, TLS certificate and key files are read again; other changes are refused and the
+    /// running config stays).
     Run {
         /// The TOML config file.
         #[arg(long, short)]
