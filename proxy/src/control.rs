@@ -104,7 +104,7 @@ impl Control {
         // Certificates are read again, so a rotated certificate or key applies without a restart.
         let mut acceptors = Vec::new();
         for n in &new.clusters {
-            match n.tls.as_ref().map(crate::tls::acceptor) {
+            match n.tls.as_ref().map(|t| crate::tls::acceptor(t, n.protocol)) {
                 Some(Ok(a)) => acceptors.push(Some(Arc::new(a))),
                 Some(Err(e)) => refused.push(format!("cluster {:?}: {e}", n.name)),
                 None => acceptors.push(None),

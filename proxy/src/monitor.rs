@@ -330,6 +330,7 @@ async fn check(
                     caps: sqlswitch_protocol::mysql::caps::OFFERED,
                     charset: 45,
                     read_only: false,
+                    tls: login.tls,
                 };
                 Conn::My(
                     MyConn::connect(&backend.address, &my, timeout, &backend.metrics)

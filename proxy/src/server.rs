@@ -147,8 +147,8 @@ impl Daemon {
         for cluster_config in config.clusters.clone() {
             let cluster = Cluster::new(cluster_config, &registry);
             if let Some(tls) = &cluster.config.tls {
-                let acceptor =
-                    crate::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;
+                let acceptor = crate::tls::acceptor(tls, cluster.config.protocol)
+                    .map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;
                 cluster.tls.store(Some(Arc::new(acceptor)));
             }
             if let Some(b) = &cluster.config.backend_tls {

@@ -273,6 +273,7 @@ impl Server {
                 Ok(Self::Pg(BackendConn::connect(&b.address, &login, timeout, &b.metrics).await?))
             }
             Protocol::Mysql => {
+                let tls = cluster.backend_tls.load_full();
                 let login = crate::mysql::backend::Login {
                     user: &monitor.user,
                     password: monitor.password.expose(),
@@ -280,6 +281,7 @@ impl Server {
                     caps: sqlswitch_protocol::mysql::caps::OFFERED,
                     charset: 45,
                     read_only: false,
+                    tls: tls.as_deref(),
                 };
                 Ok(Self::My(MyConn::connect(&b.address, &login, timeout, &b.metrics).await?))
             }

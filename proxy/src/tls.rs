@@ -19,12 +19,17 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+/// The ALPN protocol name of PostgreSQL (libpq 17 sends it; direct TLS requires it).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
 /// Builds the acceptor for `tls`: its certificate chain and key, and with `client_ca`, a
-/// verifier that requires client certificates it signed.
+/// verifier that requires client certificates it signed. For PostgreSQL clusters it offers the
+/// `postgresql` ALPN protocol: a client that offers ALPN without it is refused, as PostgreSQL
+/// does.
 ///
 /// # Errors
 /// A file that cannot be read or parsed, naming it.
-pub fn acceptor(tls: &sqlswitch_config::Tls) -> Result<TlsAcceptor, String> {
+pub fn acceptor(tls: &sqlswitch_config::Tls, protocol: sqlswitch_config::Protocol) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|i| i.collect::<Result<_, _>>())
@@ -52,8 +57,11 @@ pub fn acceptor(tls: &sqlswitch_config::Tls) -> Result<TlsAcceptor, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let config =
+    let mut config =
         builder.with_single_cert(certs, key).map_err(|e| format!("tls.cert/tls.key {}: {e}", tls.cert.display()))?;
+    if protocol == sqlswitch_config::Protocol::Postgres {
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -140,6 +148,14 @@ impl ClientStream {
         *self = Self::Tls(Box::new(tls));
         Ok(())
     }
+
+    /// The ALPN protocol the TLS handshake agreed on, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Self::Tls(t) => t.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
 }
 
 impl BackendStream {
@@ -154,6 +170,19 @@ impl BackendStream {
         let tls = connector.connect(name, tcp).await?;
         *self = Self::Tls(Box::new(tls));
         Ok(())
+    }
+
+    /// Moves the socket's registration to the current session thread (see
+    /// [`crate::workers::rehome`]), under TLS too: the TLS state does not depend on it.
+    ///
+    /// # Errors
+    /// The socket could not be re-registered.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(tcp) => crate::workers::rehome(tcp),
+            Self::Tls(t) => crate::workers::rehome(t.get_mut().0),
+            Self::Upgrading => Err(upgrading()),
+        }
     }
 
     /// The TCP socket underneath.

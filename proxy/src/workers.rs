@@ -29,12 +29,18 @@ pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
-/// Moves a socket's registration to the current runtime's reactor.
+/// Moves a socket's registration to the current runtime's reactor, in place (it may sit inside
+/// a TLS stream): a duplicate of its descriptor is registered here, and the old one is
+/// deregistered and closed. The connection, one open file underneath, is untouched.
 ///
 /// # Errors
-/// The socket could not be deregistered or registered (it is closed then).
-pub fn rehome(stream: TcpStream) -> std::io::Result<TcpStream> {
-    TcpStream::from_std(stream.into_std()?)
+/// The descriptor could not be duplicated or registered (the socket is unchanged then).
+pub fn rehome(stream: &mut TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let dup = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+    dup.set_nonblocking(true)?;
+    *stream = TcpStream::from_std(dup)?;
+    Ok(())
 }
 
 /// The session threads.

@@ -59,6 +59,15 @@ impl Topology {
     /// # Errors
     /// Any step failing, with the server's error log where there is one.
     pub fn start(replicas: usize) -> Result<Self> {
+        Self::start_with(replicas, None)
+    }
+
+    /// Starts a primary and `replicas` GTID replicas, offering TLS with `tls` (certificate and
+    /// key PEM files) when given: MariaDB reads them only at start.
+    ///
+    /// # Errors
+    /// Any step failing, with the server's error log where there is one.
+    pub fn start_with(replicas: usize, tls: Option<(&Path, &Path)>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("sqlswitch-mariadb-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir)?;
         spawn_reaper(&dir)?;
@@ -78,7 +87,7 @@ impl Topology {
             let data = dir.join(&name);
             run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
             let server_id = u32::try_from(i + 1).unwrap_or(1);
-            let process = start_server(&dir, &name, &data, *port, server_id, i > 0)?;
+            let process = start_server(&dir, &name, &data, (*port, server_id), i > 0, tls)?;
             topo.nodes.push(Node { name, data, port: *port, server_id, process });
         }
         for n in &topo.nodes {
@@ -176,7 +185,14 @@ impl Drop for Topology {
     }
 }
 
-fn start_server(dir: &Path, name: &str, data: &Path, port: u16, server_id: u32, replica: bool) -> Result<Child> {
+fn start_server(
+    dir: &Path,
+    name: &str,
+    data: &Path,
+    (port, server_id): (u16, u32),
+    replica: bool,
+    tls: Option<(&Path, &Path)>,
+) -> Result<Child> {
     let mut cmd = Command::new("/usr/sbin/mariadbd");
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
@@ -202,6 +218,9 @@ fn start_server(dir: &Path, name: &str, data: &Path, port: u16, server_id: u32, 
         ]);
     if replica {
         cmd.arg("--read-only=1");
+    }
+    if let Some((cert, key)) = tls {
+        cmd.arg(format!("--ssl-cert={}", cert.display())).arg(format!("--ssl-key={}", key.display()));
     }
     if is_root() {
         cmd.arg("--user=root");

@@ -51,11 +51,19 @@ fn users_and_backends<'a>(users: &[(&str, &str)], nodes: impl Iterator<Item = (&
 /// # Errors
 /// The config did not validate or a listener could not bind.
 pub async fn start(topo: &Topology, extra: &str) -> Result<Daemon> {
+    start_threads(topo, extra, sqlswitch::workers::default_threads()).await
+}
+
+/// As [`start`], with `threads` session threads (sessions alternate between them).
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start_threads(topo: &Topology, extra: &str, threads: usize) -> Result<Daemon> {
     let text = config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
     let config = Config::parse(&text, Path::new("<test>"), |_| None)?;
     // Tests run many daemons at once: none binds the (shared) admin socket path; tests drive
     // `Daemon::control` directly, and the admin socket test binds its own path.
-    Daemon::start_with(config, false).await
+    Daemon::launch(config, false, threads).await
 }
 
 /// A libpq-style connection string to `port` as `(user, password)`, database `app`.

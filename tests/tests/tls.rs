@@ -263,6 +263,28 @@ async fn backend_tls_modes() {
         let ssl: bool = row.get(0);
         assert_eq!(Some(if ssl { "t" } else { "f" }), expect, "backend_tls mode {mode}");
     }
+    // A pooled TLS connection moves to the session thread of the next session that takes it.
+    let daemon = proxy::start_threads(&topo, "backend_tls = { mode = \"require\" }", 2).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let idle = || daemon.status().iter().flat_map(|c| c.backends.iter()).map(|b| b.idle_connections).sum::<usize>();
+    let mut pids = Vec::new();
+    for _ in 0..4 {
+        // Accepted sessions alternate between the two threads.
+        let client = sqlswitch_tests::client::connect(port, APP).await.unwrap();
+        let row = client.query_one("SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]);
+        let row = row.await.unwrap();
+        assert!(row.get::<_, bool>(1), "encrypted");
+        pids.push(row.get::<_, i32>(0));
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while idle() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the connection never went back to the pool");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert!(pids.iter().all(|p| *p == pids[0]), "one TLS connection served every session: {pids:?}");
+    drop(daemon);
+
     // A backend certificate from another CA fails verify-full: no session, a clear error.
     let other = make_certs();
     let extra = format!("backend_tls = {{ mode = \"verify-full\", ca = \"{}\" }}", other.path("ca.pem"));
@@ -272,4 +294,119 @@ async fn backend_tls_modes() {
     assert_eq!(sqlswitch_tests::client::code(&err).map(|c| c.code()), Some("08006"), "{err:?}");
     drop(daemon);
     topo.stop();
+}
+
+/// `SELECT` of the session's TLS cipher on the backend, through the proxy at `port`.
+async fn backend_cipher(port: u16) -> (bool, String, String) {
+    let sql = "SELECT CONCAT('cipher=', VARIABLE_VALUE) FROM information_schema.SESSION_STATUS \
+               WHERE VARIABLE_NAME = 'Ssl_cipher'";
+    mariadb(port, vec!["--skip-ssl".to_owned()], sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_backend_tls_modes() {
+    let certs = make_certs();
+    let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
+    let topo = sqlswitch_tests::mysql::Topology::start_with(0, Some((Path::new(&cert), Path::new(&key)))).unwrap();
+    for (mode, ca, encrypted) in [
+        ("verify-full", certs.path("ca.pem"), true),
+        ("verify-ca", certs.path("ca.pem"), true),
+        ("require", String::new(), true),
+        ("prefer", String::new(), true),
+        ("disable", String::new(), false),
+    ] {
+        let ca = if ca.is_empty() { String::new() } else { format!(", ca = \"{ca}\"") };
+        let daemon = proxy::start_mysql(&topo, &format!("backend_tls = {{ mode = \"{mode}\"{ca} }}")).await.unwrap();
+        let port = daemon.addr("app", false).unwrap().port();
+        let (ok, out, err) = backend_cipher(port).await;
+        assert!(ok, "backend_tls mode {mode}: {err}");
+        assert_eq!(out != "cipher=", encrypted, "backend_tls mode {mode}: {out}");
+    }
+    // A backend certificate from another CA fails verify-full: the login is refused, clearly.
+    let other = make_certs();
+    let extra = format!("backend_tls = {{ mode = \"verify-full\", ca = \"{}\" }}", other.path("ca.pem"));
+    let daemon = proxy::start_mysql(&topo, &extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (ok, _, err) = backend_cipher(port).await;
+    assert!(!ok, "an unverifiable backend is not used");
+    assert!(err.contains("certificate"), "{err}");
+    drop(daemon);
+
+    // A backend without TLS: `require` refuses it, `prefer` goes on in plaintext.
+    let plain = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = proxy::start_mysql(plain, "backend_tls = { mode = \"require\" }").await.unwrap();
+    let (ok, _, err) = backend_cipher(daemon.addr("app", false).unwrap().port()).await;
+    assert!(!ok && err.contains("TLS"), "require against a plaintext backend: {err}");
+    let daemon = proxy::start_mysql(plain, "backend_tls = { mode = \"prefer\" }").await.unwrap();
+    let (ok, out, err) = backend_cipher(daemon.addr("app", false).unwrap().port()).await;
+    assert!(ok && out == "cipher=", "prefer against a plaintext backend: {out} {err}");
+}
+
+/// A TLS connection straight to `port`, as `sslnegotiation=direct` makes it, offering `alpn`.
+async fn direct_tls(
+    port: u16,
+    ca: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await
+}
+
+/// Logs in over `stream` (already encrypted) and runs `SELECT 'direct'`.
+async fn query_over<S>(stream: S) -> Result<String, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut config = tokio_postgres::Config::new();
+    config.user(APP.0).password(APP.1).dbname(DATABASE).ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client.query_one("SELECT 'direct'", &[]).await.map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_of_protocol_3_2_clients() {
+    let topo = Topology::shared();
+    let certs = make_certs();
+    let daemon = proxy::start(topo, &certs.tls_key(", required = true")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let ca = certs.path("ca.pem");
+
+    // ClientHello first, with ALPN `postgresql`: a session, encrypted, that counts as TLS
+    // (`required` lets it in).
+    let tls = direct_tls(port, &ca, b"postgresql").await.expect("direct TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+    assert_eq!(query_over(tls).await.expect("a session over direct TLS"), "direct");
+
+    // Without ALPN the handshake completes, then the proxy refuses the session, as PostgreSQL 17.
+    let tls = direct_tls(port, &ca, b"").await.expect("the TLS handshake itself");
+    let err = query_over(tls).await.expect_err("direct TLS without ALPN");
+    let db = err.as_db_error().expect("an ErrorResponse over TLS");
+    assert_eq!(db.code().code(), "08P01");
+    assert!(db.message().contains("ALPN"), "{db:?}");
+
+    // Another ALPN protocol: the TLS handshake itself fails.
+    assert!(direct_tls(port, &ca, b"mysql").await.is_err(), "ALPN other than postgresql");
+
+    // A cluster without TLS closes the connection: nothing else can answer a ClientHello.
+    let plain = proxy::start(topo, "").await.unwrap();
+    let port = plain.addr("app", false).unwrap().port();
+    assert!(direct_tls(port, &ca, b"postgresql").await.is_err(), "no TLS configured");
+    // And keeps serving.
+    let client = sqlswitch_tests::client::connect(port, APP).await.unwrap();
+    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }

@@ -139,6 +139,17 @@ impl ClientResponse {
         p
     }
 
+    /// Encodes the SSLRequest a client sends before its TLS handshake: the response's first
+    /// 32 bytes, with `CLIENT_SSL` set.
+    pub fn ssl_request(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(32);
+        p.extend_from_slice(&(self.caps | caps::SSL).to_le_bytes());
+        p.extend_from_slice(&self.max_packet.to_le_bytes());
+        p.push(self.charset);
+        p.extend_from_slice(&[0; 23]);
+        p
+    }
+
     /// Parses a client's handshake response.
     ///
     /// # Errors
@@ -270,6 +281,23 @@ fn push_lenenc(p: &mut Vec<u8>, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssl_request_is_the_first_32_bytes_with_ssl_set() {
+        let r = ClientResponse {
+            caps: caps::PROTOCOL_41 | caps::SECURE_CONNECTION,
+            max_packet: 1 << 24,
+            charset: 45,
+            user: "u".into(),
+            ..ClientResponse::default()
+        };
+        let ssl = r.ssl_request();
+        assert_eq!(ssl.len(), 32);
+        let full = ClientResponse { caps: r.caps | caps::SSL, ..r.clone() }.encode();
+        assert_eq!(ssl[..], full[..32]);
+        // What the proxy's own server side sees: a TLS request, not a login.
+        assert!(ClientResponse::parse(&ssl).is_err());
+    }
 
     #[test]
     fn change_user_requests() {

@@ -1,6 +1,6 @@
 //! A connection to a MySQL/MariaDB backend: connect, log in as the session's user
-//! (`mysql_native_password`, or `caching_sha2_password`'s fast path), control-path queries
-//! (replay, monitoring, fencing), and reset for reuse.
+//! (`mysql_native_password`, or `caching_sha2_password`), over TLS when `[cluster.backend_tls]`
+//! asks for it, control-path queries (replay, monitoring, fencing), and reset for reuse.
 
 use std::time::Duration;
 
@@ -12,11 +12,12 @@ use sqlswitch_protocol::mysql::handshake::{parse_auth_switch, ClientResponse, Se
 use sqlswitch_protocol::mysql::packet::{self, Packet};
 use sqlswitch_protocol::mysql::response::{lenenc, ok_status, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::metrics::{BackendMetrics, OpenGuard};
 use crate::pg::backend::BackendError;
+use crate::tls::{BackendStream, BackendTls};
 
 /// Largest answer packet buffered whole on the control path.
 const MAX_CONTROL_PACKET: usize = 64 << 20;
@@ -35,12 +36,14 @@ pub struct Login<'a> {
     pub charset: u8,
     /// Open the connection `SET SESSION TRANSACTION READ ONLY`.
     pub read_only: bool,
+    /// TLS to the backend (`[cluster.backend_tls]`), if any.
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// An open, logged-in backend connection.
 pub struct MyConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (TLS when `[cluster.backend_tls]` asks for it).
+    pub stream: BackendStream,
     /// Bytes read and not yet forwarded.
     pub buf: BytesMut,
     /// Status flags of the last answer.
@@ -58,7 +61,7 @@ pub struct MyConn {
 
 impl crate::pool::Rehome for MyConn {
     fn rehome(mut self) -> std::io::Result<Self> {
-        self.stream = crate::workers::rehome(self.stream)?;
+        self.stream.rehome()?;
         Ok(self)
     }
 }
@@ -78,10 +81,10 @@ impl MyConn {
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
         let mut conn = MyConn {
-            stream,
+            stream: BackendStream::Plain(tcp),
             buf: BytesMut::with_capacity(16 * 1024),
             status: status::AUTOCOMMIT,
             caps: 0,
@@ -106,6 +109,14 @@ impl MyConn {
         }
         conn.version = server.version.clone();
         conn.thread_id = server.connection_id;
+        let mut seq = hello.last_seq.wrapping_add(1);
+        if let Some(tls) = login.tls {
+            if server.caps & caps::SSL != 0 {
+                conn.caps |= caps::SSL;
+            } else if tls.required {
+                return Err(BackendError::Protocol(format!("{addr} does not offer TLS, and backend_tls requires it")));
+            }
+        }
         let response = ClientResponse {
             caps: conn.caps,
             max_packet: 1 << 30,
@@ -116,7 +127,12 @@ impl MyConn {
             plugin: Some(server.plugin.clone()),
             attrs: Vec::new(),
         };
-        conn.send(hello.last_seq.wrapping_add(1), &response.encode()).await?;
+        if let (Some(tls), true) = (login.tls, conn.caps & caps::SSL != 0) {
+            seq = conn.send(seq, &response.ssl_request()).await?;
+            let name = BackendTls::server_name(addr).map_err(BackendError::Protocol)?;
+            conn.stream.start_tls(&tls.connector, name).await?;
+        }
+        conn.send(seq, &response.encode()).await?;
         loop {
             let p = conn.read_packet().await?;
             let seq = p.last_seq.wrapping_add(1);
@@ -132,12 +148,16 @@ impl MyConn {
                     conn.send(seq, &scramble(&plugin, &nonce, login.password)).await?;
                 }
                 // caching_sha2_password: 0x01 0x03 is "fast auth succeeded, OK follows";
-                // 0x01 0x04 asks for the password in full, which needs TLS or RSA.
+                // 0x01 0x04 asks for the password in full, which is only sent over TLS.
                 Some(0x01) if p.payload.get(1) == Some(&0x03) => {}
+                Some(0x01) if p.payload.get(1) == Some(&0x04) && conn.stream.is_tls() => {
+                    let mut clear = login.password.as_bytes().to_vec();
+                    clear.push(0);
+                    conn.send(seq, &clear).await?;
+                }
                 Some(0x01) => {
                     return Err(BackendError::Protocol(
-                        "the server wants caching_sha2_password full authentication, which needs TLS (not configured)"
-                            .into(),
+                        "the server wants caching_sha2_password full authentication, which needs backend_tls".into(),
                     ))
                 }
                 _ => return Err(BackendError::Protocol("unexpected packet during login".into())),
@@ -152,7 +172,7 @@ impl MyConn {
     async fn send(&mut self, seq: u8, payload: &[u8]) -> Result<u8, BackendError> {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         let next = packet::encode(&mut out, seq, payload);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         Ok(next)
     }
 
@@ -220,7 +240,10 @@ impl MyConn {
     pub fn is_reusable(&self) -> bool {
         let mut probe = [0u8; 1];
         self.buf.is_empty()
-            && matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            && self.stream.tcp().is_some_and(|tcp| {
+                // Any byte here (under TLS too) means the connection is not idle as it should be.
+                matches!(tcp.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
     }
 
     /// Resets the session for the next client (`COM_RESET_CONNECTION`), keeping a read-only
@@ -243,7 +266,7 @@ impl MyConn {
 
     /// Says goodbye.
     pub async fn quit(mut self) {
-        let _ = self.stream.write_all(&[1, 0, 0, 0, command::QUIT]).await;
+        let _ = self.stream.send(&[1, 0, 0, 0, command::QUIT]).await;
     }
 }
 

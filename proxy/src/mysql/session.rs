@@ -16,7 +16,7 @@ use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
 use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, code, status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -133,6 +133,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
             return Ok(conn);
         }
     }
+    let tls = id.cluster.backend_tls.load_full();
     let login = Login {
         user: &id.user,
         password: &id.password,
@@ -140,6 +141,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         caps: id.caps,
         charset: id.charset,
         read_only: id.read_only,
+        tls: tls.as_deref(),
     };
     MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics).await
 }
@@ -688,7 +690,7 @@ impl<'a> MySession<'a> {
             }
         }
         self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
-        slot.conn.stream.write_all(wire).await?;
+        slot.conn.stream.send(wire).await?;
         // A closed statement is closed on the session's other connection too (no answer comes).
         if let Some(o) = self.slots[1 - i].as_mut() {
             if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.conn_id) {
@@ -696,7 +698,7 @@ impl<'a> MySession<'a> {
                 payload.extend_from_slice(&id.to_le_bytes());
                 let mut close = BytesMut::new();
                 packet::encode(&mut close, 0, &payload);
-                o.conn.stream.write_all(&close).await?;
+                o.conn.stream.send(&close).await?;
             }
         }
         self.active = Some(plan.side);

@@ -157,7 +157,7 @@ pub async fn prepare_on(conn: &mut MyConn, sql: &[u8]) -> Result<u32, BackendErr
     payload.extend_from_slice(sql);
     let mut out = bytes::BytesMut::new();
     sqlswitch_protocol::mysql::packet::encode(&mut out, 0, &payload);
-    tokio::io::AsyncWriteExt::write_all(&mut conn.stream, &out).await?;
+    conn.stream.send(&out).await?;
     let mut tracker = Tracker::new(Answer::Prepare, conn.caps & caps::DEPRECATE_EOF != 0);
     let mut id = None;
     loop {

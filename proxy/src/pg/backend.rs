@@ -70,11 +70,7 @@ pub struct BackendConn {
 
 impl crate::pool::Rehome for BackendConn {
     fn rehome(mut self) -> std::io::Result<Self> {
-        // A TLS connection stays registered where it was made (still correct, one more
-        // cross-thread wake-up per read).
-        if let BackendStream::Plain(tcp) = self.stream {
-            self.stream = BackendStream::Plain(crate::workers::rehome(tcp)?);
-        }
+        self.stream.rehome()?;
         Ok(self)
     }
 }

@@ -1,5 +1,6 @@
 //! The client's side of a connection before it becomes a session: the startup packet (answering
-//! SSLRequest and GSSENCRequest with `N` while TLS is not configured), protocol version
+//! SSLRequest and GSSENCRequest with `N` while TLS is not configured; direct TLS, where the
+//! first bytes are a TLS ClientHello, as protocol 3.2 clients send it), protocol version
 //! negotiation, and SCRAM-SHA-256 authentication against the configured users. The SCRAM
 //! arithmetic is pgwire's sans-I/O state machine; the proxy owns the socket and the framing.
 
@@ -74,6 +75,10 @@ pub async fn handshake(
     cluster: &Cluster,
 ) -> Result<Opening, HandshakeError> {
     let startup = loop {
+        if buf.first() == Some(&TLS_HANDSHAKE_RECORD) && !stream.is_tls() {
+            direct_tls(stream, buf, cluster).await?;
+            continue;
+        }
         let request = match startup::decode(buf) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -133,6 +138,26 @@ pub async fn handshake(
     }
     authenticate(stream, buf, &mut out, cluster, &user).await?;
     Ok(Opening::Session(startup))
+}
+
+/// The first byte of a TLS handshake record. A startup packet cannot start with it: its length
+/// would be over 369 MB.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Direct TLS (`sslnegotiation=direct`): the client starts TLS without an SSLRequest, and must
+/// negotiate the `postgresql` ALPN protocol, as PostgreSQL 17 requires. Without TLS configured
+/// there is no way to answer a ClientHello but to close.
+async fn direct_tls(stream: &mut ClientStream, buf: &mut BytesMut, cluster: &Cluster) -> Result<(), HandshakeError> {
+    let Some(acceptor) = cluster.tls.load_full() else {
+        return Err(HandshakeError::Unsupported("direct TLS from a client, and TLS is not configured".into()));
+    };
+    stream.upgrade(&acceptor, buf).await?;
+    if stream.alpn() != Some(crate::tls::ALPN_POSTGRESQL) {
+        let text = "direct TLS connections must negotiate the \"postgresql\" ALPN protocol";
+        send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, text).await;
+        return Err(HandshakeError::Unsupported(text.into()));
+    }
+    Ok(())
 }
 
 /// SCRAM-SHA-256 against the user's verifier (or a decoy for unknown users, so that both fail
