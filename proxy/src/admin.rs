@@ -244,3 +244,33 @@ fn print_pretty(v: &Value) {
     }
     println!("ok {}", fields.join(" "));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn the_socket_is_private_and_only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("sqlswitch-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+
+        // A regular file at the path is not ours to remove.
+        std::fs::write(&path, "keep me").unwrap();
+        let err = super::bind(&path).expect_err("a regular file is refused");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        std::fs::remove_file(&path).unwrap();
+
+        // A socket nobody serves (a daemon that crashed) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = super::bind(&path).expect("a stale socket is replaced");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // A served socket is refused.
+        let err = super::bind(&path).expect_err("a live socket is refused");
+        assert!(err.to_string().contains("another sqlswitch"), "{err}");
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -45,6 +45,8 @@ pub struct Health {
     pub up: AtomicBool,
     /// Taken out of rotation by a session that saw it fail, until the monitor sees it answer.
     pub failed: AtomicBool,
+    /// The monitor has checked it at least once (so a backend down from the start is logged).
+    pub checked: AtomicBool,
     /// Newest moment (clock micros) whose primary position it has replayed; 0 = unknown.
     pub caught_up_to: AtomicU64,
     /// Last position: current WAL on the primary, replayed WAL on a replica.
@@ -281,6 +283,7 @@ async fn probe(
     let result = check(conn, cluster, i, login, sql).await;
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);
+    let first_check = !health.checked.swap(true, Ordering::Relaxed);
     match result.as_deref().map(parse) {
         Ok(Some(pos)) => {
             health.lsn.store(pos.total(), Ordering::Relaxed);
@@ -292,7 +295,7 @@ async fn probe(
             Some(pos)
         }
         other => {
-            if was_up {
+            if was_up || first_check {
                 let why = match other {
                     Err(e) => e.clone(),
                     Ok(_) => "no comparable position (not a replica: a fenced old primary?)".to_owned(),

@@ -400,3 +400,90 @@ async fn mysql_clients_sending_garbage_get_an_error_or_a_close() {
     assert_eq!(one, Some(1), "the daemon serves on");
     conn.disconnect().await.unwrap();
 }
+
+/// Every log line of this test binary, from here on.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    std::sync::Arc::clone(LOGS.get_or_init(|| {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&logs);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("sqlswitch=trace")
+            .with_ansi(false)
+            .with_writer(move || Sink(std::sync::Arc::clone(&sink)))
+            .try_init();
+        logs
+    }))
+}
+
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_stay_out_of_logs_status_metrics_and_errors() {
+    let logs = captured_logs();
+    let topo = Topology::shared();
+    let (user, secret) = ("vault", "V4ult-s3cret-9f2e");
+    let (ghost, ghost_secret) = ("ghost", "Gh0st-s3cret-71ab");
+    let monitor_secret = "M0n-s3cret-c0ffee";
+    topo.psql_admin(
+        topo.primary(),
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
+             CREATE ROLE {user} LOGIN PASSWORD '{secret}'; END IF; END $$; GRANT ALL ON DATABASE {DATABASE} TO {user}"
+        ),
+        "postgres",
+    )
+    .unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    // `ghost` is unknown to PostgreSQL; the monitor's password is wrong: both fail on the
+    // backends, and those failures are logged.
+    let extra = format!(
+        "[[cluster.user]]\nname = \"{user}\"\npassword = \"{secret}\"\n\n\
+         [[cluster.user]]\nname = \"{ghost}\"\npassword = \"{ghost_secret}\"\n"
+    );
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+        .replace("password = \"monitor\"", &format!("password = \"{monitor_secret}\""))
+        + &extra;
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start_with(config, false).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+
+    let client = connect(port, (user, secret)).await.expect("a login with the right password");
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    let mut errors = Vec::new();
+    for who in [(user, "not-the-password"), (ghost, ghost_secret), ("nobody", secret)] {
+        let err = connect(port, who).await.expect_err("refused");
+        errors.push(format!("{err:?} {:?}", err.as_db_error().map(|e| (e.message(), e.detail(), e.hint()))));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let status = daemon.control.status().to_string();
+    let metrics = daemon.metrics.render();
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    // Each failure was logged, without its password: the client's, the backend's refusal of
+    // `ghost` and of the monitor.
+    for (what, line) in [
+        ("a wrong password", "authentication failed for user \"vault\""),
+        ("the backend's refusal", "no session: the backend login failed"),
+        ("the monitor's failed login", "backend is down"),
+    ] {
+        assert!(logged.contains(line), "{what} is logged: {logged}");
+    }
+    for password in [secret, ghost_secret, monitor_secret, "not-the-password"] {
+        assert!(!status.contains(password), "ctl status shows a password");
+        assert!(!metrics.contains(password), "metrics show a password");
+        assert!(!logged.contains(password), "the log shows a password");
+        assert!(errors.iter().all(|e| !e.contains(password)), "an error shows a password: {errors:?}");
+    }
+}

@@ -113,6 +113,7 @@ pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), Back
 
 /// The error packet for a failed first connection.
 pub fn first_connection_error(cluster: &Cluster, e: BackendError) -> Vec<u8> {
+    warn!(error = %e, "no session: the backend login failed");
     match e {
         BackendError::Refused { error, .. } => error.to_vec(),
         other => {

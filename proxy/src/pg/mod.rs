@@ -186,6 +186,8 @@ async fn acquire(
 }
 
 async fn refuse_session(stream: &mut ClientStream, cluster: &Cluster, e: BackendError) {
+    // The backends refusing a user the proxy accepted is a configuration mismatch to see.
+    warn!(error = %e, "no session: the backend login failed");
     match e {
         BackendError::Refused { error, .. } => {
             let _ = stream.send(&error).await;
