@@ -220,10 +220,22 @@ pub(crate) fn access_denied(user: &str, peer: SocketAddr, auth: &[u8]) -> String
     format!("Access denied for user '{user}'@'{}' (using password: {using})", peer.ip())
 }
 
+/// Reads one handshake-phase packet (at most 64 KiB). An oversized or malformed one gets the
+/// client an ERR (1153 / 1043) before the connection closes.
 pub(crate) async fn read_packet(stream: &mut ClientStream, buf: &mut BytesMut) -> anyhow::Result<packet::Packet> {
     loop {
-        if let Some(p) = packet::decode(buf, 64 * 1024)? {
-            return Ok(p);
+        match packet::decode(buf, 64 * 1024) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => {
+                let seq = buf.get(3).map_or(0, |s| s.wrapping_add(1));
+                let code = match e {
+                    sqlswitch_protocol::ProtocolError::TooLarge { .. } => code::PACKET_TOO_LARGE,
+                    _ => code::HANDSHAKE,
+                };
+                send_err(stream, seq, code, "08S01", &e.to_string()).await;
+                return Err(e.into());
+            }
         }
         buf.reserve(1024);
         if stream.read_buf(buf).await? == 0 {
