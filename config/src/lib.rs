@@ -247,7 +247,8 @@ pub enum TlsMode {
 pub struct Backend {
     /// Name used in admin commands and metrics.
     pub name: String,
-    /// `host:port`.
+    /// `host:port`, or the absolute path of the server's Unix socket (for a backend on the
+    /// proxy's host: cheaper than TCP; never encrypted).
     pub address: String,
     /// Primary or replica.
     pub role: Role,
@@ -499,8 +500,11 @@ impl Config {
                     .address
                     .rsplit_once(':')
                     .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok {
-                    problem(format!("{key}.address"), format!("{:?} is not host:port", b.address));
+                if !port_ok && !b.address.starts_with('/') {
+                    problem(
+                        format!("{key}.address"),
+                        format!("{:?} is not host:port nor the absolute path of a Unix socket", b.address),
+                    );
                 }
             }
         }

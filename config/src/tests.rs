@@ -92,4 +92,9 @@ fn bad_durations_and_addresses_are_errors() {
     assert!(parse(&GOOD.replace("127.0.0.1:6432", "nowhere")).is_err());
     let dup = GOOD.replace("127.0.0.1:6433", "127.0.0.1:6432");
     assert!(parse(&dup).unwrap_err().to_string().contains("cluster[0].read_only_listen"));
+    // A backend's address: host:port, or the absolute path of a Unix socket.
+    let unix = GOOD.replace("127.0.0.1:15432", "/run/postgresql/.s.PGSQL.5432");
+    assert_eq!(parse(&unix).unwrap().clusters[0].backends[0].address, "/run/postgresql/.s.PGSQL.5432");
+    let err = parse(&GOOD.replace("127.0.0.1:15432", "run/pg.sock")).unwrap_err().to_string();
+    assert!(err.contains("cluster[0].backend[0].address"), "{err}");
 }

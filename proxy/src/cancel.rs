@@ -4,18 +4,16 @@
 //! may send its cancel on any connection.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Where a session's query runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    /// The backend's address.
-    pub addr: SocketAddr,
+    /// The backend's address (`host:port` or a Unix socket's path).
+    pub addr: Arc<str>,
     /// The backend's process id.
     pub pid: i32,
     /// The backend's secret key.
@@ -50,7 +48,7 @@ impl Registry {
 
     fn target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let map = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&pid).filter(|e| e.secret == secret).and_then(|e| e.target)
+        map.get(&pid).filter(|e| e.secret == secret).and_then(|e| e.target.clone())
     }
 
     /// Forwards a client's CancelRequest. Unknown keys are ignored silently, as PostgreSQL does.
@@ -68,7 +66,7 @@ pub async fn send_cancel(target: CancelTarget) {
     buf.put_i32(sqlswitch_protocol::pg::startup::CANCEL_REQUEST_CODE);
     buf.put_i32(target.pid);
     buf.put_i32(target.secret);
-    match TcpStream::connect(target.addr).await {
+    match crate::tls::BackendStream::connect(&target.addr).await {
         Ok(mut s) => {
             if let Err(e) = s.write_all(&buf).await {
                 tracing::warn!(backend = %target.addr, error = %e, "could not send cancel request");

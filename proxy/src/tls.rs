@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -65,10 +65,13 @@ pub fn acceptor(tls: &sqlswitch_config::Tls, protocol: sqlswitch_config::Protoco
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A connection that is plain TCP, or TLS once negotiated.
+/// A connection that is plain TCP, or TLS once negotiated; or, to a backend on this host, a
+/// Unix socket (never encrypted, as libpq does not encrypt those either).
 pub enum Stream<T> {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A Unix socket (backends only).
+    Unix(UnixStream),
     /// TLS over TCP.
     Tls(Box<T>),
     /// Between the two, while the TLS handshake runs (never read or written).
@@ -159,6 +162,24 @@ impl ClientStream {
 }
 
 impl BackendStream {
+    /// Connects to a backend at `address`: `host:port`, or the path of a Unix socket.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn connect(address: &str) -> io::Result<Self> {
+        if is_unix_path(address) {
+            return Ok(Self::Unix(UnixStream::connect(address).await?));
+        }
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Self::Plain(tcp))
+    }
+
+    /// Whether this is a Unix socket (where TLS is not used).
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Self::Unix(_))
+    }
+
     /// Runs the client side of the TLS handshake on a plain connection.
     ///
     /// # Errors
@@ -180,19 +201,29 @@ impl BackendStream {
     pub fn rehome(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(tcp) => crate::workers::rehome(tcp),
+            Self::Unix(unix) => crate::workers::rehome_unix(unix),
             Self::Tls(t) => crate::workers::rehome(t.get_mut().0),
             Self::Upgrading => Err(upgrading()),
         }
     }
 
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Self::Plain(s) => Some(s),
-            Self::Tls(t) => Some(t.get_ref().0),
-            Self::Upgrading => None,
-        }
+    /// Whether the socket is open with nothing to read: what an idle connection must be. Any
+    /// byte (under TLS too) means it is not idle as it should be.
+    pub fn is_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match self {
+            Self::Plain(s) => s.try_read(&mut probe),
+            Self::Unix(s) => s.try_read(&mut probe),
+            Self::Tls(t) => t.get_ref().0.try_read(&mut probe),
+            Self::Upgrading => return false,
+        };
+        matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// Whether a backend address names a Unix socket (an absolute path) rather than `host:port`.
+pub fn is_unix_path(address: &str) -> bool {
+    address.starts_with('/')
 }
 
 fn upgrading() -> io::Error {
@@ -203,6 +234,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
@@ -213,6 +245,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
@@ -221,6 +254,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Upgrading => Poll::Ready(Err(upgrading())),
         }
@@ -229,6 +263,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Upgrading => Poll::Ready(Ok(())),
         }

@@ -43,6 +43,18 @@ pub fn rehome(stream: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`rehome`] for a Unix socket.
+///
+/// # Errors
+/// The descriptor could not be duplicated or registered (the socket is unchanged then).
+pub fn rehome_unix(stream: &mut tokio::net::UnixStream) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let dup = std::os::unix::net::UnixStream::from(stream.as_fd().try_clone_to_owned()?);
+    dup.set_nonblocking(true)?;
+    *stream = tokio::net::UnixStream::from_std(dup)?;
+    Ok(())
+}
+
 /// The session threads.
 pub struct Workers {
     handles: Vec<Handle>,

@@ -99,3 +99,39 @@ pub async fn start_mysql(topo: &crate::mysql::Topology, extra: &str) -> Result<D
 pub fn mysql_url(port: u16, (user, password): (&str, &str)) -> String {
     format!("mysql://{user}:{password}@127.0.0.1:{port}/{DATABASE}?prefer_socket=false")
 }
+
+/// `text` with each backend `address = "127.0.0.1:<port>"` replaced by the Unix socket path
+/// `socket(port)`.
+pub fn over_unix_sockets(text: &str, ports: &[u16], socket: impl Fn(u16) -> std::path::PathBuf) -> String {
+    let mut t = text.to_owned();
+    for port in ports {
+        t = t
+            .replace(&format!("address = \"127.0.0.1:{port}\""), &format!("address = \"{}\"", socket(*port).display()));
+    }
+    t
+}
+
+/// Starts sqlswitch in front of `topo`, reaching its servers over their Unix sockets.
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start_unix(topo: &Topology, extra: &str) -> Result<Daemon> {
+    let text = config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let ports: Vec<u16> = topo.nodes.iter().map(|n| n.port).collect();
+    let text = over_unix_sockets(&text, &ports, |port| topo.dir.join("sock").join(format!(".s.PGSQL.{port}")));
+    Daemon::start_with(Config::parse(&text, Path::new("<test>"), |_| None)?, false).await
+}
+
+/// Starts sqlswitch in front of a MariaDB topology, reaching its servers over their Unix sockets.
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start_mysql_unix(topo: &crate::mysql::Topology, extra: &str) -> Result<Daemon> {
+    let text = mysql_config_text(topo, "app", extra);
+    let ports: Vec<u16> = topo.nodes.iter().map(|n| n.port).collect();
+    let text = over_unix_sockets(&text, &ports, |port| {
+        let name = topo.nodes.iter().find(|n| n.port == port).map_or("none", |n| n.name.as_str());
+        topo.dir.join(format!("{name}.sock"))
+    });
+    Daemon::start_with(Config::parse(&text, Path::new("<test>"), |_| None)?, false).await
+}

@@ -512,3 +512,23 @@ async fn beyond_max_client_connections_clients_get_1040() {
     assert_eq!(code(&err), Some(1040), "{err:?}");
     assert!(server_id(&mut first).await > 0, "the first is served on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_over_unix_sockets() {
+    let topo = Topology::shared();
+    let daemon = sqlswitch_tests::proxy::start_mysql_unix(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    // The server sees a Unix-socket client as `localhost` (a TCP one as `127.0.0.1:port`). The
+    // statement finds itself by its text (CONNECTION_ID() would pin the session to the primary).
+    let host = "SELECT @@server_id, HOST FROM information_schema.PROCESSLIST WHERE INFO LIKE '%unix-probe%'";
+    let (id, seen): (u32, String) = conn.query_first(host).await.unwrap().unwrap();
+    assert!(id == 2 || id == 3, "a plain read runs on a replica (server {id})");
+    assert_eq!(seen, "localhost");
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    assert_eq!(server_id(&mut conn).await, 1, "a transaction runs on the primary");
+    let (id, seen): (u32, String) = conn.query_first(host).await.unwrap().unwrap();
+    assert_eq!((id, seen.as_str()), (1, "localhost"));
+    conn.query_drop("COMMIT").await.unwrap();
+    conn.disconnect().await.unwrap();
+}

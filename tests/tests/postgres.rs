@@ -416,3 +416,35 @@ async fn idle_sessions_hold_no_backend_connection() {
     assert_eq!(open_on_primary(&daemon) - base, 20);
     drop(clients);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_over_unix_sockets() {
+    let topo = Topology::shared();
+    // backend_tls does not apply to a Unix socket (as libpq): `require` still connects.
+    let daemon = proxy::start_unix(topo, "backend_tls = { mode = \"require\" }").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    // A Unix-socket connection has no server address.
+    let over_unix = "SELECT inet_server_addr() IS NULL";
+    let row = client.query_one(over_unix, &[]).await.unwrap();
+    assert!(row.get::<_, bool>(0), "the read went over a Unix socket");
+    assert!(in_recovery(&client).await, "reads still go to a replica");
+    client.batch_execute("BEGIN").await.unwrap();
+    assert!(!in_recovery(&client).await, "a transaction runs on the primary");
+    assert!(client.query_one(over_unix, &[]).await.unwrap().get::<_, bool>(0), "the primary over a Unix socket");
+    client.batch_execute("COMMIT").await.unwrap();
+    // A CancelRequest reaches a backend on a Unix socket.
+    client.batch_execute("BEGIN").await.unwrap();
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel_query(NoTls).await
+    });
+    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    canceller.await.unwrap().unwrap();
+    assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // The monitor reaches them too: every backend is up.
+    let status = daemon.status();
+    assert!(status[0].backends.iter().all(|b| b.state == "up"), "{status:?}");
+}

@@ -13,7 +13,6 @@ use sqlswitch_protocol::mysql::packet::{self, Packet};
 use sqlswitch_protocol::mysql::response::{lenenc, ok_status, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, status};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::metrics::{BackendMetrics, OpenGuard};
 use crate::pg::backend::BackendError;
@@ -81,10 +80,8 @@ impl MyConn {
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
         let mut conn = MyConn {
-            stream: BackendStream::Plain(tcp),
+            stream: BackendStream::connect(addr).await?,
             buf: BytesMut::with_capacity(16 * 1024),
             status: status::AUTOCOMMIT,
             caps: 0,
@@ -110,7 +107,8 @@ impl MyConn {
         conn.version = server.version.clone();
         conn.thread_id = server.connection_id;
         let mut seq = hello.last_seq.wrapping_add(1);
-        if let Some(tls) = login.tls {
+        // No TLS over a Unix socket, whatever the mode (as the mysql client).
+        if let Some(tls) = login.tls.filter(|_| !conn.stream.is_unix()) {
             if server.caps & caps::SSL != 0 {
                 conn.caps |= caps::SSL;
             } else if tls.required {
@@ -238,12 +236,7 @@ impl MyConn {
 
     /// Whether the socket is still open with no unread bytes.
     pub fn is_reusable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && self.stream.tcp().is_some_and(|tcp| {
-                // Any byte here (under TLS too) means the connection is not idle as it should be.
-                matches!(tcp.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            })
+        self.buf.is_empty() && self.stream.is_quiet()
     }
 
     /// Resets the session for the next client (`COM_RESET_CONNECTION`), keeping a read-only

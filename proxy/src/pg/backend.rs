@@ -1,7 +1,6 @@
 //! A connection to a PostgreSQL backend: connect, log in as the session's user (SCRAM-SHA-256,
 //! md5, cleartext or trust), collect ParameterStatus and BackendKeyData, and reset it for reuse.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -9,7 +8,6 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::metrics::{BackendMetrics, OpenGuard};
@@ -90,11 +88,9 @@ impl BackendConn {
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let peer: SocketAddr = tcp.peer_addr()?;
-        let mut stream = BackendStream::Plain(tcp);
-        if let Some(tls) = login.tls {
+        let mut stream = BackendStream::connect(addr).await?;
+        // No TLS over a Unix socket, whatever the mode (as libpq).
+        if let Some(tls) = login.tls.filter(|_| !stream.is_unix()) {
             // SSLRequest; `S` starts TLS, `N` means the server has none.
             stream.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
             let mut answer = [0u8; 1];
@@ -117,7 +113,7 @@ impl BackendConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             params: Vec::new(),
-            cancel: CancelTarget { addr: peer, pid: 0, secret: 0 },
+            cancel: CancelTarget { addr: addr.into(), pid: 0, secret: 0 },
             tx: TxStatus::Idle,
             _open: OpenGuard::new(metrics),
         };
@@ -243,12 +239,7 @@ impl BackendConn {
     /// Whether the socket is still open and holds no unread bytes: a pooled connection that the
     /// server closed (restart, idle timeout) reads as end of stream here.
     pub fn is_reusable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && self.stream.tcp().is_some_and(|tcp| {
-                // Any byte here (under TLS too) means the connection is not idle as it should be.
-                matches!(tcp.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            })
+        self.buf.is_empty() && self.stream.is_quiet()
     }
 
     /// Returns the connection to a clean state for the next session: rolls back an open

@@ -316,7 +316,7 @@ impl Session<'_> {
             self.id.cluster.metrics.routed[role][reason.index()].increment(u64::from(self.batch.statements));
         }
         if self.active != Some(side) {
-            self.id.cancel.set_target(Some(slot.conn.cancel));
+            self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
             self.active = Some(side);
         }
         self.outstanding += self.batch.syncs;
@@ -343,7 +343,7 @@ impl Session<'_> {
             match sent? {
                 Some(side) => {
                     self.outstanding += 1;
-                    self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel));
+                    self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel.clone()));
                     self.active = Some(side);
                 }
                 None => self.hold = false,

@@ -122,7 +122,7 @@ pub async fn serve(
         } else if busy.is_some_and(|side| side.index() == i) {
             // The client left mid-query: stop the query rather than let it run for nobody,
             // and close the connection, whose state is unknown.
-            cancel::send_cancel(slot.conn.cancel).await;
+            cancel::send_cancel(slot.conn.cancel.clone()).await;
             slot.conn.terminate().await;
         } else {
             release(&cluster, slot.backend, key.clone(), slot.conn, true).await;
