@@ -73,7 +73,13 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, Protocol
             break h.seq;
         }
     };
-    let wire = buf.split_to(at);
+    let mut wire = buf.split_to(at);
+    if at == HEADER_LEN + total {
+        // One physical packet (nearly always): the payload is the wire bytes past the header,
+        // without a copy or an allocation.
+        bytes::Buf::advance(&mut wire, HEADER_LEN);
+        return Ok(Some(Packet { seq: last_seq, last_seq, payload: wire }));
+    }
     let mut payload = BytesMut::with_capacity(total);
     let mut rest = &wire[..];
     while let Some(h) = peek_header(rest) {

@@ -180,6 +180,8 @@ pub enum End {
 pub struct MySession<'a> {
     client: ClientStream,
     cbuf: BytesMut,
+    /// The command being sent to a backend, reused from command to command.
+    wire: BytesMut,
     id: Identity<'a>,
     slots: [Option<MySlot<'a>>; 2],
     active: Option<Side>,
@@ -227,6 +229,7 @@ impl<'a> MySession<'a> {
         Self {
             client,
             cbuf,
+            wire: BytesMut::new(),
             id,
             slots,
             active: Some(side),
@@ -423,10 +426,29 @@ impl<'a> MySession<'a> {
                 plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record);
             }
         }
-        let mut wire = BytesMut::with_capacity(packet.payload.len() + HEADER_LEN);
+        // The command as it goes out, in a buffer the session keeps (no allocation per command).
+        let mut wire = std::mem::take(&mut self.wire);
+        wire.clear();
         packet::encode(&mut wire, packet.seq, &packet.payload);
+        let result = self.execute_wire(packet, answer, plan, seq, &mut wire).await;
+        // A large command's buffer is not kept for the rest of the session.
+        if wire.capacity() <= 64 * 1024 {
+            self.wire = wire;
+        }
+        result
+    }
+
+    async fn execute_wire(
+        &mut self,
+        packet: &packet::Packet,
+        answer: Answer,
+        mut plan: Plan,
+        seq: u8,
+        wire: &mut BytesMut,
+    ) -> Result<(), End> {
+        let cluster = self.id.cluster;
         loop {
-            match self.send(&plan, &mut wire).await {
+            match self.send(&plan, wire).await {
                 Ok(()) => {}
                 Err(e) if plan.side == Side::Replica => {
                     warn!(error = %e, "replica unavailable for this command; using the primary");
