@@ -22,6 +22,16 @@ pub struct ClusterSpec<'a> {
     pub extra: &'a str,
 }
 
+/// Writes a config holding passwords, readable by its owner only (as `sqlswitch check` asks).
+///
+/// # Errors
+/// The file could not be written.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Config text for the bench daemon: `app` as the only client user, `monitor` as the monitor.
 pub fn config_text(socket: &Path, metrics: Option<u16>, clusters: &[ClusterSpec<'_>]) -> String {
     let mut t = format!("[admin]\nsocket = \"{}\"\n", socket.display());

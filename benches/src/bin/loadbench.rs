@@ -5,7 +5,7 @@
 //! workload against each target in alternating rounds, so that all of them see the same machine.
 //! It prints the medians and ratios and writes them to `benches/RESULTS.md`.
 //!
-//! Options (environment): `BENCH_SECONDS` per round (default 10), `BENCH_ROUNDS` (default 3),
+//! Options (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
 //! `connect`, `idle`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
 //! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`).
@@ -35,8 +35,8 @@ impl Options {
             .filter(|s| !s.is_empty())
             .map(|s| s.split(',').map(|g| g.trim().to_owned()).collect());
         Self {
-            seconds: num("BENCH_SECONDS", 10),
-            rounds: num("BENCH_ROUNDS", 3),
+            seconds: num("BENCH_SECONDS", 5),
+            rounds: num("BENCH_ROUNDS", 5),
             idle_conns: usize::try_from(num("BENCH_IDLE_CONNS", 5000)).unwrap_or(5000),
             only,
         }
@@ -83,7 +83,9 @@ fn main() -> Result<()> {
     }
     let text = format!(
         "# sqlswitch load-bench results\n\nWritten by `scripts/bench` (benches/src/bin/loadbench.rs); medians of {} \
-         alternating rounds of {} s. See `benches/NOTES.md` for what was tried.\n\n{machine}\n{table}\n{}\n",
+         alternating rounds of {} s; each ratio is the median of the ratios within a round (the targets of \
+         a round run back to back), and the notes give their spread. See `benches/NOTES.md` for what was \
+         tried.\n\n{machine}\n{table}\n{}\n",
         opts.rounds,
         opts.seconds,
         notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
@@ -103,9 +105,9 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
     let socket = topo.dir.join("admin.sock");
     let config = topo.dir.join("bench.toml");
     let extra = "max_client_connections = 20000\npool_max_idle = 200";
-    std::fs::write(
+    targets::write_private(
         &config,
-        targets::config_text(
+        &targets::config_text(
             &socket,
             Some(metrics),
             &[
@@ -170,6 +172,7 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
             workload: format!("memory per idle client connection ({} connections, RSS)", opts.idle_conns),
             unit: "bytes",
             values,
+            by_round: Vec::new(),
             higher_is_better: false,
             note: String::new(),
         });
@@ -196,10 +199,12 @@ impl PgSide<'_> {
     fn rounds(&self, opts: &Options, workload: &str, unit: &'static str, args: &[&str]) -> Result<Row> {
         eprintln!("{workload}:");
         let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut by_round = Vec::new();
         let mut failed = 0;
         let present: Vec<usize> = (0..4).filter(|&i| self.ports[i].is_some()).collect();
         for round in 0..opts.rounds {
             let mut line = format!("  round {}:", round + 1);
+            let mut this = [None; 4];
             for k in 0..present.len() {
                 let i = present[(k + round as usize) % present.len()];
                 let Some(port) = self.ports[i] else { continue };
@@ -207,13 +212,15 @@ impl PgSide<'_> {
                 failed += pgbench_failed(&out);
                 let v = measure::pgbench_tps(&out)?;
                 samples[i].push(v);
+                this[i] = Some(v);
                 line += &format!(" {}={v:.0}", report::TARGETS[i]);
             }
+            by_round.push(this);
             eprintln!("{line}");
         }
         let values = std::array::from_fn(|i| (!samples[i].is_empty()).then(|| median(&samples[i])));
         let note = if failed > 0 { format!("{failed} failed transactions") } else { String::new() };
-        Ok(Row { workload: workload.into(), unit, values, higher_is_better: true, note })
+        Ok(Row { workload: workload.into(), unit, values, by_round, higher_is_better: true, note })
     }
 }
 
@@ -271,7 +278,7 @@ fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
         let node = vec![(topo.primary().name.clone(), topo.primary().port)];
         let extra = "monitor_interval = \"1h\"";
         let spec = ClusterSpec { name: "cg", protocol: "postgres", port, nodes: node, extra };
-        std::fs::write(&config, targets::config_text(&socket, None, &[spec]))?;
+        targets::write_private(&config, &targets::config_text(&socket, None, &[spec]))?;
         targets::start_sqlswitch(sqlswitch, &config, port, wrapper)
     })?);
     if let Some(bin) = targets::pgbouncer_bin() {
@@ -283,6 +290,7 @@ fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
         workload: "user-space instructions per forwarded pgbench -S transaction (callgrind)".into(),
         unit: "instr",
         values,
+        by_round: Vec::new(),
         higher_is_better: false,
         note: String::new(),
     })
@@ -381,9 +389,9 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
     let config = topo.dir.join("bench.toml");
     let socket = topo.dir.join("admin.sock");
     let extra = "max_client_connections = 20000";
-    std::fs::write(
+    targets::write_private(
         &config,
-        targets::config_text(
+        &targets::config_text(
             &socket,
             None,
             &[
@@ -413,18 +421,22 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
     for workload in ["oltp_read_only", "oltp_read_write"] {
         eprintln!("sysbench {workload}:");
         let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut by_round = Vec::new();
         let mut errors = 0;
         let present = [DIRECT, PRIMARY_ONLY, SPLIT];
         for round in 0..opts.rounds {
             let mut line = format!("  round {}:", round + 1);
+            let mut this = [None; 4];
             for k in 0..present.len() {
                 let i = present[(k + round as usize) % present.len()];
                 let Some(port) = ports[i] else { continue };
                 let (tps, e) = measure::sysbench_tps(&sysbench(workload, port, &run)?)?;
                 errors += e;
                 samples[i].push(tps);
+                this[i] = Some(tps);
                 line += &format!(" {}={tps:.0}", report::TARGETS[i]);
             }
+            by_round.push(this);
             eprintln!("{line}");
         }
         let values = std::array::from_fn(|i| (!samples[i].is_empty()).then(|| median(&samples[i])));
@@ -433,6 +445,7 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
             workload: format!("sysbench {workload}, 8 threads (MariaDB)"),
             unit: "tps",
             values,
+            by_round,
             higher_is_better: true,
             note,
         });

@@ -146,16 +146,18 @@ impl MyConn {
                     conn.send(seq, &scramble(&plugin, &nonce, login.password)).await?;
                 }
                 // caching_sha2_password: 0x01 0x03 is "fast auth succeeded, OK follows";
-                // 0x01 0x04 asks for the password in full, which is only sent over TLS.
+                // 0x01 0x04 asks for the password in full, which is only sent over TLS or a
+                // Unix socket (what MySQL counts as secure transport).
                 Some(0x01) if p.payload.get(1) == Some(&0x03) => {}
-                Some(0x01) if p.payload.get(1) == Some(&0x04) && conn.stream.is_tls() => {
+                Some(0x01) if p.payload.get(1) == Some(&0x04) && (conn.stream.is_tls() || conn.stream.is_unix()) => {
                     let mut clear = login.password.as_bytes().to_vec();
                     clear.push(0);
                     conn.send(seq, &clear).await?;
                 }
                 Some(0x01) => {
                     return Err(BackendError::Protocol(
-                        "the server wants caching_sha2_password full authentication, which needs backend_tls".into(),
+                        "the server wants caching_sha2_password full authentication, which needs backend_tls or a Unix socket"
+                            .into(),
                     ))
                 }
                 _ => return Err(BackendError::Protocol("unexpected packet during login".into())),
