@@ -228,6 +228,7 @@ fn is_space(c: u8) -> bool {
 impl<'a> Iterator for Lexer<'a> {
     type Item = Token<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Token<'a>> {
         if !self.skip_trivia() {
             self.pos = self.src.len();

@@ -320,7 +320,7 @@ impl<'a, 'x> Scan<'a, 'x> {
 
     fn word(&mut self, w: &'a str) {
         self.words = self.words.saturating_add(1);
-        if is(w, "serializable") {
+        if w.len() == 12 && is(w, "serializable") {
             self.serializable = true;
         }
         if self.lead == Lead::None {
@@ -352,6 +352,10 @@ impl<'a, 'x> Scan<'a, 'x> {
             }
             // `alias.update` is a column, never a keyword.
             Lead::Query | Lead::Show if self.qualifier.is_some() => {}
+            // Most words of a query are names: only these letters start a word checked below.
+            Lead::Query | Lead::Show
+                if !matches!(w.as_bytes().first().map(|c| c | 0x20), Some(b'i' | b'u' | b'd' | b'm' | b's' | b'l')) => {
+            }
             Lead::Query | Lead::Show => {
                 if is(w, "insert") || is(w, "update") || is(w, "delete") || is(w, "merge") {
                     if !is(self.prev_word, "for") && !is(self.prev_word, "no") && !is(self.prev_word, "key") {
