@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
@@ -146,7 +145,7 @@ impl BackendConn {
     }
 
     async fn authenticate(&mut self, login: &Login<'_>) -> Result<(), BackendError> {
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<super::scram::ScramClient> = None;
         loop {
             let f = self.read_frame().await?;
             if f.tag == msg::ERROR_RESPONSE {
@@ -183,22 +182,22 @@ impl BackendConn {
                             "backend offers no SASL mechanism the proxy supports".into(),
                         ));
                     }
-                    let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
+                    let s = super::scram::ScramClient::new(login.password);
                     postgres_protocol::message::frontend::sasl_initial_response(
                         "SCRAM-SHA-256",
-                        s.message(),
+                        s.client_first().as_bytes(),
                         &mut out,
                     )?;
                     scram = Some(s);
                 }
                 11 => {
                     let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASLContinue before SASL".into()))?;
-                    s.update(body)?;
-                    postgres_protocol::message::frontend::sasl_response(s.message(), &mut out)?;
+                    let answer = s.client_final(body).map_err(|e| BackendError::Protocol(e.to_string()))?;
+                    postgres_protocol::message::frontend::sasl_response(answer.as_bytes(), &mut out)?;
                 }
                 12 => {
-                    let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASLFinal before SASL".into()))?;
-                    s.finish(body)?;
+                    let s = scram.as_ref().ok_or_else(|| BackendError::Protocol("SASLFinal before SASL".into()))?;
+                    s.verify(body).map_err(|e| BackendError::Protocol(e.to_string()))?;
                     continue;
                 }
                 other => return Err(BackendError::Protocol(format!("unsupported authentication method {other}"))),

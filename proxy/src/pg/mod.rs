@@ -6,6 +6,7 @@ pub mod backend;
 pub mod batch;
 pub mod client;
 mod dispatch;
+pub mod scram;
 pub mod session;
 pub mod state;
 

@@ -1,0 +1,184 @@
+//! The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677), for the proxy's own logins to its
+//! backends. A server keeps one salt and iteration count per role, so the expensive part, the
+//! salted password (4,096 rounds of PBKDF2 by default, milliseconds of CPU), is computed once
+//! per (password, salt, iterations) and kept: a pool refilling after a switchover or a restart
+//! pays HMACs per connection, not PBKDF2. The cache is keyed by a hash of those three, so it
+//! holds no password. Channel binding is not used (`n,,`), as the proxy's libpq peers do
+//! without TLS.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ring::{digest, hmac, pbkdf2};
+
+/// Entries kept before the cache starts over (one per role and password in use).
+const CACHE_LIMIT: usize = 4096;
+
+static SALTED: Mutex<Option<HashMap<[u8; 32], [u8; 32]>>> = Mutex::new(None);
+
+/// Why a SCRAM exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScramError {
+    /// The server's message was malformed or broke the protocol.
+    #[error("SCRAM: {0}")]
+    Protocol(&'static str),
+    /// The server could not prove it knows the password.
+    #[error("SCRAM: the server's signature does not match (not the server the password was set on?)")]
+    BadServerSignature,
+}
+
+/// One exchange in progress.
+pub struct ScramClient {
+    password: Vec<u8>,
+    nonce: String,
+    client_first_bare: String,
+    server_signature: Option<[u8; 32]>,
+}
+
+impl ScramClient {
+    /// Starts an exchange for `password` with a fresh nonce.
+    pub fn new(password: &str) -> Self {
+        let nonce: [u8; 18] = rand::random();
+        Self::with_nonce(password, &B64.encode(nonce))
+    }
+
+    fn with_nonce(password: &str, nonce: &str) -> Self {
+        // SASLprep, and the password as it is when that fails, as PostgreSQL does.
+        let password =
+            stringprep::saslprep(password).map_or_else(|_| password.as_bytes().to_vec(), |p| p.as_bytes().to_vec());
+        Self { password, nonce: nonce.to_owned(), client_first_bare: format!("n=,r={nonce}"), server_signature: None }
+    }
+
+    /// The client-first message.
+    pub fn client_first(&self) -> String {
+        format!("n,,{}", self.client_first_bare)
+    }
+
+    /// Answers the server-first message with the client-final message.
+    ///
+    /// # Errors
+    /// A malformed server-first message, or a nonce that does not extend ours.
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let server_first =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Protocol("server-first is not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in server_first.split(',') {
+            match attr.split_once('=') {
+                Some(("r", v)) => nonce = Some(v),
+                Some(("s", v)) => salt = Some(B64.decode(v).map_err(|_| ScramError::Protocol("bad salt"))?),
+                Some(("i", v)) => iterations = v.parse::<u32>().ok().and_then(NonZeroU32::new),
+                _ => {}
+            }
+        }
+        let nonce = nonce.ok_or(ScramError::Protocol("no nonce in server-first"))?;
+        let salt = salt.ok_or(ScramError::Protocol("no salt in server-first"))?;
+        let iterations = iterations.ok_or(ScramError::Protocol("no iteration count in server-first"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Protocol("the server's nonce does not extend the client's"));
+        }
+        let salted = salted_password(&self.password, &salt, iterations);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+        let client_key = hmac::sign(&key, b"Client Key");
+        let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let signature = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.as_ref().iter().zip(signature.as_ref()).map(|(k, s)| k ^ s).collect();
+        let server_key = hmac::sign(&key, b"Server Key");
+        let server_signature =
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()), auth_message.as_bytes());
+        self.server_signature = server_signature.as_ref().try_into().ok();
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final message: the server proves it knew the password too.
+    ///
+    /// # Errors
+    /// An error from the server, a malformed message, or a signature that does not match.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::Protocol("server-final is not UTF-8"))?;
+        let expected = self.server_signature.ok_or(ScramError::Protocol("server-final before server-first"))?;
+        match text.split_once('=') {
+            Some(("v", v)) if B64.decode(v).ok().as_deref() == Some(&expected[..]) => Ok(()),
+            Some(("v", _)) => Err(ScramError::BadServerSignature),
+            Some(("e", _)) => Err(ScramError::Protocol("the server refused the exchange")),
+            _ => Err(ScramError::Protocol("malformed server-final")),
+        }
+    }
+}
+
+/// PBKDF2-HMAC-SHA-256 of `password`, from the cache when this (password, salt, iterations) was
+/// seen before.
+fn salted_password(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [password, &[0], salt, &[0], &iterations.get().to_le_bytes()] {
+        ctx.update(part);
+    }
+    let key: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or([0; 32]);
+    let lock = |f: &mut dyn FnMut(&mut HashMap<[u8; 32], [u8; 32]>)| {
+        let mut guard = SALTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.get_or_insert_with(HashMap::new));
+    };
+    let mut found = None;
+    lock(&mut |cache| found = cache.get(&key).copied());
+    if let Some(salted) = found {
+        return salted;
+    }
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, &mut salted);
+    lock(&mut |cache| {
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, salted);
+    });
+    salted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7677, section 3.
+    #[test]
+    fn rfc_7677_exchange() {
+        let mut c = ScramClient::with_nonce("pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(c.client_first(), "n,,n=,r=rOprNGfwEbeRWgbNEkqO");
+        // The RFC's client-first names the user; PostgreSQL ignores it and sends none.
+        c.client_first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO".into();
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        assert_eq!(
+            c.client_final(server_first.as_bytes()).unwrap(),
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
+        c.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        assert!(matches!(
+            c.verify(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="),
+            Err(ScramError::BadServerSignature)
+        ));
+        // Again, from the cache: the same answer.
+        let mut again = ScramClient::with_nonce("pencil", "rOprNGfwEbeRWgbNEkqO");
+        again.client_first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO".into();
+        assert!(again
+            .client_final(server_first.as_bytes())
+            .unwrap()
+            .ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
+    }
+
+    #[test]
+    fn hostile_server_messages_are_errors() {
+        let mut c = ScramClient::with_nonce("pw", "abc");
+        for bad in
+            [&b"r=zzz,s=AAAA,i=4096"[..], b"r=abcd,s=!!,i=4096", b"r=abcd,s=AAAA,i=0", b"r=abc,s=AAAA,i=1", b"\xff"]
+        {
+            assert!(c.client_final(bad).is_err(), "{bad:?}");
+        }
+        assert!(c.verify(b"v=AAAA").is_err(), "no server-first yet");
+        c.client_final(b"r=abcd,s=AAAA,i=1").unwrap();
+        assert!(c.verify(b"e=invalid-proof").is_err());
+        assert!(c.verify(b"garbage").is_err());
+    }
+}
