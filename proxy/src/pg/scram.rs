@@ -17,7 +17,15 @@ use ring::{digest, hmac, pbkdf2};
 /// Entries kept before the cache starts over (one per role and password in use).
 const CACHE_LIMIT: usize = 4096;
 
-static SALTED: Mutex<Option<HashMap<[u8; 32], [u8; 32]>>> = Mutex::new(None);
+/// Salted passwords by a hash of (password, salt, iterations).
+type Cache = HashMap<[u8; 32], [u8; 32]>;
+
+static SALTED: Mutex<Option<Cache>> = Mutex::new(None);
+
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    let mut guard = SALTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(guard.get_or_insert_with(HashMap::new))
+}
 
 /// Why a SCRAM exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,22 +122,18 @@ impl ScramClient {
 /// seen before.
 fn salted_password(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    for part in [password, &[0], salt, &[0], &iterations.get().to_le_bytes()] {
+    // Each part length-prefixed, so no two different triples hash the same bytes.
+    for part in [password, salt, &iterations.get().to_le_bytes()] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
         ctx.update(part);
     }
     let key: [u8; 32] = ctx.finish().as_ref().try_into().unwrap_or([0; 32]);
-    let lock = |f: &mut dyn FnMut(&mut HashMap<[u8; 32], [u8; 32]>)| {
-        let mut guard = SALTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(guard.get_or_insert_with(HashMap::new));
-    };
-    let mut found = None;
-    lock(&mut |cache| found = cache.get(&key).copied());
-    if let Some(salted) = found {
+    if let Some(salted) = with_cache(|cache| cache.get(&key).copied()) {
         return salted;
     }
     let mut salted = [0u8; 32];
     pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, &mut salted);
-    lock(&mut |cache| {
+    with_cache(|cache| {
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
