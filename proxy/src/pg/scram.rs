@@ -16,6 +16,9 @@ use ring::{digest, hmac, pbkdf2};
 
 /// Entries kept before the cache starts over (one per role and password in use).
 const CACHE_LIMIT: usize = 4096;
+/// The most PBKDF2 rounds a server may ask for (PostgreSQL's default is 4,096): more would let
+/// a misconfigured or hostile backend hold a session thread for seconds.
+const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// Salted passwords by a hash of (password, salt, iterations).
 type Cache = HashMap<[u8; 32], [u8; 32]>;
@@ -84,6 +87,9 @@ impl ScramClient {
         let nonce = nonce.ok_or(ScramError::Protocol("no nonce in server-first"))?;
         let salt = salt.ok_or(ScramError::Protocol("no salt in server-first"))?;
         let iterations = iterations.ok_or(ScramError::Protocol("no iteration count in server-first"))?;
+        if iterations.get() > MAX_ITERATIONS {
+            return Err(ScramError::Protocol("the server asks for more than 1,000,000 PBKDF2 iterations"));
+        }
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err(ScramError::Protocol("the server's nonce does not extend the client's"));
         }
@@ -175,9 +181,14 @@ mod tests {
     #[test]
     fn hostile_server_messages_are_errors() {
         let mut c = ScramClient::with_nonce("pw", "abc");
-        for bad in
-            [&b"r=zzz,s=AAAA,i=4096"[..], b"r=abcd,s=!!,i=4096", b"r=abcd,s=AAAA,i=0", b"r=abc,s=AAAA,i=1", b"\xff"]
-        {
+        for bad in [
+            &b"r=zzz,s=AAAA,i=4096"[..],
+            b"r=abcd,s=!!,i=4096",
+            b"r=abcd,s=AAAA,i=0",
+            b"r=abc,s=AAAA,i=1",
+            b"\xff",
+            b"r=abcd,s=AAAA,i=4000000000",
+        ] {
             assert!(c.client_final(bad).is_err(), "{bad:?}");
         }
         assert!(c.verify(b"v=AAAA").is_err(), "no server-first yet");
