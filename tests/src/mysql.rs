@@ -72,7 +72,11 @@ impl Topology {
         std::fs::create_dir_all(&dir)?;
         spawn_reaper(&dir)?;
         let template = dir.join("template");
+        // Each topology its own temporary directory: a starting mariadbd removes every `#sql*`
+        // file it finds there, and so broke another topology's bootstrap sharing /tmp.
+        std::fs::create_dir_all(dir.join("tmp"))?;
         let mut install = Command::new("mariadb-install-db");
+        install.env("TMPDIR", dir.join("tmp"));
         install
             .arg(format!("--datadir={}", template.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
@@ -199,6 +203,7 @@ fn start_server(
         .arg(format!("--socket={}", dir.join(format!("{name}.sock")).display()))
         .arg(format!("--pid-file={}", dir.join(format!("{name}.pid")).display()))
         .arg(format!("--log-error={}", dir.join(format!("{name}.err")).display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg(format!("--port={port}"))
         .arg(format!("--server-id={server_id}"))
         .args([
