@@ -76,7 +76,7 @@ impl Topology {
         // file it finds there, and so broke another topology's bootstrap sharing /tmp.
         std::fs::create_dir_all(dir.join("tmp"))?;
         let mut install = Command::new("mariadb-install-db");
-        install.env("TMPDIR", dir.join("tmp"));
+        install.env("TMPDIR", dir.join("tmp")).arg(format!("--tmpdir={}", dir.join("tmp").display()));
         install
             .arg(format!("--datadir={}", template.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
