@@ -178,6 +178,48 @@ mod tests {
             .ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
     }
 
+    /// Mutated server messages (flipped, dropped and inserted bytes, truncations) never panic,
+    /// and a mutated server-final never passes.
+    #[test]
+    fn mutated_server_messages_never_panic() {
+        let first = b"r=abcdXYZ,s=QSXCR+Q6sek8bf92,i=1".to_vec();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut c = ScramClient::with_nonce("pw", "abcd");
+        c.client_final(&first).unwrap();
+        let good_final = format!("v={}", B64.encode(c.server_signature.unwrap()));
+        c.verify(good_final.as_bytes()).unwrap();
+        for _ in 0..20_000 {
+            for (base, is_final) in [(&first, false), (&good_final.as_bytes().to_vec(), true)] {
+                let mut m = base.clone();
+                for _ in 0..=(next() % 3) {
+                    let at = (next() as usize) % (m.len() + 1);
+                    match next() % 4 {
+                        0 if at < m.len() => m[at] ^= 1 << (next() % 8),
+                        1 if at < m.len() => {
+                            m.remove(at);
+                        }
+                        2 => m.insert(at, next() as u8),
+                        _ => m.truncate(at),
+                    }
+                }
+                let mut c = ScramClient::with_nonce("pw", "abcd");
+                if is_final {
+                    c.client_final(&first).unwrap();
+                    assert!(c.verify(&m).is_err() || m == *base, "a mutated signature passed: {m:?}");
+                } else {
+                    let _ = c.client_final(&m);
+                    let _ = c.verify(&m);
+                }
+            }
+        }
+    }
+
     #[test]
     fn hostile_server_messages_are_errors() {
         let mut c = ScramClient::with_nonce("pw", "abc");
