@@ -248,13 +248,18 @@ pub struct Backend {
     /// Name used in admin commands and metrics.
     pub name: String,
     /// `host:port`, or the absolute path of the server's Unix socket (for a backend on the
-    /// proxy's host: cheaper than TCP; never encrypted).
+    /// proxy's host; never encrypted). See [`is_unix_socket`].
     pub address: String,
     /// Primary or replica.
     pub role: Role,
     /// Share of reads among replicas.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+}
+
+/// Whether a backend address names a Unix socket (an absolute path) rather than `host:port`.
+pub fn is_unix_socket(address: &str) -> bool {
+    address.starts_with('/')
 }
 
 mod defaults {
@@ -500,7 +505,7 @@ impl Config {
                     .address
                     .rsplit_once(':')
                     .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok && !b.address.starts_with('/') {
+                if !port_ok && !is_unix_socket(&b.address) {
                     problem(
                         format!("{key}.address"),
                         format!("{:?} is not host:port nor the absolute path of a Unix socket", b.address),

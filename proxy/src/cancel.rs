@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 /// Where a session's query runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    /// The backend's address (`host:port` or a Unix socket's path).
+    /// The backend's address (the `ip:port` the connection reached, or a Unix socket's path).
     pub addr: Arc<str>,
     /// The backend's process id.
     pub pid: i32,

@@ -407,6 +407,20 @@ impl Cluster {
         })
     }
 
+    /// Whether `[cluster.tls]` refuses clients that do not use TLS.
+    pub fn tls_required(&self) -> bool {
+        self.config.tls.as_ref().is_some_and(|t| t.required)
+    }
+
+    /// Logs a session refused because no backend would take its login, and returns the text
+    /// a client gets when no backend could be reached (a server's own refusal is relayed as it
+    /// is).
+    pub fn no_session(&self, e: &crate::pg::backend::BackendError) -> String {
+        // The backends refusing a user the proxy accepted is a configuration mismatch to see.
+        tracing::warn!(error = %e, "no session: the backend login failed");
+        format!("no backend of cluster {:?} is reachable: {e}", self.config.name)
+    }
+
     /// Routes a batch: one load of the routing table, a view of every backend (health, role,
     /// weight, lag) and [`route::route`]. Also returns the primary's index from that same table.
     pub fn route(&self, batch: &route::Batch, session: &route::SessionView) -> (route::Target, route::Reason, usize) {

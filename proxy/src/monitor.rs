@@ -326,15 +326,7 @@ async fn check(
                     .map_err(|e| e.to_string())?,
             ),
             Protocol::Mysql => {
-                let my = crate::mysql::backend::Login {
-                    user: login.user,
-                    password: login.password,
-                    database: None,
-                    caps: sqlswitch_protocol::mysql::caps::OFFERED,
-                    charset: 45,
-                    read_only: false,
-                    tls: login.tls,
-                };
+                let my = crate::mysql::backend::Login::control(login.user, login.password, login.tls);
                 Conn::My(
                     MyConn::connect(&backend.address, &my, timeout, &backend.metrics)
                         .await

@@ -302,16 +302,15 @@ impl Accept {
 /// Refuses a connection beyond `max_client_connections` in the client's own protocol: SQLSTATE
 /// 53300, or MySQL error 1040 in place of the handshake.
 async fn too_many(stream: TcpStream, protocol: Protocol, max: usize) {
+    let mut stream = crate::tls::ClientStream::Plain(stream);
     match protocol {
         Protocol::Postgres => {
             let text = format!("sorry, too many clients already (max_client_connections = {max})");
-            let mut stream = crate::tls::ClientStream::Plain(stream);
             pg::client::send_fatal(&mut stream, sqlswitch_protocol::pg::sqlstate::TOO_MANY_CONNECTIONS, &text).await;
         }
         Protocol::Mysql => {
             let text = format!("Too many connections (max_client_connections = {max})");
             let code = sqlswitch_protocol::mysql::code::TOO_MANY_CONNECTIONS;
-            let mut stream = crate::tls::ClientStream::Plain(stream);
             crate::mysql::send_err(&mut stream, 0, code, "08004", &text).await;
         }
     }

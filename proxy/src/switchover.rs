@@ -257,13 +257,13 @@ impl Server {
     ) -> Result<Self, BackendError> {
         let b = &cluster.backends[i];
         let timeout = cluster.config.connect_timeout;
+        let tls = cluster.backend_tls.load_full();
         match cluster.config.protocol {
             Protocol::Postgres => {
                 let params = vec![
                     ("database".to_owned(), "postgres".to_owned()),
                     ("application_name".to_owned(), "sqlswitch-switchover".to_owned()),
                 ];
-                let tls = cluster.backend_tls.load_full();
                 let login = Login {
                     user: &monitor.user,
                     password: monitor.password.expose(),
@@ -273,16 +273,8 @@ impl Server {
                 Ok(Self::Pg(BackendConn::connect(&b.address, &login, timeout, &b.metrics).await?))
             }
             Protocol::Mysql => {
-                let tls = cluster.backend_tls.load_full();
-                let login = crate::mysql::backend::Login {
-                    user: &monitor.user,
-                    password: monitor.password.expose(),
-                    database: None,
-                    caps: sqlswitch_protocol::mysql::caps::OFFERED,
-                    charset: 45,
-                    read_only: false,
-                    tls: tls.as_deref(),
-                };
+                let login =
+                    crate::mysql::backend::Login::control(&monitor.user, monitor.password.expose(), tls.as_deref());
                 Ok(Self::My(MyConn::connect(&b.address, &login, timeout, &b.metrics).await?))
             }
         }

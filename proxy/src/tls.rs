@@ -167,7 +167,7 @@ impl BackendStream {
     /// # Errors
     /// The connection failed.
     pub async fn connect(address: &str) -> io::Result<Self> {
-        if is_unix_path(address) {
+        if sqlswitch_config::is_unix_socket(address) {
             return Ok(Self::Unix(UnixStream::connect(address).await?));
         }
         let tcp = TcpStream::connect(address).await?;
@@ -178,6 +178,17 @@ impl BackendStream {
     /// Whether this is a Unix socket (where TLS is not used).
     pub fn is_unix(&self) -> bool {
         matches!(self, Self::Unix(_))
+    }
+
+    /// Where a CancelRequest for this connection goes: the address it reached (a host name may
+    /// name several servers), or the configured `address` for a Unix socket.
+    pub fn cancel_address(&self, address: &str) -> std::sync::Arc<str> {
+        let peer = match self {
+            Self::Plain(s) => s.peer_addr().ok(),
+            Self::Tls(t) => t.get_ref().0.peer_addr().ok(),
+            Self::Unix(_) | Self::Upgrading => None,
+        };
+        peer.map_or_else(|| address.into(), |p| p.to_string().into())
     }
 
     /// Runs the client side of the TLS handshake on a plain connection.
@@ -219,11 +230,6 @@ impl BackendStream {
         };
         matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
-}
-
-/// Whether a backend address names a Unix socket (an absolute path) rather than `host:port`.
-pub fn is_unix_path(address: &str) -> bool {
-    address.starts_with('/')
 }
 
 fn upgrading() -> io::Error {

@@ -39,6 +39,13 @@ pub struct Login<'a> {
     pub tls: Option<&'a BackendTls>,
 }
 
+impl<'a> Login<'a> {
+    /// A control-path login (monitor, switchover): no database, the proxy's own capabilities.
+    pub fn control(user: &'a str, password: &'a str, tls: Option<&'a BackendTls>) -> Self {
+        Login { user, password, database: None, caps: caps::OFFERED, charset: 45, read_only: false, tls }
+    }
+}
+
 /// An open, logged-in backend connection.
 pub struct MyConn {
     /// The socket (TLS when `[cluster.backend_tls]` asks for it).

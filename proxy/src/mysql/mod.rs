@@ -151,7 +151,7 @@ async fn handshake(
         stream.upgrade(&acceptor, buf).await?;
         first = read_packet(stream, buf).await?;
     }
-    if cluster.config.tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {
+    if cluster.tls_required() && !stream.is_tls() {
         let text = "Connections using insecure transport are prohibited (sqlswitch requires TLS on this cluster)";
         send_err(stream, first.last_seq.wrapping_add(1), code::SECURE_TRANSPORT_REQUIRED, "HY000", text).await;
         anyhow::bail!("plaintext refused");

@@ -113,13 +113,10 @@ pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), Back
 
 /// The error packet for a failed first connection.
 pub fn first_connection_error(cluster: &Cluster, e: BackendError) -> Vec<u8> {
-    warn!(error = %e, "no session: the backend login failed");
+    let text = cluster.no_session(&e);
     match e {
         BackendError::Refused { error, .. } => error.to_vec(),
-        other => {
-            let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
-            err_payload(code::UNKNOWN, "08S01", &text)
-        }
+        _ => err_payload(code::UNKNOWN, "08S01", &text),
     }
 }
 

@@ -108,11 +108,12 @@ impl BackendConn {
                 _ => return Err(BackendError::Protocol("unexpected answer to SSLRequest".into())),
             }
         }
+        let cancel_to = stream.cancel_address(addr);
         let mut conn = BackendConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             params: Vec::new(),
-            cancel: CancelTarget { addr: addr.into(), pid: 0, secret: 0 },
+            cancel: CancelTarget { addr: cancel_to, pid: 0, secret: 0 },
             tx: TxStatus::Idle,
             _open: OpenGuard::new(metrics),
         };

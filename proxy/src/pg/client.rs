@@ -117,7 +117,7 @@ pub async fn handshake(
             StartupRequest::Startup(s) => break s,
         }
     };
-    if cluster.config.tls.as_ref().is_some_and(|t| t.required) && !stream.is_tls() {
+    if cluster.tls_required() && !stream.is_tls() {
         let text = "this sqlswitch cluster accepts TLS connections only (connect with sslmode=require or stricter)";
         send_fatal(stream, sqlstate::INVALID_AUTHORIZATION, text).await;
         return Err(HandshakeError::Unsupported(text.into()));

@@ -187,16 +187,12 @@ async fn acquire(
 }
 
 async fn refuse_session(stream: &mut ClientStream, cluster: &Cluster, e: BackendError) {
-    // The backends refusing a user the proxy accepted is a configuration mismatch to see.
-    warn!(error = %e, "no session: the backend login failed");
+    let text = cluster.no_session(&e);
     match e {
         BackendError::Refused { error, .. } => {
             let _ = stream.send(&error).await;
         }
-        other => {
-            let text = format!("no backend of cluster {:?} is reachable: {other}", cluster.config.name);
-            send_fatal(stream, sqlstate::CONNECTION_FAILURE, &text).await;
-        }
+        _ => send_fatal(stream, sqlstate::CONNECTION_FAILURE, &text).await,
     }
 }
 
