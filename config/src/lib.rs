@@ -257,6 +257,10 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// Most backends a cluster can have, those added by reloads included: config validation, the
+/// daemon's backend slots and routing all use this one limit.
+pub const MAX_BACKENDS: usize = 64;
+
 /// Whether a backend address names a Unix socket (an absolute path) rather than `host:port`.
 pub fn is_unix_socket(address: &str) -> bool {
     address.starts_with('/')
@@ -480,10 +484,10 @@ impl Config {
             if c.backends.is_empty() {
                 problem(format!("{at}.backend"), "at least one [[cluster.backend]] is required".into());
             }
-            if c.backends.len() > 64 {
+            if c.backends.len() > MAX_BACKENDS {
                 problem(
                     format!("{at}.backend"),
-                    format!("at most 64 backends per cluster (found {})", c.backends.len()),
+                    format!("at most {MAX_BACKENDS} backends per cluster (found {})", c.backends.len()),
                 );
             }
             let primaries = c.backends.iter().filter(|b| b.role == Role::Primary).count();

@@ -146,7 +146,8 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
                 .await
         }
         "reload" => {
-            Err("reload is not supported by this version yet: restart sqlswitch to apply config changes".into())
+            need(0)?;
+            control.reload()
         }
         other => Err(format!("unknown command {other:?}; {USAGE}")),
     }
@@ -219,6 +220,19 @@ fn print_pretty(v: &Value) {
                     b["queries"].to_string()
                 );
             }
+        }
+        return;
+    }
+    if let Some(clusters) = v.get("reloaded").and_then(Value::as_array) {
+        println!("config reloaded");
+        for c in clusters {
+            let changes: Vec<&str> = c["changes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let what = if changes.is_empty() { "no change".to_owned() } else { changes.join("; ") };
+            println!(
+                "  cluster {} (routing generation {}): {what}",
+                c["cluster"].as_str().unwrap_or(""),
+                c["generation"]
+            );
         }
         return;
     }

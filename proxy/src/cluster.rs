@@ -36,8 +36,8 @@ pub enum BackendState {
     Removed,
 }
 
-/// Most backends a cluster can have, including those added by reloads.
-pub const MAX_BACKENDS: usize = 64;
+/// Most backends a cluster can have, including those added by reloads (the config's limit).
+pub use sqlswitch_config::MAX_BACKENDS;
 
 /// A cluster's backends, append-only: an index, once handed out, names the same backend for the
 /// life of the daemon, so sessions and routing tables can hold indexes while a reload adds
@@ -307,6 +307,11 @@ impl Verifier {
 }
 
 impl Backend {
+    /// Idle pooled connections to this backend, of either protocol.
+    pub fn idle_count(&self) -> usize {
+        self.pool.idle_count() + self.mysql_pool.idle_count()
+    }
+
     /// A backend of `cluster` from its config entry.
     pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, registry: &Registry) -> Self {
         let metrics = registry.backend(&cluster.name, &b.name);
@@ -424,7 +429,7 @@ impl Cluster {
     /// Routes a batch: one load of the routing table, a view of every backend (health, role,
     /// weight, lag) and [`route::route`]. Also returns the primary's index from that same table.
     pub fn route(&self, batch: &route::Batch, session: &route::SessionView) -> (route::Target, route::Reason, usize) {
-        const MAX_VIEWS: usize = 32;
+        const MAX_VIEWS: usize = MAX_BACKENDS;
         let rt = self.table.load();
         let monitored = self.config.monitor.is_some();
         let mut views =

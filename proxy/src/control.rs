@@ -117,7 +117,8 @@ impl Control {
             cluster.tls.store(acceptor);
         }
         let mut applied = Vec::new();
-        for (cluster, n) in self.clusters.iter().zip(&new.clusters) {
+        for ((cluster, n), o) in self.clusters.iter().zip(&new.clusters).zip(&old.clusters) {
+            let mut changes = user_changes(o, n);
             let users = crate::cluster::users_of(n, Some(&cluster.users.load()));
             cluster.users.store(Arc::new(users));
             // New backends first, so the table below can name them.
@@ -126,6 +127,7 @@ impl Control {
                 let index = match cluster.backends.iter().position(|b| b.name == nb.name) {
                     Some(i) => i,
                     None => {
+                        changes.push(format!("backend {} added ({}, weight {})", nb.name, nb.address, nb.weight));
                         cluster.backends.push(crate::cluster::Backend::new(n, nb, &self.registry)).ok_or_else(|| {
                             format!("reload: cluster {:?} is full ({} backends)", n.name, crate::cluster::MAX_BACKENDS)
                         })?
@@ -134,6 +136,31 @@ impl Control {
                 indexes.push((index, nb.weight));
             }
             let count = cluster.backends.len();
+            let before = cluster.table.load_full();
+            for (i, b) in cluster.backends.iter().enumerate() {
+                let was = before.states.get(i).copied();
+                let was_live = was.is_some_and(|s| s != BackendState::Removed);
+                match indexes.iter().find(|(j, _)| *j == i) {
+                    None if was_live => changes.push(format!("backend {} removed", b.name)),
+                    Some(_) if was == Some(BackendState::Removed) => {
+                        changes.push(format!("backend {} added back", b.name))
+                    }
+                    Some(&(_, w)) if was_live && before.weight(i) != w => {
+                        changes.push(format!("backend {} weight {} -> {w}", b.name, before.weight(i)));
+                    }
+                    _ => {}
+                }
+            }
+            if o.max_replica_lag != n.max_replica_lag {
+                changes.push(format!(
+                    "max_replica_lag {} -> {}",
+                    humantime::format_duration(o.max_replica_lag),
+                    humantime::format_duration(n.max_replica_lag)
+                ));
+            }
+            if n.tls.is_some() {
+                changes.push("TLS certificate and key read again".to_owned());
+            }
             let table = change(cluster, |t| {
                 t.states.resize(count, BackendState::Enabled);
                 t.weights.resize(count, 0);
@@ -149,9 +176,9 @@ impl Control {
                 }
                 t.max_lag = u64::try_from(n.max_replica_lag.as_micros()).unwrap_or(u64::MAX);
             });
-            applied.push(json!({ "cluster": n.name, "generation": table.generation, "users": n.users.len() }));
+            applied.push(json!({ "cluster": n.name, "generation": table.generation, "changes": changes }));
         }
-        tracing::info!(file = %path.display(), "config reloaded");
+        tracing::info!(file = %path.display(), changes = %serde_json::Value::Array(applied.clone()), "config reloaded");
         running.1 = new;
         Ok(json!({ "ok": true, "reloaded": applied }))
     }
@@ -311,7 +338,7 @@ fn cluster_status(c: &Cluster) -> Value {
                 "lag_bytes": if primary { 0 } else { b.health.lag_bytes.load(Ordering::Relaxed) },
                 "sessions": b.sessions.load(Ordering::Relaxed),
                 "queries": b.queries.load(Ordering::Relaxed),
-                "idle_connections": b.pool.idle_count(),
+                "idle_connections": b.idle_count(),
             })
         })
         .collect();
@@ -328,4 +355,24 @@ fn cluster_status(c: &Cluster) -> Value {
         "held_now": c.gate.held_now.load(Ordering::Relaxed),
         "backends": backends,
     })
+}
+
+/// What a reload changes in a cluster's users: added, removed, new passwords, and who is
+/// read-only. Names only, never passwords.
+fn user_changes(old: &sqlswitch_config::Cluster, new: &sqlswitch_config::Cluster) -> Vec<String> {
+    let mut changes = Vec::new();
+    for u in &new.users {
+        match old.users.iter().find(|o| o.name == u.name) {
+            None => changes.push(format!("user {} added", u.name)),
+            Some(o) if o.secret() != u.secret() => changes.push(format!("user {} has a new password", u.name)),
+            Some(_) => {}
+        }
+    }
+    for o in old.users.iter().filter(|o| !new.users.iter().any(|u| u.name == o.name)) {
+        changes.push(format!("user {} removed (its open sessions go on)", o.name));
+    }
+    if old.read_only_users != new.read_only_users {
+        changes.push(format!("read_only_users = {:?} (new sessions)", new.read_only_users));
+    }
+    changes
 }

@@ -120,9 +120,19 @@ pub struct Table<'a> {
 }
 
 impl Table<'_> {
+    /// Whether backend `i` may serve reads; a backend the table does not cover may not.
     fn usable(&self, i: usize) -> bool {
-        let b = &self.backends[i];
-        b.replica && b.up && b.weight > 0 && b.caught_up_to > 0 && b.lag <= self.max_lag
+        self.backends
+            .get(i)
+            .is_some_and(|b| b.replica && b.up && b.weight > 0 && b.caught_up_to > 0 && b.lag <= self.max_lag)
+    }
+
+    fn caught_up_to(&self, i: usize) -> u64 {
+        self.backends.get(i).map_or(0, |b| b.caught_up_to)
+    }
+
+    fn weight(&self, i: usize) -> u64 {
+        self.backends.get(i).map_or(0, |b| u64::from(b.weight))
     }
 }
 
@@ -143,14 +153,14 @@ pub fn route(batch: &Batch, s: &SessionView, t: &Table<'_>, pick: f64) -> (Targe
     if !wants_replica {
         return (Target::Primary, Reason::Write);
     }
-    let fresh = |i: usize| s.read_only || s.last_write.is_none_or(|w| t.backends[i].caught_up_to > w);
+    let fresh = |i: usize| s.read_only || s.last_write.is_none_or(|w| t.caught_up_to(i) > w);
     let usable = (0..t.backends.len()).filter(|&i| t.usable(i));
     let mut any_usable = false;
     let mut total = 0u64;
     for i in usable.clone() {
         any_usable = true;
         if fresh(i) {
-            total += u64::from(t.backends[i].weight);
+            total += t.weight(i);
         }
     }
     if !any_usable {
@@ -169,7 +179,7 @@ pub fn route(batch: &Batch, s: &SessionView, t: &Table<'_>, pick: f64) -> (Targe
     let mut point = (pick.clamp(0.0, 0.999_999) * total as f64) as u64;
     let mut last = None;
     for i in usable.filter(|&i| fresh(i)) {
-        let w = u64::from(t.backends[i].weight);
+        let w = t.weight(i);
         last = Some(i);
         if point < w {
             return (Target::Replica(i), reason);

@@ -135,3 +135,20 @@ pub async fn start_mysql_unix(topo: &crate::mysql::Topology, extra: &str) -> Res
     });
     Daemon::start_with(Config::parse(&text, Path::new("<test>"), |_| None)?, false).await
 }
+
+/// `text` without the `[[cluster.backend]]` table of backend `name` (a test that needs every
+/// session on the same replica keeps only one).
+pub fn without_backend(text: &str, name: &str) -> String {
+    let head = format!("\n[[cluster.backend]]\nname = \"{name}\"\n");
+    let Some(start) = text.find(&head) else { return text.to_owned() };
+    let end = text[start + 1..].find("\n[[").map_or(text.len(), |i| start + 1 + i);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+/// Starts sqlswitch from config `text`.
+///
+/// # Errors
+/// The config did not validate or a listener could not bind.
+pub async fn start_text(text: &str) -> Result<Daemon> {
+    Daemon::start_with(Config::parse(text, Path::new("<test>"), |_| None)?, false).await
+}

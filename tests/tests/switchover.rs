@@ -262,11 +262,19 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
     topo.psql_admin(topo.primary(), "GRANT CONNECT ON DATABASE app TO late", "postgres").unwrap();
     topo.wait_replicas_caught_up().unwrap();
     let file = topo.dir.join("reload.toml");
-    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
+    // The admin socket of its own: `reload` is tested as an operator sends it.
+    let socket = topo.dir.join("reload-admin.sock");
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+        .replace("/tmp/sqlswitch-test.sock", &socket.display().to_string());
     std::fs::write(&file, &text).unwrap();
     let config = sqlswitch_config::Config::load(&file).unwrap();
-    let daemon = sqlswitch::Daemon::start_with(config, false).await.unwrap();
+    let daemon = sqlswitch::Daemon::start_with(config, true).await.unwrap();
     daemon.control.set_config_path(file.clone());
+
+    // Nothing changed: the socket says so.
+    let answer = admin(&socket, "reload").await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["reloaded"][0]["changes"], serde_json::json!([]), "{answer}");
     let port = daemon.addr("app", false).unwrap().port();
 
     // Weight 0 takes replica1 out of reads; a new user can log in. Sessions stay up.
@@ -275,8 +283,12 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
         + "\n[[cluster.user]]\nname = \"late\"\npassword = \"late\"\n";
     // `[[cluster.user]]` after the backends still belongs to the cluster table.
     std::fs::write(&file, &weighted).unwrap();
-    let answer = daemon.control.reload().expect("reload");
-    assert_eq!(answer["ok"], true);
+    let answer = admin(&socket, "reload").await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let changes = answer["reloaded"][0]["changes"].to_string();
+    assert!(changes.contains("backend replica1 weight 1 -> 0") && changes.contains("user late added"), "{answer}");
+    // `sqlswitch ctl reload` is the same request; it exits 0 on ok.
+    assert!(sqlswitch::admin::ctl(&socket, "reload", true).await.unwrap());
     for _ in 0..20 {
         let c = connect(port, APP).await.unwrap();
         assert_eq!(server_name(&c).await, "replica2", "a replica with weight 0 gets no reads");
@@ -289,12 +301,35 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
 
     // A listener change cannot apply live: refused, and the running config stays.
     std::fs::write(&file, weighted.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)).unwrap();
-    let err = daemon.control.reload().expect_err("a listener change needs a restart");
+    let answer = admin(&socket, "reload").await;
+    assert_eq!(answer["ok"], false, "a listener change needs a restart");
+    let err = answer["error"].as_str().unwrap_or_default();
     assert!(err.contains("restart") && err.contains("running config stays"), "{err}");
+    assert!(!sqlswitch::admin::ctl(&socket, "reload", true).await.unwrap(), "ctl reports the refusal");
     assert_eq!(daemon.control.status()["clusters"][0]["backends"][1]["weight"], 0);
     // An invalid file is refused the same way.
     std::fs::write(&file, "[[cluster]]\nname = 1\n").unwrap();
-    assert!(daemon.control.reload().is_err());
+    assert_eq!(admin(&socket, "reload").await["ok"], false);
+    assert_eq!(admin(&socket, "reload now").await["ok"], false, "reload takes no argument");
+    drop(daemon);
+}
+
+/// Sends one admin command over the socket, as `socat` or `sqlswitch ctl` would, and returns
+/// the final answer line.
+async fn admin(socket: &std::path::Path, command: &str) -> Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(socket).await.expect("the admin socket");
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let mut last = Value::Null;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        last = serde_json::from_str(&line).unwrap();
+        if last.get("ok").is_some() {
+            break;
+        }
+    }
+    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,4 +384,40 @@ async fn reload_adds_and_removes_replicas_without_dropping_sessions() {
     );
     std::fs::write(&file, full.replace(&block_primary, "")).unwrap();
     assert!(daemon.control.reload().is_err());
+}
+
+/// A statement that cannot reach the primary leaves no primary work counted: a later drain
+/// (pause, switchover) does not wait for a session that has nothing in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_could_not_reach_the_primary_is_not_waited_for() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('before')").await.unwrap();
+    // The session's primary connection goes away while idle, and a new one is refused.
+    topo.psql_admin(topo.primary(), "ALTER ROLE app NOLOGIN", "postgres").unwrap();
+    topo.psql_admin(
+        topo.primary(),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'",
+        "postgres",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = client.batch_execute("INSERT INTO items (note) VALUES ('refused')").await.unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
+    topo.psql_admin(topo.primary(), "ALTER ROLE app LOGIN", "postgres").unwrap();
+
+    let paused = daemon.control.pause("app", Duration::from_secs(5)).unwrap();
+    assert_eq!(paused["in_flight"], 0, "nothing is in flight: {paused}");
+    daemon.control.resume("app").unwrap();
+    let started = Instant::now();
+    switchover(&daemon, "replica1", true, Duration::from_secs(5)).await.expect("the drain finds nothing to wait for");
+    assert!(started.elapsed() < Duration::from_secs(3), "drained at once ({:?})", started.elapsed());
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('after') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .expect("the session goes on");
+    assert_eq!(row.get::<_, String>(0), "replica1");
 }

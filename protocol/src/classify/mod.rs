@@ -6,6 +6,7 @@
 //! sessions before they reach any server.
 
 pub mod functions;
+pub mod ident;
 pub mod lexer;
 #[cfg(test)]
 mod tests;
@@ -82,6 +83,10 @@ pub struct Verdict {
     pub session: bool,
     /// Some statement asks for SERIALIZABLE isolation, which a standby cannot give.
     pub serializable: bool,
+    /// Some statement may set or reset a custom parameter (`SET myapp.tenant = ...`,
+    /// `set_config(...)`): PostgreSQL keeps such a placeholder for the rest of the connection,
+    /// even after `DISCARD ALL`, so only a new connection is as a fresh login makes it.
+    pub custom_setting: bool,
 }
 
 impl Verdict {
@@ -98,35 +103,44 @@ impl Verdict {
 
 /// Classifies PostgreSQL SQL text.
 pub fn classify_pg(sql: &str) -> Verdict {
-    classify_with(Lexer::new(sql), &[])
+    classify_with(Lexer::new(sql), false, &[])
 }
 
 /// Classifies PostgreSQL SQL text, with extra read-only functions from the config (lower-case,
 /// sorted).
 pub fn classify_pg_with(sql: &str, extra_read_only: &[String]) -> Verdict {
-    classify_with(Lexer::new(sql), extra_read_only)
+    classify_with(Lexer::new(sql), false, extra_read_only)
 }
 
 /// Classifies MySQL/MariaDB SQL text (backticks, `#` comments, backslash escapes). Executable
 /// comments (`/*! ... */`, `/*M! ... */`) may hold anything: a string containing one is never a
 /// provable read. `@@identity` and `@@last_insert_id` read per-connection state of the primary.
 pub fn classify_mysql_with(sql: &str, extra_read_only: &[String]) -> Verdict {
-    let mut v = classify_with(Lexer::mysql(sql), extra_read_only);
-    let opaque = ["/*!", "/*M!", "@@identity", "@@last_insert_id"].iter().any(|needle| contains_ci(sql, needle));
+    let mut v = classify_with(Lexer::mysql(sql), true, extra_read_only);
+    // `@@identity`, `@@session.identity`, `` @@`identity` ``: any spelling reads the primary's.
+    let opaque = ["/*!", "/*M!"].iter().any(|needle| contains_ci(sql, needle))
+        || (sql.contains("@@") && (contains_ci(sql, "identity") || contains_ci(sql, "last_insert_id")));
     if opaque && v.class == Class::Read {
         v.class = Class::Unknown;
     }
     v
 }
 
-fn classify_with(lexer: Lexer<'_>, extra: &[String]) -> Verdict {
-    let mut verdict =
-        Verdict { class: Class::Empty, statements: 0, writes: false, pin: None, session: false, serializable: false };
-    let mut scan = Scan::new(extra);
+fn classify_with(lexer: Lexer<'_>, mysql: bool, extra: &[String]) -> Verdict {
+    let mut verdict = Verdict {
+        class: Class::Empty,
+        statements: 0,
+        writes: false,
+        pin: None,
+        session: false,
+        serializable: false,
+        custom_setting: false,
+    };
+    let mut scan = Scan::new(extra, mysql);
     for tok in lexer {
         if tok == Token::Semicolon {
             verdict.add(scan.finish());
-            scan = Scan::new(extra);
+            scan = Scan::new(extra, mysql);
         } else {
             scan.feed(tok);
         }
@@ -144,6 +158,7 @@ impl Verdict {
             self.pin = self.pin.or(s.pin);
             self.session |= s.class == Class::Session;
             self.serializable |= s.serializable;
+            self.custom_setting |= s.custom_setting;
         }
     }
 }
@@ -205,19 +220,25 @@ struct Stmt {
     writes: bool,
     pin: Option<Pin>,
     serializable: bool,
+    custom_setting: bool,
 }
 
 /// The per-statement state machine fed one token at a time.
 struct Scan<'a, 'x> {
     extra: &'x [String],
+    /// MySQL dialect: how names are read.
+    mysql: bool,
     lead: Lead,
     /// Words seen so far in this statement (saturating), for position-dependent rules.
     words: u32,
     prev: Option<Token<'a>>,
     prev_word: &'a str,
     prev2_word: &'a str,
-    /// The schema of the word being read, when it came as `schema.word`.
-    qualifier: Option<&'a str>,
+    /// The name before the dot, when the name being read came as `schema.name` (any token
+    /// there that is not a name makes the qualified name unknown).
+    qualifier: Option<Token<'a>>,
+    /// The token before the last `.`.
+    before_dot: Option<Token<'a>>,
     depth: u32,
     /// EXPLAIN ANALYZE: the inner statement runs.
     analyze: bool,
@@ -243,18 +264,22 @@ struct Scan<'a, 'x> {
     copy_from: bool,
     /// The word (or string) `serializable` appears.
     serializable: bool,
+    /// A dotted name in `SET`/`RESET`, or a `set_config` call.
+    custom_setting: bool,
 }
 
 impl<'a, 'x> Scan<'a, 'x> {
-    fn new(extra: &'x [String]) -> Self {
+    fn new(extra: &'x [String], mysql: bool) -> Self {
         Self {
             extra,
+            mysql,
             lead: Lead::None,
             words: 0,
             prev: None,
             prev_word: "",
             prev2_word: "",
             qualifier: None,
+            before_dot: None,
             depth: 0,
             analyze: false,
             unknown: false,
@@ -271,6 +296,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             set_transaction: false,
             copy_from: false,
             serializable: false,
+            custom_setting: false,
         }
     }
 
@@ -279,10 +305,18 @@ impl<'a, 'x> Scan<'a, 'x> {
             Token::Unterminated | Token::Op if self.lead == Lead::None => self.unknown = true,
             Token::Unterminated => self.unknown = true,
             Token::Open => {
-                if let Some(Token::Word(w)) = self.prev {
-                    self.call(w);
+                match self.prev {
+                    Some(name @ (Token::Word(_) | Token::QuotedIdent(_))) => self.call(name),
+                    Some(name @ Token::Str(s)) if self.mysql && s.starts_with('"') => self.call(name),
+                    // `U&"name" UESCAPE '!' (` in PostgreSQL, or nonsense: not a call we know.
+                    Some(Token::Str(_)) => self.unsafe_call = true,
+                    _ => {}
                 }
                 self.depth += 1;
+            }
+            Token::Dot => {
+                self.before_dot = self.prev;
+                self.custom_setting |= matches!(self.lead, Lead::Set | Lead::SessionOther);
             }
             Token::Close => self.depth = self.depth.saturating_sub(1),
             Token::Str(s) => {
@@ -298,13 +332,11 @@ impl<'a, 'x> Scan<'a, 'x> {
             }
             Token::Number if self.lead == Lead::Set && self.words >= 2 => self.set_value("number"),
             Token::Word(w) => {
-                self.qualifier = match self.prev {
-                    Some(Token::Dot) => Some(self.prev_word),
-                    _ => None,
-                };
+                self.qualifier = self.qualifier_of_next();
                 self.word(w);
             }
             Token::QuotedIdent(q) => {
+                self.qualifier = self.qualifier_of_next();
                 if contains_ci(q, "read_only") {
                     self.mentions_read_only = true;
                     if self.lead == Lead::Set {
@@ -316,6 +348,14 @@ impl<'a, 'x> Scan<'a, 'x> {
             _ => {}
         }
         self.prev = Some(tok);
+    }
+
+    /// The qualifier of a name that comes next: the token before the dot, if one precedes it.
+    fn qualifier_of_next(&self) -> Option<Token<'a>> {
+        match self.prev {
+            Some(Token::Dot) => Some(self.before_dot.unwrap_or(Token::Op)),
+            _ => None,
+        }
     }
 
     fn word(&mut self, w: &'a str) {
@@ -412,18 +452,39 @@ impl<'a, 'x> Scan<'a, 'x> {
         }
     }
 
-    fn call(&mut self, name: &str) {
-        let column_list = ["as", "with", "recursive", "tablesample"].iter().any(|kw| is(self.prev2_word, kw));
-        if self.words <= 1 || column_list || functions::is_syntax(name) {
-            return; // syntax, `AS alias(col, ...)`, `WITH name(col, ...)`, `TABLESAMPLE method(n)`
+    /// `name (`: a call, unless it is syntax. The name is read as the server reads it
+    /// ([`ident`]), so every spelling of a function is the same function.
+    fn call(&mut self, name: Token<'a>) {
+        const COLUMN_LIST: [&str; 4] = ["as", "with", "recursive", "tablesample"];
+        // Syntax, `AS alias(col, ...)`, `WITH name(col, ...)`, `TABLESAMPLE method(n)`. The
+        // word before a name is `prev2_word` for a bare name and `prev_word` for a quoted one
+        // (quoted names are not words); a quoted name is never a keyword.
+        let syntax = match name {
+            Token::Word(w) => {
+                self.words <= 1 || COLUMN_LIST.iter().any(|kw| is(self.prev2_word, kw)) || functions::is_syntax(w)
+            }
+            _ => COLUMN_LIST.iter().any(|kw| is(self.prev_word, kw)),
+        };
+        if syntax {
+            return;
         }
-        let user_lock = ["get_lock", "release_lock", "release_all_locks", "is_used_lock"].iter().any(|f| is(name, f));
-        if user_lock || starts_with_ci(name, "pg_advisory_") || starts_with_ci(name, "pg_try_advisory_") {
-            self.advisory = true;
-        }
-        // A qualified name is known only in pg_catalog.
-        let builtin = self.qualifier.is_none_or(|q| is(q, "pg_catalog"));
-        if !builtin || !functions::is_read_only(name, self.extra) {
+        // A qualified name is a built-in only in PostgreSQL's pg_catalog; in MySQL it is a
+        // stored function of that database.
+        let builtin = self.qualifier.is_none_or(|q| !self.mysql && ident::names(q, false, "pg_catalog"));
+        let (mysql, extra) = (self.mysql, self.extra);
+        let known = ident::with_name(name, mysql, |name| {
+            const USER_LOCKS: [&str; 4] = ["get_lock", "release_lock", "release_all_locks", "is_used_lock"];
+            let lock =
+                USER_LOCKS.contains(&name) || name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_");
+            (lock, name == "set_config", functions::is_read_only(name, extra))
+        });
+        let Some((lock, set_config, read_only)) = known else {
+            self.unsafe_call = true; // a name no built-in has
+            return;
+        };
+        self.advisory |= lock;
+        self.custom_setting |= set_config;
+        if !builtin || !read_only {
             self.unsafe_call = true;
         }
     }
@@ -467,16 +528,18 @@ impl<'a, 'x> Scan<'a, 'x> {
             Lead::Explain | Lead::Copy | Lead::Lock | Lead::Unknown => Class::Unknown,
         };
         let writes = class == Class::Write || enables_writes;
-        Stmt { class, writes, pin, serializable: self.serializable || self.opts.serializable }
+        Stmt {
+            class,
+            writes,
+            pin,
+            serializable: self.serializable || self.opts.serializable,
+            custom_setting: self.custom_setting,
+        }
     }
 }
 
 fn contains_ci(hay: &str, needle: &str) -> bool {
     hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-fn starts_with_ci(hay: &str, prefix: &str) -> bool {
-    hay.len() >= prefix.len() && hay.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 fn ends_with_ci(hay: &str, suffix: &str) -> bool {

@@ -406,9 +406,100 @@ fn config_extends_the_read_only_list() {
     assert!(!classify_pg("select my_pure_fn(1)").is_read());
 }
 
+#[test]
+fn every_spelling_of_a_function_is_that_function() {
+    for sql in [
+        "select \"nextval\"('s')",
+        "select pg_catalog.\"nextval\"('s')",
+        "select \"pg_catalog\".\"nextval\"('s')",
+        "select U&\"n\\0065xtval\"('s')",
+        "select PG_CATALOG . NEXTVAL('s')",
+        "select \"NEXTVAL\"('s')",
+        "select public.lower('s')",
+        "select \"PG_CATALOG\".lower('s')",
+        "select U&\"l\\0077er\" UESCAPE '!' ('s')",
+        "select x.y.nextval('s')",
+        "select (1).lower('s')",
+    ] {
+        check(sql, 'P');
+    }
+    for sql in [
+        "select \"lower\"('S')",
+        "select pg_catalog.\"lower\"('S')",
+        "select \"pg_catalog\".lower('S')",
+        "select U&\"l\\006Fwer\"('S')",
+        "select PG_CATALOG.LOWER('S')",
+        "with \"t\"(a) as (select 1) select * from \"t\"",
+    ] {
+        check(sql, 'R');
+    }
+    assert_eq!(classify_pg("select \"pg_advisory_lock\"(1)").pin, Some(Pin::AdvisoryLock));
+    for sql in ["SET myapp.tenant = 1", "set local a.b to 'x'", "RESET a.b", "select set_config('a.b', 'x', false)"] {
+        assert!(classify_pg(sql).custom_setting, "{sql}");
+    }
+    for sql in ["SET search_path = a", "SET x = 1.5", "select 'set_config(' from t", "select t.a from t"] {
+        assert!(!classify_pg(sql).custom_setting, "{sql}");
+    }
+    let m = |sql| classify_mysql_with(sql, &[]);
+    for sql in ["SELECT `GET_LOCK`('x', 1)", "SELECT \"get_lock\"('x', 1)", "SELECT `Get_Lock` ('x', 1)"] {
+        assert!(!m(sql).is_read(), "{sql}");
+        assert_eq!(m(sql).pin, Some(Pin::AdvisoryLock), "{sql}");
+    }
+    for sql in
+        ["SELECT `app`.`lower`('x')", "SELECT app.lower('x')", "SELECT @@session.identity", "SELECT @@`identity`"]
+    {
+        assert!(!m(sql).is_read(), "{sql}: a stored function or the primary's state");
+    }
+    for sql in ["SELECT `LOWER`('x')", "SELECT \"lower\"('x')", "SELECT `ifnull`(a, 0) FROM `t`"] {
+        assert!(m(sql).is_read(), "{sql}");
+    }
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
+
+    /// Functions the built-in list holds, and functions it must not (sequences, locks, ids).
+    const READ_ONLY: [&str; 6] = ["lower", "abs", "length", "md5", "now", "upper"];
+    const NOT_READ_ONLY: [&str; 7] =
+        ["nextval", "setval", "pg_advisory_lock", "txid_current", "pg_notify", "get_lock", "last_insert_id"];
+
+    /// A PostgreSQL spelling of lower-case `name` that the server reads as that same name.
+    fn pg_spelling(name: &str, how: u8, escape_mask: u64) -> String {
+        let escaped: String = name
+            .chars()
+            .enumerate()
+            .map(
+                |(i, c)| {
+                    if (escape_mask >> (i % 64)) & 1 == 1 {
+                        format!("\\{:04X}", u32::from(c))
+                    } else {
+                        c.to_string()
+                    }
+                },
+            )
+            .collect();
+        match how % 8 {
+            0 => name.to_owned(),
+            1 => name.to_ascii_uppercase(),
+            2 => format!("\"{name}\""),
+            3 => format!("pg_catalog.{name}"),
+            4 => format!("PG_CATALOG.\"{name}\""),
+            5 => format!("\"pg_catalog\" . {}", name.to_ascii_uppercase()),
+            6 => format!("U&\"{escaped}\""),
+            _ => format!("pg_catalog.U&\"{escaped}\""),
+        }
+    }
+
+    /// A MySQL spelling of `name` that the server reads as that same function.
+    fn mysql_spelling(name: &str, how: u8) -> String {
+        match how % 4 {
+            0 => name.to_owned(),
+            1 => name.to_ascii_uppercase(),
+            2 => format!("`{}`", name.to_ascii_uppercase()),
+            _ => format!("\"{name}\""),
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
@@ -438,6 +529,40 @@ mod properties {
         fn a_comment_never_hides_a_write(comment in "[a-z0-9 ;'\"$]{0,30}") {
             let v = classify_pg(&format!("/* {comment} */ insert into t values (1)"));
             prop_assert!(v.writes, "{:?}", v);
+        }
+
+        /// Every spelling of a function gets the verdict of its plain spelling: a read stays a
+        /// read, and no spelling turns a sequence, lock or id function into one.
+        #[test]
+        fn every_spelling_gets_the_plain_verdict(
+            pick in 0usize..13, how in any::<u8>(), mask in any::<u64>(), arg in "[a-z0-9 ]{0,8}"
+        ) {
+            let name = READ_ONLY.iter().chain(NOT_READ_ONLY.iter()).nth(pick).copied().unwrap_or("lower");
+            let plain = classify_pg(&format!("select {name}('{arg}') from t"));
+            let spelled_sql = format!("select {}('{arg}') from t", pg_spelling(name, how, mask));
+            let spelled = classify_pg(&spelled_sql);
+            prop_assert_eq!(plain.is_read(), spelled.is_read(), "{}", spelled_sql);
+            prop_assert_eq!(plain.pin, spelled.pin, "{}", spelled_sql);
+            if NOT_READ_ONLY.contains(&name) {
+                prop_assert!(!spelled.is_read(), "{}", spelled_sql);
+            }
+            let plain = classify_mysql_with(&format!("select {name}('{arg}') from t"), &[]);
+            let spelled_sql = format!("select {}('{arg}') from t", mysql_spelling(name, how));
+            let spelled = classify_mysql_with(&spelled_sql, &[]);
+            prop_assert_eq!(plain.is_read(), spelled.is_read(), "{}", spelled_sql);
+            prop_assert_eq!(plain.pin, spelled.pin, "{}", spelled_sql);
+        }
+
+        /// A name in any schema other than pg_catalog is some other function: never a read.
+        #[test]
+        fn another_schema_is_never_a_built_in(schema in "[a-z_]{1,12}", pick in 0usize..6) {
+            prop_assume!(schema != "pg_catalog");
+            let name = READ_ONLY[pick];
+            for sql in [format!("select {schema}.{name}(1)"), format!("select \"{schema}\".\"{name}\"(1)")] {
+                prop_assert!(!classify_pg(&sql).is_read(), "{}", sql);
+            }
+            let sql = format!("select `{schema}`.`{name}`(1)");
+            prop_assert!(!classify_mysql_with(&sql, &[]).is_read(), "{}", sql);
         }
 
         /// Text inside a string literal never changes a read into something else.

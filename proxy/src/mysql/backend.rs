@@ -18,6 +18,9 @@ use crate::metrics::{BackendMetrics, OpenGuard};
 use crate::pg::backend::BackendError;
 use crate::tls::{BackendStream, BackendTls};
 
+/// What makes a read-only session's connection read-only.
+const READ_ONLY_SQL: &str = "SET SESSION TRANSACTION READ ONLY";
+
 /// Largest answer packet buffered whole on the control path.
 const MAX_CONTROL_PACKET: usize = 64 << 20;
 
@@ -61,6 +64,9 @@ pub struct MyConn {
     /// The server's id for this connection (what `KILL QUERY` names).
     pub thread_id: u32,
     read_only: bool,
+    /// The database the login selected: a reset leaves the current database as it is, so the
+    /// next client is put back here.
+    database: Option<String>,
     /// Counted as open while it lives.
     _open: OpenGuard,
 }
@@ -95,6 +101,7 @@ impl MyConn {
             version: String::new(),
             thread_id: 0,
             read_only: login.read_only,
+            database: login.database.map(str::to_owned),
             _open: OpenGuard::new(metrics),
         };
         let hello = conn.read_packet().await?;
@@ -171,7 +178,7 @@ impl MyConn {
             }
         }
         if login.read_only {
-            conn.simple_query("SET SESSION TRANSACTION READ ONLY").await?;
+            conn.simple_query(READ_ONLY_SQL).await?;
         }
         Ok(conn)
     }
@@ -210,6 +217,11 @@ impl MyConn {
         payload.push(command::QUERY);
         payload.extend_from_slice(sql.as_bytes());
         self.send(0, &payload).await?;
+        self.read_rows().await
+    }
+
+    /// Reads the answer to a text query already sent: the text values of every row.
+    async fn read_rows(&mut self) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut tracker = Tracker::new(Answer::ResultSet, self.caps & caps::DEPRECATE_EOF != 0);
         let mut rows = Vec::new();
         let mut columns_left: Option<u64> = None;
@@ -248,24 +260,53 @@ impl MyConn {
         self.buf.is_empty() && self.stream.is_quiet()
     }
 
-    /// Resets the session for the next client (`COM_RESET_CONNECTION`), keeping a read-only
-    /// connection read-only. `Ok(false)` means it must not be reused.
+    /// Resets the session for the next client, to what a fresh login with the same user,
+    /// database and options gives: `COM_RESET_CONNECTION` (variables, temporary tables,
+    /// prepared statements, locks, autocommit, isolation, character set), then the login's
+    /// database again, which a reset keeps as the last client left it (`USE`), and a read-only
+    /// connection made read-only again. The commands go out together and cost one round trip.
+    /// A connection that logged in with no database cannot be given "no database" back: it is
+    /// reusable only if no database was selected. `Ok(false)` means it must not be reused.
     ///
     /// # Errors
     /// I/O failure.
     pub async fn reset(&mut self) -> Result<bool, BackendError> {
-        self.send(0, &[command::RESET_CONNECTION]).await?;
-        let p = self.read_packet().await?;
-        if p.payload.first() != Some(&0x00) {
-            return Ok(false);
+        let mut out = BytesMut::with_capacity(128);
+        packet::encode(&mut out, 0, &[command::RESET_CONNECTION]);
+        let mut init_db = Vec::with_capacity(64);
+        match &self.database {
+            Some(db) => {
+                init_db.push(command::INIT_DB);
+                init_db.extend_from_slice(db.as_bytes());
+            }
+            None => {
+                init_db.push(command::QUERY);
+                init_db.extend_from_slice(b"SELECT DATABASE() IS NULL");
+            }
         }
-        self.status = ok_status(&p.payload).unwrap_or(status::AUTOCOMMIT);
+        packet::encode(&mut out, 0, &init_db);
         if self.read_only {
-            self.simple_query("SET SESSION TRANSACTION READ ONLY").await?;
+            let mut payload = vec![command::QUERY];
+            payload.extend_from_slice(READ_ONLY_SQL.as_bytes());
+            packet::encode(&mut out, 0, &payload);
         }
-        Ok(self.status & status::IN_TRANS == 0)
+        self.stream.send(&out).await?;
+        // Every answer is read, whatever the first says, so the stream stays in step.
+        let reset = self.read_packet().await?;
+        let reset_ok = reset.payload.first() == Some(&0x00);
+        let database_ok = match &self.database {
+            Some(_) => {
+                let p = self.read_packet().await?;
+                if p.payload.first() == Some(&0x00) {
+                    self.status = ok_status(&p.payload).unwrap_or(status::AUTOCOMMIT);
+                }
+                p.payload.first() == Some(&0x00)
+            }
+            None => self.read_rows().await.is_ok_and(|rows| rows == [vec![Some("1".to_owned())]]),
+        };
+        let read_only_ok = !self.read_only || self.read_rows().await.is_ok();
+        Ok(reset_ok && database_ok && read_only_ok && self.status & status::IN_TRANS == 0)
     }
-
     /// Says goodbye.
     pub async fn quit(mut self) {
         let _ = self.stream.send(&[1, 0, 0, 0, command::QUIT]).await;

@@ -173,6 +173,11 @@ impl Session<'_> {
                 }
                 Err(e) => {
                     warn!(error = %e, "the primary is unavailable");
+                    // Nothing of this batch runs anywhere: unless an earlier one still does, the
+                    // session has no primary work in flight, and a drain must not wait for it.
+                    if self.outstanding == 0 && self.tx() == TxStatus::Idle {
+                        self.leave_primary();
+                    }
                     self.refuse_batch(&format!("sqlswitch cannot reach the primary: {e}")).await?;
                     return Ok(None);
                 }
@@ -256,7 +261,11 @@ impl Session<'_> {
         };
         if replace {
             if let Some(old) = self.slots[side.index()].take() {
-                super::release(cluster, old.backend, self.id.key.clone(), old.conn, true).await;
+                if self.state.custom_settings {
+                    old.conn.terminate().await;
+                } else {
+                    super::release(cluster, old.backend, self.id.key.clone(), old.conn, true).await;
+                }
             }
             if self.active == Some(side) {
                 self.active = None;

@@ -115,10 +115,11 @@ pub async fn serve(
     debug!(%peer, ?end, "session ended");
     let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
     let slots = std::mem::take(&mut session.slots);
+    let reusable = !session.state.custom_settings;
     drop(session);
     for (i, slot) in slots.into_iter().enumerate() {
         let Some(slot) = slot else { continue };
-        if matches!(end, End::Shutdown | End::BackendGone) {
+        if matches!(end, End::Shutdown | End::BackendGone) || !reusable {
             slot.conn.terminate().await;
         } else if busy.is_some_and(|side| side.index() == i) {
             // The client left mid-query: stop the query rather than let it run for nobody,

@@ -335,6 +335,7 @@ impl<'a> Session<'a> {
                         Err(e) => return Err(self.client_error(e).await),
                     };
                     let verdict = classify::classify_pg_with(text, &self.id.cluster.config.read_only_functions);
+                    self.state.custom_settings |= verdict.custom_setting;
                     if self.id.read_only && verdict.refused_read_only() {
                         if !self.refuse(header.tag, len).await? {
                             return Ok(());

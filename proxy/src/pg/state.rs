@@ -30,6 +30,9 @@ pub struct SessionState {
     pub pinned: bool,
     /// When the last write was acknowledged (clock micros).
     pub last_write: Option<u64>,
+    /// The session may have set a custom parameter (`myapp.tenant`): its connections keep a
+    /// placeholder that no reset removes, so they are closed, not pooled, when it is done.
+    pub custom_settings: bool,
 }
 
 /// Past this many replayed statements the session is pinned instead: replaying them on a new

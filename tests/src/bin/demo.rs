@@ -1,6 +1,7 @@
-//! `sqlswitch-demo` (run by `scripts/demo`): starts a real PostgreSQL primary and two streaming
-//! replicas in a temporary directory, the `sqlswitch` binary in front of them, prints URLs to
-//! paste into `psql`, and stops everything on Ctrl-C.
+//! `sqlswitch-demo` (run by `scripts/demo`): starts a real PostgreSQL primary with two streaming
+//! replicas and a MariaDB primary with two GTID replicas in temporary directories, the
+//! `sqlswitch` binary in front of them, prints URLs to paste into `psql` and `mariadb`, and
+//! stops everything on Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -37,7 +38,7 @@ fn main() -> Result<()> {
         &format!("read_only_listen = \"{MYSQL_READ_ONLY_LISTEN}\""),
         1,
     );
-    std::fs::write(&config_path, text)?;
+    write_private(&config_path, &text)?;
     let mut daemon = Command::new(&sqlswitch)
         .args(["run", "--config"])
         .arg(&config_path)
@@ -87,7 +88,7 @@ fn main() -> Result<()> {
             _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
         }
     });
-    eprintln!("\nstopping sqlswitch and PostgreSQL...");
+    eprintln!("\nstopping sqlswitch, PostgreSQL and MariaDB...");
     let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
     let _ = daemon.wait();
     topo.stop();
@@ -99,6 +100,16 @@ async fn wait_exit(child: &mut std::process::Child) {
     while matches!(child.try_wait(), Ok(None)) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Writes the config readable by its owner only: it holds passwords, and sqlswitch warns about a
+/// config file other users can read.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// A binary built next to this one.

@@ -1,0 +1,260 @@
+//! Session isolation and exact routing, against real servers: a pooled backend connection
+//! carries nothing of its last client into the next one's session, a MySQL session that wrote
+//! returns to the replicas once they have its write, autocommit-off MySQL sessions are counted
+//! by what the server says, and the largest cluster the config allows routes to every backend.
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+use sqlswitch_tests::client::{connect, connect_str};
+use sqlswitch_tests::pg::{APP, DATABASE};
+use sqlswitch_tests::proxy::{self, mysql_config_text, mysql_url, start_text, without_backend};
+use tokio::sync::Mutex;
+
+/// Tests that count pooled connections or stop replication: one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// Everything a MySQL connection carries that a client can change: database, character set,
+/// autocommit, isolation and access mode, SQL mode, time zone, a user variable.
+const MY_PROBE: &str = "SELECT CONCAT_WS('|', COALESCE(DATABASE(), '-'), @@character_set_client, \
+                        @@character_set_results, @@collation_connection, @@autocommit, @@tx_isolation, \
+                        @@tx_read_only, @@sql_mode, @@time_zone, COALESCE(@v, '-'))";
+
+async fn my(url: &str) -> Conn {
+    Conn::new(Opts::from_url(url).expect("url")).await.expect("connect")
+}
+
+async fn my_probe(conn: &mut Conn) -> String {
+    conn.query_first(MY_PROBE).await.expect("probe").expect("a row")
+}
+
+/// The probe inside a transaction: on the primary.
+async fn my_probe_primary(conn: &mut Conn) -> String {
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    let p = my_probe(conn).await;
+    conn.query_drop("COMMIT").await.unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_pooled_connection_carries_nothing_of_its_last_client() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    // One replica, so the second client is handed the first one's replica connection too.
+    let daemon = start_text(&without_backend(&mysql_config_text(topo, "app", ""), "replica2")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let url = mysql_url(port, APP);
+    let fresh_primary = my_probe(&mut my(&mysql_url(topo.primary().port, APP)).await).await;
+    let fresh_replica = my_probe(&mut my(&mysql_url(topo.replicas()[0].port, APP)).await).await;
+
+    let mut a = my(&url).await;
+    let a_primary: u64 = a.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let a_replica: u64 = a.query_first("SELECT @@pseudo_thread_id").await.unwrap().unwrap();
+    for sql in [
+        "USE information_schema",
+        "SET NAMES latin1",
+        "SET sql_mode = 'ANSI_QUOTES'",
+        "SET time_zone = '+05:00'",
+        "SET @v = 'left behind'",
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    ] {
+        a.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let on_replica = my_probe(&mut a).await;
+    assert!(
+        on_replica.starts_with("information_schema|latin1")
+            && on_replica.contains("READ-COMMITTED|OFF|ANSI_QUOTES|+05:00"),
+        "the session's state reached its replica connection: {on_replica}"
+    );
+    a.query_drop("SET autocommit = 0").await.unwrap();
+    a.query_drop("INSERT INTO app.items (note) VALUES ('isolation')").await.unwrap();
+    a.query_drop("COMMIT").await.unwrap();
+    a.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut b = my(&url).await;
+    let b_primary: u64 = b.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let b_replica: u64 = b.query_first("SELECT @@pseudo_thread_id").await.unwrap().unwrap();
+    assert_eq!((b_primary, b_replica), (a_primary, a_replica), "the second client got the first one's connections");
+    assert_eq!(my_probe(&mut b).await, fresh_replica, "the replica connection is as a fresh login makes it");
+    assert_eq!(my_probe_primary(&mut b).await, fresh_primary, "the primary connection is as a fresh login makes it");
+    // And writes go where the session's own database says.
+    b.query_drop("INSERT INTO items (note) VALUES ('in app')").await.expect("items is app.items");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_session_without_a_database_never_gets_one_from_the_pool() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&without_backend(&mysql_config_text(topo, "app", ""), "replica2")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let url = format!("mysql://{}:{}@127.0.0.1:{port}/?prefer_socket=false", APP.0, APP.1);
+    for _ in 0..3 {
+        let mut c = my(&url).await;
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+        assert_eq!(db, None, "a replica connection from the pool has no database");
+        c.query_drop("START TRANSACTION").await.unwrap();
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+        assert_eq!(db, None, "a primary connection from the pool has no database");
+        c.query_drop("COMMIT").await.unwrap();
+        c.query_drop(format!("USE {DATABASE}")).await.unwrap();
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+        assert_eq!(db.as_deref(), Some(DATABASE));
+        c.disconnect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every setting a PostgreSQL client can change in its session.
+const PG_PROBE: &str = "SELECT concat_ws('|', current_setting('search_path'), current_setting('TimeZone'), \
+                        current_setting('DateStyle'), current_setting('statement_timeout'), \
+                        current_setting('application_name'), current_setting('default_transaction_isolation'), \
+                        current_setting('default_transaction_read_only'), current_setting('IntervalStyle'), \
+                        current_setting('client_encoding'), current_setting('myapp.tenant', true))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_pooled_connection_carries_nothing_of_its_last_client() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
+    let daemon = start_text(&without_backend(&text, "replica2")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    // A fresh login of the same user, straight to each server.
+    let fresh = |port: u16| async move {
+        let c = connect_str(&proxy::conn_str(port, APP)).await.expect("direct login");
+        c.query_one(PG_PROBE, &[]).await.unwrap().get::<_, String>(0)
+    };
+    let fresh_primary = fresh(topo.primary().port).await;
+    let fresh_replica = fresh(topo.replicas()[0].port).await;
+
+    let a = connect(port, APP).await.unwrap();
+    let pid = "SELECT pg_backend_pid()";
+    let a_replica: i32 = a.query_one(pid, &[]).await.unwrap().get(0);
+    a.batch_execute("BEGIN").await.unwrap();
+    let a_primary: i32 = a.query_one(pid, &[]).await.unwrap().get(0);
+    a.batch_execute("COMMIT").await.unwrap();
+    for sql in [
+        "SET search_path = pg_catalog",
+        "SET TIME ZONE 'Asia/Tokyo'",
+        "SET DateStyle = 'SQL, DMY'",
+        "SET statement_timeout = '5s'",
+        "SET application_name = 'left behind'",
+        "SET IntervalStyle = 'sql_standard'",
+        "SET client_encoding = 'LATIN1'",
+    ] {
+        a.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let seen: String = a.query_one(PG_PROBE, &[]).await.unwrap().get(0);
+    assert!(seen.contains("Asia/Tokyo|SQL, DMY|5s|left behind"), "the state reached the replica: {seen}");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let b = connect(port, APP).await.unwrap();
+    let b_replica: i32 = b.query_one(pid, &[]).await.unwrap().get(0);
+    assert_eq!(b_replica, a_replica, "the second client got the first one's replica connection");
+    let on_replica: String = b.query_one(PG_PROBE, &[]).await.unwrap().get(0);
+    assert_eq!(on_replica, fresh_replica, "the replica connection is as a fresh login makes it");
+    b.batch_execute("BEGIN").await.unwrap();
+    let b_primary: i32 = b.query_one(pid, &[]).await.unwrap().get(0);
+    let on_primary: String = b.query_one(PG_PROBE, &[]).await.unwrap().get(0);
+    b.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(b_primary, a_primary, "the second client got the first one's primary connection");
+    assert_eq!(on_primary, fresh_primary, "the primary connection is as a fresh login makes it");
+    drop(b);
+
+    // A custom parameter leaves a placeholder no reset removes (a fresh login reads NULL, a
+    // reset connection ''): such a session's connections are closed, not pooled.
+    let c = connect(port, APP).await.unwrap();
+    c.batch_execute("SET myapp.tenant = 'c'").await.unwrap();
+    c.query_one("SELECT set_config('myapp.other', 'c', false)", &[]).await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = connect(port, APP).await.unwrap();
+    let tenant = "SELECT current_setting('myapp.tenant', true), current_setting('myapp.other', true)";
+    let row = d.query_one(tenant, &[]).await.unwrap();
+    assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)), (None, None), "on a replica");
+    d.batch_execute("BEGIN").await.unwrap();
+    let row = d.query_one(tenant, &[]).await.unwrap();
+    assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)), (None, None), "on the primary");
+    d.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_session_that_wrote_returns_to_the_replicas_when_the_primary_is_quiet() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&mysql_config_text(topo, "app", "")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = my(&mysql_url(port, APP)).await;
+    let server = "SELECT @@server_id";
+    for write in ["INSERT INTO items (note) VALUES ('quiet')", "UPDATE items SET note = note WHERE id = -1"] {
+        conn.query_drop(write).await.unwrap();
+        // Nothing else writes: the replicas have this write within a monitor interval or two.
+        let started = Instant::now();
+        loop {
+            let id: u32 = conn.query_first(server).await.unwrap().unwrap();
+            if id != 1 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "after {write:?} reads stayed on the primary");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_idle_mysql_connections() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&mysql_config_text(topo, "app", "")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = my(&mysql_url(port, APP)).await;
+    let _: Option<u32> = conn.query_first("SELECT @@server_id").await.unwrap();
+    conn.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = daemon.control.status();
+    let idle: Vec<u64> = status["clusters"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["idle_connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idle[0], 1, "the primary connection is pooled: {status}");
+    assert_eq!(idle.iter().sum::<u64>(), 2, "and the replica's: {status}");
+}
+
+/// The config allows 64 backends; routing must see all of them. 63 replica entries (the same
+/// two servers under many names), only the last with weight: read-only sessions land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_cluster_routes_to_its_last_backend() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    let mut text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "monitor_interval = \"500ms\"");
+    for r in topo.replicas() {
+        text = without_backend(&text, &r.name);
+    }
+    for i in 1..sqlswitch_config::MAX_BACKENDS {
+        let node = &topo.replicas()[i % 2];
+        let weight = u32::from(i == sqlswitch_config::MAX_BACKENDS - 1);
+        text += &format!(
+            "\n[[cluster.backend]]\nname = \"r{i}\"\naddress = \"127.0.0.1:{}\"\nrole = \"replica\"\nweight = {weight}\n",
+            node.port
+        );
+    }
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let last = format!("r{}", sqlswitch_config::MAX_BACKENDS - 1);
+    let expected = &topo.replicas()[(sqlswitch_config::MAX_BACKENDS - 1) % 2].name;
+    for _ in 0..5 {
+        let ro = connect(daemon.addr("app", true).unwrap().port(), APP).await.unwrap();
+        let name: String = ro.query_one("SELECT current_setting('cluster_name')", &[]).await.unwrap().get(0);
+        assert_eq!(&name, expected, "a read-only session runs on {last}");
+        let rw = connect(port, APP).await.unwrap();
+        let name: String = rw.query_one("SELECT current_setting('cluster_name')", &[]).await.unwrap().get(0);
+        assert_eq!(&name, expected, "a read runs on {last}");
+    }
+    let status = daemon.control.status();
+    let queries = status["clusters"][0]["backends"][sqlswitch_config::MAX_BACKENDS - 1]["queries"].as_u64();
+    assert!(queries.unwrap_or(0) >= 10, "{status}");
+}
