@@ -258,3 +258,71 @@ async fn the_largest_cluster_routes_to_its_last_backend() {
     let queries = status["clusters"][0]["backends"][sqlswitch_config::MAX_BACKENDS - 1]["queries"].as_u64();
     assert!(queries.unwrap_or(0) >= 10, "{status}");
 }
+
+/// Autocommit-off sessions (PyMySQL's and mysqlclient's default) are counted by the drain only
+/// while the server says a transaction is open, so a switchover neither waits for idle ones nor
+/// swaps under open ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_switchover_under_autocommit_off_clients() {
+    let _serial = SERIAL.lock().await;
+    let topo = std::sync::Arc::new(sqlswitch_tests::mysql::Topology::start(1).unwrap());
+    let daemon = start_text(&mysql_config_text(&topo, "app", "")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let url = mysql_url(port, APP);
+
+    // Counted while a transaction is open, not between transactions.
+    let mut idle = my(&url).await;
+    idle.query_drop("SET autocommit = 0").await.unwrap();
+    idle.query_drop("INSERT INTO items (note) VALUES ('open')").await.unwrap();
+    let paused = daemon.control.pause("app", Duration::from_secs(5)).unwrap();
+    assert_eq!(paused["in_flight"], 1, "an open transaction is in flight: {paused}");
+    daemon.control.resume("app").unwrap();
+    idle.query_drop("COMMIT").await.unwrap();
+    let paused = daemon.control.pause("app", Duration::from_secs(5)).unwrap();
+    assert_eq!(paused["in_flight"], 0, "nothing is open after COMMIT: {paused}");
+    daemon.control.resume("app").unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (url, stop) = (url.clone(), std::sync::Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut conn = my(&url).await;
+            conn.query_drop("SET autocommit = 0").await.unwrap();
+            let (mut committed, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let result = async {
+                    conn.query_drop(format!("INSERT INTO items (note) VALUES ('ac0-{c}')")).await?;
+                    let _: Option<u64> = conn.query_first("SELECT COUNT(*) FROM items").await?;
+                    conn.query_drop("COMMIT").await
+                }
+                .await;
+                match result {
+                    Ok(()) => committed += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (committed, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let result =
+        sqlswitch::switchover::run(&daemon.control, "app", "replica1", true, Duration::from_secs(10), &mut |_| {})
+            .await
+            .expect("the switchover drains autocommit-off clients at their transaction boundary");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut committed = 0;
+    for c in clients {
+        let (n, errors) = c.await.unwrap();
+        assert!(errors.is_empty(), "client errors across the switchover: {errors:?}");
+        committed += n;
+    }
+    let pause = result["pause_ms"].as_u64().unwrap();
+    assert!(pause < 1000, "clients paused {pause} ms");
+    // Every committed row is on the new primary (server 2).
+    let mut check = my(&mysql_url(topo.replicas()[0].port, APP)).await;
+    let rows: u64 = check.query_first("SELECT COUNT(*) FROM items WHERE note LIKE 'ac0-%'").await.unwrap().unwrap();
+    assert_eq!(rows, committed, "every acknowledged commit is on the new primary");
+    assert!(committed > 10, "the clients made progress ({committed})");
+}

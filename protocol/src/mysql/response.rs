@@ -233,10 +233,16 @@ pub fn terminator_status(p: &[u8]) -> Option<u16> {
     }
 }
 
-/// Whether the session is inside a transaction after status `flags`: explicitly, or because
-/// autocommit is off (every statement then opens one).
+/// Whether a transaction is open after status `flags`, as the server says
+/// (`SERVER_STATUS_IN_TRANS`). With autocommit off none is open between a `COMMIT` and the next
+/// statement.
 pub fn in_transaction(flags: u16) -> bool {
-    flags & status::IN_TRANS != 0 || flags & status::AUTOCOMMIT == 0
+    flags & status::IN_TRANS != 0
+}
+
+/// Whether autocommit is off after status `flags`: every statement then opens a transaction.
+pub fn autocommit_off(flags: u16) -> bool {
+    flags & status::AUTOCOMMIT == 0
 }
 
 #[cfg(test)]
@@ -269,6 +275,8 @@ mod tests {
         assert_eq!(steps.last(), Some(&Step::Done(Some(3))));
         assert!(steps[..steps.len() - 1].iter().all(|s| *s == Step::More));
         assert!(in_transaction(3));
+        assert!(!in_transaction(0), "autocommit off, between transactions");
+        assert!(autocommit_off(0) && !autocommit_off(2));
     }
 
     #[test]

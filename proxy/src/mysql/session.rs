@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
 use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
-use sqlswitch_protocol::mysql::response::{in_transaction, needs_whole, Step, Tracker};
+use sqlswitch_protocol::mysql::response::{autocommit_off, in_transaction, needs_whole, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, code, status};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
@@ -239,8 +239,16 @@ impl<'a> MySession<'a> {
         }
     }
 
+    /// Whether a transaction is open, as the server said in its last answer: what the gate,
+    /// the drain and shutdown count.
     fn in_tx(&self) -> bool {
         self.active.and_then(|s| self.slots[s.index()].as_ref()).is_some_and(|s| in_transaction(s.conn.status))
+    }
+
+    /// Whether the session runs with autocommit off (PyMySQL's and mysqlclient's default): its
+    /// next statement opens a transaction.
+    fn autocommit_off(&self) -> bool {
+        self.active.and_then(|s| self.slots[s.index()].as_ref()).is_some_and(|s| autocommit_off(s.conn.status))
     }
 
     /// Relays commands until the client quits or `shutdown` fires between transactions.
@@ -378,10 +386,17 @@ impl<'a> MySession<'a> {
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
         let current_replica = self.slots[1].as_ref().map(|s| s.backend);
-        let in_tx_on = self.in_tx().then(|| match self.active {
-            Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
-            _ => Target::Primary,
-        });
+        let in_tx_on = if self.in_tx() {
+            Some(match self.active {
+                Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
+                _ => Target::Primary,
+            })
+        } else if self.autocommit_off() && !self.read_only {
+            // The statement opens a transaction that later writes may join: the primary.
+            Some(Target::Primary)
+        } else {
+            None
+        };
         let session = SessionView {
             read_only: self.read_only,
             pinned: self.state.pinned,
