@@ -55,7 +55,7 @@ pub fn pg_frontend(data: &[u8]) {
     }
     // Headers alone, at every offset, as the session scans them.
     for at in 0..data.len().min(64) {
-        if let Ok(Some(h)) = frame::peek_header(&data[at..], MAX) {
+        if let Ok(Some(h)) = frame::peek_header(data.get(at..).unwrap_or_default(), MAX) {
             assert!(h.total_len >= frame::HEADER_LEN && h.total_len <= MAX + 1);
         }
     }
@@ -107,7 +107,7 @@ pub fn mysql_packets(data: &[u8]) {
             let seen = if payload.first().copied().is_some_and(response::needs_whole) {
                 payload
             } else {
-                &payload[..payload.len().min(1)]
+                payload.get(..payload.len().min(1)).unwrap_or_default()
             };
             match tracker.feed(payload.len(), seen) {
                 Ok(Step::Done(_)) => assert!(tracker.done()),
@@ -116,7 +116,7 @@ pub fn mysql_packets(data: &[u8]) {
         }
     }
     for at in 0..rest.len().min(64) {
-        let _ = packet::peek_header(&rest[at..]);
+        let _ = packet::peek_header(rest.get(at..).unwrap_or_default());
     }
 }
 

@@ -13,6 +13,7 @@
 //!   failing closed.
 //! - [`error`]: the protocol error type.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod classify;
 pub mod error;

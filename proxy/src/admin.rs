@@ -108,11 +108,24 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
     let Some((&command, rest)) = words.split_first() else { return Err(format!("empty command; {USAGE}")) };
     let args = parse_args(rest)?;
+    let wrong = |n: usize| format!("{command}: expected {n} argument(s), got {}; {USAGE}", args.positional.len());
     let need = |n: usize| -> Result<(), String> {
         if args.positional.len() == n {
             Ok(())
         } else {
-            Err(format!("{command}: expected {n} argument(s), got {}; {USAGE}", args.positional.len()))
+            Err(wrong(n))
+        }
+    };
+    let one = || -> Result<&str, String> {
+        match args.positional.as_slice() {
+            [a] => Ok(a),
+            _ => Err(wrong(1)),
+        }
+    };
+    let two = || -> Result<(&str, &str), String> {
+        match args.positional.as_slice() {
+            [a, b] => Ok((a, b)),
+            _ => Err(wrong(2)),
         }
     };
     match command {
@@ -120,30 +133,23 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             need(0)?;
             Ok(control.status())
         }
-        "pause" => {
-            need(1)?;
-            control.pause(args.positional[0], args.timeout.unwrap_or(Duration::from_secs(10)))
-        }
-        "resume" => {
-            need(1)?;
-            control.resume(args.positional[0])
-        }
+        "pause" => control.pause(one()?, args.timeout.unwrap_or(Duration::from_secs(10))),
+        "resume" => control.resume(one()?),
         "mode" => {
-            need(2)?;
-            control.mode(args.positional[0], args.positional[1])
+            let (cluster, mode) = two()?;
+            control.mode(cluster, mode)
         }
         "drain" | "enable" => {
-            need(2)?;
-            control.set_enabled(args.positional[0], args.positional[1], command == "enable")
+            let (cluster, backend) = two()?;
+            control.set_enabled(cluster, backend, command == "enable")
         }
         "switchover" => {
-            need(2)?;
+            let (cluster, target) = two()?;
             let timeout = args.timeout.unwrap_or(Duration::from_secs(30));
             let mut report = |step: &crate::switchover::Step| {
                 let _ = progress.send(step.json());
             };
-            crate::switchover::run(control, args.positional[0], args.positional[1], args.promote, timeout, &mut report)
-                .await
+            crate::switchover::run(control, cluster, target, args.promote, timeout, &mut report).await
         }
         "reload" => {
             need(0)?;

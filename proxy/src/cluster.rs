@@ -71,7 +71,7 @@ impl Backends {
 
     /// Every backend, in index order.
     pub fn iter(&self) -> impl Iterator<Item = &Backend> {
-        self.slots[..self.len()].iter().filter_map(std::sync::OnceLock::get)
+        self.slots.get(..self.len()).unwrap_or_default().iter().filter_map(std::sync::OnceLock::get)
     }
 
     /// Appends a backend; its index, or `None` when the cluster is full.
@@ -455,7 +455,10 @@ impl Cluster {
                 }
             };
         }
-        let table = route::Table { backends: &views[..self.backends.len().min(MAX_VIEWS)], max_lag: rt.max_lag };
+        let table = route::Table {
+            backends: views.get(..self.backends.len().min(MAX_VIEWS)).unwrap_or_default(),
+            max_lag: rt.max_lag,
+        };
         let (target, reason) = route::route(batch, session, &table, rand::random());
         (target, reason, rt.primary)
     }

@@ -172,7 +172,9 @@ impl Control {
                     }
                 }
                 for &(i, w) in &indexes {
-                    t.weights[i] = w;
+                    if let Some(weight) = t.weights.get_mut(i) {
+                        *weight = w;
+                    }
                 }
                 t.max_lag = u64::try_from(n.max_replica_lag.as_micros()).unwrap_or(u64::MAX);
             });
@@ -279,7 +281,11 @@ impl Control {
             return Err(format!("{backend:?} was removed from the config; add it back and reload"));
         }
         let state = if enabled { BackendState::Enabled } else { BackendState::Draining };
-        let table = change(cluster, |t| t.states[i] = state);
+        let table = change(cluster, |t| {
+            if let Some(s) = t.states.get_mut(i) {
+                *s = state;
+            }
+        });
         let word = if enabled { "enabled" } else { "draining" };
         tracing::info!(cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation }))

@@ -16,6 +16,7 @@
 //! - [`monitor`]: health, lag and read-your-writes bookkeeping per backend.
 //! - [`metrics`]: Prometheus handles, registered once.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;
 pub mod cancel;

@@ -1,5 +1,7 @@
 //! The `sqlswitch` command: `run`, `check` and `ctl`.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

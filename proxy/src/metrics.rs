@@ -125,6 +125,15 @@ pub struct ClusterMetrics {
     pub refused: Counter,
 }
 
+impl ClusterMetrics {
+    /// Counts `n` statements routed to a replica (or the primary) for `reason`.
+    pub fn count_routed(&self, replica: bool, reason: crate::route::Reason, n: u64) {
+        if let Some(counter) = self.routed.get(usize::from(replica)).and_then(|r| r.get(reason.index())) {
+            counter.increment(n);
+        }
+    }
+}
+
 /// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
 /// long as it lives.
 pub struct OpenGuard(Gauge);

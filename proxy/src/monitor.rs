@@ -227,7 +227,11 @@ impl Monitor {
         self.conns.resize_with(cluster.backends.len(), || None);
         let mut conns = std::mem::take(&mut self.conns);
         let t = cluster.clock.now();
-        if let Some(pos) = probe(&cluster, primary, true, &mut conns[primary], &login).await {
+        let sample = match conns.get_mut(primary) {
+            Some(conn) => probe(&cluster, primary, true, conn, &login).await,
+            None => None,
+        };
+        if let Some(pos) = sample {
             let pos = match cluster.config.protocol {
                 Protocol::Postgres => Position::scalar(record_boundary(pos.total())),
                 Protocol::Mysql => pos,

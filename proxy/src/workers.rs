@@ -96,7 +96,9 @@ impl Workers {
         F: Future<Output = ()> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Relaxed) % self.handles.len();
-        drop(self.handles[i].spawn(task));
+        if let Some(handle) = self.handles.get(i) {
+            drop(handle.spawn(task));
+        }
     }
 }
 

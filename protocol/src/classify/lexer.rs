@@ -102,15 +102,15 @@ impl<'a> Lexer<'a> {
     fn skip_block_comment(&mut self) -> bool {
         let b = self.bytes();
         let mut depth = 0usize;
-        while self.pos < b.len() {
-            if b[self.pos] == b'/' && self.peek(self.pos + 1) == Some(b'*') {
+        while let Some(&c) = b.get(self.pos) {
+            if c == b'/' && self.peek(self.pos + 1) == Some(b'*') {
                 depth += 1;
                 self.pos += 2;
                 // MySQL block comments do not nest.
                 if self.mysql && depth > 1 {
                     depth -= 1;
                 }
-            } else if b[self.pos] == b'*' && self.peek(self.pos + 1) == Some(b'/') {
+            } else if c == b'*' && self.peek(self.pos + 1) == Some(b'/') {
                 depth -= 1;
                 self.pos += 2;
                 if depth == 0 {
@@ -179,7 +179,8 @@ impl<'a> Lexer<'a> {
 
     fn string(&mut self, start: usize, quote_at: usize, backslash: bool) -> Token<'a> {
         self.pos = quote_at;
-        if self.skip_quoted(self.bytes()[quote_at], backslash) {
+        let quote = self.peek(quote_at).unwrap_or(b'\'');
+        if self.skip_quoted(quote, backslash) {
             Token::Str(&self.src[start..self.pos])
         } else {
             self.pos = self.src.len();
@@ -192,6 +193,7 @@ impl<'a> Lexer<'a> {
 const WS: u8 = 1;
 const IDENT_START: u8 = 2;
 const IDENT: u8 = 4;
+#[allow(clippy::indexing_slicing, reason = "c < 256 indexes a 256-entry table, at compile time")]
 const CLASSES: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;
@@ -214,15 +216,20 @@ const CLASSES: [u8; 256] = {
 };
 
 fn is_ident_start(c: u8) -> bool {
-    CLASSES[usize::from(c)] & IDENT_START != 0
+    class(c) & IDENT_START != 0
 }
 
 fn is_ident_char(c: u8) -> bool {
-    CLASSES[usize::from(c)] & IDENT != 0
+    class(c) & IDENT != 0
 }
 
 fn is_space(c: u8) -> bool {
-    CLASSES[usize::from(c)] & WS != 0
+    class(c) & WS != 0
+}
+
+/// The classes of byte `c` (a `u8` always indexes the table: no bounds check is compiled).
+fn class(c: u8) -> u8 {
+    CLASSES.get(usize::from(c)).copied().unwrap_or(0)
 }
 
 impl<'a> Iterator for Lexer<'a> {
@@ -240,7 +247,7 @@ impl<'a> Iterator for Lexer<'a> {
         let next = self.peek(start + 1);
         // The common case first: a word that is not a string prefix (`E'`, `U&'`, ...).
         if is_ident_start(c) && !matches!(next, Some(b'\'' | b'&')) {
-            let rest = &b[start + 1..];
+            let rest = b.get(start + 1..).unwrap_or_default();
             let end = start + 1 + rest.iter().position(|&c| !is_ident_char(c)).unwrap_or(rest.len());
             self.pos = end;
             return Some(Token::Word(&self.src[start..end]));
@@ -281,7 +288,7 @@ impl<'a> Iterator for Lexer<'a> {
             }
             b'$' if !self.mysql => self.dollar(start),
             c if is_ident_start(c) => {
-                let rest = &b[start + 1..];
+                let rest = b.get(start + 1..).unwrap_or_default();
                 let end = start + 1 + rest.iter().position(|&c| !is_ident_char(c)).unwrap_or(rest.len());
                 self.pos = end;
                 Token::Word(&self.src[start..end])

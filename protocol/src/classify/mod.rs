@@ -543,5 +543,8 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
 }
 
 fn ends_with_ci(hay: &str, suffix: &str) -> bool {
-    hay.len() >= suffix.len() && hay.as_bytes()[hay.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    hay.len()
+        .checked_sub(suffix.len())
+        .and_then(|at| hay.as_bytes().get(at..))
+        .is_some_and(|end| end.eq_ignore_ascii_case(suffix.as_bytes()))
 }

@@ -87,11 +87,11 @@ impl ServerHandshake {
         let mut nonce = f.bytes(8, "scramble")?.to_vec();
         f.bytes(1, "filler")?;
         let low = u16::from_le_bytes(f.bytes(2, "capabilities")?.try_into().map_err(|_| MALFORMED)?);
-        let charset = f.bytes(1, "charset")?[0];
+        let charset = f.byte("charset")?;
         let status = u16::from_le_bytes(f.bytes(2, "status")?.try_into().map_err(|_| MALFORMED)?);
         let high = u16::from_le_bytes(f.bytes(2, "capabilities")?.try_into().map_err(|_| MALFORMED)?);
         let caps = u32::from(low) | u32::from(high) << 16;
-        let data_len = usize::from(f.bytes(1, "scramble length")?[0]);
+        let data_len = usize::from(f.byte("scramble length")?);
         f.bytes(10, "reserved")?;
         let part2 = data_len.saturating_sub(8).max(13);
         let rest = f.bytes(part2.min(f.rest().len()), "scramble")?;
@@ -122,7 +122,7 @@ impl ClientResponse {
             p.extend_from_slice(&self.auth);
         } else {
             p.push(u8::try_from(self.auth.len()).unwrap_or(0));
-            p.extend_from_slice(&self.auth[..self.auth.len().min(255)]);
+            p.extend_from_slice(self.auth.get(..self.auth.len().min(255)).unwrap_or_default());
         }
         if self.caps & caps::CONNECT_WITH_DB != 0 {
             p.extend_from_slice(self.database.as_deref().unwrap_or("").as_bytes());
@@ -164,7 +164,7 @@ impl ClientResponse {
             return Err(ProtocolError::Malformed { what: "TLS request (TLS is not configured)" });
         }
         let max_packet = u32::from_le_bytes(f.bytes(4, "max packet")?.try_into().map_err(|_| MALFORMED)?);
-        let charset = f.bytes(1, "charset")?[0];
+        let charset = f.byte("charset")?;
         f.bytes(23, "filler")?;
         let user = f.cstr("user")?.to_owned();
         let auth = if caps & caps::PLUGIN_AUTH_LENENC != 0 {
@@ -172,7 +172,7 @@ impl ClientResponse {
             f.bytes(n, "auth length")?;
             f.bytes(usize::try_from(len).map_err(|_| MALFORMED)?, "auth response")?.to_vec()
         } else {
-            let len = usize::from(f.bytes(1, "auth length")?[0]);
+            let len = usize::from(f.byte("auth length")?);
             f.bytes(len, "auth response")?.to_vec()
         };
         let database = if caps & caps::CONNECT_WITH_DB != 0 && !f.rest().is_empty() {
@@ -221,7 +221,7 @@ impl ChangeUser {
         let mut f = Fields::new(p.get(1..).ok_or(MALFORMED)?);
         let user = f.cstr("user")?.to_owned();
         let auth = if client_caps & caps::SECURE_CONNECTION != 0 {
-            let len = usize::from(f.bytes(1, "auth length")?[0]);
+            let len = usize::from(f.byte("auth length")?);
             f.bytes(len, "auth response")?.to_vec()
         } else {
             f.cstr("auth response")?.as_bytes().to_vec()
@@ -230,7 +230,7 @@ impl ChangeUser {
         let mut charset = None;
         let mut plugin = None;
         if f.rest().len() >= 2 {
-            charset = Some(f.bytes(2, "charset")?[0]);
+            charset = f.bytes(2, "charset")?.first().copied();
             if client_caps & caps::PLUGIN_AUTH != 0 && !f.rest().is_empty() {
                 plugin = Some(f.cstr("plugin")?.to_owned());
             }

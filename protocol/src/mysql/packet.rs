@@ -34,8 +34,8 @@ impl Header {
 
 /// The header at the front of `buf`, if four bytes are there.
 pub fn peek_header(buf: &[u8]) -> Option<Header> {
-    let h = buf.get(..HEADER_LEN)?;
-    Some(Header { len: usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16, seq: h[3] })
+    let &[a, b, c, seq] = buf.get(..HEADER_LEN)? else { return None };
+    Some(Header { len: usize::from(a) | usize::from(b) << 8 | usize::from(c) << 16, seq })
 }
 
 /// A whole logical packet: its first sequence id, the last one, and its payload.
@@ -58,7 +58,7 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, Protocol
     let mut total = 0usize;
     let mut first_seq = None;
     let last_seq = loop {
-        let Some(h) = peek_header(&buf[at..]) else { return Ok(None) };
+        let Some(h) = buf.get(at..).and_then(peek_header) else { return Ok(None) };
         total += h.len;
         if total > max {
             return Err(ProtocolError::TooLarge { len: total, max });
@@ -83,8 +83,8 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, Protocol
     let mut payload = BytesMut::with_capacity(total);
     let mut rest = &wire[..];
     while let Some(h) = peek_header(rest) {
-        payload.extend_from_slice(&rest[HEADER_LEN..h.total_len()]);
-        rest = &rest[h.total_len()..];
+        payload.extend_from_slice(rest.get(HEADER_LEN..h.total_len()).unwrap_or_default());
+        rest = rest.get(h.total_len()..).unwrap_or_default();
     }
     Ok(Some(Packet { seq: first_seq.unwrap_or(0), last_seq, payload }))
 }

@@ -127,8 +127,9 @@ impl Tracker {
             },
             State::PrepareDefs { params: u64::MAX, .. } => match first {
                 Some(0x00) if payload.len() >= 9 => {
-                    let columns = u64::from(u16::from_le_bytes([payload[5], payload[6]]));
-                    let params = u64::from(u16::from_le_bytes([payload[7], payload[8]]));
+                    let Some(&[c0, c1, p0, p1]) = payload.get(5..9) else { return Err(bad()) };
+                    let columns = u64::from(u16::from_le_bytes([c0, c1]));
+                    let params = u64::from(u16::from_le_bytes([p0, p1]));
                     self.state = State::PrepareDefs { params, columns, eof_after_params: false };
                     Ok(self.prepare_progress())
                 }

@@ -57,7 +57,9 @@ fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf.put_i32(0);
     body(buf);
     let len = i32::try_from(buf.len() - len_at).unwrap_or(i32::MAX);
-    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    if let Some(at) = buf.get_mut(len_at..len_at + 4) {
+        at.copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 fn cstr(buf: &mut BytesMut, s: &str) {
@@ -170,11 +172,11 @@ pub fn is_fatal(body: &[u8]) -> bool {
     let mut rest = body;
     while let Some((&kind, tail)) = rest.split_first() {
         let Some(nul) = tail.iter().position(|&b| b == 0) else { return false };
+        let (v, after) = tail.split_at(nul);
         if kind == b'V' || kind == b'S' {
-            let v = &tail[..nul];
             return v == b"FATAL" || v == b"PANIC";
         }
-        rest = &tail[nul + 1..];
+        rest = after.get(1..).unwrap_or_default();
     }
     false
 }
@@ -189,13 +191,14 @@ pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
             break;
         }
         let Some(nul) = tail.iter().position(|&b| b == 0) else { break };
-        let value = std::str::from_utf8(&tail[..nul]).ok();
+        let (value, after) = tail.split_at(nul);
+        let value = std::str::from_utf8(value).ok();
         match kind {
             b'C' => code = value,
             b'M' => text = value,
             _ => {}
         }
-        rest = &tail[nul + 1..];
+        rest = after.get(1..).unwrap_or_default();
     }
     (code, text)
 }

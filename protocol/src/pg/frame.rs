@@ -1,7 +1,7 @@
 //! Framing of typed messages: one type byte, then a big-endian `i32` length that counts itself
 //! but not the type byte. The proxy looks at the header only; bodies are forwarded as `Bytes`.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::ProtocolError;
 
@@ -22,11 +22,10 @@ pub struct Header {
 /// # Errors
 /// A length below 4 or a message longer than `max` (checked before any buffer of that size exists).
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, ProtocolError> {
-    let Some(head) = buf.get(..HEADER_LEN) else {
+    let Some(&[tag, a, b, c, d]) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
-    let tag = head[0];
-    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    let len = i32::from_be_bytes([a, b, c, d]);
     if len < 4 {
         return Err(ProtocolError::BadLength { len: i64::from(len) });
     }
@@ -89,8 +88,9 @@ impl<'a> Fields<'a> {
     /// No terminator, or invalid UTF-8.
     pub fn cstr(&mut self, what: &'static str) -> Result<&'a str, ProtocolError> {
         let nul = self.rest.iter().position(|&b| b == 0).ok_or(ProtocolError::Malformed { what })?;
-        let s = std::str::from_utf8(&self.rest[..nul]).map_err(|_| ProtocolError::Malformed { what })?;
-        self.rest = &self.rest[nul + 1..];
+        let (text, after) = self.rest.split_at(nul);
+        let s = std::str::from_utf8(text).map_err(|_| ProtocolError::Malformed { what })?;
+        self.rest = after.get(1..).unwrap_or_default();
         Ok(s)
     }
 
@@ -99,15 +99,22 @@ impl<'a> Fields<'a> {
     /// # Errors
     /// Fewer than four bytes left.
     pub fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
-        if self.rest.len() < 4 {
-            return Err(ProtocolError::Malformed { what });
-        }
-        let v = (&self.rest[..4]).get_i32();
-        self.rest = &self.rest[4..];
-        Ok(v)
+        let (head, rest) = self.rest.split_first_chunk::<4>().ok_or(ProtocolError::Malformed { what })?;
+        self.rest = rest;
+        Ok(i32::from_be_bytes(*head))
     }
 
-    /// `n` raw bytes.
+    /// The next byte.
+    ///
+    /// # Errors
+    /// None left.
+    pub fn byte(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
+        let (&b, rest) = self.rest.split_first().ok_or(ProtocolError::Malformed { what })?;
+        self.rest = rest;
+        Ok(b)
+    }
+
+    /// The next `n` bytes.
     ///
     /// # Errors
     /// Fewer than `n` bytes left.

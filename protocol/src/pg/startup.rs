@@ -62,10 +62,10 @@ impl Startup {
 /// # Errors
 /// Bad length, oversize, malformed parameters, or a major version other than 3.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<StartupRequest>, ProtocolError> {
-    let Some(head) = buf.get(..4) else {
+    let Some(&[a, b, c, d]) = buf.get(..4) else {
         return Ok(None);
     };
-    let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let len = i32::from_be_bytes([a, b, c, d]);
     if len < 8 {
         return Err(ProtocolError::BadLength { len: i64::from(len) });
     }

@@ -318,7 +318,7 @@ fn scramble(plugin: &str, nonce: &[u8], password: &str) -> Vec<u8> {
     if password.is_empty() {
         return Vec::new();
     }
-    let nonce = &nonce[..nonce.len().min(20)];
+    let nonce = nonce.get(..nonce.len().min(20)).unwrap_or_default();
     match plugin {
         "caching_sha2_password" => {
             let n: [u8; 20] = nonce.try_into().unwrap_or([0; 20]);
@@ -334,14 +334,14 @@ fn text_row(mut p: &[u8]) -> Vec<Option<String>> {
     while let Some(&first) = p.first() {
         if first == 0xFB {
             values.push(None);
-            p = &p[1..];
+            p = p.get(1..).unwrap_or_default();
             continue;
         }
         let Some((len, n)) = lenenc(p) else { break };
         let end = n + usize::try_from(len).unwrap_or(usize::MAX);
         let Some(bytes) = p.get(n..end) else { break };
         values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
-        p = &p[end..];
+        p = p.get(end..).unwrap_or_default();
     }
     values
 }

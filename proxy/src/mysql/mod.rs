@@ -140,7 +140,11 @@ async fn handshake(
     // An SSLRequest: the first 32 bytes of a handshake response, with CLIENT_SSL. TLS starts,
     // and the whole response follows over it.
     let ssl_request = first.payload.len() == 32
-        && first.payload.get(..4).is_some_and(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & caps::SSL != 0);
+        && first
+            .payload
+            .get(..4)
+            .and_then(|c| <[u8; 4]>::try_from(c).ok())
+            .is_some_and(|c| u32::from_le_bytes(c) & caps::SSL != 0);
     if ssl_request {
         let Some(acceptor) = acceptor else {
             send_err(stream, first.last_seq.wrapping_add(1), code::HANDSHAKE, "08S01", "TLS is not configured").await;

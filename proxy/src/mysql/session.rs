@@ -25,7 +25,7 @@ use super::statements::{carries_statement, prepare_on, Statements};
 use super::threads::{self, Found, ThreadId};
 use crate::cluster::{Cluster, Mode, PoolKey};
 use crate::pg::backend::BackendError;
-use crate::pg::batch::Side;
+use crate::pg::batch::{Pair, Side};
 use crate::pg::session::Counted;
 use crate::pg::state::SessionState;
 use crate::route::{self, Reason, SessionView, Target};
@@ -180,7 +180,7 @@ pub struct MySession<'a> {
     /// The command being sent to a backend, reused from command to command.
     wire: BytesMut,
     id: Identity<'a>,
-    slots: [Option<MySlot<'a>>; 2],
+    slots: Pair<MySlot<'a>>,
     active: Option<Side>,
     state: SessionState,
     read_only: bool,
@@ -221,8 +221,8 @@ impl<'a> MySession<'a> {
         peer: std::net::SocketAddr,
     ) -> Self {
         let read_only = id.read_only;
-        let mut slots = [None, None];
-        slots[side.index()] = Some(first);
+        let mut slots = Pair::default();
+        slots[side] = Some(first);
         Self {
             client,
             cbuf,
@@ -242,13 +242,13 @@ impl<'a> MySession<'a> {
     /// Whether a transaction is open, as the server said in its last answer: what the gate,
     /// the drain and shutdown count.
     fn in_tx(&self) -> bool {
-        self.active.and_then(|s| self.slots[s.index()].as_ref()).is_some_and(|s| in_transaction(s.conn.status))
+        self.active.and_then(|s| self.slots[s].as_ref()).is_some_and(|s| in_transaction(s.conn.status))
     }
 
     /// Whether the session runs with autocommit off (PyMySQL's and mysqlclient's default): its
     /// next statement opens a transaction.
     fn autocommit_off(&self) -> bool {
-        self.active.and_then(|s| self.slots[s.index()].as_ref()).is_some_and(|s| autocommit_off(s.conn.status))
+        self.active.and_then(|s| self.slots[s].as_ref()).is_some_and(|s| autocommit_off(s.conn.status))
     }
 
     /// Relays commands until the client quits or `shutdown` fires between transactions.
@@ -310,7 +310,7 @@ impl<'a> MySession<'a> {
         let cluster = self.id.cluster;
         let plan = match cmd {
             command::QUERY => {
-                let sql = String::from_utf8_lossy(&packet.payload[1..]);
+                let sql = String::from_utf8_lossy(packet.payload.get(1..).unwrap_or_default());
                 if let Some((target, connection)) = threads::parse_kill(&sql) {
                     return self.kill(target, connection, seq).await;
                 }
@@ -355,24 +355,22 @@ impl<'a> MySession<'a> {
                 self.plan(&batch, record)
             }
             command::INIT_DB => {
-                let db = String::from_utf8_lossy(&packet.payload[1..]).replace('`', "``");
+                let db = String::from_utf8_lossy(packet.payload.get(1..).unwrap_or_default()).replace('`', "``");
                 let batch = route::Batch { session_state: true, ..Default::default() };
                 self.plan(&batch, Some(format!("USE `{db}`")))
             }
             // A prepared read may execute on a replica (prepared there lazily).
             command::STMT_EXECUTE if packet.payload.len() >= 6 => {
-                let p = &packet.payload;
-                let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
-                let read = self.statements.replica_ok(id, p[5]);
+                let id = le_u32(&packet.payload, 1).unwrap_or(0);
+                let read = self.statements.replica_ok(id, packet.payload.get(5).copied().unwrap_or(0));
                 self.statements.set_long_data(id, false);
                 let batch = route::Batch { read, ..Default::default() };
                 self.plan(&batch, None)
             }
             // Long data, resets, cursors, field lists, options: the primary connection.
             _ => {
-                if cmd == command::STMT_SEND_LONG_DATA && packet.payload.len() >= 5 {
-                    let p = &packet.payload;
-                    self.statements.set_long_data(u32::from_le_bytes([p[1], p[2], p[3], p[4]]), true);
+                if let Some(id) = le_u32(&packet.payload, 1).filter(|_| cmd == command::STMT_SEND_LONG_DATA) {
+                    self.statements.set_long_data(id, true);
                 }
                 if matches!(cmd, command::SET_OPTION | command::RESET_CONNECTION) {
                     self.state.pinned = true;
@@ -385,7 +383,7 @@ impl<'a> MySession<'a> {
     }
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
-        let current_replica = self.slots[1].as_ref().map(|s| s.backend);
+        let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
         let in_tx_on = if self.in_tx() {
             Some(match self.active {
                 Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
@@ -475,16 +473,16 @@ impl<'a> MySession<'a> {
                     return Ok(());
                 }
             }
-            let role = plan.side.index();
-            cluster.metrics.routed[role][plan.reason.index()].increment(1);
+            cluster.metrics.count_routed(plan.side == Side::Replica, plan.reason, 1);
             cluster.backends[plan.backend].queries.fetch_add(1, Relaxed);
-            let prepared_sql = (packet.payload.first() == Some(&command::STMT_PREPARE)).then(|| &packet.payload[1..]);
+            let prepared_sql = (packet.payload.first() == Some(&command::STMT_PREPARE))
+                .then(|| packet.payload.get(1..).unwrap_or_default());
             match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
                     if !failed {
                         if let Some(sql) = plan.record.take() {
                             self.state.record(sql);
-                            if let Some(slot) = self.slots[role].as_mut() {
+                            if let Some(slot) = self.slots[plan.side].as_mut() {
                                 slot.replayed = self.state.replay.len();
                             }
                         }
@@ -553,7 +551,8 @@ impl<'a> MySession<'a> {
         };
         // Nothing of the old session carries over.
         self.leave_primary();
-        for slot in std::mem::take(&mut self.slots).into_iter().flatten() {
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let Some(slot) = slot else { continue };
             release(cluster, &self.id.key, slot).await;
         }
         self.active = None;
@@ -568,7 +567,7 @@ impl<'a> MySession<'a> {
                 let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(conn.status));
-                self.slots[side.index()] = Some(MySlot {
+                self.slots[side] = Some(MySlot {
                     conn,
                     conn_id: super::statements::next_conn_id(),
                     backend: index,
@@ -591,7 +590,7 @@ impl<'a> MySession<'a> {
 
     /// Stops the query running on `side`'s connection and drops the connection.
     async fn kill_query(&mut self, side: Side) {
-        let Some(slot) = self.slots[side.index()].take() else { return };
+        let Some(slot) = self.slots[side].take() else { return };
         let thread = slot.conn.thread_id;
         match self.kill_thread(slot.backend, thread).await {
             Ok(()) => debug!(thread, "stopped the query of a client that left"),
@@ -635,10 +634,8 @@ impl<'a> MySession<'a> {
                     self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
                     return Err(End::Killed);
                 }
-                let status = self
-                    .active
-                    .and_then(|s| self.slots[s.index()].as_ref())
-                    .map_or(status::AUTOCOMMIT, |s| s.conn.status);
+                let status =
+                    self.active.and_then(|s| self.slots[s].as_ref()).map_or(status::AUTOCOMMIT, |s| s.conn.status);
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(status));
                 self.client.send(&out).await.map_err(|_| End::ClientGone)?;
@@ -655,8 +652,7 @@ impl<'a> MySession<'a> {
     }
 
     fn drop_slot(&mut self, side: Side) {
-        let i = side.index();
-        if let Some(slot) = self.slots[i].take() {
+        if let Some(slot) = self.slots[side].take() {
             if side == Side::Replica {
                 self.id.cluster.backends[slot.backend].health.mark_failed();
             }
@@ -669,17 +665,17 @@ impl<'a> MySession<'a> {
     /// Makes sure `plan.side` has a connection to `plan.backend` with the session state, then
     /// sends `wire`.
     async fn send(&mut self, plan: &Plan, wire: &mut BytesMut) -> Result<(), BackendError> {
-        let i = plan.side.index();
-        let replace = self.slots[i]
+        let side = plan.side;
+        let replace = self.slots[side]
             .as_ref()
             .is_none_or(|s| s.backend != plan.backend || (self.active != Some(plan.side) && !s.conn.is_reusable()));
         if replace {
-            if let Some(old) = self.slots[i].take() {
+            if let Some(old) = self.slots[side].take() {
                 release(self.id.cluster, &self.id.key, old).await;
             }
             let conn = acquire(&self.id, plan.backend).await?;
             let counted = Counted::new(&self.id.cluster.backends[plan.backend].sessions);
-            self.slots[i] = Some(MySlot {
+            self.slots[side] = Some(MySlot {
                 conn,
                 conn_id: super::statements::next_conn_id(),
                 backend: plan.backend,
@@ -687,18 +683,17 @@ impl<'a> MySession<'a> {
                 counted,
             });
         }
-        let slot = self.slots[i].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
-        while slot.replayed < self.state.replay.len() {
-            slot.conn.simple_query(&self.state.replay[slot.replayed]).await?;
+        let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        while let Some(sql) = self.state.replay.get(slot.replayed) {
+            slot.conn.simple_query(sql).await?;
             slot.replayed += 1;
         }
         let mut close_elsewhere = Vec::new();
         // A command naming a prepared statement names it as this connection knows it,
         // preparing it here first if it never ran here.
         let cmd = wire.get(HEADER_LEN).copied().unwrap_or(0);
-        if carries_statement(cmd) && wire.len() >= HEADER_LEN + 5 {
-            let at = HEADER_LEN + 1;
-            let client_id = u32::from_le_bytes([wire[at], wire[at + 1], wire[at + 2], wire[at + 3]]);
+        let at = HEADER_LEN + 1;
+        if let Some(client_id) = le_u32(wire, at).filter(|_| carries_statement(cmd)) {
             let backend_id = match self.statements.on(client_id, slot.conn_id) {
                 Some(b) => Some(b),
                 None => match self.statements.sql(client_id).map(<[u8]>::to_vec) {
@@ -710,11 +705,12 @@ impl<'a> MySession<'a> {
                     None => None,
                 },
             };
-            if let Some(b) = backend_id {
-                wire[at..at + 4].copy_from_slice(&b.to_le_bytes());
+            if let Some((b, field)) = backend_id.zip(wire.get_mut(at..at + 4)) {
+                field.copy_from_slice(&b.to_le_bytes());
             }
             if cmd == command::STMT_EXECUTE && wire.len() < packet::MAX_PAYLOAD {
-                if let Some(payload) = self.statements.execute_payload(client_id, slot.conn_id, &wire[HEADER_LEN..]) {
+                let payload = wire.get(HEADER_LEN..).unwrap_or_default();
+                if let Some(payload) = self.statements.execute_payload(client_id, slot.conn_id, payload) {
                     wire.clear();
                     packet::encode(wire, 0, &payload);
                 }
@@ -727,7 +723,7 @@ impl<'a> MySession<'a> {
         self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
         slot.conn.stream.send(wire).await?;
         // A closed statement is closed on the session's other connection too (no answer comes).
-        if let Some(o) = self.slots[1 - i].as_mut() {
+        if let Some(o) = self.slots[side.other()].as_mut() {
             if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.conn_id) {
                 let mut payload = vec![command::STMT_CLOSE];
                 payload.extend_from_slice(&id.to_le_bytes());
@@ -740,12 +736,15 @@ impl<'a> MySession<'a> {
         Ok(())
     }
 
-    /// Streams the answer on `side` to the client. `Ok(failed)` when it is complete (`failed`:
+    /// Streams the answer on `side` to the client.
+    ///
+    /// Slices of the read buffer here are bounded by the packet header just checked against
+    /// the bytes buffered (`avail`), so they cannot be out of range. `Ok(failed)` when it is complete (`failed`:
     /// it was an error); [`Fail`] when the backend failed or the client left.
+    #[expect(clippy::indexing_slicing, reason = "every slice is within the header-checked bytes buffered")]
     async fn relay(&mut self, side: Side, answer: Answer, prepared_sql: Option<&[u8]>) -> Result<bool, Fail> {
-        let i = side.index();
         let statements = &mut self.statements;
-        let Some(slot) = self.slots[i].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
+        let Some(slot) = self.slots[side].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
         let conn_id = slot.conn_id;
         let conn = &mut slot.conn;
         let mut first_packet = true;
@@ -844,7 +843,8 @@ impl<'a> MySession<'a> {
     pub async fn release(mut self) {
         self.leave_primary();
         let cluster = self.id.cluster;
-        for slot in std::mem::take(&mut self.slots).into_iter().flatten() {
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let Some(slot) = slot else { continue };
             release(cluster, &self.id.key, slot).await;
         }
     }
@@ -854,6 +854,12 @@ impl Drop for MySession<'_> {
     fn drop(&mut self) {
         self.leave_primary();
     }
+}
+
+/// The little-endian `u32` at `at` in `b`, if four bytes are there.
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    let bytes: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
 }
 
 /// Sleeps for `d`, or forever when there is none.

@@ -87,10 +87,11 @@ impl Statements {
         let types = p.types.as_ref()?;
         on.typed = true;
         let mut out = Vec::with_capacity(payload.len() + types.len());
-        out.extend_from_slice(&payload[..flag_at]);
+        let (before, after) = (payload.get(..flag_at)?, payload.get(flag_at + 1..)?);
+        out.extend_from_slice(before);
         out.push(1);
         out.extend_from_slice(types);
-        out.extend_from_slice(&payload[flag_at + 1..]);
+        out.extend_from_slice(after);
         Some(out)
     }
 
@@ -166,8 +167,8 @@ pub async fn prepare_on(conn: &mut MyConn, sql: &[u8]) -> Result<u32, BackendErr
             return Err(refused(p.payload.freeze()));
         }
         if id.is_none() {
-            let b = p.payload.get(1..5).ok_or_else(|| BackendError::Protocol("short prepare answer".into()))?;
-            id = Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let b = p.payload.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok());
+            id = Some(u32::from_le_bytes(b.ok_or_else(|| BackendError::Protocol("short prepare answer".into()))?));
         }
         if let Step::Done(_) =
             tracker.feed(p.payload.len(), &p.payload).map_err(|e| BackendError::Protocol(e.to_string()))?

@@ -312,8 +312,7 @@ impl BackendConn {
 /// The text values of a DataRow body.
 fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
     let mut f = frame::Fields::new(body);
-    let count = f.bytes(2, "DataRow").ok()?;
-    let count = u16::from_be_bytes([count[0], count[1]]);
+    let count = u16::from_be_bytes(f.bytes(2, "DataRow").ok()?.try_into().ok()?);
     let mut values = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let len = f.i32("DataRow").ok()?;

@@ -16,6 +16,66 @@ pub enum Side {
     Replica,
 }
 
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Primary => Side::Replica,
+            Side::Replica => Side::Primary,
+        }
+    }
+}
+
+/// One value per [`Side`]: a session's two backend connections. Indexed by the side itself,
+/// so no index can be out of bounds.
+#[derive(Debug)]
+pub struct Pair<S> {
+    primary: Option<S>,
+    replica: Option<S>,
+}
+
+impl<S> Default for Pair<S> {
+    fn default() -> Self {
+        Self { primary: None, replica: None }
+    }
+}
+
+impl<S> std::ops::Index<Side> for Pair<S> {
+    type Output = Option<S>;
+
+    fn index(&self, side: Side) -> &Option<S> {
+        match side {
+            Side::Primary => &self.primary,
+            Side::Replica => &self.replica,
+        }
+    }
+}
+
+impl<S> std::ops::IndexMut<Side> for Pair<S> {
+    fn index_mut(&mut self, side: Side) -> &mut Option<S> {
+        match side {
+            Side::Primary => &mut self.primary,
+            Side::Replica => &mut self.replica,
+        }
+    }
+}
+
+impl<S> Pair<S> {
+    /// Each side's value, the primary's first.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Side, &mut Option<S>)> {
+        [(Side::Primary, &mut self.primary), (Side::Replica, &mut self.replica)].into_iter()
+    }
+}
+
+impl<S> IntoIterator for Pair<S> {
+    type Item = (Side, Option<S>);
+    type IntoIter = std::array::IntoIter<(Side, Option<S>), 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        [(Side::Primary, self.primary), (Side::Replica, self.replica)].into_iter()
+    }
+}
+
 /// A list of statement names that keeps its strings' buffers from batch to batch, so that
 /// binding a prepared statement allocates nothing in steady state.
 #[derive(Debug, Default)]
@@ -32,7 +92,7 @@ impl Names {
 
     /// The names.
     pub fn as_slice(&self) -> &[String] {
-        &self.items[..self.len]
+        self.items.get(..self.len).unwrap_or_default()
     }
 
     /// Whether `name` is in the list.

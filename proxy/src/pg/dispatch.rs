@@ -22,7 +22,7 @@ impl Session<'_> {
     pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
         let (side, backend, reason) = match self.batch.side {
             Some(side) => {
-                let backend = self.slots[side.index()].as_ref().map_or(0, |s| s.backend);
+                let backend = self.slots[side].as_ref().map_or(0, |s| s.backend);
                 (side, backend, None)
             }
             None => {
@@ -115,11 +115,10 @@ impl Session<'_> {
         }
         if self.batch.needs_unnamed_from {
             let side = self.unnamed_side.or(self.active).unwrap_or(Side::Primary);
-            let backend =
-                self.slots[side.index()].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
+            let backend = self.slots[side].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
             return self.wait_or(side, backend, Reason::Transaction);
         }
-        let current_replica = self.slots[1].as_ref().map(|s| s.backend);
+        let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
         let in_tx_on = busy.then(|| match self.active {
             Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
             _ => Target::Primary,
@@ -157,7 +156,7 @@ impl Session<'_> {
         loop {
             match self.ready_slot(side, backend, binds).await {
                 Ok(()) => {
-                    let slot = self.slots[side.index()].as_mut().ok_or(End::BackendGone)?;
+                    let slot = self.slots[side].as_mut().ok_or(End::BackendGone)?;
                     if slot.conn.stream.send(bytes).await.is_ok() {
                         return Ok(Some(side));
                     }
@@ -239,7 +238,7 @@ impl Session<'_> {
     /// Drops a connection that failed, and keeps reads off its replica until the monitor sees
     /// it answer again.
     pub(super) fn drop_slot(&mut self, side: Side) {
-        if let Some(slot) = self.slots[side.index()].take() {
+        if let Some(slot) = self.slots[side].take() {
             if side == Side::Replica {
                 self.id.cluster.backends[slot.backend].health.mark_failed();
             }
@@ -253,14 +252,14 @@ impl Session<'_> {
     /// replayed and the batch's statements prepared.
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
         let cluster = self.id.cluster;
-        let replace = match &self.slots[side.index()] {
+        let replace = match &self.slots[side] {
             Some(slot) => {
                 slot.backend != backend || slot.stale || (self.active != Some(side) && !slot.conn.is_reusable())
             }
             None => true,
         };
         if replace {
-            if let Some(old) = self.slots[side.index()].take() {
+            if let Some(old) = self.slots[side].take() {
                 if self.state.custom_settings {
                     old.conn.terminate().await;
                 } else {
@@ -272,11 +271,11 @@ impl Session<'_> {
             }
             let conn = self.acquire(backend).await?;
             let counted = super::session::Counted::new(&cluster.backends[backend].sessions);
-            self.slots[side.index()] = Some(Slot { conn, backend, counted, applied: Applied::default(), stale: false });
+            self.slots[side] = Some(Slot { conn, backend, counted, applied: Applied::default(), stale: false });
         }
-        let slot = self.slots[side.index()].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         if slot.applied.replayed < self.state.replay.len() {
-            let sql = self.state.replay[slot.applied.replayed..].join(";\n");
+            let sql = self.state.replay.get(slot.applied.replayed..).unwrap_or_default().join(";\n");
             slot.conn.simple_query(&sql).await?;
             slot.applied.replayed = self.state.replay.len();
         }
@@ -305,7 +304,7 @@ impl Session<'_> {
 
     /// Bookkeeping after the batch went to `side`.
     fn after_send(&mut self, side: Side, reason: Option<Reason>, writes: bool) {
-        let Some(slot) = self.slots[side.index()].as_mut() else { return };
+        let Some(slot) = self.slots[side].as_mut() else { return };
         for (name, generation) in self.batch.parsed.drain(..) {
             slot.applied.prepared.insert(name, generation);
         }
@@ -321,8 +320,7 @@ impl Session<'_> {
         }
         self.id.cluster.backends[slot.backend].queries.fetch_add(u64::from(self.batch.statements), Relaxed);
         if let Some(reason) = reason {
-            let role = usize::from(side == Side::Replica);
-            self.id.cluster.metrics.routed[role][reason.index()].increment(u64::from(self.batch.statements));
+            self.id.cluster.metrics.count_routed(side == Side::Replica, reason, u64::from(self.batch.statements));
         }
         if self.active != Some(side) {
             self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
@@ -339,8 +337,7 @@ impl Session<'_> {
     /// ends the session with an error.
     pub(super) async fn backend_failed(&mut self) -> Result<(), End> {
         let Some(side) = self.active else { return Ok(()) };
-        let was_idle =
-            self.outstanding == 0 && self.slots[side.index()].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
+        let was_idle = self.outstanding == 0 && self.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
         if let Some(retry) = self.retry.take() {
             let binds = std::mem::take(&mut self.retry_binds);
@@ -352,7 +349,7 @@ impl Session<'_> {
             match sent? {
                 Some(side) => {
                     self.outstanding += 1;
-                    self.id.cancel.set_target(self.slots[side.index()].as_ref().map(|s| s.conn.cancel.clone()));
+                    self.id.cancel.set_target(self.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
                     self.active = Some(side);
                 }
                 None => self.hold = false,

@@ -117,11 +117,11 @@ pub async fn serve(
     let slots = std::mem::take(&mut session.slots);
     let reusable = !session.state.custom_settings;
     drop(session);
-    for (i, slot) in slots.into_iter().enumerate() {
+    for (at, slot) in slots {
         let Some(slot) = slot else { continue };
         if matches!(end, End::Shutdown | End::BackendGone) || !reusable {
             slot.conn.terminate().await;
-        } else if busy.is_some_and(|side| side.index() == i) {
+        } else if busy == Some(at) {
             // The client left mid-query: stop the query rather than let it run for nobody,
             // and close the connection, whose state is unknown.
             cancel::send_cancel(slot.conn.cancel.clone()).await;

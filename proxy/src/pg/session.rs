@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
-use super::batch::{Names, OpenBatch, Side};
+use super::batch::{Names, OpenBatch, Pair, Side};
 use super::state::{Applied, SessionState};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
@@ -111,7 +111,7 @@ pub struct Session<'a> {
     pub(super) cbuf: BytesMut,
     pub(super) id: Identity<'a>,
     /// The primary and replica connections.
-    pub slots: [Option<Slot<'a>>; 2],
+    pub slots: Pair<Slot<'a>>,
     pub(super) active: Option<Side>,
     pub(super) state: SessionState,
     pub(super) batch: OpenBatch,
@@ -173,7 +173,7 @@ impl<'a> Session<'a> {
             client,
             cbuf,
             id,
-            slots: [None, None],
+            slots: Pair::default(),
             active: None,
             state: SessionState::default(),
             batch,
@@ -193,12 +193,12 @@ impl<'a> Session<'a> {
     }
 
     pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {
-        self.slots[side.index()].as_mut()
+        self.slots[side].as_mut()
     }
 
     /// The transaction status of the active connection.
     pub(super) fn tx(&self) -> TxStatus {
-        self.active.and_then(|s| self.slots[s.index()].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
+        self.active.and_then(|s| self.slots[s].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
     }
 
     /// Whether nothing is in flight and no transaction is open.
@@ -247,7 +247,7 @@ impl<'a> Session<'a> {
             }
             let hold = self.hold;
             let active = match self.active {
-                Some(side) => self.slots[side.index()].as_mut(),
+                Some(side) => self.slots[side].as_mut(),
                 None => None,
             };
             let step = tokio::select! {
@@ -295,6 +295,10 @@ impl<'a> Session<'a> {
     }
 
     /// Handles every complete client message in the buffer.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "a message is sliced only once its checked header says it is buffered whole"
+    )]
     async fn on_client(&mut self) -> Result<(), End> {
         loop {
             if self.hold {
@@ -483,20 +487,21 @@ impl<'a> Session<'a> {
     }
 
     /// Forwards every message the active connection sent, watching `Z`, `E` and `S`.
+    #[expect(clippy::indexing_slicing, reason = "slices end at `fwd`, which never passes the bytes buffered")]
     async fn on_backend(&mut self) -> Result<(), End> {
         let Some(side) = self.active else { return Ok(()) };
         if self.retry.is_some() {
             // A replica read that may still be retried elsewhere: hold its answer until it is
             // whole (ends with ReadyForQuery) or large, so that a replica dying mid-answer costs
             // the client nothing. A small answer usually arrives in one read anyway.
-            let buf = self.slots[side.index()].as_ref().map(|s| &s.conn.buf[..]).unwrap_or_default();
+            let buf = self.slots[side].as_ref().map(|s| &s.conn.buf[..]).unwrap_or_default();
             if buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
                 return Ok(());
             }
         }
         let mut fwd = 0;
         loop {
-            let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
+            let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
             let buf_len = slot.conn.buf.len();
             if self.passthrough > 0 {
                 let n = self.passthrough.min(buf_len - fwd);
@@ -597,10 +602,10 @@ impl<'a> Session<'a> {
     fn forget_all(&mut self, side: Side) {
         self.state.forget_all();
         self.state.replay.clear();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        for (at, slot) in self.slots.iter_mut() {
             if let Some(slot) = slot {
                 slot.applied = Applied::default();
-                slot.stale = i != side.index();
+                slot.stale = at != side;
             }
         }
     }
@@ -608,8 +613,9 @@ impl<'a> Session<'a> {
     async fn flush_backend(&mut self, side: Side, n: usize) -> Result<(), End> {
         if n > 0 {
             self.retry = None; // an answer byte reached the client: no retry elsewhere now
-            let Some(slot) = self.slots[side.index()].as_mut() else { return Ok(()) };
-            self.client.send(&slot.conn.buf[..n]).await.map_err(|_| End::ClientGone)?;
+            let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
+            let bytes = slot.conn.buf.get(..n).unwrap_or_default();
+            self.client.send(bytes).await.map_err(|_| End::ClientGone)?;
             slot.conn.buf.advance(n);
         }
         Ok(())
@@ -648,7 +654,7 @@ const RETRY_HOLD: usize = 64 * 1024;
 
 /// Whether `buf` ends with a whole ReadyForQuery message.
 fn ends_with_ready_for_query(buf: &[u8]) -> bool {
-    buf.len() >= 6 && buf[buf.len() - 6..buf.len() - 1] == [msg::READY_FOR_QUERY, 0, 0, 0, 5]
+    buf.len().checked_sub(6).and_then(|at| buf.get(at..at + 5)) == Some(&[msg::READY_FOR_QUERY, 0, 0, 0, 5])
 }
 
 /// Client batches larger than this are dispatched before their Sync.
@@ -673,7 +679,7 @@ fn statement_name(tag: u8, body: &[u8]) -> Result<Option<&str>, ProtocolError> {
         f.cstr("Bind portal")?;
         return f.cstr("Bind statement").map(Some);
     }
-    let kind = f.bytes(1, "Describe/Close kind")?[0];
+    let kind = f.byte("Describe/Close kind")?;
     let name = f.cstr("Describe/Close name")?;
     Ok((kind == b'S').then_some(name))
 }
