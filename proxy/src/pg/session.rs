@@ -589,7 +589,13 @@ impl<'a> Session<'a> {
             }
             match self.state_change.take() {
                 Some(_) if self.batch_error => {}
-                Some(StateChange::Record(sql)) => self.state.record(sql),
+                Some(StateChange::Record(sql)) => {
+                    self.state.record(sql);
+                    // The connection that ran it has it: it is replayed on the others only.
+                    if let Some(slot) = self.slots[side].as_mut() {
+                        slot.applied.replayed = self.state.replay.len();
+                    }
+                }
                 Some(StateChange::ForgetAll) => self.forget_all(side),
                 None => {}
             }
