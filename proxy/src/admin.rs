@@ -14,6 +14,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// `println!` for `sqlswitch ctl`, which must not panic when its reader goes away
+/// (`sqlswitch ctl status | head`): a closed pipe ends the output quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::control::Control;
 
 /// Binds the admin socket at `path`: refuses a path that a live daemon serves or that is not a
@@ -174,7 +183,7 @@ pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Res
     while let Some(line) = lines.next_line().await? {
         let value: Value = serde_json::from_str(&line)?;
         if json_output {
-            println!("{line}");
+            out!("{line}");
         } else {
             print_pretty(&value);
         }
@@ -187,7 +196,7 @@ pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Res
 
 fn print_pretty(v: &Value) {
     if let Some(p) = v.get("progress") {
-        println!(
+        out!(
             "  {:<9} {:>9.1} ms  {}",
             p["step"].as_str().unwrap_or(""),
             p["ms"].as_f64().unwrap_or(0.0),
@@ -196,12 +205,12 @@ fn print_pretty(v: &Value) {
         return;
     }
     if v["ok"] == false {
-        println!("error: {}", v["error"].as_str().unwrap_or("unknown"));
+        out!("error: {}", v["error"].as_str().unwrap_or("unknown"));
         return;
     }
     if let Some(clusters) = v.get("clusters").and_then(Value::as_array) {
         for c in clusters {
-            println!(
+            out!(
                 "cluster {}  mode {}  generation {}  primary {}{}",
                 c["name"].as_str().unwrap_or(""),
                 c["mode"].as_str().unwrap_or(""),
@@ -209,41 +218,45 @@ fn print_pretty(v: &Value) {
                 c["primary"].as_str().unwrap_or(""),
                 if c["paused"] == true { "  PAUSED" } else { "" }
             );
-            println!(
-                "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10}",
-                "backend", "role", "state", "lag ms", "lag bytes", "sessions", "queries"
+            out!(
+                "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
+                "backend",
+                "role",
+                "state",
+                "lag ms",
+                "lag bytes",
+                "sessions",
+                "queries",
+                "idle"
             );
             for b in c["backends"].as_array().into_iter().flatten() {
                 let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
-                println!(
-                    "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10}",
+                out!(
+                    "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
                     b["name"].as_str().unwrap_or(""),
                     b["role"].as_str().unwrap_or(""),
                     b["state"].as_str().unwrap_or(""),
                     lag,
                     b["lag_bytes"].to_string(),
                     b["sessions"].to_string(),
-                    b["queries"].to_string()
+                    b["queries"].to_string(),
+                    b["idle_connections"].to_string()
                 );
             }
         }
         return;
     }
     if let Some(clusters) = v.get("reloaded").and_then(Value::as_array) {
-        println!("config reloaded");
+        out!("config reloaded");
         for c in clusters {
             let changes: Vec<&str> = c["changes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let what = if changes.is_empty() { "no change".to_owned() } else { changes.join("; ") };
-            println!(
-                "  cluster {} (routing generation {}): {what}",
-                c["cluster"].as_str().unwrap_or(""),
-                c["generation"]
-            );
+            out!("  cluster {} (routing generation {}): {what}", c["cluster"].as_str().unwrap_or(""), c["generation"]);
         }
         return;
     }
     if v.get("steps").is_some() {
-        println!(
+        out!(
             "switched {} from {} to {}: clients paused {} ms, {} statement(s) held, routing generation {}",
             v["cluster"].as_str().unwrap_or(""),
             v["from"].as_str().unwrap_or(""),
@@ -262,7 +275,7 @@ fn print_pretty(v: &Value) {
             }
         }
     }
-    println!("ok {}", fields.join(" "));
+    out!("ok {}", fields.join(" "));
 }
 
 #[cfg(test)]

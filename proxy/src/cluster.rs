@@ -108,7 +108,7 @@ impl<'a> IntoIterator for &'a Backends {
 
 /// The routing table: an immutable value, replaced whole (one `ArcSwap` store, a new
 /// generation) by every change, and read once per routing decision.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingTable {
     /// Bumped by every change.
     pub generation: u64,

@@ -292,10 +292,16 @@ impl Control {
     }
 }
 
-/// Applies `edit` to a copy of the table with the next generation, and stores it.
+/// Applies `edit` to a copy of the table with the next generation, and stores it. An edit that
+/// changes nothing keeps the table and its generation (a reload of an unchanged file, a second
+/// `mode read-only`).
 pub fn change(cluster: &Cluster, edit: impl FnOnce(&mut RoutingTable)) -> Arc<RoutingTable> {
-    let mut next = cluster.table.load().next();
+    let current = cluster.table.load_full();
+    let mut next = current.next();
     edit(&mut next);
+    if (RoutingTable { generation: current.generation, ..next.clone() }) == *current {
+        return current;
+    }
     let next = Arc::new(next);
     cluster.table.store(Arc::clone(&next));
     next

@@ -71,7 +71,10 @@ fn main() -> ExitCode {
                     eprintln!("{warning}");
                 }
                 let listeners: usize = c.clusters.iter().map(|c| 1 + usize::from(c.read_only_listen.is_some())).sum();
-                println!("{}: ok ({} cluster(s), {listeners} listener(s))", config.display(), c.clusters.len());
+                use std::io::Write as _;
+                let line =
+                    format!("{}: ok ({} cluster(s), {listeners} listener(s))", config.display(), c.clusters.len());
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -60,13 +60,14 @@ fn main() -> Result<()> {
          MariaDB (cluster shop; server_id 1 is the primary, 2 and 3 the replicas):\n  \
          mariadb -h127.0.0.1 -P3307 -uapp -papp app      # SELECT @@server_id; INSERT INTO items (note) VALUES ('hi');\n  \
          mariadb -h127.0.0.1 -P3307 -uanon -panon app    # reads on a replica; INSERT -> ERROR 1290\n\n\
-         Admin:   sqlswitch ctl --socket /tmp/sqlswitch-demo.sock status   (switchover app replica1 promote)\n\
+         Admin:   {ctl} ctl --socket /tmp/sqlswitch-demo.sock status   (also: reload, switchover app replica1 promote)\n\
          Metrics: curl http://{METRICS}/metrics\n\
          Load:    PGPASSWORD={ap} pgbench -i -h 127.0.0.1 -p {primary} -U {au} {DATABASE}   (once, direct to the primary)\n         \
          PGPASSWORD={ap} pgbench -S -c 8 -T 10 -h 127.0.0.1 -p 6432 -U {au} {DATABASE}\n\
          Servers: primary 127.0.0.1:{primary}, replicas 127.0.0.1:{r1} and 127.0.0.1:{r2}; data in {dir}\n\n\
          Ctrl-C stops everything.",
         config = config_path.display(),
+        ctl = sqlswitch.display(),
         au = APP.0,
         ap = APP.1,
         nu = ANON.0,
