@@ -96,6 +96,14 @@ pub struct Cluster {
     /// Idle backend connections kept per backend, user and database.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
+    /// An idle pooled backend connection is closed after this long.
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most connections open to one backend at once (sessions', pooled and the monitor's);
+    /// 0: no limit but the server's own. Past it, idle ones are closed to make room, and a
+    /// client waits up to `connect_timeout` for one.
+    #[serde(default)]
+    pub max_backend_connections: usize,
     /// Time allowed to connect and log in to a backend.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -294,6 +302,9 @@ mod defaults {
     pub fn pool_max_idle() -> usize {
         64
     }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
@@ -429,6 +440,9 @@ impl Config {
             }
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {
                 problem(format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
+            }
+            if c.pool_idle_timeout.is_zero() {
+                problem(format!("{at}.pool_idle_timeout"), "must be greater than zero".into());
             }
             if c.max_replica_lag.is_zero() {
                 problem(format!("{at}.max_replica_lag"), "must be greater than zero".into());

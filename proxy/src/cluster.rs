@@ -307,6 +307,20 @@ impl Verifier {
 }
 
 impl Backend {
+    /// Closes the pooled connections idle for longer than `timeout`; returns how many.
+    pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
+        let pg = self.pool.expired(timeout);
+        let my = self.mysql_pool.expired(timeout);
+        let n = pg.len() + my.len();
+        for c in pg {
+            c.terminate().await;
+        }
+        for c in my {
+            c.quit().await;
+        }
+        n
+    }
+
     /// Idle pooled connections to this backend, of either protocol.
     pub fn idle_count(&self) -> usize {
         self.pool.idle_count() + self.mysql_pool.idle_count()
@@ -319,8 +333,8 @@ impl Backend {
             name: b.name.clone(),
             address: b.address.clone(),
             role: b.role,
-            pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone()),
-            mysql_pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone()),
+            pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count)),
+            mysql_pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count)),
             metrics,
             health: Health::default(),
             sessions: AtomicUsize::new(0),
@@ -385,6 +399,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// What a session's checkout of a backend connection respects.
+    pub fn limits(&self) -> crate::pool::Limits {
+        crate::pool::Limits { max_open: self.config.max_backend_connections, wait: self.config.connect_timeout }
+    }
+
     /// Builds the run-time cluster from validated config.
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
         let backends = Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, registry)).collect());

@@ -98,6 +98,7 @@ impl Registry {
         let state = |s| [("cluster", cluster), ("backend", backend), ("state", s)];
         BackendMetrics {
             open: self.gauge("sqlswitch_backend_connections", &state("open")),
+            count: std::sync::Arc::default(),
             idle: self.gauge("sqlswitch_backend_connections", &state("idle")),
             connect_failures: self
                 .counter("sqlswitch_backend_connect_failures_total", &[("cluster", cluster), ("backend", backend)]),
@@ -136,19 +137,21 @@ impl ClusterMetrics {
 
 /// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
 /// long as it lives.
-pub struct OpenGuard(Gauge);
+pub struct OpenGuard(Gauge, std::sync::Arc<crate::pool::OpenCount>);
 
 impl OpenGuard {
     /// Counts one more open connection.
     pub fn new(metrics: &BackendMetrics) -> Self {
         metrics.open.increment(1.0);
-        Self(metrics.open.clone())
+        metrics.count.opened();
+        Self(metrics.open.clone(), std::sync::Arc::clone(&metrics.count))
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+        self.1.closed();
     }
 }
 
@@ -157,6 +160,8 @@ impl Drop for OpenGuard {
 pub struct BackendMetrics {
     /// Open connections.
     pub open: Gauge,
+    /// Open connections, as `max_backend_connections` counts them.
+    pub count: std::sync::Arc<crate::pool::OpenCount>,
     /// Idle pooled connections.
     pub idle: Gauge,
     /// Failed connects or logins.

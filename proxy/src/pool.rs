@@ -1,15 +1,27 @@
 //! Idle backend connections, kept per backend and keyed by what a login fixes for the
 //! connection's lifetime (user, database, startup parameters), so a reused connection is
 //! indistinguishable from a new one. Taking and putting are short operations under a lock;
-//! nothing here does network I/O. Each connection remembers the session worker whose reactor it
-//! is registered with: a worker takes its own connections first, and re-registers one it takes
-//! from another ([`Rehome`]).
+//! the pool itself does no network I/O. Each connection remembers the session worker whose
+//! reactor it is registered with: a worker takes its own connections first, and re-registers
+//! one it takes from another ([`Rehome`]).
+//!
+//! [`Pool::checkout`] is how a session gets a connection, and where the server's connection
+//! limit is respected: under `max_backend_connections` (idle connections of other keys are
+//! closed to make room, then the client waits for one up to `connect_timeout`), and when a
+//! server refuses a login for too many connections, idle pooled ones are closed and the login
+//! tried once more, so idle connections never cost a client its session. Idle connections are
+//! closed after `pool_idle_timeout` ([`Pool::expired`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use metrics::Gauge;
+use tokio::sync::Notify;
+
+use crate::pg::backend::BackendError;
 
 /// A connection whose socket can move to the current runtime's reactor.
 pub trait Rehome: Sized {
@@ -20,18 +32,74 @@ pub trait Rehome: Sized {
     fn rehome(self) -> std::io::Result<Self>;
 }
 
-/// A pool of idle connections of type `C`, keyed by `K`.
-pub struct Pool<K, C> {
-    /// `(worker, connection)`, most recently returned last.
-    idle: Mutex<HashMap<K, Vec<(usize, C)>>>,
-    max_idle: usize,
-    gauge: Gauge,
+/// A backend connection as the pool handles it.
+pub trait Pooled: Rehome {
+    /// Whether the socket is still open with nothing unread.
+    fn is_reusable(&self) -> bool;
+
+    /// Says goodbye to the server and closes.
+    fn close(self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-impl<K: Hash + Eq, C: Rehome> Pool<K, C> {
-    /// A pool that keeps at most `max_idle` connections per key.
-    pub fn new(max_idle: usize, gauge: Gauge) -> Self {
-        Self { idle: Mutex::new(HashMap::new()), max_idle, gauge }
+/// Open connections to one backend (sessions', pooled and the monitor's), and a signal when
+/// one closes or goes idle: what `max_backend_connections` counts and waits on.
+#[derive(Debug, Default)]
+pub struct OpenCount {
+    open: AtomicUsize,
+    room: Notify,
+}
+
+impl OpenCount {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// One more is open.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One closed: a client waiting for room may go on.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+}
+
+/// The limits a checkout respects.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open to the backend at once; 0: no limit but the server's.
+    pub max_open: usize,
+    /// How long a client waits for room.
+    pub wait: Duration,
+}
+
+struct Idle<C> {
+    worker: usize,
+    since: Instant,
+    conn: C,
+}
+
+/// A pool of idle connections of type `C`, keyed by `K`.
+pub struct Pool<K, C> {
+    /// Most recently returned last.
+    idle: Mutex<HashMap<K, Vec<Idle<C>>>>,
+    max_idle: usize,
+    gauge: Gauge,
+    count: Arc<OpenCount>,
+}
+
+impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
+    /// A pool that keeps at most `max_idle` connections per key, of a backend whose open
+    /// connections `count` counts.
+    pub fn new(max_idle: usize, gauge: Gauge, count: Arc<OpenCount>) -> Self {
+        Self { idle: Mutex::new(HashMap::new()), max_idle, gauge, count }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Idle<C>>>> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes the most recently returned connection for `key` that lives on this thread's
@@ -39,17 +107,17 @@ impl<K: Hash + Eq, C: Rehome> Pool<K, C> {
     pub fn take(&self, key: &K) -> Option<C> {
         let here = crate::workers::current();
         loop {
-            let (home, conn) = {
-                let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let idle = {
+                let mut idle = self.lock();
                 let list = idle.get_mut(key)?;
-                let at = list.iter().rposition(|(w, _)| *w == here).or_else(|| list.len().checked_sub(1))?;
+                let at = list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))?;
                 list.remove(at)
             };
             self.gauge.decrement(1.0);
-            if home == here {
-                return Some(conn);
+            if idle.worker == here {
+                return Some(idle.conn);
             }
-            if let Ok(conn) = conn.rehome() {
+            if let Ok(conn) = idle.conn.rehome() {
                 return Some(conn);
             }
         }
@@ -57,20 +125,103 @@ impl<K: Hash + Eq, C: Rehome> Pool<K, C> {
 
     /// Returns a clean connection; past `max_idle` it is handed back to be closed.
     pub fn put(&self, key: K, conn: C) -> Option<C> {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = idle.entry(key).or_default();
-        if list.len() >= self.max_idle {
-            return Some(conn);
+        {
+            let mut idle = self.lock();
+            let list = idle.entry(key).or_default();
+            if list.len() >= self.max_idle {
+                return Some(conn);
+            }
+            list.push(Idle { worker: crate::workers::current(), since: Instant::now(), conn });
         }
-        list.push((crate::workers::current(), conn));
         self.gauge.increment(1.0);
+        // A client waiting for room may take or close this one.
+        self.count.room.notify_one();
         None
     }
 
     /// How many idle connections are kept.
     pub fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.values().map(Vec::len).sum()
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    /// Removes the connection idle longest, of any key, to be closed.
+    pub fn evict_oldest(&self) -> Option<C> {
+        let idle = {
+            let mut idle = self.lock();
+            let (_, list) =
+                idle.iter_mut().filter(|(_, l)| !l.is_empty()).min_by_key(|(_, l)| l.first().map(|i| i.since))?;
+            list.remove(0)
+        };
+        self.gauge.decrement(1.0);
+        Some(idle.conn)
+    }
+
+    /// Removes every connection idle for longer than `timeout`, to be closed.
+    pub fn expired(&self, timeout: Duration) -> Vec<C> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        {
+            let mut idle = self.lock();
+            for list in idle.values_mut() {
+                // Oldest first: the expired ones are a prefix.
+                let n = list.iter().take_while(|i| now.duration_since(i.since) > timeout).count();
+                out.extend(list.drain(..n).map(|i| i.conn));
+            }
+            idle.retain(|_, l| !l.is_empty());
+        }
+        self.gauge.decrement(out.len() as f64);
+        out
+    }
+
+    /// A connection for `key`: an idle one, or a new one from `open` within `limits`.
+    ///
+    /// # Errors
+    /// `open`'s error, or [`BackendError::Timeout`] when no room was made within
+    /// `limits.wait`.
+    pub async fn checkout<F, Fut>(&self, key: &K, limits: Limits, open: F) -> Result<C, BackendError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<C, BackendError>>,
+    {
+        let deadline = tokio::time::Instant::now() + limits.wait;
+        loop {
+            while let Some(conn) = self.take(key) {
+                if conn.is_reusable() {
+                    return Ok(conn);
+                }
+                conn.close().await;
+            }
+            if limits.max_open == 0 || self.count.get() < limits.max_open {
+                break;
+            }
+            if let Some(old) = self.evict_oldest() {
+                old.close().await;
+                continue;
+            }
+            let room = self.count.room.notified();
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(BackendError::Protocol(format!(
+                    "all {} connections to the backend (max_backend_connections) are in use",
+                    limits.max_open
+                )));
+            }
+        }
+        match open().await {
+            Err(e) if e.too_many_connections() => {
+                // The server is full: idle pooled connections must not be why.
+                let mut closed = 0usize;
+                while let Some(old) = self.evict_oldest() {
+                    old.close().await;
+                    closed += 1;
+                }
+                if closed == 0 {
+                    return Err(e);
+                }
+                tracing::info!(closed, "the backend refused a login for too many connections; closed idle ones");
+                open().await
+            }
+            result => result,
+        }
     }
 }
 
@@ -84,9 +235,21 @@ mod tests {
         }
     }
 
+    impl Pooled for u32 {
+        fn is_reusable(&self) -> bool {
+            true
+        }
+
+        async fn close(self) {}
+    }
+
+    fn pool(max_idle: usize) -> Pool<&'static str, u32> {
+        Pool::new(max_idle, Gauge::noop(), Arc::default())
+    }
+
     #[test]
     fn keeps_per_key_and_caps() {
-        let pool: Pool<&str, u32> = Pool::new(2, Gauge::noop());
+        let pool = pool(2);
         assert_eq!(pool.put("a", 1), None);
         assert_eq!(pool.put("a", 2), None);
         assert_eq!(pool.put("a", 3), Some(3));
@@ -94,5 +257,79 @@ mod tests {
         assert_eq!(pool.take(&"a"), Some(2));
         assert_eq!(pool.take(&"c"), None);
         assert_eq!(pool.idle_count(), 2);
+    }
+
+    #[test]
+    fn evicts_the_oldest_of_any_key_and_expires_idle_ones() {
+        let pool = pool(8);
+        assert_eq!(pool.put("a", 1), None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(pool.put("b", 2), None);
+        assert_eq!(pool.put("a", 3), None);
+        assert_eq!(pool.evict_oldest(), Some(1));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pool.put("a", 4), None);
+        let mut gone = pool.expired(Duration::from_millis(10));
+        gone.sort_unstable();
+        assert_eq!(gone, vec![2, 3]);
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(pool.take(&"a"), Some(4));
+        assert_eq!(pool.evict_oldest(), None);
+    }
+
+    /// A connection that counts itself open, as the real ones do through their guard.
+    #[derive(Debug)]
+    struct Counted(u32, Arc<OpenCount>);
+
+    impl Rehome for Counted {
+        fn rehome(self) -> std::io::Result<Self> {
+            Ok(self)
+        }
+    }
+
+    impl Pooled for Counted {
+        fn is_reusable(&self) -> bool {
+            true
+        }
+
+        async fn close(self) {
+            self.1.closed();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
+        let count = Arc::new(OpenCount::default());
+        let pool: Pool<&str, Counted> = Pool::new(8, Gauge::noop(), Arc::clone(&count));
+        let limits = Limits { max_open: 1, wait: Duration::from_millis(50) };
+        let open = |n: u32| {
+            let count = Arc::clone(&count);
+            move || {
+                count.opened();
+                let c = Counted(n, Arc::clone(&count));
+                async move { Ok(c) }
+            }
+        };
+        // One open and idle under another key: closed to make room.
+        count.opened();
+        assert!(pool.put("other", Counted(7, Arc::clone(&count))).is_none());
+        let first = pool.checkout(&"mine", limits, open(1)).await.ok();
+        assert_eq!(first.as_ref().map(|c| c.0), Some(1));
+        assert_eq!(count.get(), 1);
+        // One open and in use: the client waits, then is told.
+        let started = std::time::Instant::now();
+        let err = pool.checkout(&"mine", limits, open(2)).await.err();
+        assert!(err.is_some_and(|e| e.to_string().contains("max_backend_connections")));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // The one in use going idle under the client's key is taken as soon as it is back.
+        let waiting = pool.checkout(&"mine", Limits { wait: Duration::from_secs(5), ..limits }, open(3));
+        let (got, ()) = tokio::join!(waiting, async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(c) = first {
+                assert!(pool.put("mine", c).is_none());
+            }
+        });
+        assert_eq!(got.ok().map(|c| c.0), Some(1));
+        assert_eq!(count.get(), 1);
     }
 }

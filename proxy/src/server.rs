@@ -162,6 +162,7 @@ impl Daemon {
                 monitor.warm_up().await;
                 tokio::spawn(monitor.run(cluster.config.monitor_interval, shutdown.clone()));
             }
+            tokio::spawn(close_idle_connections(Arc::clone(&cluster), shutdown.clone()));
             clusters.push(Arc::clone(&cluster));
             let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
             let addrs = std::iter::once((cluster.config.listen, false))
@@ -312,6 +313,27 @@ async fn too_many(stream: TcpStream, protocol: Protocol, max: usize) {
             let text = format!("Too many connections (max_client_connections = {max})");
             let code = sqlswitch_protocol::mysql::code::TOO_MANY_CONNECTIONS;
             crate::mysql::send_err(&mut stream, 0, code, "08004", &text).await;
+        }
+    }
+}
+
+/// Closes pooled connections idle for longer than `pool_idle_timeout`, checking a few times
+/// per timeout (at least once a second, at most every 30 s), until `shutdown`.
+async fn close_idle_connections(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let timeout = cluster.config.pool_idle_timeout;
+    let every = (timeout / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        for b in cluster.backends.iter() {
+            let closed = b.close_expired(timeout).await;
+            if closed > 0 {
+                tracing::debug!(cluster = %cluster.config.name, backend = %b.name, closed, "closed idle pooled connections");
+            }
         }
     }
 }

@@ -358,3 +358,53 @@ async fn sql_prepare_is_not_replayed_where_it_ran() {
     c.batch_execute("COMMIT; DEALLOCATE q1").await.expect("DEALLOCATE");
     c.batch_execute("INSERT INTO items (note) VALUES ('still')").await.expect("the session goes on");
 }
+
+/// Idle pooled connections never cost a client its session: a server that refuses a login
+/// for too many connections (here the role's `CONNECTION LIMIT`, SQLSTATE 53300) gets idle
+/// pooled connections closed and the login tried again; idle ones are closed after
+/// `pool_idle_timeout` anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_give_way_to_new_sessions_and_expire() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "pool_idle_timeout = \"3s\"");
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let user = sqlswitch_tests::pg::MD5_USER;
+    let session = |name: &str| {
+        let conn = format!("{} application_name={name}", proxy::conn_str(port, user));
+        async move { connect_str(&conn).await }
+    };
+    // Idle connections on the primary under several pool keys (application_name is one).
+    for name in ["a", "b", "c"] {
+        let c = session(name).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = |sql: &str| topo.psql_admin(topo.primary(), sql, "postgres").unwrap();
+    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'", user.0);
+    let open: u32 = admin(&count).trim().parse().unwrap();
+    assert!(open >= 3, "the proxy's idle connections are open on the primary ({open})");
+    // The role is at its limit: every connection it may have is open, the idle ones among them.
+    admin(&format!("ALTER ROLE {} CONNECTION LIMIT {open}", user.0));
+    let direct = connect_str(&format!("{} application_name=direct", proxy::conn_str(topo.primary().port, user))).await;
+    let refused = direct.err().and_then(|e| e.code().cloned());
+    // A session under a new key needs a new login on the primary.
+    let new_key = session("new").await;
+    let result = match &new_key {
+        Ok(c) => c.batch_execute("BEGIN; SELECT 1; COMMIT").await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    admin(&format!("ALTER ROLE {} CONNECTION LIMIT -1", user.0));
+    assert_eq!(refused, Some(tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS), "a direct login is refused");
+    result.expect("the new session was served");
+    drop(new_key);
+    // And idle connections are closed after pool_idle_timeout.
+    let idle =
+        |daemon: &sqlswitch::Daemon| daemon.control.status()["clusters"][0]["backends"][0]["idle_connections"].as_u64();
+    let started = Instant::now();
+    while idle(&daemon).unwrap_or(0) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(8), "idle connections outlived pool_idle_timeout");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

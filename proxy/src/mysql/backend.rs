@@ -313,6 +313,16 @@ impl MyConn {
     }
 }
 
+impl crate::pool::Pooled for MyConn {
+    fn is_reusable(&self) -> bool {
+        MyConn::is_reusable(self)
+    }
+
+    async fn close(self) {
+        self.quit().await;
+    }
+}
+
 /// The auth response for `plugin`.
 fn scramble(plugin: &str, nonce: &[u8], password: &str) -> Vec<u8> {
     if password.is_empty() {

@@ -126,11 +126,6 @@ pub fn first_connection_error(cluster: &Cluster, e: BackendError) -> Vec<u8> {
 /// The backend could not be reached or refused the login.
 pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendError> {
     let b = &id.cluster.backends[index];
-    while let Some(conn) = b.mysql_pool.take(&id.key) {
-        if conn.is_reusable() {
-            return Ok(conn);
-        }
-    }
     let tls = id.cluster.backend_tls.load_full();
     let login = Login {
         user: &id.user,
@@ -141,7 +136,8 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         read_only: id.read_only,
         tls: tls.as_deref(),
     };
-    MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics).await
+    let open = || MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics);
+    b.mysql_pool.checkout(&id.key, id.cluster.limits(), open).await
 }
 
 /// One backend connection of the session.

@@ -37,6 +37,22 @@ pub enum BackendError {
     Protocol(String),
 }
 
+impl BackendError {
+    /// Whether the server refused a login because it, or the user, has too many connections
+    /// (PostgreSQL 53300 for both; MySQL/MariaDB 1040, and 1226 for `MAX_USER_CONNECTIONS`).
+    pub fn too_many_connections(&self) -> bool {
+        let BackendError::Refused { error, .. } = self else { return false };
+        match error.first() {
+            Some(&msg::ERROR_RESPONSE) => msg::error_fields(error.get(5..).unwrap_or_default()).0 == Some("53300"),
+            Some(&0xFF) => {
+                let code = error.get(1..3).and_then(|c| <[u8; 2]>::try_from(c).ok()).map(u16::from_le_bytes);
+                matches!(code, Some(1040 | 1226))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Parameters and credentials for a login.
 pub struct Login<'a> {
     /// User name.
@@ -306,6 +322,16 @@ impl BackendConn {
         out.put_u8(b'X');
         out.put_i32(4);
         let _ = self.stream.send(&out).await;
+    }
+}
+
+impl crate::pool::Pooled for BackendConn {
+    fn is_reusable(&self) -> bool {
+        BackendConn::is_reusable(self)
+    }
+
+    async fn close(self) {
+        self.terminate().await;
     }
 }
 

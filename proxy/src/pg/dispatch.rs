@@ -291,15 +291,11 @@ impl Session<'_> {
     async fn acquire(&self, backend: usize) -> Result<BackendConn, BackendError> {
         let cluster = self.id.cluster;
         let b = &cluster.backends[backend];
-        while let Some(conn) = b.pool.take(self.id.key) {
-            if conn.is_reusable() {
-                return Ok(conn);
-            }
-        }
         let tls = cluster.backend_tls.load_full();
         let login =
             Login { user: self.id.user, password: self.id.password, params: &self.id.key.params, tls: tls.as_deref() };
-        BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics).await
+        let open = || BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics);
+        b.pool.checkout(self.id.key, cluster.limits(), open).await
     }
 
     /// Bookkeeping after the batch went to `side`.

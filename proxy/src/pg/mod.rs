@@ -168,12 +168,9 @@ async fn acquire(
     let mut last = BackendError::Protocol("the cluster has no backend for this session".into());
     for index in cluster.candidates(read_only) {
         let backend = &cluster.backends[index];
-        while let Some(conn) = backend.pool.take(key) {
-            if conn.is_reusable() {
-                return Ok((index, conn));
-            }
-        }
-        match BackendConn::connect(&backend.address, login, cluster.config.connect_timeout, &backend.metrics).await {
+        let timeout = cluster.config.connect_timeout;
+        let open = || BackendConn::connect(&backend.address, login, timeout, &backend.metrics);
+        match backend.pool.checkout(key, cluster.limits(), open).await {
             Ok(conn) => return Ok((index, conn)),
             // The server itself said no (bad database, no such role): every backend of the
             // cluster would say the same, so relay it now.
