@@ -408,3 +408,74 @@ async fn idle_pooled_connections_give_way_to_new_sessions_and_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Every way a PostgreSQL session changes its state is replayed or pins the session, and what
+/// only the session's own connection can answer is answered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_session_state_follows_the_session() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let c = connect(port, APP).await.unwrap();
+    let text = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, String>(0) }
+    };
+    // Replayed on replica connections: set_config(..., false) and the session's transaction
+    // characteristics.
+    c.batch_execute("SELECT set_config('search_path', 'pg_catalog, public', false)").await.unwrap();
+    c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ").await.unwrap();
+    let seen = text(
+        "SELECT current_setting('cluster_name') || '|' || current_setting('search_path') || '|' \
+         || current_setting('default_transaction_isolation')",
+    )
+    .await;
+    assert!(seen.starts_with("replica"), "a plain read runs on a replica: {seen}");
+    assert!(seen.ends_with("|pg_catalog, public|repeatable read"), "the state was replayed: {seen}");
+    // A cursor that outlives its transaction, and the session-local catalog that lists it.
+    c.batch_execute("DECLARE held CURSOR WITH HOLD FOR SELECT 42").await.unwrap();
+    let names = "SELECT string_agg(name, ',') FROM pg_cursors WHERE name = 'held'";
+    let listed: Option<String> = c.query_one(names, &[]).await.unwrap().get(0);
+    assert_eq!(listed.as_deref(), Some("held"), "pg_cursors answers for the session");
+    let row = c.query_one("FETCH NEXT FROM held", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    c.batch_execute("CLOSE held").await.unwrap();
+    // The server's own replication state answers as the primary's does.
+    let receivers: i64 = c.query_one("SELECT count(*) FROM pg_stat_wal_receiver", &[]).await.unwrap().get(0);
+    assert_eq!(receivers, 0, "pg_stat_wal_receiver is the primary's (it has none)");
+    // SELECT ... INTO TEMP makes a temporary table the session then reads.
+    let d = connect(port, APP).await.unwrap();
+    d.batch_execute("SELECT 1 AS a INTO TEMP scratch").await.unwrap();
+    let a: i32 = d.query_one("SELECT a FROM scratch", &[]).await.expect("the temp table is there").get(0);
+    assert_eq!(a, 1);
+    // A set_config the proxy cannot replay (a parameter) pins the session instead.
+    let e = connect(port, APP).await.unwrap();
+    e.query_one("SELECT set_config('search_path', $1, false)", &[&"pg_catalog"]).await.unwrap();
+    let row = e.query_one("SELECT current_setting('search_path'), current_setting('cluster_name')", &[]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("pg_catalog".into(), "primary".into()));
+}
+
+/// A replica that refuses a replayed statement ends that session's use of replicas, not the
+/// cluster's: other sessions go on reading from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refusing_a_sessions_state_keeps_serving_others() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    // One replica: the one the refusing session tries is the one everyone reads from.
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
+    let daemon = start_text(&without_backend(&text, "replica2")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let a = connect(port, APP).await.unwrap();
+    let b = connect(port, APP).await.unwrap();
+    // Accepted by the primary, refused by a standby ("cannot set transaction read-write mode
+    // during recovery").
+    a.batch_execute("SET transaction_read_only = off").await.unwrap();
+    let on = "SELECT current_setting('cluster_name')";
+    for _ in 0..10 {
+        let name: String = a.query_one(on, &[]).await.expect("served").get(0);
+        assert_eq!(name, "primary", "the session stays on the primary");
+        let name: String = b.query_one(on, &[]).await.unwrap().get(0);
+        assert_eq!(name, "replica1", "other sessions still read from the replica");
+    }
+}

@@ -261,7 +261,6 @@ const READ_ONLY: &[&str] = &[
     "percent_rank",
     "percentile_cont",
     "percentile_disc",
-    "pg_backend_pid",
     "pg_column_size",
     "pg_database_size",
     "pg_get_constraintdef",
@@ -378,6 +377,28 @@ fn contains(list: &[&str], word: &str) -> bool {
     list.binary_search_by(|probe| cmp_ci(probe, word)).is_ok()
 }
 
+/// System relations whose rows depend on the session or on the server answering: the
+/// session's cursors, prepared statements and locks, and each server's own activity,
+/// statistics and replication state. A replica would answer for itself, not for the session's
+/// primary connection as a direct client's server would.
+const LOCAL_RELATIONS: &[&str] = &[
+    "pg_backend_memory_contexts",
+    "pg_cursors",
+    "pg_locks",
+    "pg_prepared_statements",
+    "pg_prepared_xacts",
+    "pg_replication_origin_status",
+    "pg_replication_slots",
+    "pg_temp",
+];
+
+/// Whether a relation named `word` (starting with `pg_`) answers for the session or the
+/// server (see [`LOCAL_RELATIONS`]; and every `pg_stat*` view).
+pub fn is_local_relation(word: &str) -> bool {
+    let stat = word.as_bytes().get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"pg_stat"));
+    stat || contains(LOCAL_RELATIONS, word)
+}
+
 /// Whether `word (` is syntax rather than a function call.
 pub fn is_syntax(word: &str) -> bool {
     contains(SYNTAX, word)
@@ -395,7 +416,7 @@ mod tests {
 
     #[test]
     fn lists_are_sorted_for_binary_search() {
-        for list in [SYNTAX, READ_ONLY] {
+        for list in [SYNTAX, READ_ONLY, LOCAL_RELATIONS] {
             for pair in list.windows(2) {
                 assert_eq!(cmp_ci(pair[0], pair[1]), std::cmp::Ordering::Less, "{pair:?}");
             }

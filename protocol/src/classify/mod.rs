@@ -65,6 +65,8 @@ pub enum Pin {
     AdvisoryLock,
     /// `LOCK TABLE`.
     Lock,
+    /// `DECLARE ... WITH HOLD`: a cursor that outlives its transaction.
+    Cursor,
 }
 
 /// The classifier's answer.
@@ -87,6 +89,12 @@ pub struct Verdict {
     /// `set_config(...)`): PostgreSQL keeps such a placeholder for the rest of the connection,
     /// even after `DISCARD ALL`, so only a new connection is as a fresh login makes it.
     pub custom_setting: bool,
+    /// A single `SELECT` whose only calls that are not read-only are `set_config(...)`: it
+    /// runs on the primary, and replaying it elsewhere sets the same session state.
+    pub sets_config_only: bool,
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY` (PostgreSQL) or `SET SESSION
+    /// TRANSACTION READ ONLY` (MySQL): `Some(true)`; `... READ WRITE`: `Some(false)`.
+    pub session_read_only: Option<bool>,
 }
 
 impl Verdict {
@@ -135,6 +143,8 @@ fn classify_with(lexer: Lexer<'_>, mysql: bool, extra: &[String]) -> Verdict {
         session: false,
         serializable: false,
         custom_setting: false,
+        sets_config_only: false,
+        session_read_only: None,
     };
     let mut scan = Scan::new(extra, mysql);
     for tok in lexer {
@@ -159,6 +169,8 @@ impl Verdict {
             self.session |= s.class == Class::Session;
             self.serializable |= s.serializable;
             self.custom_setting |= s.custom_setting;
+            self.sets_config_only = self.statements == 1 && s.sets_config_only;
+            self.session_read_only = s.session_read_only.or(self.session_read_only);
         }
     }
 }
@@ -180,6 +192,7 @@ enum Lead {
     SessionOther,
     Listen,
     Lock,
+    Declare,
     Unknown,
 }
 
@@ -206,6 +219,7 @@ fn lead_of(word: &str) -> Lead {
         b"copy" => Lead::Copy,
         b"listen" => Lead::Listen,
         b"lock" | b"unlock" => Lead::Lock,
+        b"declare" => Lead::Declare,
         _ => Lead::Unknown,
     }
 }
@@ -221,6 +235,8 @@ struct Stmt {
     pin: Option<Pin>,
     serializable: bool,
     custom_setting: bool,
+    sets_config_only: bool,
+    session_read_only: Option<bool>,
 }
 
 /// The per-statement state machine fed one token at a time.
@@ -266,6 +282,20 @@ struct Scan<'a, 'x> {
     serializable: bool,
     /// A dotted name in `SET`/`RESET`, or a `set_config` call.
     custom_setting: bool,
+    /// A `set_config` call.
+    set_config: bool,
+    /// A call, other than `set_config`, to a function not on the read-only list.
+    other_unsafe_call: bool,
+    /// A relation whose rows depend on the session or the server answering
+    /// (`pg_cursors`, `pg_stat_*`, ...): only the session's primary connection answers as a
+    /// direct client's would.
+    local_relation: bool,
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`: the session's defaults.
+    characteristics: bool,
+    /// `DECLARE ... WITH HOLD`.
+    hold: bool,
+    /// A `$n` or `?` parameter: the text alone cannot be replayed.
+    param: bool,
 }
 
 impl<'a, 'x> Scan<'a, 'x> {
@@ -297,6 +327,12 @@ impl<'a, 'x> Scan<'a, 'x> {
             copy_from: false,
             serializable: false,
             custom_setting: false,
+            set_config: false,
+            other_unsafe_call: false,
+            local_relation: false,
+            characteristics: false,
+            hold: false,
+            param: false,
         }
     }
 
@@ -331,6 +367,7 @@ impl<'a, 'x> Scan<'a, 'x> {
                 }
             }
             Token::Number if self.lead == Lead::Set && self.words >= 2 => self.set_value("number"),
+            Token::Param => self.param = true,
             Token::Word(w) => {
                 self.qualifier = self.qualifier_of_next();
                 self.word(w);
@@ -391,7 +428,10 @@ impl<'a, 'x> Scan<'a, 'x> {
                 }
             }
             // `alias.update` is a column, never a keyword.
-            Lead::Query | Lead::Show if self.qualifier.is_some() => {}
+            Lead::Query | Lead::Show if self.qualifier.is_some() && !starts_with_pg(w) => {}
+            // `SELECT ... INTO TEMP t` makes a temporary table.
+            Lead::Query if self.into && (is(w, "temp") || is(w, "temporary")) => self.temp = true,
+            Lead::Query | Lead::Show if starts_with_pg(w) => self.local_relation |= functions::is_local_relation(w),
             // Most words of a query are names: only these letters start a word checked below.
             Lead::Query | Lead::Show
                 if !matches!(w.as_bytes().first().map(|c| c | 0x20), Some(b'i' | b'u' | b'd' | b'm' | b's' | b'l')) => {
@@ -416,11 +456,18 @@ impl<'a, 'x> Scan<'a, 'x> {
             Lead::CreateOrAlter if is(w, "temp") || is(w, "temporary") => self.temp = true,
             Lead::Copy if is(w, "from") && self.depth == 0 => self.copy_from = true,
             Lead::Begin => self.tx_option(w),
+            Lead::Declare if is(w, "hold") && is(self.prev_word, "with") => self.hold = true,
             Lead::Set => {
                 if self.words == 2 && (is(w, "transaction") || is(w, "session") || is(w, "local")) {
                     self.set_transaction |= is(w, "transaction");
                 } else if self.words == 3 && is(w, "characteristics") {
                     self.set_transaction = true;
+                    self.characteristics = true;
+                } else if self.words == 3 && is(w, "transaction") && !is(self.prev_word, "local") {
+                    // MySQL `SET SESSION TRANSACTION ...` (the session's defaults, like
+                    // PostgreSQL's characteristics) and `SET GLOBAL TRANSACTION ...`.
+                    self.set_transaction = true;
+                    self.characteristics = is(self.prev_word, "session");
                 }
                 if self.set_transaction {
                     self.tx_option(w);
@@ -460,6 +507,8 @@ impl<'a, 'x> Scan<'a, 'x> {
         // word before a name is `prev2_word` for a bare name and `prev_word` for a quoted one
         // (quoted names are not words); a quoted name is never a keyword.
         let syntax = match name {
+            // A qualified name is never `AS alias(col)`: `recursive` is a schema's name too.
+            _ if self.qualifier.is_some() => false,
             Token::Word(w) => {
                 self.words <= 1 || COLUMN_LIST.iter().any(|kw| is(self.prev2_word, kw)) || functions::is_syntax(w)
             }
@@ -480,12 +529,18 @@ impl<'a, 'x> Scan<'a, 'x> {
         });
         let Some((lock, set_config, read_only)) = known else {
             self.unsafe_call = true; // a name no built-in has
+            self.other_unsafe_call = true;
             return;
         };
         self.advisory |= lock;
         self.custom_setting |= set_config;
         if !builtin || !read_only {
             self.unsafe_call = true;
+            if set_config && builtin {
+                self.set_config = true;
+            } else {
+                self.other_unsafe_call = true;
+            }
         }
     }
 
@@ -498,6 +553,8 @@ impl<'a, 'x> Scan<'a, 'x> {
             Some(Pin::Listen)
         } else if self.lead == Lead::Lock {
             Some(Pin::Lock)
+        } else if self.hold {
+            Some(Pin::Cursor)
         } else {
             None
         };
@@ -511,7 +568,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             Lead::Query | Lead::Show => {
                 if self.into || self.dml {
                     Class::Write
-                } else if self.locking || self.unsafe_call {
+                } else if self.locking || self.unsafe_call || self.local_relation {
                     Class::Unknown
                 } else {
                     Class::Read
@@ -523,9 +580,11 @@ impl<'a, 'x> Scan<'a, 'x> {
             Lead::Begin => Class::Tx(TxControl::Begin(self.opts)),
             Lead::End => Class::Tx(TxControl::End),
             Lead::TxOther => Class::Tx(TxControl::Other),
+            // The session's defaults: state to replay, not a transaction's options.
+            Lead::Set if self.characteristics => Class::Session,
             Lead::Set if self.set_transaction => Class::Tx(TxControl::SetTransaction(self.opts)),
             Lead::Set | Lead::SessionOther | Lead::Listen => Class::Session,
-            Lead::Explain | Lead::Copy | Lead::Lock | Lead::Unknown => Class::Unknown,
+            Lead::Explain | Lead::Copy | Lead::Lock | Lead::Declare | Lead::Unknown => Class::Unknown,
         };
         let writes = class == Class::Write || enables_writes;
         Stmt {
@@ -534,12 +593,27 @@ impl<'a, 'x> Scan<'a, 'x> {
             pin,
             serializable: self.serializable || self.opts.serializable,
             custom_setting: self.custom_setting,
+            sets_config_only: self.lead == Lead::Query
+                && self.set_config
+                && !self.other_unsafe_call
+                && !self.into
+                && !self.dml
+                && !self.locking
+                && !self.unknown
+                && !self.local_relation
+                && !self.param,
+            session_read_only: if self.characteristics { self.opts.read_only } else { None },
         }
     }
 }
 
 fn contains_ci(hay: &str, needle: &str) -> bool {
     hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Whether `w` starts with `pg_` (a system relation's prefix), in any case.
+fn starts_with_pg(w: &str) -> bool {
+    w.as_bytes().get(..3).is_some_and(|p| p.eq_ignore_ascii_case(b"pg_"))
 }
 
 fn ends_with_ci(hay: &str, suffix: &str) -> bool {

@@ -285,7 +285,7 @@ fn transaction_control_and_session_state() {
         ("rollback to savepoint a", 'T'),
         ("set transaction read only", 'T'),
         ("set transaction isolation level serializable", 'T'),
-        ("set session characteristics as transaction read only", 'T'),
+        ("set session characteristics as transaction read only", 'S'),
         ("set search_path = a, b", 'S'),
         ("SET statement_timeout TO 1000", 'S'),
         ("set local work_mem = '64MB'", 'S'),
@@ -407,6 +407,45 @@ fn config_extends_the_read_only_list() {
 }
 
 #[test]
+fn session_and_server_local_state_stays_with_the_session() {
+    for sql in [
+        "select * from pg_cursors",
+        "SELECT name FROM PG_PREPARED_STATEMENTS",
+        "select * from pg_catalog.pg_stat_wal_receiver",
+        "select count(*) from pg_stat_activity where pid = 1",
+        "select * from pg_locks",
+        "select * from pg_temp.t",
+        "select pg_backend_pid()",
+    ] {
+        check(sql, 'P');
+    }
+    check("select * from pg_class", 'R');
+    check("select * from pgbench_accounts where aid = 1", 'R');
+    assert_eq!(classify_pg("select * into temp t from x").pin, Some(Pin::TempTable));
+    assert_eq!(classify_pg("SELECT 1 INTO TEMPORARY TABLE t").pin, Some(Pin::TempTable));
+    assert_eq!(classify_pg("declare c cursor with hold for select 1").pin, Some(Pin::Cursor));
+    assert_eq!(classify_pg("declare c cursor for select 1").pin, None);
+    let characteristics = classify_pg("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+    assert_eq!(characteristics.class, Class::Session);
+    let mysql = classify_mysql_with("SET SESSION TRANSACTION READ ONLY", &[]);
+    assert_eq!((mysql.class, mysql.session_read_only), (Class::Session, Some(true)));
+    assert!(matches!(classify_mysql_with("SET TRANSACTION READ ONLY", &[]).class, Class::Tx(_)));
+    assert!(matches!(classify_mysql_with("SET GLOBAL TRANSACTION READ ONLY", &[]).class, Class::Tx(_)));
+    // set_config is replayable session state when it is all a statement does.
+    assert!(classify_pg("SELECT set_config('search_path', 'x', false)").sets_config_only);
+    assert!(classify_pg("select pg_catalog.set_config('a', 'b', false), lower('x')").sets_config_only);
+    for sql in [
+        "select set_config('a', 'b', false), nextval('s')",
+        "select set_config('a', 'b', false); select 1",
+        "select set_config('a', 'b', false) from t for update",
+        "select x.set_config('a', 'b', false)",
+        "select set_config('app.tenant', $1, false)",
+    ] {
+        assert!(!classify_pg(sql).sets_config_only, "{sql}");
+    }
+}
+
+#[test]
 fn every_spelling_of_a_function_is_that_function() {
     for sql in [
         "select \"nextval\"('s')",
@@ -434,6 +473,8 @@ fn every_spelling_of_a_function_is_that_function() {
         check(sql, 'R');
     }
     assert_eq!(classify_pg("select \"pg_advisory_lock\"(1)").pin, Some(Pin::AdvisoryLock));
+    // `recursive` is not reserved: a schema of that name is no `WITH RECURSIVE name(col)`.
+    check("select recursive.nextval('s')", 'P');
     for sql in ["SET myapp.tenant = 1", "set local a.b to 'x'", "RESET a.b", "select set_config('a.b', 'x', false)"] {
         assert!(classify_pg(sql).custom_setting, "{sql}");
     }

@@ -331,10 +331,8 @@ impl<'a> MySession<'a> {
                     self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
                     return Ok(());
                 }
-                if let Class::Tx(TxControl::SetTransaction(o)) = v.class {
-                    if o.read_only == Some(true) && sql.to_ascii_lowercase().contains("session") {
-                        self.read_only = true; // the client declared its session read-only
-                    }
+                if v.session_read_only == Some(true) {
+                    self.read_only = true; // the client declared its session read-only
                 }
                 let in_tx = self.in_tx();
                 let mut record = None;
@@ -457,8 +455,20 @@ impl<'a> MySession<'a> {
             match self.send(&plan, wire).await {
                 Ok(()) => {}
                 Err(e) if plan.side == Side::Replica => {
-                    warn!(error = %e, "replica unavailable for this command; using the primary");
-                    self.drop_slot(Side::Replica);
+                    if matches!(e, BackendError::Refused { .. }) {
+                        // The replica refused the session's own state (a replayed statement,
+                        // a prepare, the login): the session stays on the primary, and the
+                        // replica serves everyone else.
+                        warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
+                        self.state.pinned = true;
+                        self.slots[Side::Replica] = None;
+                        if self.active == Some(Side::Replica) {
+                            self.active = None;
+                        }
+                    } else {
+                        warn!(error = %e, "replica unavailable for this command; using the primary");
+                        self.drop_slot(Side::Replica);
+                    }
                     plan.side = Side::Primary;
                     plan.backend = cluster.table.load().primary;
                     continue;

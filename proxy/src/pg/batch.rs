@@ -214,6 +214,13 @@ impl OpenBatch {
                 }
                 self.pins |= v.serializable;
             }
+            // `SELECT set_config(..., false)`: state to replay like a SET; a set_config the
+            // text alone cannot replay (a parameter, other calls beside it) pins.
+            Class::Unknown if v.sets_config_only => match self.session_sql {
+                Some(_) => self.pins = true,
+                None => self.session_sql = Some(sql.to_owned()),
+            },
+            Class::Unknown if v.custom_setting => self.pins = true,
             // Several statements with a state change among them cannot be replayed alone.
             Class::Multi if v.session => self.pins = true,
             _ => {}

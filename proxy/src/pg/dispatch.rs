@@ -166,6 +166,17 @@ impl Session<'_> {
                     }
                     self.drop_slot(side);
                 }
+                Err(e @ BackendError::Refused { .. }) if side == Side::Replica => {
+                    // The replica refused the session's own state (a replayed statement, a
+                    // prepare, the login): the session, not the replica, is the problem. It
+                    // stays on the primary; the replica serves everyone else.
+                    warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
+                    self.state.pinned = true;
+                    self.slots[side] = None;
+                    if self.active == Some(side) {
+                        self.active = None;
+                    }
+                }
                 Err(e) if side == Side::Replica => {
                     debug!(error = %e, "replica unavailable for this batch; using the primary");
                     self.drop_slot(side);
