@@ -479,3 +479,80 @@ async fn a_replica_refusing_a_sessions_state_keeps_serving_others() {
         assert_eq!(name, "replica1", "other sessions still read from the replica");
     }
 }
+
+/// A statement the server refuses changes nothing of the session: its database stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_failed_statement_keeps_the_sessions_database() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&mysql_config_text(topo, "app", "")).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut c = my(&mysql_url(port, APP)).await;
+    for failing in ["set @a := foo", "SET @b = (SELECT nothing FROM nowhere)", "USE nowhere"] {
+        assert!(c.query_drop(failing).await.is_err(), "{failing} fails");
+        c.query_drop("CREATE TABLE IF NOT EXISTS after_failure (a INT)")
+            .await
+            .unwrap_or_else(|e| panic!("after {failing}: {e}"));
+        let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+        assert_eq!(db.as_deref(), Some(DATABASE), "after {failing}");
+    }
+    c.query_drop("DROP TABLE after_failure").await.unwrap();
+}
+
+/// When the server closes a session's connection that held an open transaction, the client
+/// hears it and its connection closes, as a direct client's would; an idle connection the
+/// server closed is replaced without the client noticing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closes_is_relayed_as_such() {
+    let _serial = SERIAL.lock().await;
+    // MariaDB: idle_transaction_timeout ends the transaction and the connection.
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&mysql_config_text(topo, "app", "")).await.unwrap();
+    let mut c = my(&mysql_url(daemon.addr("app", false).unwrap().port(), APP)).await;
+    c.query_drop("SET SESSION idle_transaction_timeout = 1").await.unwrap();
+    c.query_drop("START TRANSACTION").await.unwrap();
+    c.query_drop("INSERT INTO items (note) VALUES ('lost')").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = c.query_drop("INSERT INTO items (note) VALUES ('after')").await.unwrap_err();
+    let text = err.to_string();
+    eprintln!("MySQL client got: {text}");
+    assert!(text.contains("2006") || text.contains("gone away"), "{text}");
+    assert!(c.query_drop("SELECT 1").await.is_err(), "the session's connection is closed");
+    // Outside a transaction, a connection the server closed is replaced with the state.
+    let mut d = my(&mysql_url(daemon.addr("app", false).unwrap().port(), APP)).await;
+    d.query_drop("SET @kept = 7").await.unwrap();
+    d.query_drop("SET SESSION wait_timeout = 1").await.unwrap();
+    d.query_drop("INSERT INTO items (note) VALUES ('before idle')").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    d.query_drop("START TRANSACTION").await.expect("a fresh primary connection");
+    let kept: Option<i64> = d.query_first("SELECT @kept").await.unwrap().unwrap();
+    assert_eq!(kept, Some(7), "the session state was replayed");
+    d.query_drop("COMMIT").await.unwrap();
+
+    // PostgreSQL: idle_in_transaction_session_timeout. psql through sqlswitch prints what it
+    // prints directly: the server's own FATAL, then the closed connection.
+    let pg = sqlswitch_tests::pg::Topology::shared();
+    let daemon = proxy::start(pg, "").await.unwrap();
+    let psql = sqlswitch_tests::pg::client_bin(pg, "psql");
+    let script = "SET idle_in_transaction_session_timeout = '1s';\nBEGIN;\nINSERT INTO items (note) VALUES ('lost');\n\\! sleep 2\nINSERT INTO items (note) VALUES ('after');\n";
+    let mut seen = Vec::new();
+    for port in [pg.primary().port, daemon.addr("app", false).unwrap().port()] {
+        let url = format!("postgresql://{}:{}@127.0.0.1:{port}/{DATABASE}", APP.0, APP.1);
+        let mut child = std::process::Command::new(&psql)
+            .args(["-X", "-q", "-At", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        }
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        seen.push(stderr.lines().find(|l| l.contains("FATAL")).unwrap_or_default().to_owned());
+    }
+    assert!(seen[0].contains("idle-in-transaction"), "directly: {}", seen[0]);
+    assert_eq!(seen[1], seen[0], "through sqlswitch as directly");
+}

@@ -35,6 +35,9 @@ pub mod code {
     pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8): disconnected for inactivity.
     pub const CLIENT_INACTIVE: u16 = 4031;
+    /// `CR_SERVER_GONE_ERROR` (2006): what a client library reports when the server closed
+    /// its connection; sent when the server closed a session's connection mid-transaction.
+    pub const SERVER_GONE: u16 = 2006;
     /// `CR_SERVER_LOST` style failure reported as `ER_UNKNOWN_ERROR` (1105).
     pub const UNKNOWN: u16 = 1105;
 }

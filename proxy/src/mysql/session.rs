@@ -454,6 +454,13 @@ impl<'a> MySession<'a> {
         loop {
             match self.send(&plan, wire).await {
                 Ok(()) => {}
+                Err(BackendError::Closed) => {
+                    // What a direct client's library reports (CR_SERVER_GONE_ERROR); then the
+                    // connection closes, as the server closed its own.
+                    let text = "MySQL server has gone away (the server closed this session's connection and its open transaction)";
+                    self.err(seq, code::SERVER_GONE, "HY000", text).await;
+                    return Err(End::BackendGone);
+                }
                 Err(e) if plan.side == Side::Replica => {
                     if matches!(e, BackendError::Refused { .. }) {
                         // The replica refused the session's own state (a replayed statement,
@@ -672,9 +679,16 @@ impl<'a> MySession<'a> {
     /// sends `wire`.
     async fn send(&mut self, plan: &Plan, wire: &mut BytesMut) -> Result<(), BackendError> {
         let side = plan.side;
-        let replace = self.slots[side]
-            .as_ref()
-            .is_none_or(|s| s.backend != plan.backend || (self.active != Some(plan.side) && !s.conn.is_reusable()));
+        // A connection the server closed between commands (a timeout, a kill) is replaced,
+        // with the session state replayed, unless it held an open transaction: that is lost,
+        // and the client must hear it.
+        let dead = self.slots[side].as_ref().is_some_and(|s| !s.conn.is_reusable());
+        if dead && self.active == Some(side) && self.in_tx() {
+            self.slots[side] = None;
+            self.active = None;
+            return Err(BackendError::Closed);
+        }
+        let replace = self.slots[side].as_ref().is_none_or(|s| s.backend != plan.backend || dead);
         if replace {
             if let Some(old) = self.slots[side].take() {
                 release(self.id.cluster, &self.id.key, old).await;

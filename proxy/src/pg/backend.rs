@@ -35,6 +35,10 @@ pub enum BackendError {
     /// The backend asked for something the proxy does not do, or broke the protocol.
     #[error("{0}")]
     Protocol(String),
+    /// The server closed a session's connection that held an open transaction: the
+    /// transaction is gone, and the client must hear it.
+    #[error("the server closed the connection, and the open transaction with it")]
+    Closed,
 }
 
 impl BackendError {

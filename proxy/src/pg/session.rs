@@ -544,6 +544,15 @@ impl<'a> Session<'a> {
                         }
                         msg::ERROR_RESPONSE => {
                             let body = &slot.conn.buf[start..fwd];
+                            let open_tx = slot.conn.tx != TxStatus::Idle;
+                            if msg::is_fatal(body) && self.outstanding == 0 && self.retry.is_none() && open_tx {
+                                // The server ended the session's open transaction with its
+                                // connection (idle_in_transaction_session_timeout, a
+                                // terminate): the client hears the server's own words, and the
+                                // connection closes, as a direct client's would.
+                                self.flush_backend(side, fwd).await?;
+                                return Err(End::BackendGone);
+                            }
                             if msg::is_fatal(body) && (self.outstanding == 0 || self.retry.is_some()) {
                                 // The server is closing this connection (shutdown, crash): with
                                 // nothing owed to the client, or a read that can run elsewhere,
