@@ -234,6 +234,42 @@ impl Gate {
     }
 }
 
+/// Statement texts a replica refused as "not on a standby" (an unlogged table, a view that
+/// writes): they go to the primary from then on. Empty, it costs a routing decision one
+/// relaxed load.
+#[derive(Debug, Default)]
+pub struct PrimaryOnly {
+    any: std::sync::atomic::AtomicBool,
+    texts: std::sync::RwLock<std::collections::HashSet<u64>>,
+}
+
+impl PrimaryOnly {
+    /// Most texts remembered; past it, no more are (they are corrected again at run time).
+    const MAX: usize = 10_000;
+
+    fn hash(text: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        h.finish()
+    }
+
+    /// `text` runs on the primary from now on.
+    pub fn remember(&self, text: &str) {
+        let mut texts = self.texts.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if texts.len() < Self::MAX {
+            texts.insert(Self::hash(text));
+            self.any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `text` was remembered.
+    pub fn contains(&self, text: &str) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self.texts.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&Self::hash(text))
+    }
+}
+
 /// What a pooled PostgreSQL connection was opened with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -396,6 +432,8 @@ pub struct Cluster {
     pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// TLS to the backends, when configured.
     pub backend_tls: arc_swap::ArcSwapOption<crate::tls::BackendTls>,
+    /// Reads a replica refused as not runnable on a standby: primary-only from then on.
+    pub primary_only: PrimaryOnly,
 }
 
 impl Cluster {
@@ -424,6 +462,7 @@ impl Cluster {
             mysql_threads: Arc::default(),
             tls: arc_swap::ArcSwapOption::empty(),
             backend_tls: arc_swap::ArcSwapOption::empty(),
+            primary_only: PrimaryOnly::default(),
             decoy: Verifier::new(&format!("{decoy_password:?}")),
             backends,
             users,

@@ -51,6 +51,10 @@ impl Registry {
                 "Statements (Query and Execute messages) routed, by target role and reason.",
             ),
             ("sqlswitch_statements_refused_total", "Writes refused in read-only sessions."),
+            (
+                "sqlswitch_replica_reruns_total",
+                "Reads a replica refused as not runnable on a standby (25006, 0A000, 40001), run again on the primary.",
+            ),
             ("sqlswitch_backend_connect_failures_total", "Failed attempts to connect or log in to a backend."),
         ];
         for (name, help) in counters {
@@ -90,6 +94,7 @@ impl Registry {
             sessions_total: self.counter("sqlswitch_client_sessions_total", &c),
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
             refused: self.counter("sqlswitch_statements_refused_total", &c),
+            reruns: self.counter("sqlswitch_replica_reruns_total", &c),
         }
     }
 
@@ -124,6 +129,8 @@ pub struct ClusterMetrics {
     pub auth_failures: Counter,
     /// Writes refused in read-only sessions.
     pub refused: Counter,
+    /// Reads a replica refused as not on a standby, run again on the primary.
+    pub reruns: Counter,
 }
 
 impl ClusterMetrics {

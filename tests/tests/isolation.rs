@@ -556,3 +556,40 @@ async fn a_connection_the_server_closes_is_relayed_as_such() {
     assert!(seen[0].contains("idle-in-transaction"), "directly: {}", seen[0]);
     assert_eq!(seen[1], seen[0], "through sqlswitch as directly");
 }
+
+/// What no lexer can see is corrected at run time: a read a replica refuses as "not on a
+/// standby" (an unlogged table: 0A000; a view that calls nextval(): 25006) runs on the primary
+/// without the client hearing of the replica, and goes there from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_standby_cannot_run_are_run_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::pg::Topology::shared();
+    topo.psql_admin(
+        topo.primary(),
+        "DROP VIEW IF EXISTS next_ids; DROP SEQUENCE IF EXISTS view_ids; DROP TABLE IF EXISTS jot; \
+         CREATE UNLOGGED TABLE jot (a int); INSERT INTO jot VALUES (1), (2); \
+         CREATE SEQUENCE view_ids; CREATE VIEW next_ids AS SELECT nextval('view_ids') AS id; \
+         GRANT SELECT ON jot, next_ids TO app; GRANT USAGE ON SEQUENCE view_ids TO app",
+        DATABASE,
+    )
+    .unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let c = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    for _ in 0..2 {
+        let n: i64 = c.query_one("SELECT count(*) FROM jot", &[]).await.expect("an unlogged table is read").get(0);
+        assert_eq!(n, 2);
+        let rows = c.simple_query("SELECT count(*) FROM jot").await.expect("by a simple query too");
+        let data = rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
+        assert_eq!(data, 1);
+        let id: i64 = c.query_one("SELECT id FROM next_ids", &[]).await.expect("a view that writes").get(0);
+        assert!(id > 0);
+        let st = c.prepare("SELECT a FROM jot ORDER BY a").await.unwrap();
+        let rows = c.query(&st, &[]).await.expect("a prepared statement");
+        assert_eq!(rows.len(), 2);
+    }
+    // Another session goes straight to the primary for the same text.
+    let d = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let on: String = d.query_one("SELECT count(*)::text FROM jot", &[]).await.map(|r| r.get(0)).expect("served");
+    assert_eq!(on, "2");
+}

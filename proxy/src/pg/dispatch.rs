@@ -346,22 +346,9 @@ impl Session<'_> {
         let Some(side) = self.active else { return Ok(()) };
         let was_idle = self.outstanding == 0 && self.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
-        if let Some(retry) = self.retry.take() {
-            let binds = std::mem::take(&mut self.retry_binds);
+        if self.retry.is_some() {
             warn!("a replica failed before answering; sending the read to the primary");
-            self.outstanding = self.outstanding.saturating_sub(1);
-            let primary = self.id.cluster.table.load().primary;
-            let sent = self.send(Side::Primary, primary, &retry, binds.as_slice()).await;
-            self.retry_binds = binds;
-            match sent? {
-                Some(side) => {
-                    self.outstanding += 1;
-                    self.id.cancel.set_target(self.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
-                    self.active = Some(side);
-                }
-                None => self.hold = false,
-            }
-            return Ok(());
+            return self.resend_on_primary().await;
         }
         if was_idle {
             return Ok(());
@@ -369,6 +356,80 @@ impl Session<'_> {
         self.tell_client_backend_gone().await;
         Err(End::BackendGone)
     }
+}
+
+impl Session<'_> {
+    /// Sends the held replica read ([`Session::retry`]) to the primary instead; its replica
+    /// answer, if any, has been consumed.
+    async fn resend_on_primary(&mut self) -> Result<(), End> {
+        let Some(retry) = self.retry.take() else { return Ok(()) };
+        let binds = std::mem::take(&mut self.retry_binds);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let primary = self.id.cluster.table.load().primary;
+        let sent = self.send(Side::Primary, primary, &retry, binds.as_slice()).await;
+        self.retry_binds = binds;
+        match sent? {
+            Some(side) => {
+                self.outstanding += 1;
+                self.id.cancel.set_target(self.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
+                self.active = Some(side);
+            }
+            None => self.hold = false,
+        }
+        Ok(())
+    }
+
+    /// A replica refused a read, before any of its answer reached the client, with an error
+    /// that means "not on a standby" (25006: it writes after all, as a view calling
+    /// `nextval()`; 0A000: an unlogged or temporary relation; 40001: a cancel by a recovery
+    /// conflict). What no lexer can see is corrected here: the read runs on the primary, the
+    /// client never hears of the replica, and (but for a conflict, which passes) the statement
+    /// goes to the primary from then on, in every session.
+    pub(super) async fn rerun_on_primary(&mut self, remember: bool) -> Result<(), End> {
+        let cluster = self.id.cluster;
+        cluster.metrics.reruns.increment(1);
+        if remember {
+            if let Some(retry) = self.retry.clone() {
+                for name in remember_statements(cluster, &retry) {
+                    self.state.not_read(&name);
+                }
+            }
+        }
+        debug!(remember, "a replica cannot run this read; running it on the primary");
+        self.resend_on_primary().await
+    }
+}
+
+/// Remembers, for the whole cluster, the texts of the statements in `messages` (a client
+/// batch) as primary-only; returns the names of the prepared statements it binds.
+fn remember_statements(cluster: &crate::cluster::Cluster, mut messages: &[u8]) -> Vec<String> {
+    use sqlswitch_protocol::pg::frame;
+    let mut names = Vec::new();
+    while let Ok(Some(h)) = frame::peek_header(messages, usize::MAX) {
+        let Some(body) = messages.get(frame::HEADER_LEN..h.total_len) else { break };
+        match h.tag {
+            fe::QUERY => {
+                if let Ok(text) = fe::query_text(body) {
+                    cluster.primary_only.remember(text);
+                }
+            }
+            fe::PARSE => {
+                if let Ok((name, text)) = fe::parse(body) {
+                    cluster.primary_only.remember(text);
+                    names.push(name.to_owned());
+                }
+            }
+            fe::BIND => {
+                let mut f = frame::Fields::new(body);
+                if let (Ok(_), Ok(name)) = (f.cstr("portal"), f.cstr("statement")) {
+                    names.push(name.to_owned());
+                }
+            }
+            _ => {}
+        }
+        messages = messages.get(h.total_len..).unwrap_or_default();
+    }
+    names
 }
 
 /// Prepares a named statement on `conn` from the client's own Parse message (closing an older

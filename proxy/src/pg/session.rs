@@ -338,7 +338,10 @@ impl<'a> Session<'a> {
                         Ok(v) => v,
                         Err(e) => return Err(self.client_error(e).await),
                     };
-                    let verdict = classify::classify_pg_with(text, &self.id.cluster.config.read_only_functions);
+                    let mut verdict = classify::classify_pg_with(text, &self.id.cluster.config.read_only_functions);
+                    if verdict.is_read() && self.id.cluster.primary_only.contains(text) {
+                        verdict.class = classify::Class::Unknown; // a replica refused it before
+                    }
                     self.state.custom_settings |= verdict.custom_setting;
                     if self.id.read_only && verdict.refused_read_only() {
                         if !self.refuse(header.tag, len).await? {
@@ -544,6 +547,17 @@ impl<'a> Session<'a> {
                         }
                         msg::ERROR_RESPONSE => {
                             let body = &slot.conn.buf[start..fwd];
+                            // A replica read refused as "not on a standby", with nothing of it
+                            // sent yet and its whole answer here: run it on the primary.
+                            let refusal = standby_refusal(msg::error_fields(body).0);
+                            if let Some(remember) = refusal {
+                                let whole = ends_with_ready_for_query(&slot.conn.buf);
+                                if side == Side::Replica && self.retry.is_some() && self.outstanding == 1 && whole {
+                                    slot.conn.buf.clear();
+                                    return self.rerun_on_primary(remember).await;
+                                }
+                            }
+                            let body = &slot.conn.buf[start..fwd];
                             let open_tx = slot.conn.tx != TxStatus::Idle;
                             if msg::is_fatal(body) && self.outstanding == 0 && self.retry.is_none() && open_tx {
                                 // The server ended the session's open transaction with its
@@ -666,6 +680,18 @@ fn note_statement_use(batch: &mut OpenBatch, state: &mut SessionState, tag: u8, 
 
 /// A retryable replica answer is held back up to this size.
 const RETRY_HOLD: usize = 64 * 1024;
+
+/// Whether SQLSTATE `code` says a standby cannot run the statement, and if so whether to
+/// remember that: `Some(true)` for 25006 (read-only transaction: the statement writes) and
+/// 0A000 (an unlogged or temporary relation), `Some(false)` for 40001 (a cancel by a recovery
+/// conflict, which passes).
+fn standby_refusal(code: Option<&str>) -> Option<bool> {
+    match code? {
+        "25006" | "0A000" => Some(true),
+        "40001" => Some(false),
+        _ => None,
+    }
+}
 
 /// Whether `buf` ends with a whole ReadyForQuery message.
 fn ends_with_ready_for_query(buf: &[u8]) -> bool {

@@ -53,6 +53,13 @@ impl SessionState {
         self.statements.get(name)
     }
 
+    /// A replica refused `name` as "not on a standby": it runs on the primary from now on.
+    pub fn not_read(&mut self, name: &str) {
+        if let Some(s) = self.statements.get_mut(name) {
+            s.read = false;
+        }
+    }
+
     /// The client closed `name`.
     pub fn forget(&mut self, name: &str) {
         self.statements.remove(name);
