@@ -263,23 +263,29 @@ impl BackendConn {
     }
 
     /// Returns the connection to a clean state for the next session: rolls back an open
-    /// transaction and runs `DISCARD ALL`. `Ok(false)` means it must not be reused.
+    /// transaction and runs `DISCARD ALL`, in one round trip with a check that the backend
+    /// never made a temporary schema. `Ok(false)` means it must not be reused.
     ///
     /// # Errors
     /// I/O failure.
     pub async fn reset(&mut self) -> Result<bool, BackendError> {
         let mut out = BytesMut::new();
-        let mut expect = 1;
+        let mut expect = 0;
         if self.tx != TxStatus::Idle {
             postgres_protocol::message::frontend::query("ROLLBACK", &mut out)?;
             expect += 1;
         }
         postgres_protocol::message::frontend::query("DISCARD ALL", &mut out)?;
+        // A backend keeps its temporary schema for life, through DISCARD ALL: one that made it
+        // differs from a fresh login (a transaction touching pg_temp would not create it).
+        postgres_protocol::message::frontend::query("SELECT pg_my_temp_schema() = 0", &mut out)?;
+        expect += 2;
         self.stream.send(&out).await?;
         let mut ok = true;
         while expect > 0 {
             let f = self.read_frame().await?;
             match f.tag {
+                b'D' => ok &= data_row(f.body()).is_some_and(|row| row == [Some("t".to_owned())]),
                 msg::ERROR_RESPONSE => ok = false,
                 msg::PARAMETER_STATUS => self.note_parameter(f.body()),
                 msg::READY_FOR_QUERY => {

@@ -1,0 +1,156 @@
+//! `sqlswitch-regress` (run by `scripts/regress`): PostgreSQL's own regression suite, run with
+//! `pg_regress` against a real primary with two streaming replicas, directly and through
+//! sqlswitch (with replicas, and primary-only), and each result file compared with the direct
+//! run's. Expected-file mismatches (locale, version) are the same in every run and cancel out:
+//! what differs is the proxy's. Writes `report.txt` (tests, differing, and the diff of each)
+//! in the output directory and exits 1 when any test differs.
+//!
+//! Usage: `sqlswitch-regress REGRESS_DIR DLPATH OUTDIR [SCHEDULE]`, where `REGRESS_DIR` is
+//! `src/test/regress` of the installed server's source and `DLPATH` holds its `regress.so`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sqlswitch_tests::pg::Topology;
+use sqlswitch_tests::proxy::{config_text, without_backend};
+
+/// The superuser the suite runs as, and the password the proxy knows it by (the servers trust
+/// it from 127.0.0.1).
+const SUPERUSER: (&str, &str) = ("postgres", "postgres");
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, regress_dir, dlpath, outdir, rest @ ..] = args.as_slice() else {
+        bail!("usage: sqlswitch-regress REGRESS_DIR DLPATH OUTDIR [SCHEDULE]");
+    };
+    let regress_dir = std::fs::canonicalize(regress_dir).context("REGRESS_DIR")?;
+    let schedule = rest.first().map_or_else(|| regress_dir.join("parallel_schedule"), PathBuf::from);
+    let outdir = PathBuf::from(outdir);
+    std::fs::create_dir_all(&outdir)?;
+    let pg_regress = find_pg_regress()?;
+
+    eprintln!("starting a PostgreSQL primary and two streaming replicas...");
+    let topo = Topology::start(2)?;
+    // The server loads regress.so itself: it must be where the postgres OS user can read it.
+    let lib = topo.dir.join("regress-lib");
+    std::fs::create_dir_all(&lib)?;
+    std::fs::copy(Path::new(dlpath).join("regress.so"), lib.join("regress.so")).context("DLPATH/regress.so")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let full = config_text(&topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+        + &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", SUPERUSER.0, SUPERUSER.1);
+    let mut primary_only = full.clone();
+    for r in topo.replicas() {
+        primary_only = without_backend(&primary_only, &r.name);
+    }
+    let runs: [(&str, Option<&str>); 3] =
+        [("direct", None), ("replicas", Some(full.as_str())), ("primary-only", Some(primary_only.as_str()))];
+    for (label, config) in runs {
+        let daemon = match config {
+            Some(text) => Some(runtime.block_on(sqlswitch_tests::proxy::start_text(text))?),
+            None => None,
+        };
+        let port = match &daemon {
+            Some(d) => d.addr("app", false).context("the proxy's address")?.port(),
+            None => topo.primary().port,
+        };
+        // The servers write and read files there (COPY TO, lo_export), as the postgres user.
+        let results = outdir.join(label).join("results");
+        std::fs::create_dir_all(&results)?;
+        for dir in [outdir.as_path(), &outdir.join(label), &results] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        }
+        eprintln!("running the suite {label} (port {port})...");
+        let started = std::time::Instant::now();
+        let status = Command::new(&pg_regress)
+            .arg(format!("--inputdir={}", regress_dir.display()))
+            .arg(format!("--outputdir={}", outdir.join(label).display()))
+            .arg(format!("--dlpath={}", lib.display()))
+            .arg(format!("--schedule={}", schedule.display()))
+            .args(["--host=127.0.0.1", &format!("--port={port}"), &format!("--user={}", SUPERUSER.0)])
+            .arg(format!("--bindir={}", find_bindir()?.display()))
+            .env("PGPASSWORD", SUPERUSER.1)
+            .stdout(std::fs::File::create(outdir.join(format!("{label}.log")))?)
+            .status()
+            .context("pg_regress")?;
+        eprintln!("  {label}: pg_regress exited {status} after {:.0?}", started.elapsed());
+        drop(daemon);
+    }
+    drop(runtime);
+    let report = compare(&outdir, &["replicas", "primary-only"])?;
+    std::fs::write(outdir.join("report.txt"), &report.text)?;
+    println!("{}", report.summary);
+    topo.stop();
+    if report.differing > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+struct Report {
+    text: String,
+    summary: String,
+    differing: usize,
+}
+
+/// Compares every result file of each run in `runs` with the direct run's.
+fn compare(outdir: &Path, runs: &[&str]) -> Result<Report> {
+    let direct = outdir.join("direct").join("results");
+    let mut names: Vec<String> = std::fs::read_dir(&direct)
+        .with_context(|| format!("{} (did the direct run start?)", direct.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".out"))
+        .collect();
+    names.sort();
+    let mut text = String::new();
+    let mut summary = String::new();
+    let mut differing = 0;
+    for run in runs {
+        let mut diff_names = Vec::new();
+        for name in &names {
+            // Each run writes its files under its own directory, and says so in messages.
+            let read = |label: &str| {
+                let text = std::fs::read_to_string(outdir.join(label).join("results").join(name)).unwrap_or_default();
+                text.replace(&outdir.join(label).display().to_string(), "OUTDIR")
+            };
+            let (ours, theirs) = (read("direct"), read(run));
+            if ours == theirs {
+                continue;
+            }
+            let scratch = outdir.join("compare");
+            std::fs::create_dir_all(&scratch)?;
+            std::fs::write(scratch.join("direct"), &ours)?;
+            std::fs::write(scratch.join(run), &theirs)?;
+            let out = Command::new("diff").arg("-u").arg(scratch.join("direct")).arg(scratch.join(run)).output()?;
+            diff_names.push(name.trim_end_matches(".out").to_owned());
+            text += &format!("==== {run}: {name}\n{}\n", String::from_utf8_lossy(&out.stdout));
+        }
+        differing += diff_names.len();
+        summary += &format!(
+            "{run}: {} tests, {} differ from the direct run{}{}\n",
+            names.len(),
+            diff_names.len(),
+            if diff_names.is_empty() { "" } else { ": " },
+            diff_names.join(" ")
+        );
+    }
+    Ok(Report { text: format!("{summary}\n{text}"), summary, differing })
+}
+
+fn find_pg_regress() -> Result<PathBuf> {
+    let dir = Path::new("/usr/lib/postgresql");
+    for entry in std::fs::read_dir(dir).context("/usr/lib/postgresql (install postgresql)")? {
+        let p = entry?.path().join("lib/pgxs/src/test/regress/pg_regress");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("pg_regress not found under /usr/lib/postgresql/*/lib/pgxs (install postgresql-client)")
+}
+
+/// Where `psql` is, which pg_regress runs each test with.
+fn find_bindir() -> Result<PathBuf> {
+    let bin = sqlswitch_tests::pg::find_bin()?;
+    Ok(if bin.join("psql").exists() { bin } else { PathBuf::from("/usr/bin") })
+}
