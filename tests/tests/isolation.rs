@@ -593,3 +593,35 @@ async fn reads_a_standby_cannot_run_are_run_on_the_primary() {
     let on: String = d.query_one("SELECT count(*)::text FROM jot", &[]).await.map(|r| r.get(0)).expect("served");
     assert_eq!(on, "2");
 }
+
+/// MySQL `SHOW WARNINGS` and `@@warning_count` answer for the last statement, wherever it ran;
+/// `SHOW STATUS` and the processlist answer as the primary does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_warnings_come_from_where_the_last_statement_ran() {
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let daemon = start_text(&mysql_config_text(topo, "app", "")).await.unwrap();
+    let mut c = my(&mysql_url(daemon.addr("app", false).unwrap().port(), APP)).await;
+    for in_tx in [false, true] {
+        if in_tx {
+            c.query_drop("START TRANSACTION").await.unwrap();
+        }
+        let (id, _): (u32, Option<i64>) = c.query_first("SELECT @@server_id, 1/0").await.unwrap().unwrap();
+        assert_eq!(id == 1, in_tx, "a read on a replica, or in a transaction on the primary");
+        let warnings: Vec<(String, u32, String)> = c.query("SHOW WARNINGS").await.unwrap();
+        assert_eq!(warnings.len(), 1, "the division's warning, from server {id}: {warnings:?}");
+        assert_eq!(warnings[0].1, 1365);
+        let _: Option<(u32, Option<i64>)> = c.query_first("SELECT @@server_id, 1/0").await.unwrap();
+        let count: u64 = c.query_first("SELECT @@warning_count").await.unwrap().unwrap();
+        assert_eq!(count, 1);
+        if in_tx {
+            c.query_drop("COMMIT").await.unwrap();
+        }
+    }
+    // A statement on the primary outside a transaction (DO is not provably a read).
+    c.query_drop("DO 1/0").await.unwrap();
+    let warnings: Vec<(String, u32, String)> = c.query("SHOW WARNINGS").await.unwrap();
+    assert_eq!(warnings.len(), 1, "DO's warning, from the primary: {warnings:?}");
+    let status: Vec<(String, String)> = c.query("SHOW STATUS LIKE 'Slave_running'").await.unwrap();
+    assert_eq!(status.first().map(|s| s.1.as_str()), Some("OFF"), "the primary answers SHOW STATUS");
+}

@@ -399,6 +399,47 @@ pub fn is_local_relation(word: &str) -> bool {
     stat || contains(LOCAL_RELATIONS, word)
 }
 
+/// MySQL relations that answer for the session's own connection or its server: status
+/// counters, threads, server variables, the performance and InnoDB transaction tables.
+const MYSQL_LOCAL_RELATIONS: &[&str] = &[
+    "global_status",
+    "global_variables",
+    "innodb_lock_waits",
+    "innodb_locks",
+    "innodb_trx",
+    "performance_schema",
+    "processlist",
+    "session_status",
+    "session_variables",
+    "user_statistics",
+];
+
+/// Words that make a MySQL `SHOW` answer for the session's connection or its server: the last
+/// statement's warnings and errors, status, threads, replication state, variables, engines.
+const MYSQL_LOCAL_SHOW: &[&str] = &[
+    "binary",
+    "binlog",
+    "engine",
+    "errors",
+    "master",
+    "open",
+    "processlist",
+    "profile",
+    "profiles",
+    "relaylog",
+    "replica",
+    "slave",
+    "status",
+    "variables",
+    "warnings",
+];
+
+/// Whether MySQL word `w` makes a query (`show`: a `SHOW`) answer for the session's connection
+/// or its server (see [`MYSQL_LOCAL_RELATIONS`], [`MYSQL_LOCAL_SHOW`]).
+pub fn is_mysql_local(w: &str, show: bool) -> bool {
+    contains(MYSQL_LOCAL_RELATIONS, w) || (show && contains(MYSQL_LOCAL_SHOW, w))
+}
+
 /// Whether `word (` is syntax rather than a function call.
 pub fn is_syntax(word: &str) -> bool {
     contains(SYNTAX, word)
@@ -416,7 +457,7 @@ mod tests {
 
     #[test]
     fn lists_are_sorted_for_binary_search() {
-        for list in [SYNTAX, READ_ONLY, LOCAL_RELATIONS] {
+        for list in [SYNTAX, READ_ONLY, LOCAL_RELATIONS, MYSQL_LOCAL_RELATIONS, MYSQL_LOCAL_SHOW] {
             for pair in list.windows(2) {
                 assert_eq!(cmp_ci(pair[0], pair[1]), std::cmp::Ordering::Less, "{pair:?}");
             }

@@ -95,6 +95,9 @@ pub struct Verdict {
     /// `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY` (PostgreSQL) or `SET SESSION
     /// TRANSACTION READ ONLY` (MySQL): `Some(true)`; `... READ WRITE`: `Some(false)`.
     pub session_read_only: Option<bool>,
+    /// MySQL `SHOW WARNINGS` / `SHOW ERRORS` / `@@warning_count` / `@@error_count`: about the
+    /// last statement, so only the connection that ran it can answer.
+    pub about_last_statement: bool,
 }
 
 impl Verdict {
@@ -125,11 +128,16 @@ pub fn classify_pg_with(sql: &str, extra_read_only: &[String]) -> Verdict {
 /// provable read. `@@identity` and `@@last_insert_id` read per-connection state of the primary.
 pub fn classify_mysql_with(sql: &str, extra_read_only: &[String]) -> Verdict {
     let mut v = classify_with(Lexer::mysql(sql), true, extra_read_only);
-    // `@@identity`, `@@session.identity`, `` @@`identity` ``: any spelling reads the primary's.
+    // `@@identity`, `@@session.identity`, `` @@`identity` ``: any spelling reads the primary's;
+    // so do `@@warning_count` and `@@error_count`, which belong to the last statement.
     let opaque = ["/*!", "/*M!"].iter().any(|needle| contains_ci(sql, needle))
-        || (sql.contains("@@") && (contains_ci(sql, "identity") || contains_ci(sql, "last_insert_id")));
+        || (sql.contains("@@")
+            && ["identity", "last_insert_id", "warning_count", "error_count"].iter().any(|n| contains_ci(sql, n)));
     if opaque && v.class == Class::Read {
         v.class = Class::Unknown;
+    }
+    if sql.contains("@@") && (contains_ci(sql, "warning_count") || contains_ci(sql, "error_count")) {
+        v.about_last_statement = true;
     }
     v
 }
@@ -145,6 +153,7 @@ fn classify_with(lexer: Lexer<'_>, mysql: bool, extra: &[String]) -> Verdict {
         custom_setting: false,
         sets_config_only: false,
         session_read_only: None,
+        about_last_statement: false,
     };
     let mut scan = Scan::new(extra, mysql);
     for tok in lexer {
@@ -171,6 +180,7 @@ impl Verdict {
             self.custom_setting |= s.custom_setting;
             self.sets_config_only = self.statements == 1 && s.sets_config_only;
             self.session_read_only = s.session_read_only.or(self.session_read_only);
+            self.about_last_statement |= s.about_last_statement;
         }
     }
 }
@@ -237,6 +247,7 @@ struct Stmt {
     custom_setting: bool,
     sets_config_only: bool,
     session_read_only: Option<bool>,
+    about_last_statement: bool,
 }
 
 /// The per-statement state machine fed one token at a time.
@@ -296,6 +307,8 @@ struct Scan<'a, 'x> {
     hold: bool,
     /// A `$n` or `?` parameter: the text alone cannot be replayed.
     param: bool,
+    /// MySQL `SHOW WARNINGS` / `SHOW ERRORS`.
+    last_statement: bool,
 }
 
 impl<'a, 'x> Scan<'a, 'x> {
@@ -333,6 +346,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             characteristics: false,
             hold: false,
             param: false,
+            last_statement: false,
         }
     }
 
@@ -428,10 +442,19 @@ impl<'a, 'x> Scan<'a, 'x> {
                 }
             }
             // `alias.update` is a column, never a keyword.
-            Lead::Query | Lead::Show if self.qualifier.is_some() && !starts_with_pg(w) => {}
+            Lead::Query | Lead::Show
+                if self.qualifier.is_some()
+                    && !starts_with_pg(w)
+                    && !(self.mysql && functions::is_mysql_local(w, false)) => {}
             // `SELECT ... INTO TEMP t` makes a temporary table.
             Lead::Query if self.into && (is(w, "temp") || is(w, "temporary")) => self.temp = true,
             Lead::Query | Lead::Show if starts_with_pg(w) => self.local_relation |= functions::is_local_relation(w),
+            // MySQL: what the session's connection or its server answers for itself
+            // (`SHOW WARNINGS`, `SHOW STATUS`, `information_schema.PROCESSLIST`, ...).
+            Lead::Query | Lead::Show if self.mysql && functions::is_mysql_local(w, self.lead == Lead::Show) => {
+                self.local_relation = true;
+                self.last_statement |= self.lead == Lead::Show && (is(w, "warnings") || is(w, "errors"));
+            }
             // Most words of a query are names: only these letters start a word checked below.
             Lead::Query | Lead::Show
                 if !matches!(w.as_bytes().first().map(|c| c | 0x20), Some(b'i' | b'u' | b'd' | b'm' | b's' | b'l')) => {
@@ -603,6 +626,7 @@ impl<'a, 'x> Scan<'a, 'x> {
                 && !self.local_relation
                 && !self.param,
             session_read_only: if self.characteristics { self.opts.read_only } else { None },
+            about_last_statement: self.last_statement,
         }
     }
 }

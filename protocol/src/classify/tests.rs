@@ -431,6 +431,26 @@ fn session_and_server_local_state_stays_with_the_session() {
     assert_eq!((mysql.class, mysql.session_read_only), (Class::Session, Some(true)));
     assert!(matches!(classify_mysql_with("SET TRANSACTION READ ONLY", &[]).class, Class::Tx(_)));
     assert!(matches!(classify_mysql_with("SET GLOBAL TRANSACTION READ ONLY", &[]).class, Class::Tx(_)));
+    for sql in [
+        "SHOW WARNINGS",
+        "show count(*) errors",
+        "SHOW GLOBAL STATUS LIKE 'aborted%'",
+        "SHOW FULL PROCESSLIST",
+        "SHOW SLAVE STATUS",
+        "SHOW VARIABLES LIKE 'read_only'",
+        "SELECT VARIABLE_VALUE FROM INFORMATION_SCHEMA.GLOBAL_STATUS WHERE VARIABLE_NAME = 'x'",
+        "SELECT * FROM performance_schema.threads",
+        "SELECT @@warning_count",
+    ] {
+        assert!(!classify_mysql_with(sql, &[]).is_read(), "{sql}: the session's own connection answers");
+    }
+    for sql in ["SHOW WARNINGS", "show count(*) errors", "SELECT @@warning_count"] {
+        assert!(classify_mysql_with(sql, &[]).about_last_statement, "{sql}");
+    }
+    assert!(!classify_mysql_with("SHOW STATUS", &[]).about_last_statement);
+    for sql in ["SHOW TABLES", "SHOW CREATE TABLE t", "SHOW COLUMNS FROM t", "SELECT status, open FROM orders"] {
+        assert!(classify_mysql_with(sql, &[]).is_read(), "{sql}");
+    }
     // set_config is replayable session state when it is all a statement does.
     assert!(classify_pg("SELECT set_config('search_path', 'x', false)").sets_config_only);
     assert!(classify_pg("select pg_catalog.set_config('a', 'b', false), lower('x')").sets_config_only);

@@ -341,12 +341,19 @@ impl<'a> MySession<'a> {
                 } else if v.class == Class::Session {
                     record = Some(sql.into_owned());
                 }
-                let batch = route::Batch {
-                    read: v.is_read(),
-                    begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
-                    session_state: record.is_some() || self.state.pinned,
-                };
-                self.plan(&batch, record)
+                // `SHOW WARNINGS` and friends are about the last statement: the connection that
+                // ran it answers.
+                let last = self.active.and_then(|side| self.slots[side].as_ref().map(|s| (side, s.backend)));
+                if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
+                    Plan { side, backend, reason: Reason::Transaction, read: true, record: None }
+                } else {
+                    let batch = route::Batch {
+                        read: v.is_read(),
+                        begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
+                        session_state: record.is_some() || self.state.pinned,
+                    };
+                    self.plan(&batch, record)
+                }
             }
             command::INIT_DB => {
                 let db = String::from_utf8_lossy(packet.payload.get(1..).unwrap_or_default()).replace('`', "``");

@@ -21,6 +21,9 @@ const SUPERUSER: (&str, &str) = ("postgres", "postgres");
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--mysql") {
+        return mysql::main(args.get(2..).unwrap_or_default());
+    }
     let [_, regress_dir, dlpath, outdir, rest @ ..] = args.as_slice() else {
         bail!("usage: sqlswitch-regress REGRESS_DIR DLPATH OUTDIR [SCHEDULE]");
     };
@@ -157,4 +160,123 @@ fn find_pg_regress() -> Result<PathBuf> {
 fn find_bindir() -> Result<PathBuf> {
     let bin = sqlswitch_tests::pg::find_bin()?;
     Ok(if bin.join("psql").exists() { bin } else { PathBuf::from("/usr/bin") })
+}
+
+/// MariaDB's own suite (`mariadb-test-run --extern` from Debian's `mariadb-test`): the named
+/// tests of `main`, directly and through sqlswitch, pass/fail compared per test.
+mod mysql {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use anyhow::{bail, Context, Result};
+    use sqlswitch_tests::mysql::Topology;
+    use sqlswitch_tests::proxy::{mysql_config_text, without_backend};
+
+    const MTR_DIR: &str = "/usr/share/mysql/mysql-test";
+    const USER: (&str, &str) = ("mtr", "mtr");
+
+    /// `--mysql OUTDIR TEST...`
+    pub fn main(args: &[String]) -> Result<()> {
+        let [outdir, tests @ ..] = args else { bail!("usage: sqlswitch-regress --mysql OUTDIR TEST...") };
+        if !Path::new(MTR_DIR).join("mariadb-test-run").exists() {
+            bail!("{MTR_DIR}/mariadb-test-run not found (install mariadb-test)");
+        }
+        let outdir = PathBuf::from(outdir);
+        std::fs::create_dir_all(&outdir)?;
+        eprintln!("starting a MariaDB primary and two GTID replicas...");
+        let topo = Topology::start(2)?;
+        topo.sql(
+            topo.primary(),
+            &format!(
+                "CREATE USER '{u}'@'%' IDENTIFIED BY '{p}'; GRANT ALL ON *.* TO '{u}'@'%' WITH GRANT OPTION; \
+                 CREATE DATABASE IF NOT EXISTS test; CREATE DATABASE IF NOT EXISTS mtr;",
+                u = USER.0,
+                p = USER.1
+            ),
+        )?;
+        topo.wait_replicas_caught_up()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let full = mysql_config_text(&topo, "app", "")
+            + &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", USER.0, USER.1);
+        let mut primary_only = full.clone();
+        for r in topo.replicas() {
+            primary_only = without_backend(&primary_only, &r.name);
+        }
+        let mut results = Vec::new();
+        for (label, config) in [("direct", None), ("replicas", Some(&full)), ("primary-only", Some(&primary_only))] {
+            let daemon = match config {
+                Some(text) => Some(runtime.block_on(sqlswitch_tests::proxy::start_text(text))?),
+                None => None,
+            };
+            let port = match &daemon {
+                Some(d) => d.addr("app", false).context("the proxy's address")?.port(),
+                None => topo.primary().port,
+            };
+            eprintln!("running {} tests {label} (port {port})...", tests.len());
+            let vardir = std::fs::canonicalize(&outdir)?.join(label);
+            let out = Command::new("perl")
+                .current_dir(MTR_DIR)
+                .args(["mariadb-test-run.pl", "--force", "--max-test-fail=0", "--retry=0", "--testcase-timeout=2"])
+                .arg(format!("--vardir={}", vardir.display()))
+                .args(["--extern", "host=127.0.0.1", "--extern", &format!("port={port}")])
+                .args(["--extern", &format!("user={}", USER.0), "--extern", &format!("password={}", USER.1)])
+                // Tests' own `connect ... localhost ...` lines reach the primary's socket
+                // directly: only the main connection goes through sqlswitch.
+                .args([
+                    "--extern",
+                    &format!("socket={}", topo.dir.join(format!("{}.sock", topo.primary().name)).display()),
+                ])
+                .args(tests.iter().map(|t| if t.contains('.') { t.clone() } else { format!("main.{t}") }))
+                .output()
+                .context("mariadb-test-run")?;
+            let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            std::fs::write(outdir.join(format!("{label}.log")), &log)?;
+            results.push((label, statuses(&log)));
+            drop(daemon);
+        }
+        drop(runtime);
+        let (_, direct) = &results[0];
+        let mut summary = String::new();
+        let mut failed = 0;
+        let mut passed = 0;
+        for (label, theirs) in &results[1..] {
+            let differing: Vec<String> = direct
+                .iter()
+                .filter(|(t, s)| theirs.get(*t) != Some(s))
+                .map(|(t, s)| format!("{t} ({s} -> {})", theirs.get(t).map_or("missing", String::as_str)))
+                .collect();
+            failed += differing.len();
+            passed += direct.len() - differing.len();
+            summary += &format!(
+                "{label}: {} tests ({} pass directly), {} differ: {}\n",
+                direct.len(),
+                direct.values().filter(|s| *s == "pass").count(),
+                differing.len(),
+                differing.join(" ")
+            );
+        }
+        std::fs::write(outdir.join("report.txt"), &summary)?;
+        print!("{summary}");
+        println!("regress-mysql: {passed} passed, {failed} failed");
+        drop(topo);
+        if failed > 0 {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    /// `test -> pass | fail | skipped` from mariadb-test-run's report lines
+    /// (`main.alias                               [ pass ]      5`).
+    fn statuses(log: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for line in log.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(name), Some("["), Some(status)) = (words.next(), words.next(), words.next()) else { continue };
+            if name.contains('.') {
+                out.insert(name.to_owned(), status.to_owned());
+            }
+        }
+        out
+    }
 }
