@@ -195,6 +195,10 @@ mod mysql {
                 p = USER.1
             ),
         )?;
+        // As mariadb-test-run configures its own servers: functions without characteristics.
+        for n in &topo.nodes {
+            topo.sql(n, "SET GLOBAL log_bin_trust_function_creators = 1")?;
+        }
         topo.wait_replicas_caught_up()?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let full = mysql_config_text(&topo, "app", "")
