@@ -13,3 +13,28 @@ pub mod client;
 pub mod mysql;
 pub mod pg;
 pub mod proxy;
+
+/// How long one test binary may run before it is taken for hung, in seconds
+/// (`SQLSWITCH_TEST_LIMIT_SECS` overrides it). Each binary takes well under a minute here.
+const TEST_BINARY_LIMIT_SECS: u64 = 600;
+
+/// Starts, once per process, a thread that ends a test binary that runs past its limit: a test
+/// that hangs then fails the run in minutes, naming itself (the test runner reports each test
+/// running for over 60 seconds), instead of holding CI until its own timeout. The servers are
+/// stopped by their reapers as the process exits.
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let limit = std::env::var("SQLSWITCH_TEST_LIMIT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TEST_BINARY_LIMIT_SECS);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(limit));
+            eprintln!(
+                "\nthis test binary has run for {limit} s: a test hangs (see which ran for over 60 seconds above)"
+            );
+            std::process::exit(101);
+        });
+    });
+}

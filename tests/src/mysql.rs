@@ -41,6 +41,7 @@ impl Topology {
     /// # Panics
     /// MariaDB cannot be started: the tests that need it fail rather than skip.
     pub fn shared() -> &'static Topology {
+        crate::watchdog();
         SHARED.get_or_init(|| Topology::start(2).unwrap_or_else(|e| panic!("cannot start the MariaDB topology: {e:#}")))
     }
 

@@ -66,6 +66,7 @@ impl Topology {
     /// # Panics
     /// When PostgreSQL cannot be started: every test that needs it must fail, not skip.
     pub fn shared() -> &'static Topology {
+        crate::watchdog();
         SHARED.get_or_init(|| {
             Topology::start(2).unwrap_or_else(|e| panic!("cannot start the PostgreSQL topology: {e:#}"))
         })

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
-use sqlswitch_tests::client::{connect, connect_str};
-use sqlswitch_tests::pg::{APP, DATABASE};
+use sqlswitch_tests::client::{code, connect, connect_str, refused};
+use sqlswitch_tests::pg::{ANON, APP, DATABASE};
 use sqlswitch_tests::proxy::{self, mysql_config_text, mysql_url, start_text, without_backend};
 use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
 
 /// Tests that count pooled connections or stop replication: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -569,7 +570,7 @@ async fn reads_a_standby_cannot_run_are_run_on_the_primary() {
         "DROP VIEW IF EXISTS next_ids; DROP SEQUENCE IF EXISTS view_ids; DROP TABLE IF EXISTS jot; \
          CREATE UNLOGGED TABLE jot (a int); INSERT INTO jot VALUES (1), (2); \
          CREATE SEQUENCE view_ids; CREATE VIEW next_ids AS SELECT nextval('view_ids') AS id; \
-         GRANT SELECT ON jot, next_ids TO app; GRANT USAGE ON SEQUENCE view_ids TO app",
+         GRANT SELECT ON jot, next_ids TO app, anon; GRANT USAGE ON SEQUENCE view_ids TO app, anon",
         DATABASE,
     )
     .unwrap();
@@ -592,6 +593,38 @@ async fn reads_a_standby_cannot_run_are_run_on_the_primary() {
     let d = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
     let on: String = d.query_one("SELECT count(*)::text FROM jot", &[]).await.map(|r| r.get(0)).expect("served");
     assert_eq!(on, "2");
+
+    // Pipelined: a read the replica refuses behind another still in flight. Each answer is its
+    // own statement's, and every one arrives (a client waiting for an answer the proxy dropped
+    // would hang here).
+    let fresh = proxy::start(topo, "").await.unwrap();
+    let e = connect(fresh.addr("app", false).unwrap().port(), APP).await.unwrap();
+    for i in 0..20 {
+        let first = format!("SELECT {i}");
+        let (a, b) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(e.simple_query(&first), e.simple_query("SELECT id FROM next_ids"))
+        })
+        .await
+        .expect("every pipelined answer arrives");
+        let value = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+            rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+        };
+        assert_eq!(value(a.expect("the first read")).as_deref(), Some(i.to_string().as_str()));
+        let id = value(b.expect("the view, run on the primary")).unwrap_or_default();
+        assert!(id.parse::<i64>().is_ok_and(|n| n > 0), "the view's own answer: {id:?}");
+    }
+
+    // A read-only session's refused write is relayed: it is never run on the primary instead.
+    let ro = connect(fresh.addr("app", false).unwrap().port(), ANON).await.unwrap();
+    let d = sqlswitch_tests::client::direct(topo.primary().port, DATABASE).await;
+    let before: i64 = d.query_one("SELECT last_value FROM view_ids", &[]).await.unwrap().get(0);
+    let err = refused(ro.query_one("SELECT id FROM next_ids", &[]).await, "a read-only session's write");
+    assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
+    let after: i64 = d.query_one("SELECT last_value FROM view_ids", &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "the sequence did not move");
 }
 
 /// MySQL `SHOW WARNINGS` and `@@warning_count` answer for the last statement, wherever it ran;

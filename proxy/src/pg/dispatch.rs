@@ -93,9 +93,18 @@ impl Session<'_> {
             self.batch.len = 0;
             return Ok(true);
         };
-        if side == Side::Replica && self.batch.complete && self.outstanding == 0 && self.tx() == TxStatus::Idle {
+        // The latest whole batch sent to a replica may be run again elsewhere; any other batch
+        // sent after it takes that away (its answers follow, and are the client's). Behind
+        // other batches still in flight, it may only once they are answered and left no
+        // transaction open (checked at the refusal).
+        let pipelined = self.outstanding > 0;
+        let alone = !pipelined && self.tx() == TxStatus::Idle;
+        let on_replica = side == Side::Replica && self.batch.complete && !self.batch.needs_unnamed_from;
+        if on_replica && (alone || self.active == Some(Side::Replica)) {
             self.retry_binds.copy_from(&binds);
             self.retry = Some(bytes);
+        } else {
+            self.retry = None;
         }
         self.batch.binds = binds;
         self.after_send(side, reason, writes);
@@ -346,7 +355,7 @@ impl Session<'_> {
         let Some(side) = self.active else { return Ok(()) };
         let was_idle = self.outstanding == 0 && self.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
-        if self.retry.is_some() {
+        if self.retry.is_some() && self.outstanding == 1 {
             warn!("a replica failed before answering; sending the read to the primary");
             return self.resend_on_primary().await;
         }
@@ -379,7 +388,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// A replica refused a read, before any of its answer reached the client, with an error
+    /// A read-write session's replica refused a read, before any of its answer reached the client, with an error
     /// that means "not on a standby" (25006: it writes after all, as a view calling
     /// `nextval()`; 0A000: an unlogged or temporary relation; 40001: a cancel by a recovery
     /// conflict). What no lexer can see is corrected here: the read runs on the primary, the

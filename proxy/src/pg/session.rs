@@ -471,6 +471,7 @@ impl<'a> Session<'a> {
                     return Err(End::BackendGone);
                 }
                 self.outstanding += 1;
+                self.retry = None;
                 self.batch.reset();
                 self.hold = true;
                 Ok(())
@@ -503,6 +504,8 @@ impl<'a> Session<'a> {
             }
         }
         let mut fwd = 0;
+        // Where the answer still owed begins: just after the last ReadyForQuery seen.
+        let mut answered = 0;
         loop {
             let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
             let buf_len = slot.conn.buf.len();
@@ -538,12 +541,13 @@ impl<'a> Session<'a> {
                             if self.outstanding == 0 {
                                 if let Some(err) = self.inject.take() {
                                     // Our refusal goes just before this ReadyForQuery.
-                                    self.flush_backend(side, fwd - header.total_len).await?;
+                                    self.flush_backend(side, fwd - header.total_len, 0).await?;
                                     fwd = header.total_len;
                                     self.send_client(&err).await?;
                                 }
                                 self.hold = false;
                             }
+                            answered = fwd;
                         }
                         msg::ERROR_RESPONSE => {
                             let body = &slot.conn.buf[start..fwd];
@@ -552,8 +556,13 @@ impl<'a> Session<'a> {
                             let refusal = standby_refusal(msg::error_fields(body).0);
                             if let Some(remember) = refusal {
                                 let whole = ends_with_ready_for_query(&slot.conn.buf);
-                                if side == Side::Replica && self.retry.is_some() && self.outstanding == 1 && whole {
-                                    slot.conn.buf.clear();
+                                let rerun = side == Side::Replica && !self.id.read_only && self.retry.is_some();
+                                if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
+                                    // Earlier batches' answers are the client's; this one's is not.
+                                    self.flush_backend(side, answered, answered).await?;
+                                    if let Some(slot) = self.slots[side].as_mut() {
+                                        slot.conn.buf.clear();
+                                    }
                                     return self.rerun_on_primary(remember).await;
                                 }
                             }
@@ -564,14 +573,14 @@ impl<'a> Session<'a> {
                                 // connection (idle_in_transaction_session_timeout, a
                                 // terminate): the client hears the server's own words, and the
                                 // connection closes, as a direct client's would.
-                                self.flush_backend(side, fwd).await?;
+                                self.flush_backend(side, fwd, 0).await?;
                                 return Err(End::BackendGone);
                             }
                             if msg::is_fatal(body) && (self.outstanding == 0 || self.retry.is_some()) {
                                 // The server is closing this connection (shutdown, crash): with
                                 // nothing owed to the client, or a read that can run elsewhere,
                                 // the client need not hear of it.
-                                self.flush_backend(side, fwd - header.total_len).await?;
+                                self.flush_backend(side, fwd - header.total_len, answered).await?;
                                 return self.backend_failed().await;
                             }
                             self.inject = None;
@@ -591,7 +600,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        self.flush_backend(side, fwd).await?;
+        self.flush_backend(side, fwd, answered).await?;
         if !self.hold && (!self.cbuf.is_empty() || self.batch.complete) {
             // Client messages held back while the backend caught up.
             return Box::pin(self.on_client()).await;
@@ -639,9 +648,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn flush_backend(&mut self, side: Side, n: usize) -> Result<(), End> {
+    /// Sends the first `n` buffered bytes of `side` to the client. Those past `answered` (the
+    /// end of the last whole answer) are the start of the answer still owed: it cannot be run
+    /// elsewhere from then on.
+    async fn flush_backend(&mut self, side: Side, n: usize, answered: usize) -> Result<(), End> {
+        if n > answered {
+            self.retry = None;
+        }
         if n > 0 {
-            self.retry = None; // an answer byte reached the client: no retry elsewhere now
             let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
             let bytes = slot.conn.buf.get(..n).unwrap_or_default();
             self.client.send(bytes).await.map_err(|_| End::ClientGone)?;
