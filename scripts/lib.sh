@@ -38,6 +38,17 @@ ensure_mariadb() {
   apt_install mariadb-server mariadb-client sysbench
 }
 
+# MariaDB's own test suite and its runner (mariadb-test-run), for scripts/regress.
+ensure_mariadb_test() {
+  [ -e /usr/share/mysql/mysql-test/mariadb-test-run.pl ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "MariaDB's test suite is missing; install mariadb-test (or run this as root)" >&2
+    return 1
+  fi
+  echo "installing MariaDB's test suite (mariadb-test) from Debian's packages..." >&2
+  apt_install mariadb-test
+}
+
 # The openssl command, which the TLS tests use to make their certificates.
 ensure_openssl() {
   command -v openssl >/dev/null 2>&1 && return 0

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use sqlswitch_config::{Cluster as ClusterConfig, Role};
 
 use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
-use crate::monitor::{Clock, Health};
 use crate::pg::backend::BackendConn;
 use crate::pool::Pool;
+use crate::replication::{Clock, ControlTarget, Health};
 use crate::route;
 
 /// Maintenance mode of a cluster.
@@ -67,6 +67,11 @@ impl Backends {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Backend `i`, if there is one.
+    pub fn at(&self, i: usize) -> Option<&Backend> {
+        self.slots.get(i).and_then(std::sync::OnceLock::get)
     }
 
     /// Every backend, in index order.
@@ -442,6 +447,20 @@ impl Cluster {
         crate::pool::Limits { max_open: self.config.max_backend_connections, wait: self.config.connect_timeout }
     }
 
+    /// Where a control connection (monitor, switchover) to backend `i` goes; `None` without
+    /// `monitor` credentials (or no such backend).
+    pub fn control_target(&self, i: usize) -> Option<ControlTarget<'_>> {
+        let b = self.backends.at(i)?;
+        Some(ControlTarget {
+            protocol: self.config.protocol,
+            address: &b.address,
+            monitor: self.config.monitor.as_ref()?,
+            tls: self.backend_tls.load_full(),
+            timeout: self.config.connect_timeout,
+            metrics: &b.metrics,
+        })
+    }
+
     /// Builds the run-time cluster from validated config.
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
         let backends = Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, registry)).collect());
@@ -478,7 +497,7 @@ impl Cluster {
     /// Logs a session refused because no backend would take its login, and returns the text
     /// a client gets when no backend could be reached (a server's own refusal is relayed as it
     /// is).
-    pub fn no_session(&self, e: &crate::pg::backend::BackendError) -> String {
+    pub fn no_session(&self, e: &crate::backend::BackendError) -> String {
         // The backends refusing a user the proxy accepted is a configuration mismatch to see.
         tracing::warn!(error = %e, "no session: the backend login failed");
         format!("no backend of cluster {:?} is reachable: {e}", self.config.name)

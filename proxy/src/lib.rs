@@ -5,9 +5,15 @@
 //!   of backend for a session.
 //! - [`pg`]: PostgreSQL clients: startup and authentication ([`pg::client`]), backend
 //!   connections ([`pg::backend`]), the byte-forwarding session ([`pg::session`]) that groups
-//!   client messages into batches ([`pg::batch`]) and routes each ([`pg::dispatch`]), and the
-//!   state that follows a session across connections ([`pg::state`]).
+//!   client messages into batches ([`pg::batch`]) and routes each ([`pg::dispatch`]).
 //! - [`mysql`]: MySQL/MariaDB clients: handshake, login, backend connections and the relay.
+//! - [`session`]: what both protocols' sessions share: the primary and replica connection slots,
+//!   the per-backend session count, and the state that follows a session across connections
+//!   ([`session::state`]).
+//! - [`backend`]: the backend connection error (whose fault, whether retryable) and the login
+//!   deadline, for both protocols.
+//! - [`replication`]: positions and their parsers, the clock, a backend's health, each
+//!   protocol's replication SQL, and the control connection the monitor and switchover use.
 //! - [`pool`]: idle backend connections keyed by login.
 //! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
 //! - [`admin`], [`control`], [`switchover`]: the admin socket, the operations behind its
@@ -19,6 +25,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;
+pub mod backend;
 pub mod cancel;
 pub mod cluster;
 pub mod control;
@@ -27,8 +34,10 @@ pub mod monitor;
 pub mod mysql;
 pub mod pg;
 pub mod pool;
+pub mod replication;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod switchover;
 pub mod tls;
 pub mod workers;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use metrics::Gauge;
 use tokio::sync::Notify;
 
-use crate::pg::backend::BackendError;
+use crate::backend::BackendError;
 
 /// A connection whose socket can move to the current runtime's reactor.
 pub trait Rehome: Sized {

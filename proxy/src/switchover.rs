@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::backend::BackendError;
 use crate::cluster::Cluster;
 use crate::control::{change, millis, Control, Failure};
-use crate::monitor::{parse_gtid, parse_lsn, record_boundary, Position};
-use crate::mysql::backend::MyConn;
-use crate::pg::backend::{BackendConn, BackendError, Login};
-use sqlswitch_config::Protocol;
+use crate::replication::{ControlConn, Dialect};
 
 /// One completed step, for the live report.
 #[derive(Debug, Clone)]
@@ -54,15 +52,12 @@ pub async fn run(
     if old == target {
         return Err(format!("{target_name:?} is already the primary of {cluster_name:?}"));
     }
-    let Some(monitor) = cluster.config.monitor.clone() else {
+    let (Some(old_target), Some(new_target)) = (cluster.control_target(old), cluster.control_target(target)) else {
         return Err(format!(
             "cluster {cluster_name:?} has no monitor credentials: a switchover needs them to fence and promote"
         ));
     };
-    let dialect = match cluster.config.protocol {
-        Protocol::Postgres => &POSTGRES,
-        Protocol::Mysql => &MYSQL,
-    };
+    let dialect = Dialect::of(cluster.config.protocol);
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
@@ -76,9 +71,10 @@ pub async fn run(
 
     // Connections first, so an unreachable server fails the switchover before anything is held.
     let old_name = cluster.backends[old].name.clone();
-    let mut old_conn = Server::connect(&cluster, old, &monitor).await.map_err(|e| fail("connect", &old_name, &e))?;
+    let mut old_conn =
+        ControlConn::connect(&old_target, APPLICATION).await.map_err(|e| fail("connect", &old_name, &e))?;
     let mut new_conn =
-        Server::connect(&cluster, target, &monitor).await.map_err(|e| fail("connect", target_name, &e))?;
+        ControlConn::connect(&new_target, APPLICATION).await.map_err(|e| fail("connect", target_name, &e))?;
 
     // 1. Hold new primary work; replica reads go on.
     let at = Instant::now();
@@ -105,9 +101,10 @@ pub async fn run(
         for sql in dialect.fence {
             old_conn.exec(sql).await.map_err(|e| fail("fence", &old_name, &e))?;
         }
-        let final_text = old_conn.value(dialect.final_position).await.map_err(|e| format!("fence: {e}"))?;
-        let final_pos =
-            (dialect.parse)(&final_text).ok_or_else(|| format!("fence: cannot compare position {final_text:?}"))?;
+        let final_text = old_conn.value(dialect.position).await.map_err(|e| format!("fence: {e}"))?;
+        let final_pos = dialect
+            .primary_position(&final_text)
+            .ok_or_else(|| format!("fence: cannot compare position {final_text:?}"))?;
         done(&mut steps, "fence", at, format!("old primary read-only; final position {final_text}"));
 
         // 4. Wait until the target has applied it (a target that is already writable, such as a
@@ -118,8 +115,9 @@ pub async fn run(
         if standby {
             loop {
                 let text = new_conn.value(dialect.replayed).await.map_err(|e| format!("catch_up: {e}"))?;
-                let replayed =
-                    (dialect.parse)(&text).ok_or_else(|| format!("catch_up: cannot compare position {text:?}"))?;
+                let replayed = dialect
+                    .primary_position(&text)
+                    .ok_or_else(|| format!("catch_up: cannot compare position {text:?}"))?;
                 if replayed.covers(&final_pos) {
                     break;
                 }
@@ -159,7 +157,7 @@ pub async fn run(
 
     if let Err(why) = outcome {
         // Undo the fence, resume on the old primary, change nothing.
-        if let Err(e) = old_conn.unfence(dialect).await {
+        if let Err(e) = unfence(&mut old_conn, dialect).await {
             warn!(cluster = %cluster_name, error = %e, "could not undo the fence of the old primary");
         }
         cluster.gate.set(|h| h.primary = false);
@@ -194,108 +192,17 @@ pub async fn run(
     }))
 }
 
+/// How the switchover's connections are named where the server shows them.
+const APPLICATION: &str = "sqlswitch-switchover";
+
 fn fail(step: &str, backend: &str, e: &BackendError) -> Failure {
     format!("{step}: {backend}: {e}")
 }
 
-/// The statements of each step, per protocol.
-struct Dialect {
-    /// Makes the old primary refuse writes.
-    fence: &'static [&'static str],
-    /// Undoes `fence` (on the old primary after a failure, on the target after promotion).
-    unfence: &'static [&'static str],
-    /// The old primary's final position.
-    final_position: &'static str,
-    /// The target's applied position.
-    replayed: &'static str,
-    /// Parses a position.
-    parse: fn(&str) -> Option<Position>,
-    /// Asks whether a server is a standby; `standby_answer` is the "yes".
-    is_standby: &'static str,
-    standby_answer: &'static str,
-    /// Promotes a standby.
-    promote: &'static [&'static str],
-}
-
-fn pg_insert_position(text: &str) -> Option<Position> {
-    parse_lsn(text).map(|lsn| Position::scalar(record_boundary(lsn)))
-}
-
-const POSTGRES: Dialect = Dialect {
-    fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
-    unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
-    final_position: "SELECT pg_current_wal_insert_lsn()::text",
-    replayed: "SELECT pg_last_wal_replay_lsn()::text",
-    parse: pg_insert_position,
-    is_standby: "SELECT pg_is_in_recovery()",
-    standby_answer: "t",
-    promote: &["SELECT pg_promote(true, 60)"],
-};
-
-const MYSQL: Dialect = Dialect {
-    fence: &["SET GLOBAL read_only = 1"],
-    unfence: &["SET GLOBAL read_only = 0"],
-    final_position: "SELECT @@gtid_binlog_pos",
-    replayed: "SELECT @@gtid_slave_pos",
-    parse: parse_gtid,
-    is_standby: "SELECT @@read_only",
-    standby_answer: "1",
-    promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],
-};
-
-/// A control connection to a backend, as the monitor user.
-enum Server {
-    Pg(BackendConn),
-    My(MyConn),
-}
-
-impl Server {
-    async fn connect(
-        cluster: &Cluster,
-        i: usize,
-        monitor: &sqlswitch_config::Credentials,
-    ) -> Result<Self, BackendError> {
-        let b = &cluster.backends[i];
-        let timeout = cluster.config.connect_timeout;
-        let tls = cluster.backend_tls.load_full();
-        match cluster.config.protocol {
-            Protocol::Postgres => {
-                let params = vec![
-                    ("database".to_owned(), "postgres".to_owned()),
-                    ("application_name".to_owned(), "sqlswitch-switchover".to_owned()),
-                ];
-                let login = Login {
-                    user: &monitor.user,
-                    password: monitor.password.expose(),
-                    params: &params,
-                    tls: tls.as_deref(),
-                };
-                Ok(Self::Pg(BackendConn::connect(&b.address, &login, timeout, &b.metrics).await?))
-            }
-            Protocol::Mysql => {
-                let login =
-                    crate::mysql::backend::Login::control(&monitor.user, monitor.password.expose(), tls.as_deref());
-                Ok(Self::My(MyConn::connect(&b.address, &login, timeout, &b.metrics).await?))
-            }
-        }
+/// Undoes the fence on `conn`'s server.
+async fn unfence(conn: &mut ControlConn, dialect: &Dialect) -> Result<(), BackendError> {
+    for sql in dialect.unfence {
+        conn.exec(sql).await?;
     }
-
-    async fn exec(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-        match self {
-            Self::Pg(c) => c.simple_query(sql).await,
-            Self::My(c) => c.simple_query(sql).await,
-        }
-    }
-
-    async fn value(&mut self, sql: &str) -> Result<String, String> {
-        let rows = self.exec(sql).await.map_err(|e| e.to_string())?;
-        rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
-    }
-
-    async fn unfence(&mut self, dialect: &Dialect) -> Result<(), BackendError> {
-        for sql in dialect.unfence {
-            self.exec(sql).await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }

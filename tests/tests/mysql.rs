@@ -73,6 +73,25 @@ async fn anonymous_sessions_read_replicas_and_cannot_write() {
     let mut ro = connect(ro_port, APP).await.unwrap();
     let err = ro.query_drop("INSERT INTO items (note) VALUES ('x')").await.unwrap_err();
     assert_eq!(code(&err), Some(1290), "the read-only listener refuses writes: {err:?}");
+
+    // Read-only by user or listener: declaring read-write is refused like any write.
+    for conn in [&mut anon, &mut ro] {
+        let err = conn.query_drop("SET SESSION TRANSACTION READ WRITE").await.unwrap_err();
+        assert_eq!(code(&err), Some(1290), "{err:?}");
+        let err = conn.query_drop("INSERT INTO items (note) VALUES ('x')").await.unwrap_err();
+        assert_eq!(code(&err), Some(1290), "still read-only: {err:?}");
+    }
+    // Read-only because the client said so (found by MariaDB's main.commit): it may say
+    // read-write again, in any form the server takes, and write.
+    let mut app = connect(port, APP).await.unwrap();
+    app.query_drop("SET SESSION TRANSACTION READ ONLY").await.unwrap();
+    let err = app.query_drop("INSERT INTO items (note) VALUES ('x')").await.unwrap_err();
+    assert_eq!(code(&err), Some(1792), "refused as the server refuses a declared read-only session: {err:?}");
+    app.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE").await.unwrap();
+    let ro_flag: i64 = app.query_first("SELECT @@tx_read_only").await.unwrap().unwrap();
+    assert_eq!(ro_flag, 0);
+    app.query_drop("INSERT INTO items (note) VALUES ('declared read-write again')").await.unwrap();
+    assert_eq!(server_id(&mut app).await, 1, "wrote on the primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,13 @@ impl Verdict {
         self.writes
     }
 
+    /// Whether the string may write: it writes, or is anything but a read, a transaction
+    /// control, a session-state change or nothing. Read-only maintenance refuses these, and a
+    /// session that runs one reads its own writes from then on.
+    pub fn may_write(&self) -> bool {
+        self.writes || !matches!(self.class, Class::Read | Class::Tx(_) | Class::Session | Class::Empty)
+    }
+
     /// Whether the string may run on a replica in a read-write session.
     pub fn is_read(&self) -> bool {
         self.class == Class::Read && self.pin.is_none()

@@ -14,8 +14,8 @@ use sqlswitch_protocol::mysql::response::{lenenc, ok_status, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, status};
 use tokio::io::AsyncReadExt;
 
+use crate::backend::BackendError;
 use crate::metrics::{BackendMetrics, OpenGuard};
-use crate::pg::backend::BackendError;
 use crate::tls::{BackendStream, BackendTls};
 
 /// What makes a read-only session's connection read-only.
@@ -89,7 +89,7 @@ impl MyConn {
         timeout: Duration,
         metrics: &BackendMetrics,
     ) -> Result<Self, BackendError> {
-        crate::pg::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
+        crate::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {

@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::cluster::Cluster;
-use crate::pg::batch::Side;
-use crate::pg::session::Counted;
+use crate::session::{Counted, Side};
 use crate::tls::ClientStream;
 use session::{MySession, MySlot};
 

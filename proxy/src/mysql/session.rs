@@ -23,12 +23,11 @@ use tracing::{debug, warn};
 use super::backend::{Login, MyConn};
 use super::statements::{carries_statement, prepare_on, Statements};
 use super::threads::{self, Found, ThreadId};
+use crate::backend::BackendError;
 use crate::cluster::{Cluster, Mode, PoolKey};
-use crate::pg::backend::BackendError;
-use crate::pg::batch::{Pair, Side};
-use crate::pg::session::Counted;
-use crate::pg::state::SessionState;
 use crate::route::{self, Reason, SessionView, Target};
+use crate::session::state::SessionState;
+use crate::session::{Counted, Pair, Side};
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 /// Who the session is (replaced whole by `COM_CHANGE_USER`).
@@ -318,10 +317,18 @@ impl<'a> MySession<'a> {
                 }
                 let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
                 let maintenance = cluster.table.load().mode == Mode::ReadOnly && !self.in_tx();
-                let may_write =
-                    v.writes || !matches!(v.class, Class::Read | Class::Tx(_) | Class::Session | Class::Empty);
-                if (self.read_only && v.refused_read_only()) || (maintenance && may_write) {
+                let may_write = v.may_write();
+                // A session the client itself declared read-only may declare itself read-write
+                // again, as directly; one made read-only by its user or listener may not.
+                let undeclares = !self.id.read_only && v.session_read_only == Some(false);
+                if (self.read_only && v.refused_read_only() && !undeclares) || (maintenance && may_write) {
                     cluster.metrics.refused.increment(1);
+                    if self.read_only && !self.id.read_only {
+                        // Read-only as the client declared it: the server's own words for that.
+                        let text = "Cannot execute statement in a READ ONLY transaction (sqlswitch)";
+                        self.err(seq, code::CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, "25006", text).await;
+                        return Ok(());
+                    }
                     let why = if self.read_only {
                         "the session is read-only"
                     } else {
@@ -331,8 +338,8 @@ impl<'a> MySession<'a> {
                     self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
                     return Ok(());
                 }
-                if v.session_read_only == Some(true) {
-                    self.read_only = true; // the client declared its session read-only
+                if let Some(declared) = v.session_read_only.filter(|_| !self.id.read_only) {
+                    self.read_only = declared;
                 }
                 let in_tx = self.in_tx();
                 let mut record = None;

@@ -11,7 +11,7 @@ use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::response::{Step, Tracker};
 
 use super::backend::{refused, MyConn};
-use crate::pg::backend::BackendError;
+use crate::backend::BackendError;
 
 /// A fresh id for a backend connection, to key its statement ids.
 pub fn next_conn_id() -> u64 {

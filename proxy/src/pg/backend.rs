@@ -1,9 +1,10 @@
 //! A connection to a PostgreSQL backend: connect, log in as the session's user (SCRAM-SHA-256,
 //! md5, cleartext or trust), collect ParameterStatus and BackendKeyData, and reset it for reuse.
 
+use crate::backend::BackendError;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
@@ -14,48 +15,6 @@ use crate::tls::{BackendStream, BackendTls};
 
 /// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
-
-/// Why a backend connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// TCP connect or I/O failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// Connect and login took longer than `connect_timeout`.
-    #[error("timed out")]
-    Timeout,
-    /// The backend refused the session; the ErrorResponse is relayed to the client as it is.
-    #[error("backend refused the session: {message}")]
-    Refused {
-        /// The backend's ErrorResponse, whole.
-        error: Bytes,
-        /// Its message, for logs.
-        message: String,
-    },
-    /// The backend asked for something the proxy does not do, or broke the protocol.
-    #[error("{0}")]
-    Protocol(String),
-    /// The server closed a session's connection that held an open transaction: the
-    /// transaction is gone, and the client must hear it.
-    #[error("the server closed the connection, and the open transaction with it")]
-    Closed,
-}
-
-impl BackendError {
-    /// Whether the server refused a login because it, or the user, has too many connections
-    /// (PostgreSQL 53300 for both; MySQL/MariaDB 1040, and 1226 for `MAX_USER_CONNECTIONS`).
-    pub fn too_many_connections(&self) -> bool {
-        let BackendError::Refused { error, .. } = self else { return false };
-        match error.first() {
-            Some(&msg::ERROR_RESPONSE) => msg::error_fields(error.get(5..).unwrap_or_default()).0 == Some("53300"),
-            Some(&0xFF) => {
-                let code = error.get(1..3).and_then(|c| <[u8; 2]>::try_from(c).ok()).map(u16::from_le_bytes);
-                matches!(code, Some(1040 | 1226))
-            }
-            _ => false,
-        }
-    }
-}
 
 /// Parameters and credentials for a login.
 pub struct Login<'a> {
@@ -103,7 +62,7 @@ impl BackendConn {
         timeout: Duration,
         metrics: &BackendMetrics,
     ) -> Result<Self, BackendError> {
-        timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
+        crate::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
     }
 
     async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
@@ -360,22 +319,6 @@ fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
         }
     }
     Some(values)
-}
-
-/// Runs a connect-and-login within `timeout`, counting failures in the backend's metrics.
-///
-/// # Errors
-/// The login's own error, or [`BackendError::Timeout`].
-pub async fn timed_login<T>(
-    timeout: Duration,
-    metrics: &BackendMetrics,
-    login: impl std::future::Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    let result = tokio::time::timeout(timeout, login).await.unwrap_or(Err(BackendError::Timeout));
-    if result.is_err() {
-        metrics.connect_failures.increment(1);
-    }
-    result
 }
 
 fn refused(f: Frame) -> BackendError {

@@ -6,75 +6,7 @@
 use sqlswitch_protocol::classify::{Class, TxControl, Verdict};
 
 use crate::route;
-
-/// Which of the session's two backend connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The connection to the primary.
-    Primary,
-    /// The connection to a replica.
-    Replica,
-}
-
-impl Side {
-    /// The other side.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Primary => Side::Replica,
-            Side::Replica => Side::Primary,
-        }
-    }
-}
-
-/// One value per [`Side`]: a session's two backend connections. Indexed by the side itself,
-/// so no index can be out of bounds.
-#[derive(Debug)]
-pub struct Pair<S> {
-    primary: Option<S>,
-    replica: Option<S>,
-}
-
-impl<S> Default for Pair<S> {
-    fn default() -> Self {
-        Self { primary: None, replica: None }
-    }
-}
-
-impl<S> std::ops::Index<Side> for Pair<S> {
-    type Output = Option<S>;
-
-    fn index(&self, side: Side) -> &Option<S> {
-        match side {
-            Side::Primary => &self.primary,
-            Side::Replica => &self.replica,
-        }
-    }
-}
-
-impl<S> std::ops::IndexMut<Side> for Pair<S> {
-    fn index_mut(&mut self, side: Side) -> &mut Option<S> {
-        match side {
-            Side::Primary => &mut self.primary,
-            Side::Replica => &mut self.replica,
-        }
-    }
-}
-
-impl<S> Pair<S> {
-    /// Each side's value, the primary's first.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Side, &mut Option<S>)> {
-        [(Side::Primary, &mut self.primary), (Side::Replica, &mut self.replica)].into_iter()
-    }
-}
-
-impl<S> IntoIterator for Pair<S> {
-    type Item = (Side, Option<S>);
-    type IntoIter = std::array::IntoIter<(Side, Option<S>), 2>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        [(Side::Primary, self.primary), (Side::Replica, self.replica)].into_iter()
-    }
-}
+use crate::session::Side;
 
 /// A list of statement names that keeps its strings' buffers from batch to batch, so that
 /// binding a prepared statement allocates nothing in steady state.
@@ -192,7 +124,7 @@ impl OpenBatch {
         if !v.is_read() {
             self.read = false;
         }
-        if v.writes || !matches!(v.class, Class::Read | Class::Tx(_) | Class::Session | Class::Empty) {
+        if v.may_write() {
             self.maybe_writes = true;
         }
         if v.pin.is_some() {

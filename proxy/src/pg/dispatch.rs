@@ -8,12 +8,13 @@ use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use tracing::{debug, warn};
 
-use super::backend::{BackendConn, BackendError, Login};
-use super::batch::Side;
+use super::backend::{BackendConn, Login};
 use super::session::{End, Session, Slot, StateChange};
-use super::state::Applied;
+use crate::backend::BackendError;
 use crate::cluster::Mode;
 use crate::route::{Reason, SessionView, Target};
+use crate::session::state::Applied;
+use crate::session::Side;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
@@ -290,7 +291,7 @@ impl Session<'_> {
                 self.active = None;
             }
             let conn = self.acquire(backend).await?;
-            let counted = super::session::Counted::new(&cluster.backends[backend].sessions);
+            let counted = crate::session::Counted::new(&cluster.backends[backend].sessions);
             self.slots[side] = Some(Slot { conn, backend, counted, applied: Applied::default(), stale: false });
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;

@@ -8,7 +8,6 @@ pub mod client;
 mod dispatch;
 pub mod scram;
 pub mod session;
-pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +20,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backend::BackendError;
 use crate::cancel::{self, CancelKey};
 use crate::cluster::{Cluster, PoolKey};
 use crate::tls::ClientStream;
-use backend::{BackendConn, BackendError, Login};
+use backend::{BackendConn, Login};
 use client::{send_fatal, Opening};
 use session::{End, Identity, Session};
 

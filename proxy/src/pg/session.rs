@@ -25,10 +25,11 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
-use super::batch::{Names, OpenBatch, Pair, Side};
-use super::state::{Applied, SessionState};
+use super::batch::{Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
+use crate::session::state::{Applied, SessionState};
+use crate::session::{Counted, Pair, Side};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -55,23 +56,6 @@ pub(crate) enum Skip {
     /// A backend holds earlier messages of this pipeline: forward the Sync and put our error
     /// just before its ReadyForQuery, unless the backend reports an error itself.
     ForwardSync,
-}
-
-/// Counts a session connection in its backend's `sessions` while it exists.
-pub struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Counted<'a> {
-    /// Counts one more.
-    pub fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// One backend connection of the session.

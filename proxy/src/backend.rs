@@ -1,0 +1,93 @@
+//! What both protocols share about backend connections: the error of connecting to or using
+//! one (whose fault, whether it may be retried), and the login deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlswitch_protocol::pg::backend as msg;
+
+use crate::metrics::BackendMetrics;
+
+/// Why a backend connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect or I/O failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Connect and login took longer than `connect_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// The backend refused the session; the ErrorResponse is relayed to the client as it is.
+    #[error("backend refused the session: {message}")]
+    Refused {
+        /// The backend's ErrorResponse, whole.
+        error: Bytes,
+        /// Its message, for logs.
+        message: String,
+    },
+    /// The backend asked for something the proxy does not do, or broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// The server closed a session's connection that held an open transaction: the
+    /// transaction is gone, and the client must hear it.
+    #[error("the server closed the connection, and the open transaction with it")]
+    Closed,
+}
+
+/// Whose fault a [`BackendError`] is: what an operator looks at first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The session asked for something the server refused (its login, its state).
+    Session,
+    /// The server or the network: down, slow, closed.
+    Backend,
+    /// The proxy and the server disagree on the protocol.
+    Proxy,
+}
+
+impl BackendError {
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            BackendError::Refused { .. } => Fault::Session,
+            BackendError::Io(_) | BackendError::Timeout | BackendError::Closed => Fault::Backend,
+            BackendError::Protocol(_) => Fault::Proxy,
+        }
+    }
+
+    /// Whether the same work may be tried again on another connection or backend: nothing of
+    /// it reached a server that could have acted on it, as far as the proxy can tell.
+    pub fn retryable(&self) -> bool {
+        matches!(self, BackendError::Io(_) | BackendError::Timeout) || self.too_many_connections()
+    }
+
+    /// Whether the server refused a login because it, or the user, has too many connections
+    /// (PostgreSQL 53300 for both; MySQL/MariaDB 1040, and 1226 for `MAX_USER_CONNECTIONS`).
+    pub fn too_many_connections(&self) -> bool {
+        let BackendError::Refused { error, .. } = self else { return false };
+        match error.first() {
+            Some(&msg::ERROR_RESPONSE) => msg::error_fields(error.get(5..).unwrap_or_default()).0 == Some("53300"),
+            Some(&0xFF) => {
+                let code = error.get(1..3).and_then(|c| <[u8; 2]>::try_from(c).ok()).map(u16::from_le_bytes);
+                matches!(code, Some(1040 | 1226))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Runs a connect-and-login within `timeout`, counting failures in the backend's metrics.
+///
+/// # Errors
+/// The login's own error, or [`BackendError::Timeout`].
+pub async fn timed_login<T>(
+    timeout: Duration,
+    metrics: &BackendMetrics,
+    login: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let result = tokio::time::timeout(timeout, login).await.unwrap_or(Err(BackendError::Timeout));
+    if result.is_err() {
+        metrics.connect_failures.increment(1);
+    }
+    result
+}

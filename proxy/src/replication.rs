@@ -1,0 +1,316 @@
+//! What the monitor and the switchover share about replication: positions and their parsers,
+//! the clock every lag comparison uses, what the monitor last saw of a backend, each protocol's
+//! SQL for positions, fencing and promotion, and one control connection (as the `monitor`
+//! user). It knows nothing of clusters or sessions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlswitch_config::{Credentials, Protocol};
+
+use crate::backend::BackendError;
+use crate::metrics::BackendMetrics;
+use crate::mysql::backend::MyConn;
+use crate::pg::backend::{BackendConn, Login};
+use crate::tls::BackendTls;
+
+/// Microseconds since the daemon started: the time base of every lag comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { start: Instant::now() }
+    }
+}
+
+impl Clock {
+    /// Now, in micros since start (never 0, so 0 can mean "unknown").
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// What the monitor last saw of one backend. Written by the monitor, read by every routing
+/// decision with relaxed loads: a decision needs a recent value, not a consistent snapshot.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Reachable at the last check.
+    pub up: AtomicBool,
+    /// Taken out of rotation by a session that saw it fail, until the monitor sees it answer.
+    pub failed: AtomicBool,
+    /// The monitor has checked it at least once (so a backend down from the start is logged).
+    pub checked: AtomicBool,
+    /// Newest moment (clock micros) whose primary position it has replayed; 0 = unknown.
+    pub caught_up_to: AtomicU64,
+    /// Last position: current WAL on the primary, replayed WAL on a replica.
+    pub lsn: AtomicU64,
+    /// Bytes of WAL behind the primary's last sample.
+    pub lag_bytes: AtomicU64,
+    /// Replication delay when last checked, in micros: the time of the check minus
+    /// `caught_up_to`. Over-states the real delay by at most one monitor interval.
+    pub lag_micros: AtomicU64,
+}
+
+impl Health {
+    /// Whether routing may send work here.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A session saw this backend fail: no more reads until the monitor sees it answer again.
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The position of the end of the last record at or before insert position `lsn`. At the start
+/// of a page (or of a 16 MiB segment) PostgreSQL's insert position points past the page header,
+/// where no record ends; a replica that has replayed everything stops before that header.
+pub fn record_boundary(lsn: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SHORT_HEADER: u64 = 24;
+    const SEGMENT: u64 = 16 << 20;
+    const LONG_HEADER: u64 = 40;
+    if lsn % SEGMENT == LONG_HEADER {
+        lsn - LONG_HEADER
+    } else if lsn % PAGE == SHORT_HEADER {
+        lsn - SHORT_HEADER
+    } else {
+        lsn
+    }
+}
+
+/// A replication position: a WAL position for PostgreSQL (one component), or a MariaDB GTID
+/// position (the sequence number of each replication domain). Positions are ordered per
+/// component: one covers another when it is at or past it in every component the other has.
+/// Domains apply independently on a replica, so no single number can stand for several.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position(Vec<(u32, u64)>);
+
+impl Position {
+    /// A one-component position (PostgreSQL's WAL).
+    pub fn scalar(lsn: u64) -> Self {
+        Self(vec![(0, lsn)])
+    }
+
+    /// Whether this position is at or past `other` in every component `other` has.
+    pub fn covers(&self, other: &Position) -> bool {
+        other.0.iter().all(|(d, seq)| *seq == 0 || self.0.iter().any(|(d2, s2)| d2 == d && s2 >= seq))
+    }
+
+    /// The sum of the components: a lag figure for people (bytes, or transactions), not an
+    /// order.
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s))
+    }
+}
+
+/// Parses a MariaDB GTID position: `domain-server-seq`, comma-separated per domain (empty: no
+/// transaction yet).
+pub fn parse_gtid(s: &str) -> Option<Position> {
+    let s = s.trim();
+    let mut v = Vec::new();
+    for gtid in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut parts = gtid.split('-');
+        let (domain, _server, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        v.push((domain.parse().ok()?, seq.parse().ok()?));
+    }
+    Some(Position(v))
+}
+
+/// Parses `X/Y` (hex) into a 64-bit WAL position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A PostgreSQL position as a [`Position`].
+pub fn parse_lsn_position(s: &str) -> Option<Position> {
+    parse_lsn(s).map(Position::scalar)
+}
+
+/// The SQL of one protocol for replication positions, fencing and promotion.
+pub struct Dialect {
+    /// The primary's position. PostgreSQL's is the insert position, not the write position:
+    /// with asynchronous commit a commit is acknowledged once inserted, before it is written.
+    pub position: &'static str,
+    /// What a replica has replayed.
+    pub replayed: &'static str,
+    /// Parses either answer.
+    pub parse: fn(&str) -> Option<Position>,
+    /// Whether a position always ends at a whole record (GTIDs do; a WAL insert position may
+    /// point past a page header).
+    pub whole_records: bool,
+    /// Makes a server refuse writes.
+    pub fence: &'static [&'static str],
+    /// Undoes [`Dialect::fence`].
+    pub unfence: &'static [&'static str],
+    /// Whether the server is a standby, and the answer that says so.
+    pub is_standby: &'static str,
+    /// The answer of [`Dialect::is_standby`] on a standby.
+    pub standby_answer: &'static str,
+    /// Promotes a standby.
+    pub promote: &'static [&'static str],
+}
+
+impl Dialect {
+    /// The dialect of `protocol`.
+    pub fn of(protocol: Protocol) -> &'static Dialect {
+        match protocol {
+            Protocol::Postgres => &POSTGRES,
+            Protocol::Mysql => &MYSQL,
+        }
+    }
+
+    /// A primary's position as a replica that has replayed all of it reports it: for PostgreSQL
+    /// the end of the last whole record ([`record_boundary`]).
+    pub fn primary_position(&self, text: &str) -> Option<Position> {
+        (self.parse)(text).map(|pos| self.at_record_boundary(pos))
+    }
+
+    /// `pos`, a primary's position, moved back to the end of its last whole record (PostgreSQL
+    /// only: a GTID position is always whole).
+    pub fn at_record_boundary(&self, pos: Position) -> Position {
+        if self.whole_records {
+            pos
+        } else {
+            Position::scalar(record_boundary(pos.total()))
+        }
+    }
+}
+
+const POSTGRES: Dialect = Dialect {
+    position: "SELECT pg_current_wal_insert_lsn()::text",
+    replayed: "SELECT pg_last_wal_replay_lsn()::text",
+    parse: parse_lsn_position,
+    whole_records: false,
+    fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
+    unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
+    is_standby: "SELECT pg_is_in_recovery()",
+    standby_answer: "t",
+    promote: &["SELECT pg_promote(true, 60)"],
+};
+
+const MYSQL: Dialect = Dialect {
+    position: "SELECT @@gtid_binlog_pos",
+    replayed: "SELECT @@gtid_slave_pos",
+    parse: parse_gtid,
+    whole_records: true,
+    fence: &["SET GLOBAL read_only = 1"],
+    unfence: &["SET GLOBAL read_only = 0"],
+    is_standby: "SELECT @@read_only",
+    standby_answer: "1",
+    promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],
+};
+
+/// Where a control connection goes and as whom.
+pub struct ControlTarget<'a> {
+    /// The cluster's protocol.
+    pub protocol: Protocol,
+    /// `host:port` or a socket path.
+    pub address: &'a str,
+    /// The `monitor` credentials.
+    pub monitor: &'a Credentials,
+    /// TLS to the server, when configured.
+    pub tls: Option<std::sync::Arc<BackendTls>>,
+    /// Connect and login deadline.
+    pub timeout: Duration,
+    /// The backend's metrics (login failures).
+    pub metrics: &'a BackendMetrics,
+}
+
+/// A control connection to a backend (monitor, switchover), as the monitor user.
+pub enum ControlConn {
+    /// PostgreSQL, to the `postgres` database.
+    Pg(BackendConn),
+    /// MySQL/MariaDB, with no database.
+    My(MyConn),
+}
+
+impl ControlConn {
+    /// Connects and logs in; `application` names the connection where the server shows it.
+    ///
+    /// # Errors
+    /// The connect or login failed, or timed out.
+    pub async fn connect(to: &ControlTarget<'_>, application: &str) -> Result<Self, BackendError> {
+        let (user, password) = (to.monitor.user.as_str(), to.monitor.password.expose());
+        match to.protocol {
+            Protocol::Postgres => {
+                let params = [
+                    ("database".to_owned(), "postgres".to_owned()),
+                    ("application_name".to_owned(), application.to_owned()),
+                ];
+                let login = Login { user, password, params: &params, tls: to.tls.as_deref() };
+                Ok(Self::Pg(BackendConn::connect(to.address, &login, to.timeout, to.metrics).await?))
+            }
+            Protocol::Mysql => {
+                let login = crate::mysql::backend::Login::control(user, password, to.tls.as_deref());
+                Ok(Self::My(MyConn::connect(to.address, &login, to.timeout, to.metrics).await?))
+            }
+        }
+    }
+
+    /// Runs `sql` and returns its rows.
+    ///
+    /// # Errors
+    /// The server refused it, or the connection failed.
+    pub async fn exec(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        match self {
+            Self::Pg(c) => c.simple_query(sql).await,
+            Self::My(c) => c.simple_query(sql).await,
+        }
+    }
+
+    /// The first column of the first row of `sql`'s answer.
+    ///
+    /// # Errors
+    /// As [`ControlConn::exec`], or no value (NULL, no rows), as text.
+    pub async fn value(&mut self, sql: &str) -> Result<String, String> {
+        let rows = self.exec(sql).await.map_err(|e| e.to_string())?;
+        rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parsing() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn gtid_positions() {
+        let p = |s| parse_gtid(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(p("0-1-10"), Position(vec![(0, 10)]));
+        assert_eq!(p(""), Position(vec![]));
+        assert_eq!(p("0-1-10,1-2-5"), Position(vec![(0, 10), (1, 5)]));
+        assert_eq!(parse_gtid("junk"), None);
+        assert_eq!(parse_gtid("0-1-x"), None);
+        // Per-domain order: ahead in one domain does not make up for behind in another.
+        assert!(p("0-1-10,1-2-5").covers(&p("0-1-10,1-2-5")));
+        assert!(p("0-1-11,1-2-6").covers(&p("0-1-10,1-2-5")));
+        assert!(!p("0-1-20,1-2-4").covers(&p("0-1-10,1-2-5")), "behind in domain 1");
+        assert!(!p("0-1-20").covers(&p("0-1-10,1-2-5")), "domain 1 missing");
+        assert!(p("0-1-10,1-2-5,7-3-1").covers(&p("0-1-10,1-2-5")), "extra domains do not matter");
+        assert!(p("").covers(&p("")), "nothing written yet");
+        assert_eq!(p("0-1-10,1-2-5").total(), 15);
+    }
+
+    #[test]
+    fn page_headers_hold_no_record() {
+        assert_eq!(record_boundary(0x400_0028), 0x400_0000, "segment start");
+        assert_eq!(record_boundary(0x400_2018), 0x400_2000, "page start");
+        assert_eq!(record_boundary(0x400_2028), 0x400_2028, "a record can end 16 bytes into a page");
+        assert_eq!(record_boundary(0x400_01e8), 0x400_01e8);
+    }
+}

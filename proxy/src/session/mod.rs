@@ -1,0 +1,91 @@
+//! What both protocols' sessions share: the two backend connections a session may hold (one
+//! to the primary, one to a replica), the per-backend count of session connections, and the
+//! session state carried from one connection to another ([`state`]).
+
+pub mod state;
+
+/// Which of the session's two backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The connection to the primary.
+    Primary,
+    /// The connection to a replica.
+    Replica,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Primary => Side::Replica,
+            Side::Replica => Side::Primary,
+        }
+    }
+}
+
+/// One value per [`Side`]: a session's two backend connections. Indexed by the side itself,
+/// so no index can be out of bounds.
+#[derive(Debug)]
+pub struct Pair<S> {
+    primary: Option<S>,
+    replica: Option<S>,
+}
+
+impl<S> Default for Pair<S> {
+    fn default() -> Self {
+        Self { primary: None, replica: None }
+    }
+}
+
+impl<S> std::ops::Index<Side> for Pair<S> {
+    type Output = Option<S>;
+
+    fn index(&self, side: Side) -> &Option<S> {
+        match side {
+            Side::Primary => &self.primary,
+            Side::Replica => &self.replica,
+        }
+    }
+}
+
+impl<S> std::ops::IndexMut<Side> for Pair<S> {
+    fn index_mut(&mut self, side: Side) -> &mut Option<S> {
+        match side {
+            Side::Primary => &mut self.primary,
+            Side::Replica => &mut self.replica,
+        }
+    }
+}
+
+impl<S> Pair<S> {
+    /// Each side's value, the primary's first.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Side, &mut Option<S>)> {
+        [(Side::Primary, &mut self.primary), (Side::Replica, &mut self.replica)].into_iter()
+    }
+}
+
+impl<S> IntoIterator for Pair<S> {
+    type Item = (Side, Option<S>);
+    type IntoIter = std::array::IntoIter<(Side, Option<S>), 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        [(Side::Primary, self.primary), (Side::Replica, self.replica)].into_iter()
+    }
+}
+
+/// Counts a session connection in its backend's `sessions` while it exists.
+pub struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    /// Counts one more.
+    pub fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
