@@ -15,9 +15,6 @@ pub mod code {
     pub const ACCESS_DENIED: u16 = 1045;
     /// `ER_OPTION_PREVENTS_STATEMENT` (1290): the read-only error.
     pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
-    /// `ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION` (1792, SQLSTATE 25006): a write in a session
-    /// or transaction the client made read-only.
-    pub const CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: u16 = 1792;
     /// `ER_UNKNOWN_COM_ERROR` (1047).
     pub const UNKNOWN_COMMAND: u16 = 1047;
     /// `ER_NOT_SUPPORTED_YET` (1235).

@@ -323,12 +323,6 @@ impl<'a> MySession<'a> {
                 let undeclares = !self.id.read_only && v.session_read_only == Some(false);
                 if (self.read_only && v.refused_read_only() && !undeclares) || (maintenance && may_write) {
                     cluster.metrics.refused.increment(1);
-                    if self.read_only && !self.id.read_only {
-                        // Read-only as the client declared it: the server's own words for that.
-                        let text = "Cannot execute statement in a READ ONLY transaction (sqlswitch)";
-                        self.err(seq, code::CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, "25006", text).await;
-                        return Ok(());
-                    }
                     let why = if self.read_only {
                         "the session is read-only"
                     } else {
