@@ -10,7 +10,9 @@ use tokio::sync::watch;
 
 use sqlswitch_config::{Cluster as ClusterConfig, Role};
 
+use crate::backend::BackendError;
 use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
+use crate::mysql::backend::MyConn;
 use crate::pg::backend::BackendConn;
 use crate::pool::Pool;
 use crate::replication::{Clock, ControlTarget, Health};
@@ -292,10 +294,8 @@ pub struct Backend {
     pub address: String,
     /// Primary or replica.
     pub role: Role,
-    /// Idle connections.
-    pub pool: Pool<PoolKey, BackendConn>,
-    /// Idle MySQL connections.
-    pub mysql_pool: Pool<PoolKey, crate::mysql::backend::MyConn>,
+    /// Idle connections, of the cluster's protocol.
+    pub pool: Pools,
     /// Metrics handles.
     pub metrics: BackendMetrics,
     /// What the monitor last saw.
@@ -347,24 +347,97 @@ impl Verifier {
     }
 }
 
+/// A backend's idle connections: one pool, of its cluster's protocol.
+pub enum Pools {
+    /// PostgreSQL connections.
+    Pg(Pool<PoolKey, BackendConn>),
+    /// MySQL/MariaDB connections.
+    My(Pool<PoolKey, MyConn>),
+}
+
+/// A connection type a backend pools: where its pool is.
+pub trait PoolOf: crate::pool::Pooled {
+    /// Its pool among `pools`; `None` when the backend speaks the other protocol.
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>>;
+}
+
+impl PoolOf for BackendConn {
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>> {
+        match pools {
+            Pools::Pg(p) => Some(p),
+            Pools::My(_) => None,
+        }
+    }
+}
+
+impl PoolOf for MyConn {
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>> {
+        match pools {
+            Pools::My(p) => Some(p),
+            Pools::Pg(_) => None,
+        }
+    }
+}
+
 impl Backend {
-    /// Closes the pooled connections idle for longer than `timeout`; returns how many.
-    pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
-        let pg = self.pool.expired(timeout);
-        let my = self.mysql_pool.expired(timeout);
-        let n = pg.len() + my.len();
-        for c in pg {
-            c.terminate().await;
+    /// A connection for `key`: a pooled one, or one `open` makes (see [`Pool::checkout`]).
+    ///
+    /// # Errors
+    /// As [`Pool::checkout`]; a protocol error if this backend pools the other protocol.
+    pub async fn checkout<C, F, Fut>(
+        &self,
+        key: &PoolKey,
+        limits: crate::pool::Limits,
+        open: F,
+    ) -> Result<C, BackendError>
+    where
+        C: PoolOf,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<C, BackendError>>,
+    {
+        match C::pool_in(&self.pool) {
+            Some(pool) => pool.checkout(key, limits, open).await,
+            None => Err(BackendError::Protocol("a connection of the other protocol was asked of this backend".into())),
         }
-        for c in my {
-            c.quit().await;
-        }
-        n
     }
 
-    /// Idle pooled connections to this backend, of either protocol.
+    /// Pools `conn`; returns a connection the caller must close (the pool is full, or speaks the
+    /// other protocol).
+    pub fn put<C: PoolOf>(&self, key: PoolKey, conn: C) -> Option<C> {
+        match C::pool_in(&self.pool) {
+            Some(pool) => pool.put(key, conn),
+            None => Some(conn),
+        }
+    }
+
+    /// Closes the pooled connections idle for longer than `timeout`; returns how many.
+    pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
+        match &self.pool {
+            Pools::Pg(pool) => {
+                let expired = pool.expired(timeout);
+                let n = expired.len();
+                for c in expired {
+                    c.terminate().await;
+                }
+                n
+            }
+            Pools::My(pool) => {
+                let expired = pool.expired(timeout);
+                let n = expired.len();
+                for c in expired {
+                    c.quit().await;
+                }
+                n
+            }
+        }
+    }
+
+    /// Idle pooled connections to this backend.
     pub fn idle_count(&self) -> usize {
-        self.pool.idle_count() + self.mysql_pool.idle_count()
+        match &self.pool {
+            Pools::Pg(pool) => pool.idle_count(),
+            Pools::My(pool) => pool.idle_count(),
+        }
     }
 
     /// A backend of `cluster` from its config entry.
@@ -374,8 +447,14 @@ impl Backend {
             name: b.name.clone(),
             address: b.address.clone(),
             role: b.role,
-            pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count)),
-            mysql_pool: Pool::new(cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count)),
+            pool: {
+                let (max_idle, gauge, count) =
+                    (cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count));
+                match cluster.protocol {
+                    sqlswitch_config::Protocol::Postgres => Pools::Pg(Pool::new(max_idle, gauge, count)),
+                    sqlswitch_config::Protocol::Mysql => Pools::My(Pool::new(max_idle, gauge, count)),
+                }
+            },
             metrics,
             health: Health::default(),
             sessions: AtomicUsize::new(0),
@@ -497,7 +576,7 @@ impl Cluster {
     /// Logs a session refused because no backend would take its login, and returns the text
     /// a client gets when no backend could be reached (a server's own refusal is relayed as it
     /// is).
-    pub fn no_session(&self, e: &crate::backend::BackendError) -> String {
+    pub fn no_session(&self, e: &BackendError) -> String {
         // The backends refusing a user the proxy accepted is a configuration mismatch to see.
         tracing::warn!(error = %e, "no session: the backend login failed");
         format!("no backend of cluster {:?} is reachable: {e}", self.config.name)

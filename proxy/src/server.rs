@@ -214,7 +214,7 @@ impl Daemon {
                             lag_ms: (b.role == sqlswitch_config::Role::Replica && lag != u64::MAX)
                                 .then_some(lag / 1000),
                             lag_bytes: b.health.lag_bytes.load(Relaxed),
-                            idle_connections: b.pool.idle_count(),
+                            idle_connections: b.idle_count(),
                         }
                     })
                     .collect(),

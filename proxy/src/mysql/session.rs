@@ -27,7 +27,7 @@ use crate::backend::BackendError;
 use crate::cluster::{Cluster, Mode, PoolKey};
 use crate::route::{self, Reason, SessionView, Target};
 use crate::session::state::SessionState;
-use crate::session::{Counted, Pair, Side};
+use crate::session::{Counted, Pair, PrimaryWork, Side};
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 /// Who the session is (replaced whole by `COM_CHANGE_USER`).
@@ -136,7 +136,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         tls: tls.as_deref(),
     };
     let open = || MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics);
-    b.mysql_pool.checkout(&id.key, id.cluster.limits(), open).await
+    b.checkout(&id.key, id.cluster.limits(), open).await
 }
 
 /// One backend connection of the session.
@@ -179,7 +179,7 @@ pub struct MySession<'a> {
     active: Option<Side>,
     state: SessionState,
     read_only: bool,
-    primary_counted: bool,
+    primary_work: PrimaryWork,
     statements: Statements,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
@@ -227,7 +227,7 @@ impl<'a> MySession<'a> {
             active: Some(side),
             state: SessionState::default(),
             read_only,
-            primary_counted: false,
+            primary_work: PrimaryWork::default(),
             statements: Statements::default(),
             thread,
             peer,
@@ -418,24 +418,14 @@ impl<'a> MySession<'a> {
         let cluster = self.id.cluster;
         if !self.in_tx() {
             loop {
-                let primary = plan.side == Side::Primary;
-                if primary && !self.primary_counted {
-                    cluster.gate.enter_primary();
-                    self.primary_counted = true;
+                match self.primary_work.pass(cluster, plan.side == Side::Primary).await {
+                    Ok(true) => break,
+                    Ok(false) => plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record),
+                    Err(text) => {
+                        self.err(seq, code::UNKNOWN, "HY000", &text).await;
+                        return Ok(());
+                    }
                 }
-                if !cluster.gate.closed(primary) {
-                    break;
-                }
-                self.leave_primary();
-                if !cluster.gate.wait(primary, cluster.config.max_held).await {
-                    let text = format!(
-                        "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
-                        cluster.config.max_held
-                    );
-                    self.err(seq, code::UNKNOWN, "HY000", &text).await;
-                    return Ok(());
-                }
-                plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record);
             }
         }
         // The command as it goes out, in a buffer the session keeps (no allocation per command).
@@ -628,7 +618,7 @@ impl<'a> MySession<'a> {
     async fn kill_thread(&self, backend: usize, thread: u32) -> Result<(), BackendError> {
         let mut killer = acquire(&self.id, backend).await?;
         killer.simple_query(&format!("KILL QUERY {thread}")).await?;
-        if let Some(extra) = self.id.cluster.backends[backend].mysql_pool.put(self.id.key.clone(), killer) {
+        if let Some(extra) = self.id.cluster.backends[backend].put(self.id.key.clone(), killer) {
             extra.quit().await;
         }
         Ok(())
@@ -666,10 +656,7 @@ impl<'a> MySession<'a> {
     }
 
     fn leave_primary(&mut self) {
-        if self.primary_counted {
-            self.id.cluster.gate.leave_primary();
-            self.primary_counted = false;
-        }
+        self.primary_work.leave(self.id.cluster);
     }
 
     fn drop_slot(&mut self, side: Side) {
@@ -902,7 +889,7 @@ async fn sleep_or_never(d: Option<std::time::Duration>) {
 async fn release(cluster: &Cluster, key: &PoolKey, slot: MySlot<'_>) {
     let mut conn = slot.conn;
     if matches!(conn.reset().await, Ok(true)) && conn.is_reusable() {
-        if let Some(extra) = cluster.backends[slot.backend].mysql_pool.put(key.clone(), conn) {
+        if let Some(extra) = cluster.backends[slot.backend].put(key.clone(), conn) {
             extra.quit().await;
         }
     } else {

@@ -44,20 +44,13 @@ impl Session<'_> {
                         .await?;
                         return Ok(true);
                     }
-                    // Count primary work before looking at the gate: a switchover closes the
-                    // gate before it counts, so one of the two always sees the other.
-                    let primary = side == Side::Primary;
-                    if primary && !self.primary_counted {
-                        cluster.gate.enter_primary();
-                        self.primary_counted = true;
-                    }
-                    if !cluster.gate.closed(primary) {
-                        break (side, backend, Some(reason));
-                    }
-                    self.leave_primary();
-                    if !cluster.gate.wait(primary, cluster.config.max_held).await {
-                        self.refuse_held().await?;
-                        return Ok(true);
+                    match self.primary_work.pass(cluster, side == Side::Primary).await {
+                        Ok(true) => break (side, backend, Some(reason)),
+                        Ok(false) => {}
+                        Err(text) => {
+                            self.refuse_pending_with(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, &text).await?;
+                            return Ok(true);
+                        }
                     }
                     // The routing table may have changed meanwhile: decide again.
                 }
@@ -207,15 +200,6 @@ impl Session<'_> {
         }
     }
 
-    /// Answers the undispatched batch with an error: too many are held by a pause already.
-    async fn refuse_held(&mut self) -> Result<(), End> {
-        let text = format!(
-            "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
-            self.id.cluster.config.max_held
-        );
-        self.refuse_pending_with(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, &text).await
-    }
-
     /// Answers the undispatched batch with a read-only error instead of sending it.
     async fn refuse_pending(&mut self, text: &str) -> Result<(), End> {
         self.refuse_pending_with(sqlstate::READ_ONLY_SQL_TRANSACTION, text).await
@@ -239,10 +223,7 @@ impl Session<'_> {
 
     /// The session's primary work is over (or never started): let a switchover count it out.
     pub(super) fn leave_primary(&mut self) {
-        if self.primary_counted {
-            self.id.cluster.gate.leave_primary();
-            self.primary_counted = false;
-        }
+        self.primary_work.leave(self.id.cluster);
     }
 
     /// Answers a batch no backend could take with an error (and its ReadyForQuery).
@@ -316,7 +297,7 @@ impl Session<'_> {
         let login =
             Login { user: self.id.user, password: self.id.password, params: &self.id.key.params, tls: tls.as_deref() };
         let open = || BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics);
-        b.pool.checkout(self.id.key, cluster.limits(), open).await
+        b.checkout(self.id.key, cluster.limits(), open).await
     }
 
     /// Bookkeeping after the batch went to `side`.

@@ -170,7 +170,7 @@ async fn acquire(
         let backend = &cluster.backends[index];
         let timeout = cluster.config.connect_timeout;
         let open = || BackendConn::connect(&backend.address, login, timeout, &backend.metrics);
-        match backend.pool.checkout(key, cluster.limits(), open).await {
+        match backend.checkout(key, cluster.limits(), open).await {
             Ok(conn) => return Ok((index, conn)),
             // The server itself said no (bad database, no such role): every backend of the
             // cluster would say the same, so relay it now.
@@ -209,7 +209,7 @@ async fn welcome(stream: &mut ClientStream, conn: &BackendConn, key: &CancelKey)
 pub(crate) async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut conn: BackendConn, reset: bool) {
     let clean = !reset || matches!(conn.reset().await, Ok(true));
     if clean && conn.is_reusable() {
-        if let Some(extra) = cluster.backends[index].pool.put(key, conn) {
+        if let Some(extra) = cluster.backends[index].put(key, conn) {
             extra.terminate().await;
         }
     } else {

@@ -29,7 +29,7 @@ use super::batch::{Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
 use crate::session::state::{Applied, SessionState};
-use crate::session::{Counted, Pair, Side};
+use crate::session::{Counted, Pair, PrimaryWork, Side};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ pub struct Session<'a> {
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
     /// Counted in the cluster's `primary_busy` (primary work in flight).
-    pub(super) primary_counted: bool,
+    pub(super) primary_work: PrimaryWork,
 }
 
 impl Drop for Session<'_> {
@@ -172,7 +172,7 @@ impl<'a> Session<'a> {
             retry: None,
             retry_binds: Names::default(),
             unnamed_side: None,
-            primary_counted: false,
+            primary_work: PrimaryWork::default(),
         }
     }
 

@@ -4,6 +4,8 @@
 
 pub mod state;
 
+use crate::cluster::Cluster;
+
 /// Which of the session's two backend connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -87,5 +89,46 @@ impl<'a> Counted<'a> {
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A session's standing at its cluster's gate: counted among the sessions with primary work in
+/// flight from the moment work heads to the primary until that work is over, so that a
+/// switchover's drain waits for it and a pause holds new work at the boundary.
+#[derive(Debug, Default)]
+pub struct PrimaryWork {
+    counted: bool,
+}
+
+impl PrimaryWork {
+    /// Lets work through the gate at a transaction boundary. Primary work is counted before the
+    /// gate is looked at: a switchover closes the gate before it counts, so one of the two
+    /// always sees the other. `Ok(true)`: through at once. `Ok(false)`: it waited, and the
+    /// routing table may have changed: decide again. `Err(text)`: `max_held` statements wait
+    /// already; refuse this one with `text`.
+    pub async fn pass(&mut self, cluster: &Cluster, primary: bool) -> Result<bool, String> {
+        if primary && !self.counted {
+            cluster.gate.enter_primary();
+            self.counted = true;
+        }
+        if !cluster.gate.closed(primary) {
+            return Ok(true);
+        }
+        self.leave(cluster);
+        if cluster.gate.wait(primary, cluster.config.max_held).await {
+            return Ok(false);
+        }
+        Err(format!(
+            "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
+            cluster.config.max_held
+        ))
+    }
+
+    /// The session's primary work is over (or never started).
+    pub fn leave(&mut self, cluster: &Cluster) {
+        if self.counted {
+            cluster.gate.leave_primary();
+            self.counted = false;
+        }
     }
 }
