@@ -1,0 +1,94 @@
+//! The gate sessions pass at each transaction boundary: what a pause or a switchover holds,
+//! and the counts of primary work in flight and of held statements that the drain waits on.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+
+/// What new work must wait for, set by `pause` and by a switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hold {
+    /// Every new transaction waits (`pause`).
+    pub all: bool,
+    /// New primary work waits (switchover); replica reads go on.
+    pub primary: bool,
+}
+
+/// The gate sessions pass at each transaction boundary, and the counts a switchover needs.
+pub struct Gate {
+    hold: watch::Sender<Hold>,
+    /// Sessions with primary work in flight (a transaction, or answers owed).
+    pub primary_busy: AtomicUsize,
+    /// Batches that waited at the gate, ever.
+    pub held_total: AtomicU64,
+    /// Batches waiting at the gate now.
+    pub held_now: AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            hold: watch::Sender::new(Hold::default()),
+            primary_busy: AtomicUsize::new(0),
+            held_total: AtomicU64::new(0),
+            held_now: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Whether work for the primary (or a replica) must wait now.
+    pub fn closed(&self, primary: bool) -> bool {
+        let h = *self.hold.borrow();
+        h.all || (primary && h.primary)
+    }
+
+    /// Waits until work for the primary (or a replica) may start. Returns false at once, without
+    /// waiting, when `max_held` batches wait already: the caller refuses this one.
+    pub async fn wait(&self, primary: bool, max_held: usize) -> bool {
+        /// Counts one waiting batch while it lives (also when its session is dropped mid-wait).
+        struct Held<'a>(&'a AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let held = Held(&self.held_now);
+        if held.0.fetch_add(1, Ordering::Relaxed) >= max_held {
+            return false;
+        }
+        self.held_total.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.hold.subscribe();
+        while {
+            let h = *rx.borrow_and_update();
+            h.all || (primary && h.primary)
+        } {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        drop(held);
+        true
+    }
+
+    /// Changes what is held.
+    pub fn set(&self, change: impl FnOnce(&mut Hold)) {
+        self.hold.send_modify(change);
+    }
+
+    /// What is held now.
+    pub fn hold(&self) -> Hold {
+        *self.hold.borrow()
+    }
+
+    /// Marks a session's primary work as started; with the gate checked after, a switchover
+    /// that closes the gate and then waits for `primary_busy` to reach zero cannot miss it.
+    pub fn enter_primary(&self) {
+        self.primary_busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks a session's primary work as finished.
+    pub fn leave_primary(&self) {
+        self.primary_busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}

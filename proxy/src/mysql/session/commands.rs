@@ -1,0 +1,133 @@
+//! The session's commands that are not relayed as they are: `COM_CHANGE_USER` and `KILL`.
+
+use super::*;
+
+impl MySession<'_> {
+    /// `COM_CHANGE_USER`: a new login on the same connection. The client proves the new
+    /// user's password against a fresh scramble (an auth switch), then everything of the old
+    /// session is dropped — connections (reset and pooled), variables, prepared statements — as
+    /// a server does, and the new login is proven on a backend like a new connection's.
+    pub(super) async fn change_user(&mut self, packet: &packet::Packet, seq: u8) -> Result<(), End> {
+        let request = match ChangeUser::parse(&packet.payload, self.id.caps) {
+            Ok(r) => r,
+            Err(e) => {
+                self.err(seq, code::HANDSHAKE, "08S01", &e.to_string()).await;
+                return Err(End::ClientGone);
+            }
+        };
+        let nonce = crate::mysql::new_nonce();
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &auth_switch_request(crate::mysql::NATIVE, &nonce));
+        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+        let answer = crate::mysql::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
+        let seq = answer.last_seq.wrapping_add(1);
+        let cluster = self.id.cluster;
+        let new_id = Identity::new(
+            cluster,
+            &request.user,
+            request.database.as_deref(),
+            self.id.caps,
+            request.charset.unwrap_or(self.id.charset),
+            self.id.listener_read_only,
+        );
+        let verified = crate::mysql::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
+        let Some(new_id) = new_id.filter(|_| verified) else {
+            let text = crate::mysql::access_denied(&request.user, self.peer, &answer.payload);
+            self.err(seq, code::ACCESS_DENIED, "28000", &text).await;
+            return Err(End::ClientGone);
+        };
+        // Nothing of the old session carries over.
+        self.leave_primary();
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let Some(slot) = slot else { continue };
+            release(cluster, &self.id.key, slot).await;
+        }
+        self.active = None;
+        self.state = SessionState::default();
+        self.statements = Statements::default();
+        self.read_only = new_id.read_only;
+        self.id = new_id;
+        self.thread.set_user(&self.id.user);
+        self.thread.set_target(None);
+        match first_connection(&self.id).await {
+            Ok((index, conn)) => {
+                let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &ok_payload(conn.status));
+                self.slots[side] = Some(MySlot {
+                    conn,
+                    conn_id: crate::mysql::statements::next_conn_id(),
+                    backend: index,
+                    replayed: 0,
+                    counted: Counted::new(&cluster.backends[index].sessions),
+                });
+                self.active = Some(side);
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                debug!(user = %self.id.user, "changed user");
+                Ok(())
+            }
+            Err(e) => {
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &first_connection_error(cluster, e));
+                let _ = self.client.send(&out).await;
+                Err(End::ClientGone)
+            }
+        }
+    }
+
+    /// Stops the query running on `side`'s connection and drops the connection.
+    pub(super) async fn kill_query(&mut self, side: Side) {
+        let Some(slot) = self.slots[side].take() else { return };
+        let thread = slot.conn.thread_id;
+        match self.kill_thread(slot.backend, thread).await {
+            Ok(()) => debug!(thread, "stopped the query of a client that left"),
+            Err(e) => warn!(thread, error = %e, "could not stop the query of a client that left"),
+        }
+        slot.conn.quit().await;
+        if self.active == Some(side) {
+            self.active = None;
+        }
+    }
+
+    /// `KILL QUERY <thread>` on `backend`, sent as the session's user (who may always stop its
+    /// own threads) on a connection of its own.
+    pub(super) async fn kill_thread(&self, backend: usize, thread: u32) -> Result<(), BackendError> {
+        let mut killer = acquire(&self.id, backend).await?;
+        killer.simple_query(&format!("KILL QUERY {thread}")).await?;
+        if let Some(extra) = self.id.cluster.backends[backend].put(self.id.key.clone(), killer) {
+            extra.quit().await;
+        }
+        Ok(())
+    }
+
+    /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids.
+    pub(super) async fn kill(&mut self, target: u32, connection: bool, seq: u8) -> Result<(), End> {
+        match self.id.cluster.mysql_threads.kill(target, &self.id.user, connection) {
+            Found::Unknown => {
+                self.err(seq, code::NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {target}")).await;
+            }
+            Found::NotOwner => {
+                self.err(seq, code::KILL_DENIED, "HY000", &format!("You are not owner of thread {target}")).await;
+            }
+            Found::Thread(running) => {
+                if let Some((backend, thread)) = running.filter(|_| target != self.thread.id) {
+                    if let Err(e) = self.kill_thread(backend, thread).await {
+                        let text = format!("sqlswitch could not stop thread {target}: {e}");
+                        self.err(seq, code::UNKNOWN, "HY000", &text).await;
+                        return Ok(());
+                    }
+                }
+                if connection && target == self.thread.id {
+                    self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
+                    return Err(End::Killed);
+                }
+                let status =
+                    self.active.and_then(|s| self.slots[s].as_ref()).map_or(status::AUTOCOMMIT, |s| s.conn.status);
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &ok_payload(status));
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+            }
+        }
+        Ok(())
+    }
+}

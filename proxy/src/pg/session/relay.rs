@@ -1,0 +1,180 @@
+//! Forwarding a backend's answers to the client, watching only where each ends, its errors
+//! and its parameter changes.
+
+use super::*;
+
+impl Session<'_> {
+    /// Forwards every message the active connection sent, watching `Z`, `E` and `S`.
+    #[expect(clippy::indexing_slicing, reason = "slices end at `fwd`, which never passes the bytes buffered")]
+    pub(super) async fn on_backend(&mut self) -> Result<(), End> {
+        let Some(side) = self.active else { return Ok(()) };
+        if self.retry.is_some() {
+            // A replica read that may still be retried elsewhere: hold its answer until it is
+            // whole (ends with ReadyForQuery) or large, so that a replica dying mid-answer costs
+            // the client nothing. A small answer usually arrives in one read anyway.
+            let buf = self.slots[side].as_ref().map(|s| &s.conn.buf[..]).unwrap_or_default();
+            if buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
+                return Ok(());
+            }
+        }
+        let mut fwd = 0;
+        // Where the answer still owed begins: just after the last ReadyForQuery seen.
+        let mut answered = 0;
+        loop {
+            let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
+            let buf_len = slot.conn.buf.len();
+            if self.passthrough > 0 {
+                let n = self.passthrough.min(buf_len - fwd);
+                fwd += n;
+                self.passthrough -= n;
+                if self.passthrough > 0 {
+                    break;
+                }
+            }
+            let header = match frame::peek_header(&slot.conn.buf[fwd..], MAX_BACKEND_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    self.tell_client_backend_gone().await;
+                    return Err(End::BackendGone);
+                }
+            };
+            let avail = buf_len - fwd;
+            match header.tag {
+                msg::READY_FOR_QUERY | msg::ERROR_RESPONSE | msg::PARAMETER_STATUS => {
+                    if avail < header.total_len {
+                        break;
+                    }
+                    let start = fwd + HEADER_LEN;
+                    fwd += header.total_len;
+                    match header.tag {
+                        msg::READY_FOR_QUERY => {
+                            slot.conn.tx = TxStatus::from_byte(slot.conn.buf.get(start).copied().unwrap_or(b'T'));
+                            self.outstanding = self.outstanding.saturating_sub(1);
+                            self.after_ready(side);
+                            if self.outstanding == 0 {
+                                if let Some(err) = self.inject.take() {
+                                    // Our refusal goes just before this ReadyForQuery.
+                                    self.flush_backend(side, fwd - header.total_len, 0).await?;
+                                    fwd = header.total_len;
+                                    self.send_client(&err).await?;
+                                }
+                                self.hold = false;
+                            }
+                            answered = fwd;
+                        }
+                        msg::ERROR_RESPONSE => {
+                            let body = &slot.conn.buf[start..fwd];
+                            // A replica read refused as "not on a standby", with nothing of it
+                            // sent yet and its whole answer here: run it on the primary.
+                            let refusal = standby_refusal(msg::error_fields(body).0);
+                            if let Some(remember) = refusal {
+                                let whole = ends_with_ready_for_query(&slot.conn.buf);
+                                let rerun = side == Side::Replica && !self.id.read_only && self.retry.is_some();
+                                if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
+                                    // Earlier batches' answers are the client's; this one's is not.
+                                    self.flush_backend(side, answered, answered).await?;
+                                    if let Some(slot) = self.slots[side].as_mut() {
+                                        slot.conn.buf.clear();
+                                    }
+                                    return self.rerun_on_primary(remember).await;
+                                }
+                            }
+                            let body = &slot.conn.buf[start..fwd];
+                            let open_tx = slot.conn.tx != TxStatus::Idle;
+                            if msg::is_fatal(body) && self.outstanding == 0 && self.retry.is_none() && open_tx {
+                                // The server ended the session's open transaction with its
+                                // connection (idle_in_transaction_session_timeout, a
+                                // terminate): the client hears the server's own words, and the
+                                // connection closes, as a direct client's would.
+                                self.flush_backend(side, fwd, 0).await?;
+                                return Err(End::BackendGone);
+                            }
+                            if msg::is_fatal(body) && (self.outstanding == 0 || self.retry.is_some()) {
+                                // The server is closing this connection (shutdown, crash): with
+                                // nothing owed to the client, or a read that can run elsewhere,
+                                // the client need not hear of it.
+                                self.flush_backend(side, fwd - header.total_len, answered).await?;
+                                return self.backend_failed().await;
+                            }
+                            self.inject = None;
+                            self.batch_error = true;
+                        }
+                        _ => {
+                            let body = slot.conn.buf[start..fwd].to_vec();
+                            slot.conn.note_parameter(&body);
+                        }
+                    }
+                }
+                _ if avail >= header.total_len => fwd += header.total_len,
+                _ => {
+                    fwd += avail;
+                    self.passthrough = header.total_len - avail;
+                    break;
+                }
+            }
+        }
+        self.flush_backend(side, fwd, answered).await?;
+        if !self.hold && (!self.cbuf.is_empty() || self.batch.complete) {
+            // Client messages held back while the backend caught up.
+            return Box::pin(self.on_client()).await;
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping at each ReadyForQuery of `side`.
+    pub(super) fn after_ready(&mut self, side: Side) {
+        if self.writes_in_flight && side == Side::Primary {
+            self.state.last_write = Some(self.id.cluster.clock.now());
+        }
+        if self.outstanding == 0 {
+            self.writes_in_flight = false;
+            self.retry = None;
+            if self.tx() == TxStatus::Idle && self.batch.side.is_none() {
+                self.leave_primary();
+            }
+            match self.state_change.take() {
+                Some(_) if self.batch_error => {}
+                Some(StateChange::Record(sql)) => {
+                    self.state.record(sql);
+                    // The connection that ran it has it: it is replayed on the others only.
+                    if let Some(slot) = self.slots[side].as_mut() {
+                        slot.applied.replayed = self.state.replay.len();
+                    }
+                }
+                Some(StateChange::ForgetAll) => self.forget_all(side),
+                None => {}
+            }
+        }
+        self.batch_error = false;
+    }
+
+    /// `DISCARD ALL` ran on `side`: the session's statements and state are gone; the other
+    /// connection still holds them and is replaced before its next use.
+    pub(super) fn forget_all(&mut self, side: Side) {
+        self.state.forget_all();
+        self.state.replay.clear();
+        for (at, slot) in self.slots.iter_mut() {
+            if let Some(slot) = slot {
+                slot.applied = Applied::default();
+                slot.stale = at != side;
+            }
+        }
+    }
+
+    /// Sends the first `n` buffered bytes of `side` to the client. Those past `answered` (the
+    /// end of the last whole answer) are the start of the answer still owed: it cannot be run
+    /// elsewhere from then on.
+    pub(super) async fn flush_backend(&mut self, side: Side, n: usize, answered: usize) -> Result<(), End> {
+        if n > answered {
+            self.retry = None;
+        }
+        if n > 0 {
+            let Some(slot) = self.slots[side].as_mut() else { return Ok(()) };
+            let bytes = slot.conn.buf.get(..n).unwrap_or_default();
+            self.client.send(bytes).await.map_err(|_| End::ClientGone)?;
+            slot.conn.buf.advance(n);
+        }
+        Ok(())
+    }
+}
