@@ -91,3 +91,33 @@ pub async fn timed_login<T>(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whose_fault_and_whether_to_try_again() {
+        let refused =
+            |error: &[u8]| BackendError::Refused { error: Bytes::copy_from_slice(error), message: String::new() };
+        let mut full = vec![msg::ERROR_RESPONSE, 0, 0, 0, 0];
+        full.extend_from_slice(b"SERROR\0C53300\0Msorry, too many clients already\0\0");
+        let mut mysql_full = vec![0xFF];
+        mysql_full.extend_from_slice(&1040u16.to_le_bytes());
+        let mut denied = vec![msg::ERROR_RESPONSE, 0, 0, 0, 0];
+        denied.extend_from_slice(b"SFATAL\0C28P01\0Mpassword authentication failed\0\0");
+        let cases = [
+            (BackendError::Io(std::io::ErrorKind::ConnectionRefused.into()), Fault::Backend, true),
+            (BackendError::Timeout, Fault::Backend, true),
+            (BackendError::Closed, Fault::Backend, false),
+            (BackendError::Protocol("odd".into()), Fault::Proxy, false),
+            (refused(&denied), Fault::Session, false),
+            (refused(&full), Fault::Session, true),
+            (refused(&mysql_full), Fault::Session, true),
+        ];
+        for (e, fault, retry) in cases {
+            assert_eq!(e.fault(), fault, "{e}");
+            assert_eq!(e.retryable(), retry, "{e}");
+        }
+    }
+}

@@ -490,7 +490,7 @@ impl Cluster {
     /// is).
     pub fn no_session(&self, e: &BackendError) -> String {
         // The backends refusing a user the proxy accepted is a configuration mismatch to see.
-        tracing::warn!(error = %e, "no session: the backend login failed");
+        tracing::warn!(error = %e, fault = ?e.fault(), "no session: the backend login failed");
         format!("no backend of cluster {:?} is reachable: {e}", self.config.name)
     }
 

@@ -369,7 +369,7 @@ impl<'a> MySession<'a> {
                             self.active = None;
                         }
                     } else {
-                        warn!(error = %e, "replica unavailable for this command; using the primary");
+                        warn!(error = %e, fault = ?e.fault(), "replica unavailable for this command; using the primary");
                         self.drop_slot(Side::Replica);
                     }
                     plan.side = Side::Primary;

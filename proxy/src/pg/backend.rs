@@ -4,7 +4,7 @@
 use crate::backend::BackendError;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
@@ -70,7 +70,9 @@ impl BackendConn {
         // No TLS over a Unix socket, whatever the mode (as libpq).
         if let Some(tls) = login.tls.filter(|_| !stream.is_unix()) {
             // SSLRequest; `S` starts TLS, `N` means the server has none.
-            stream.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+            let mut request = BytesMut::with_capacity(8);
+            postgres_protocol::message::frontend::ssl_request(&mut request);
+            stream.send(&request).await?;
             let mut answer = [0u8; 1];
             stream.read_exact(&mut answer).await?;
             match answer[0] {
@@ -288,8 +290,7 @@ impl BackendConn {
     /// Says goodbye; errors are irrelevant, the connection is being dropped.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);
-        out.put_u8(b'X');
-        out.put_i32(4);
+        postgres_protocol::message::frontend::terminate(&mut out);
         let _ = self.stream.send(&out).await;
     }
 }

@@ -60,8 +60,6 @@ pub struct OpenBatch {
     pub len: usize,
     /// Where its dispatched part went; the rest follows.
     pub side: Option<Side>,
-    /// Messages were added since the last dispatch decision.
-    pub any: bool,
     /// Every statement so far is provably a read.
     pub read: bool,
     /// Some statement may write (not a read, transaction control or session state): refused
@@ -87,8 +85,6 @@ pub struct OpenBatch {
     pub needs_unnamed_from: bool,
     /// It parses the unnamed statement.
     pub parses_unnamed: bool,
-    /// A simple Query (not extended protocol).
-    pub simple: bool,
     /// Sync points (Sync, Query, FunctionCall) in its undispatched part.
     pub syncs: u32,
     /// It reached its sync point and waits only to be dispatched.
@@ -100,7 +96,6 @@ impl OpenBatch {
     pub fn reset(&mut self) {
         self.len = 0;
         self.side = None;
-        self.any = false;
         self.read = true;
         self.maybe_writes = false;
         self.begins_read_only_tx = false;
@@ -113,14 +108,12 @@ impl OpenBatch {
         self.forgets_all = false;
         self.needs_unnamed_from = false;
         self.parses_unnamed = false;
-        self.simple = false;
         self.syncs = 0;
         self.complete = false;
     }
 
     /// Adds a statement's verdict; `sql` is its text, kept when it is session state.
     pub fn add_verdict(&mut self, v: &Verdict, sql: &str) {
-        self.any = true;
         if !v.is_read() {
             self.read = false;
         }

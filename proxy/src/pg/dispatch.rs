@@ -185,7 +185,7 @@ impl Session<'_> {
                     self.drop_slot(side);
                 }
                 Err(e) => {
-                    warn!(error = %e, "the primary is unavailable");
+                    warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
                     // Nothing of this batch runs anywhere: unless an earlier one still does, the
                     // session has no primary work in flight, and a drain must not wait for it.
                     if self.outstanding == 0 && self.tx() == TxStatus::Idle {
@@ -431,7 +431,7 @@ async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first:
         postgres_protocol::message::frontend::close(b'S', name, &mut out)?;
     }
     out.extend_from_slice(parse);
-    out.extend_from_slice(&[fe::SYNC, 0, 0, 0, 4]);
+    postgres_protocol::message::frontend::sync(&mut out);
     conn.stream.send(&out).await?;
     let mut failure = None;
     loop {

@@ -176,7 +176,7 @@ async fn acquire(
             // cluster would say the same, so relay it now.
             Err(e @ BackendError::Refused { .. }) => return Err(e),
             Err(e) => {
-                warn!(cluster = %cluster.config.name, backend = %backend.name, error = %e, "backend unavailable");
+                warn!(cluster = %cluster.config.name, backend = %backend.name, error = %e, fault = ?e.fault(), "backend unavailable");
                 last = e;
             }
         }

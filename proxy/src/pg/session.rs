@@ -339,7 +339,6 @@ impl<'a> Session<'a> {
                     // keeps its own copy only of session-state statements and named Parses).
                     self.batch.add_verdict(&verdict, text);
                     if header.tag == fe::QUERY {
-                        self.batch.simple = true;
                         self.batch.statements += 1;
                         self.batch.syncs += 1;
                         self.batch.complete = true;
@@ -387,7 +386,6 @@ impl<'a> Session<'a> {
                     return Err(End::ClientError(ProtocolError::Malformed { what: "frontend message type" }));
                 }
             }
-            self.batch.any = true;
             self.batch.len += len;
             if header.tag == fe::FLUSH || self.batch.len > FORCE_DISPATCH {
                 // The client wants answers before its Sync (or the batch is too big to hold):
@@ -449,7 +447,11 @@ impl<'a> Session<'a> {
             Skip::ForwardSync => {
                 let side = self.batch.side.or(self.active).unwrap_or(Side::Primary);
                 let sent = match self.slot(side) {
-                    Some(slot) => slot.conn.stream.send(&[fe::SYNC, 0, 0, 0, 4]).await.is_ok(),
+                    Some(slot) => {
+                        let mut sync = BytesMut::with_capacity(5);
+                        postgres_protocol::message::frontend::sync(&mut sync);
+                        slot.conn.stream.send(&sync).await.is_ok()
+                    }
                     None => false,
                 };
                 if !sent {
@@ -549,11 +551,4 @@ fn statement_name(tag: u8, body: &[u8]) -> Result<Option<&str>, ProtocolError> {
     let kind = f.byte("Describe/Close kind")?;
     let name = f.cstr("Describe/Close name")?;
     Ok((kind == b'S').then_some(name))
-}
-
-impl BackendConn {
-    /// Whether this connection may go back to the pool as it is.
-    pub fn is_clean(&self) -> bool {
-        self.tx == TxStatus::Idle && self.buf.is_empty()
-    }
 }
