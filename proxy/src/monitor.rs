@@ -55,6 +55,7 @@ impl Monitor {
     /// can use it. With asynchronous commit a replica trails the primary's write position by up
     /// to `wal_writer_delay` even when idle.
     pub async fn warm_up(&mut self) {
+        self.follow_the_servers().await;
         for _ in 0..50 {
             self.tick().await;
             let primary = self.cluster.table.load().primary;
@@ -66,6 +67,62 @@ impl Monitor {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Before serving: the config's `role` is a starting hint, the servers are the truth. When
+    /// the configured primary does not take writes (a switchover or a failover happened while
+    /// sqlswitch was down, or since the file was written) and exactly one other backend does,
+    /// that one is the primary. When none or several do, the config stands and the log says
+    /// why: never a guess.
+    async fn follow_the_servers(&mut self) {
+        let cluster = Arc::clone(&self.cluster);
+        let dialect = Dialect::of(cluster.config.protocol);
+        let configured = cluster.table.load().primary;
+        let asks = (0..cluster.backends.len()).map(|i| {
+            let cluster = &cluster;
+            async move {
+                let to = cluster.control_target(i).ok_or("no monitor credentials")?;
+                let mut conn = ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?;
+                let timeout = cluster.config.connect_timeout;
+                tokio::time::timeout(timeout, conn.is_writable(dialect)).await.unwrap_or(Err("timed out".into()))
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut writable = Vec::new();
+        let mut unknown = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(true) => writable.push(i),
+                Ok(false) => {}
+                Err(e) => unknown.push(format!("{}: {e}", cluster.backends.at(i).map_or("?", |b| b.name.as_str()))),
+            }
+        }
+        let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
+        match writable.as_slice() {
+            [only] if *only == configured => {}
+            [only] => {
+                let only = *only;
+                crate::control::change(&cluster, |t| t.primary = only);
+                info!(
+                    cluster = %cluster.config.name,
+                    primary = %name(only),
+                    configured = %name(configured),
+                    unanswered = ?unknown,
+                    "the configured primary does not take writes and one other backend does: following the servers"
+                );
+            }
+            [] => warn!(
+                cluster = %cluster.config.name,
+                configured = %name(configured),
+                unanswered = ?unknown,
+                "no backend takes writes (no primary): keeping the configured one"
+            ),
+            several => warn!(
+                cluster = %cluster.config.name,
+                writable = ?several.iter().map(|i| name(*i)).collect::<Vec<_>>(),
+                "several backends take writes (split brain?): keeping the configured primary"
+            ),
         }
     }
 

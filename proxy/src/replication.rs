@@ -157,6 +157,10 @@ pub struct Dialect {
     pub standby_answer: &'static str,
     /// Promotes a standby.
     pub promote: &'static [&'static str],
+    /// Whether the server takes writes and follows no other: one value, `1` when it does
+    /// (PostgreSQL: not in recovery and not fenced by `default_transaction_read_only`;
+    /// MariaDB/MySQL: `read_only` off and no replication channel configured).
+    pub writable: &'static [&'static str],
 }
 
 impl Dialect {
@@ -195,6 +199,9 @@ const POSTGRES: Dialect = Dialect {
     is_standby: "SELECT pg_is_in_recovery()",
     standby_answer: "t",
     promote: &["SELECT pg_promote(true, 60)"],
+    writable: &[
+        "SELECT (NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off')::int::text",
+    ],
 };
 
 const MYSQL: Dialect = Dialect {
@@ -207,6 +214,7 @@ const MYSQL: Dialect = Dialect {
     is_standby: "SELECT @@read_only",
     standby_answer: "1",
     promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],
+    writable: &["SELECT @@read_only = 0", "SHOW SLAVE STATUS"],
 };
 
 /// Where a control connection goes and as whom.
@@ -274,6 +282,24 @@ impl ControlConn {
     pub async fn value(&mut self, sql: &str) -> Result<String, String> {
         let rows = self.exec(sql).await.map_err(|e| e.to_string())?;
         rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
+    }
+}
+
+impl ControlConn {
+    /// Whether the server takes writes and follows no other ([`Dialect::writable`]).
+    ///
+    /// # Errors
+    /// A statement failed, or the answer was not understood.
+    pub async fn is_writable(&mut self, dialect: &Dialect) -> Result<bool, String> {
+        let (first, rest) = dialect.writable.split_first().ok_or("no statement")?;
+        let writable = self.value(first).await? == "1";
+        // Further statements are replication status: any row means it follows a primary.
+        for sql in rest {
+            if !self.exec(sql).await.map_err(|e| e.to_string())?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(writable)
     }
 }
 

@@ -302,6 +302,18 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     assert_eq!(server_id(&mut conn).await, 2);
     conn.query_drop("INSERT INTO items (note) VALUES ('after switchover')").await.unwrap();
     conn.query_drop("COMMIT").await.unwrap();
+
+    // Restarted with the same config (whose primary is the old, fenced one), sqlswitch follows
+    // the servers: writes go to the new primary.
+    drop(conn);
+    drop(daemon);
+    let again = start_mysql(&topo, "").await.unwrap();
+    assert_eq!(again.control.status()["clusters"][0]["primary"], "replica1", "the servers' primary");
+    let mut conn = connect(again.addr("app", false).unwrap().port(), APP).await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    assert_eq!(server_id(&mut conn).await, 2);
+    conn.query_drop("INSERT INTO items (note) VALUES ('after a restart')").await.unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,19 @@ async fn switchover_under_pgbench_load_costs_no_client_errors() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "replica1");
+
+    // Restarted with the same config (whose primary is the old, fenced one), sqlswitch follows
+    // the servers: writes go to the new primary.
+    drop(client);
+    drop(daemon);
+    let again = proxy::start(&topo, "").await.unwrap();
+    assert_eq!(primary_of(&again), "replica1", "the servers' primary, not the config's");
+    let client = connect(again.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('restarted') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .expect("a write after a restart");
+    assert_eq!(row.get::<_, String>(0), "replica1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,4 +433,21 @@ async fn a_statement_that_could_not_reach_the_primary_is_not_waited_for() {
         .await
         .expect("the session goes on");
     assert_eq!(row.get::<_, String>(0), "replica1");
+}
+
+/// Two servers that both take writes (a replica promoted by hand, the old primary not fenced):
+/// sqlswitch does not guess; it keeps the configured primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writable_servers_at_start_keep_the_configured_primary() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote(true, 60)", "postgres").unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    assert_eq!(primary_of(&daemon), "primary", "split brain: no guess");
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('x') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "primary");
 }
