@@ -32,6 +32,16 @@ async fn switchover(
     r
 }
 
+/// The server (its `cluster_name`) where a write of a new session lands.
+async fn new_session_writes_on(daemon: &sqlswitch::Daemon) -> String {
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('new') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .expect("a write");
+    row.get(0)
+}
+
 fn primary_of(daemon: &sqlswitch::Daemon) -> String {
     daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
 }
@@ -82,12 +92,7 @@ async fn switchover_under_pgbench_load_costs_no_client_errors() {
     drop(daemon);
     let again = proxy::start(&topo, "").await.unwrap();
     assert_eq!(primary_of(&again), "replica1", "the servers' primary, not the config's");
-    let client = connect(again.addr("app", false).unwrap().port(), APP).await.unwrap();
-    let row = client
-        .query_one("INSERT INTO items (note) VALUES ('restarted') RETURNING current_setting('cluster_name')", &[])
-        .await
-        .expect("a write after a restart");
-    assert_eq!(row.get::<_, String>(0), "replica1");
+    assert_eq!(new_session_writes_on(&again).await, "replica1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,10 +449,5 @@ async fn two_writable_servers_at_start_keep_the_configured_primary() {
     topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote(true, 60)", "postgres").unwrap();
     let daemon = proxy::start(&topo, "").await.unwrap();
     assert_eq!(primary_of(&daemon), "primary", "split brain: no guess");
-    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
-    let row = client
-        .query_one("INSERT INTO items (note) VALUES ('x') RETURNING current_setting('cluster_name')", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "primary");
+    assert_eq!(new_session_writes_on(&daemon).await, "primary");
 }
