@@ -37,8 +37,8 @@ pub enum BackendState {
     Removed,
 }
 
-/// Most backends a cluster can have, including those added by reloads (the config's limit).
 pub use crate::gate::{Gate, Hold};
+/// Most backends a cluster can have, including those added by reloads (the config's limit).
 pub use sqlswitch_config::MAX_BACKENDS;
 
 /// A cluster's backends, append-only: an index, once handed out, names the same backend for the
@@ -324,23 +324,16 @@ impl Backend {
 
     /// Closes the pooled connections idle for longer than `timeout`; returns how many.
     pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
+        async fn close_all<C: crate::pool::Pooled>(conns: Vec<C>) -> usize {
+            let n = conns.len();
+            for c in conns {
+                c.close().await;
+            }
+            n
+        }
         match &self.pool {
-            Pools::Pg(pool) => {
-                let expired = pool.expired(timeout);
-                let n = expired.len();
-                for c in expired {
-                    c.terminate().await;
-                }
-                n
-            }
-            Pools::My(pool) => {
-                let expired = pool.expired(timeout);
-                let n = expired.len();
-                for c in expired {
-                    c.quit().await;
-                }
-                n
-            }
+            Pools::Pg(pool) => close_all(pool.expired(timeout)).await,
+            Pools::My(pool) => close_all(pool.expired(timeout)).await,
         }
     }
 

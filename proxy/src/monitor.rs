@@ -79,26 +79,35 @@ impl Monitor {
         let cluster = Arc::clone(&self.cluster);
         let dialect = Dialect::of(cluster.config.protocol);
         let configured = cluster.table.load().primary;
-        let asks = (0..cluster.backends.len()).map(|i| {
+        // The connections stay open for the monitor's own checks that follow.
+        self.conns.resize_with(cluster.backends.len(), || None);
+        let asks = self.conns.iter_mut().enumerate().map(|(i, slot)| {
             let cluster = &cluster;
             async move {
-                let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-                let mut conn = ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?;
-                let timeout = cluster.config.connect_timeout;
-                tokio::time::timeout(timeout, conn.is_writable(dialect)).await.unwrap_or(Err("timed out".into()))
+                if slot.is_none() {
+                    let to = cluster.control_target(i).ok_or("no monitor credentials")?;
+                    *slot = Some(ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?);
+                }
+                let conn = slot.as_mut().ok_or("no connection")?;
+                let answer = tokio::time::timeout(cluster.config.connect_timeout, conn.is_writable(dialect)).await;
+                let answer = answer.unwrap_or(Err("timed out".into()));
+                if answer.is_err() {
+                    *slot = None;
+                }
+                answer
             }
         });
         let answers = futures::future::join_all(asks).await;
+        let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
         let mut writable = Vec::new();
         let mut unknown = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
             match answer {
                 Ok(true) => writable.push(i),
                 Ok(false) => {}
-                Err(e) => unknown.push(format!("{}: {e}", cluster.backends.at(i).map_or("?", |b| b.name.as_str()))),
+                Err(e) => unknown.push(format!("{}: {e}", name(i))),
             }
         }
-        let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
         match writable.as_slice() {
             [only] if *only == configured => {}
             [only] => {

@@ -275,6 +275,17 @@ impl ControlConn {
         }
     }
 
+    /// Runs `statements` in order, stopping at the first that fails.
+    ///
+    /// # Errors
+    /// As [`ControlConn::exec`].
+    pub async fn exec_all(&mut self, statements: &[&str]) -> Result<(), BackendError> {
+        for sql in statements {
+            self.exec(sql).await?;
+        }
+        Ok(())
+    }
+
     /// The first column of the first row of `sql`'s answer.
     ///
     /// # Errors

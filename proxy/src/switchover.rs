@@ -98,9 +98,7 @@ pub async fn run(
 
         // 3. Fence the old primary and read its final position.
         let at = Instant::now();
-        for sql in dialect.fence {
-            old_conn.exec(sql).await.map_err(|e| fail("fence", &old_name, &e))?;
-        }
+        old_conn.exec_all(dialect.fence).await.map_err(|e| fail("fence", &old_name, &e))?;
         let final_text = old_conn.value(dialect.position).await.map_err(|e| format!("fence: {e}"))?;
         let final_pos = dialect
             .primary_position(&final_text)
@@ -137,13 +135,9 @@ pub async fn run(
             if !promote {
                 return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
             }
-            for sql in dialect.promote {
-                new_conn.exec(sql).await.map_err(|e| fail("promote", target_name, &e))?;
-            }
+            new_conn.exec_all(dialect.promote).await.map_err(|e| fail("promote", target_name, &e))?;
         }
-        for sql in dialect.unfence {
-            new_conn.exec(sql).await.map_err(|e| fail("promote", target_name, &e))?;
-        }
+        new_conn.exec_all(dialect.unfence).await.map_err(|e| fail("promote", target_name, &e))?;
         let still_standby =
             new_conn.value(dialect.is_standby).await.map_err(|e| format!("promote: {e}"))? == dialect.standby_answer;
         if still_standby {
@@ -157,7 +151,7 @@ pub async fn run(
 
     if let Err(why) = outcome {
         // Undo the fence, resume on the old primary, change nothing.
-        if let Err(e) = unfence(&mut old_conn, dialect).await {
+        if let Err(e) = old_conn.exec_all(dialect.unfence).await {
             warn!(cluster = %cluster_name, error = %e, "could not undo the fence of the old primary");
         }
         cluster.gate.set(|h| h.primary = false);
@@ -197,12 +191,4 @@ const APPLICATION: &str = "sqlswitch-switchover";
 
 fn fail(step: &str, backend: &str, e: &BackendError) -> Failure {
     format!("{step}: {backend}: {e}")
-}
-
-/// Undoes the fence on `conn`'s server.
-async fn unfence(conn: &mut ControlConn, dialect: &Dialect) -> Result<(), BackendError> {
-    for sql in dialect.unfence {
-        conn.exec(sql).await?;
-    }
-    Ok(())
 }

@@ -370,12 +370,12 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// A read-write session's replica refused a read, before any of its answer reached the client, with an error
-    /// that means "not on a standby" (25006: it writes after all, as a view calling
-    /// `nextval()`; 0A000: an unlogged or temporary relation; 40001: a cancel by a recovery
-    /// conflict). What no lexer can see is corrected here: the read runs on the primary, the
-    /// client never hears of the replica, and (but for a conflict, which passes) the statement
-    /// goes to the primary from then on, in every session.
+    /// A read-write session's replica refused a read, before any of its answer reached the
+    /// client, with an error that means "not on a standby" (25006: it writes after all, as a
+    /// view calling `nextval()`; 0A000: an unlogged or temporary relation; 40001: a cancel by a
+    /// recovery conflict). What no lexer can see is corrected here: the read runs on the
+    /// primary, the client never hears of the replica, and (but for a conflict, which passes)
+    /// the statement goes to the primary from then on, in every session.
     pub(super) async fn rerun_on_primary(&mut self, remember: bool) -> Result<(), End> {
         let cluster = self.id.cluster;
         cluster.metrics.reruns.increment(1);
