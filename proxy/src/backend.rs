@@ -76,6 +76,30 @@ impl BackendError {
     }
 }
 
+/// Where and under what deadline a backend connection is opened.
+#[derive(Clone, Copy)]
+pub struct Dialing<'a> {
+    /// `host:port` or a socket path.
+    pub addr: &'a str,
+    /// Connect and login deadline.
+    pub timeout: Duration,
+    /// The backend's metrics (failures are counted there).
+    pub metrics: &'a BackendMetrics,
+}
+
+impl Dialing<'_> {
+    /// Runs `login` (a connect and login to [`Dialing::addr`]) within the deadline.
+    ///
+    /// # Errors
+    /// The login's own error, or [`BackendError::Timeout`].
+    pub async fn run<T>(
+        &self,
+        login: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        timed_login(self.timeout, self.metrics, login).await
+    }
+}
+
 /// Runs a connect-and-login within `timeout`, counting failures in the backend's metrics.
 ///
 /// # Errors

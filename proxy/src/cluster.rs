@@ -292,6 +292,11 @@ impl PoolOf for MyConn {
 }
 
 impl Backend {
+    /// Where and how a connection to this backend is opened, with `timeout` to connect and log in.
+    pub fn dialing(&self, timeout: std::time::Duration) -> crate::backend::Dialing<'_> {
+        crate::backend::Dialing { addr: &self.address, timeout, metrics: &self.metrics }
+    }
+
     /// A connection for `key`: a pooled one, or one `open` makes (see [`Pool::checkout`]).
     ///
     /// # Errors

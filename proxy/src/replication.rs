@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlswitch_config::{Credentials, Protocol};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Dialing};
 use crate::metrics::BackendMetrics;
 use crate::mysql::backend::MyConn;
 use crate::pg::backend::{BackendConn, Login};
@@ -241,6 +241,12 @@ pub enum ControlConn {
     My(MyConn),
 }
 
+impl ControlTarget<'_> {
+    fn dialing(&self) -> Dialing<'_> {
+        Dialing { addr: self.address, timeout: self.timeout, metrics: self.metrics }
+    }
+}
+
 impl ControlConn {
     /// Connects and logs in; `application` names the connection where the server shows it.
     ///
@@ -255,11 +261,11 @@ impl ControlConn {
                     ("application_name".to_owned(), application.to_owned()),
                 ];
                 let login = Login { user, password, params: &params, tls: to.tls.as_deref() };
-                Ok(Self::Pg(BackendConn::connect(to.address, &login, to.timeout, to.metrics).await?))
+                Ok(Self::Pg(BackendConn::connect(&to.dialing(), &login).await?))
             }
             Protocol::Mysql => {
                 let login = crate::mysql::backend::Login::control(user, password, to.tls.as_deref());
-                Ok(Self::My(MyConn::connect(to.address, &login, to.timeout, to.metrics).await?))
+                Ok(Self::My(MyConn::connect(&to.dialing(), &login).await?))
             }
         }
     }

@@ -2,8 +2,6 @@
 //! (`mysql_native_password`, or `caching_sha2_password`), over TLS when `[cluster.backend_tls]`
 //! asks for it, control-path queries (replay, monitoring, fencing), and reset for reuse.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
 use mysql_common::auth::plugins::mysql_native_password::scramble_native;
@@ -14,7 +12,7 @@ use sqlswitch_protocol::mysql::response::{lenenc, ok_status, Step, Tracker};
 use sqlswitch_protocol::mysql::{caps, status};
 use tokio::io::AsyncReadExt;
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Dialing};
 use crate::metrics::{BackendMetrics, OpenGuard};
 use crate::tls::{BackendStream, BackendTls};
 
@@ -79,20 +77,15 @@ impl crate::pool::Rehome for MyConn {
 }
 
 impl MyConn {
-    /// Connects and logs in within `timeout`.
+    /// Connects and logs in as `login`, within `to`'s deadline.
     ///
     /// # Errors
     /// See [`BackendError`]; a refusal carries the server's ERR payload.
-    pub async fn connect(
-        addr: &str,
-        login: &Login<'_>,
-        timeout: Duration,
-        metrics: &BackendMetrics,
-    ) -> Result<Self, BackendError> {
-        crate::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
+    pub async fn connect(to: &Dialing<'_>, login: &Login<'_>) -> Result<Self, BackendError> {
+        to.run(Self::dial_login(to.addr, login, to.metrics)).await
     }
 
-    async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
+    async fn dial_login(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
         let mut conn = MyConn {
             stream: BackendStream::connect(addr).await?,
             buf: BytesMut::with_capacity(16 * 1024),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::cluster::Cluster;
-use crate::session::{Counted, Side};
+use crate::session::Side;
 use crate::tls::ClientStream;
 use session::{MySession, MySlot};
 
@@ -98,13 +98,7 @@ pub async fn serve(
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
     let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
-    let slot = MySlot {
-        conn,
-        conn_id: statements::next_conn_id(),
-        backend: index,
-        replayed: 0,
-        counted: Counted::new(&backend.sessions),
-    };
+    let slot = MySlot::new(&cluster, index, conn);
     let mut session = MySession::new(stream, buf, id, slot, side, thread, peer);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);

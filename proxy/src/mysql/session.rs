@@ -25,31 +25,20 @@ use super::statements::{carries_statement, prepare_on, Statements};
 use super::threads::{self, Found, ThreadId};
 use crate::backend::BackendError;
 use crate::cluster::{Cluster, Mode, PoolKey};
-use crate::route::{self, Reason, SessionView, Target};
+use crate::route::{self, Reason};
+use crate::session::core::{Core, Tx};
 use crate::session::state::SessionState;
-use crate::session::{Counted, Pair, PrimaryWork, Side};
+use crate::session::Side;
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 mod commands;
 mod connect;
 mod relay;
 
-use connect::release;
 pub use connect::{acquire, first_connection, first_connection_error, Identity};
 
 /// One backend connection of the session.
-pub struct MySlot<'a> {
-    /// The connection.
-    pub conn: MyConn,
-    /// Keys this connection's prepared statement ids.
-    pub conn_id: u64,
-    /// Which backend.
-    pub backend: usize,
-    /// How many of the session's state statements ran here.
-    pub replayed: usize,
-    /// Keeps the backend's session count.
-    pub counted: Counted<'a>,
-}
+pub type MySlot<'a> = crate::session::core::Slot<'a, MyConn>;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -73,11 +62,9 @@ pub struct MySession<'a> {
     /// The command being sent to a backend, reused from command to command.
     wire: BytesMut,
     id: Identity<'a>,
-    slots: Pair<MySlot<'a>>,
-    active: Option<Side>,
-    state: SessionState,
+    /// The connections, the session state, the gate: what both protocols share.
+    core: Core<'a, MyConn>,
     read_only: bool,
-    primary_work: PrimaryWork,
     statements: Statements,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
@@ -114,18 +101,16 @@ impl<'a> MySession<'a> {
         peer: std::net::SocketAddr,
     ) -> Self {
         let read_only = id.read_only;
-        let mut slots = Pair::default();
-        slots[side] = Some(first);
+        let mut core = Core::new(id.cluster);
+        core.slots[side] = Some(first);
+        core.active = Some(side);
         Self {
             client,
             cbuf,
             wire: BytesMut::new(),
             id,
-            slots,
-            active: Some(side),
-            state: SessionState::default(),
+            core,
             read_only,
-            primary_work: PrimaryWork::default(),
             statements: Statements::default(),
             thread,
             peer,
@@ -135,13 +120,24 @@ impl<'a> MySession<'a> {
     /// Whether a transaction is open, as the server said in its last answer: what the gate,
     /// the drain and shutdown count.
     fn in_tx(&self) -> bool {
-        self.active.and_then(|s| self.slots[s].as_ref()).is_some_and(|s| in_transaction(s.conn.status))
+        self.core.active_slot().is_some_and(|s| in_transaction(s.conn.status))
     }
 
     /// Whether the session runs with autocommit off (PyMySQL's and mysqlclient's default): its
     /// next statement opens a transaction.
     fn autocommit_off(&self) -> bool {
-        self.active.and_then(|s| self.slots[s].as_ref()).is_some_and(|s| autocommit_off(s.conn.status))
+        self.core.active_slot().is_some_and(|s| autocommit_off(s.conn.status))
+    }
+
+    /// The session's transaction, for routing and the drain.
+    fn tx(&self) -> Tx {
+        if self.in_tx() {
+            Tx::Open
+        } else if self.autocommit_off() {
+            Tx::Implicit
+        } else {
+            Tx::None
+        }
     }
 
     /// Relays commands until the client quits or `shutdown` fires between transactions.
@@ -236,20 +232,20 @@ impl<'a> MySession<'a> {
                 let in_tx = self.in_tx();
                 let mut record = None;
                 if v.pin.is_some() || (v.session && (in_tx || v.statements > 1)) || v.serializable {
-                    self.state.pinned = true;
+                    self.core.state.pinned = true;
                 } else if v.class == Class::Session {
                     record = Some(sql.into_owned());
                 }
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
-                let last = self.active.and_then(|side| self.slots[side].as_ref().map(|s| (side, s.backend)));
+                let last = self.core.active.and_then(|side| self.core.slots[side].as_ref().map(|s| (side, s.backend)));
                 if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
                     Plan { side, backend, reason: Reason::Transaction, read: true, record: None }
                 } else {
                     let batch = route::Batch {
                         read: v.is_read(),
                         begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
-                        session_state: record.is_some() || self.state.pinned,
+                        session_state: record.is_some() || self.core.state.pinned,
                     };
                     self.plan(&batch, record)
                 }
@@ -273,7 +269,7 @@ impl<'a> MySession<'a> {
                     self.statements.set_long_data(id, true);
                 }
                 if matches!(cmd, command::SET_OPTION | command::RESET_CONNECTION) {
-                    self.state.pinned = true;
+                    self.core.state.pinned = true;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };
                 self.plan(&batch, None)
@@ -283,40 +279,16 @@ impl<'a> MySession<'a> {
     }
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
-        let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
-        let in_tx_on = if self.in_tx() {
-            Some(match self.active {
-                Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
-                _ => Target::Primary,
-            })
-        } else if self.autocommit_off() && !self.read_only {
-            // The statement opens a transaction that later writes may join: the primary.
-            Some(Target::Primary)
-        } else {
-            None
-        };
-        let session = SessionView {
-            read_only: self.read_only,
-            pinned: self.state.pinned,
-            in_tx_on,
-            last_write: self.state.last_write,
-            current_replica,
-        };
-        let (target, reason, primary) = self.id.cluster.route(batch, &session);
-        let read = batch.read;
-        match target {
-            Target::Primary => Plan { side: Side::Primary, backend: primary, reason, read, record },
-            Target::Replica(i) => Plan { side: Side::Replica, backend: i, reason, read, record },
-        }
+        let d = self.core.route(batch, self.read_only, self.tx());
+        Plan { side: d.side, backend: d.backend, reason: d.reason, read: batch.read, record }
     }
 
     /// Sends the command where `plan` says (a replica that fails before answering hands it to
     /// the primary) and relays the answer.
     async fn execute(&mut self, packet: &packet::Packet, answer: Answer, mut plan: Plan, seq: u8) -> Result<(), End> {
-        let cluster = self.id.cluster;
         if !self.in_tx() {
             loop {
-                match self.primary_work.pass(cluster, plan.side == Side::Primary).await {
+                match self.core.pass(plan.side == Side::Primary).await {
                     Ok(true) => break,
                     Ok(false) => plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record),
                     Err(text) => {
@@ -358,22 +330,9 @@ impl<'a> MySession<'a> {
                     return Err(End::BackendGone);
                 }
                 Err(e) if plan.side == Side::Replica => {
-                    if matches!(e, BackendError::Refused { .. }) {
-                        // The replica refused the session's own state (a replayed statement,
-                        // a prepare, the login): the session stays on the primary, and the
-                        // replica serves everyone else.
-                        warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
-                        self.state.pinned = true;
-                        self.slots[Side::Replica] = None;
-                        if self.active == Some(Side::Replica) {
-                            self.active = None;
-                        }
-                    } else {
-                        warn!(error = %e, fault = ?e.fault(), "replica unavailable for this command; using the primary");
-                        self.drop_slot(Side::Replica);
-                    }
+                    self.core.fall_back(&e);
                     plan.side = Side::Primary;
-                    plan.backend = cluster.table.load().primary;
+                    plan.backend = self.core.primary();
                     continue;
                 }
                 Err(e) => {
@@ -390,14 +349,14 @@ impl<'a> MySession<'a> {
                 Ok(failed) => {
                     if !failed {
                         if let Some(sql) = plan.record.take() {
-                            self.state.record(sql);
-                            if let Some(slot) = self.slots[plan.side].as_mut() {
-                                slot.replayed = self.state.replay.len();
+                            self.core.state.record(sql);
+                            if let Some(slot) = self.core.slots[plan.side].as_mut() {
+                                slot.applied.replayed = self.core.state.replay.len();
                             }
                         }
                     }
                     if plan.side == Side::Primary && !plan.read && plan.reason != Reason::SessionState {
-                        self.state.last_write = Some(cluster.clock.now());
+                        self.core.wrote();
                     }
                     if !self.in_tx() {
                         self.leave_primary();
@@ -414,7 +373,7 @@ impl<'a> MySession<'a> {
                     warn!("a replica failed before answering; sending the command to the primary");
                     self.drop_slot(Side::Replica);
                     plan.side = Side::Primary;
-                    plan.backend = cluster.table.load().primary;
+                    plan.backend = self.core.primary();
                 }
                 Err(_) => {
                     self.err(seq, code::UNKNOWN, "08S01", "the database server closed the connection unexpectedly")
@@ -426,18 +385,11 @@ impl<'a> MySession<'a> {
     }
 
     fn leave_primary(&mut self) {
-        self.primary_work.leave(self.id.cluster);
+        self.core.leave_primary();
     }
 
     fn drop_slot(&mut self, side: Side) {
-        if let Some(slot) = self.slots[side].take() {
-            if side == Side::Replica {
-                self.id.cluster.backends[slot.backend].health.mark_failed();
-            }
-        }
-        if self.active == Some(side) {
-            self.active = None;
-        }
+        self.core.drop_slot(side);
     }
 
     /// Makes sure `plan.side` has a connection to `plan.backend` with the session state, then
@@ -447,44 +399,21 @@ impl<'a> MySession<'a> {
         // A connection the server closed between commands (a timeout, a kill) is replaced,
         // with the session state replayed, unless it held an open transaction: that is lost,
         // and the client must hear it.
-        let dead = self.slots[side].as_ref().is_some_and(|s| !s.conn.is_reusable());
-        if dead && self.active == Some(side) && self.in_tx() {
-            self.slots[side] = None;
-            self.active = None;
-            return Err(BackendError::Closed);
-        }
-        let replace = self.slots[side].as_ref().is_none_or(|s| s.backend != plan.backend || dead);
-        if replace {
-            if let Some(old) = self.slots[side].take() {
-                release(self.id.cluster, &self.id.key, old).await;
-            }
-            let conn = acquire(&self.id, plan.backend).await?;
-            let counted = Counted::new(&self.id.cluster.backends[plan.backend].sessions);
-            self.slots[side] = Some(MySlot {
-                conn,
-                conn_id: super::statements::next_conn_id(),
-                backend: plan.backend,
-                replayed: 0,
-                counted,
-            });
-        }
-        let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
-        while let Some(sql) = self.state.replay.get(slot.replayed) {
-            slot.conn.simple_query(sql).await?;
-            slot.replayed += 1;
-        }
+        let tx = self.tx();
+        let id = &self.id;
+        let slot = self.core.ready(side, plan.backend, &id.key, tx, |backend| acquire(id, backend)).await?;
         let mut close_elsewhere = Vec::new();
         // A command naming a prepared statement names it as this connection knows it,
         // preparing it here first if it never ran here.
         let cmd = wire.get(HEADER_LEN).copied().unwrap_or(0);
         let at = HEADER_LEN + 1;
         if let Some(client_id) = le_u32(wire, at).filter(|_| carries_statement(cmd)) {
-            let backend_id = match self.statements.on(client_id, slot.conn_id) {
+            let backend_id = match self.statements.on(client_id, slot.serial) {
                 Some(b) => Some(b),
                 None => match self.statements.sql(client_id).map(<[u8]>::to_vec) {
                     Some(sql) => {
                         let b = prepare_on(&mut slot.conn, &sql).await?;
-                        self.statements.record(client_id, slot.conn_id, b);
+                        self.statements.record(client_id, slot.serial, b);
                         Some(b)
                     }
                     None => None,
@@ -495,21 +424,21 @@ impl<'a> MySession<'a> {
             }
             if cmd == command::STMT_EXECUTE && wire.len() < packet::MAX_PAYLOAD {
                 let payload = wire.get(HEADER_LEN..).unwrap_or_default();
-                if let Some(payload) = self.statements.execute_payload(client_id, slot.conn_id, payload) {
+                if let Some(payload) = self.statements.execute_payload(client_id, slot.serial, payload) {
                     wire.clear();
                     packet::encode(wire, 0, &payload);
                 }
             }
             if cmd == command::STMT_CLOSE {
-                close_elsewhere = self.statements.prepared_elsewhere(client_id, slot.conn_id);
+                close_elsewhere = self.statements.prepared_elsewhere(client_id, slot.serial);
                 self.statements.remove(client_id);
             }
         }
         self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
         slot.conn.stream.send(wire).await?;
         // A closed statement is closed on the session's other connection too (no answer comes).
-        if let Some(o) = self.slots[side.other()].as_mut() {
-            if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.conn_id) {
+        if let Some(o) = self.core.slots[side.other()].as_mut() {
+            if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.serial) {
                 let mut payload = vec![command::STMT_CLOSE];
                 payload.extend_from_slice(&id.to_le_bytes());
                 let mut close = BytesMut::new();
@@ -517,24 +446,13 @@ impl<'a> MySession<'a> {
                 o.conn.stream.send(&close).await?;
             }
         }
-        self.active = Some(plan.side);
+        self.core.active = Some(plan.side);
         Ok(())
     }
 
     /// Returns the session's connections to their pools.
     pub async fn release(mut self) {
-        self.leave_primary();
-        let cluster = self.id.cluster;
-        for (_, slot) in std::mem::take(&mut self.slots) {
-            let Some(slot) = slot else { continue };
-            release(cluster, &self.id.key, slot).await;
-        }
-    }
-}
-
-impl Drop for MySession<'_> {
-    fn drop(&mut self) {
-        self.leave_primary();
+        self.core.release_all(&self.id.key).await;
     }
 }
 

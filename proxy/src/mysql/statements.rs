@@ -4,7 +4,6 @@
 //! on the way out and in the prepare answer on the way back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlswitch_protocol::mysql::caps;
 use sqlswitch_protocol::mysql::command::{self, Answer};
@@ -12,12 +11,6 @@ use sqlswitch_protocol::mysql::response::{Step, Tracker};
 
 use super::backend::{refused, MyConn};
 use crate::backend::BackendError;
-
-/// A fresh id for a backend connection, to key its statement ids.
-pub fn next_conn_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
 
 struct Prepared {
     sql: Vec<u8>,

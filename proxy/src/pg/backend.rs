@@ -1,8 +1,7 @@
 //! A connection to a PostgreSQL backend: connect, log in as the session's user (SCRAM-SHA-256,
 //! md5, cleartext or trust), collect ParameterStatus and BackendKeyData, and reset it for reuse.
 
-use crate::backend::BackendError;
-use std::time::Duration;
+use crate::backend::{BackendError, Dialing};
 
 use bytes::{Buf, BytesMut};
 use sqlswitch_protocol::pg::backend::{self as msg, TxStatus};
@@ -10,7 +9,9 @@ use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
 
 use crate::cancel::CancelTarget;
+use crate::cluster::{Cluster, PoolKey};
 use crate::metrics::{BackendMetrics, OpenGuard};
+use crate::session::state::SessionState;
 use crate::tls::{BackendStream, BackendTls};
 
 /// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
@@ -52,20 +53,15 @@ impl crate::pool::Rehome for BackendConn {
 }
 
 impl BackendConn {
-    /// Connects to `addr` and logs in, within `timeout`.
+    /// Connects and logs in as `login`, within `to`'s deadline.
     ///
     /// # Errors
     /// See [`BackendError`]; a refusal carries the backend's ErrorResponse.
-    pub async fn connect(
-        addr: &str,
-        login: &Login<'_>,
-        timeout: Duration,
-        metrics: &BackendMetrics,
-    ) -> Result<Self, BackendError> {
-        crate::backend::timed_login(timeout, metrics, Self::connect_inner(addr, login, metrics)).await
+    pub async fn connect(to: &Dialing<'_>, login: &Login<'_>) -> Result<Self, BackendError> {
+        to.run(Self::dial_login(to.addr, login, to.metrics)).await
     }
 
-    async fn connect_inner(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
+    async fn dial_login(addr: &str, login: &Login<'_>, metrics: &BackendMetrics) -> Result<Self, BackendError> {
         let mut stream = BackendStream::connect(addr).await?;
         // No TLS over a Unix socket, whatever the mode (as libpq).
         if let Some(tls) = login.tls.filter(|_| !stream.is_unix()) {
@@ -326,4 +322,21 @@ fn refused(f: Frame) -> BackendError {
     let (_, text) = msg::error_fields(f.body());
     let message = text.unwrap_or("unknown error").to_owned();
     BackendError::Refused { error: f.bytes, message }
+}
+
+impl crate::session::core::Link for BackendConn {
+    const WATCHED: bool = true;
+
+    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
+        self.simple_query(&sql.join(";\n")).await.map(drop)
+    }
+
+    async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState) {
+        if state.custom_settings {
+            // A custom parameter's placeholder survives every reset: not for another session.
+            self.terminate().await;
+        } else {
+            super::release(cluster, backend, key.clone(), self, true).await;
+        }
+    }
 }

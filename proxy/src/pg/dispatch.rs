@@ -9,11 +9,11 @@ use sqlswitch_protocol::pg::sqlstate;
 use tracing::{debug, warn};
 
 use super::backend::{BackendConn, Login};
-use super::session::{End, Session, Slot, StateChange};
+use super::session::{End, Identity, Session, StateChange};
 use crate::backend::BackendError;
 use crate::cluster::Mode;
-use crate::route::{Reason, SessionView, Target};
-use crate::session::state::Applied;
+use crate::route::Reason;
+use crate::session::core::Tx;
 use crate::session::Side;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -23,7 +23,7 @@ impl Session<'_> {
     pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
         let (side, backend, reason) = match self.batch.side {
             Some(side) => {
-                let backend = self.slots[side].as_ref().map_or(0, |s| s.backend);
+                let backend = self.core.slots[side].as_ref().map_or(0, |s| s.backend);
                 (side, backend, None)
             }
             None => {
@@ -44,7 +44,7 @@ impl Session<'_> {
                         .await?;
                         return Ok(true);
                     }
-                    match self.primary_work.pass(cluster, side == Side::Primary).await {
+                    match self.core.pass(side == Side::Primary).await {
                         Ok(true) => break (side, backend, Some(reason)),
                         Ok(false) => {}
                         Err(text) => {
@@ -74,7 +74,7 @@ impl Session<'_> {
             });
         }
         if self.batch.pins {
-            self.state.pinned = true;
+            self.core.state.pinned = true;
         }
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
@@ -94,7 +94,7 @@ impl Session<'_> {
         let pipelined = self.outstanding > 0;
         let alone = !pipelined && self.tx() == TxStatus::Idle;
         let on_replica = side == Side::Replica && self.batch.complete && !self.batch.needs_unnamed_from;
-        if on_replica && (alone || self.active == Some(Side::Replica)) {
+        if on_replica && (alone || self.core.active == Some(Side::Replica)) {
             self.retry_binds.copy_from(&binds);
             self.retry = Some(bytes);
         } else {
@@ -117,31 +117,18 @@ impl Session<'_> {
             self.batch.session_sql = None;
         }
         if self.batch.needs_unnamed_from {
-            let side = self.unnamed_side.or(self.active).unwrap_or(Side::Primary);
-            let backend = self.slots[side].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
+            let side = self.unnamed_side.or(self.core.active).unwrap_or(Side::Primary);
+            let backend =
+                self.core.slots[side].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
             return self.wait_or(side, backend, Reason::Transaction);
         }
-        let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
-        let in_tx_on = busy.then(|| match self.active {
-            Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
-            _ => Target::Primary,
-        });
-        let session = SessionView {
-            read_only: self.id.read_only,
-            pinned: self.state.pinned,
-            in_tx_on,
-            last_write: self.state.last_write,
-            current_replica,
-        };
-        let (target, reason, primary) = self.id.cluster.route(&self.batch.view(), &session);
-        match target {
-            Target::Primary => self.wait_or(Side::Primary, primary, reason),
-            Target::Replica(i) => self.wait_or(Side::Replica, i, reason),
-        }
+        let tx = if busy { Tx::Open } else { Tx::None };
+        let d = self.core.route(&self.batch.view(), self.id.read_only, tx);
+        self.wait_or(d.side, d.backend, d.reason)
     }
 
     fn wait_or(&self, side: Side, backend: usize, reason: Reason) -> Option<(Side, usize, Reason)> {
-        if self.outstanding > 0 && self.active != Some(side) {
+        if self.outstanding > 0 && self.core.active != Some(side) {
             return None;
         }
         Some((side, backend, reason))
@@ -159,7 +146,7 @@ impl Session<'_> {
         loop {
             match self.ready_slot(side, backend, binds).await {
                 Ok(()) => {
-                    let slot = self.slots[side].as_mut().ok_or(End::BackendGone)?;
+                    let slot = self.core.slots[side].as_mut().ok_or(End::BackendGone)?;
                     if slot.conn.stream.send(bytes).await.is_ok() {
                         return Ok(Some(side));
                     }
@@ -169,21 +156,7 @@ impl Session<'_> {
                     }
                     self.drop_slot(side);
                 }
-                Err(e @ BackendError::Refused { .. }) if side == Side::Replica => {
-                    // The replica refused the session's own state (a replayed statement, a
-                    // prepare, the login): the session, not the replica, is the problem. It
-                    // stays on the primary; the replica serves everyone else.
-                    warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
-                    self.state.pinned = true;
-                    self.slots[side] = None;
-                    if self.active == Some(side) {
-                        self.active = None;
-                    }
-                }
-                Err(e) if side == Side::Replica => {
-                    debug!(error = %e, "replica unavailable for this batch; using the primary");
-                    self.drop_slot(side);
-                }
+                Err(e) if side == Side::Replica => self.core.fall_back(&e),
                 Err(e) => {
                     warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
                     // Nothing of this batch runs anywhere: unless an earlier one still does, the
@@ -196,7 +169,7 @@ impl Session<'_> {
                 }
             }
             side = Side::Primary;
-            backend = self.id.cluster.table.load().primary;
+            backend = self.core.primary();
         }
     }
 
@@ -223,7 +196,7 @@ impl Session<'_> {
 
     /// The session's primary work is over (or never started): let a switchover count it out.
     pub(super) fn leave_primary(&mut self) {
-        self.primary_work.leave(self.id.cluster);
+        self.core.leave_primary();
     }
 
     /// Answers a batch no backend could take with an error (and its ReadyForQuery).
@@ -240,49 +213,18 @@ impl Session<'_> {
     /// Drops a connection that failed, and keeps reads off its replica until the monitor sees
     /// it answer again.
     pub(super) fn drop_slot(&mut self, side: Side) {
-        if let Some(slot) = self.slots[side].take() {
-            if side == Side::Replica {
-                self.id.cluster.backends[slot.backend].health.mark_failed();
-            }
-        }
-        if self.active == Some(side) {
-            self.active = None;
-        }
+        self.core.drop_slot(side);
     }
 
     /// Makes sure `side` has a connection (to `replica` when given), with the session state
     /// replayed and the batch's statements prepared.
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
-        let cluster = self.id.cluster;
-        let replace = match &self.slots[side] {
-            Some(slot) => {
-                slot.backend != backend || slot.stale || (self.active != Some(side) && !slot.conn.is_reusable())
-            }
-            None => true,
-        };
-        if replace {
-            if let Some(old) = self.slots[side].take() {
-                if self.state.custom_settings {
-                    old.conn.terminate().await;
-                } else {
-                    super::release(cluster, old.backend, self.id.key.clone(), old.conn, true).await;
-                }
-            }
-            if self.active == Some(side) {
-                self.active = None;
-            }
-            let conn = self.acquire(backend).await?;
-            let counted = crate::session::Counted::new(&cluster.backends[backend].sessions);
-            self.slots[side] = Some(Slot { conn, backend, counted, applied: Applied::default(), stale: false });
-        }
-        let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
-        if slot.applied.replayed < self.state.replay.len() {
-            let sql = self.state.replay.get(slot.applied.replayed..).unwrap_or_default().join(";\n");
-            slot.conn.simple_query(&sql).await?;
-            slot.applied.replayed = self.state.replay.len();
-        }
+        let id = &self.id;
+        let open = |backend| acquire(id, backend);
+        self.core.ready(side, backend, id.key, Tx::None, open).await?;
+        let slot = self.core.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         for name in binds {
-            let Some(stmt) = self.state.statement(name) else { continue };
+            let Some(stmt) = self.core.state.statement(name) else { continue };
             let Some(close_first) = slot.applied.needs(name, stmt.generation) else { continue };
             prepare(&mut slot.conn, name, &stmt.parse, close_first).await?;
             slot.applied.prepared.insert(name.clone(), stmt.generation);
@@ -290,25 +232,15 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn acquire(&self, backend: usize) -> Result<BackendConn, BackendError> {
-        let cluster = self.id.cluster;
-        let b = &cluster.backends[backend];
-        let tls = cluster.backend_tls.load_full();
-        let login =
-            Login { user: self.id.user, password: self.id.password, params: &self.id.key.params, tls: tls.as_deref() };
-        let open = || BackendConn::connect(&b.address, &login, cluster.config.connect_timeout, &b.metrics);
-        b.checkout(self.id.key, cluster.limits(), open).await
-    }
-
     /// Bookkeeping after the batch went to `side`.
     fn after_send(&mut self, side: Side, reason: Option<Reason>, writes: bool) {
-        let Some(slot) = self.slots[side].as_mut() else { return };
+        let Some(slot) = self.core.slots[side].as_mut() else { return };
         for (name, generation) in self.batch.parsed.drain(..) {
             slot.applied.prepared.insert(name, generation);
         }
         for name in self.batch.closes.drain(..) {
             slot.applied.prepared.remove(&name);
-            self.state.forget(&name);
+            self.core.state.forget(&name);
         }
         if self.batch.parses_unnamed {
             self.unnamed_side = Some(side);
@@ -320,9 +252,9 @@ impl Session<'_> {
         if let Some(reason) = reason {
             self.id.cluster.metrics.count_routed(side == Side::Replica, reason, u64::from(self.batch.statements));
         }
-        if self.active != Some(side) {
+        if self.core.active != Some(side) {
             self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
-            self.active = Some(side);
+            self.core.active = Some(side);
         }
         self.outstanding += self.batch.syncs;
         self.batch.syncs = 0;
@@ -334,8 +266,9 @@ impl Session<'_> {
     /// primary; an idle connection is dropped quietly and replaced at next use; anything else
     /// ends the session with an error.
     pub(super) async fn backend_failed(&mut self) -> Result<(), End> {
-        let Some(side) = self.active else { return Ok(()) };
-        let was_idle = self.outstanding == 0 && self.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
+        let Some(side) = self.core.active else { return Ok(()) };
+        let was_idle =
+            self.outstanding == 0 && self.core.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
         if self.retry.is_some() && self.outstanding == 1 {
             warn!("a replica failed before answering; sending the read to the primary");
@@ -362,8 +295,8 @@ impl Session<'_> {
         match sent? {
             Some(side) => {
                 self.outstanding += 1;
-                self.id.cancel.set_target(self.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
-                self.active = Some(side);
+                self.id.cancel.set_target(self.core.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
+                self.core.active = Some(side);
             }
             None => self.hold = false,
         }
@@ -382,7 +315,7 @@ impl Session<'_> {
         if remember {
             if let Some(retry) = self.retry.clone() {
                 for name in remember_statements(cluster, &retry) {
-                    self.state.not_read(&name);
+                    self.core.state.not_read(&name);
                 }
             }
         }
@@ -448,4 +381,15 @@ async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first:
             _ => {}
         }
     }
+}
+
+/// A pooled or new connection to `backend` for the session `id`.
+async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, BackendError> {
+    let cluster = id.cluster;
+    let b = &cluster.backends[backend];
+    let tls = cluster.backend_tls.load_full();
+    let login = Login { user: id.user, password: id.password, params: &id.key.params, tls: tls.as_deref() };
+    let to = b.dialing(cluster.config.connect_timeout);
+    let open = || BackendConn::connect(&to, &login);
+    b.checkout(id.key, cluster.limits(), open).await
 }

@@ -114,8 +114,8 @@ pub async fn serve(
     }
     debug!(%peer, ?end, "session ended");
     let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
-    let slots = std::mem::take(&mut session.slots);
-    let reusable = !session.state.custom_settings;
+    let slots = std::mem::take(&mut session.core.slots);
+    let reusable = !session.core.state.custom_settings;
     drop(session);
     for (at, slot) in slots {
         let Some(slot) = slot else { continue };
@@ -169,7 +169,8 @@ async fn acquire(
     for index in cluster.candidates(read_only) {
         let backend = &cluster.backends[index];
         let timeout = cluster.config.connect_timeout;
-        let open = || BackendConn::connect(&backend.address, login, timeout, &backend.metrics);
+        let to = backend.dialing(timeout);
+        let open = || BackendConn::connect(&to, login);
         match backend.checkout(key, cluster.limits(), open).await {
             Ok(conn) => return Ok((index, conn)),
             // The server itself said no (bad database, no such role): every backend of the

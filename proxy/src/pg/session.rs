@@ -28,8 +28,9 @@ use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
 use super::batch::{Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
-use crate::session::state::{Applied, SessionState};
-use crate::session::{Counted, Pair, PrimaryWork, Side};
+use crate::session::core::Core;
+use crate::session::state::SessionState;
+use crate::session::Side;
 
 mod relay;
 
@@ -61,19 +62,7 @@ pub(crate) enum Skip {
 }
 
 /// One backend connection of the session.
-pub struct Slot<'a> {
-    /// The connection.
-    pub conn: BackendConn,
-    /// Which backend of the cluster.
-    pub backend: usize,
-    /// Keeps the backend's session count.
-    pub counted: Counted<'a>,
-    /// What it has been given of the session state.
-    pub applied: Applied,
-    /// It still holds state the session has discarded (`DISCARD ALL` ran elsewhere): replace
-    /// it before use.
-    pub stale: bool,
-}
+pub type Slot<'a> = crate::session::core::Slot<'a, BackendConn>;
 
 /// Who the session is.
 pub struct Identity<'a> {
@@ -96,10 +85,8 @@ pub struct Session<'a> {
     pub(super) client: ClientStream,
     pub(super) cbuf: BytesMut,
     pub(super) id: Identity<'a>,
-    /// The primary and replica connections.
-    pub slots: Pair<Slot<'a>>,
-    pub(super) active: Option<Side>,
-    pub(super) state: SessionState,
+    /// The connections, the session state, the gate: what both protocols share.
+    pub core: Core<'a, BackendConn>,
     pub(super) batch: OpenBatch,
     /// Sync points (Sync, Query, FunctionCall) sent whose ReadyForQuery has not come back.
     pub(super) outstanding: u32,
@@ -121,14 +108,6 @@ pub struct Session<'a> {
     pub(super) retry_binds: Names,
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
-    /// Counted in the cluster's `primary_busy` (primary work in flight).
-    pub(super) primary_work: PrimaryWork,
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        self.leave_primary();
-    }
 }
 
 /// A session-state change in flight.
@@ -158,10 +137,8 @@ impl<'a> Session<'a> {
         Self {
             client,
             cbuf,
+            core: Core::new(id.cluster),
             id,
-            slots: Pair::default(),
-            active: None,
-            state: SessionState::default(),
             batch,
             outstanding: 0,
             skip: None,
@@ -174,17 +151,16 @@ impl<'a> Session<'a> {
             retry: None,
             retry_binds: Names::default(),
             unnamed_side: None,
-            primary_work: PrimaryWork::default(),
         }
     }
 
     pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {
-        self.slots[side].as_mut()
+        self.core.slots[side].as_mut()
     }
 
     /// The transaction status of the active connection.
     pub(super) fn tx(&self) -> TxStatus {
-        self.active.and_then(|s| self.slots[s].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
+        self.core.active.and_then(|s| self.core.slots[s].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
     }
 
     /// Whether nothing is in flight and no transaction is open.
@@ -198,7 +174,7 @@ impl<'a> Session<'a> {
 
     /// The connection owing answers, if any.
     pub fn active_side(&self) -> Option<Side> {
-        self.active
+        self.core.active
     }
 
     /// The client socket, for the final words.
@@ -232,8 +208,8 @@ impl<'a> Session<'a> {
                 _ => {}
             }
             let hold = self.hold;
-            let active = match self.active {
-                Some(side) => self.slots[side].as_mut(),
+            let active = match self.core.active {
+                Some(side) => self.core.slots[side].as_mut(),
                 None => None,
             };
             let step = tokio::select! {
@@ -328,7 +304,7 @@ impl<'a> Session<'a> {
                     if verdict.is_read() && self.id.cluster.primary_only.contains(text) {
                         verdict.class = classify::Class::Unknown; // a replica refused it before
                     }
-                    self.state.custom_settings |= verdict.custom_setting;
+                    self.core.state.custom_settings |= verdict.custom_setting;
                     if self.id.read_only && verdict.refused_read_only() {
                         if !self.refuse(header.tag, len).await? {
                             return Ok(());
@@ -346,12 +322,12 @@ impl<'a> Session<'a> {
                         self.batch.parses_unnamed = true;
                     } else {
                         let parse = Bytes::copy_from_slice(&self.cbuf[at..at + len]);
-                        let generation = self.state.define(name, parse, verdict.is_read());
+                        let generation = self.core.state.define(name, parse, verdict.is_read());
                         self.batch.parsed.push((name.to_owned(), generation));
                     }
                 }
                 fe::BIND | fe::DESCRIBE | fe::CLOSE => match statement_name(header.tag, body) {
-                    Ok(name) => note_statement_use(&mut self.batch, &mut self.state, header.tag, name),
+                    Ok(name) => note_statement_use(&mut self.batch, &mut self.core.state, header.tag, name),
                     Err(e) => return Err(self.client_error(e).await),
                 },
                 fe::EXECUTE => self.batch.statements += 1,
@@ -374,7 +350,7 @@ impl<'a> Session<'a> {
                 }
                 fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
                     // Part of a COPY already running on the active connection.
-                    self.batch.side = self.batch.side.or(self.active);
+                    self.batch.side = self.batch.side.or(self.core.active);
                 }
                 fe::FLUSH => {}
                 other => {
@@ -445,7 +421,7 @@ impl<'a> Session<'a> {
                 self.send_client(&out).await
             }
             Skip::ForwardSync => {
-                let side = self.batch.side.or(self.active).unwrap_or(Side::Primary);
+                let side = self.batch.side.or(self.core.active).unwrap_or(Side::Primary);
                 let sent = match self.slot(side) {
                     Some(slot) => {
                         let mut sync = BytesMut::with_capacity(5);

@@ -2,6 +2,7 @@
 //! to the primary, one to a replica), the per-backend count of session connections, and the
 //! session state carried from one connection to another ([`state`]).
 
+pub mod core;
 pub mod state;
 
 use crate::cluster::Cluster;

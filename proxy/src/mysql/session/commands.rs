@@ -37,13 +37,8 @@ impl MySession<'_> {
             return Err(End::ClientGone);
         };
         // Nothing of the old session carries over.
-        self.leave_primary();
-        for (_, slot) in std::mem::take(&mut self.slots) {
-            let Some(slot) = slot else { continue };
-            release(cluster, &self.id.key, slot).await;
-        }
-        self.active = None;
-        self.state = SessionState::default();
+        self.core.release_all(&self.id.key).await;
+        self.core.state = SessionState::default();
         self.statements = Statements::default();
         self.read_only = new_id.read_only;
         self.id = new_id;
@@ -54,14 +49,8 @@ impl MySession<'_> {
                 let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(conn.status));
-                self.slots[side] = Some(MySlot {
-                    conn,
-                    conn_id: crate::mysql::statements::next_conn_id(),
-                    backend: index,
-                    replayed: 0,
-                    counted: Counted::new(&cluster.backends[index].sessions),
-                });
-                self.active = Some(side);
+                self.core.slots[side] = Some(MySlot::new(cluster, index, conn));
+                self.core.active = Some(side);
                 self.client.send(&out).await.map_err(|_| End::ClientGone)?;
                 debug!(user = %self.id.user, "changed user");
                 Ok(())
@@ -77,15 +66,15 @@ impl MySession<'_> {
 
     /// Stops the query running on `side`'s connection and drops the connection.
     pub(super) async fn kill_query(&mut self, side: Side) {
-        let Some(slot) = self.slots[side].take() else { return };
+        let Some(slot) = self.core.slots[side].take() else { return };
         let thread = slot.conn.thread_id;
         match self.kill_thread(slot.backend, thread).await {
             Ok(()) => debug!(thread, "stopped the query of a client that left"),
             Err(e) => warn!(thread, error = %e, "could not stop the query of a client that left"),
         }
         slot.conn.quit().await;
-        if self.active == Some(side) {
-            self.active = None;
+        if self.core.active == Some(side) {
+            self.core.active = None;
         }
     }
 
@@ -121,8 +110,7 @@ impl MySession<'_> {
                     self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
                     return Err(End::Killed);
                 }
-                let status =
-                    self.active.and_then(|s| self.slots[s].as_ref()).map_or(status::AUTOCOMMIT, |s| s.conn.status);
+                let status = self.core.active_slot().map_or(status::AUTOCOMMIT, |s| s.conn.status);
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(status));
                 self.client.send(&out).await.map_err(|_| End::ClientGone)?;

@@ -107,18 +107,30 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         read_only: id.read_only,
         tls: tls.as_deref(),
     };
-    let open = || MyConn::connect(&b.address, &login, id.cluster.config.connect_timeout, &b.metrics);
+    let to = b.dialing(id.cluster.config.connect_timeout);
+    let open = || MyConn::connect(&to, &login);
     b.checkout(&id.key, id.cluster.limits(), open).await
 }
 
-/// Resets a connection and pools it, or closes it.
-pub(super) async fn release(cluster: &Cluster, key: &PoolKey, slot: MySlot<'_>) {
-    let mut conn = slot.conn;
-    if matches!(conn.reset().await, Ok(true)) && conn.is_reusable() {
-        if let Some(extra) = cluster.backends[slot.backend].put(key.clone(), conn) {
-            extra.quit().await;
+impl crate::session::core::Link for MyConn {
+    const WATCHED: bool = false;
+
+    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
+        for statement in sql {
+            self.simple_query(statement).await?;
         }
-    } else {
-        conn.quit().await;
+        Ok(())
+    }
+
+    /// Resets the connection (`COM_RESET_CONNECTION`, the login database, the read-only
+    /// setting) and pools it, or closes it.
+    async fn release(mut self, cluster: &Cluster, backend: usize, key: &PoolKey, _state: &SessionState) {
+        if matches!(self.reset().await, Ok(true)) && self.is_reusable() {
+            if let Some(extra) = cluster.backends[backend].put(key.clone(), self) {
+                extra.quit().await;
+            }
+        } else {
+            self.quit().await;
+        }
     }
 }

@@ -16,8 +16,8 @@ impl MySession<'_> {
         prepared_sql: Option<&[u8]>,
     ) -> Result<bool, Fail> {
         let statements = &mut self.statements;
-        let Some(slot) = self.slots[side].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
-        let conn_id = slot.conn_id;
+        let Some(slot) = self.core.slots[side].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
+        let conn_id = slot.serial;
         let conn = &mut slot.conn;
         let mut first_packet = true;
         let mut tracker = Tracker::new(answer, conn.caps & caps::DEPRECATE_EOF != 0);

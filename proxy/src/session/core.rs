@@ -1,0 +1,268 @@
+//! The protocol-neutral session core: what a session does around each statement, whatever
+//! its wire protocol. It holds the session's two backend connections ([`Slot`]s, one to the
+//! primary and one to a replica), the session state they are given, and the session's
+//! standing at the gate; it builds the routing input, readies a connection (takes one from the
+//! pool, replaces a dead or stale one, replays the session state), applies the fallback rules
+//! when a replica cannot be used, and returns connections to their pools. A protocol adapter
+//! (`pg/`, `mysql/`) keeps framing, login, what a message means and how an answer ends; it
+//! reaches its connections through [`Link`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{debug, warn};
+
+use super::state::{Applied, SessionState};
+use super::{Counted, Pair, PrimaryWork, Side};
+use crate::backend::BackendError;
+use crate::cluster::{Cluster, PoolKey};
+use crate::pool::Pooled;
+use crate::route::{self, Reason, SessionView, Target};
+
+/// What the core needs of a protocol's backend connection.
+#[expect(async_fn_in_trait, reason = "sessions run on current-thread runtimes: their futures need not be Send")]
+pub trait Link: Pooled + Sized {
+    /// The session reads its active connection all the time (PostgreSQL), so a connection the
+    /// server closed is noticed there; otherwise (MySQL, one command at a time) every
+    /// connection is checked before it is used.
+    const WATCHED: bool;
+
+    /// Runs the session-state statements `sql` (those this connection has not run yet), in order.
+    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError>;
+
+    /// Resets the connection and returns it to backend `backend`'s pool under `key`, or closes
+    /// it when it cannot be made clean for another session.
+    async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState);
+}
+
+/// One backend connection of a session.
+pub struct Slot<'a, C> {
+    /// The connection.
+    pub conn: C,
+    /// Which backend of the cluster.
+    pub backend: usize,
+    /// What it has been given of the session state.
+    pub applied: Applied,
+    /// It still holds state the session has discarded (`DISCARD ALL` ran elsewhere): replace
+    /// it before use.
+    pub stale: bool,
+    /// Unique among every slot the daemon made: keys per-connection ids (MySQL statement ids).
+    pub serial: u64,
+    /// Keeps the backend's session count.
+    _counted: Counted<'a>,
+}
+
+impl<'a, C> Slot<'a, C> {
+    /// `conn`, a session's connection to `backend`, counted among the backend's sessions.
+    pub fn new(cluster: &'a Cluster, backend: usize, conn: C) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self {
+            conn,
+            backend,
+            applied: Applied::default(),
+            stale: false,
+            serial: NEXT.fetch_add(1, Ordering::Relaxed),
+            _counted: Counted::new(&cluster.backends[backend].sessions),
+        }
+    }
+}
+
+/// Where a statement goes: the side, the backend, and why (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Which of the session's connections.
+    pub side: Side,
+    /// Which backend of the cluster.
+    pub backend: usize,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The session's transaction, as the adapter knows it from its server's last answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tx {
+    /// No transaction open, and the next statement opens none by itself.
+    None,
+    /// A transaction is open on the active connection.
+    Open,
+    /// None is open, but the next statement opens one that later writes may join (MySQL
+    /// `autocommit = 0`).
+    Implicit,
+}
+
+/// The core of one session over connections of type `C`.
+pub struct Core<'a, C> {
+    /// The cluster the session belongs to.
+    pub cluster: &'a Cluster,
+    /// The primary and replica connections.
+    pub slots: Pair<Slot<'a, C>>,
+    /// The connection that ran the last statement (owing answers, or holding the transaction).
+    pub active: Option<Side>,
+    /// What moves with the session from connection to connection.
+    pub state: SessionState,
+    primary_work: PrimaryWork,
+}
+
+impl<C> Drop for Core<'_, C> {
+    fn drop(&mut self) {
+        self.primary_work.leave(self.cluster);
+    }
+}
+
+impl<'a, C: Link> Core<'a, C> {
+    /// A session of `cluster` with no connection yet.
+    pub fn new(cluster: &'a Cluster) -> Self {
+        Self {
+            cluster,
+            slots: Pair::default(),
+            active: None,
+            state: SessionState::default(),
+            primary_work: PrimaryWork::default(),
+        }
+    }
+
+    /// The active connection.
+    pub fn active_slot(&self) -> Option<&Slot<'a, C>> {
+        self.active.and_then(|side| self.slots[side].as_ref())
+    }
+
+    /// Where a statement described by `batch` goes, with one load of the routing table.
+    pub fn route(&self, batch: &route::Batch, read_only: bool, tx: Tx) -> Decision {
+        let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
+        let in_tx_on = match tx {
+            Tx::Open => Some(match self.active {
+                Some(Side::Replica) => Target::Replica(current_replica.unwrap_or(0)),
+                _ => Target::Primary,
+            }),
+            // The statement opens a transaction that later writes may join: the primary.
+            Tx::Implicit if !read_only => Some(Target::Primary),
+            Tx::Implicit | Tx::None => None,
+        };
+        let session = SessionView {
+            read_only,
+            pinned: self.state.pinned,
+            in_tx_on,
+            last_write: self.state.last_write,
+            current_replica,
+        };
+        let (target, reason, primary) = self.cluster.route(batch, &session);
+        match target {
+            Target::Primary => Decision { side: Side::Primary, backend: primary, reason },
+            Target::Replica(backend) => Decision { side: Side::Replica, backend, reason },
+        }
+    }
+
+    /// Lets the statement through the gate at a transaction boundary (see
+    /// [`PrimaryWork::pass`]): `Ok(true)` at once, `Ok(false)` after a wait (decide again),
+    /// `Err(text)` when `max_held` statements wait already.
+    pub async fn pass(&mut self, primary: bool) -> Result<bool, String> {
+        self.primary_work.pass(self.cluster, primary).await
+    }
+
+    /// The session's primary work is over (or never started): let a switchover count it out.
+    pub fn leave_primary(&mut self) {
+        self.primary_work.leave(self.cluster);
+    }
+
+    /// The primary's index in the routing table now.
+    pub fn primary(&self) -> usize {
+        self.cluster.table.load().primary
+    }
+
+    /// A write was acknowledged: reads wait for a replica that has it (read-your-writes).
+    pub fn wrote(&mut self) {
+        self.state.last_write = Some(self.cluster.clock.now());
+    }
+
+    /// Forgets `side`'s connection (it failed) and keeps reads off its replica until the
+    /// monitor sees it answer again.
+    pub fn drop_slot(&mut self, side: Side) {
+        if let Some(slot) = self.slots[side].take() {
+            if side == Side::Replica {
+                self.cluster.backends[slot.backend].health.mark_failed();
+            }
+        }
+        if self.active == Some(side) {
+            self.active = None;
+        }
+    }
+
+    /// A replica could not be readied for a statement, with error `e`; the statement goes to
+    /// the primary instead. When the replica refused the session's own state (a replayed
+    /// statement, a prepare, the login), the session, not the replica, is the problem: the
+    /// session stays on the primary from now on and the replica serves everyone else.
+    /// Otherwise the replica is unavailable and is kept out until the monitor sees it again.
+    pub fn fall_back(&mut self, e: &BackendError) {
+        if matches!(e, BackendError::Refused { .. }) {
+            warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
+            self.state.pinned = true;
+            self.slots[Side::Replica] = None;
+            if self.active == Some(Side::Replica) {
+                self.active = None;
+            }
+        } else {
+            debug!(error = %e, fault = ?e.fault(), "replica unavailable for this statement; using the primary");
+            self.drop_slot(Side::Replica);
+        }
+    }
+
+    /// Makes sure `side` has a connection to `backend`, with the session state replayed:
+    /// keeps the one it has when it is to that backend and usable, else returns it to the
+    /// pool and takes another with `open`. `tx` says whether the active connection holds a
+    /// transaction: a connection the server closed under it is not replaced (the transaction
+    /// is lost, and the client must hear it): [`BackendError::Closed`].
+    pub async fn ready<F, Fut>(
+        &mut self,
+        side: Side,
+        backend: usize,
+        key: &PoolKey,
+        tx: Tx,
+        open: F,
+    ) -> Result<&mut Slot<'a, C>, BackendError>
+    where
+        F: FnOnce(usize) -> Fut,
+        Fut: Future<Output = Result<C, BackendError>>,
+    {
+        let active = self.active == Some(side);
+        let checked = !C::WATCHED || !active;
+        let (replace, dead) = match &self.slots[side] {
+            Some(slot) => {
+                let dead = checked && !slot.conn.is_reusable();
+                (slot.backend != backend || slot.stale || dead, dead)
+            }
+            None => (true, false),
+        };
+        if dead && active && tx == Tx::Open {
+            self.slots[side] = None;
+            self.active = None;
+            return Err(BackendError::Closed);
+        }
+        if replace {
+            if let Some(old) = self.slots[side].take() {
+                old.conn.release(self.cluster, old.backend, key, &self.state).await;
+            }
+            if active {
+                self.active = None;
+            }
+            let conn = open(backend).await?;
+            self.slots[side] = Some(Slot::new(self.cluster, backend, conn));
+        }
+        let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        if let Some(missing) = self.state.replay.get(slot.applied.replayed..).filter(|m| !m.is_empty()) {
+            slot.conn.replay(missing).await?;
+            slot.applied.replayed = self.state.replay.len();
+        }
+        Ok(slot)
+    }
+
+    /// Returns every connection to its pool (or closes it), and ends the session's primary
+    /// work.
+    pub async fn release_all(&mut self, key: &PoolKey) {
+        self.leave_primary();
+        self.active = None;
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let Some(slot) = slot else { continue };
+            slot.conn.release(self.cluster, slot.backend, key, &self.state).await;
+        }
+    }
+}
