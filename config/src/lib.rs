@@ -84,6 +84,14 @@ pub struct Cluster {
     /// How often the monitor checks each backend.
     #[serde(default = "defaults::monitor_interval", with = "humantime_serde")]
     pub monitor_interval: Duration,
+    /// Credentials a replica streams from the primary with. With them, a switchover re-points
+    /// every other replica (and, for MariaDB/MySQL, the old primary) at the new primary.
+    #[serde(default)]
+    pub replication: Option<Credentials>,
+    /// What a switchover does with other clients' transactions on the old primary after the
+    /// fence: wait for them to end (`wait`), or end their sessions (`terminate`).
+    #[serde(default)]
+    pub fence: Fence,
     /// Functions, beyond the built-in list, that read and change nothing.
     #[serde(default)]
     pub read_only_functions: Vec<String>,
@@ -194,6 +202,17 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
+}
+
+/// What a switchover does with other clients' open transactions on the old primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fence {
+    /// Wait for them to end, up to the switchover's deadline.
+    #[default]
+    Wait,
+    /// End their sessions.
+    Terminate,
 }
 
 /// Role of a backend.

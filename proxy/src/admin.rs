@@ -94,15 +94,18 @@ struct Args<'a> {
     positional: Vec<&'a str>,
     timeout: Option<Duration>,
     promote: bool,
+    no_repoint: bool,
 }
 
 fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
-    let mut args = Args { positional: Vec::new(), timeout: None, promote: false };
+    let mut args = Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false };
     for w in words {
         if let Some(v) = w.strip_prefix("timeout=") {
             args.timeout = Some(humantime::parse_duration(v).map_err(|e| format!("timeout={v}: {e}"))?);
         } else if *w == "promote" {
             args.promote = true;
+        } else if *w == "no_repoint" {
+            args.no_repoint = true;
         } else {
             args.positional.push(w);
         }
@@ -110,7 +113,7 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
     Ok(args)
 }
 
-const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [timeout=30s] | pause CLUSTER [timeout=10s] | \
+const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
                      resume CLUSTER | mode CLUSTER read-only|read-write | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
 
 async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
@@ -158,7 +161,8 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             let mut report = |step: &crate::switchover::Step| {
                 let _ = progress.send(step.json());
             };
-            crate::switchover::run(control, cluster, target, args.promote, timeout, &mut report).await
+            let how = crate::switchover::How { promote: args.promote, repoint: !args.no_repoint, timeout };
+            crate::switchover::run(control, cluster, target, how, &mut report).await
         }
         "reload" => {
             need(0)?;

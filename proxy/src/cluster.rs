@@ -428,6 +428,23 @@ pub struct Cluster {
     pub backend_tls: arc_swap::ArcSwapOption<crate::tls::BackendTls>,
     /// Reads a replica refused as not runnable on a standby: primary-only from then on.
     pub primary_only: PrimaryOnly,
+    /// Held by whatever changes who the primary is (a switchover, the monitor following the
+    /// servers): one such change at a time.
+    pub changing: tokio::sync::Mutex<()>,
+    /// The running switchover's steps so far, for a second one that is refused.
+    pub progress: std::sync::Mutex<String>,
+    /// What the servers last said about their roles.
+    pub discovery: std::sync::Mutex<Discovery>,
+}
+
+/// What the monitor last heard the servers say about their roles.
+#[derive(Debug, Default, Clone)]
+pub struct Discovery {
+    /// Per backend: `writable`, `replica`, `read-only`, or why it did not answer.
+    pub roles: Vec<String>,
+    /// Why the primary is in doubt (`no primary`, `split brain: a, b`); `None` when exactly one
+    /// backend takes writes and it is the primary.
+    pub problem: Option<String>,
 }
 
 impl Cluster {
@@ -467,6 +484,9 @@ impl Cluster {
                 max_lag: u64::try_from(config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
             }),
             gate: Gate::default(),
+            changing: tokio::sync::Mutex::new(()),
+            progress: std::sync::Mutex::new(String::new()),
+            discovery: std::sync::Mutex::new(Discovery::default()),
             mysql_threads: Arc::default(),
             tls: arc_swap::ArcSwapOption::empty(),
             backend_tls: arc_swap::ArcSwapOption::empty(),

@@ -292,19 +292,21 @@ impl Control {
     }
 }
 
-/// Applies `edit` to a copy of the table with the next generation, and stores it. An edit that
-/// changes nothing keeps the table and its generation (a reload of an unchanged file, a second
-/// `mode read-only`).
-pub fn change(cluster: &Cluster, edit: impl FnOnce(&mut RoutingTable)) -> Arc<RoutingTable> {
-    let current = cluster.table.load_full();
-    let mut next = current.next();
-    edit(&mut next);
-    if (RoutingTable { generation: current.generation, ..next.clone() }) == *current {
-        return current;
-    }
-    let next = Arc::new(next);
-    cluster.table.store(Arc::clone(&next));
-    next
+/// Applies `edit` to a copy of the table with the next generation, and stores it by
+/// compare-and-swap: when another change landed meanwhile (a reload racing a switchover), the
+/// edit is applied again to that one, so no change is lost. An edit that changes nothing keeps
+/// the table and its generation (a reload of an unchanged file, a second `mode read-only`).
+pub fn change(cluster: &Cluster, edit: impl Fn(&mut RoutingTable)) -> Arc<RoutingTable> {
+    let mut stored = None;
+    cluster.table.rcu(|current| {
+        let mut next = current.next();
+        edit(&mut next);
+        let unchanged = (RoutingTable { generation: current.generation, ..next.clone() }) == **current;
+        let next = if unchanged { Arc::clone(current) } else { Arc::new(next) };
+        stored = Some(Arc::clone(&next));
+        next
+    });
+    stored.unwrap_or_else(|| cluster.table.load_full())
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -322,6 +324,7 @@ pub fn millis(d: Duration) -> u64 {
 fn cluster_status(c: &Cluster) -> Value {
     let table = c.table.load();
     let hold = c.gate.hold();
+    let discovery = c.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let backends: Vec<Value> = c
         .backends
         .iter()
@@ -344,6 +347,7 @@ fn cluster_status(c: &Cluster) -> Value {
                 "name": b.name,
                 "address": b.address,
                 "role": if primary { "primary" } else { "replica" },
+                "server_says": discovery.roles.get(i),
                 "state": state,
                 "weight": table.weight(i),
                 "lag_ms": (!primary && lag != u64::MAX).then_some(lag / 1000),
@@ -360,6 +364,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "mode": mode_name(table.mode),
         "generation": table.generation,
         "primary": c.backends[table.primary].name,
+        "primary_problem": discovery.problem,
         "paused": hold.all,
         "holding_primary": hold.primary,
         "primary_busy": c.gate.primary_busy.load(Ordering::SeqCst),

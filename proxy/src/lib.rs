@@ -36,6 +36,7 @@ pub mod mysql;
 pub mod pg;
 pub mod pool;
 pub mod replication;
+pub mod repoint;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -56,6 +56,10 @@ impl Registry {
                 "Reads a replica refused as not runnable on a standby (25006, 0A000, 40001), run again on the primary.",
             ),
             ("sqlswitch_backend_connect_failures_total", "Failed attempts to connect or log in to a backend."),
+            (
+                "sqlswitch_primary_changes_total",
+                "Primary changes the monitor made to follow the servers (an external failover or switchover).",
+            ),
         ];
         for (name, help) in counters {
             self.recorder.describe_counter(KeyName::from(*name), Some(Unit::Count), SharedString::from(*help));
@@ -63,6 +67,8 @@ impl Registry {
         let gauges: &[(&'static str, &'static str)] = &[
             ("sqlswitch_client_sessions", "Client sessions open now."),
             ("sqlswitch_backend_connections", "Backend connections, by state (open, idle)."),
+            ("sqlswitch_primary_known", "1 when exactly one backend takes writes, as the servers last said; else 0."),
+            ("sqlswitch_split_brain", "1 when more than one backend takes writes, as the servers last said; else 0."),
         ];
         for (name, help) in gauges {
             self.recorder.describe_gauge(KeyName::from(*name), Some(Unit::Count), SharedString::from(*help));
@@ -95,6 +101,9 @@ impl Registry {
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
             refused: self.counter("sqlswitch_statements_refused_total", &c),
             reruns: self.counter("sqlswitch_replica_reruns_total", &c),
+            role_changes: self.counter("sqlswitch_primary_changes_total", &c),
+            primary_known: self.gauge("sqlswitch_primary_known", &c),
+            split_brain: self.gauge("sqlswitch_split_brain", &c),
         }
     }
 
@@ -131,6 +140,12 @@ pub struct ClusterMetrics {
     pub refused: Counter,
     /// Reads a replica refused as not on a standby, run again on the primary.
     pub reruns: Counter,
+    /// Primary changes made to follow the servers.
+    pub role_changes: Counter,
+    /// Exactly one backend takes writes (1) or not (0).
+    pub primary_known: Gauge,
+    /// More than one backend takes writes (1) or not (0).
+    pub split_brain: Gauge,
 }
 
 impl ClusterMetrics {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::Cluster;
-use crate::replication::{ControlConn, Dialect, Position};
+use crate::replication::{ControlConn, Dialect, Position, Role};
 
 /// Primary samples `(t, position)`, oldest first; enough for a minute at the default interval.
 struct Samples(VecDeque<(u64, Position)>);
@@ -40,14 +40,20 @@ pub struct Monitor {
     cluster: Arc<Cluster>,
     conns: Vec<Option<ControlConn>>,
     samples: Samples,
+    ticks: u32,
 }
+
+/// Every this many checks the monitor asks every backend its role, even when the primary
+/// answered (a replica promoted by hand while the primary runs: split brain). When the primary
+/// does not answer with a position, it asks at once.
+const ROLE_EVERY: u32 = 10;
 
 impl Monitor {
     /// A monitor for `cluster`; `None` when the cluster has no `monitor` credentials.
     pub fn new(cluster: Arc<Cluster>) -> Option<Self> {
         cluster.config.monitor.as_ref()?;
         let conns = cluster.backends.iter().map(|_| None).collect();
-        Some(Self { cluster, conns, samples: Samples(VecDeque::new()) })
+        Some(Self { cluster, conns, samples: Samples(VecDeque::new()), ticks: 0 })
     }
 
     /// The first checks, before the daemon listens: quick rounds (for at most about a second)
@@ -70,26 +76,34 @@ impl Monitor {
         }
     }
 
-    /// Before serving: the config's `role` is a starting hint, the servers are the truth. When
-    /// the configured primary does not take writes (a switchover or a failover happened while
-    /// sqlswitch was down, or since the file was written) and exactly one other backend does,
-    /// that one is the primary. When none or several do, the config stands and the log says
-    /// why: never a guess.
+    /// Follows the servers: the config's `role` is a starting hint, the servers are the truth.
+    /// Every backend is asked what it is ([`Role`]), all at once. When exactly one takes writes
+    /// and follows no other, it is the primary: a switchover or failover that happened while
+    /// sqlswitch was down, or one made by other tooling (Patroni, repmgr, orchestrator, by
+    /// hand) while it runs, is followed. When none or several do, the routing table stays as it
+    /// is, and `status`, the log and the metrics say why ("no primary", "split brain"): never a
+    /// guess. Skipped while a switchover runs (it changes the primary itself).
     async fn follow_the_servers(&mut self) {
         let cluster = Arc::clone(&self.cluster);
+        let Ok(_changing) = cluster.changing.try_lock() else { return };
         let dialect = Dialect::of(cluster.config.protocol);
-        let configured = cluster.table.load().primary;
+        let table = cluster.table.load_full();
+        let current = table.primary;
         // The connections stay open for the monitor's own checks that follow.
         self.conns.resize_with(cluster.backends.len(), || None);
+        let live = |i: usize| table.states.get(i).is_some_and(|s| *s != crate::cluster::BackendState::Removed);
         let asks = self.conns.iter_mut().enumerate().map(|(i, slot)| {
             let cluster = &cluster;
             async move {
+                if !live(i) {
+                    return Err("removed".to_owned());
+                }
                 if slot.is_none() {
                     let to = cluster.control_target(i).ok_or("no monitor credentials")?;
                     *slot = Some(ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?);
                 }
                 let conn = slot.as_mut().ok_or("no connection")?;
-                let answer = tokio::time::timeout(cluster.config.connect_timeout, conn.is_writable(dialect)).await;
+                let answer = tokio::time::timeout(cluster.config.connect_timeout, conn.role(dialect)).await;
                 let answer = answer.unwrap_or(Err("timed out".into()));
                 if answer.is_err() {
                     *slot = None;
@@ -100,39 +114,62 @@ impl Monitor {
         let answers = futures::future::join_all(asks).await;
         let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
         let mut writable = Vec::new();
-        let mut unknown = Vec::new();
+        let mut roles = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
             match answer {
-                Ok(true) => writable.push(i),
-                Ok(false) => {}
-                Err(e) => unknown.push(format!("{}: {e}", name(i))),
+                Ok(role) => {
+                    if role == Role::Writable {
+                        writable.push(i);
+                    }
+                    roles.push(role.name().to_owned());
+                }
+                Err(e) => roles.push(format!("unknown: {e}")),
             }
         }
-        match writable.as_slice() {
-            [only] if *only == configured => {}
+        let unknown: Vec<String> = roles
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.starts_with("unknown"))
+            .map(|(i, r)| format!("{}: {r}", name(i)))
+            .collect();
+        let problem = match writable.as_slice() {
+            [only] if *only == current => None,
             [only] => {
                 let only = *only;
-                crate::control::change(&cluster, |t| t.primary = only);
+                let table = crate::control::change(&cluster, |t| t.primary = only);
+                cluster.metrics.role_changes.increment(1);
                 info!(
                     cluster = %cluster.config.name,
                     primary = %name(only),
-                    configured = %name(configured),
+                    was = %name(current),
+                    generation = table.generation,
                     unanswered = ?unknown,
-                    "the configured primary does not take writes and one other backend does: following the servers"
+                    "the servers say another backend is the primary (it alone takes writes): following them"
                 );
+                None
             }
-            [] => warn!(
+            [] => Some("no primary: no backend takes writes".to_owned()),
+            several => Some(format!(
+                "split brain: {} take writes",
+                several.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
+            )),
+        };
+        let mut seen = cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if problem.is_some() && problem != seen.problem {
+            warn!(
                 cluster = %cluster.config.name,
-                configured = %name(configured),
+                primary = %name(cluster.table.load().primary),
                 unanswered = ?unknown,
-                "no backend takes writes (no primary): keeping the configured one"
-            ),
-            several => warn!(
-                cluster = %cluster.config.name,
-                writable = ?several.iter().map(|i| name(*i)).collect::<Vec<_>>(),
-                "several backends take writes (split brain?): keeping the configured primary"
-            ),
+                "{}: the routing table stays as it is",
+                problem.as_deref().unwrap_or_default()
+            );
+        } else if problem.is_none() && seen.problem.is_some() {
+            info!(cluster = %cluster.config.name, primary = %name(cluster.table.load().primary), "exactly one backend takes writes again");
         }
+        cluster.metrics.primary_known.set(if writable.len() == 1 { 1.0 } else { 0.0 });
+        cluster.metrics.split_brain.set(if writable.len() > 1 { 1.0 } else { 0.0 });
+        seen.roles = roles;
+        seen.problem = problem;
     }
 
     /// Polls every `interval` until `shutdown`.
@@ -150,6 +187,15 @@ impl Monitor {
     /// Checks every backend once: the primary first, so replicas compare against a fresh
     /// sample; then the replicas at the same time, so one that hangs delays no other.
     pub async fn tick(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.probe_positions().await || self.ticks.is_multiple_of(ROLE_EVERY) {
+            self.follow_the_servers().await;
+        }
+    }
+
+    /// Reads every backend's position; returns whether the primary did not answer with one
+    /// (down, or no longer a primary).
+    async fn probe_positions(&mut self) -> bool {
         let cluster = Arc::clone(&self.cluster);
         let table = cluster.table.load();
         let primary = table.primary;
@@ -161,6 +207,7 @@ impl Monitor {
             Some(conn) => probe(&cluster, primary, true, conn).await,
             None => None,
         };
+        let primary_answered = sample.is_some();
         if let Some(pos) = sample {
             // A primary sample stands for the end of its last whole record, where a replica stops.
             self.samples.push(t, Dialect::of(cluster.config.protocol).at_record_boundary(pos));
@@ -183,6 +230,7 @@ impl Monitor {
         });
         futures::future::join_all(replicas).await;
         self.conns = conns;
+        !primary_answered
     }
 }
 

@@ -151,16 +151,22 @@ pub struct Dialect {
     pub fence: &'static [&'static str],
     /// Undoes [`Dialect::fence`].
     pub unfence: &'static [&'static str],
-    /// Whether the server is a standby, and the answer that says so.
-    pub is_standby: &'static str,
-    /// The answer of [`Dialect::is_standby`] on a standby.
-    pub standby_answer: &'static str,
+    /// Replication status statements, tried in order until one is understood (MySQL 8.4 knows
+    /// only `SHOW REPLICA STATUS`): any row means the server follows another. Empty for
+    /// PostgreSQL, whose [`Dialect::role`] says it.
+    pub channels: &'static [&'static str],
+    /// The server's role as one value: `replica` (PostgreSQL: in recovery), `read-only` or
+    /// `writable`.
+    pub role: &'static str,
     /// Promotes a standby.
     pub promote: &'static [&'static str],
-    /// Whether the server takes writes and follows no other: one value, `1` when it does
-    /// (PostgreSQL: not in recovery and not fenced by `default_transaction_read_only`;
-    /// MariaDB/MySQL: `read_only` off and no replication channel configured).
-    pub writable: &'static [&'static str],
+    /// How many other sessions hold a transaction that has written (or may commit a write).
+    pub open_writers: &'static str,
+    /// The ids of other client sessions (not replication, not sqlswitch's control
+    /// connections), for `fence = "terminate"`.
+    pub other_sessions: &'static str,
+    /// Ends the session with the given id.
+    pub end_session: fn(&str) -> String,
 }
 
 impl Dialect {
@@ -196,12 +202,15 @@ const POSTGRES: Dialect = Dialect {
     whole_records: false,
     fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
     unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
-    is_standby: "SELECT pg_is_in_recovery()",
-    standby_answer: "t",
+    channels: &[],
+    role: "SELECT CASE WHEN pg_is_in_recovery() THEN 'replica' \
+           WHEN current_setting('default_transaction_read_only') = 'on' THEN 'read-only' ELSE 'writable' END",
     promote: &["SELECT pg_promote(true, 60)"],
-    writable: &[
-        "SELECT (NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off')::int::text",
-    ],
+    open_writers:
+        "SELECT count(*)::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+    other_sessions: "SELECT pid::text FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                     AND pid <> pg_backend_pid() AND application_name NOT LIKE 'sqlswitch-%'",
+    end_session: |id| format!("SELECT pg_terminate_backend({id})"),
 };
 
 const MYSQL: Dialect = Dialect {
@@ -211,11 +220,39 @@ const MYSQL: Dialect = Dialect {
     whole_records: true,
     fence: &["SET GLOBAL read_only = 1"],
     unfence: &["SET GLOBAL read_only = 0"],
-    is_standby: "SELECT @@read_only",
-    standby_answer: "1",
+    channels: &["SHOW SLAVE STATUS", "SHOW REPLICA STATUS"],
+    role: "SELECT IF(@@read_only, 'read-only', 'writable')",
     promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],
-    writable: &["SELECT @@read_only = 0", "SHOW SLAVE STATUS"],
+    open_writers: "SELECT COUNT(*) FROM information_schema.innodb_trx \
+                   WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_rows_modified > 0",
+    other_sessions: "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                     AND COMMAND NOT IN ('Binlog Dump', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+                     AND USER NOT IN ('system user', 'event_scheduler', SUBSTRING_INDEX(CURRENT_USER(), '@', 1))",
+    end_session: |id| format!("KILL CONNECTION {id}"),
 };
+
+/// What a server says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes and follows no other server.
+    Writable,
+    /// Follows another server: a streaming standby, a MariaDB/MySQL server with a replication
+    /// channel configured (whatever its `read_only`).
+    Replica,
+    /// Follows none and refuses writes: fenced (by a switchover, or by hand).
+    ReadOnly,
+}
+
+impl Role {
+    /// As `status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Writable => "writable",
+            Role::Replica => "replica",
+            Role::ReadOnly => "read-only",
+        }
+    }
+}
 
 /// Where a control connection goes and as whom.
 pub struct ControlTarget<'a> {
@@ -303,20 +340,34 @@ impl ControlConn {
 }
 
 impl ControlConn {
-    /// Whether the server takes writes and follows no other ([`Dialect::writable`]).
+    /// What the server is ([`Role`]): a replica when it follows another server, whatever its
+    /// read-only setting; otherwise writable or read-only.
     ///
     /// # Errors
     /// A statement failed, or the answer was not understood.
-    pub async fn is_writable(&mut self, dialect: &Dialect) -> Result<bool, String> {
-        let (first, rest) = dialect.writable.split_first().ok_or("no statement")?;
-        let writable = self.value(first).await? == "1";
-        // Further statements are replication status: any row means it follows a primary.
-        for sql in rest {
-            if !self.exec(sql).await.map_err(|e| e.to_string())?.is_empty() {
-                return Ok(false);
+    pub async fn role(&mut self, dialect: &Dialect) -> Result<Role, String> {
+        let mut last_error = None;
+        for sql in dialect.channels {
+            match self.exec(sql).await {
+                Ok(rows) if !rows.is_empty() => return Ok(Role::Replica),
+                Ok(_) => {
+                    last_error = None;
+                    break;
+                }
+                // A server that does not know this spelling (a syntax error) may know the next.
+                Err(e @ BackendError::Refused { .. }) => last_error = Some(e.to_string()),
+                Err(e) => return Err(e.to_string()),
             }
         }
-        Ok(writable)
+        if let Some(e) = last_error {
+            return Err(e);
+        }
+        match self.value(dialect.role).await?.as_str() {
+            "replica" => Ok(Role::Replica),
+            "read-only" => Ok(Role::ReadOnly),
+            "writable" => Ok(Role::Writable),
+            other => Err(format!("unexpected role {other:?}")),
+        }
     }
 }
 

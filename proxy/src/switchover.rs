@@ -1,8 +1,11 @@
-//! Zero-downtime switchover (PRODUCT.md section 6), for PostgreSQL and MariaDB: hold new primary work, let
-//! in-flight primary work finish, fence the old primary and read its final position, wait for
-//! the target to replay it, promote it (or check it is already writable), swap the routing
-//! table, release. Any failure before the swap undoes the fence, resumes on the old primary and
-//! changes nothing; the answer names the step that failed and why.
+//! Zero-downtime switchover (PRODUCT.md section 6), for PostgreSQL and MariaDB: hold new primary
+//! work, let in-flight primary work finish, fence the old primary, wait for every other
+//! transaction there to end, read its final position, wait for the target to replay it,
+//! promote it (or check it is already writable), swap the routing table, release, then re-point
+//! the other replicas ([`crate::repoint`]). One switchover (or role change) per cluster at a
+//! time. A failure before the promotion undoes the fence, resumes on the old primary and
+//! changes nothing; after it, the cluster serves from what the servers say, and the answer says
+//! which server is writable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,12 +17,13 @@ use tracing::{info, warn};
 use crate::backend::BackendError;
 use crate::cluster::Cluster;
 use crate::control::{change, millis, Control, Failure};
-use crate::replication::{ControlConn, Dialect};
+use crate::replication::{ControlConn, Dialect, Role};
+use sqlswitch_config::Fence;
 
 /// One completed step, for the live report.
 #[derive(Debug, Clone)]
 pub struct Step {
-    /// Its name: hold, drain, fence, catch_up, promote, swap, release.
+    /// Its name: hold, drain, fence, writers, catch_up, promote, swap, release, repoint.
     pub name: &'static str,
     /// How long it took.
     pub took: Duration,
@@ -34,20 +38,38 @@ impl Step {
     }
 }
 
+/// How to switch over.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// Promote a target that is a standby.
+    pub promote: bool,
+    /// Re-point the other replicas at the new primary (needs `replication` credentials).
+    pub repoint: bool,
+    /// Deadline for everything up to the release.
+    pub timeout: Duration,
+}
+
 /// Switches `cluster_name`'s primary to `target_name`. `report` sees each step as it completes.
 ///
 /// # Errors
-/// The step that failed and why; the cluster then serves as before.
+/// The step that failed and why, and which server takes writes now.
 pub async fn run(
     control: &Control,
     cluster_name: &str,
     target_name: &str,
-    promote: bool,
-    timeout: Duration,
+    how: How,
     report: &mut (dyn FnMut(&Step) + Send),
 ) -> Result<Value, Failure> {
     let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
     let target = Control::backend(&cluster, target_name)?;
+    // One change of primary at a time: a second switchover is refused at once.
+    let Ok(_changing) = cluster.changing.try_lock() else {
+        let so_far = lock(&cluster.progress).clone();
+        return Err(format!(
+            "a switchover of {cluster_name:?} is already running ({so_far}); wait for it to end and look at `status`"
+        ));
+    };
+    lock(&cluster.progress).clear();
     let old = cluster.table.load().primary;
     if old == target {
         return Err(format!("{target_name:?} is already the primary of {cluster_name:?}"));
@@ -58,6 +80,7 @@ pub async fn run(
         ));
     };
     let dialect = Dialect::of(cluster.config.protocol);
+    let timeout = how.timeout;
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
@@ -66,6 +89,11 @@ pub async fn run(
         let step = Step { name, took: at.elapsed(), detail };
         info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "switchover step");
         report(&step);
+        let mut progress = lock(&cluster.progress);
+        if !progress.is_empty() {
+            progress.push_str(", ");
+        }
+        progress.push_str(&format!("{name} done"));
         steps.push(step);
     };
 
@@ -75,12 +103,20 @@ pub async fn run(
         ControlConn::connect(&old_target, APPLICATION).await.map_err(|e| fail("connect", &old_name, &e))?;
     let mut new_conn =
         ControlConn::connect(&new_target, APPLICATION).await.map_err(|e| fail("connect", target_name, &e))?;
+    // A target is a standby by its replication status, not by a read-only setting: a MariaDB
+    // replica often runs with `read_only = 0`, and must still catch up before writes move.
+    let standby = within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("connect: {target_name}: {e}"))?
+        == Role::Replica;
+    if standby && !how.promote {
+        return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
+    }
 
     // 1. Hold new primary work; replica reads go on.
     let at = Instant::now();
     cluster.gate.set(|h| h.primary = true);
     done(&mut steps, "hold", at, "new primary work waits; replica reads continue".into());
 
+    let mut promoted = false;
     let outcome = async {
         // 2. Let in-flight primary work finish.
         let at = Instant::now();
@@ -96,23 +132,70 @@ pub async fn run(
         }
         done(&mut steps, "drain", at, "no primary work in flight".into());
 
-        // 3. Fence the old primary and read its final position.
+        // 3. Fence the old primary, and see the fence in force (PostgreSQL's reload only signals).
         let at = Instant::now();
-        old_conn.exec_all(dialect.fence).await.map_err(|e| fail("fence", &old_name, &e))?;
-        let final_text = old_conn.value(dialect.position).await.map_err(|e| format!("fence: {e}"))?;
+        within(deadline, old_conn.exec_all(dialect.fence)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
+        loop {
+            let role = within(deadline, old_conn.role(dialect)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
+            if role != Role::Writable {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("fence: {old_name} still takes writes after {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        done(&mut steps, "fence", at, format!("{old_name} refuses new writes"));
+
+        // 4. Every transaction that could still commit on the old primary ends (sessions that
+        // did not come through sqlswitch, or users the fence does not stop).
+        let at = Instant::now();
+        let (ended, not_ended) = if cluster.config.fence == Fence::Terminate {
+            end_other_sessions(&mut old_conn, dialect, deadline)
+                .await
+                .map_err(|e| format!("writers: {old_name}: {e}"))?
+        } else {
+            (0, None)
+        };
+        let mut open = String::from("?");
+        loop {
+            match within(deadline, old_conn.value(dialect.open_writers)).await {
+                Ok(n) if n == "0" => break,
+                Ok(n) => open = n,
+                Err(e) if Instant::now() < deadline => return Err(format!("writers: {old_name}: {e}")),
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let hint = match &not_ended {
+                    Some(e) => format!("ending them failed: {e}"),
+                    None if cluster.config.fence == Fence::Terminate => "they were ended and still run".to_owned(),
+                    None => "fence = \"terminate\" ends them".to_owned(),
+                };
+                return Err(format!(
+                    "writers: {open} other transaction(s) still open on {old_name} after {timeout:?} ({hint})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let detail = match ended {
+            0 => "no other transaction open".to_owned(),
+            n => format!("ended {n} other session(s) (fence = \"terminate\"); no other transaction open"),
+        };
+        done(&mut steps, "writers", at, detail);
+
+        // 5. Read the final position, and wait until the target has applied it (a target that
+        // is already writable, such as a logical-replication subscriber, has no comparable
+        // position).
+        let at = Instant::now();
+        let final_text =
+            within(deadline, old_conn.value(dialect.position)).await.map_err(|e| format!("catch_up: {e}"))?;
         let final_pos = dialect
             .primary_position(&final_text)
-            .ok_or_else(|| format!("fence: cannot compare position {final_text:?}"))?;
-        done(&mut steps, "fence", at, format!("old primary read-only; final position {final_text}"));
-
-        // 4. Wait until the target has applied it (a target that is already writable, such as a
-        // logical-replication subscriber, has no comparable position).
-        let at = Instant::now();
-        let standby =
-            new_conn.value(dialect.is_standby).await.map_err(|e| format!("catch_up: {e}"))? == dialect.standby_answer;
+            .ok_or_else(|| format!("catch_up: cannot compare position {final_text:?}"))?;
         if standby {
             loop {
-                let text = new_conn.value(dialect.replayed).await.map_err(|e| format!("catch_up: {e}"))?;
+                let text =
+                    within(deadline, new_conn.value(dialect.replayed)).await.map_err(|e| format!("catch_up: {e}"))?;
                 let replayed = dialect
                     .primary_position(&text)
                     .ok_or_else(|| format!("catch_up: cannot compare position {text:?}"))?;
@@ -129,19 +212,20 @@ pub async fn run(
             done(&mut steps, "catch_up", at, format!("{target_name} is not a standby: nothing to apply"));
         }
 
-        // 5. Promote, or check it is already writable; either way, clear any fence of ours.
+        // 6. Promote, or check it is already writable; either way, clear any fence of ours.
         let at = Instant::now();
         if standby {
-            if !promote {
-                return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
-            }
-            new_conn.exec_all(dialect.promote).await.map_err(|e| fail("promote", target_name, &e))?;
+            promoted = true;
+            within(deadline, new_conn.exec_all(dialect.promote))
+                .await
+                .map_err(|e| format!("promote: {target_name}: {e}"))?;
         }
-        new_conn.exec_all(dialect.unfence).await.map_err(|e| fail("promote", target_name, &e))?;
-        let still_standby =
-            new_conn.value(dialect.is_standby).await.map_err(|e| format!("promote: {e}"))? == dialect.standby_answer;
-        if still_standby {
-            return Err(format!("promote: {target_name} is still not writable"));
+        within(deadline, new_conn.exec_all(dialect.unfence))
+            .await
+            .map_err(|e| format!("promote: {target_name}: {e}"))?;
+        let role = within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("promote: {e}"))?;
+        if role != Role::Writable {
+            return Err(format!("promote: {target_name} is {} after promotion, not writable", role.name()));
         }
         let what = if standby { "promoted" } else { "already writable" };
         done(&mut steps, "promote", at, format!("{target_name} {what}"));
@@ -150,26 +234,29 @@ pub async fn run(
     .await;
 
     if let Err(why) = outcome {
-        // Undo the fence, resume on the old primary, change nothing.
-        if let Err(e) = old_conn.exec_all(dialect.unfence).await {
-            warn!(cluster = %cluster_name, error = %e, "could not undo the fence of the old primary");
-        }
-        cluster.gate.set(|h| h.primary = false);
-        warn!(cluster = %cluster_name, error = %why, "switchover failed; the old primary serves on");
-        return Err(format!("switchover failed at {why}; {} is still the primary", cluster.backends[old].name));
+        return Err(recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await);
     }
 
-    // 6. Swap the routing table.
+    // 7. Swap the routing table.
     let at = Instant::now();
     let table = change(&cluster, |t| t.primary = target);
     done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
 
-    // 7. Release held work to the new primary.
+    // 8. Release held work to the new primary.
     let at = Instant::now();
     cluster.gate.set(|h| h.primary = false);
     let pause = started.elapsed();
     let held = cluster.gate.held_total.load(Ordering::Relaxed) - held_before;
     done(&mut steps, "release", at, format!("{held} held statement(s) released"));
+
+    // 9. Re-point the other replicas (clients are already served by the new primary).
+    let replicas = if how.repoint && cluster.config.replication.is_some() {
+        let mut repoint_step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
+        crate::repoint::run(&cluster, old, target, &mut new_conn, &mut repoint_step).await
+    } else {
+        let why = if how.repoint { "no `replication` credentials in the config" } else { "no_repoint" };
+        vec![json!({ "backend": "*", "ok": false, "detail": format!("replicas not re-pointed: {why}") })]
+    };
     let steps: Vec<Value> = steps
         .iter()
         .map(|s| json!({ "step": s.name, "ms": s.took.as_secs_f64() * 1000.0, "detail": s.detail }))
@@ -183,7 +270,88 @@ pub async fn run(
         "steps": steps,
         "pause_ms": millis(pause),
         "held": held,
+        "replicas": replicas,
     }))
+}
+
+/// After a failed step: before a promotion, undo the fence and resume on the old primary;
+/// after one, ask both servers and serve from what they say (never two writable primaries).
+/// Returns the answer's text, naming which server takes writes now.
+async fn recover(
+    cluster: &Cluster,
+    old_conn: &mut ControlConn,
+    new_conn: &mut ControlConn,
+    old: usize,
+    target: usize,
+    promoted: bool,
+    why: &str,
+) -> String {
+    let dialect = Dialect::of(cluster.config.protocol);
+    let (old_name, target_name) = (&cluster.backends[old].name, &cluster.backends[target].name);
+    let name = &cluster.config.name;
+    let deadline = Instant::now() + cluster.config.connect_timeout;
+    let target_role = if promoted { within(deadline, new_conn.role(dialect)).await.ok() } else { None };
+    let answer = if promoted && target_role.is_none() {
+        // Nobody can tell whether the promotion happened: take no guess. The old primary stays
+        // fenced (writes are refused by it, none lost); the monitor follows the servers once
+        // exactly one takes writes.
+        format!("switchover failed at {why}; {target_name} did not answer after its promotion was asked for: no server is known to take writes, {old_name} stays fenced; see `status`")
+    } else if matches!(target_role, Some(Role::Writable | Role::ReadOnly)) {
+        // The target left recovery: it is the primary now, whatever failed after. The old one
+        // stays fenced.
+        change(cluster, |t| t.primary = target);
+        let role = target_role.map_or("?", Role::name);
+        format!("switchover failed at {why}, after {target_name} was promoted: {target_name} is the primary now ({role}); {old_name} stays fenced")
+    } else {
+        if let Err(e) = within(deadline, old_conn.exec_all(dialect.unfence)).await {
+            warn!(cluster = %name, error = %e, "could not undo the fence of the old primary");
+            cluster.gate.set(|h| h.primary = false);
+            return format!("switchover failed at {why}; undoing the fence of {old_name} failed too ({e}): no server may take writes, see `status`");
+        }
+        format!("switchover failed at {why}; {old_name} is still the primary and takes writes")
+    };
+    cluster.gate.set(|h| h.primary = false);
+    warn!(cluster = %name, error = %why, "switchover failed");
+    answer
+}
+
+/// Ends every other client session on the fenced old primary; returns how many, and the
+/// first refusal to end one (a privilege the monitor user lacks).
+async fn end_other_sessions(
+    conn: &mut ControlConn,
+    dialect: &Dialect,
+    deadline: Instant,
+) -> Result<(usize, Option<String>), String> {
+    let rows = within(deadline, conn.exec(dialect.other_sessions)).await?;
+    let (mut ended, mut refused) = (0, None);
+    for id in rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        match within(deadline, conn.exec(&(dialect.end_session)(&id))).await {
+            Ok(_) => ended += 1,
+            // A session that ended meanwhile is not an error; a refusal is kept for the answer.
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    Ok((ended, refused))
+}
+
+/// Runs a control statement within the switchover's deadline.
+async fn within<T, E: std::fmt::Display>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out (the switchover's deadline)".to_owned()),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How the switchover's connections are named where the server shows them.

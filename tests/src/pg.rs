@@ -135,11 +135,12 @@ impl Topology {
             &format!(
                 "CREATE ROLE {app} LOGIN PASSWORD '{app_pw}';\n\
                  CREATE ROLE {anon} LOGIN PASSWORD '{anon_pw}';\n\
-                 CREATE ROLE {mon} LOGIN PASSWORD '{mon_pw}' IN ROLE pg_monitor;\n\
+                 CREATE ROLE {mon} LOGIN REPLICATION PASSWORD '{mon_pw}' IN ROLE pg_monitor, pg_signal_backend;\n\
                  CREATE ROLE {trust} LOGIN PASSWORD '{trust_pw}';\n\
                  SET password_encryption = 'md5';\n\
                  CREATE ROLE {md5} LOGIN PASSWORD '{md5_pw}';\n\
                  GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only TO {mon};\n\
+                 GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO {mon};\n\
                  GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {mon};\n\
                  GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {mon};\n",
                 app = APP.0,

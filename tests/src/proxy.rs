@@ -152,3 +152,10 @@ pub fn without_backend(text: &str, name: &str) -> String {
 pub async fn start_text(text: &str) -> Result<Daemon> {
     Daemon::start_with(Config::parse(text, Path::new("<test>"), |_| None)?, false).await
 }
+
+/// The `replication` credentials of a PostgreSQL topology (its standbys stream as `postgres`,
+/// trusted on loopback).
+pub const PG_REPLICATION: &str = "replication = { user = \"postgres\", password = \"\" }";
+
+/// The `replication` credentials of a MariaDB topology (its replicas stream as `repl`).
+pub const MY_REPLICATION: &str = "replication = { user = \"repl\", password = \"repl\" }";

@@ -16,6 +16,9 @@ use tokio_postgres::error::SqlState;
 /// Tests that count pooled connections or stop replication: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
+const HOW: sqlswitch::switchover::How =
+    sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(10) };
+
 /// Everything a MySQL connection carries that a client can change: database, character set,
 /// autocommit, isolation and access mode, SQL mode, time zone, a user variable.
 const MY_PROBE: &str = "SELECT CONCAT_WS('|', COALESCE(DATABASE(), '-'), @@character_set_client, \
@@ -315,10 +318,9 @@ async fn mysql_switchover_under_autocommit_off_clients() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let result =
-        sqlswitch::switchover::run(&daemon.control, "app", "replica1", true, Duration::from_secs(10), &mut |_| {})
-            .await
-            .expect("the switchover drains autocommit-off clients at their transaction boundary");
+    let result = sqlswitch::switchover::run(&daemon.control, "app", "replica1", HOW, &mut |_| {})
+        .await
+        .expect("the switchover drains autocommit-off clients at their transaction boundary");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut committed = 0;

@@ -1,7 +1,7 @@
 //! End-to-end tests of sqlswitch in front of a real MariaDB primary with two GTID replicas,
 //! with mysql_async as the application and the `mariadb` client as a person would use it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Error, Opts};
@@ -199,6 +199,8 @@ async fn a_session_reads_its_own_writes_while_replicas_lag() {
 /// Runs sysbench against `port` as the application user; returns its output. Eight tables of
 /// 10,000 rows: with fewer, oltp_read_write at 8 threads deadlocks on its own (a direct run
 /// shows it too), and sysbench counts those as "ignored errors".
+use sqlswitch_tests::proxy::MY_REPLICATION as REPLICATION;
+
 fn sysbench(port: u16, script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("sysbench")
         .args([
@@ -270,8 +272,11 @@ async fn sysbench_oltp_read_write_through_sqlswitch_has_no_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_under_sysbench_load_costs_no_client_errors() {
     let _serial = SERIAL.lock().await;
-    let topo = std::sync::Arc::new(Topology::start(1).unwrap());
-    let daemon = start_mysql(&topo, "").await.unwrap();
+    let topo = std::sync::Arc::new(Topology::start(2).unwrap());
+    // As many production replicas run: read_only off. It is a replica by its replication
+    // channel, so the switchover still waits for it to apply everything.
+    topo.sql(&topo.replicas()[0], "SET GLOBAL read_only = 0").unwrap();
+    let daemon = start_mysql(&topo, REPLICATION).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let primary = topo.primary().port;
     tokio::task::spawn_blocking(move || sysbench(primary, "oltp_read_write", &["prepare"])).await.unwrap();
@@ -284,13 +289,32 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
+    let how = sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30) };
     let result =
-        sqlswitch::switchover::run(&daemon.control, "app", "replica1", true, Duration::from_secs(30), &mut report)
-            .await
-            .expect("switchover");
+        sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut report).await.expect("switchover");
     let bench = load.await.unwrap();
     println!("{result}\n{bench}");
-    assert_eq!(steps, ["hold", "drain", "fence", "catch_up", "promote", "swap", "release"]);
+    assert_eq!(
+        steps,
+        ["hold", "drain", "fence", "writers", "catch_up", "promote", "swap", "release", "repoint", "repoint"]
+    );
+    // The cluster is whole again: the old primary and the other replica replicate from the new
+    // one, and hold exactly its data once caught up.
+    let replicas = result["replicas"].as_array().unwrap();
+    assert!(replicas.iter().all(|r| r["ok"] == true), "every replica re-pointed: {replicas:?}");
+    let new_primary = &topo.replicas()[0];
+    let pos = topo.sql(new_primary, "SELECT @@gtid_binlog_pos").unwrap();
+    let checksums = |node| {
+        let sql = "CHECKSUM TABLE app.sbtest1, app.sbtest2, app.sbtest3, app.sbtest4, app.sbtest5, app.sbtest6, \
+                   app.sbtest7, app.sbtest8, app.items";
+        topo.sql(node, sql).unwrap()
+    };
+    for node in [topo.primary(), &topo.replicas()[1]] {
+        let waited = topo.sql(node, &format!("SELECT MASTER_GTID_WAIT('{}', 30)", pos.trim())).unwrap();
+        assert_eq!(waited.trim(), "0", "{} caught up with the new primary", node.name);
+        assert_eq!(checksums(node), checksums(new_primary), "{} holds the new primary's data", node.name);
+        assert_eq!(topo.sql(node, "SELECT @@read_only").unwrap().trim(), "1", "{} is read-only", node.name);
+    }
     assert!(
         bench.contains("ignored errors:                      0"),
         "sysbench saw errors across the switchover:\n{bench}"
@@ -309,6 +333,17 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     drop(daemon);
     let again = start_mysql(&topo, "").await.unwrap();
     assert_eq!(again.control.status()["clusters"][0]["primary"], "replica1", "the servers' primary");
+    // The old primary, now a replica, serves reads again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = again.control.status();
+        let old = &status["clusters"][0]["backends"][0];
+        if old["state"] == "up" && old["lag_ms"].as_u64().is_some_and(|l| l < 1000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old primary serves as a replica: {old}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut conn = connect(again.addr("app", false).unwrap().port(), APP).await.unwrap();
     conn.query_drop("START TRANSACTION").await.unwrap();
     assert_eq!(server_id(&mut conn).await, 2);

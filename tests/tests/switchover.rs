@@ -21,13 +21,12 @@ async fn switchover(
 ) -> Result<Value, String> {
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
-    let r = sqlswitch::switchover::run(&daemon.control, "app", target, promote, timeout, &mut report).await;
+    let how = sqlswitch::switchover::How { promote, repoint: true, timeout };
+    let r = sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut report).await;
     if r.is_ok() {
-        assert_eq!(
-            steps,
-            ["hold", "drain", "fence", "catch_up", "promote", "swap", "release"],
-            "every step reported, in order"
-        );
+        steps.dedup();
+        let expected = ["hold", "drain", "fence", "writers", "catch_up", "promote", "swap", "release"];
+        assert_eq!(steps.get(..expected.len()), Some(&expected[..]), "every step reported, in order");
     }
     r
 }
@@ -450,4 +449,161 @@ async fn two_writable_servers_at_start_keep_the_configured_primary() {
     let daemon = proxy::start(&topo, "").await.unwrap();
     assert_eq!(primary_of(&daemon), "primary", "split brain: no guess");
     assert_eq!(new_session_writes_on(&daemon).await, "primary");
+}
+
+use sqlswitch_tests::proxy::PG_REPLICATION as REPLICATION;
+
+/// Waits until `check` holds, for at most `secs` seconds.
+async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a switchover the other standby streams from the new primary and serves reads again;
+/// the old primary stays fenced, and the answer says how to rejoin it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_repoints_the_other_standby() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, REPLICATION).await.unwrap();
+    let result = switchover(&daemon, "replica1", true, Duration::from_secs(30)).await.expect("switchover");
+    println!("{result}");
+    let replicas = result["replicas"].as_array().unwrap();
+    let by_name = |n: &str| replicas.iter().find(|r| r["backend"] == n).cloned().unwrap_or_default();
+    assert_eq!(by_name("replica2")["ok"], true, "{replicas:?}");
+    assert_eq!(by_name("primary")["ok"], false, "{replicas:?}");
+    assert!(by_name("primary")["detail"].as_str().unwrap().contains("pg_rewind"), "{replicas:?}");
+    let new_port = topo.replicas()[0].port;
+    let sender = topo
+        .psql_admin(&topo.replicas()[1], "SELECT status || ' ' || sender_port FROM pg_stat_wal_receiver", "postgres")
+        .unwrap();
+    assert_eq!(sender.trim(), format!("streaming {new_port}"));
+
+    // A write on the new primary reaches replica2, and sqlswitch reads from it again.
+    assert_eq!(new_session_writes_on(&daemon).await, "replica1");
+    eventually(10, "replica2 caught up and up", || {
+        let status = daemon.control.status();
+        let r2 = &status["clusters"][0]["backends"][2];
+        r2["state"] == "up" && r2["lag_ms"].as_u64().is_some_and(|l| l < 1000)
+    })
+    .await;
+    let reader = connect(daemon.addr("app", true).unwrap().port(), sqlswitch_tests::pg::ANON).await.unwrap();
+    let n: i64 = reader.query_one("SELECT count(*) FROM items WHERE note = 'new'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "the read-only session reads the new primary's write from replica2");
+    assert_eq!(server_name(&reader).await, "replica2");
+}
+
+/// Two switchovers typed at once: one runs, the other is refused at once; one primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_switchovers_at_once_leave_one_primary() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let how = sqlswitch::switchover::How { promote: true, repoint: false, timeout: Duration::from_secs(30) };
+    let (mut quiet_a, mut quiet_b) = (|_: &sqlswitch::switchover::Step| {}, |_: &sqlswitch::switchover::Step| {});
+    let (a, b) = tokio::join!(
+        sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut quiet_a),
+        sqlswitch::switchover::run(&daemon.control, "app", "replica2", how, &mut quiet_b),
+    );
+    let (won, lost) = match (&a, &b) {
+        (Ok(_), Err(e)) => ("replica1", e),
+        (Err(e), Ok(_)) => ("replica2", e),
+        _ => panic!("exactly one may succeed: {a:?} {b:?}"),
+    };
+    assert!(lost.contains("already running"), "{lost}");
+    assert_eq!(primary_of(&daemon), won);
+    let writable = ["primary", "replica1", "replica2"]
+        .iter()
+        .zip(&topo.nodes)
+        .filter(|(_, node)| {
+            let sql = "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'";
+            topo.psql_admin(node, sql, "postgres").unwrap().trim() == "t"
+        })
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>();
+    assert_eq!(writable, [won], "one writable server");
+}
+
+/// A transaction opened directly on the old primary (not through sqlswitch) could still commit
+/// after the fence: with `fence = "wait"` the switchover waits for it (and fails cleanly at its
+/// deadline); with `fence = "terminate"` it ends that session and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_waits_for_or_ends_other_writers() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let direct = connect(topo.primary().port, APP).await.unwrap();
+    direct.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('direct, open')").await.unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let err = switchover(&daemon, "replica1", true, Duration::from_secs(2)).await.expect_err("an open writer");
+    assert!(err.contains("writers") && err.contains("still the primary"), "{err}");
+    assert_eq!(primary_of(&daemon), "primary");
+    direct.batch_execute("COMMIT").await.expect("the fence was undone: the direct transaction commits");
+    drop(daemon);
+
+    direct.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('direct, ended')").await.unwrap();
+    let daemon = proxy::start(&topo, "fence = \"terminate\"").await.unwrap();
+    let result = switchover(&daemon, "replica1", true, Duration::from_secs(10)).await.expect("switchover");
+    let writers = result["steps"].as_array().unwrap().iter().find(|s| s["step"] == "writers").unwrap().clone();
+    assert!(writers["detail"].as_str().unwrap().contains("ended"), "{writers}");
+    assert!(direct.batch_execute("COMMIT").await.is_err(), "the direct session was ended");
+    let n: i64 = connect(daemon.addr("app", false).unwrap().port(), APP)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM items WHERE note = 'direct, ended'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the ended transaction committed nowhere");
+}
+
+/// An operator (or Patroni, repmgr) fences the primary and promotes a replica by hand while
+/// sqlswitch runs under write load: sqlswitch follows within a few monitor intervals, and
+/// every write after that succeeds on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_promotion_is_followed_under_load() {
+    let _serial = SERIAL.lock().await;
+    let topo = std::sync::Arc::new(Topology::start(1).unwrap());
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let client = connect(port, APP).await.unwrap();
+            let (mut ok, mut failed, mut last_failure) = (0u32, 0u32, None);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let insert = "INSERT INTO items (note) VALUES ('load') RETURNING current_setting('cluster_name')";
+                match client.query_one(insert, &[]).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        last_failure = Some((Instant::now(), e.to_string()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed, last_failure)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = topo.primary();
+    topo.psql_admin(old, "ALTER SYSTEM SET default_transaction_read_only = on", "postgres").unwrap();
+    topo.psql_admin(old, "SELECT pg_reload_conf()", "postgres").unwrap();
+    topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote(true, 60)", "postgres").unwrap();
+    let promoted = Instant::now();
+    eventually(5, "sqlswitch follows the promoted server", || primary_of(&daemon) == "replica1").await;
+    let followed = promoted.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, last_failure) = writer.await.unwrap();
+    println!("followed in {followed:?}; {ok} writes ok, {failed} refused by the fenced server meanwhile");
+    if let Some((at, e)) = last_failure {
+        assert!(at < promoted + followed, "a write failed after sqlswitch followed: {e}");
+    }
+    assert_eq!(new_session_writes_on(&daemon).await, "replica1");
+    let status = daemon.control.status();
+    assert!(status["clusters"][0]["primary_problem"].is_null(), "{status}");
 }

@@ -29,9 +29,10 @@ fn main() -> Result<()> {
     eprintln!("starting a MariaDB primary and two GTID replicas...");
     let maria = sqlswitch_tests::mysql::Topology::start(2)?;
     let config_path = topo.dir.join("sqlswitch.toml");
-    let mut text = config_text(&topo, "app", LISTEN, READ_ONLY_LISTEN, Some(METRICS), "")
-        .replace("/tmp/sqlswitch-test.sock", "/tmp/sqlswitch-demo.sock");
-    let mysql = sqlswitch_tests::proxy::mysql_config_text(&maria, "shop", "");
+    let mut text =
+        config_text(&topo, "app", LISTEN, READ_ONLY_LISTEN, Some(METRICS), sqlswitch_tests::proxy::PG_REPLICATION)
+            .replace("/tmp/sqlswitch-test.sock", "/tmp/sqlswitch-demo.sock");
+    let mysql = sqlswitch_tests::proxy::mysql_config_text(&maria, "shop", sqlswitch_tests::proxy::MY_REPLICATION);
     let mysql = &mysql[mysql.find("[[cluster]]").unwrap_or(0)..];
     text += &mysql.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{MYSQL_LISTEN}\""), 1).replacen(
         "read_only_listen = \"127.0.0.1:0\"",
