@@ -32,6 +32,11 @@ pub enum BackendError {
     /// transaction is gone, and the client must hear it.
     #[error("the server closed the connection, and the open transaction with it")]
     Closed,
+    /// The primary changed (a switchover, a failover followed) under a session whose state
+    /// lives only on the old one (`why`: a temporary table, a lock, ...): it cannot move, and
+    /// is ended as a server restart would end it.
+    #[error("the primary changed, and this session's state on the old one cannot move: {0}")]
+    Unmovable(&'static str),
 }
 
 /// Whose fault a [`BackendError`] is: what an operator looks at first.
@@ -49,7 +54,7 @@ impl BackendError {
     /// Whose fault it is.
     pub fn fault(&self) -> Fault {
         match self {
-            BackendError::Refused { .. } => Fault::Session,
+            BackendError::Refused { .. } | BackendError::Unmovable(_) => Fault::Session,
             BackendError::Io(_) | BackendError::Timeout | BackendError::Closed => Fault::Backend,
             BackendError::Protocol(_) => Fault::Proxy,
         }

@@ -282,6 +282,8 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     tokio::task::spawn_blocking(move || sysbench(primary, "oltp_read_write", &["prepare"])).await.unwrap();
     topo.wait_replicas_caught_up().unwrap();
     let mut conn = connect(port, APP).await.unwrap();
+    let mut locker = connect(port, APP).await.unwrap();
+    locker.query_drop("SELECT GET_LOCK('critical', 1)").await.unwrap();
 
     let load = tokio::task::spawn_blocking(move || {
         sysbench(port, "oltp_read_write", &["--threads=8", "--time=6", "--report-interval=1", "run"])
@@ -298,6 +300,9 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
         steps,
         ["hold", "drain", "fence", "writers", "catch_up", "promote", "swap", "release", "repoint", "repoint"]
     );
+    // A session holding a user lock is ended (the lock stayed on the old primary), not moved.
+    let e = locker.query_drop("SELECT 1").await.expect_err("a session with a GET_LOCK lock is ended");
+    assert!(e.to_string().contains("1927") && e.to_string().contains("GET_LOCK"), "{e}");
     // The cluster is whole again: the old primary and the other replica replicate from the new
     // one, and hold exactly its data once caught up.
     let replicas = result["replicas"].as_array().unwrap();

@@ -107,6 +107,14 @@ async fn sessions_with_state_carry_on_after_a_switchover() {
     assert_eq!(client.query_one(&insert, &[&"before"]).await.unwrap().get::<_, String>(0), "primary");
     let temp = connect(port, APP).await.unwrap();
     temp.batch_execute("CREATE TEMP TABLE scratch (a int)").await.unwrap();
+    let locker = connect(port, APP).await.unwrap();
+    locker.query_one("SELECT pg_advisory_lock(42)", &[]).await.unwrap();
+    let listener = connect(port, APP).await.unwrap();
+    listener.batch_execute("LISTEN news").await.unwrap();
+    let in_tx = connect(port, APP).await.unwrap();
+    for sql in ["BEGIN", "SET search_path = public", "COMMIT"] {
+        in_tx.batch_execute(sql).await.unwrap();
+    }
 
     switchover(&daemon, "replica1", true, Duration::from_secs(30)).await.expect("switchover");
 
@@ -114,8 +122,25 @@ async fn sessions_with_state_carry_on_after_a_switchover() {
     assert_eq!(row.get::<_, String>(0), "replica1");
     let app: String = client.query_one("SHOW application_name", &[]).await.unwrap().get(0);
     assert_eq!(app, "carry-on", "session state was replayed on the new primary");
-    let one: i32 = temp.query_one("SELECT 1", &[]).await.expect("a session with a temp table carries on").get(0);
-    assert_eq!(one, 1);
+    // A session that only listens hears nothing more from the old primary: it is told at once.
+    let since = Instant::now();
+    while !listener.is_closed() {
+        assert!(since.elapsed() < Duration::from_secs(5), "the listening session was not ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sessions whose state lives only on the old primary are ended as a restart would end
+    // them, with the reason: not moved without their table or lock.
+    for (session, what) in [(&temp, "temporary table"), (&locker, "advisory lock"), (&in_tx, "inside a transaction")] {
+        let e = session.query_one("SELECT 1", &[]).await.expect_err("a session that cannot move is ended");
+        assert_eq!(code(&e), Some(&SqlState::ADMIN_SHUTDOWN), "{e:?}");
+        let text = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(text.contains(what), "{text}");
+        assert!(session.is_closed() || session.query_one("SELECT 1", &[]).await.is_err(), "its connection is closed");
+    }
+    // The lock died with its session on the old primary; nothing holds it on the new one.
+    let other = connect(port, APP).await.unwrap();
+    let got: bool = other.query_one("SELECT pg_try_advisory_lock(42)", &[]).await.unwrap().get(0);
+    assert!(got);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,8 +155,15 @@ impl<'a> MySession<'a> {
                 self.cbuf.reserve(8 * 1024);
                 let idle = !self.in_tx();
                 let idle_timeout = self.id.cluster.config.idle_timeout.filter(|_| idle);
+                let stuck = idle && self.core.listening();
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
+                    () = tokio::time::sleep(crate::session::core::MOVED_CHECK), if stuck => {
+                        if let Some(e) = self.core.moved_away() {
+                            self.end_unmovable(0, &e).await;
+                            return End::BackendGone;
+                        }
+                    }
                     () = self.thread.end.cancelled() => return End::Killed,
                     () = sleep_or_never(idle_timeout) => {
                         let text = "The client was disconnected by the server because of inactivity (idle_timeout)";
@@ -187,6 +194,13 @@ impl<'a> MySession<'a> {
                 Err(end) => return end,
             }
         }
+    }
+
+    /// Ends a session whose state cannot move to the new primary, as a server restart would
+    /// (error 1927, connection killed), with the reason.
+    async fn end_unmovable(&mut self, seq: u8, e: &BackendError) {
+        warn!(error = %e, "ending a session whose state cannot move to the new primary");
+        self.err(seq, code::CONNECTION_KILLED, "70100", &format!("Connection was killed: {e} (sqlswitch)")).await;
     }
 
     async fn err(&mut self, seq: u8, code: u16, state: &str, text: &str) {
@@ -231,7 +245,16 @@ impl<'a> MySession<'a> {
                 }
                 let in_tx = self.in_tx();
                 let mut record = None;
-                if v.pin.is_some() || (v.session && (in_tx || v.statements > 1)) || v.serializable {
+                if let Some(pin) = v.pin {
+                    self.core.state.pinned = true;
+                    if let Some(why) = crate::session::state::unmovable(pin, true) {
+                        self.core.state.stuck(why);
+                    }
+                } else if v.session && in_tx {
+                    self.core.state.stuck("session state set inside a transaction");
+                } else if v.session && v.statements > 1 {
+                    self.core.state.stuck("session state that sqlswitch cannot replay");
+                } else if v.serializable {
                     self.core.state.pinned = true;
                 } else if v.class == Class::Session {
                     record = Some(sql.into_owned());
@@ -268,7 +291,9 @@ impl<'a> MySession<'a> {
                 if let Some(id) = le_u32(&packet.payload, 1).filter(|_| cmd == command::STMT_SEND_LONG_DATA) {
                     self.statements.set_long_data(id, true);
                 }
-                if matches!(cmd, command::SET_OPTION | command::RESET_CONNECTION) {
+                if cmd == command::SET_OPTION {
+                    self.core.state.stuck("a connection option (COM_SET_OPTION)");
+                } else if cmd == command::RESET_CONNECTION {
                     self.core.state.pinned = true;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };
@@ -334,6 +359,10 @@ impl<'a> MySession<'a> {
                     plan.side = Side::Primary;
                     plan.backend = self.core.primary();
                     continue;
+                }
+                Err(e @ BackendError::Unmovable(_)) => {
+                    self.end_unmovable(seq, &e).await;
+                    return Err(End::BackendGone);
                 }
                 Err(e) => {
                     self.leave_primary();

@@ -79,6 +79,8 @@ pub struct OpenBatch {
     pub session_sql: Option<String>,
     /// State that cannot be replayed, or a pin: the session stays on the primary.
     pub pins: bool,
+    /// What the batch leaves on its connection that cannot move to another server.
+    pub unmovable: Option<&'static str>,
     /// It forgets every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub forgets_all: bool,
     /// It binds the unnamed statement without parsing it: it must go where that was parsed.
@@ -105,6 +107,7 @@ impl OpenBatch {
         self.closes.clear();
         self.session_sql = None;
         self.pins = false;
+        self.unmovable = None;
         self.forgets_all = false;
         self.needs_unnamed_from = false;
         self.parses_unnamed = false;
@@ -120,8 +123,11 @@ impl OpenBatch {
         if v.may_write() {
             self.maybe_writes = true;
         }
-        if v.pin.is_some() {
+        if let Some(pin) = v.pin {
             self.pins = true;
+            if let Some(why) = crate::session::state::unmovable(pin, false) {
+                self.unmovable.get_or_insert(why);
+            }
         }
         match v.class {
             Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true) && !o.serializable => {
@@ -132,9 +138,9 @@ impl OpenBatch {
                 match statement_effect(sql) {
                     Effect::ForgetsAll => self.forgets_all = true,
                     // Dropping one statement by SQL would desynchronise our map: stay on the primary.
-                    Effect::Deallocates => self.pins = true,
+                    Effect::Deallocates => self.stuck(),
                     // Two state changes in one batch: keep it simple and stay on the primary.
-                    Effect::Replayable if self.session_sql.is_some() => self.pins = true,
+                    Effect::Replayable if self.session_sql.is_some() => self.stuck(),
                     Effect::Replayable => self.session_sql = Some(sql.to_owned()),
                 }
                 self.pins |= v.serializable;
@@ -142,14 +148,21 @@ impl OpenBatch {
             // `SELECT set_config(..., false)`: state to replay like a SET; a set_config the
             // text alone cannot replay (a parameter, other calls beside it) pins.
             Class::Unknown if v.sets_config_only => match self.session_sql {
-                Some(_) => self.pins = true,
+                Some(_) => self.stuck(),
                 None => self.session_sql = Some(sql.to_owned()),
             },
-            Class::Unknown if v.custom_setting => self.pins = true,
+            Class::Unknown if v.custom_setting => self.stuck(),
             // Several statements with a state change among them cannot be replayed alone.
-            Class::Multi if v.session => self.pins = true,
+            Class::Multi if v.session => self.stuck(),
             _ => {}
         }
+    }
+
+    /// Session state that is not recorded for replay: the session stays on the primary, and
+    /// cannot move to another one.
+    pub fn stuck(&mut self) {
+        self.pins = true;
+        self.unmovable.get_or_insert("session state that sqlswitch cannot replay");
     }
 
     /// The routing view of this batch.

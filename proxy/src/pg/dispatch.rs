@@ -76,6 +76,9 @@ impl Session<'_> {
         if self.batch.pins {
             self.core.state.pinned = true;
         }
+        if let Some(why) = self.batch.unmovable {
+            self.core.state.stuck(why);
+        }
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
@@ -114,6 +117,7 @@ impl Session<'_> {
         if busy && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
             // State changed inside a transaction may be rolled back: do not replay it, stay put.
             self.batch.pins = true;
+            self.batch.unmovable.get_or_insert("session state set inside a transaction");
             self.batch.session_sql = None;
         }
         if self.batch.needs_unnamed_from {
@@ -157,6 +161,11 @@ impl Session<'_> {
                     self.drop_slot(side);
                 }
                 Err(e) if side == Side::Replica => self.core.fall_back(&e),
+                Err(e @ BackendError::Unmovable(_)) => {
+                    // As a server restart would end it: the client hears why, and reconnects.
+                    self.end_unmovable(&e).await;
+                    return Err(End::BackendGone);
+                }
                 Err(e) => {
                     warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
                     // Nothing of this batch runs anywhere: unless an earlier one still does, the

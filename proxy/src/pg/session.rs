@@ -208,6 +208,7 @@ impl<'a> Session<'a> {
                 _ => {}
             }
             let hold = self.hold;
+            let stuck = idle && self.core.listening();
             let active = match self.core.active {
                 Some(side) => self.core.slots[side].as_mut(),
                 None => None,
@@ -216,8 +217,9 @@ impl<'a> Session<'a> {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
                 () = &mut idle_timer, if idle && armed => return End::IdleTimeout,
+                () = tokio::time::sleep(crate::session::core::MOVED_CHECK), if stuck => Err(true),
                 r = read_backend(active) => match r {
-                    Ok(0) | Err(_) => Err(()),
+                    Ok(0) | Err(_) => Err(false),
                     Ok(_) => Ok(true),
                 },
                 r = self.client.read_buf(&mut self.cbuf), if !hold => match r {
@@ -228,7 +230,14 @@ impl<'a> Session<'a> {
             let result = match step {
                 Ok(true) => self.on_backend().await,
                 Ok(false) => self.on_client().await,
-                Err(()) => self.backend_failed().await,
+                Err(false) => self.backend_failed().await,
+                Err(true) => match self.core.moved_away() {
+                    Some(e) => {
+                        self.end_unmovable(&e).await;
+                        return End::BackendGone;
+                    }
+                    None => Ok(()),
+                },
             };
             if let Err(end) = result {
                 return end;
@@ -249,6 +258,16 @@ impl<'a> Session<'a> {
             sqlstate::CONNECTION_FAILURE,
             "the database server closed the connection unexpectedly",
         );
+        let _ = self.client.send(&out).await;
+    }
+
+    /// Ends a session whose state cannot move to the new primary, as a server restart would:
+    /// FATAL 57P01 with the reason.
+    pub(super) async fn end_unmovable(&mut self, e: &crate::backend::BackendError) {
+        tracing::warn!(error = %e, "ending a session whose state cannot move to the new primary");
+        let text = format!("terminating connection: {e} (sqlswitch)");
+        let mut out = BytesMut::new();
+        msg::error_response(&mut out, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &text);
         let _ = self.client.send(&out).await;
     }
 

@@ -67,6 +67,9 @@ impl<'a, C> Slot<'a, C> {
     }
 }
 
+/// How often an idle session whose state cannot move looks whether the primary changed.
+pub const MOVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a statement goes: the side, the backend, and why (for the metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -164,6 +167,20 @@ impl<'a, C: Link> Core<'a, C> {
         self.primary_work.leave(self.cluster);
     }
 
+    /// Why the session must end now: the primary changed, and its state on the old one cannot
+    /// move ([`SessionState::unmovable`]). Others hear it at their next statement; one that
+    /// only listens ([`Core::listening`]) looks every [`MOVED_CHECK`] and is told at once.
+    pub fn moved_away(&self) -> Option<BackendError> {
+        let why = self.state.unmovable?;
+        let slot = self.slots[Side::Primary].as_ref()?;
+        (slot.backend != self.primary()).then_some(BackendError::Unmovable(why))
+    }
+
+    /// Whether the session waits for notifications (`LISTEN`) that only its primary sends.
+    pub fn listening(&self) -> bool {
+        self.state.unmovable == Some(super::state::LISTENING)
+    }
+
     /// The primary's index in the routing table now.
     pub fn primary(&self) -> usize {
         self.cluster.table.load().primary
@@ -224,6 +241,11 @@ impl<'a, C: Link> Core<'a, C> {
         Fut: Future<Output = Result<C, BackendError>>,
     {
         let active = self.active == Some(side);
+        if let (Some(why), Some(slot)) = (self.state.unmovable, &self.slots[side]) {
+            if side == Side::Primary && slot.backend != backend {
+                return Err(BackendError::Unmovable(why));
+            }
+        }
         let checked = !C::WATCHED || !active;
         let (replace, dead) = match &self.slots[side] {
             Some(slot) => {

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use sqlswitch_protocol::classify::Pin;
 
 /// A named prepared statement, as the client last defined it.
 #[derive(Debug, Clone)]
@@ -30,9 +31,32 @@ pub struct SessionState {
     pub pinned: bool,
     /// When the last write was acknowledged (clock micros).
     pub last_write: Option<u64>,
+    /// Why the session's state lives only on its primary connection and cannot be moved to
+    /// another server (a temporary table, a lock, `LISTEN`, state set inside a transaction,
+    /// more state than is replayed): when the primary changes, the session is ended.
+    pub unmovable: Option<&'static str>,
     /// The session may have set a custom parameter (`myapp.tenant`): its connections keep a
     /// placeholder that no reset removes, so they are closed, not pooled, when it is done.
     pub custom_settings: bool,
+}
+
+/// The reason a session that ran `LISTEN` cannot move: it waits for notifications that only
+/// the old primary would send, so it is told at once when the primary changes.
+pub const LISTENING: &str = "LISTEN";
+
+/// What a pinned statement leaves on its connection that no other connection can be given, as
+/// a session ended over it is told; `None` when it ends with the transaction (PostgreSQL's
+/// `LOCK TABLE`).
+pub fn unmovable(pin: Pin, mysql: bool) -> Option<&'static str> {
+    match pin {
+        Pin::TempTable => Some("a temporary table"),
+        Pin::Listen => Some(LISTENING),
+        Pin::AdvisoryLock if mysql => Some("a GET_LOCK() lock"),
+        Pin::AdvisoryLock => Some("an advisory lock"),
+        Pin::Lock if mysql => Some("LOCK TABLES"),
+        Pin::Lock => None,
+        Pin::Cursor => Some("a cursor WITH HOLD"),
+    }
 }
 
 /// Past this many replayed statements the session is pinned instead: replaying them on a new
@@ -51,6 +75,12 @@ impl SessionState {
     /// The statement called `name`, if the client defined it.
     pub fn statement(&self, name: &str) -> Option<&Statement> {
         self.statements.get(name)
+    }
+
+    /// The session holds state that cannot move (`why`): it stays on its primary connection.
+    pub fn stuck(&mut self, why: &'static str) {
+        self.pinned = true;
+        self.unmovable.get_or_insert(why);
     }
 
     /// A replica refused `name` as "not on a standby": it runs on the primary from now on.
@@ -74,6 +104,7 @@ impl SessionState {
     pub fn record(&mut self, sql: String) {
         if self.replay.len() >= MAX_REPLAY {
             self.pinned = true;
+            self.unmovable.get_or_insert("more session state than sqlswitch replays");
         } else {
             self.replay.push(sql);
         }
