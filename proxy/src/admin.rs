@@ -113,7 +113,8 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
     Ok(args)
 }
 
-const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
+const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s] | \
+                     failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
                      resume CLUSTER | mode CLUSTER read-only|read-write | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
 
 async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
@@ -163,6 +164,18 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             };
             let how = crate::switchover::How { promote: args.promote, repoint: !args.no_repoint, timeout };
             crate::switchover::run(control, cluster, target, how, &mut report).await
+        }
+        "failover" => {
+            let (cluster, target) = match args.positional.as_slice() {
+                [cluster] => (*cluster, None),
+                [cluster, target] => (*cluster, Some(*target)),
+                _ => return Err(wrong(1)),
+            };
+            let timeout = args.timeout.unwrap_or(Duration::from_secs(30));
+            let mut report = |step: &crate::switchover::Step| {
+                let _ = progress.send(step.json());
+            };
+            crate::failover::run(control, cluster, target, !args.no_repoint, timeout, &mut report).await
         }
         "reload" => {
             need(0)?;
@@ -260,15 +273,27 @@ fn print_pretty(v: &Value) {
         return;
     }
     if v.get("steps").is_some() {
-        out!(
-            "switched {} from {} to {}: clients paused {} ms, {} statement(s) held, routing generation {}",
-            v["cluster"].as_str().unwrap_or(""),
-            v["from"].as_str().unwrap_or(""),
-            v["to"].as_str().unwrap_or(""),
-            v["pause_ms"],
-            v["held"],
-            v["generation"]
-        );
+        let (cluster, from, to) =
+            (v["cluster"].as_str().unwrap_or(""), v["from"].as_str().unwrap_or(""), v["to"].as_str().unwrap_or(""));
+        if v.get("possible_loss").is_some() {
+            out!(
+                "failed over {cluster} from {from} to {to}: routing generation {}; {to} is {} {} behind {from}'s last known position",
+                v["generation"],
+                v["possible_loss"],
+                v["possible_loss_unit"].as_str().unwrap_or("")
+            );
+        } else {
+            out!(
+                "switched {cluster} from {from} to {to}: clients paused {} ms, {} statement(s) held, routing generation {}",
+                v["pause_ms"],
+                v["held"],
+                v["generation"]
+            );
+        }
+        for r in v["replicas"].as_array().into_iter().flatten() {
+            let mark = if r["ok"] == true { "ok " } else { "NOT" };
+            out!("  {mark} {}: {}", r["backend"].as_str().unwrap_or(""), r["detail"].as_str().unwrap_or(""));
+        }
         return;
     }
     let mut fields: Vec<String> = Vec::new();

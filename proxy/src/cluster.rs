@@ -524,7 +524,7 @@ impl Cluster {
             *view = if monitored {
                 route::BackendView {
                     replica: !rt.is_primary(i),
-                    up: b.health.is_up() && rt.enabled(i),
+                    up: rt.enabled(i) && if rt.is_primary(i) { b.health.is_up() } else { b.health.serves_reads() },
                     weight: rt.weight(i),
                     caught_up_to: b.health.caught_up_to.load(Ordering::Relaxed),
                     lag: b.health.lag_micros.load(Ordering::Relaxed),
@@ -564,7 +564,7 @@ impl Cluster {
             .enumerate()
             .filter(|(i, _)| *i != primary && table.weight(*i) > 0 && table.enabled(*i))
             // With a monitor, only replicas it has seen answer; without one, every replica.
-            .filter(|(_, b)| self.config.monitor.is_none() || b.health.is_up())
+            .filter(|(_, b)| self.config.monitor.is_none() || b.health.serves_reads())
             .map(|(i, _)| {
                 // Weighted shuffle (Efraimidis-Spirakis): sort by u^(1/w), largest first.
                 let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);

@@ -12,6 +12,20 @@ pub struct Hold {
     pub all: bool,
     /// New primary work waits (switchover); replica reads go on.
     pub primary: bool,
+    /// The servers disagree on who the primary is (none, or several, take writes): new primary
+    /// work waits, for a limited time, until they agree again.
+    pub doubt: bool,
+}
+
+/// How a wait at the gate ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The work may start.
+    Through,
+    /// `max_held` statements wait already: refuse this one.
+    Full,
+    /// The servers still disagree on the primary: refuse this one.
+    Doubt,
 }
 
 /// The gate sessions pass at each transaction boundary, and the counts a switchover needs.
@@ -40,12 +54,14 @@ impl Gate {
     /// Whether work for the primary (or a replica) must wait now.
     pub fn closed(&self, primary: bool) -> bool {
         let h = *self.hold.borrow();
-        h.all || (primary && h.primary)
+        h.all || (primary && (h.primary || h.doubt))
     }
 
-    /// Waits until work for the primary (or a replica) may start. Returns false at once, without
-    /// waiting, when `max_held` batches wait already: the caller refuses this one.
-    pub async fn wait(&self, primary: bool, max_held: usize) -> bool {
+    /// Waits until work for the primary (or a replica) may start: [`Wait::Through`]. Returns
+    /// [`Wait::Full`] at once, without waiting, when `max_held` batches wait already, and
+    /// [`Wait::Doubt`] when the servers' disagreement on the primary lasted `doubt_limit`
+    /// while it waited: the caller refuses this one.
+    pub async fn wait(&self, primary: bool, max_held: usize, doubt_limit: std::time::Duration) -> Wait {
         /// Counts one waiting batch while it lives (also when its session is dropped mid-wait).
         struct Held<'a>(&'a AtomicUsize);
         impl Drop for Held<'_> {
@@ -55,20 +71,24 @@ impl Gate {
         }
         let held = Held(&self.held_now);
         if held.0.fetch_add(1, Ordering::Relaxed) >= max_held {
-            return false;
+            return Wait::Full;
         }
         self.held_total.fetch_add(1, Ordering::Relaxed);
         let mut rx = self.hold.subscribe();
-        while {
+        let doubt_over = tokio::time::sleep(doubt_limit);
+        tokio::pin!(doubt_over);
+        loop {
             let h = *rx.borrow_and_update();
-            h.all || (primary && h.primary)
-        } {
-            if rx.changed().await.is_err() {
+            if !(h.all || (primary && (h.primary || h.doubt))) {
                 break;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                () = &mut doubt_over, if primary && h.doubt && !h.all && !h.primary => return Wait::Doubt,
             }
         }
         drop(held);
-        true
+        Wait::Through
     }
 
     /// Changes what is held.

@@ -121,6 +121,9 @@ impl Monitor {
                     if role == Role::Writable {
                         writable.push(i);
                     }
+                    if let Some(b) = cluster.backends.at(i) {
+                        b.health.follows_none.store(role != Role::Replica, Ordering::Relaxed);
+                    }
                     roles.push(role.name().to_owned());
                 }
                 Err(e) => roles.push(format!("unknown: {e}")),
@@ -148,23 +151,35 @@ impl Monitor {
                 );
                 None
             }
+            // The primary did not answer the monitor (down, or the monitor cannot log in): the
+            // servers said nothing, so nothing is held; its sessions find out for themselves.
+            [] if roles.get(current).is_none_or(|r| r.starts_with("unknown")) => {
+                Some(format!("primary unknown: {} does not answer the monitor", name(current)))
+            }
             [] => Some("no primary: no backend takes writes".to_owned()),
             several => Some(format!(
                 "split brain: {} take writes",
                 several.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
             )),
         };
+        // While the servers disagree, primary work waits (and is refused after a while): never
+        // a write on a server that may not be the primary.
+        let doubt = problem.as_deref().is_some_and(|p| !p.starts_with("primary unknown"));
         let mut seen = cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if problem.is_some() && problem != seen.problem {
             warn!(
                 cluster = %cluster.config.name,
                 primary = %name(cluster.table.load().primary),
                 unanswered = ?unknown,
+                primary_work_waits = doubt,
                 "{}: the routing table stays as it is",
                 problem.as_deref().unwrap_or_default()
             );
         } else if problem.is_none() && seen.problem.is_some() {
             info!(cluster = %cluster.config.name, primary = %name(cluster.table.load().primary), "exactly one backend takes writes again");
+        }
+        if cluster.gate.hold().doubt != doubt {
+            cluster.gate.set(|h| h.doubt = doubt);
         }
         cluster.metrics.primary_known.set(if writable.len() == 1 { 1.0 } else { 0.0 });
         cluster.metrics.split_brain.set(if writable.len() > 1 { 1.0 } else { 0.0 });

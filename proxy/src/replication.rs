@@ -52,9 +52,17 @@ pub struct Health {
     /// Replication delay when last checked, in micros: the time of the check minus
     /// `caught_up_to`. Over-states the real delay by at most one monitor interval.
     pub lag_micros: AtomicU64,
+    /// The server said it follows no primary (writable, or fenced): a replica in the routing
+    /// table that left recovery (promoted by hand or by other tooling) serves no reads.
+    pub follows_none: AtomicBool,
 }
 
 impl Health {
+    /// Whether routing may send reads here as a replica: up, and replicating.
+    pub fn serves_reads(&self) -> bool {
+        self.is_up() && !self.follows_none.load(Ordering::Relaxed)
+    }
+
     /// Whether routing may send work here.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed) && !self.failed.load(Ordering::Relaxed)

@@ -242,9 +242,13 @@ pub async fn run(
     let table = change(&cluster, |t| t.primary = target);
     done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
 
-    // 8. Release held work to the new primary.
+    // 8. Release held work to the new primary (exactly one server takes writes now).
     let at = Instant::now();
-    cluster.gate.set(|h| h.primary = false);
+    lock(&cluster.discovery).problem = None;
+    cluster.gate.set(|h| {
+        h.primary = false;
+        h.doubt = false;
+    });
     let pause = started.elapsed();
     let held = cluster.gate.held_total.load(Ordering::Relaxed) - held_before;
     done(&mut steps, "release", at, format!("{held} held statement(s) released"));
@@ -339,14 +343,14 @@ async fn end_other_sessions(
     Ok((ended, refused))
 }
 
-/// Runs a control statement within the switchover's deadline.
-async fn within<T, E: std::fmt::Display>(
+/// Runs a control statement within a command's deadline.
+pub(crate) async fn within<T, E: std::fmt::Display>(
     deadline: Instant,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f).await {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("timed out (the switchover's deadline)".to_owned()),
+        Err(_) => Err("timed out (the command's deadline)".to_owned()),
     }
 }
 

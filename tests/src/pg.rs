@@ -285,6 +285,17 @@ impl Topology {
             .map(drop)
     }
 
+    /// Kills a server's postmaster with SIGKILL, as a crash or the OOM killer would: no
+    /// shutdown checkpoint, no goodbye to its clients or standbys.
+    ///
+    /// # Errors
+    /// Its pid file could not be read, or `kill` failed.
+    pub fn sigkill_node(&self, node: &Node) -> Result<()> {
+        let pid_file = std::fs::read_to_string(node.data.join("postmaster.pid")).context("postmaster.pid")?;
+        let pid = pid_file.lines().next().context("empty postmaster.pid")?.trim().to_owned();
+        run(Command::new("kill").args(["-KILL", &pid])).map(drop)
+    }
+
     /// Starts a stopped server again.
     ///
     /// # Errors

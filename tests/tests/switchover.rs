@@ -465,15 +465,38 @@ async fn a_statement_that_could_not_reach_the_primary_is_not_waited_for() {
 }
 
 /// Two servers that both take writes (a replica promoted by hand, the old primary not fenced):
-/// sqlswitch does not guess; it keeps the configured primary.
+/// sqlswitch does not guess. The routing table stays, `status` says "split brain", writes wait
+/// (up to connect_timeout) and are then refused with 25006, reads go on; once one of the two is
+/// fenced, writes go to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_writable_servers_at_start_keep_the_configured_primary() {
+async fn two_writable_servers_hold_then_refuse_writes_until_one_is_fenced() {
     let _serial = SERIAL.lock().await;
-    let topo = Topology::start(1).unwrap();
+    let topo = Topology::start(2).unwrap();
     topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote(true, 60)", "postgres").unwrap();
-    let daemon = proxy::start(&topo, "").await.unwrap();
+    let daemon = proxy::start(&topo, "connect_timeout = \"1s\"").await.unwrap();
     assert_eq!(primary_of(&daemon), "primary", "split brain: no guess");
-    assert_eq!(new_session_writes_on(&daemon).await, "primary");
+    let status = daemon.control.status();
+    let problem = status["clusters"][0]["primary_problem"].as_str().unwrap_or("").to_owned();
+    assert!(problem.starts_with("split brain") && problem.contains("replica1"), "{status}");
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let started = Instant::now();
+    let e = client.batch_execute("INSERT INTO items (note) VALUES ('where?')").await.expect_err("held, then refused");
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{e:?}");
+    assert!(e.as_db_error().unwrap().message().contains("split brain"), "{e:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "held for connect_timeout first");
+    println!("{}", daemon.control.status());
+    // Reads go on, from the replica that still replicates.
+    assert_eq!(server_name(&client).await, "replica2");
+
+    // The operator fences the old primary: exactly one takes writes, and sqlswitch follows it.
+    topo.psql_admin(topo.primary(), "ALTER SYSTEM SET default_transaction_read_only = on", "postgres").unwrap();
+    topo.psql_admin(topo.primary(), "SELECT pg_reload_conf()", "postgres").unwrap();
+    eventually(5, "sqlswitch follows replica1", || primary_of(&daemon) == "replica1").await;
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('here') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .expect("writes go on");
+    assert_eq!(row.get::<_, String>(0), "replica1");
 }
 
 use sqlswitch_tests::proxy::PG_REPLICATION as REPLICATION;
@@ -631,4 +654,55 @@ async fn an_external_promotion_is_followed_under_load() {
     assert_eq!(new_session_writes_on(&daemon).await, "replica1");
     let status = daemon.control.status();
     assert!(status["clusters"][0]["primary_problem"].is_null(), "{status}");
+}
+
+async fn failover(daemon: &sqlswitch::Daemon, target: Option<&str>) -> Result<Value, String> {
+    let mut quiet = |_: &sqlswitch::switchover::Step| {};
+    sqlswitch::failover::run(&daemon.control, "app", target, true, Duration::from_secs(30), &mut quiet).await
+}
+
+/// The primary dies (SIGKILL, as a crash or the OOM killer): `failover` promotes the most
+/// advanced replica, says how much it may lack, re-points the other one, and writes go on.
+/// Refused while the primary answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_promotes_the_most_advanced_replica_when_the_primary_dies() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, REPLICATION).await.unwrap();
+    let err = failover(&daemon, None).await.expect_err("the primary answers");
+    assert!(err.contains("use `switchover`"), "{err}");
+
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('before the crash')").await.unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let (replica1, replica2) = (&topo.replicas()[0], &topo.replicas()[1]);
+    topo.set_replay_paused(replica2, true).unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('replayed by replica1 only')").await.unwrap();
+    let count = "SELECT count(*) FROM items WHERE note = 'replayed by replica1 only'";
+    eventually(10, "replica1 replays the last write", || {
+        topo.psql_admin(replica1, count, sqlswitch_tests::pg::DATABASE).unwrap().trim() == "1"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the monitor samples the final position
+    topo.sigkill_node(topo.primary()).unwrap();
+    // A paused standby does not reconnect anywhere; replica2 replays what it received (at most
+    // as far as replica1), so replica1 stays the most advanced (a tie goes to the first).
+    topo.set_replay_paused(replica2, false).unwrap();
+
+    let result = failover(&daemon, None).await.expect("failover");
+    println!("{result}");
+    assert_eq!(result["to"], "replica1", "the most advanced replica");
+    assert_eq!(result["possible_loss"], 0, "replica1 has everything the primary was seen to have");
+    let replicas = result["replicas"].as_array().unwrap();
+    let r2 = replicas.iter().find(|r| r["backend"] == "replica2").unwrap();
+    assert_eq!(r2["ok"], true, "{replicas:?}");
+    assert_eq!(primary_of(&daemon), "replica1");
+    assert_eq!(new_session_writes_on(&daemon).await, "replica1");
+
+    let all = "SELECT count(*) FROM items WHERE note IN ('replayed by replica1 only', 'new')";
+    eventually(10, "replica2 follows the new primary", || {
+        topo.psql_admin(replica2, all, sqlswitch_tests::pg::DATABASE).unwrap().trim() == "2"
+    })
+    .await;
 }

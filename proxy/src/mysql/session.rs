@@ -28,7 +28,7 @@ use crate::cluster::{Cluster, Mode, PoolKey};
 use crate::route::{self, Reason};
 use crate::session::core::{Core, Tx};
 use crate::session::state::SessionState;
-use crate::session::Side;
+use crate::session::{Refusal, Side};
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 mod commands;
@@ -313,11 +313,17 @@ impl<'a> MySession<'a> {
     async fn execute(&mut self, packet: &packet::Packet, answer: Answer, mut plan: Plan, seq: u8) -> Result<(), End> {
         if !self.in_tx() {
             loop {
-                match self.core.pass(plan.side == Side::Primary).await {
+                // Preparing a statement writes nothing: it is not held as primary work.
+                let primary_work = plan.side == Side::Primary && packet.payload.first() != Some(&command::STMT_PREPARE);
+                match self.core.pass(primary_work).await {
                     Ok(true) => break,
                     Ok(false) => plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record),
-                    Err(text) => {
-                        self.err(seq, code::UNKNOWN, "HY000", &text).await;
+                    Err(refusal @ Refusal::Full(_)) => {
+                        self.err(seq, code::UNKNOWN, "HY000", refusal.text()).await;
+                        return Ok(());
+                    }
+                    Err(refusal) => {
+                        self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", refusal.text()).await;
                         return Ok(());
                     }
                 }

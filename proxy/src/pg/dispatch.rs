@@ -9,12 +9,12 @@ use sqlswitch_protocol::pg::sqlstate;
 use tracing::{debug, warn};
 
 use super::backend::{BackendConn, Login};
-use super::session::{End, Identity, Session, StateChange};
+use super::session::{End, Identity, Session, StateChange, Waiting};
 use crate::backend::BackendError;
 use crate::cluster::Mode;
 use crate::route::Reason;
 use crate::session::core::Tx;
-use crate::session::Side;
+use crate::session::{Refusal, Side};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
@@ -30,7 +30,7 @@ impl Session<'_> {
                 let at_boundary = self.outstanding == 0 && self.tx() == TxStatus::Idle;
                 loop {
                     let Some((side, backend, reason)) = self.decide() else {
-                        self.hold = true;
+                        self.waiting = Some(Waiting::OtherSide);
                         return Ok(false);
                     };
                     if !at_boundary {
@@ -44,11 +44,21 @@ impl Session<'_> {
                         .await?;
                         return Ok(true);
                     }
-                    match self.core.pass(side == Side::Primary).await {
+                    // A batch that executes nothing (a client preparing a named statement, which
+                    // any connection re-prepares when it is used) writes nothing: it is not held
+                    // as primary work. An unnamed one is: its Bind must follow it.
+                    let prepares_only = self.batch.statements == 0 && !self.batch.parses_unnamed;
+                    let primary_work = side == Side::Primary && !prepares_only;
+                    match self.core.pass(primary_work).await {
                         Ok(true) => break (side, backend, Some(reason)),
                         Ok(false) => {}
-                        Err(text) => {
-                            self.refuse_pending_with(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, &text).await?;
+                        Err(refusal) => {
+                            let code = match refusal {
+                                Refusal::Full(_) => sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                                Refusal::NoPrimary(_) => sqlstate::CONNECTION_FAILURE,
+                                Refusal::SplitBrain(_) => sqlstate::READ_ONLY_SQL_TRANSACTION,
+                            };
+                            self.refuse_pending_with(code, refusal.text()).await?;
                             return Ok(true);
                         }
                     }
@@ -65,7 +75,7 @@ impl Session<'_> {
             && !self.batch.forgets_all;
         if reason.is_some() && (self.batch.session_sql.is_some() || self.batch.forgets_all) {
             if self.outstanding > 0 {
-                self.hold = true;
+                self.waiting = Some(Waiting::StateChange);
                 return Ok(false);
             }
             self.state_change = Some(match self.batch.session_sql.take() {
@@ -106,7 +116,7 @@ impl Session<'_> {
         self.batch.binds = binds;
         self.after_send(side, reason, writes);
         if self.state_change.is_some() && self.batch.complete {
-            self.hold = true; // the change is recorded (or not) at its ReadyForQuery
+            self.waiting = Some(Waiting::StateChange); // recorded (or not) at its ReadyForQuery
         }
         Ok(true)
     }
@@ -307,7 +317,7 @@ impl Session<'_> {
                 self.id.cancel.set_target(self.core.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
                 self.core.active = Some(side);
             }
-            None => self.hold = false,
+            None => self.waiting = None,
         }
         Ok(())
     }

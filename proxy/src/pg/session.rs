@@ -51,6 +51,20 @@ pub enum End {
     IdleTimeout,
 }
 
+/// What client input waits for while the active connection answers everything it owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// The next batch goes to the other connection: answers must come back in order.
+    OtherSide,
+    /// A session-state change is recorded (or not) at its ReadyForQuery, before what follows.
+    StateChange,
+    /// A write refused in a read-only session: the refusal follows the earlier answers.
+    Refusal,
+    /// A Sync forwarded after a locally refused message: our error rides before its
+    /// ReadyForQuery.
+    ForwardedSync,
+}
+
 /// After a locally refused extended-protocol message, client messages are discarded up to Sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Skip {
@@ -92,8 +106,8 @@ pub struct Session<'a> {
     pub(super) outstanding: u32,
     pub(super) skip: Option<Skip>,
     pub(super) inject: Option<BytesMut>,
-    /// Client input waits until the active connection has answered everything.
-    pub(super) hold: bool,
+    /// Client input waits until the active connection has answered everything, and why.
+    pub(super) waiting: Option<Waiting>,
     passthrough: usize,
     /// A write was sent to the primary and not yet acknowledged.
     pub(super) writes_in_flight: bool,
@@ -143,7 +157,7 @@ impl<'a> Session<'a> {
             outstanding: 0,
             skip: None,
             inject: None,
-            hold: false,
+            waiting: None,
             passthrough: 0,
             writes_in_flight: false,
             state_change: None,
@@ -207,7 +221,7 @@ impl<'a> Session<'a> {
                 _ if !idle => armed = false,
                 _ => {}
             }
-            let hold = self.hold;
+            let hold = self.waiting.is_some();
             let stuck = idle && self.core.listening();
             let active = match self.core.active {
                 Some(side) => self.core.slots[side].as_mut(),
@@ -282,7 +296,7 @@ impl<'a> Session<'a> {
     )]
     async fn on_client(&mut self) -> Result<(), End> {
         loop {
-            if self.hold {
+            if self.waiting.is_some() {
                 return Ok(());
             }
             if self.batch.complete {
@@ -407,7 +421,7 @@ impl<'a> Session<'a> {
         }
         let pipeline = self.batch.side.is_some();
         if self.outstanding > 0 && !pipeline {
-            self.hold = true;
+            self.waiting = Some(Waiting::Refusal);
             return Ok(false);
         }
         self.id.cluster.metrics.refused.increment(1);
@@ -456,7 +470,7 @@ impl<'a> Session<'a> {
                 self.outstanding += 1;
                 self.retry = None;
                 self.batch.reset();
-                self.hold = true;
+                self.waiting = Some(Waiting::ForwardedSync);
                 Ok(())
             }
         }

@@ -157,8 +157,9 @@ impl<'a, C: Link> Core<'a, C> {
 
     /// Lets the statement through the gate at a transaction boundary (see
     /// [`PrimaryWork::pass`]): `Ok(true)` at once, `Ok(false)` after a wait (decide again),
-    /// `Err(text)` when `max_held` statements wait already.
-    pub async fn pass(&mut self, primary: bool) -> Result<bool, String> {
+    /// `Err(refusal)` when `max_held` statements wait already or the servers still disagree on
+    /// the primary.
+    pub async fn pass(&mut self, primary: bool) -> Result<bool, super::Refusal> {
         self.primary_work.pass(self.cluster, primary).await
     }
 

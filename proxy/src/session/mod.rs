@@ -6,6 +6,7 @@ pub mod core;
 pub mod state;
 
 use crate::cluster::Cluster;
+use crate::gate::Wait;
 
 /// Which of the session's two backend connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,26 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// Why the gate refused a statement, with the text for the client.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// `max_held` statements wait already (PostgreSQL 53400, MySQL 1105).
+    Full(String),
+    /// No server takes writes (PostgreSQL 08006, MySQL 1290).
+    NoPrimary(String),
+    /// Several servers take writes (PostgreSQL 25006, MySQL 1290).
+    SplitBrain(String),
+}
+
+impl Refusal {
+    /// The text for the client.
+    pub fn text(&self) -> &str {
+        match self {
+            Refusal::Full(t) | Refusal::NoPrimary(t) | Refusal::SplitBrain(t) => t,
+        }
+    }
+}
+
 /// A session's standing at its cluster's gate: counted among the sessions with primary work in
 /// flight from the moment work heads to the primary until that work is over, so that a
 /// switchover's drain waits for it and a pause holds new work at the boundary.
@@ -105,9 +126,8 @@ impl PrimaryWork {
     /// Lets work through the gate at a transaction boundary. Primary work is counted before the
     /// gate is looked at: a switchover closes the gate before it counts, so one of the two
     /// always sees the other. `Ok(true)`: through at once. `Ok(false)`: it waited, and the
-    /// routing table may have changed: decide again. `Err(text)`: `max_held` statements wait
-    /// already; refuse this one with `text`.
-    pub async fn pass(&mut self, cluster: &Cluster, primary: bool) -> Result<bool, String> {
+    /// routing table may have changed: decide again. `Err(refusal)`: refuse this one.
+    pub async fn pass(&mut self, cluster: &Cluster, primary: bool) -> Result<bool, Refusal> {
         if primary && !self.counted {
             cluster.gate.enter_primary();
             self.counted = true;
@@ -116,13 +136,26 @@ impl PrimaryWork {
             return Ok(true);
         }
         self.leave(cluster);
-        if cluster.gate.wait(primary, cluster.config.max_held).await {
-            return Ok(false);
+        // While the servers disagree on the primary, writes wait up to connect_timeout (the
+        // time a backend is given to answer) for them to agree, then are refused.
+        match cluster.gate.wait(primary, cluster.config.max_held, cluster.config.connect_timeout).await {
+            Wait::Through => Ok(false),
+            Wait::Full => Err(Refusal::Full(format!(
+                "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
+                cluster.config.max_held
+            ))),
+            Wait::Doubt => {
+                let problem =
+                    cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem.clone();
+                let problem = problem.unwrap_or_else(|| "the servers disagree on the primary".to_owned());
+                let text = format!("sqlswitch cannot send this to a primary: {problem} (primary work waits until exactly one server takes writes; see `sqlswitch ctl status`)");
+                Err(if problem.starts_with("split brain") {
+                    Refusal::SplitBrain(text)
+                } else {
+                    Refusal::NoPrimary(text)
+                })
+            }
         }
-        Err(format!(
-            "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
-            cluster.config.max_held
-        ))
     }
 
     /// The session's primary work is over (or never started).

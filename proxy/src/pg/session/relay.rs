@@ -60,7 +60,7 @@ impl Session<'_> {
                                     fwd = header.total_len;
                                     self.send_client(&err).await?;
                                 }
-                                self.hold = false;
+                                self.waiting = None;
                             }
                             answered = fwd;
                         }
@@ -116,7 +116,7 @@ impl Session<'_> {
             }
         }
         self.flush_backend(side, fwd, answered).await?;
-        if !self.hold && (!self.cbuf.is_empty() || self.batch.complete) {
+        if self.waiting.is_none() && (!self.cbuf.is_empty() || self.batch.complete) {
             // Client messages held back while the backend caught up.
             return Box::pin(self.on_client()).await;
         }

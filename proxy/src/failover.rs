@@ -1,0 +1,190 @@
+//! `failover CLUSTER [BACKEND]` (PRODUCT.md section 6a): the primary is gone. Refused while it
+//! answers (that is a `switchover`). Promotes the given replica, or the most advanced one that
+//! answers (the largest replayed position), fences nothing that cannot be reached, swaps the
+//! routing table, and re-points the other replicas ([`crate::repoint`]). The answer states the
+//! last position the old primary was known to have and how much of it the new primary lacks
+//! (bytes of WAL for PostgreSQL, transactions for MariaDB/MySQL): the possible data loss.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::cluster::{BackendState, Cluster};
+use crate::control::{change, millis, Control, Failure};
+use crate::replication::{ControlConn, Dialect, Position, Role};
+use crate::switchover::{within, Step};
+
+/// How the failover's connections are named where the server shows them.
+const APPLICATION: &str = "sqlswitch-failover";
+
+/// Promotes `target_name` (or the most advanced replica) of `cluster_name`, whose primary does
+/// not answer. `report` sees each step as it completes.
+///
+/// # Errors
+/// Why nothing was changed, or the step that failed.
+pub async fn run(
+    control: &Control,
+    cluster_name: &str,
+    target_name: Option<&str>,
+    repoint: bool,
+    timeout: Duration,
+    report: &mut (dyn FnMut(&Step) + Send),
+) -> Result<Value, Failure> {
+    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
+    let wanted = target_name.map(|name| Control::backend(&cluster, name)).transpose()?;
+    let Ok(_changing) = cluster.changing.try_lock() else {
+        return Err(format!("a switchover of {cluster_name:?} is running; wait for it to end and look at `status`"));
+    };
+    let dialect = Dialect::of(cluster.config.protocol);
+    let table = cluster.table.load_full();
+    let old = table.primary;
+    let old_name = cluster.backends[old].name.clone();
+    if wanted == Some(old) {
+        return Err(format!("{old_name:?} is the primary of {cluster_name:?}"));
+    }
+    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut done = |steps: &mut Vec<Step>, name, at: Instant, detail: String| {
+        let step = Step { name, took: at.elapsed(), detail };
+        info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "failover step");
+        report(&step);
+        steps.push(step);
+    };
+
+    // 1. The old primary must not answer: a failover of a running primary would split the brain.
+    let at = Instant::now();
+    let to = cluster.control_target(old).ok_or_else(|| {
+        format!("cluster {cluster_name:?} has no monitor credentials: a failover needs them to promote")
+    })?;
+    let reached = tokio::time::timeout(cluster.config.connect_timeout, async {
+        let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
+        conn.role(dialect).await
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    if let Ok(role) = reached {
+        return Err(format!(
+            "{old_name} answers (it is {}): use `switchover` to move the primary while it runs",
+            role.name()
+        ));
+    }
+    let last_known = cluster.backends[old].health.lsn.load(Ordering::Relaxed);
+    done(&mut steps, "check", at, format!("{old_name} does not answer; its last known position {last_known}"));
+
+    // 2. The target: the given replica, or the most advanced one that answers.
+    let at = Instant::now();
+    let mut candidates: Vec<(usize, ControlConn, Position, String)> = Vec::new();
+    let mut skipped = Vec::new();
+    for i in 0..cluster.backends.len() {
+        let live = table.states.get(i).is_some_and(|s| *s != BackendState::Removed);
+        if i == old || !live || wanted.is_some_and(|w| w != i) {
+            continue;
+        }
+        let name = cluster.backends[i].name.clone();
+        match replayed(&cluster, i, dialect).await {
+            Ok((conn, pos, text)) => candidates.push((i, conn, pos, text)),
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+    }
+    let best = candidates
+        .iter()
+        .enumerate()
+        // The most advanced; on a tie, the first in the config.
+        .max_by(|(ia, a), (ib, b)| a.2.total().cmp(&b.2.total()).then(ib.cmp(ia)))
+        .map(|(at, _)| at);
+    let Some(best) = best else {
+        return Err(format!("no replica can be promoted: {}", skipped.join("; ")));
+    };
+    let (target, mut new_conn, pos, pos_text) = candidates.swap_remove(best);
+    let target_name = cluster.backends[target].name.clone();
+    let behind = last_known.saturating_sub(pos.total());
+    let unit = match cluster.config.protocol {
+        sqlswitch_config::Protocol::Postgres => "bytes of WAL",
+        sqlswitch_config::Protocol::Mysql => "transactions",
+    };
+    done(
+        &mut steps,
+        "choose",
+        at,
+        format!(
+            "{target_name} applied {pos_text}; possible loss: {behind} {unit} behind {old_name}'s last known position"
+        ),
+    );
+
+    // 3. Promote it; 4. swap and release held primary work.
+    let at = Instant::now();
+    cluster.gate.set(|h| h.primary = true);
+    let promoted = async {
+        within(deadline, new_conn.exec_all(dialect.promote)).await?;
+        within(deadline, new_conn.exec_all(dialect.unfence)).await?;
+        let role = within(deadline, new_conn.role(dialect)).await?;
+        if role != Role::Writable {
+            return Err(format!("{target_name} is {} after promotion, not writable", role.name()));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = promoted {
+        cluster.gate.set(|h| h.primary = false);
+        warn!(cluster = %cluster_name, error = %e, "failover failed");
+        return Err(format!("failover failed at promote: {target_name}: {e}; no server is known to take writes"));
+    }
+    done(&mut steps, "promote", at, format!("{target_name} promoted"));
+    let at = Instant::now();
+    let table = change(&cluster, |t| t.primary = target);
+    cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem = None;
+    cluster.gate.set(|h| {
+        h.primary = false;
+        h.doubt = false;
+    });
+    done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
+    let pause = started.elapsed();
+
+    // 5. Re-point the other replicas.
+    let replicas = if repoint && cluster.config.replication.is_some() {
+        let mut step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
+        crate::repoint::run(&cluster, old, target, &mut new_conn, &mut step).await
+    } else {
+        Vec::new()
+    };
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| json!({ "step": s.name, "ms": s.took.as_secs_f64() * 1000.0, "detail": s.detail }))
+        .collect();
+    Ok(json!({
+        "ok": true,
+        "cluster": cluster_name,
+        "from": old_name,
+        "to": target_name,
+        "generation": table.generation,
+        "old_last_known_position": last_known,
+        "new_position": pos_text,
+        "possible_loss": behind,
+        "possible_loss_unit": unit,
+        "unreachable": skipped,
+        "steps": steps,
+        "pause_ms": millis(pause),
+        "replicas": replicas,
+    }))
+}
+
+/// A control connection to replica `i` and what it has replayed.
+async fn replayed(cluster: &Cluster, i: usize, dialect: &Dialect) -> Result<(ControlConn, Position, String), String> {
+    let to = cluster.control_target(i).ok_or("no monitor credentials")?;
+    let answer = tokio::time::timeout(cluster.config.connect_timeout, async {
+        let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
+        let role = conn.role(dialect).await?;
+        if role != Role::Replica {
+            return Err(format!("not a replica (it is {})", role.name()));
+        }
+        let text = conn.value(dialect.replayed).await?;
+        let pos = dialect.primary_position(&text).ok_or_else(|| format!("cannot compare position {text:?}"))?;
+        Ok((conn, pos, text))
+    })
+    .await;
+    answer.unwrap_or_else(|_| Err("timed out".into()))
+}
