@@ -149,12 +149,9 @@ pub async fn run(
         let mut step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
         crate::repoint::run(&cluster, old, target, &mut new_conn, &mut step).await
     } else {
-        Vec::new()
+        crate::repoint::skipped(repoint)
     };
-    let steps: Vec<Value> = steps
-        .iter()
-        .map(|s| json!({ "step": s.name, "ms": s.took.as_secs_f64() * 1000.0, "detail": s.detail }))
-        .collect();
+    let steps: Vec<Value> = steps.iter().map(Step::value).collect();
     Ok(json!({
         "ok": true,
         "cluster": cluster_name,

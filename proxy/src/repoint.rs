@@ -19,6 +19,13 @@ use crate::replication::{ControlConn, Dialect, Role};
 /// How long a re-pointed replica has to start streaming.
 const STREAMING_WITHIN: Duration = Duration::from_secs(15);
 
+/// The answer's `replicas` when re-pointing was not done: asked not to (`no_repoint`), or no
+/// `replication` credentials.
+pub fn skipped(asked: bool) -> Vec<Value> {
+    let why = if asked { "no `replication` credentials in the config" } else { "no_repoint" };
+    vec![json!({ "backend": "*", "ok": false, "detail": format!("replicas not re-pointed: {why}") })]
+}
+
 /// Re-points every backend but `new` (the new primary, reached by `new_conn`) at it; `old` is
 /// the old primary. `step` hears one line per backend, with when its work began. Returns one result per backend.
 pub async fn run(

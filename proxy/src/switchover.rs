@@ -34,7 +34,12 @@ pub struct Step {
 impl Step {
     /// As one JSON progress line.
     pub fn json(&self) -> Value {
-        json!({ "progress": { "step": self.name, "ms": self.took.as_secs_f64() * 1000.0, "detail": self.detail } })
+        json!({ "progress": self.value() })
+    }
+
+    /// As an entry of the answer's `steps`.
+    pub fn value(&self) -> Value {
+        json!({ "step": self.name, "ms": self.took.as_secs_f64() * 1000.0, "detail": self.detail })
     }
 }
 
@@ -258,13 +263,9 @@ pub async fn run(
         let mut repoint_step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
         crate::repoint::run(&cluster, old, target, &mut new_conn, &mut repoint_step).await
     } else {
-        let why = if how.repoint { "no `replication` credentials in the config" } else { "no_repoint" };
-        vec![json!({ "backend": "*", "ok": false, "detail": format!("replicas not re-pointed: {why}") })]
+        crate::repoint::skipped(how.repoint)
     };
-    let steps: Vec<Value> = steps
-        .iter()
-        .map(|s| json!({ "step": s.name, "ms": s.took.as_secs_f64() * 1000.0, "detail": s.detail }))
-        .collect();
+    let steps: Vec<Value> = steps.iter().map(Step::value).collect();
     Ok(json!({
         "ok": true,
         "cluster": cluster_name,
