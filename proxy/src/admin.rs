@@ -115,7 +115,7 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
 
 const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s] | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
-                     resume CLUSTER | mode CLUSTER read-only|read-write | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
+                     resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
 
 async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -152,6 +152,7 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             let (cluster, mode) = two()?;
             control.mode(cluster, mode)
         }
+        "detach" | "attach" => control.detach(one()?, command == "detach"),
         "drain" | "enable" => {
             let (cluster, backend) = two()?;
             control.set_enabled(cluster, backend, command == "enable")

@@ -41,6 +41,10 @@ pub use crate::gate::{Gate, Hold};
 /// Most backends a cluster can have, including those added by reloads (the config's limit).
 pub use sqlswitch_config::MAX_BACKENDS;
 
+/// A primary the monitor has not reached for this long (micros) is away: sessions stop waiting
+/// for it (see [`Cluster::maintenance`]).
+const PRIMARY_AWAY: u64 = 1_000_000;
+
 /// A cluster's backends, append-only: an index, once handed out, names the same backend for the
 /// life of the daemon, so sessions and routing tables can hold indexes while a reload adds
 /// backends. Reads take no lock.
@@ -123,6 +127,9 @@ pub struct RoutingTable {
     pub primary: usize,
     /// Maintenance mode.
     pub mode: Mode,
+    /// `ctl detach`: the cluster serves without its primary (`primary = "none"`) until
+    /// `ctl attach`.
+    pub detached: bool,
     /// Per backend, in config order.
     pub states: Vec<BackendState>,
     /// Per backend: share of reads (reloadable).
@@ -453,6 +460,21 @@ impl Cluster {
         crate::pool::Limits { max_open: self.config.max_backend_connections, wait: self.config.connect_timeout }
     }
 
+    /// Why sessions cannot use the primary now, if they cannot: the operator detached it or set
+    /// `mode read-only`, or the monitor has not reached it for a second. Sessions then log in
+    /// on replicas, read from them, and every write is refused at once (read-only error).
+    pub fn maintenance(&self) -> Option<&'static str> {
+        let table = self.table.load();
+        if table.detached {
+            return Some("the cluster runs without its primary (detached)");
+        }
+        if table.mode == Mode::ReadOnly {
+            return Some("the cluster is in read-only maintenance mode");
+        }
+        let away = self.backends.at(table.primary).map_or(0, |b| b.health.away_micros(&self.clock));
+        (self.config.monitor.is_some() && away >= PRIMARY_AWAY).then_some("the primary is unreachable")
+    }
+
     /// Where a control connection (monitor, switchover) to backend `i` goes; `None` without
     /// `monitor` credentials (or no such backend).
     pub fn control_target(&self, i: usize) -> Option<ControlTarget<'_>> {
@@ -479,6 +501,7 @@ impl Cluster {
                 generation: 1,
                 primary: config.primary_index(),
                 mode: Mode::ReadWrite,
+                detached: false,
                 states: vec![BackendState::Enabled; config.backends.len()],
                 weights: config.backends.iter().map(|b| b.weight).collect(),
                 max_lag: u64::try_from(config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),

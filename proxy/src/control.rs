@@ -267,6 +267,21 @@ impl Control {
         Ok(json!({ "ok": true, "cluster": name, "mode": mode_name(mode), "generation": table.generation }))
     }
 
+    /// `detach`: the cluster serves without its primary (`primary = "none"`): sessions log in
+    /// on replicas, read from them, and every write is refused at once; `attach` undoes it.
+    ///
+    /// # Errors
+    /// No such cluster.
+    pub fn detach(&self, name: &str, detached: bool) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let table = change(cluster, |t| t.detached = detached);
+        let word = if detached { "detached" } else { "attached" };
+        tracing::info!(cluster = %name, state = word, generation = table.generation, "primary {word}");
+        Ok(
+            json!({ "ok": true, "cluster": name, "primary": if detached { "none" } else { cluster.backends[table.primary].name.as_str() }, "generation": table.generation }),
+        )
+    }
+
     /// Stops routing new work to a backend (or brings it back).
     ///
     /// # Errors
@@ -365,6 +380,9 @@ fn cluster_status(c: &Cluster) -> Value {
         "generation": table.generation,
         "primary": c.backends[table.primary].name,
         "primary_problem": discovery.problem,
+        "detached": table.detached,
+        "maintenance": c.maintenance(),
+        "primary_away_ms": c.backends.at(table.primary).map_or(0, |b| b.health.away_micros(&c.clock) / 1000),
         "paused": hold.all,
         "holding_primary": hold.primary,
         "primary_busy": c.gate.primary_busy.load(Ordering::SeqCst),

@@ -47,7 +47,7 @@ enum Command {
     /// Send an admin command to a running daemon over its Unix socket: status,
     /// switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s],
     /// failover CLUSTER [BACKEND] [no_repoint] [timeout=30s], pause CLUSTER [timeout=10s],
-    /// resume CLUSTER, mode CLUSTER read-only|read-write, drain CLUSTER BACKEND,
+    /// resume CLUSTER, mode CLUSTER read-only|read-write, detach CLUSTER, attach CLUSTER, drain CLUSTER BACKEND,
     /// enable CLUSTER BACKEND, reload. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {

@@ -228,22 +228,29 @@ impl Monitor {
             self.samples.push(t, Dialect::of(cluster.config.protocol).at_record_boundary(pos));
             cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
         }
-        let samples = &self.samples;
         let live = |i: usize| table.states.get(i).is_some_and(|s| *s != crate::cluster::BackendState::Removed);
         let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary && live(*i)).map(|(i, conn)| {
             let cluster = &cluster;
-            async move {
-                let Some(pos) = probe(cluster, i, false, conn).await else { return };
-                let health = &cluster.backends[i].health;
-                let newest = samples.0.back().map_or(0, |(_, p)| p.total());
-                let caught_up_to = samples.caught_up_to(&pos);
-                health.lag_bytes.store(newest.saturating_sub(pos.total()), Ordering::Relaxed);
-                health.caught_up_to.store(caught_up_to, Ordering::Relaxed);
-                let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
-                health.lag_micros.store(lag, Ordering::Relaxed);
-            }
+            async move { probe(cluster, i, false, conn).await.map(|pos| (i, pos)) }
         });
-        futures::future::join_all(replicas).await;
+        let replayed: Vec<(usize, Position)> =
+            futures::future::join_all(replicas).await.into_iter().flatten().collect();
+        if !primary_answered {
+            // Without a primary, freshness is measured between replicas: the most advanced one
+            // stands for the primary, so replicas keep serving reads for as long as it is away.
+            if let Some((_, newest)) = replayed.iter().max_by_key(|(_, pos)| pos.total()) {
+                self.samples.push(t, newest.clone());
+            }
+        }
+        let newest = self.samples.0.back().map_or(0, |(_, p)| p.total());
+        for (i, pos) in &replayed {
+            let health = &cluster.backends[*i].health;
+            let caught_up_to = self.samples.caught_up_to(pos);
+            health.lag_bytes.store(newest.saturating_sub(pos.total()), Ordering::Relaxed);
+            health.caught_up_to.store(caught_up_to, Ordering::Relaxed);
+            let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
+            health.lag_micros.store(lag, Ordering::Relaxed);
+        }
         self.conns = conns;
         !primary_answered
     }
@@ -264,6 +271,7 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
         Ok(Some(pos)) => {
             health.lsn.store(pos.total(), Ordering::Relaxed);
             health.up.store(true, Ordering::Relaxed);
+            health.down_since.store(0, Ordering::Relaxed);
             health.failed.store(false, Ordering::Relaxed);
             if !was_up {
                 info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
@@ -279,6 +287,9 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
                 warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
             }
             health.up.store(false, Ordering::Relaxed);
+            if health.down_since.load(Ordering::Relaxed) == 0 {
+                health.down_since.store(cluster.clock.now().max(1), Ordering::Relaxed);
+            }
             *conn = None;
             None
         }

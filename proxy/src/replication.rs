@@ -55,9 +55,19 @@ pub struct Health {
     /// The server said it follows no primary (writable, or fenced): a replica in the routing
     /// table that left recovery (promoted by hand or by other tooling) serves no reads.
     pub follows_none: AtomicBool,
+    /// Since when (clock micros) the monitor has not reached it; 0 while it answers.
+    pub down_since: AtomicU64,
 }
 
 impl Health {
+    /// How long (micros) the monitor has not reached it; 0 while it answers.
+    pub fn away_micros(&self, clock: &Clock) -> u64 {
+        match self.down_since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => clock.now().saturating_sub(since),
+        }
+    }
+
     /// Whether routing may send reads here as a replica: up, and replicating.
     pub fn serves_reads(&self) -> bool {
         self.is_up() && !self.follows_none.load(Ordering::Relaxed)

@@ -604,3 +604,48 @@ async fn backends_over_unix_sockets() {
     conn.query_drop("COMMIT").await.unwrap();
     conn.disconnect().await.unwrap();
 }
+
+/// `mode read-only` stops every write, an `autocommit = 0` session's included, and nothing
+/// reaches the primary; then the primary shuts down and the replicas serve: a read-write user
+/// logs in on a replica, reads, and its writes get 1290 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = start_mysql(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    conn.query_drop("SET autocommit = 0").await.unwrap();
+    daemon.control.mode("app", "read-only").unwrap();
+    let e = conn.query_drop("INSERT INTO items (note) VALUES ('autocommit off')").await.unwrap_err();
+    assert_eq!(code(&e), Some(1290), "{e}");
+    conn.query_drop("ROLLBACK").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    let e = conn.query_drop("INSERT INTO items (note) VALUES ('in a transaction')").await.unwrap_err();
+    assert_eq!(code(&e), Some(1290), "{e}");
+    conn.query_drop("ROLLBACK").await.unwrap();
+    let written = "SELECT COUNT(*) FROM app.items WHERE note IN ('autocommit off', 'in a transaction')";
+    assert_eq!(topo.sql(topo.primary(), written).unwrap().trim(), "0", "nothing reached the primary");
+    daemon.control.mode("app", "read-write").unwrap();
+    conn.query_drop("INSERT INTO items (note) VALUES ('before the shutdown')").await.expect("writes again");
+    conn.query_drop("COMMIT").await.unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+
+    topo.sql(topo.primary(), "SHUTDOWN").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.control.status()["clusters"][0]["maintenance"].is_null() {
+        assert!(Instant::now() < deadline, "the primary is seen away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fresh = connect(port, APP).await.expect("a read-write user logs in without the primary");
+    assert_eq!(server_id(&mut fresh).await, 2, "on the replica");
+    let n: Option<i64> =
+        fresh.query_first("SELECT COUNT(*) FROM items WHERE note = 'before the shutdown'").await.unwrap();
+    assert_eq!(n, Some(1));
+    let started = Instant::now();
+    let e = fresh.query_drop("INSERT INTO items (note) VALUES ('no primary')").await.unwrap_err();
+    assert_eq!(code(&e), Some(1290), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    let n: Option<i64> = conn.query_first("SELECT COUNT(*) FROM items").await.expect("an open session reads on");
+    assert!(n.unwrap_or(0) >= 1);
+}

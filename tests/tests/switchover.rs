@@ -706,3 +706,103 @@ async fn failover_promotes_the_most_advanced_replica_when_the_primary_dies() {
     })
     .await;
 }
+
+/// `mode read-only` with the primary up stops every write, not only those the classifier sees:
+/// transactions run on replicas (or read-only on the primary), a write inside `BEGIN`, a `DO`
+/// block and a writing function that the config wrongly calls read-only are all refused, and
+/// nothing reaches the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    topo.psql_admin(
+        topo.primary(),
+        "CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql AS $$ INSERT INTO items (note) VALUES ('sneaky') RETURNING 1 $$;\
+         GRANT EXECUTE ON FUNCTION sneaky() TO app",
+        sqlswitch_tests::pg::DATABASE,
+    )
+    .unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let daemon = proxy::start(&topo, "read_only_functions = [\"sneaky\"]").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let client = connect(port, APP).await.unwrap();
+    daemon.control.mode("app", "read-only").unwrap();
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let e = client.batch_execute("INSERT INTO items (note) VALUES ('in a transaction')").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{e:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let e =
+        client.batch_execute("DO $$ BEGIN INSERT INTO items (note) VALUES ('a do block'); END $$").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{e:?}");
+    let e = client.query_one("SELECT sneaky()", &[]).await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "a replica refuses it: {e:?}");
+    // With no replica to read from, the session's primary connection is read-only: the
+    // primary itself refuses what the classifier let through.
+    daemon.control.set_enabled("app", "replica1", false).unwrap();
+    let fresh = connect(port, APP).await.unwrap();
+    let e = fresh.query_one("SELECT sneaky()", &[]).await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "the primary refuses it: {e:?}");
+    assert_eq!(server_name(&fresh).await, "primary");
+    let written = "SELECT count(*) FROM items WHERE note IN ('in a transaction', 'a do block', 'sneaky')";
+    assert_eq!(topo.psql_admin(topo.primary(), written, sqlswitch_tests::pg::DATABASE).unwrap().trim(), "0");
+
+    // Back to read-write: the same connection writes again.
+    daemon.control.mode("app", "read-write").unwrap();
+    daemon.control.set_enabled("app", "replica1", true).unwrap();
+    let one: i32 = fresh.query_one("SELECT sneaky()", &[]).await.expect("writes again").get(0);
+    assert_eq!(one, 1);
+}
+
+/// The primary dies and the site runs read-only from the replicas: a new read-write session
+/// logs in and reads from a replica, every write gets 25006 at once, reads go on for longer
+/// than max_replica_lag, and once the primary is back writes resume without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_primary_the_replicas_serve_and_writes_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, "max_replica_lag = \"1s\"").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let before = connect(port, APP).await.unwrap();
+    before.batch_execute("INSERT INTO items (note) VALUES ('before')").await.unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    topo.sigkill_node(topo.primary()).unwrap();
+    eventually(10, "the cluster knows its primary is away", || {
+        daemon.control.status()["clusters"][0]["maintenance"].as_str().is_some()
+    })
+    .await;
+
+    let client = connect(port, APP).await.expect("a read-write user logs in without the primary");
+    assert_ne!(server_name(&client).await, "primary");
+    let n: i64 = client.query_one("SELECT count(*) FROM items WHERE note = 'before'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    for write in ["INSERT INTO items (note) VALUES ('refused')", "SELECT nextval('items_id_seq')"] {
+        let started = Instant::now();
+        let e = client.batch_execute(write).await.expect_err("refused");
+        assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{write}: {e:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not after a wait for the primary");
+    }
+    client.batch_execute("BEGIN").await.unwrap();
+    let e = client.batch_execute("INSERT INTO items (note) VALUES ('refused')").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{e:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let anon = connect(daemon.addr("app", true).unwrap().port(), sqlswitch_tests::pg::ANON).await.unwrap();
+    assert_ne!(server_name(&anon).await, "primary");
+    // Three times max_replica_lag later, the replicas still serve (freshness is measured
+    // between them), and so does the session that was open when the primary died.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(server_name(&client).await, "primary");
+    let n: i64 = before.query_one("SELECT count(*) FROM items WHERE note = 'before'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let status = daemon.control.status();
+    assert!(status["clusters"][0]["primary_away_ms"].as_u64().unwrap_or(0) >= 3000, "{status}");
+
+    // The primary comes back: writes resume, without restarting sqlswitch.
+    topo.restart_node(topo.primary()).unwrap();
+    eventually(20, "the primary is back", || daemon.control.status()["clusters"][0]["maintenance"].is_null()).await;
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('after') RETURNING current_setting('cluster_name')", &[])
+        .await
+        .expect("writes resume");
+    assert_eq!(row.get::<_, String>(0), "primary");
+}

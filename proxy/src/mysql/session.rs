@@ -24,7 +24,7 @@ use super::backend::{Login, MyConn};
 use super::statements::{carries_statement, prepare_on, Statements};
 use super::threads::{self, Found, ThreadId};
 use crate::backend::BackendError;
-use crate::cluster::{Cluster, Mode, PoolKey};
+use crate::cluster::{Cluster, PoolKey};
 use crate::route::{self, Reason};
 use crate::session::core::{Core, Tx};
 use crate::session::state::SessionState;
@@ -64,7 +64,6 @@ pub struct MySession<'a> {
     id: Identity<'a>,
     /// The connections, the session state, the gate: what both protocols share.
     core: Core<'a, MyConn>,
-    read_only: bool,
     statements: Statements,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
@@ -100,21 +99,10 @@ impl<'a> MySession<'a> {
         thread: ThreadId,
         peer: std::net::SocketAddr,
     ) -> Self {
-        let read_only = id.read_only;
-        let mut core = Core::new(id.cluster);
+        let mut core = Core::new(id.cluster, id.read_only);
         core.slots[side] = Some(first);
         core.active = Some(side);
-        Self {
-            client,
-            cbuf,
-            wire: BytesMut::new(),
-            id,
-            core,
-            read_only,
-            statements: Statements::default(),
-            thread,
-            peer,
-        }
+        Self { client, cbuf, wire: BytesMut::new(), id, core, statements: Statements::default(), thread, peer }
     }
 
     /// Whether a transaction is open, as the server said in its last answer: what the gate,
@@ -224,24 +212,29 @@ impl<'a> MySession<'a> {
                     return Ok(());
                 }
                 let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
-                let maintenance = cluster.table.load().mode == Mode::ReadOnly && !self.in_tx();
+                if !self.in_tx() {
+                    // A transaction boundary: the cluster's maintenance state holds for what follows.
+                    self.core.at_boundary();
+                }
+                let maintenance = self.core.maintenance;
                 let may_write = v.may_write();
                 // A session the client itself declared read-only may declare itself read-write
                 // again, as directly; one made read-only by its user or listener may not.
                 let undeclares = !self.id.read_only && v.session_read_only == Some(false);
-                if (self.read_only && v.refused_read_only() && !undeclares) || (maintenance && may_write) {
+                if (self.core.read_only && v.refused_read_only() && !undeclares) || (maintenance.is_some() && may_write)
+                {
                     cluster.metrics.refused.increment(1);
-                    let why = if self.read_only {
-                        "the session is read-only"
-                    } else {
-                        "the cluster is in read-only maintenance mode"
+                    let why = match maintenance {
+                        _ if self.core.read_only => "the session is read-only",
+                        Some(why) => why,
+                        None => "the session is read-only",
                     };
                     let text = format!("The MySQL server is running with the --read-only option so it cannot execute this statement ({why}; sqlswitch)");
                     self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
                     return Ok(());
                 }
                 if let Some(declared) = v.session_read_only.filter(|_| !self.id.read_only) {
-                    self.read_only = declared;
+                    self.core.read_only = declared;
                 }
                 let in_tx = self.in_tx();
                 let mut record = None;
@@ -304,7 +297,7 @@ impl<'a> MySession<'a> {
     }
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
-        let d = self.core.route(batch, self.read_only, self.tx());
+        let d = self.core.route(batch, self.tx());
         Plan { side: d.side, backend: d.backend, reason: d.reason, read: batch.read, record }
     }
 

@@ -331,6 +331,11 @@ impl crate::session::core::Link for BackendConn {
         self.simple_query(&sql.join(";\n")).await.map(drop)
     }
 
+    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {
+        let sql = if on { "SET default_transaction_read_only = on" } else { "SET default_transaction_read_only = off" };
+        self.simple_query(sql).await.map(drop)
+    }
+
     async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState) {
         if state.custom_settings {
             // A custom parameter's placeholder survives every reset: not for another session.

@@ -11,7 +11,6 @@ use tracing::{debug, warn};
 use super::backend::{BackendConn, Login};
 use super::session::{End, Identity, Session, StateChange, Waiting};
 use crate::backend::BackendError;
-use crate::cluster::Mode;
 use crate::route::Reason;
 use crate::session::core::Tx;
 use crate::session::{Refusal, Side};
@@ -36,12 +35,8 @@ impl Session<'_> {
                     if !at_boundary {
                         break (side, backend, Some(reason));
                     }
-                    let cluster = self.id.cluster;
-                    if cluster.table.load().mode == Mode::ReadOnly && self.batch.maybe_writes {
-                        self.refuse_pending(
-                            "cannot execute a write: the cluster is in read-only maintenance mode (sqlswitch)",
-                        )
-                        .await?;
+                    if let Some(why) = self.core.maintenance.filter(|_| self.batch.maybe_writes) {
+                        self.refuse_pending(&format!("cannot execute a write: {why} (sqlswitch)")).await?;
                         return Ok(true);
                     }
                     // A batch that executes nothing (a client preparing a named statement, which
@@ -137,7 +132,7 @@ impl Session<'_> {
             return self.wait_or(side, backend, Reason::Transaction);
         }
         let tx = if busy { Tx::Open } else { Tx::None };
-        let d = self.core.route(&self.batch.view(), self.id.read_only, tx);
+        let d = self.core.route(&self.batch.view(), tx);
         self.wait_or(d.side, d.backend, d.reason)
     }
 

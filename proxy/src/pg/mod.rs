@@ -68,7 +68,9 @@ pub async fn serve(
     let backend_tls = cluster.backend_tls.load_full();
     let login = Login { user: &user, password: &account.password, params: &key.params, tls: backend_tls.as_deref() };
 
-    let (index, conn) = match acquire(&cluster, read_only, &key, &login).await {
+    // In maintenance (no usable primary), every session logs in on a replica.
+    let on_replicas = read_only || cluster.maintenance().is_some();
+    let (index, conn) = match acquire(&cluster, on_replicas, &key, &login).await {
         Ok(found) => found,
         Err(e) => {
             refuse_session(&mut stream, &cluster, e).await;

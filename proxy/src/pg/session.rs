@@ -151,7 +151,7 @@ impl<'a> Session<'a> {
         Self {
             client,
             cbuf,
-            core: Core::new(id.cluster),
+            core: Core::new(id.cluster, id.read_only),
             id,
             batch,
             outstanding: 0,
@@ -307,6 +307,10 @@ impl<'a> Session<'a> {
                 continue;
             }
             let at = self.batch.len;
+            if at == 0 && self.batch.side.is_none() && self.outstanding == 0 && self.tx() == TxStatus::Idle {
+                // A transaction boundary: the cluster's maintenance state holds for what follows.
+                self.core.at_boundary();
+            }
             let header = match frame::peek_header(&self.cbuf[at..], self.id.cluster.config.max_message_size) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -338,7 +342,7 @@ impl<'a> Session<'a> {
                         verdict.class = classify::Class::Unknown; // a replica refused it before
                     }
                     self.core.state.custom_settings |= verdict.custom_setting;
-                    if self.id.read_only && verdict.refused_read_only() {
+                    if self.core.read_only_now() && verdict.refused_read_only() {
                         if !self.refuse(header.tag, len).await? {
                             return Ok(());
                         }
@@ -427,12 +431,12 @@ impl<'a> Session<'a> {
         self.id.cluster.metrics.refused.increment(1);
         self.cbuf.advance(len);
         let mut err = BytesMut::new();
-        msg::error_response(
-            &mut err,
-            Severity::Error,
-            sqlstate::READ_ONLY_SQL_TRANSACTION,
-            "cannot execute a write in a read-only session (sqlswitch refused it before it reached any server)",
-        );
+        let text = match self.core.maintenance.filter(|_| !self.id.read_only) {
+            Some(why) => format!("cannot execute a write: {why} (sqlswitch refused it before it reached any server)"),
+            None => "cannot execute a write in a read-only session (sqlswitch refused it before it reached any server)"
+                .to_owned(),
+        };
+        msg::error_response(&mut err, Severity::Error, sqlstate::READ_ONLY_SQL_TRANSACTION, &text);
         if tag == fe::QUERY && !pipeline {
             msg::ready_for_query(&mut err, self.tx());
             self.send_client(&err).await?;

@@ -30,6 +30,10 @@ pub trait Link: Pooled + Sized {
     /// Runs the session-state statements `sql` (those this connection has not run yet), in order.
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError>;
 
+    /// Makes the connection's transactions read-only (or read-write again) for the session:
+    /// in maintenance the server itself refuses what the classifier cannot see.
+    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError>;
+
     /// Resets the connection and returns it to backend `backend`'s pool under `key`, or closes
     /// it when it cannot be made clean for another session.
     async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState);
@@ -48,6 +52,8 @@ pub struct Slot<'a, C> {
     pub stale: bool,
     /// Unique among every slot the daemon made: keys per-connection ids (MySQL statement ids).
     pub serial: u64,
+    /// Made read-only for maintenance ([`Core::maintenance`]).
+    pub maintenance: bool,
     /// Keeps the backend's session count.
     _counted: Counted<'a>,
 }
@@ -62,6 +68,7 @@ impl<'a, C> Slot<'a, C> {
             applied: Applied::default(),
             stale: false,
             serial: NEXT.fetch_add(1, Ordering::Relaxed),
+            maintenance: false,
             _counted: Counted::new(&cluster.backends[backend].sessions),
         }
     }
@@ -103,6 +110,11 @@ pub struct Core<'a, C> {
     pub active: Option<Side>,
     /// What moves with the session from connection to connection.
     pub state: SessionState,
+    /// The session is read-only by its user, listener or its own declaration.
+    pub read_only: bool,
+    /// Why the cluster's primary cannot be used ([`Cluster::maintenance`]), as it was at the
+    /// session's last transaction boundary: a transaction ends as it began.
+    pub maintenance: Option<&'static str>,
     primary_work: PrimaryWork,
 }
 
@@ -114,14 +126,27 @@ impl<C> Drop for Core<'_, C> {
 
 impl<'a, C: Link> Core<'a, C> {
     /// A session of `cluster` with no connection yet.
-    pub fn new(cluster: &'a Cluster) -> Self {
+    pub fn new(cluster: &'a Cluster, read_only: bool) -> Self {
         Self {
             cluster,
             slots: Pair::default(),
             active: None,
             state: SessionState::default(),
+            read_only,
+            maintenance: None,
             primary_work: PrimaryWork::default(),
         }
+    }
+
+    /// At a transaction boundary: takes the cluster's maintenance state for what follows.
+    pub fn at_boundary(&mut self) {
+        self.maintenance = self.cluster.maintenance();
+    }
+
+    /// Whether the session runs read-only now: by itself, or because the cluster is in
+    /// maintenance (every session then routes as a read-only one, and writes are refused).
+    pub fn read_only_now(&self) -> bool {
+        self.read_only || self.maintenance.is_some()
     }
 
     /// The active connection.
@@ -130,7 +155,8 @@ impl<'a, C: Link> Core<'a, C> {
     }
 
     /// Where a statement described by `batch` goes, with one load of the routing table.
-    pub fn route(&self, batch: &route::Batch, read_only: bool, tx: Tx) -> Decision {
+    pub fn route(&self, batch: &route::Batch, tx: Tx) -> Decision {
+        let read_only = self.read_only_now();
         let current_replica = self.slots[Side::Replica].as_ref().map(|s| s.backend);
         let in_tx_on = match tx {
             Tx::Open => Some(match self.active {
@@ -274,6 +300,12 @@ impl<'a, C: Link> Core<'a, C> {
         if let Some(missing) = self.state.replay.get(slot.applied.replayed..).filter(|m| !m.is_empty()) {
             slot.conn.replay(missing).await?;
             slot.applied.replayed = self.state.replay.len();
+        }
+        // A session that is read-only by itself has read-only connections from its login.
+        let maintenance = self.maintenance.is_some() && !self.read_only;
+        if slot.maintenance != maintenance && tx != Tx::Open {
+            slot.conn.set_read_only(maintenance).await?;
+            slot.maintenance = maintenance;
         }
         Ok(slot)
     }

@@ -40,7 +40,7 @@ impl MySession<'_> {
         self.core.release_all(&self.id.key).await;
         self.core.state = SessionState::default();
         self.statements = Statements::default();
-        self.read_only = new_id.read_only;
+        self.core.read_only = new_id.read_only;
         self.id = new_id;
         self.thread.set_user(&self.id.user);
         self.thread.set_target(None);

@@ -65,7 +65,9 @@ impl<'a> Identity<'a> {
 /// The last backend's error.
 pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), BackendError> {
     let mut last_error = BackendError::Protocol("the cluster has no backend for this session".into());
-    for index in id.cluster.candidates(id.read_only) {
+    // In maintenance (no usable primary), every session logs in on a replica.
+    let on_replicas = id.read_only || id.cluster.maintenance().is_some();
+    for index in id.cluster.candidates(on_replicas) {
         match acquire(id, index).await {
             Ok(conn) => {
                 if conn.caps & caps::DEPRECATE_EOF != id.caps & caps::DEPRECATE_EOF {
@@ -120,6 +122,11 @@ impl crate::session::core::Link for MyConn {
             self.simple_query(statement).await?;
         }
         Ok(())
+    }
+
+    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {
+        let sql = if on { "SET SESSION TRANSACTION READ ONLY" } else { "SET SESSION TRANSACTION READ WRITE" };
+        self.simple_query(sql).await.map(drop)
     }
 
     /// Resets the connection (`COM_RESET_CONNECTION`, the login database, the read-only

@@ -18,6 +18,7 @@ impl Session<'_> {
                 return Ok(());
             }
         }
+        let read_only = self.core.read_only_now();
         let mut fwd = 0;
         // Where the answer still owed begins: just after the last ReadyForQuery seen.
         let mut answered = 0;
@@ -71,7 +72,7 @@ impl Session<'_> {
                             let refusal = standby_refusal(msg::error_fields(body).0);
                             if let Some(remember) = refusal {
                                 let whole = ends_with_ready_for_query(&slot.conn.buf);
-                                let rerun = side == Side::Replica && !self.id.read_only && self.retry.is_some();
+                                let rerun = side == Side::Replica && !read_only && self.retry.is_some();
                                 if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
                                     // Earlier batches' answers are the client's; this one's is not.
                                     self.flush_backend(side, answered, answered).await?;
