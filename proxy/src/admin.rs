@@ -233,13 +233,22 @@ fn print_pretty(v: &Value) {
                 c["name"].as_str().unwrap_or(""),
                 c["mode"].as_str().unwrap_or(""),
                 c["generation"],
-                c["primary"].as_str().unwrap_or(""),
+                if c["detached"] == true { "none (detached)" } else { c["primary"].as_str().unwrap_or("") },
                 if c["paused"] == true { "  PAUSED" } else { "" }
             );
+            for (key, label) in [("maintenance", "maintenance"), ("primary_problem", "servers")] {
+                if let Some(text) = c[key].as_str() {
+                    out!("  {label}: {text}");
+                }
+            }
+            if let Some(ms) = c["primary_away_ms"].as_u64().filter(|ms| *ms > 0) {
+                out!("  primary away for {:.1} s", ms as f64 / 1000.0);
+            }
             out!(
-                "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
+                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
                 "backend",
                 "role",
+                "server",
                 "state",
                 "lag ms",
                 "lag bytes",
@@ -249,10 +258,13 @@ fn print_pretty(v: &Value) {
             );
             for b in c["backends"].as_array().into_iter().flatten() {
                 let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
+                let server =
+                    b["server_says"].as_str().map_or("?", |s| if s.starts_with("unknown") { "no answer" } else { s });
                 out!(
-                    "  {:<12} {:<8} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
+                    "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
                     b["name"].as_str().unwrap_or(""),
                     b["role"].as_str().unwrap_or(""),
+                    server,
                     b["state"].as_str().unwrap_or(""),
                     lag,
                     b["lag_bytes"].to_string(),

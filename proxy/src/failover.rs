@@ -73,7 +73,12 @@ pub async fn run(
         ));
     }
     let last_known = cluster.backends[old].health.lsn.load(Ordering::Relaxed);
-    done(&mut steps, "check", at, format!("{old_name} does not answer; its last known position {last_known}"));
+    let last_text = match cluster.config.protocol {
+        // As PostgreSQL writes an LSN.
+        sqlswitch_config::Protocol::Postgres => format!("{:X}/{:X}", last_known >> 32, last_known & 0xFFFF_FFFF),
+        sqlswitch_config::Protocol::Mysql => format!("{last_known} transactions (GTID sequence numbers summed)"),
+    };
+    done(&mut steps, "check", at, format!("{old_name} does not answer; its last known position {last_text}"));
 
     // 2. The target: the given replica, or the most advanced one that answers.
     let at = Instant::now();
@@ -158,7 +163,7 @@ pub async fn run(
         "from": old_name,
         "to": target_name,
         "generation": table.generation,
-        "old_last_known_position": last_known,
+        "old_last_known_position": last_text,
         "new_position": pos_text,
         "possible_loss": behind,
         "possible_loss_unit": unit,

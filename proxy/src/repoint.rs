@@ -80,7 +80,17 @@ async fn repoint_one(
 ) -> Result<String, String> {
     let dialect = Dialect::of(cluster.config.protocol);
     let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-    let mut conn = ControlConn::connect(&to, "sqlswitch-switchover").await.map_err(|e| format!("connect: {e}"))?;
+    let mut conn = ControlConn::connect(&to, "sqlswitch-switchover").await.map_err(|e| {
+        if was_primary {
+            format!(
+                "the old primary does not answer ({e}); before it serves again it must become a replica of \
+                 {host}:{port} (MariaDB/MySQL: CHANGE MASTER TO it; PostgreSQL: pg_rewind and standby.signal), \
+                 never a second primary"
+            )
+        } else {
+            format!("connect: {e}")
+        }
+    })?;
     let role = conn.role(dialect).await?;
     match cluster.config.protocol {
         Protocol::Mysql => {
