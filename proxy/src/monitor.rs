@@ -118,7 +118,9 @@ impl Monitor {
         for (i, answer) in answers.into_iter().enumerate() {
             match answer {
                 Ok(role) => {
-                    if role == Role::Writable {
+                    // A logical subscriber is an upgrade target, not a second primary; once a
+                    // switchover made it the primary, it is the one that takes writes.
+                    if role == Role::Writable || (role == Role::Subscriber && i == current) {
                         writable.push(i);
                     }
                     if let Some(b) = cluster.backends.at(i) {

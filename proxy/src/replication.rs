@@ -222,6 +222,7 @@ const POSTGRES: Dialect = Dialect {
     unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
     channels: &[],
     role: "SELECT CASE WHEN pg_is_in_recovery() THEN 'replica' \
+           WHEN EXISTS (SELECT 1 FROM pg_stat_subscription WHERE pid IS NOT NULL) THEN 'subscriber' \
            WHEN current_setting('default_transaction_read_only') = 'on' THEN 'read-only' ELSE 'writable' END",
     promote: &["SELECT pg_promote(true, 60)"],
     open_writers:
@@ -259,6 +260,9 @@ pub enum Role {
     Replica,
     /// Follows none and refuses writes: fenced (by a switchover, or by hand).
     ReadOnly,
+    /// A PostgreSQL server subscribed by logical replication (a running apply worker): it
+    /// takes writes, but it is an upgrade target, not a second primary.
+    Subscriber,
 }
 
 impl Role {
@@ -268,6 +272,7 @@ impl Role {
             Role::Writable => "writable",
             Role::Replica => "replica",
             Role::ReadOnly => "read-only",
+            Role::Subscriber => "subscriber",
         }
     }
 }
@@ -383,6 +388,7 @@ impl ControlConn {
         match self.value(dialect.role).await?.as_str() {
             "replica" => Ok(Role::Replica),
             "read-only" => Ok(Role::ReadOnly),
+            "subscriber" => Ok(Role::Subscriber),
             "writable" => Ok(Role::Writable),
             other => Err(format!("unexpected role {other:?}")),
         }

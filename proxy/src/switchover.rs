@@ -229,7 +229,8 @@ pub async fn run(
             .await
             .map_err(|e| format!("promote: {target_name}: {e}"))?;
         let role = within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("promote: {e}"))?;
-        if role != Role::Writable {
+        // A logical subscriber (an upgrade target) takes writes with its subscription running.
+        if !matches!(role, Role::Writable | Role::Subscriber) {
             return Err(format!("promote: {target_name} is {} after promotion, not writable", role.name()));
         }
         let what = if standby { "promoted" } else { "already writable" };
@@ -301,7 +302,7 @@ async fn recover(
         // fenced (writes are refused by it, none lost); the monitor follows the servers once
         // exactly one takes writes.
         format!("switchover failed at {why}; {target_name} did not answer after its promotion was asked for: no server is known to take writes, {old_name} stays fenced; see `status`")
-    } else if matches!(target_role, Some(Role::Writable | Role::ReadOnly)) {
+    } else if matches!(target_role, Some(Role::Writable | Role::ReadOnly | Role::Subscriber)) {
         // The target left recovery: it is the primary now, whatever failed after. The old one
         // stays fenced.
         change(cluster, |t| t.primary = target);

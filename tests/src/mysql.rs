@@ -107,7 +107,7 @@ impl Topology {
                  CREATE USER '{nu}'@'%' IDENTIFIED BY '{np}'; \
                  CREATE USER '{mu}'@'%' IDENTIFIED BY '{mp}'; \
                  GRANT REPLICA MONITOR, BINLOG MONITOR, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, RELOAD, SUPER, PROCESS, CONNECTION ADMIN ON *.* TO '{mu}'@'%';\
-                 CREATE DATABASE {db}; GRANT ALL ON {db}.* TO '{u}'@'%'; GRANT SELECT ON {db}.* TO '{nu}'@'%';\
+                 CREATE DATABASE {db}; GRANT ALL ON {db}.* TO '{u}'@'%'; GRANT SELECT, CREATE TEMPORARY TABLES ON {db}.* TO '{nu}'@'%';\
                  CREATE TABLE {db}.items (id BIGINT AUTO_INCREMENT PRIMARY KEY, note LONGTEXT, at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));",
                 u = app.0,
                 p = app.1,

@@ -649,3 +649,46 @@ async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
     let n: Option<i64> = conn.query_first("SELECT COUNT(*) FROM items").await.expect("an open session reads on");
     assert!(n.unwrap_or(0) >= 1);
 }
+
+/// A read-only session may use temporary tables, as its replica allows: created, filled and
+/// joined across ten statements on the one replica that holds them, dropped; writes to real
+/// tables are still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_sessions_use_temporary_tables_on_their_replica() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let mut anon = connect(daemon.addr("app", false).unwrap().port(), ANON).await.unwrap();
+    anon.query_drop("CREATE TEMPORARY TABLE perms (id INT PRIMARY KEY)").await.expect("a replica allows it");
+    let home = server_id(&mut anon).await;
+    assert_ne!(home, 1, "on a replica");
+    for i in 0..10 {
+        anon.query_drop(format!("INSERT INTO perms VALUES ({i})")).await.expect("a write to its own temporary table");
+        assert_eq!(server_id(&mut anon).await, home, "the session stays with its temporary table");
+    }
+    anon.query_drop("UPDATE perms SET id = id + 100 WHERE id = 0").await.unwrap();
+    let n: Option<i64> = anon.query_first("SELECT COUNT(*) FROM perms WHERE id >= 1").await.unwrap();
+    assert_eq!(n, Some(10));
+    let e = anon.query_drop("INSERT INTO items (note) VALUES ('not mine')").await.unwrap_err();
+    assert_eq!(code(&e), Some(1290), "{e}");
+    anon.query_drop("DROP TEMPORARY TABLE perms").await.unwrap();
+    let e = anon.query_drop("INSERT INTO perms VALUES (1)").await.unwrap_err();
+    assert_eq!(code(&e), Some(1290), "a dropped table is no longer the session's: {e}");
+}
+
+/// The replica holding a read-only session's temporary table goes away: the session hears
+/// which table it lost, and is not moved to another server without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_replica_of_a_temporary_table_ends_the_session_with_its_name() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let daemon = start_mysql(&topo, "").await.unwrap();
+    let mut anon = connect(daemon.addr("app", false).unwrap().port(), ANON).await.unwrap();
+    anon.query_drop("CREATE TEMPORARY TABLE perms (id INT)").await.unwrap();
+    assert_eq!(server_id(&mut anon).await, 2);
+    topo.sql(&topo.replicas()[0], "SHUTDOWN").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e = anon.query_drop("INSERT INTO perms VALUES (1)").await.unwrap_err();
+    assert_eq!(code(&e), Some(1927), "{e}");
+    assert!(e.to_string().contains("perms"), "{e}");
+}

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod session;
 pub mod statements;
+pub mod temp;
 pub mod threads;
 
 use std::net::SocketAddr;

@@ -34,6 +34,7 @@ use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 mod commands;
 mod connect;
 mod relay;
+mod temporary;
 
 pub use connect::{acquire, first_connection, first_connection_error, Identity};
 
@@ -65,6 +66,9 @@ pub struct MySession<'a> {
     /// The connections, the session state, the gate: what both protocols share.
     core: Core<'a, MyConn>,
     statements: Statements,
+    /// A read-only session's temporary tables, and where they are ([`super::temp`]).
+    temp_tables: Vec<String>,
+    temp_home: Option<(Side, usize)>,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
     peer: std::net::SocketAddr,
@@ -86,6 +90,19 @@ struct Plan {
     reason: Reason,
     read: bool,
     record: Option<String>,
+    /// A read-only session's statement on its own temporary tables.
+    temp: Option<TempUse>,
+}
+
+/// What a read-only session's statement does with its temporary tables.
+#[derive(Debug, Clone)]
+enum TempUse {
+    /// Creates this one.
+    Create(String),
+    /// Drops these.
+    Drop(Vec<String>),
+    /// Writes to one of them.
+    Write,
 }
 
 impl<'a> MySession<'a> {
@@ -102,7 +119,18 @@ impl<'a> MySession<'a> {
         let mut core = Core::new(id.cluster, id.read_only);
         core.slots[side] = Some(first);
         core.active = Some(side);
-        Self { client, cbuf, wire: BytesMut::new(), id, core, statements: Statements::default(), thread, peer }
+        Self {
+            client,
+            cbuf,
+            wire: BytesMut::new(),
+            id,
+            core,
+            statements: Statements::default(),
+            temp_tables: Vec::new(),
+            temp_home: None,
+            thread,
+            peer,
+        }
     }
 
     /// Whether a transaction is open, as the server said in its last answer: what the gate,
@@ -221,8 +249,10 @@ impl<'a> MySession<'a> {
                 // A session the client itself declared read-only may declare itself read-write
                 // again, as directly; one made read-only by its user or listener may not.
                 let undeclares = !self.id.read_only && v.session_read_only == Some(false);
-                if (self.core.read_only && v.refused_read_only() && !undeclares) || (maintenance.is_some() && may_write)
-                {
+                let temp = self.temp_use(&sql);
+                let refused = (self.core.read_only && v.refused_read_only() && !undeclares)
+                    || (maintenance.is_some() && may_write);
+                if refused && temp.is_none() {
                     cluster.metrics.refused.increment(1);
                     let why = match maintenance {
                         _ if self.core.read_only => "the session is read-only",
@@ -256,14 +286,16 @@ impl<'a> MySession<'a> {
                 // ran it answers.
                 let last = self.core.active.and_then(|side| self.core.slots[side].as_ref().map(|s| (side, s.backend)));
                 if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
-                    Plan { side, backend, reason: Reason::Transaction, read: true, record: None }
+                    Plan { side, backend, reason: Reason::Transaction, read: true, record: None, temp: None }
                 } else {
                     let batch = route::Batch {
                         read: v.is_read(),
                         begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
                         session_state: record.is_some() || self.core.state.pinned,
                     };
-                    self.plan(&batch, record)
+                    let mut plan = self.plan(&batch, record);
+                    plan.temp = temp;
+                    plan
                 }
             }
             command::INIT_DB => {
@@ -298,7 +330,10 @@ impl<'a> MySession<'a> {
 
     fn plan(&self, batch: &route::Batch, record: Option<String>) -> Plan {
         let d = self.core.route(batch, self.tx());
-        Plan { side: d.side, backend: d.backend, reason: d.reason, read: batch.read, record }
+        // A session with temporary tables stays where they are.
+        let (side, backend, reason) =
+            self.temp_home.map_or((d.side, d.backend, d.reason), |(s, b)| (s, b, Reason::Pinned));
+        Plan { side, backend, reason, read: batch.read, record, temp: None }
     }
 
     /// Sends the command where `plan` says (a replica that fails before answering hands it to
@@ -353,6 +388,9 @@ impl<'a> MySession<'a> {
                     self.err(seq, code::SERVER_GONE, "HY000", text).await;
                     return Err(End::BackendGone);
                 }
+                Err(_) if plan.side == Side::Replica && self.temp_home.is_some() => {
+                    return Err(self.temp_lost(seq).await)
+                }
                 Err(e) if plan.side == Side::Replica => {
                     self.core.fall_back(&e);
                     plan.side = Side::Primary;
@@ -375,6 +413,11 @@ impl<'a> MySession<'a> {
                 .then(|| packet.payload.get(1..).unwrap_or_default());
             match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
+                    if let Some(temp) = plan.temp.take() {
+                        if !self.temp_done(temp, failed, plan.side, plan.backend).await {
+                            return Err(self.temp_lost(seq).await);
+                        }
+                    }
                     if !failed {
                         if let Some(sql) = plan.record.take() {
                             self.core.state.record(sql);
@@ -396,6 +439,9 @@ impl<'a> MySession<'a> {
                     // nobody, and close the connection, whose state is unknown.
                     self.kill_query(plan.side).await;
                     return Err(End::ClientGone);
+                }
+                Err(Fail::Backend { .. }) if plan.side == Side::Replica && self.temp_home.is_some() => {
+                    return Err(self.temp_lost(seq).await);
                 }
                 Err(Fail::Backend { forwarded }) if plan.side == Side::Replica && !forwarded && !self.in_tx() => {
                     warn!("a replica failed before answering; sending the command to the primary");
@@ -461,6 +507,12 @@ impl<'a> MySession<'a> {
                 close_elsewhere = self.statements.prepared_elsewhere(client_id, slot.serial);
                 self.statements.remove(client_id);
             }
+        }
+        if plan.temp.is_some() {
+            // The session's transactions are read-only (MariaDB then refuses even temporary
+            // tables): this statement runs read-write, on a replica whose read_only stops any
+            // write to a real table; read-only again right after ([`MySession::temp_done`]).
+            slot.conn.simple_query("SET SESSION TRANSACTION READ WRITE").await?;
         }
         self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
         slot.conn.stream.send(wire).await?;

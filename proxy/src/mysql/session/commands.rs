@@ -40,6 +40,8 @@ impl MySession<'_> {
         self.core.release_all(&self.id.key).await;
         self.core.state = SessionState::default();
         self.statements = Statements::default();
+        self.temp_tables.clear();
+        self.temp_home = None;
         self.core.read_only = new_id.read_only;
         self.id = new_id;
         self.thread.set_user(&self.id.user);
