@@ -269,6 +269,7 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);
     let first_check = !health.checked.swap(true, Ordering::Relaxed);
+    let unreachable = matches!(&result, Err(e) if e.unreachable);
     match result.as_deref().map(dialect.parse) {
         Ok(Some(pos)) => {
             health.lsn.store(pos.total(), Ordering::Relaxed);
@@ -283,13 +284,17 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
         other => {
             if was_up || first_check {
                 let why = match other {
-                    Err(e) => e.clone(),
+                    Err(e) => e.text.clone(),
                     Ok(_) => "no comparable position (not a replica: a fenced old primary?)".to_owned(),
                 };
                 warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
             }
             health.up.store(false, Ordering::Relaxed);
-            if health.down_since.load(Ordering::Relaxed) == 0 {
+            // Away only when it cannot be reached: a server that answers (refusing the monitor's
+            // login, or a query) is there, and its sessions may still use it.
+            if !unreachable {
+                health.down_since.store(0, Ordering::Relaxed);
+            } else if health.down_since.load(Ordering::Relaxed) == 0 {
                 health.down_since.store(cluster.clock.now().max(1), Ordering::Relaxed);
             }
             *conn = None;
@@ -298,18 +303,39 @@ async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<Con
     }
 }
 
-async fn check(conn: &mut Option<ControlConn>, cluster: &Cluster, i: usize, sql: &str) -> Result<String, String> {
+/// Why a check failed, and whether the server could not be reached at all (network, down,
+/// timed out), as opposed to answering with a refusal (a wrong monitor password, a query it
+/// cannot run): only the first makes a primary "away" ([`Cluster::maintenance`]).
+struct CheckError {
+    text: String,
+    unreachable: bool,
+}
+
+impl From<&str> for CheckError {
+    fn from(text: &str) -> Self {
+        Self { text: text.to_owned(), unreachable: false }
+    }
+}
+
+impl From<crate::backend::BackendError> for CheckError {
+    fn from(e: crate::backend::BackendError) -> Self {
+        let unreachable = e.fault() == crate::backend::Fault::Backend;
+        Self { text: e.to_string(), unreachable }
+    }
+}
+
+async fn check(conn: &mut Option<ControlConn>, cluster: &Cluster, i: usize, sql: &str) -> Result<String, CheckError> {
     let timeout = cluster.config.connect_timeout;
     if conn.is_none() {
         let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-        *conn = Some(ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?);
+        *conn = Some(ControlConn::connect(&to, "sqlswitch-monitor").await?);
     }
     let rows = tokio::time::timeout(timeout, conn.as_mut().ok_or("no connection")?.exec(sql)).await;
-    let rows = rows.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+    let rows = rows.map_err(|_| CheckError { text: "timed out".to_owned(), unreachable: true })??;
     rows.into_iter()
         .next()
         .and_then(|r| r.into_iter().next().flatten())
-        .ok_or_else(|| "no position: not a replica (a fenced old primary?)".to_owned())
+        .ok_or_else(|| "no position: not a replica (a fenced old primary?)".into())
 }
 
 #[cfg(test)]

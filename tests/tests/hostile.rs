@@ -465,6 +465,13 @@ async fn passwords_stay_out_of_logs_status_metrics_and_errors() {
 
     let client = connect(port, (user, secret)).await.expect("a login with the right password");
     client.query_one("SELECT 1", &[]).await.unwrap();
+    // A monitor that cannot log in sees nothing, but the servers are there: writes go on (the
+    // primary is not "away", the cluster is not in maintenance).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .batch_execute("CREATE TEMP TABLE scratch (a int); INSERT INTO scratch VALUES (1)")
+        .await
+        .expect("a write with the monitor locked out");
     let mut errors = Vec::new();
     for who in [(user, "not-the-password"), (ghost, ghost_secret), ("nobody", secret)] {
         let err = connect(port, who).await.expect_err("refused");

@@ -726,7 +726,11 @@ async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
     let daemon = proxy::start(&topo, "read_only_functions = [\"sneaky\"]").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let client = connect(port, APP).await.unwrap();
+    // A session's own setting survives maintenance: made read-only by it, given back after.
+    let own = connect(port, APP).await.unwrap();
+    own.batch_execute("SET default_transaction_read_only = on").await.unwrap();
     daemon.control.mode("app", "read-only").unwrap();
+    assert_eq!(server_name(&own).await, "replica1");
 
     client.batch_execute("BEGIN").await.unwrap();
     let e = client.batch_execute("INSERT INTO items (note) VALUES ('in a transaction')").await.unwrap_err();
@@ -752,6 +756,8 @@ async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
     daemon.control.set_enabled("app", "replica1", true).unwrap();
     let one: i32 = fresh.query_one("SELECT sneaky()", &[]).await.expect("writes again").get(0);
     assert_eq!(one, 1);
+    let own_setting: String = own.query_one("SHOW default_transaction_read_only", &[]).await.unwrap().get(0);
+    assert_eq!(own_setting, "on", "the session's own SET, replayed after maintenance");
 }
 
 /// The primary dies and the site runs read-only from the replicas: a new read-write session

@@ -332,7 +332,7 @@ impl crate::session::core::Link for BackendConn {
     }
 
     async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {
-        let sql = if on { "SET default_transaction_read_only = on" } else { "SET default_transaction_read_only = off" };
+        let sql = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
         self.simple_query(sql).await.map(drop)
     }
 

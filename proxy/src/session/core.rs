@@ -30,8 +30,9 @@ pub trait Link: Pooled + Sized {
     /// Runs the session-state statements `sql` (those this connection has not run yet), in order.
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError>;
 
-    /// Makes the connection's transactions read-only (or read-write again) for the session:
-    /// in maintenance the server itself refuses what the classifier cannot see.
+    /// Makes the connection's transactions read-only for the session (in maintenance the
+    /// server itself refuses what the classifier cannot see), or, with `false`, puts back what
+    /// the login gave it.
     async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError>;
 
     /// Resets the connection and returns it to backend `backend`'s pool under `key`, or closes
@@ -297,15 +298,22 @@ impl<'a, C: Link> Core<'a, C> {
             self.slots[side] = Some(Slot::new(self.cluster, backend, conn));
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        // Maintenance makes the session's connections read-only (one that is read-only by
+        // itself has read-only connections from its login); at its end the setting goes back
+        // to the login's, and the session's own state is replayed over it again.
+        let maintenance = self.maintenance.is_some() && !self.read_only;
+        if slot.maintenance && !maintenance && tx != Tx::Open {
+            slot.conn.set_read_only(false).await?;
+            slot.maintenance = false;
+            slot.applied.replayed = 0;
+        }
         if let Some(missing) = self.state.replay.get(slot.applied.replayed..).filter(|m| !m.is_empty()) {
             slot.conn.replay(missing).await?;
             slot.applied.replayed = self.state.replay.len();
         }
-        // A session that is read-only by itself has read-only connections from its login.
-        let maintenance = self.maintenance.is_some() && !self.read_only;
-        if slot.maintenance != maintenance && tx != Tx::Open {
-            slot.conn.set_read_only(maintenance).await?;
-            slot.maintenance = maintenance;
+        if maintenance && !slot.maintenance && tx != Tx::Open {
+            slot.conn.set_read_only(true).await?;
+            slot.maintenance = true;
         }
         Ok(slot)
     }
