@@ -35,7 +35,7 @@ pub async fn run(
 ) -> Result<Value, Failure> {
     let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
     let wanted = target_name.map(|name| Control::backend(&cluster, name)).transpose()?;
-    let Ok(_changing) = cluster.changing.try_lock() else {
+    let Some(_changing) = crate::switchover::change_lock(&cluster, "failover").await else {
         return Err(format!("a switchover of {cluster_name:?} is running; wait for it to end and look at `status`"));
     };
     let dialect = Dialect::of(cluster.config.protocol);

@@ -82,10 +82,14 @@ impl Monitor {
     /// sqlswitch was down, or one made by other tooling (Patroni, repmgr, orchestrator, by
     /// hand) while it runs, is followed. When none or several do, the routing table stays as it
     /// is, and `status`, the log and the metrics say why ("no primary", "split brain"): never a
-    /// guess. Skipped while a switchover runs (it changes the primary itself).
+    /// guess. The servers are asked without holding the cluster's change lock (an unreachable
+    /// one may take `connect_timeout`); the answers are acted on only if no switchover or
+    /// other change happened meanwhile.
     async fn follow_the_servers(&mut self) {
         let cluster = Arc::clone(&self.cluster);
-        let Ok(_changing) = cluster.changing.try_lock() else { return };
+        if cluster.changing.try_lock().is_err() {
+            return; // a switchover or failover runs: it changes the primary itself
+        }
         let dialect = Dialect::of(cluster.config.protocol);
         let table = cluster.table.load_full();
         let current = table.primary;
@@ -137,6 +141,12 @@ impl Monitor {
             .filter(|(_, r)| r.starts_with("unknown"))
             .map(|(i, r)| format!("{}: {r}", name(i)))
             .collect();
+        // Act only on answers that still describe the table: a change that landed while they
+        // were asked (a switchover) makes them stale.
+        let Ok(_changing) = cluster.changing.try_lock() else { return };
+        if cluster.table.load().generation != table.generation {
+            return;
+        }
         let problem = match writable.as_slice() {
             [only] if *only == current => None,
             [only] => {

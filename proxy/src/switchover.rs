@@ -68,13 +68,12 @@ pub async fn run(
     let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
     let target = Control::backend(&cluster, target_name)?;
     // One change of primary at a time: a second switchover is refused at once.
-    let Ok(_changing) = cluster.changing.try_lock() else {
+    let Some(_changing) = change_lock(&cluster, "switchover").await else {
         let so_far = lock(&cluster.progress).clone();
         return Err(format!(
             "a switchover of {cluster_name:?} is already running ({so_far}); wait for it to end and look at `status`"
         ));
     };
-    lock(&cluster.progress).clear();
     let old = cluster.table.load().primary;
     if old == target {
         return Err(format!("{target_name:?} is already the primary of {cluster_name:?}"));
@@ -345,6 +344,32 @@ async fn end_other_sessions(
     Ok((ended, refused))
 }
 
+/// Holds the cluster's change lock for a switchover or failover, and its progress text, which
+/// a second one is told; the text is cleared when this ends.
+pub(crate) struct Changing<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    progress: &'a std::sync::Mutex<String>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        lock(self.progress).clear();
+    }
+}
+
+/// Takes the cluster's change lock for `what`: at once when free; after a short wait when the
+/// monitor holds it (it does for a moment when it follows the servers); `None` when another
+/// switchover or failover runs.
+pub(crate) async fn change_lock<'a>(cluster: &'a Cluster, what: &str) -> Option<Changing<'a>> {
+    let guard = match cluster.changing.try_lock() {
+        Ok(guard) => guard,
+        Err(_) if !lock(&cluster.progress).is_empty() => return None,
+        Err(_) => tokio::time::timeout(LOCK_WAIT, cluster.changing.lock()).await.ok()?,
+    };
+    *lock(&cluster.progress) = format!("{what} started");
+    Some(Changing { _lock: guard, progress: &cluster.progress })
+}
+
 /// Runs a control statement within a command's deadline.
 pub(crate) async fn within<T, E: std::fmt::Display>(
     deadline: Instant,
@@ -359,6 +384,11 @@ pub(crate) async fn within<T, E: std::fmt::Display>(
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// How long a switchover or failover waits for the cluster's change lock: the monitor holds it
+/// for a moment when it follows the servers; a running switchover holds it far longer, and
+/// then the second one is refused.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// How the switchover's connections are named where the server shows them.
 const APPLICATION: &str = "sqlswitch-switchover";
