@@ -124,7 +124,8 @@ impl Monitor {
                 Ok(role) => {
                     // A logical subscriber is an upgrade target, not a second primary; once a
                     // switchover made it the primary, it is the one that takes writes.
-                    if role == Role::Writable || (role == Role::Subscriber && i == current) {
+                    let ours = matches!(role, Role::Subscriber | Role::Stopped) && i == current;
+                    if role == Role::Writable || ours {
                         writable.push(i);
                     }
                     if let Some(b) = cluster.backends.at(i) {

@@ -263,6 +263,11 @@ pub enum Role {
     /// A PostgreSQL server subscribed by logical replication (a running apply worker): it
     /// takes writes, but it is an upgrade target, not a second primary.
     Subscriber,
+    /// MariaDB/MySQL: writable, with a replication channel configured but stopped. Either a
+    /// primary left with an old channel (`RESET SLAVE` without `ALL`) or a replica whose
+    /// replication was stopped: the primary when it is already the routing table's, a replica
+    /// otherwise.
+    Stopped,
 }
 
 impl Role {
@@ -273,6 +278,7 @@ impl Role {
             Role::Replica => "replica",
             Role::ReadOnly => "read-only",
             Role::Subscriber => "subscriber",
+            Role::Stopped => "writable, replication stopped",
         }
     }
 }
@@ -370,9 +376,21 @@ impl ControlConn {
     /// A statement failed, or the answer was not understood.
     pub async fn role(&mut self, dialect: &Dialect) -> Result<Role, String> {
         let mut last_error = None;
+        let mut stopped_channel = false;
         for sql in dialect.channels {
             match self.exec(sql).await {
-                Ok(rows) if !rows.is_empty() => return Ok(Role::Replica),
+                Ok(rows) if !rows.is_empty() => {
+                    // Slave_IO_Running and Slave_SQL_Running (Replica_* on MySQL 8.4): columns
+                    // 11 and 12 of either spelling. A channel that runs (or tries to) follows.
+                    let running = rows
+                        .iter()
+                        .any(|row| [10, 11].iter().any(|&c| row.get(c).cloned().flatten().is_some_and(|v| v != "No")));
+                    if running {
+                        return Ok(Role::Replica);
+                    }
+                    stopped_channel = true;
+                    break;
+                }
                 Ok(_) => {
                     last_error = None;
                     break;
@@ -387,8 +405,10 @@ impl ControlConn {
         }
         match self.value(dialect.role).await?.as_str() {
             "replica" => Ok(Role::Replica),
+            "read-only" if stopped_channel => Ok(Role::Replica),
             "read-only" => Ok(Role::ReadOnly),
             "subscriber" => Ok(Role::Subscriber),
+            "writable" if stopped_channel => Ok(Role::Stopped),
             "writable" => Ok(Role::Writable),
             other => Err(format!("unexpected role {other:?}")),
         }

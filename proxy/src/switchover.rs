@@ -109,8 +109,11 @@ pub async fn run(
         ControlConn::connect(&new_target, APPLICATION).await.map_err(|e| fail("connect", target_name, &e))?;
     // A target is a standby by its replication status, not by a read-only setting: a MariaDB
     // replica often runs with `read_only = 0`, and must still catch up before writes move.
-    let standby = within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("connect: {target_name}: {e}"))?
-        == Role::Replica;
+    // One with a stopped replication channel is waited for too (and times out cleanly if it
+    // never catches up).
+    let target_role =
+        within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("connect: {target_name}: {e}"))?;
+    let standby = matches!(target_role, Role::Replica | Role::Stopped);
     if standby && !how.promote {
         return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
     }
@@ -141,7 +144,7 @@ pub async fn run(
         within(deadline, old_conn.exec_all(dialect.fence)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
         loop {
             let role = within(deadline, old_conn.role(dialect)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
-            if role != Role::Writable {
+            if !matches!(role, Role::Writable | Role::Stopped | Role::Subscriber) {
                 break;
             }
             if Instant::now() >= deadline {

@@ -692,3 +692,25 @@ async fn losing_the_replica_of_a_temporary_table_ends_the_session_with_its_name(
     assert_eq!(code(&e), Some(1927), "{e}");
     assert!(e.to_string().contains("perms"), "{e}");
 }
+
+/// A primary left with an old replication channel (`RESET SLAVE` without `ALL`, as after a
+/// promotion by hand) is still the primary: writes go on, nobody is held as in doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_a_stopped_old_channel_stays_the_primary() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    topo.sql(
+        topo.primary(),
+        "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = 1, MASTER_USER = 'repl', MASTER_PASSWORD = 'repl'",
+    )
+    .unwrap();
+    let daemon = start_mysql(&topo, "connect_timeout = \"1s\"").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a role check or two
+    let status = daemon.control.status();
+    let cluster = &status["clusters"][0];
+    assert!(cluster["primary_problem"].is_null(), "{status}");
+    assert_eq!(cluster["backends"][0]["server_says"], "writable, replication stopped", "{status}");
+    let mut conn = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    conn.query_drop("INSERT INTO items (note) VALUES ('still the primary')").await.expect("writes go on");
+    assert_eq!(server_id(&mut conn).await, 1);
+}
