@@ -616,7 +616,12 @@ async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
     let port = daemon.addr("app", false).unwrap().port();
     let mut conn = connect(port, APP).await.unwrap();
     conn.query_drop("SET autocommit = 0").await.unwrap();
+    let mut prepared = connect(port, APP).await.unwrap();
+    let insert = prepared.prep("INSERT INTO items (note) VALUES (?)").await.unwrap();
     daemon.control.mode("app", "read-only").unwrap();
+    // A statement prepared before: executed now, its connection is read-only.
+    let e = prepared.exec_drop(&insert, ("prepared",)).await.unwrap_err();
+    assert!(matches!(code(&e), Some(1290 | 1792)), "{e}");
     let e = conn.query_drop("INSERT INTO items (note) VALUES ('autocommit off')").await.unwrap_err();
     assert_eq!(code(&e), Some(1290), "{e}");
     conn.query_drop("ROLLBACK").await.unwrap();
@@ -624,7 +629,7 @@ async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
     let e = conn.query_drop("INSERT INTO items (note) VALUES ('in a transaction')").await.unwrap_err();
     assert_eq!(code(&e), Some(1290), "{e}");
     conn.query_drop("ROLLBACK").await.unwrap();
-    let written = "SELECT COUNT(*) FROM app.items WHERE note IN ('autocommit off', 'in a transaction')";
+    let written = "SELECT COUNT(*) FROM app.items WHERE note IN ('autocommit off', 'in a transaction', 'prepared')";
     assert_eq!(topo.sql(topo.primary(), written).unwrap().trim(), "0", "nothing reached the primary");
     daemon.control.mode("app", "read-write").unwrap();
     conn.query_drop("INSERT INTO items (note) VALUES ('before the shutdown')").await.expect("writes again");

@@ -227,6 +227,11 @@ impl<'a> MySession<'a> {
 
     async fn command(&mut self, packet: &packet::Packet, cmd: u8, answer: Answer, seq: u8) -> Result<(), End> {
         let cluster = self.id.cluster;
+        if !self.in_tx() {
+            // A transaction boundary: the cluster's maintenance state holds for what follows
+            // (every command: a prepared write then meets a read-only connection).
+            self.core.at_boundary();
+        }
         let plan = match cmd {
             command::QUERY => {
                 let sql = String::from_utf8_lossy(packet.payload.get(1..).unwrap_or_default());
@@ -240,10 +245,6 @@ impl<'a> MySession<'a> {
                     return Ok(());
                 }
                 let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
-                if !self.in_tx() {
-                    // A transaction boundary: the cluster's maintenance state holds for what follows.
-                    self.core.at_boundary();
-                }
                 let maintenance = self.core.maintenance;
                 let may_write = v.may_write();
                 // A session the client itself declared read-only may declare itself read-write
