@@ -449,9 +449,38 @@ pub struct Cluster {
 pub struct Discovery {
     /// Per backend: `writable`, `replica`, `read-only`, or why it did not answer.
     pub roles: Vec<String>,
-    /// Why the primary is in doubt (`no primary`, `split brain: a, b`); `None` when exactly one
-    /// backend takes writes and it is the primary.
-    pub problem: Option<String>,
+    /// Why the primary is in doubt; `None` when exactly one backend takes writes and it is the
+    /// primary.
+    pub problem: Option<Problem>,
+}
+
+/// Why the monitor doubts the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The primary (named) does not answer the monitor: the servers said nothing, so nothing is
+    /// held; its sessions find out for themselves.
+    PrimaryUnknown(String),
+    /// Every backend answered, none takes writes.
+    NoPrimary,
+    /// These backends all take writes.
+    SplitBrain(Vec<String>),
+}
+
+impl Problem {
+    /// Whether primary work waits (and is refused after a while) until it is over.
+    pub fn holds(&self) -> bool {
+        !matches!(self, Problem::PrimaryUnknown(_))
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::PrimaryUnknown(name) => write!(f, "primary unknown: {name} does not answer the monitor"),
+            Problem::NoPrimary => f.write_str("no primary: no backend takes writes"),
+            Problem::SplitBrain(names) => write!(f, "split brain: {} take writes", names.join(", ")),
+        }
+    }
 }
 
 impl Cluster {

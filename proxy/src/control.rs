@@ -379,7 +379,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "mode": mode_name(table.mode),
         "generation": table.generation,
         "primary": c.backends[table.primary].name,
-        "primary_problem": discovery.problem,
+        "primary_problem": discovery.problem.as_ref().map(ToString::to_string),
         "detached": table.detached,
         "maintenance": c.maintenance(),
         "primary_away_ms": c.backends.at(table.primary).map_or(0, |b| b.health.away_micros(&c.clock) / 1000),

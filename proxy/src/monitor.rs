@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Problem};
 use crate::replication::{ControlConn, Dialect, Position, Role};
 
 /// Primary samples `(t, position)`, oldest first; enough for a minute at the default interval.
@@ -102,11 +102,7 @@ impl Monitor {
                 if !live(i) {
                     return Err("removed".to_owned());
                 }
-                if slot.is_none() {
-                    let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-                    *slot = Some(ControlConn::connect(&to, "sqlswitch-monitor").await.map_err(|e| e.to_string())?);
-                }
-                let conn = slot.as_mut().ok_or("no connection")?;
+                let conn = connected(slot, cluster, i).await.map_err(|e| e.text)?;
                 let answer = tokio::time::timeout(cluster.config.connect_timeout, conn.role(dialect)).await;
                 let answer = answer.unwrap_or(Err("timed out".into()));
                 if answer.is_err() {
@@ -119,7 +115,9 @@ impl Monitor {
         let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
         let mut writable = Vec::new();
         let mut roles = Vec::new();
+        let mut answered = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
+            answered.push(answer.is_ok());
             match answer {
                 Ok(role) => {
                     // A logical subscriber is an upgrade target, not a second primary; once a
@@ -138,9 +136,10 @@ impl Monitor {
         }
         let unknown: Vec<String> = roles
             .iter()
+            .zip(&answered)
             .enumerate()
-            .filter(|(_, r)| r.starts_with("unknown"))
-            .map(|(i, r)| format!("{}: {r}", name(i)))
+            .filter(|(_, (_, ok))| !**ok)
+            .map(|(i, (r, _))| format!("{}: {r}", name(i)))
             .collect();
         // Act only on answers that still describe the table: a change that landed while they
         // were asked (a switchover) makes them stale.
@@ -164,20 +163,14 @@ impl Monitor {
                 );
                 None
             }
-            // The primary did not answer the monitor (down, or the monitor cannot log in): the
-            // servers said nothing, so nothing is held; its sessions find out for themselves.
-            [] if roles.get(current).is_none_or(|r| r.starts_with("unknown")) => {
-                Some(format!("primary unknown: {} does not answer the monitor", name(current)))
-            }
-            [] => Some("no primary: no backend takes writes".to_owned()),
-            several => Some(format!(
-                "split brain: {} take writes",
-                several.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
-            )),
+            // The primary did not answer the monitor (down, or the monitor cannot log in).
+            [] if !answered.get(current).copied().unwrap_or(false) => Some(Problem::PrimaryUnknown(name(current))),
+            [] => Some(Problem::NoPrimary),
+            several => Some(Problem::SplitBrain(several.iter().map(|i| name(*i)).collect())),
         };
         // While the servers disagree, primary work waits (and is refused after a while): never
         // a write on a server that may not be the primary.
-        let doubt = problem.as_deref().is_some_and(|p| !p.starts_with("primary unknown"));
+        let doubt = problem.as_ref().is_some_and(Problem::holds);
         let mut seen = cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if problem.is_some() && problem != seen.problem {
             warn!(
@@ -186,7 +179,7 @@ impl Monitor {
                 unanswered = ?unknown,
                 primary_work_waits = doubt,
                 "{}: the routing table stays as it is",
-                problem.as_deref().unwrap_or_default()
+                problem.as_ref().map(ToString::to_string).unwrap_or_default()
             );
         } else if problem.is_none() && seen.problem.is_some() {
             info!(cluster = %cluster.config.name, primary = %name(cluster.table.load().primary), "exactly one backend takes writes again");
@@ -335,13 +328,22 @@ impl From<crate::backend::BackendError> for CheckError {
     }
 }
 
-async fn check(conn: &mut Option<ControlConn>, cluster: &Cluster, i: usize, sql: &str) -> Result<String, CheckError> {
-    let timeout = cluster.config.connect_timeout;
+/// The monitor's control connection to backend `i`, opened when there is none.
+async fn connected<'c>(
+    conn: &'c mut Option<ControlConn>,
+    cluster: &Cluster,
+    i: usize,
+) -> Result<&'c mut ControlConn, CheckError> {
     if conn.is_none() {
         let to = cluster.control_target(i).ok_or("no monitor credentials")?;
         *conn = Some(ControlConn::connect(&to, "sqlswitch-monitor").await?);
     }
-    let rows = tokio::time::timeout(timeout, conn.as_mut().ok_or("no connection")?.exec(sql)).await;
+    conn.as_mut().ok_or_else(|| "no connection".into())
+}
+
+async fn check(conn: &mut Option<ControlConn>, cluster: &Cluster, i: usize, sql: &str) -> Result<String, CheckError> {
+    let timeout = cluster.config.connect_timeout;
+    let rows = tokio::time::timeout(timeout, connected(conn, cluster, i).await?.exec(sql)).await;
     let rows = rows.map_err(|_| CheckError { text: "timed out".to_owned(), unreachable: true })??;
     rows.into_iter()
         .next()

@@ -147,12 +147,13 @@ impl PrimaryWork {
             Wait::Doubt => {
                 let problem =
                     cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem.clone();
-                let problem = problem.unwrap_or_else(|| "the servers disagree on the primary".to_owned());
-                let text = format!("sqlswitch cannot send this to a primary: {problem} (primary work waits until exactly one server takes writes; see `sqlswitch ctl status`)");
-                Err(if problem.starts_with("split brain") {
-                    Refusal::SplitBrain(text)
-                } else {
-                    Refusal::NoPrimary(text)
+                let what = problem
+                    .as_ref()
+                    .map_or_else(|| "the servers disagree on the primary".to_owned(), ToString::to_string);
+                let text = format!("sqlswitch cannot send this to a primary: {what} (primary work waits until exactly one server takes writes; see `sqlswitch ctl status`)");
+                Err(match problem {
+                    Some(crate::cluster::Problem::SplitBrain(_)) => Refusal::SplitBrain(text),
+                    _ => Refusal::NoPrimary(text),
                 })
             }
         }
