@@ -92,6 +92,10 @@ pub struct Cluster {
     /// fence: wait for them to end (`wait`), or end their sessions (`terminate`).
     #[serde(default)]
     pub fence: Fence,
+    /// An upgrade cutover sets every sequence on the new primary to the old primary's last value
+    /// plus this many increments (room for values handed out but not yet committed).
+    #[serde(default)]
+    pub sequence_margin: u32,
     /// Functions, beyond the built-in list, that read and change nothing.
     #[serde(default)]
     pub read_only_functions: Vec<String>,
@@ -144,9 +148,22 @@ impl Cluster {
         self.users.iter().find(|u| u.name == name)
     }
 
-    /// Index of the primary backend (validation guarantees exactly one).
+    /// Index of the primary backend: the primary of the first group listed (validation
+    /// guarantees exactly one per group).
     pub fn primary_index(&self) -> usize {
-        self.backends.iter().position(|b| b.role == Role::Primary).unwrap_or(0)
+        let first = self.backends.first().map_or(DEFAULT_GROUP, |b| b.group.as_str());
+        self.backends.iter().position(|b| b.role == Role::Primary && b.group == first).unwrap_or(0)
+    }
+
+    /// The groups, in the order the backends first name them.
+    pub fn groups(&self) -> Vec<&str> {
+        let mut groups: Vec<&str> = Vec::new();
+        for b in &self.backends {
+            if !groups.contains(&b.group.as_str()) {
+                groups.push(&b.group);
+            }
+        }
+        groups
     }
 }
 
@@ -282,7 +299,15 @@ pub struct Backend {
     /// Share of reads among replicas.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// The group: the primary and replicas of one database cluster. Only the active group (the
+    /// first listed, until a switchover to another group's primary) serves; another group is
+    /// the new cluster of an upgrade, subscribed to this one by logical replication.
+    #[serde(default = "defaults::group")]
+    pub group: String,
 }
+
+/// The group of a backend that names none.
+pub const DEFAULT_GROUP: &str = "main";
 
 /// Most backends a cluster can have, those added by reloads included: config validation, the
 /// daemon's backend slots and routing all use this one limit.
@@ -335,6 +360,9 @@ mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn group() -> String {
+        super::DEFAULT_GROUP.to_owned()
     }
 }
 
@@ -523,16 +551,23 @@ impl Config {
                     format!("at most {MAX_BACKENDS} backends per cluster (found {})", c.backends.len()),
                 );
             }
-            let primaries = c.backends.iter().filter(|b| b.role == Role::Primary).count();
-            if !c.backends.is_empty() && primaries != 1 {
-                problem(
-                    format!("{at}.backend"),
-                    format!("exactly one backend must have role = \"primary\" (found {primaries})"),
-                );
+            let groups = c.groups();
+            for group in &groups {
+                let primaries = c.backends.iter().filter(|b| b.role == Role::Primary && b.group == *group).count();
+                if primaries != 1 {
+                    let which = if groups.len() == 1 { String::new() } else { format!(" of group {group:?}") };
+                    problem(
+                        format!("{at}.backend"),
+                        format!("exactly one backend{which} must have role = \"primary\" (found {primaries})"),
+                    );
+                }
             }
             let mut backends = HashSet::new();
             for (bi, b) in c.backends.iter().enumerate() {
                 let key = format!("{at}.backend[{bi}]");
+                if b.group.is_empty() {
+                    problem(format!("{key}.group"), "must not be empty (leave it out for \"main\")".into());
+                }
                 if b.name.is_empty() {
                     problem(format!("{key}.name"), "must not be empty".into());
                 } else if !backends.insert(b.name.clone()) {

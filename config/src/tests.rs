@@ -98,3 +98,36 @@ fn bad_durations_and_addresses_are_errors() {
     let err = parse(&GOOD.replace("127.0.0.1:15432", "run/pg.sock")).unwrap_err().to_string();
     assert!(err.contains("cluster[0].backend[0].address"), "{err}");
 }
+
+#[test]
+fn each_group_names_one_primary_and_the_first_group_starts_active() {
+    let two = format!(
+        "{GOOD}\n[[cluster.backend]]\nname = \"new1\"\naddress = \"127.0.0.1:16432\"\nrole = \"primary\"\ngroup = \"pg16\"\n\
+         \n[[cluster.backend]]\nname = \"new2\"\naddress = \"127.0.0.1:16433\"\nrole = \"replica\"\ngroup = \"pg16\"\n"
+    );
+    let c = parse(&two).unwrap();
+    let cl = &c.clusters[0];
+    assert_eq!(cl.groups(), ["main", "pg16"]);
+    assert_eq!(cl.primary_index(), 0, "the first group listed starts active");
+    assert_eq!(cl.backends[2].group, "pg16");
+    assert_eq!(cl.backends[0].group, "main", "a backend that names no group is in \"main\"");
+
+    // A new group listed first starts active.
+    let first = two.replacen("name = \"pg1\"", "name = \"pg1\"\ngroup = \"old\"", 1).replacen(
+        "name = \"pg2\"",
+        "name = \"pg2\"\ngroup = \"old\"",
+        1,
+    );
+    assert_eq!(parse(&first).unwrap().clusters[0].primary_index(), 0);
+
+    // A group without its primary is named.
+    let err = parse(&two.replace("role = \"primary\"\ngroup = \"pg16\"", "role = \"replica\"\ngroup = \"pg16\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exactly one backend of group \"pg16\" must have role = \"primary\" (found 0)"), "{err}");
+    let err = parse(&two.replace("group = \"pg16\"\n\n", "group = \"\"\n\n")).unwrap_err().to_string();
+    assert!(err.contains("backend[2].group: must not be empty"), "{err}");
+    // One group keeps the message it always had.
+    let err = parse(&GOOD.replace("role = \"replica\"", "role = \"primary\"")).unwrap_err().to_string();
+    assert!(err.contains("exactly one backend must have role = \"primary\" (found 2)"), "{err}");
+}

@@ -136,6 +136,10 @@ pub struct RoutingTable {
     pub weights: Vec<u32>,
     /// `max_replica_lag` in micros (reloadable).
     pub max_lag: u64,
+    /// Since when (clock micros) the primary's group has been active: a replica position
+    /// sampled before it may miss writes the previous group's primary acknowledged, and serves
+    /// no read. 0 for the group that started active.
+    pub since: u64,
 }
 
 impl RoutingTable {
@@ -211,8 +215,12 @@ pub struct Backend {
     pub name: String,
     /// `host:port`.
     pub address: String,
-    /// Primary or replica.
+    /// Primary or replica: the config's starting hint.
     pub role: Role,
+    /// Its group's name.
+    pub group: String,
+    /// Its group's index in [`Cluster::groups`]: only the primary's group serves.
+    pub group_id: usize,
     /// Idle connections, of the cluster's protocol.
     pub pool: Pools,
     /// Metrics handles.
@@ -357,13 +365,15 @@ impl Backend {
         }
     }
 
-    /// A backend of `cluster` from its config entry.
-    pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, registry: &Registry) -> Self {
+    /// A backend of `cluster` from its config entry, in the group numbered `group_id`.
+    pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, group_id: usize, registry: &Registry) -> Self {
         let metrics = registry.backend(&cluster.name, &b.name);
         Backend {
             name: b.name.clone(),
             address: b.address.clone(),
             role: b.role,
+            group: b.group.clone(),
+            group_id,
             pool: {
                 let (max_idle, gauge, count) =
                     (cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count));
@@ -442,6 +452,8 @@ pub struct Cluster {
     pub progress: std::sync::Mutex<String>,
     /// What the servers last said about their roles.
     pub discovery: std::sync::Mutex<Discovery>,
+    /// Group names, indexed by [`Backend::group_id`]; a reload may add one.
+    pub groups: std::sync::Mutex<Vec<String>>,
 }
 
 /// What the monitor last heard the servers say about their roles.
@@ -518,9 +530,32 @@ impl Cluster {
         })
     }
 
+    /// The index of group `name`, numbered now if it is new (a reload adding a group).
+    pub fn group_id(&self, name: &str) -> usize {
+        let mut groups = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups.iter().position(|g| g == name).unwrap_or_else(|| {
+            groups.push(name.to_owned());
+            groups.len() - 1
+        })
+    }
+
+    /// The group the primary is in: the one that serves.
+    pub fn active_group(&self, table: &RoutingTable) -> usize {
+        self.backends.at(table.primary).map_or(0, |b| b.group_id)
+    }
+
+    /// Whether backend `i` is in the serving group.
+    pub fn in_active_group(&self, table: &RoutingTable, i: usize) -> bool {
+        self.backends.at(i).is_some_and(|b| b.group_id == self.active_group(table))
+    }
+
     /// Builds the run-time cluster from validated config.
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
-        let backends = Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, registry)).collect());
+        let groups: Vec<String> = config.groups().into_iter().map(str::to_owned).collect();
+        let group_of = |b: &sqlswitch_config::Backend| groups.iter().position(|g| *g == b.group).unwrap_or(0);
+        let backends = Backends::new(
+            config.backends.iter().map(|b| Backend::new(&config, b, group_of(b), registry)).collect(),
+        );
         let users = ArcSwap::from_pointee(users_of(&config, None));
         let decoy_password: [u8; 16] = rand::random();
         Arc::new(Self {
@@ -534,7 +569,9 @@ impl Cluster {
                 states: vec![BackendState::Enabled; config.backends.len()],
                 weights: config.backends.iter().map(|b| b.weight).collect(),
                 max_lag: u64::try_from(config.max_replica_lag.as_micros()).unwrap_or(u64::MAX),
+                since: 0,
             }),
+            groups: std::sync::Mutex::new(groups),
             gate: Gate::default(),
             changing: tokio::sync::Mutex::new(()),
             progress: std::sync::Mutex::new(String::new()),
@@ -570,23 +607,29 @@ impl Cluster {
         const MAX_VIEWS: usize = MAX_BACKENDS;
         let rt = self.table.load();
         let monitored = self.config.monitor.is_some();
+        let active = self.active_group(&rt);
         let mut views =
             [route::BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
         for (i, (view, b)) in views.iter_mut().zip(&self.backends).enumerate() {
+            // Only the primary's group serves: another group is a cluster on its own.
+            let serves = rt.enabled(i) && (rt.is_primary(i) || b.group_id == active);
             *view = if monitored {
+                // A position sampled before this group became active proves nothing.
+                let caught_up_to = b.health.caught_up_to.load(Ordering::Relaxed);
+                let trusted = caught_up_to >= rt.since;
                 route::BackendView {
                     replica: !rt.is_primary(i),
-                    up: rt.enabled(i) && if rt.is_primary(i) { b.health.is_up() } else { b.health.serves_reads() },
+                    up: serves && if rt.is_primary(i) { b.health.is_up() } else { b.health.serves_reads() },
                     weight: rt.weight(i),
-                    caught_up_to: b.health.caught_up_to.load(Ordering::Relaxed),
-                    lag: b.health.lag_micros.load(Ordering::Relaxed),
+                    caught_up_to: if trusted { caught_up_to } else { 0 },
+                    lag: if trusted { b.health.lag_micros.load(Ordering::Relaxed) } else { u64::MAX },
                 }
             } else {
                 // Unmonitored: nothing is known of lag, so only read-only sessions use replicas.
                 let fresh = if session.read_only { u64::MAX } else { 0 };
                 route::BackendView {
                     replica: !rt.is_primary(i),
-                    up: rt.enabled(i),
+                    up: serves,
                     weight: rt.weight(i),
                     caught_up_to: fresh,
                     lag: 0,
@@ -610,11 +653,12 @@ impl Cluster {
         if !read_only {
             return vec![primary];
         }
+        let active = self.active_group(&table);
         let mut replicas: Vec<(f64, usize)> = self
             .backends
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != primary && table.weight(*i) > 0 && table.enabled(*i))
+            .filter(|(i, b)| *i != primary && b.group_id == active && table.weight(*i) > 0 && table.enabled(*i))
             // With a monitor, only replicas it has seen answer; without one, every replica.
             .filter(|(_, b)| self.config.monitor.is_none() || b.health.serves_reads())
             .map(|(i, _)| {

@@ -68,14 +68,21 @@ impl Control {
         for ((o, n), cluster) in old.clusters.iter().zip(&new.clusters).zip(&self.clusters) {
             // Backends: existing ones keep their address; new ones join as replicas; the
             // primary stays.
+            // A new group (the new cluster of an upgrade) may join with its own primary.
             let primary = &cluster.backends[cluster.table.load().primary].name;
+            let active = &cluster.backends[cluster.table.load().primary].group;
             for nb in &n.backends {
                 match cluster.backends.iter().find(|b| b.name == nb.name) {
                     Some(b) if b.address != nb.address => {
                         refused.push(format!("cluster {:?}: backend {:?} changed address (remove it and add a new one)", o.name, nb.name));
                     }
-                    None if nb.role == sqlswitch_config::Role::Primary => refused.push(format!(
-                        "cluster {:?}: new backend {:?} cannot join as the primary (add it as a replica, then switch over)",
+                    Some(b) if b.group != nb.group => refused.push(format!(
+                        "cluster {:?}: backend {:?} changed group {:?} -> {:?} (remove it and add it back under a new name)",
+                        o.name, nb.name, b.group, nb.group
+                    )),
+                    None if nb.role == sqlswitch_config::Role::Primary && nb.group == *active => refused.push(format!(
+                        "cluster {:?}: new backend {:?} cannot join the serving group {active:?} as its primary \
+                         (add it as a replica, then switch over)",
                         o.name, nb.name
                     )),
                     _ => {}
@@ -127,8 +134,13 @@ impl Control {
                 let index = match cluster.backends.iter().position(|b| b.name == nb.name) {
                     Some(i) => i,
                     None => {
-                        changes.push(format!("backend {} added ({}, weight {})", nb.name, nb.address, nb.weight));
-                        cluster.backends.push(crate::cluster::Backend::new(n, nb, &self.registry)).ok_or_else(|| {
+                        changes.push(format!(
+                            "backend {} added ({}, weight {}, group {})",
+                            nb.name, nb.address, nb.weight, nb.group
+                        ));
+                        let group = cluster.group_id(&nb.group);
+                        let backend = crate::cluster::Backend::new(n, nb, group, &self.registry);
+                        cluster.backends.push(backend).ok_or_else(|| {
                             format!("reload: cluster {:?} is full ({} backends)", n.name, crate::cluster::MAX_BACKENDS)
                         })?
                     }
@@ -361,7 +373,8 @@ fn cluster_status(c: &Cluster) -> Value {
             json!({
                 "name": b.name,
                 "address": b.address,
-                "role": if primary { "primary" } else { "replica" },
+                "role": if primary { "primary" } else if c.in_active_group(&table, i) { "replica" } else { "inactive" },
+                "group": b.group,
                 "server_says": discovery.roles.get(i),
                 "state": state,
                 "weight": table.weight(i),

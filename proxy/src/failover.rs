@@ -45,6 +45,13 @@ pub async fn run(
     if wanted == Some(old) {
         return Err(format!("{old_name:?} is the primary of {cluster_name:?}"));
     }
+    if let Some(w) = wanted.filter(|w| cluster.backends[*w].group_id != cluster.backends[old].group_id) {
+        return Err(format!(
+            "{:?} is in group {:?}, not the serving group {:?}: a failover promotes a replica of the lost primary; \
+             move to another group with `switchover`",
+            cluster.backends[w].name, cluster.backends[w].group, cluster.backends[old].group
+        ));
+    }
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
@@ -86,7 +93,9 @@ pub async fn run(
     let mut skipped = Vec::new();
     for i in 0..cluster.backends.len() {
         let live = table.states.get(i).is_some_and(|s| *s != BackendState::Removed);
-        if i == old || !live || wanted.is_some_and(|w| w != i) {
+        // Only the serving group's replicas follow the old primary.
+        let other_group = cluster.backends[i].group_id != cluster.backends[old].group_id;
+        if i == old || !live || other_group || wanted.is_some_and(|w| w != i) {
             continue;
         }
         let name = cluster.backends[i].name.clone();

@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, Problem};
 use crate::replication::{ControlConn, Dialect, Position, Role};
 
 /// Primary samples `(t, position)`, oldest first; enough for a minute at the default interval.
+#[derive(Default)]
 struct Samples(VecDeque<(u64, Position)>);
 
 impl Samples {
@@ -35,11 +36,18 @@ impl Samples {
     }
 }
 
-/// The monitor of one cluster: a connection per backend and the primary's recent samples.
+/// The monitor of one cluster: a connection per backend and, per group, its primary's recent
+/// samples. Positions are compared only within a group: another group is another cluster
+/// (the new one of an upgrade), whose positions are unrelated numbers.
 pub struct Monitor {
     cluster: Arc<Cluster>,
     conns: Vec<Option<ControlConn>>,
-    samples: Samples,
+    /// Per group.
+    samples: Vec<Samples>,
+    /// Per group: the backend last seen as its primary.
+    heads: Vec<Option<usize>>,
+    /// The group that served at the last check.
+    active: usize,
     ticks: u32,
 }
 
@@ -53,7 +61,38 @@ impl Monitor {
     pub fn new(cluster: Arc<Cluster>) -> Option<Self> {
         cluster.config.monitor.as_ref()?;
         let conns = cluster.backends.iter().map(|_| None).collect();
-        Some(Self { cluster, conns, samples: Samples(VecDeque::new()), ticks: 0 })
+        let active = cluster.active_group(&cluster.table.load());
+        Some(Self { cluster, conns, samples: Vec::new(), heads: Vec::new(), active, ticks: 0 })
+    }
+
+    /// The primary of each group, as far as the monitor knows: the serving one's is the routing
+    /// table's; another's is the one it last saw serve, or the config's `role = "primary"`.
+    fn heads(&mut self, primary: usize) -> Vec<Option<usize>> {
+        let cluster = &self.cluster;
+        let groups = cluster.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        self.heads.resize(groups, None);
+        self.samples.resize_with(groups, Samples::default);
+        let active = cluster.backends[primary].group_id;
+        if let Some(head) = self.heads.get_mut(active) {
+            *head = Some(primary);
+        }
+        if active != self.active {
+            // A group that becomes active starts a new history: its samples from before the
+            // switch do not cover what the previous group's primary acknowledged.
+            if let Some(samples) = self.samples.get_mut(active) {
+                samples.0.clear();
+            }
+            self.active = active;
+        }
+        for (g, head) in self.heads.iter_mut().enumerate() {
+            if head.is_none() {
+                *head = cluster
+                    .backends
+                    .iter()
+                    .position(|b| b.group_id == g && b.role == sqlswitch_config::Role::Primary);
+            }
+        }
+        self.heads.clone()
     }
 
     /// The first checks, before the daemon listens: quick rounds (for at most about a second)
@@ -64,11 +103,13 @@ impl Monitor {
         self.follow_the_servers().await;
         for _ in 0..50 {
             self.tick().await;
-            let primary = self.cluster.table.load().primary;
-            let pending =
-                self.cluster.backends.iter().enumerate().any(|(i, b)| {
-                    i != primary && b.health.is_up() && b.health.caught_up_to.load(Ordering::Relaxed) == 0
-                });
+            let table = self.cluster.table.load();
+            let pending = self.cluster.backends.iter().enumerate().any(|(i, b)| {
+                i != table.primary
+                    && self.cluster.in_active_group(&table, i)
+                    && b.health.is_up()
+                    && b.health.caught_up_to.load(Ordering::Relaxed) == 0
+            });
             if !pending {
                 return;
             }
@@ -121,9 +162,11 @@ impl Monitor {
             match answer {
                 Ok(role) => {
                     // A logical subscriber is an upgrade target, not a second primary; once a
-                    // switchover made it the primary, it is the one that takes writes.
+                    // switchover made it the primary, it is the one that takes writes. Another
+                    // group's servers are another cluster: they never count.
                     let ours = matches!(role, Role::Subscriber | Role::Stopped) && i == current;
-                    if role == Role::Writable || ours {
+                    let serving = cluster.in_active_group(&table, i);
+                    if serving && (role == Role::Writable || ours) {
                         writable.push(i);
                     }
                     if let Some(b) = cluster.backends.at(i) {
@@ -220,38 +263,64 @@ impl Monitor {
         let cluster = Arc::clone(&self.cluster);
         let table = cluster.table.load();
         let primary = table.primary;
+        let heads = self.heads(primary);
+        let active = cluster.backends[primary].group_id;
         // A reload may have added backends.
         self.conns.resize_with(cluster.backends.len(), || None);
         let mut conns = std::mem::take(&mut self.conns);
         let t = cluster.clock.now();
-        let sample = match conns.get_mut(primary) {
-            Some(conn) => probe(&cluster, primary, true, conn).await,
-            None => None,
-        };
-        let primary_answered = sample.is_some();
-        if let Some(pos) = sample {
-            // A primary sample stands for the end of its last whole record, where a replica stops.
-            self.samples.push(t, Dialect::of(cluster.config.protocol).at_record_boundary(pos));
-            cluster.backends[primary].health.caught_up_to.store(t, Ordering::Relaxed);
-        }
         let live = |i: usize| table.states.get(i).is_some_and(|s| *s != crate::cluster::BackendState::Removed);
-        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| *i != primary && live(*i)).map(|(i, conn)| {
-            let cluster = &cluster;
-            async move { probe(cluster, i, false, conn).await.map(|pos| (i, pos)) }
-        });
+        let kind = |i: usize| {
+            if i == primary {
+                Probe::Primary
+            } else if heads.contains(&Some(i)) {
+                Probe::Head
+            } else {
+                Probe::Replica
+            }
+        };
+        // Every group's primary first, so replicas compare against a fresh sample.
+        let firsts = conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) != Probe::Replica).map(
+            |(i, conn)| {
+                let cluster = &cluster;
+                async move { probe(cluster, i, kind(i), conn).await.map(|pos| (i, pos)) }
+            },
+        );
+        let samples: Vec<(usize, Position)> = futures::future::join_all(firsts).await.into_iter().flatten().collect();
+        let mut primary_answered = false;
+        let dialect = Dialect::of(cluster.config.protocol);
+        for (i, pos) in samples {
+            let g = cluster.backends[i].group_id;
+            primary_answered |= i == primary;
+            // A primary sample stands for the end of its last whole record, where a replica stops.
+            if let Some(group) = self.samples.get_mut(g) {
+                group.push(t, dialect.at_record_boundary(pos));
+            }
+            cluster.backends[i].health.caught_up_to.store(t, Ordering::Relaxed);
+        }
+        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) == Probe::Replica).map(
+            |(i, conn)| {
+                let cluster = &cluster;
+                async move { probe(cluster, i, Probe::Replica, conn).await.map(|pos| (i, pos)) }
+            },
+        );
         let replayed: Vec<(usize, Position)> =
             futures::future::join_all(replicas).await.into_iter().flatten().collect();
         if !primary_answered {
             // Without a primary, freshness is measured between replicas: the most advanced one
             // stands for the primary, so replicas keep serving reads for as long as it is away.
-            if let Some((_, newest)) = replayed.iter().max_by_key(|(_, pos)| pos.total()) {
-                self.samples.push(t, newest.clone());
+            let newest = replayed.iter().filter(|(i, _)| cluster.backends[*i].group_id == active);
+            if let (Some((_, newest)), Some(group)) =
+                (newest.max_by_key(|(_, pos)| pos.total()), self.samples.get_mut(active))
+            {
+                group.push(t, newest.clone());
             }
         }
-        let newest = self.samples.0.back().map_or(0, |(_, p)| p.total());
         for (i, pos) in &replayed {
+            let Some(samples) = self.samples.get(cluster.backends[*i].group_id) else { continue };
+            let newest = samples.0.back().map_or(0, |(_, p)| p.total());
             let health = &cluster.backends[*i].health;
-            let caught_up_to = self.samples.caught_up_to(pos);
+            let caught_up_to = samples.caught_up_to(pos);
             health.lag_bytes.store(newest.saturating_sub(pos.total()), Ordering::Relaxed);
             health.caught_up_to.store(caught_up_to, Ordering::Relaxed);
             let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
@@ -262,13 +331,29 @@ impl Monitor {
     }
 }
 
+/// What a backend is checked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The serving primary: its write position.
+    Primary,
+    /// Another group's primary: its own position, whether it is writable (a logical
+    /// subscriber) or a standby itself.
+    Head,
+    /// A replica: what it has replayed.
+    Replica,
+}
+
 /// Checks backend `i` (the primary, or a replica) and updates its `up` flag; returns its
 /// position (WAL for PostgreSQL, GTID sequence for MariaDB). A PostgreSQL replica that is not in
 /// recovery (a fenced old primary) answers NULL: down.
-async fn probe(cluster: &Cluster, i: usize, primary: bool, conn: &mut Option<ControlConn>) -> Option<Position> {
+async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<ControlConn>) -> Option<Position> {
     let backend = &cluster.backends[i];
     let dialect = Dialect::of(cluster.config.protocol);
-    let sql = if primary { dialect.position } else { dialect.replayed };
+    let sql = match kind {
+        Probe::Primary => dialect.position,
+        Probe::Head => dialect.head_position,
+        Probe::Replica => dialect.replayed,
+    };
     let result = check(conn, cluster, i, sql).await;
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);

@@ -160,6 +160,8 @@ pub struct Dialect {
     pub position: &'static str,
     /// What a replica has replayed.
     pub replayed: &'static str,
+    /// The position of another group's primary, writable or a standby itself.
+    pub head_position: &'static str,
     /// Parses either answer.
     pub parse: fn(&str) -> Option<Position>,
     /// Whether a position always ends at a whole record (GTIDs do; a WAL insert position may
@@ -216,6 +218,8 @@ impl Dialect {
 const POSTGRES: Dialect = Dialect {
     position: "SELECT pg_current_wal_insert_lsn()::text",
     replayed: "SELECT pg_last_wal_replay_lsn()::text",
+    head_position: "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                    ELSE pg_current_wal_insert_lsn() END)::text",
     parse: parse_lsn_position,
     whole_records: false,
     fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
@@ -235,6 +239,7 @@ const POSTGRES: Dialect = Dialect {
 const MYSQL: Dialect = Dialect {
     position: "SELECT @@gtid_binlog_pos",
     replayed: "SELECT @@gtid_slave_pos",
+    head_position: "SELECT @@gtid_current_pos",
     parse: parse_gtid,
     whole_records: true,
     fence: &["SET GLOBAL read_only = 1"],

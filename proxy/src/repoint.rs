@@ -48,7 +48,11 @@ pub async fn run(
     let table = cluster.table.load_full();
     let mut results = Vec::new();
     for (i, backend) in cluster.backends.iter().enumerate() {
-        if i == new || table.states.get(i).is_none_or(|s| *s == BackendState::Removed) {
+        // Another group is a cluster of its own (the old one, after an upgrade cutover).
+        if i == new
+            || backend.group_id != new_backend.group_id
+            || table.states.get(i).is_none_or(|s| *s == BackendState::Removed)
+        {
             continue;
         }
         let at = Instant::now();
