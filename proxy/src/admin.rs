@@ -95,10 +95,11 @@ struct Args<'a> {
     timeout: Option<Duration>,
     promote: bool,
     no_repoint: bool,
+    force: bool,
 }
 
 fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
-    let mut args = Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false };
+    let mut args = Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false, force: false };
     for w in words {
         if let Some(v) = w.strip_prefix("timeout=") {
             args.timeout = Some(humantime::parse_duration(v).map_err(|e| format!("timeout={v}: {e}"))?);
@@ -106,6 +107,8 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
             args.promote = true;
         } else if *w == "no_repoint" {
             args.no_repoint = true;
+        } else if *w == "force" {
+            args.force = true;
         } else {
             args.positional.push(w);
         }
@@ -113,7 +116,8 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
     Ok(args)
 }
 
-const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [timeout=30s] | \
+const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [timeout=30s] | \
+                     upgrade-check CLUSTER BACKEND | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
                      resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
 
@@ -163,8 +167,14 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             let mut report = |step: &crate::switchover::Step| {
                 let _ = progress.send(step.json());
             };
-            let how = crate::switchover::How { promote: args.promote, repoint: !args.no_repoint, timeout };
+            let how =
+                crate::switchover::How { promote: args.promote, repoint: !args.no_repoint, timeout, force: args.force };
             crate::switchover::run(control, cluster, target, how, &mut report).await
+        }
+        "upgrade-check" => {
+            let (cluster, target) = two()?;
+            crate::switchover::upgrade_check(control, cluster, target, args.timeout.unwrap_or(Duration::from_secs(30)))
+                .await
         }
         "failover" => {
             let (cluster, target) = match args.positional.as_slice() {
@@ -273,6 +283,19 @@ fn print_pretty(v: &Value) {
                     b["idle_connections"].to_string()
                 );
             }
+        }
+        return;
+    }
+    if let Some(findings) = v.get("findings").and_then(Value::as_array) {
+        out!(
+            "upgrade-check {} -> {}: {} blocking finding(s)",
+            v["from"].as_str().unwrap_or(""),
+            v["to"].as_str().unwrap_or(""),
+            v["blocking"]
+        );
+        for f in findings {
+            let todo = f["do"].as_str().filter(|t| !t.is_empty()).map(|t| format!(" -> {t}")).unwrap_or_default();
+            out!("  {:<8} {}{todo}", f["level"].as_str().unwrap_or(""), f["what"].as_str().unwrap_or(""));
         }
         return;
     }

@@ -43,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod switchover;
 pub mod tls;
+pub mod upgrade;
 pub mod workers;
 
 pub use server::Daemon;

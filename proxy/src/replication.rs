@@ -187,6 +187,8 @@ pub struct Dialect {
     pub other_sessions: &'static str,
     /// Ends the session with the given id.
     pub end_session: fn(&str) -> String,
+    /// Whether a target may be a logical-replication subscriber (an upgrade cutover).
+    pub logical: bool,
 }
 
 impl Dialect {
@@ -234,6 +236,7 @@ const POSTGRES: Dialect = Dialect {
     other_sessions: "SELECT pid::text FROM pg_stat_activity WHERE backend_type = 'client backend' \
                      AND pid <> pg_backend_pid() AND application_name NOT LIKE 'sqlswitch-%'",
     end_session: |id| format!("SELECT pg_terminate_backend({id})"),
+    logical: true,
 };
 
 const MYSQL: Dialect = Dialect {
@@ -253,6 +256,7 @@ const MYSQL: Dialect = Dialect {
                      AND COMMAND NOT IN ('Binlog Dump', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
                      AND USER NOT IN ('system user', 'event_scheduler', SUBSTRING_INDEX(CURRENT_USER(), '@', 1))",
     end_session: |id| format!("KILL CONNECTION {id}"),
+    logical: false,
 };
 
 /// What a server says it is.
@@ -324,11 +328,20 @@ impl ControlConn {
     /// # Errors
     /// The connect or login failed, or timed out.
     pub async fn connect(to: &ControlTarget<'_>, application: &str) -> Result<Self, BackendError> {
+        Self::connect_to(to, application, "postgres").await
+    }
+
+    /// As [`ControlConn::connect`], to PostgreSQL database `database` (subscriptions and
+    /// sequences live in one database); MySQL/MariaDB connections name no database.
+    ///
+    /// # Errors
+    /// The connect or login failed, or timed out.
+    pub async fn connect_to(to: &ControlTarget<'_>, application: &str, database: &str) -> Result<Self, BackendError> {
         let (user, password) = (to.monitor.user.as_str(), to.monitor.password.expose());
         match to.protocol {
             Protocol::Postgres => {
                 let params = [
-                    ("database".to_owned(), "postgres".to_owned()),
+                    ("database".to_owned(), database.to_owned()),
                     ("application_name".to_owned(), application.to_owned()),
                 ];
                 let login = Login { user, password, params: &params, tls: to.tls.as_deref() };

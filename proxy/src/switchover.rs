@@ -52,6 +52,9 @@ pub struct How {
     pub repoint: bool,
     /// Deadline for everything up to the release.
     pub timeout: Duration,
+    /// Cut over to a logical-replication subscriber even though `upgrade-check` finds what
+    /// would break.
+    pub force: bool,
 }
 
 /// Switches `cluster_name`'s primary to `target_name`. `report` sees each step as it completes.
@@ -89,10 +92,12 @@ pub async fn run(
     let started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
     let mut steps: Vec<Step> = Vec::new();
-    let mut done = |steps: &mut Vec<Step>, name, at: Instant, detail: String| {
+    // A step done (recorded in the answer), or one still going (`None`: reported only).
+    let mut done = |steps: Option<&mut Vec<Step>>, name, at: Instant, detail: String| {
         let step = Step { name, took: at.elapsed(), detail };
-        info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "switchover step");
         report(&step);
+        let Some(steps) = steps else { return };
+        info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "switchover step");
         let mut progress = lock(&cluster.progress);
         if !progress.is_empty() {
             progress.push_str(", ");
@@ -117,13 +122,34 @@ pub async fn run(
     if standby && !how.promote {
         return Err(format!("promote: {target_name} is a standby; add `promote`, or promote it first"));
     }
+    // Another group's primary, or a logical subscriber: an upgrade cutover, checked first.
+    let cross_group = cluster.backends[target].group_id != cluster.backends[old].group_id;
+    let mut subscriptions = Vec::new();
+    if dialect.logical && !standby {
+        let sides = crate::upgrade::Sides { cluster: &cluster, old, target, deadline };
+        let check = crate::upgrade::check(&sides).await.map_err(|e| format!("upgrade-check: {e}"))?;
+        if cross_group || !check.subscriptions.is_empty() {
+            let blocking: Vec<&str> = check.blocking().iter().map(|f| f.what.as_str()).collect();
+            if !blocking.is_empty() && !how.force {
+                return Err(format!(
+                    "upgrade-check: the cutover to {target_name} would break, nothing was changed: {} \
+                     (`upgrade-check {cluster_name} {target_name}` says what to do; `force` cuts over anyway)",
+                    blocking.join("; ")
+                ));
+            }
+            // Only running subscriptions can be waited for (`force` past a disabled one).
+            subscriptions = check.subscriptions.into_iter().filter(|s| s.enabled).collect();
+        }
+    }
+    let logical = !subscriptions.is_empty();
 
     // 1. Hold new primary work; replica reads go on.
     let at = Instant::now();
     cluster.gate.set(|h| h.primary = true);
-    done(&mut steps, "hold", at, "new primary work waits; replica reads continue".into());
+    done(Some(&mut steps), "hold", at, "new primary work waits; replica reads continue".into());
 
     let mut promoted = false;
+    let mut disabled: Vec<crate::upgrade::Subscription> = Vec::new();
     let outcome = async {
         // 2. Let in-flight primary work finish.
         let at = Instant::now();
@@ -137,7 +163,7 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        done(&mut steps, "drain", at, "no primary work in flight".into());
+        done(Some(&mut steps), "drain", at, "no primary work in flight".into());
 
         // 3. Fence the old primary, and see the fence in force (PostgreSQL's reload only signals).
         let at = Instant::now();
@@ -152,7 +178,7 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        done(&mut steps, "fence", at, format!("{old_name} refuses new writes"));
+        done(Some(&mut steps), "fence", at, format!("{old_name} refuses new writes"));
 
         // 4. Every transaction that could still commit on the old primary ends (sessions that
         // did not come through sqlswitch, or users the fence does not stop).
@@ -188,7 +214,7 @@ pub async fn run(
             0 => "no other transaction open".to_owned(),
             n => format!("ended {n} other session(s) (fence = \"terminate\"); no other transaction open"),
         };
-        done(&mut steps, "writers", at, detail);
+        done(Some(&mut steps), "writers", at, detail);
 
         // 5. Read the final position, and wait until the target has applied it (a target that
         // is already writable, such as a logical-replication subscriber, has no comparable
@@ -199,7 +225,56 @@ pub async fn run(
         let final_pos = dialect
             .primary_position(&final_text)
             .ok_or_else(|| format!("catch_up: cannot compare position {final_text:?}"))?;
-        if standby {
+        if logical {
+            let final_lsn = final_pos.total();
+            let mut reported = Instant::now();
+            loop {
+                let behind = crate::upgrade::caught_up(&mut old_conn, &mut new_conn, &subscriptions, final_lsn, deadline)
+                    .await
+                    .map_err(|e| format!("catch_up: {e}"))?;
+                if behind == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "catch_up: the subscription(s) of {target_name} still had {behind} bytes of {final_text} to apply after {timeout:?}"
+                    ));
+                }
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    reported = Instant::now();
+                    done(None, "catch_up", at, format!("{behind} bytes still to apply"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let names: Vec<&str> = subscriptions.iter().map(|s| s.name.as_str()).collect();
+            done(Some(&mut steps), "catch_up", at, format!("{target_name} applied {final_text} ({})", names.join(", ")));
+
+            // Sequences are not replicated: copy each value, and then stop the subscriptions.
+            let at = Instant::now();
+            let sides = crate::upgrade::Sides { cluster: &cluster, old, target, deadline };
+            let mut set = 0;
+            let mut databases: Vec<&str> = subscriptions.iter().map(|s| s.database.as_str()).collect();
+            databases.dedup();
+            let mut news = Vec::new();
+            for database in databases {
+                let (mut old_db, mut new_db) = sides.connect(database).await.map_err(|e| format!("sequences: {e}"))?;
+                set += crate::upgrade::sync_sequences(&mut old_db, &mut new_db, cluster.config.sequence_margin, deadline)
+                    .await
+                    .map_err(|e| format!("sequences: {database}: {e}"))?;
+                news.push((database, new_db));
+            }
+            let margin = cluster.config.sequence_margin;
+            done(Some(&mut steps), "sequences", at, format!("{set} sequence(s) set on {target_name} (sequence_margin {margin})"));
+            let at = Instant::now();
+            for sub in &subscriptions {
+                let Some((_, new_db)) = news.iter_mut().find(|(d, _)| *d == sub.database) else { continue };
+                crate::upgrade::set_enabled(new_db, sub, false, deadline)
+                    .await
+                    .map_err(|e| format!("subscription: {}: {e}", sub.name))?;
+                disabled.push(sub.clone());
+            }
+            done(Some(&mut steps), "subscription", at, format!("disabled {} on {target_name}", names.join(", ")));
+        } else if standby {
             loop {
                 let text =
                     within(deadline, new_conn.value(dialect.replayed)).await.map_err(|e| format!("catch_up: {e}"))?;
@@ -214,9 +289,9 @@ pub async fn run(
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            done(&mut steps, "catch_up", at, format!("{target_name} applied {final_text}"));
+            done(Some(&mut steps), "catch_up", at, format!("{target_name} applied {final_text}"));
         } else {
-            done(&mut steps, "catch_up", at, format!("{target_name} is not a standby: nothing to apply"));
+            done(Some(&mut steps), "catch_up", at, format!("{target_name} is not a standby: nothing to apply"));
         }
 
         // 6. Promote, or check it is already writable; either way, clear any fence of ours.
@@ -235,20 +310,29 @@ pub async fn run(
         if !matches!(role, Role::Writable | Role::Subscriber) {
             return Err(format!("promote: {target_name} is {} after promotion, not writable", role.name()));
         }
-        let what = if standby { "promoted" } else { "already writable" };
-        done(&mut steps, "promote", at, format!("{target_name} {what}"));
+        let what = if standby { "promoted" } else if logical { "takes writes (subscription disabled)" } else { "already writable" };
+        done(Some(&mut steps), "promote", at, format!("{target_name} {what}"));
         Ok(final_pos)
     }
     .await;
 
     if let Err(why) = outcome {
+        let why = enable_again(&cluster, old, target, &disabled, why).await;
         return Err(recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await);
     }
 
     // 7. Swap the routing table.
     let at = Instant::now();
-    let table = change(&cluster, |t| t.primary = target);
-    done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
+    // A new group serves from now on: its replicas serve reads once they have replayed a
+    // position of the new primary sampled after this moment.
+    let now = cluster.clock.now();
+    let table = change(&cluster, |t| {
+        t.primary = target;
+        if cross_group {
+            t.since = now;
+        }
+    });
+    done(Some(&mut steps), "swap", at, format!("routing generation {}", table.generation));
 
     // 8. Release held work to the new primary (exactly one server takes writes now).
     let at = Instant::now();
@@ -259,11 +343,14 @@ pub async fn run(
     });
     let pause = started.elapsed();
     let held = cluster.gate.held_total.load(Ordering::Relaxed) - held_before;
-    done(&mut steps, "release", at, format!("{held} held statement(s) released"));
+    done(Some(&mut steps), "release", at, format!("{held} held statement(s) released"));
 
     // 9. Re-point the other replicas (clients are already served by the new primary).
-    let replicas = if how.repoint && cluster.config.replication.is_some() {
-        let mut repoint_step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
+    let replicas = if cross_group {
+        // The new group's replicas follow its primary already; the old group is left as it is.
+        Vec::new()
+    } else if how.repoint && cluster.config.replication.is_some() {
+        let mut repoint_step = |at: Instant, detail: String| done(Some(&mut steps), "repoint", at, detail);
         crate::repoint::run(&cluster, old, target, &mut new_conn, &mut repoint_step).await
     } else {
         crate::repoint::skipped(how.repoint)
@@ -280,6 +367,37 @@ pub async fn run(
         "held": held,
         "replicas": replicas,
     }))
+}
+
+/// `upgrade-check CLUSTER BACKEND`: the read-only report before a cutover to a logical
+/// subscriber ([`crate::upgrade::check`]).
+///
+/// # Errors
+/// No such cluster or backend, not PostgreSQL, no monitor credentials, or a server could not be
+/// asked.
+pub async fn upgrade_check(
+    control: &Control,
+    cluster_name: &str,
+    target_name: &str,
+    timeout: Duration,
+) -> Result<Value, Failure> {
+    let cluster = control.cluster(cluster_name)?;
+    let target = Control::backend(cluster, target_name)?;
+    if !Dialect::of(cluster.config.protocol).logical {
+        return Err("upgrade-check is for PostgreSQL logical-replication subscribers; a MariaDB/MySQL upgrade is a \
+                    switchover to a replica that runs the new version"
+            .into());
+    }
+    let old = cluster.table.load().primary;
+    if old == target {
+        return Err(format!("{target_name:?} is already the primary of {cluster_name:?}"));
+    }
+    if cluster.config.monitor.is_none() {
+        return Err(format!("cluster {cluster_name:?} has no monitor credentials: the check runs as the monitor user"));
+    }
+    let sides = crate::upgrade::Sides { cluster, old, target, deadline: Instant::now() + timeout };
+    let check = crate::upgrade::check(&sides).await?;
+    Ok(check.json(cluster_name, &cluster.backends[old].name, target_name))
 }
 
 /// After a failed step: before a promotion, undo the fence and resume on the old primary;
@@ -321,6 +439,35 @@ async fn recover(
     cluster.gate.set(|h| h.primary = false);
     warn!(cluster = %name, error = %why, "switchover failed");
     answer
+}
+
+/// After a cutover failed past the step that disabled subscriptions: enable them again, so that
+/// the old primary, which takes writes again, still feeds the new cluster. Returns `why`, with
+/// what could not be undone.
+async fn enable_again(
+    cluster: &Cluster,
+    old: usize,
+    target: usize,
+    disabled: &[crate::upgrade::Subscription],
+    why: String,
+) -> String {
+    let deadline = Instant::now() + cluster.config.connect_timeout;
+    let sides = crate::upgrade::Sides { cluster, old, target, deadline };
+    let mut failed = Vec::new();
+    for sub in disabled {
+        let enabled = match sides.connect(&sub.database).await {
+            Ok((_, mut new_db)) => crate::upgrade::set_enabled(&mut new_db, sub, true, deadline).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = enabled {
+            failed.push(format!("{}: {e}", sub.name));
+        }
+    }
+    if failed.is_empty() {
+        why
+    } else {
+        format!("{why} (and enabling the subscription again failed: {}; ALTER SUBSCRIPTION ... ENABLE by hand)", failed.join("; "))
+    }
 }
 
 /// Ends every other client session on the fenced old primary; returns how many, and the
@@ -392,6 +539,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// for a moment when it follows the servers; a running switchover holds it far longer, and
 /// then the second one is refused.
 pub(crate) const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a step that waits reports how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// How the switchover's connections are named where the server shows them.
 const APPLICATION: &str = "sqlswitch-switchover";

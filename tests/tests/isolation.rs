@@ -17,7 +17,7 @@ use tokio_postgres::error::SqlState;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const HOW: sqlswitch::switchover::How =
-    sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(10) };
+    sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(10), force: false };
 
 /// Everything a MySQL connection carries that a client can change: database, character set,
 /// autocommit, isolation and access mode, SQL mode, time zone, a user variable.

@@ -291,7 +291,7 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
-    let how = sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30) };
+    let how = sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30), force: false };
     let result =
         sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut report).await.expect("switchover");
     let bench = load.await.unwrap();
