@@ -89,7 +89,7 @@ pub async fn run(
     let dialect = Dialect::of(cluster.config.protocol);
     let timeout = how.timeout;
     let deadline = Instant::now() + timeout;
-    let started = Instant::now();
+    let mut started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
     let mut steps: Vec<Step> = Vec::new();
     // A step done (recorded in the answer), or one still going (`None`: reported only).
@@ -143,8 +143,9 @@ pub async fn run(
     }
     let logical = !subscriptions.is_empty();
 
-    // 1. Hold new primary work; replica reads go on.
+    // 1. Hold new primary work; replica reads go on. Clients' pause starts here.
     let at = Instant::now();
+    started = at;
     cluster.gate.set(|h| h.primary = true);
     done(Some(&mut steps), "hold", at, "new primary work waits; replica reads continue".into());
 
@@ -228,12 +229,14 @@ pub async fn run(
         if logical {
             let final_lsn = final_pos.total();
             let mut reported = Instant::now();
+            let mut behind = final_lsn;
             loop {
-                let behind = crate::upgrade::caught_up(&mut old_conn, &mut new_conn, &subscriptions, final_lsn, deadline)
-                    .await
-                    .map_err(|e| format!("catch_up: {e}"))?;
-                if behind == 0 {
-                    break;
+                let now = crate::upgrade::caught_up(&mut old_conn, &mut new_conn, &subscriptions, final_lsn, deadline);
+                match now.await {
+                    Ok(0) => break,
+                    Ok(n) => behind = n,
+                    Err(e) if Instant::now() < deadline => return Err(format!("catch_up: {e}")),
+                    Err(_) => {}
                 }
                 if Instant::now() >= deadline {
                     return Err(format!(

@@ -151,7 +151,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     let subscriptions = rows(
         &mut new,
         "SELECT s.subname, d.datname, coalesce(s.subslotname, ''), s.subenabled::text, \
-         pg_has_role(s.subowner, 'USAGE')::text, array_to_string(s.subpublications, ',') \
+         pg_has_role(s.subowner, 'USAGE')::text, array_to_string(s.subpublications, ','), s.subsynccommit \
          FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid ORDER BY 1",
         deadline,
     )
@@ -171,7 +171,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     )
     .await?;
     for s in &subscriptions {
-        let [name, database, slot, enabled, may_alter, publications] = s.as_slice() else { continue };
+        let [name, database, slot, enabled, may_alter, publications, sync] = s.as_slice() else { continue };
         let on_old = slots.iter().find(|r| r.first() == Some(slot) && r.get(1) == Some(database));
         let Some(on_old) = on_old else {
             out.info(format!(
@@ -207,6 +207,16 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
                 Level::Warning,
                 format!("slot {slot} on {old_name} is not in use: subscription {name} is not streaming now"),
                 format!("look at the log of {new_name}"),
+            );
+        }
+        if sync == "off" {
+            out.add(
+                Level::Info,
+                format!(
+                    "subscription {name} applies with synchronous_commit = off: it confirms the old primary's \
+                     final position up to a second late, and clients wait that second during the cutover"
+                ),
+                format!("ALTER SUBSCRIPTION {} SET (synchronous_commit = on) for a shorter pause", ident(name)),
             );
         }
         let behind = on_old.get(3).cloned().unwrap_or_default();
@@ -457,30 +467,15 @@ pub async fn sync_sequences(
     Ok(sets.len())
 }
 
-/// Enables or disables subscription `s` (on a connection to its database), and with `false`
-/// waits until its apply worker has stopped.
+/// Enables or disables subscription `s` (on a connection to its database). Disabled, its apply
+/// worker exits within a second; it has nothing left to apply (the old primary is fenced and
+/// its final position confirmed), so the cutover does not wait for that.
 ///
 /// # Errors
-/// The server refused, or the worker did not stop by the deadline.
+/// The server refused.
 pub async fn set_enabled(new: &mut ControlConn, s: &Subscription, enabled: bool, deadline: Instant) -> Result<(), String> {
     let word = if enabled { "ENABLE" } else { "DISABLE" };
-    within(deadline, new.exec(&format!("ALTER SUBSCRIPTION {} {word}", ident(&s.name)))).await?;
-    if enabled {
-        return Ok(());
-    }
-    let running = format!(
-        "SELECT count(*)::text FROM pg_stat_subscription WHERE subname = {} AND pid IS NOT NULL",
-        literal(&s.name)
-    );
-    loop {
-        if value(new, &running, deadline).await? == "0" {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("the apply worker of {} still runs", s.name));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    within(deadline, new.exec(&format!("ALTER SUBSCRIPTION {} {word}", ident(&s.name)))).await.map(drop)
 }
 
 #[derive(Default)]

@@ -124,7 +124,7 @@ impl Topology {
             &mut conf,
             b"\nmax_connections = 500\nshared_buffers = 32MB\nfsync = off\n\
               full_page_writes = off\nmax_wal_senders = 10\nhot_standby_feedback = on\n\
-              wal_receiver_status_interval = 1s\nlog_min_messages = warning\n\
+              wal_receiver_status_interval = 1s\nlog_min_messages = warning\nwal_level = logical\n\
               include_if_exists = 'node.conf'\n",
         )?;
         topo.write_node_conf(&primary)?;
