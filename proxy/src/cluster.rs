@@ -553,9 +553,8 @@ impl Cluster {
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
         let groups: Vec<String> = config.groups().into_iter().map(str::to_owned).collect();
         let group_of = |b: &sqlswitch_config::Backend| groups.iter().position(|g| *g == b.group).unwrap_or(0);
-        let backends = Backends::new(
-            config.backends.iter().map(|b| Backend::new(&config, b, group_of(b), registry)).collect(),
-        );
+        let backends =
+            Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, group_of(b), registry)).collect());
         let users = ArcSwap::from_pointee(users_of(&config, None));
         let decoy_password: [u8; 16] = rand::random();
         Arc::new(Self {

@@ -86,10 +86,8 @@ impl Monitor {
         }
         for (g, head) in self.heads.iter_mut().enumerate() {
             if head.is_none() {
-                *head = cluster
-                    .backends
-                    .iter()
-                    .position(|b| b.group_id == g && b.role == sqlswitch_config::Role::Primary);
+                *head =
+                    cluster.backends.iter().position(|b| b.group_id == g && b.role == sqlswitch_config::Role::Primary);
             }
         }
         self.heads.clone()
@@ -280,12 +278,11 @@ impl Monitor {
             }
         };
         // Every group's primary first, so replicas compare against a fresh sample.
-        let firsts = conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) != Probe::Replica).map(
-            |(i, conn)| {
+        let firsts =
+            conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) != Probe::Replica).map(|(i, conn)| {
                 let cluster = &cluster;
                 async move { probe(cluster, i, kind(i), conn).await.map(|pos| (i, pos)) }
-            },
-        );
+            });
         let samples: Vec<(usize, Position)> = futures::future::join_all(firsts).await.into_iter().flatten().collect();
         let mut primary_answered = false;
         let dialect = Dialect::of(cluster.config.protocol);
@@ -298,12 +295,11 @@ impl Monitor {
             }
             cluster.backends[i].health.caught_up_to.store(t, Ordering::Relaxed);
         }
-        let replicas = conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) == Probe::Replica).map(
-            |(i, conn)| {
+        let replicas =
+            conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) == Probe::Replica).map(|(i, conn)| {
                 let cluster = &cluster;
                 async move { probe(cluster, i, Probe::Replica, conn).await.map(|pos| (i, pos)) }
-            },
-        );
+            });
         let replayed: Vec<(usize, Position)> =
             futures::future::join_all(replicas).await.into_iter().flatten().collect();
         if !primary_answered {

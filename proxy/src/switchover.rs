@@ -89,7 +89,6 @@ pub async fn run(
     let dialect = Dialect::of(cluster.config.protocol);
     let timeout = how.timeout;
     let deadline = Instant::now() + timeout;
-    let mut started = Instant::now();
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
     let mut steps: Vec<Step> = Vec::new();
     // A step done (recorded in the answer), or one still going (`None`: reported only).
@@ -145,7 +144,7 @@ pub async fn run(
 
     // 1. Hold new primary work; replica reads go on. Clients' pause starts here.
     let at = Instant::now();
-    started = at;
+    let started = at;
     cluster.gate.set(|h| h.primary = true);
     done(Some(&mut steps), "hold", at, "new primary work waits; replica reads continue".into());
 
@@ -469,7 +468,10 @@ async fn enable_again(
     if failed.is_empty() {
         why
     } else {
-        format!("{why} (and enabling the subscription again failed: {}; ALTER SUBSCRIPTION ... ENABLE by hand)", failed.join("; "))
+        format!(
+            "{why} (and enabling the subscription again failed: {}; ALTER SUBSCRIPTION ... ENABLE by hand)",
+            failed.join("; ")
+        )
     }
 }
 

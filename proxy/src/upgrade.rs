@@ -339,7 +339,10 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
                 let (table, state) = (r.first().cloned().unwrap_or_default(), r.get(1).cloned().unwrap_or_default());
                 out.add(
                     Level::Blocking,
-                    format!("table {table} (database {database}) is still being copied by subscription {} (state {state})", sub.name),
+                    format!(
+                        "table {table} (database {database}) is still being copied by subscription {} (state {state})",
+                        sub.name
+                    ),
                     "wait until the initial copy is done (pg_subscription_rel state r)",
                 );
             }
@@ -357,7 +360,9 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
             match new_seq.get(name) {
                 None => out.add(
                     Level::Blocking,
-                    format!("sequence {name} (database {database}) is missing on {new_name}: its value cannot be copied"),
+                    format!(
+                        "sequence {name} (database {database}) is missing on {new_name}: its value cannot be copied"
+                    ),
                     format!("create it on {new_name}"),
                 ),
                 Some(n) if !n.allowed => out.add(
@@ -473,7 +478,12 @@ pub async fn sync_sequences(
 ///
 /// # Errors
 /// The server refused.
-pub async fn set_enabled(new: &mut ControlConn, s: &Subscription, enabled: bool, deadline: Instant) -> Result<(), String> {
+pub async fn set_enabled(
+    new: &mut ControlConn,
+    s: &Subscription,
+    enabled: bool,
+    deadline: Instant,
+) -> Result<(), String> {
     let word = if enabled { "ENABLE" } else { "DISABLE" };
     within(deadline, new.exec(&format!("ALTER SUBSCRIPTION {} {word}", ident(&s.name)))).await.map(drop)
 }

@@ -92,7 +92,7 @@ impl Topology {
             let data = dir.join(&name);
             run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
             let server_id = u32::try_from(i + 1).unwrap_or(1);
-            let process = start_server(&dir, &name, &data, (*port, server_id), i > 0, tls)?;
+            let process = start_server(&dir, &name, &data, (*port, server_id), i > 0, tls, None)?;
             topo.nodes.push(Node { name, data, port: *port, server_id, process });
         }
         for n in &topo.nodes {
@@ -170,6 +170,22 @@ impl Topology {
         Ok(())
     }
 
+    /// Restarts replica `i` (1-based) announcing `version` as its `@@version`, as a replica
+    /// upgraded in place does, and starts its replication again.
+    ///
+    /// # Errors
+    /// The server did not stop or start, or replication did not start.
+    pub fn restart_replica_as(&mut self, i: usize, version: &str) -> Result<()> {
+        let node = self.nodes.get_mut(i).context("no such replica")?;
+        let _ = node.process.kill();
+        let _ = node.process.wait();
+        let (name, data, port, server_id) = (node.name.clone(), node.data.clone(), node.port, node.server_id);
+        node.process = start_server(&self.dir, &name, &data, (port, server_id), true, None, Some(version))?;
+        let node = &self.nodes[i];
+        self.wait_ready(node)?;
+        self.sql(node, "START SLAVE").map(drop)
+    }
+
     /// Stops (or starts again) the SQL thread of a replica: it keeps receiving but applies nothing.
     ///
     /// # Errors
@@ -197,6 +213,7 @@ fn start_server(
     (port, server_id): (u16, u32),
     replica: bool,
     tls: Option<(&Path, &Path)>,
+    version: Option<&str>,
 ) -> Result<Child> {
     let mut cmd = Command::new("/usr/sbin/mariadbd");
     cmd.arg("--no-defaults")
@@ -224,6 +241,9 @@ fn start_server(
         ]);
     if replica {
         cmd.arg("--read-only=1");
+    }
+    if let Some(version) = version {
+        cmd.arg(format!("--version={version}"));
     }
     if let Some((cert, key)) = tls {
         cmd.arg(format!("--ssl-cert={}", cert.display())).arg(format!("--ssl-key={}", key.display()));

@@ -291,7 +291,8 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
-    let how = sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30), force: false };
+    let how =
+        sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30), force: false };
     let result =
         sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut report).await.expect("switchover");
     let bench = load.await.unwrap();
@@ -718,4 +719,39 @@ async fn a_primary_with_a_stopped_old_channel_stays_the_primary() {
     let mut conn = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
     conn.query_drop("INSERT INTO items (note) VALUES ('still the primary')").await.expect("writes go on");
     assert_eq!(server_id(&mut conn).await, 1);
+}
+
+/// A MariaDB upgrade is the ordinary GTID switchover to a replica that runs the new version:
+/// nothing compares versions. The replica announces another `@@version` (the same packages here,
+/// started with `--version`), and the switchover to it works as to any replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_to_a_replica_on_another_version() {
+    let _serial = SERIAL.lock().await;
+    let mut topo = Topology::start(1).unwrap();
+    topo.restart_replica_as(1, "11.4.2-MariaDB-upgraded").unwrap();
+    topo.sql(topo.primary(), "INSERT INTO app.items (note) VALUES ('before the upgrade')").unwrap();
+    topo.wait_replicas_caught_up().unwrap();
+    let daemon = start_mysql(&topo, REPLICATION).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = connect(port, APP).await.unwrap();
+    let old = topo.sql(topo.primary(), "SELECT @@version").unwrap();
+    assert!(!old.starts_with("11.4.2"), "{old}");
+    assert_eq!(topo.sql(&topo.replicas()[0], "SELECT @@version").unwrap().trim(), "11.4.2-MariaDB-upgraded");
+
+    let how =
+        sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(30), force: false };
+    let result = sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut |_| {})
+        .await
+        .expect("a switchover to a replica on another version");
+    println!("{result}");
+    // The same session writes on the upgraded server, which says its new version.
+    conn.query_drop("INSERT INTO items (note) VALUES ('after the upgrade')").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    let (id, version): (u32, String) = conn.query_first("SELECT @@server_id, @@version").await.unwrap().unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    assert_eq!((id, version.as_str()), (2, "11.4.2-MariaDB-upgraded"));
+    let rows: u64 = conn.query_first("SELECT COUNT(*) FROM items").await.unwrap().unwrap();
+    assert!(rows >= 2, "both rows on the new primary");
+    drop(conn);
+    daemon.shutdown(Duration::from_secs(1)).await;
 }

@@ -19,6 +19,9 @@ const TABLES: &str = "CREATE TABLE up_serial (id serial PRIMARY KEY, tag text UN
      ALTER TABLE up_serial OWNER TO app;\nALTER TABLE up_ident OWNER TO app;\n\
      GRANT SELECT ON up_serial, up_ident TO anon;\n";
 
+/// An acknowledged insert: table, tag, the id its client got.
+type Acked = (&'static str, String, i64);
+
 /// The old cluster with rows and a publication; the new one with the same schema, subscribed.
 fn two_clusters() -> (Topology, Topology) {
     let old = Topology::start(1).expect("old cluster");
@@ -156,7 +159,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let refused = refused.expect_err("a blocking finding refuses the cutover");
     assert!(refused.contains("only_old") && refused.contains("nothing was changed"), "{refused}");
     let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
-    let row = app.query_one("INSERT INTO up_serial (tag) VALUES ('after-refusal') RETURNING current_setting('port')", &[]);
+    let row =
+        app.query_one("INSERT INTO up_serial (tag) VALUES ('after-refusal') RETURNING current_setting('port')", &[]);
     let port: String = row.await.expect("writes go on after a refused cutover").get(0);
     assert_eq!(port.parse::<u16>().unwrap(), old_ports[0]);
     old.psql_admin(old.primary(), "DROP TABLE only_old", DATABASE).unwrap();
@@ -182,7 +186,7 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
 
     // The cutover under load: 8 sessions insert into serial and identity tables throughout.
     let port = daemon.addr("app", false).unwrap().port();
-    let acked: Arc<StdMutex<Vec<(&'static str, String, i64)>>> = Arc::default();
+    let acked: Arc<StdMutex<Vec<Acked>>> = Arc::default();
     let errors: Arc<StdMutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
@@ -196,7 +200,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let tag = format!("load-{c}-{n}");
-                let (table, statement) = if n % 2 == 0 { ("up_serial", &serial) } else { ("up_ident", &ident) };
+                let (table, statement) =
+                    if n.is_multiple_of(2) { ("up_serial", &serial) } else { ("up_ident", &ident) };
                 match client.query_one(statement, &[&tag]).await {
                     Ok(row) => acked.lock().unwrap().push((table, tag, row.get(0))),
                     Err(e) => errors.lock().unwrap().push(format!("{tag}: {e}")),
@@ -240,7 +245,11 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     }
     // Rows acknowledged after the swap exist only on the new primary (the old one is fenced).
     let on_old = old
-        .psql_admin(old.primary(), "SELECT (SELECT count(*) FROM up_serial) + (SELECT count(*) FROM up_ident)", DATABASE)
+        .psql_admin(
+            old.primary(),
+            "SELECT (SELECT count(*) FROM up_serial) + (SELECT count(*) FROM up_ident)",
+            DATABASE,
+        )
         .unwrap();
     let on_old: usize = on_old.trim().parse().unwrap();
     let total: i64 = on_new
@@ -248,7 +257,10 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
         .await
         .unwrap()
         .get(0);
-    assert!(usize::try_from(total).unwrap() > on_old, "the load went on after the swap: {total} rows on new, {on_old} on old");
+    assert!(
+        usize::try_from(total).unwrap() > on_old,
+        "the load went on after the swap: {total} rows on new, {on_old} on old"
+    );
 
     // A new session writes on the new primary at once; the subscription is disabled.
     let app = connect(port, APP).await.unwrap();
