@@ -153,6 +153,8 @@ impl Monitor {
         let answers = futures::future::join_all(asks).await;
         let name = |i: usize| cluster.backends.at(i).map_or("?", |b| b.name.as_str()).to_owned();
         let mut writable = Vec::new();
+        // Writable servers of other groups (a new cluster whose subscription was disabled).
+        let mut elsewhere = Vec::new();
         let mut roles = Vec::new();
         let mut answered = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
@@ -166,6 +168,8 @@ impl Monitor {
                     let serving = cluster.in_active_group(&table, i);
                     if serving && (role == Role::Writable || ours) {
                         writable.push(i);
+                    } else if !serving && role == Role::Writable {
+                        elsewhere.push(i);
                     }
                     if let Some(b) = cluster.backends.at(i) {
                         b.health.follows_none.store(role != Role::Replica, Ordering::Relaxed);
@@ -188,6 +192,30 @@ impl Monitor {
         if cluster.table.load().generation != table.generation {
             return;
         }
+        // The serving group has no writable server and every one of it answered (a fenced old
+        // primary after an upgrade cutover, when sqlswitch restarts with the old group listed
+        // first), and exactly one server of another group takes writes: that group serves.
+        let group_answered = answered.iter().enumerate().all(|(i, ok)| *ok || !cluster.in_active_group(&table, i));
+        if let ([], [only], true) = (writable.as_slice(), elsewhere.as_slice(), group_answered) {
+            let only = *only;
+            let since = cluster.clock.now();
+            let table = crate::control::change(&cluster, |t| {
+                t.primary = only;
+                t.since = since;
+            });
+            cluster.metrics.role_changes.increment(1);
+            info!(
+                cluster = %cluster.config.name,
+                primary = %name(only),
+                group = %cluster.backends[only].group,
+                was = %name(current),
+                generation = table.generation,
+                "no server of the serving group takes writes and one of another group does (an upgrade cutover \
+                 done before a restart): that group serves now"
+            );
+            writable.push(only);
+        }
+        let current = cluster.table.load().primary;
         let problem = match writable.as_slice() {
             [only] if *only == current => None,
             [only] => {

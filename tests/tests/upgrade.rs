@@ -287,4 +287,23 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
         assert!(Instant::now() < deadline, "no read reached the new group's standby within 10 s");
     }
     daemon.shutdown(Duration::from_secs(1)).await;
+
+    // sqlswitch restarts with the same config (the old group listed first): the servers say
+    // the old cluster takes no writes and the new primary does, so the new group serves.
+    let daemon = start(&old, &new).await;
+    let status = daemon.control.status();
+    assert_eq!(status["clusters"][0]["primary"], "new1", "{status}");
+    let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let port_now: String = app
+        .query_one("INSERT INTO up_ident (tag) VALUES ('after-restart') RETURNING current_setting('port')", &[])
+        .await
+        .expect("a write after the restart")
+        .get(0);
+    assert_eq!(port_now.parse::<u16>().unwrap(), new_ports[0]);
+    for _ in 0..5 {
+        let served = read_served_by(&daemon).await;
+        assert!(!old_ports.contains(&served), "a read after the restart went to the old cluster ({served})");
+    }
+    drop(app);
+    daemon.shutdown(Duration::from_secs(1)).await;
 }
