@@ -96,10 +96,12 @@ struct Args<'a> {
     promote: bool,
     no_repoint: bool,
     force: bool,
+    reverse: bool,
 }
 
 fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
-    let mut args = Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false, force: false };
+    let mut args =
+        Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false, force: false, reverse: false };
     for w in words {
         if let Some(v) = w.strip_prefix("timeout=") {
             args.timeout = Some(humantime::parse_duration(v).map_err(|e| format!("timeout={v}: {e}"))?);
@@ -109,6 +111,8 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
             args.no_repoint = true;
         } else if *w == "force" {
             args.force = true;
+        } else if *w == "reverse" {
+            args.reverse = true;
         } else {
             args.positional.push(w);
         }
@@ -116,7 +120,7 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
     Ok(args)
 }
 
-const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [timeout=30s] | \
+const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [reverse] [timeout=30s] | \
                      upgrade-check CLUSTER BACKEND | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
                      resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
@@ -167,8 +171,13 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             let mut report = |step: &crate::switchover::Step| {
                 let _ = progress.send(step.json());
             };
-            let how =
-                crate::switchover::How { promote: args.promote, repoint: !args.no_repoint, timeout, force: args.force };
+            let how = crate::switchover::How {
+                promote: args.promote,
+                repoint: !args.no_repoint,
+                timeout,
+                force: args.force,
+                reverse: args.reverse,
+            };
             crate::switchover::run(control, cluster, target, how, &mut report).await
         }
         "upgrade-check" => {
@@ -325,6 +334,9 @@ fn print_pretty(v: &Value) {
                 v["held"],
                 v["generation"]
             );
+        }
+        if let Some(detail) = v.get("reverse").and_then(|r| r.get("detail")).and_then(Value::as_str) {
+            out!("  way back: {detail}");
         }
         for r in v["replicas"].as_array().into_iter().flatten() {
             let mark = if r["ok"] == true { "ok " } else { "NOT" };

@@ -45,7 +45,7 @@ enum Command {
         config: PathBuf,
     },
     /// Send an admin command to a running daemon over its Unix socket: status,
-    /// switchover CLUSTER BACKEND [promote] [no_repoint] [force] [timeout=30s],
+    /// switchover CLUSTER BACKEND [promote] [no_repoint] [force] [reverse] [timeout=30s],
     /// upgrade-check CLUSTER BACKEND (before a cutover to a logical-replication subscriber),
     /// failover CLUSTER [BACKEND] [no_repoint] [timeout=30s], pause CLUSTER [timeout=10s],
     /// resume CLUSTER, mode CLUSTER read-only|read-write, detach CLUSTER, attach CLUSTER, drain CLUSTER BACKEND,

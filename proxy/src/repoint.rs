@@ -140,21 +140,13 @@ async fn repoint_one(
                 let sql = format!(
                     "SELECT count(pg_create_physical_replication_slot({0}))::text FROM (SELECT 1) one \
                      WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
-                    pg_literal(&slot)
+                    crate::upgrade::literal(&slot)
                 );
                 new_conn.exec(&sql).await.map_err(|e| format!("creating slot {slot:?} on the new primary: {e}"))?;
             }
             let name = &cluster.backends[i].name;
-            let mut conninfo = format!(
-                "host={} port={port} user={} application_name={}",
-                conninfo_value(host),
-                conninfo_value(&creds.user),
-                conninfo_value(name)
-            );
-            if !creds.password.expose().is_empty() {
-                conninfo.push_str(&format!(" password={}", conninfo_value(creds.password.expose())));
-            }
-            let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", pg_literal(&conninfo));
+            let conninfo = pg_conninfo(host, port, creds, &[("application_name", name)]);
+            let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", crate::upgrade::literal(&conninfo));
             conn.exec(&alter).await.map_err(|e| format!("ALTER SYSTEM SET primary_conninfo: {e}"))?;
             conn.exec("SELECT pg_reload_conf()").await.map_err(|e| format!("pg_reload_conf(): {e}"))?;
             wait_streaming(&mut conn, cluster.config.protocol, port).await?;
@@ -199,7 +191,7 @@ async fn wait_streaming(conn: &mut ControlConn, protocol: Protocol, port: u16) -
 }
 
 /// `host` and `port` of a `host:port` address (`[v6]:port` too); `None` for a socket path.
-fn host_port(address: &str) -> Option<(String, u16)> {
+pub(crate) fn host_port(address: &str) -> Option<(String, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (!host.is_empty() && !host.starts_with('/')).then_some(())?;
@@ -211,9 +203,16 @@ fn mysql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// A PostgreSQL string literal (standard-conforming strings).
-fn pg_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// A libpq connection string to `host:port` as `creds`, with `extra` keywords.
+pub(crate) fn pg_conninfo(host: &str, port: u16, creds: &Credentials, extra: &[(&str, &str)]) -> String {
+    let mut conninfo = format!("host={} port={port} user={}", conninfo_value(host), conninfo_value(&creds.user));
+    for (key, value) in extra {
+        conninfo.push_str(&format!(" {key}={}", conninfo_value(value)));
+    }
+    if !creds.password.expose().is_empty() {
+        conninfo.push_str(&format!(" password={}", conninfo_value(creds.password.expose())));
+    }
+    conninfo
 }
 
 /// A libpq connection-string value.
@@ -241,7 +240,7 @@ mod tests {
         assert_eq!(host_port("/run/postgresql/.s.PGSQL.5432"), None);
         assert_eq!(host_port("/tmp/mysql.sock"), None);
         assert_eq!(mysql_literal(r"it's\"), r"'it\'s\\'");
-        assert_eq!(pg_literal("it's"), "'it''s'");
+        assert_eq!(crate::upgrade::literal("it's"), "'it''s'");
         assert_eq!(conninfo_value(r"p'w\"), r"'p\'w\\'");
         let sql = "CHANGE MASTER TO MASTER_HOST = 'h', MASTER_PASSWORD = 'secret', MASTER_USE_GTID = slave_pos";
         assert!(!redact(sql).contains("secret"));

@@ -55,6 +55,9 @@ pub struct How {
     /// Cut over to a logical-replication subscriber even though `upgrade-check` finds what
     /// would break.
     pub force: bool,
+    /// After a cutover to a logical subscriber, create the way back before releasing clients
+    /// (needs `replication` credentials).
+    pub reverse: bool,
 }
 
 /// Switches `cluster_name`'s primary to `target_name`. `report` sees each step as it completes.
@@ -141,6 +144,21 @@ pub async fn run(
         }
     }
     let logical = !subscriptions.is_empty();
+    if how.reverse && !logical {
+        return Err(format!(
+            "reverse: {target_name} is not a logical-replication subscriber of {}",
+            cluster.backends[old].name
+        ));
+    }
+    let reverse_as = match (how.reverse, cluster.config.replication.clone()) {
+        (true, None) => {
+            return Err(
+                "reverse: the cluster has no `replication` credentials for the old primary to subscribe with".into()
+            )
+        }
+        (true, creds) => creds,
+        (false, _) => None,
+    };
 
     // 1. Hold new primary work; replica reads go on. Clients' pause starts here.
     let at = Instant::now();
@@ -323,6 +341,26 @@ pub async fn run(
         return Err(recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await);
     }
 
+    // The way back, while clients are still held: from their first write on, the old primary
+    // subscribes to the new one. A failure here leaves the cutover as it is, and is reported.
+    let reverse = match &reverse_as {
+        Some(creds) => {
+            let at = Instant::now();
+            let sides = crate::upgrade::Sides { cluster: &cluster, old, target, deadline };
+            let outcome = crate::upgrade::create_reverse(&sides, &subscriptions, creds).await;
+            let detail = match &outcome {
+                Ok(created) => format!("created {}", created.join(", ")),
+                Err(e) => {
+                    warn!(cluster = %cluster_name, error = %e, "the way back was not created");
+                    format!("NOT created: {e}")
+                }
+            };
+            done(Some(&mut steps), "reverse", at, detail.clone());
+            json!({ "ok": outcome.is_ok(), "detail": detail })
+        }
+        None => Value::Null,
+    };
+
     // 7. Swap the routing table.
     let at = Instant::now();
     // A new group serves from now on: its replicas serve reads once they have replayed a
@@ -368,6 +406,7 @@ pub async fn run(
         "pause_ms": millis(pause),
         "held": held,
         "replicas": replicas,
+        "reverse": reverse,
     }))
 }
 

@@ -467,7 +467,9 @@ pub async fn sync_sequences(
     }
     if !sets.is_empty() {
         // One statement, one round trip; setval is not transactional, and values only move on.
-        within(deadline, new.exec(&format!("SELECT {}", sets.join(", ")))).await?;
+        // A target fenced by an earlier cutover (switching back) refuses writes by default.
+        let set = format!("SELECT {}", sets.join(", "));
+        within(deadline, new.exec_all(&["SET default_transaction_read_only = off", &set])).await?;
     }
     Ok(sets.len())
 }
@@ -486,6 +488,59 @@ pub async fn set_enabled(
 ) -> Result<(), String> {
     let word = if enabled { "ENABLE" } else { "DISABLE" };
     within(deadline, new.exec(&format!("ALTER SUBSCRIPTION {} {word}", ident(&s.name)))).await.map(drop)
+}
+
+/// The name of the reverse path's publication (on the new primary) and subscription (on the
+/// old one).
+pub const REVERSE: &str = "sqlswitch_reverse";
+
+/// Creates the way back before clients are released: in each database of `subs`, a publication
+/// of every table on the new primary, and on the fenced old primary a subscription to it that
+/// copies nothing (`copy_data = false`: both sides hold the same rows now). Its slot on the new
+/// primary is created now, so it keeps every write made from the release on. The subscription
+/// connects as `creds` (the cluster's `replication` account). Returns what was created.
+///
+/// # Errors
+/// A statement failed (privileges: a superuser on both sides on PostgreSQL 15); what was
+/// created before stays and is named.
+pub async fn create_reverse(
+    sides: &Sides<'_>,
+    subs: &[Subscription],
+    creds: &sqlswitch_config::Credentials,
+) -> Result<Vec<String>, String> {
+    let new = &sides.cluster.backends[sides.target];
+    let (host, port) = crate::repoint::host_port(&new.address)
+        .ok_or_else(|| format!("{} is addressed as {:?}, not host:port", new.name, new.address))?;
+    let mut databases: Vec<&str> = subs.iter().map(|s| s.database.as_str()).collect();
+    databases.dedup();
+    let mut created = Vec::new();
+    for database in databases {
+        let (mut old_db, mut new_db) = sides.connect(database).await?;
+        let deadline = sides.deadline;
+        let exists = format!("SELECT count(*)::text FROM pg_publication WHERE pubname = {}", literal(REVERSE));
+        if value(&mut new_db, &exists, deadline).await? == "0" {
+            within(deadline, new_db.exec(&format!("CREATE PUBLICATION {} FOR ALL TABLES", ident(REVERSE))))
+                .await
+                .map_err(|e| {
+                    format!("{}: CREATE PUBLICATION in {database}: {e} (created so far: {created:?})", new.name)
+                })?;
+            created.push(format!("publication {REVERSE} on {} ({database})", new.name));
+        }
+        let conninfo = crate::repoint::pg_conninfo(&host, port, creds, &[("dbname", database)]);
+        // The old primary is fenced: this session writes anyway (its own catalog rows).
+        let create = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, synchronous_commit = on)",
+            ident(REVERSE),
+            literal(&conninfo),
+            ident(REVERSE)
+        );
+        let old_name = &sides.cluster.backends[sides.old].name;
+        within(deadline, old_db.exec_all(&["SET default_transaction_read_only = off", &create]))
+            .await
+            .map_err(|e| format!("{old_name}: CREATE SUBSCRIPTION in {database}: {e} (created so far: {created:?})"))?;
+        created.push(format!("subscription {REVERSE} on {old_name} ({database})"));
+    }
+    Ok(created)
 }
 
 #[derive(Default)]

@@ -16,8 +16,13 @@ use tokio_postgres::error::SqlState;
 /// Tests that count pooled connections or stop replication: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-const HOW: sqlswitch::switchover::How =
-    sqlswitch::switchover::How { promote: true, repoint: true, timeout: Duration::from_secs(10), force: false };
+const HOW: sqlswitch::switchover::How = sqlswitch::switchover::How {
+    promote: true,
+    repoint: true,
+    timeout: Duration::from_secs(10),
+    force: false,
+    reverse: false,
+};
 
 /// Everything a MySQL connection carries that a client can change: database, character set,
 /// autocommit, isolation and access mode, SQL mode, time zone, a user variable.

@@ -70,8 +70,11 @@ fn config(old: &Topology, new: &Topology) -> String {
     let mut t = format!(
         "[admin]\nsocket = \"/tmp/sqlswitch-upgrade-test.sock\"\n\n[[cluster]]\nname = \"app\"\nprotocol = \"postgres\"\n\
          listen = \"127.0.0.1:0\"\nread_only_listen = \"127.0.0.1:0\"\nread_only_users = [\"{}\"]\n\
-         monitor = {{ user = \"{}\", password = \"{}\" }}\nsequence_margin = 10\n",
-        ANON.0, MONITOR.0, MONITOR.1
+         monitor = {{ user = \"{}\", password = \"{}\" }}\nsequence_margin = 10\n{}\n",
+        ANON.0,
+        MONITOR.0,
+        MONITOR.1,
+        sqlswitch_tests::proxy::PG_REPLICATION
     );
     for (user, pw) in [APP, ANON] {
         t += &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{pw}\"\n");
@@ -102,10 +105,20 @@ async fn read_served_by(daemon: &sqlswitch::Daemon) -> u16 {
 }
 
 async fn cutover(daemon: &sqlswitch::Daemon, force: bool, timeout: Duration) -> (Result<Value, String>, Vec<String>) {
+    cutover_to(daemon, "new1", force, false, timeout).await
+}
+
+async fn cutover_to(
+    daemon: &sqlswitch::Daemon,
+    target: &str,
+    force: bool,
+    reverse: bool,
+    timeout: Duration,
+) -> (Result<Value, String>, Vec<String>) {
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(format!("{}: {}", s.name, s.detail));
-    let how = sqlswitch::switchover::How { promote: false, repoint: true, timeout, force };
-    let r = sqlswitch::switchover::run(&daemon.control, "app", "new1", how, &mut report).await;
+    let how = sqlswitch::switchover::How { promote: false, repoint: true, timeout, force, reverse };
+    let r = sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut report).await;
     (r, steps)
 }
 
@@ -210,7 +223,9 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (result, steps) = cutover(&daemon, false, Duration::from_secs(30)).await;
+    // With the way back asked for, which the old side refuses (the monitor user is no superuser
+    // there): the cutover still completes, and says so.
+    let (result, steps) = cutover_to(&daemon, "new1", false, true, Duration::from_secs(30)).await;
     let result = result.unwrap_or_else(|e| panic!("cutover failed: {e}\nsteps: {steps:#?}"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -223,9 +238,23 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let names: Vec<&str> = result["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["hold", "drain", "fence", "writers", "catch_up", "sequences", "subscription", "promote", "swap", "release"],
+        [
+            "hold",
+            "drain",
+            "fence",
+            "writers",
+            "catch_up",
+            "sequences",
+            "subscription",
+            "promote",
+            "reverse",
+            "swap",
+            "release"
+        ],
         "{result}"
     );
+    assert_eq!(result["reverse"]["ok"], false, "{result}");
+    assert!(result["reverse"]["detail"].as_str().unwrap().contains("superuser"), "{result}");
     assert!(result["pause_ms"].as_u64().unwrap() < 5000, "{result}");
 
     // Every acknowledged row is on the new primary exactly once, with the id its client got.
@@ -304,6 +333,62 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
         let served = read_served_by(&daemon).await;
         assert!(!old_ports.contains(&served), "a read after the restart went to the old cluster ({served})");
     }
+    drop(app);
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The way back: a cutover with `reverse` makes the old primary subscribe to the new one before
+/// clients are released; writes made on the new primary reach the old one, and switching back is
+/// the same command in the other direction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_with_reverse_can_be_switched_back() {
+    let (old, new) = tokio::task::spawn_blocking(two_clusters).await.unwrap();
+    // Creating and disabling subscriptions on both sides: a superuser on PostgreSQL 15.
+    old.psql_admin(old.primary(), &format!("ALTER ROLE {} SUPERUSER", MONITOR.0), DATABASE).unwrap();
+    let daemon = start(&old, &new).await;
+    let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    app.execute("INSERT INTO up_serial (tag) VALUES ('on-old')", &[]).await.unwrap();
+
+    let (result, steps) = cutover_to(&daemon, "new1", false, true, Duration::from_secs(30)).await;
+    let result = result.unwrap_or_else(|e| panic!("cutover failed: {e}\nsteps: {steps:#?}"));
+    println!("{result:#}");
+    assert_eq!(result["reverse"]["ok"], true, "{result}");
+    let on_new: i64 =
+        app.query_one("INSERT INTO up_serial (tag) VALUES ('on-new') RETURNING id::bigint", &[]).await.unwrap().get(0);
+
+    // The row written on the new primary reaches the old one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let id = old.psql_admin(old.primary(), "SELECT id FROM up_serial WHERE tag = 'on-new'", DATABASE).unwrap();
+        if id.trim() == on_new.to_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the row written on the new primary did not reach the old one");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Back, with the same command: the old primary takes writes again, and nothing collides.
+    let (back, steps) = cutover_to(&daemon, "old1", false, false, Duration::from_secs(30)).await;
+    let back = back.unwrap_or_else(|e| panic!("switching back failed: {e}\nsteps: {steps:#?}"));
+    println!("{back:#}");
+    let row = app
+        .query_one(
+            "INSERT INTO up_serial (tag) VALUES ('back-on-old') RETURNING id::bigint, current_setting('port')",
+            &[],
+        )
+        .await
+        .expect("an insert after switching back");
+    let (id, port): (i64, String) = (row.get(0), row.get(1));
+    assert_eq!(port.parse::<u16>().unwrap(), old.primary().port);
+    assert!(id > on_new, "the old primary's sequence was moved past the new primary's ({id} after {on_new})");
+    let tags = old
+        .psql_admin(
+            old.primary(),
+            "SELECT string_agg(tag, ',' ORDER BY id) FROM up_serial WHERE tag IN ('on-old', 'on-new', 'back-on-old')",
+            DATABASE,
+        )
+        .unwrap();
+    assert_eq!(tags.trim(), "on-old,on-new,back-on-old");
     drop(app);
     daemon.shutdown(Duration::from_secs(1)).await;
 }
