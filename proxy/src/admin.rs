@@ -234,7 +234,7 @@ pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Res
 fn print_pretty(v: &Value) {
     if let Some(p) = v.get("progress") {
         out!(
-            "  {:<9} {:>9.1} ms  {}",
+            "  {:<12} {:>9.1} ms  {}",
             p["step"].as_str().unwrap_or(""),
             p["ms"].as_f64().unwrap_or(0.0),
             p["detail"].as_str().unwrap_or("")
@@ -263,8 +263,12 @@ fn print_pretty(v: &Value) {
             if let Some(ms) = c["primary_away_ms"].as_u64().filter(|ms| *ms > 0) {
                 out!("  primary away for {:.1} s", ms as f64 / 1000.0);
             }
+            // Several groups (an upgrade): each backend's group, last.
+            let grouped = c["backends"].as_array().into_iter().flatten().any(|b| b["group"] != "main");
+            let group =
+                |b: &Value| if grouped { format!("  {}", b["group"].as_str().unwrap_or("")) } else { String::new() };
             out!(
-                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
+                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}{}",
                 "backend",
                 "role",
                 "server",
@@ -273,14 +277,15 @@ fn print_pretty(v: &Value) {
                 "lag bytes",
                 "sessions",
                 "queries",
-                "idle"
+                "idle",
+                if grouped { "  group" } else { "" }
             );
             for b in c["backends"].as_array().into_iter().flatten() {
                 let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
                 let server =
                     b["server_says"].as_str().map_or("?", |s| if s.starts_with("unknown") { "no answer" } else { s });
                 out!(
-                    "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}",
+                    "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}{}",
                     b["name"].as_str().unwrap_or(""),
                     b["role"].as_str().unwrap_or(""),
                     server,
@@ -289,7 +294,8 @@ fn print_pretty(v: &Value) {
                     b["lag_bytes"].to_string(),
                     b["sessions"].to_string(),
                     b["queries"].to_string(),
-                    b["idle_connections"].to_string()
+                    b["idle_connections"].to_string(),
+                    group(b)
                 );
             }
         }

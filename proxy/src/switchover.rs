@@ -139,6 +139,9 @@ pub async fn run(
                     blocking.join("; ")
                 ));
             }
+            if let (true, Some(why)) = (how.reverse, &check.no_reverse) {
+                return Err(format!("reverse: the way back cannot be created, nothing was changed: {why}"));
+            }
             // Only running subscriptions can be waited for (`force` past a disabled one).
             subscriptions = check.subscriptions.into_iter().filter(|s| s.enabled).collect();
         }

@@ -82,6 +82,8 @@ pub struct Check {
     pub findings: Vec<Finding>,
     /// The target's subscriptions to the old primary.
     pub subscriptions: Vec<Subscription>,
+    /// Why the monitor user could not create the way back (`reverse`), if it could not.
+    pub no_reverse: Option<String>,
 }
 
 impl Check {
@@ -227,6 +229,24 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
         ));
         subs.push(sub);
     }
+    // The way back needs a publication of every table on the new side and a subscription on the
+    // old: a superuser, or on PostgreSQL 16+ pg_create_subscription on the old side.
+    let superuser = "SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user";
+    let creates = "SELECT (rolsuper OR EXISTS (SELECT 1 FROM pg_roles c WHERE c.rolname = 'pg_create_subscription' \
+                   AND pg_has_role(current_user, c.oid, 'USAGE')))::text FROM pg_roles WHERE rolname = current_user";
+    let mut missing = Vec::new();
+    if value(&mut new, superuser, deadline).await? != "true" {
+        missing.push(format!("a superuser on {new_name} (CREATE PUBLICATION ... FOR ALL TABLES)"));
+    }
+    if value(&mut old, creates, deadline).await? != "true" {
+        missing
+            .push(format!("a superuser on {old_name} (CREATE SUBSCRIPTION; pg_create_subscription on PostgreSQL 16+)"));
+    }
+    let no_reverse = (!missing.is_empty()).then(|| format!("the monitor user must be {}", missing.join(" and ")));
+    match &no_reverse {
+        Some(why) => out.info(format!("`switchover ... reverse` cannot create the way back: {why}")),
+        None => out.info("`switchover ... reverse` can create the way back".to_owned()),
+    }
     if subs.is_empty() {
         out.add(
             Level::Blocking,
@@ -243,7 +263,9 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     let databases =
         rows(&mut old, "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", deadline)
             .await?;
-    for database in databases.iter().filter_map(|r| r.first()).filter(|d| !carried.contains(*d)) {
+    // (With no subscription at all, the finding above says it.)
+    let uncarried = databases.iter().filter_map(|r| r.first()).filter(|d| !subs.is_empty() && !carried.contains(*d));
+    for database in uncarried {
         let mut conn = sides.connect_one(sides.old, database).await?;
         let n = value(&mut conn, &format!("SELECT count(*) FROM pg_class c {USER_TABLES}"), deadline).await?;
         if n != "0" {
@@ -370,11 +392,13 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
                     format!("sequence {name} (database {database}): the monitor user cannot set it on {new_name}"),
                     format!("GRANT pg_write_all_data TO <monitor user> on {new_name}"),
                 ),
-                Some(n) => out.info(format!(
-                    "sequence {name} (database {database}): {} on {old_name}, {} on {new_name}; set at the cutover",
-                    s.last.as_deref().unwrap_or("unused"),
-                    n.last.as_deref().unwrap_or("unused")
-                )),
+                Some(n) => out.info(match &s.last {
+                    Some(last) => format!(
+                        "sequence {name} (database {database}): {last} on {old_name}, {} on {new_name}; set at the cutover",
+                        n.last.as_deref().unwrap_or("unused")
+                    ),
+                    None => format!("sequence {name} (database {database}): unused on {old_name}; left as it is"),
+                }),
             }
         }
         let extensions = "SELECT extname FROM pg_extension ORDER BY 1";
@@ -393,7 +417,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     }
     let mut findings = out.0;
     findings.sort_by_key(|f| f.level);
-    Ok(Check { findings, subscriptions: subs })
+    Ok(Check { findings, subscriptions: subs, no_reverse })
 }
 
 /// Whether every subscription has applied `final_lsn`: its slot on the old primary confirmed it,

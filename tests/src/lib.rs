@@ -7,12 +7,14 @@
 //! - [`mysql`]: a real MariaDB primary with two GTID replicas, the same way.
 //! - [`proxy`]: an in-process sqlswitch in front of it, on `127.0.0.1:0`.
 //! - [`client`]: tokio-postgres helpers for the tests.
+//! - [`upgrade`]: two PostgreSQL clusters, the new one subscribed to the old (upgrade cutover).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod mysql;
 pub mod pg;
 pub mod proxy;
+pub mod upgrade;
 
 /// How long one test binary may run before it is taken for hung, in seconds
 /// (`SQLSWITCH_TEST_LIMIT_SECS` overrides it). Each binary takes well under a minute here.

@@ -1,7 +1,9 @@
 //! `sqlswitch-demo` (run by `scripts/demo`): starts a real PostgreSQL primary with two streaming
 //! replicas and a MariaDB primary with two GTID replicas in temporary directories, the
 //! `sqlswitch` binary in front of them, prints URLs to paste into `psql` and `mariadb`, and
-//! stops everything on Ctrl-C.
+//! stops everything on Ctrl-C. `sqlswitch-demo upgrade` starts instead an old and a new
+//! PostgreSQL cluster, the new one subscribed to the old by logical replication, in two groups:
+//! the upgrade cutover to try by hand.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,6 +25,9 @@ fn main() -> Result<()> {
         if std::net::TcpListener::bind(addr).is_err() {
             bail!("{addr} is in use: stop whatever listens there (another demo?) and try again");
         }
+    }
+    if std::env::args().nth(1).as_deref() == Some("upgrade") {
+        return upgrade(&sqlswitch);
     }
     eprintln!("starting a PostgreSQL primary and two streaming replicas...");
     let topo = Topology::start(2)?;
@@ -95,6 +100,62 @@ fn main() -> Result<()> {
     let _ = daemon.wait();
     topo.stop();
     drop(maria);
+    Ok(())
+}
+
+/// The upgrade demo: two clusters, one sqlswitch in front of both.
+fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
+    eprintln!("starting the old PostgreSQL cluster and the new one, subscribed to it...");
+    let (old, new) = sqlswitch_tests::upgrade::two_clusters()?;
+    let config_path = old.dir.join("sqlswitch.toml");
+    let text = sqlswitch_tests::upgrade::config_text(&old, &new, LISTEN, READ_ONLY_LISTEN, Some(METRICS))
+        .replace("/tmp/sqlswitch-upgrade-test.sock", "/tmp/sqlswitch-demo.sock");
+    write_private(&config_path, &text)?;
+    let mut daemon = Command::new(sqlswitch)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting sqlswitch")?;
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "\nsqlswitch is running (config: {config}): group main (old1 primary :{o1}, old2 standby :{o2}) serves;\n\
+         group pg-new (new1 :{n1} subscribed to old1 by logical replication, new2 its standby :{n2}) waits.\n\n\
+         Application:  psql 'postgresql://{au}:{ap}@{LISTEN}/{DATABASE}'   (tables up_serial, up_ident, items)\n\
+         Load:         while :; do psql -Xq 'postgresql://{au}:{ap}@{LISTEN}/{DATABASE}' -c \"INSERT INTO up_serial (tag) VALUES (md5(random()::text))\"; done\n\n\
+         Then:\n  {ctl} ctl --socket /tmp/sqlswitch-demo.sock status\n  \
+         {ctl} ctl --socket /tmp/sqlswitch-demo.sock upgrade-check app new1\n  \
+         {ctl} ctl --socket /tmp/sqlswitch-demo.sock switchover app new1 reverse\n  \
+         ({ctl} ctl --socket /tmp/sqlswitch-demo.sock switchover app old1   goes back)\n\n\
+         Ctrl-C stops everything.",
+        config = config_path.display(),
+        ctl = sqlswitch.display(),
+        au = APP.0,
+        ap = APP.1,
+        o1 = old.nodes[0].port,
+        o2 = old.nodes[1].port,
+        n1 = new.nodes[0].port,
+        n2 = new.nodes[1].port,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(h)) => (t, h),
+            _ => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
+        }
+    });
+    eprintln!("\nstopping sqlswitch and PostgreSQL...");
+    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    new.stop();
+    old.stop();
     Ok(())
 }
 
