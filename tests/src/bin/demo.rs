@@ -107,6 +107,8 @@ fn main() -> Result<()> {
 fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
     eprintln!("starting the old PostgreSQL cluster and the new one, subscribed to it...");
     let (old, new) = sqlswitch_tests::upgrade::two_clusters()?;
+    // `switchover ... reverse` creates a subscription on the old side: a superuser on PostgreSQL 15.
+    old.psql_admin(old.primary(), &format!("ALTER ROLE {} SUPERUSER", sqlswitch_tests::pg::MONITOR.0), DATABASE)?;
     let config_path = old.dir.join("sqlswitch.toml");
     let text = sqlswitch_tests::upgrade::config_text(&old, &new, LISTEN, READ_ONLY_LISTEN, Some(METRICS))
         .replace("/tmp/sqlswitch-upgrade-test.sock", "/tmp/sqlswitch-demo.sock");
