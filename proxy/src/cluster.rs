@@ -367,7 +367,7 @@ impl Backend {
 
     /// A backend of `cluster` from its config entry, in the group numbered `group_id`.
     pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, group_id: usize, registry: &Registry) -> Self {
-        let metrics = registry.backend(&cluster.name, &b.name);
+        let metrics = registry.backend(&cluster.name, &b.name, cluster.monitor.is_some());
         Backend {
             name: b.name.clone(),
             address: b.address.clone(),
@@ -549,6 +549,42 @@ impl Cluster {
         self.backends.at(i).is_some_and(|b| b.group_id == self.active_group(table))
     }
 
+    /// Sets the gauges that describe the routing table and the backends' health (the monitor
+    /// calls it after each round of checks; a change of the table, after it stores one).
+    pub fn export(&self) {
+        let table = self.table.load();
+        let m = &self.metrics;
+        m.generation.set(table.generation as f64);
+        m.read_only_mode.set(if table.mode == Mode::ReadOnly { 1.0 } else { 0.0 });
+        m.maintenance.set(if self.maintenance().is_some() { 1.0 } else { 0.0 });
+        m.max_lag.set(table.max_lag as f64 / 1e6);
+        let now = self.clock.now();
+        for (i, b) in self.backends.iter().enumerate() {
+            let Some(h) = &b.metrics.health else { continue };
+            h.up.set(if b.health.is_up() { 1.0 } else { 0.0 });
+            let role = if table.is_primary(i) {
+                0
+            } else if self.in_active_group(&table, i) {
+                1
+            } else {
+                2
+            };
+            for (r, gauge) in h.role.iter().enumerate() {
+                gauge.set(if r == role { 1.0 } else { 0.0 });
+            }
+            let lag = b.health.lag_micros.load(Ordering::Relaxed);
+            let lag = match lag {
+                _ if table.is_primary(i) => 0.0,
+                u64::MAX => f64::INFINITY,
+                micros => micros as f64 / 1e6,
+            };
+            h.lag_seconds.set(lag);
+            h.lag_bytes.set(if table.is_primary(i) { 0.0 } else { b.health.lag_bytes.load(Ordering::Relaxed) as f64 });
+            let seen = b.health.seen_at.load(Ordering::Relaxed);
+            h.last_seen.set(if seen == 0 { f64::INFINITY } else { now.saturating_sub(seen) as f64 / 1e6 });
+        }
+    }
+
     /// Builds the run-time cluster from validated config.
     pub fn new(config: ClusterConfig, registry: &Registry) -> Arc<Self> {
         let groups: Vec<String> = config.groups().into_iter().map(str::to_owned).collect();
@@ -557,8 +593,12 @@ impl Cluster {
             Backends::new(config.backends.iter().map(|b| Backend::new(&config, b, group_of(b), registry)).collect());
         let users = ArcSwap::from_pointee(users_of(&config, None));
         let decoy_password: [u8; 16] = rand::random();
+        let metrics = registry.cluster(&config.name);
+        metrics.generation.set(1.0);
+        metrics.max_lag.set(config.max_replica_lag.as_secs_f64());
+        let gate = Gate::with_metrics(metrics.held.clone(), metrics.hold_seconds.clone());
         Arc::new(Self {
-            metrics: registry.cluster(&config.name),
+            metrics,
             clock: Clock::default(),
             table: ArcSwap::from_pointee(RoutingTable {
                 generation: 1,
@@ -571,7 +611,7 @@ impl Cluster {
                 since: 0,
             }),
             groups: std::sync::Mutex::new(groups),
-            gate: Gate::default(),
+            gate,
             changing: tokio::sync::Mutex::new(()),
             progress: std::sync::Mutex::new(String::new()),
             discovery: std::sync::Mutex::new(Discovery::default()),

@@ -333,6 +333,7 @@ pub fn change(cluster: &Cluster, edit: impl Fn(&mut RoutingTable)) -> Arc<Routin
         stored = Some(Arc::clone(&next));
         next
     });
+    cluster.export();
     stored.unwrap_or_else(|| cluster.table.load_full())
 }
 

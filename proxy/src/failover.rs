@@ -144,6 +144,7 @@ pub async fn run(
     .await;
     if let Err(e) = promoted {
         cluster.gate.set(|h| h.primary = false);
+        cluster.metrics.count_change(true, None);
         warn!(cluster = %cluster_name, error = %e, "failover failed");
         return Err(format!("failover failed at promote: {target_name}: {e}; no server is known to take writes"));
     }
@@ -157,6 +158,7 @@ pub async fn run(
     });
     done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
     let pause = started.elapsed();
+    cluster.metrics.count_change(true, Some(pause));
 
     // 5. Re-point the other replicas.
     let replicas = if repoint && cluster.config.replication.is_some() {

@@ -37,6 +37,8 @@ pub struct Gate {
     pub held_total: AtomicU64,
     /// Batches waiting at the gate now.
     pub held_now: AtomicUsize,
+    /// `sqlswitch_statements_held` and `sqlswitch_hold_seconds`, when exported.
+    pub metrics: Option<(metrics::Gauge, metrics::Histogram)>,
 }
 
 impl Default for Gate {
@@ -46,11 +48,17 @@ impl Default for Gate {
             primary_busy: AtomicUsize::new(0),
             held_total: AtomicU64::new(0),
             held_now: AtomicUsize::new(0),
+            metrics: None,
         }
     }
 }
 
 impl Gate {
+    /// A gate that exports the statements it holds and how long they waited.
+    pub fn with_metrics(held: metrics::Gauge, seconds: metrics::Histogram) -> Self {
+        Self { metrics: Some((held, seconds)), ..Self::default() }
+    }
+
     /// Whether work for the primary (or a replica) must wait now.
     pub fn closed(&self, primary: bool) -> bool {
         let h = *self.hold.borrow();
@@ -62,15 +70,23 @@ impl Gate {
     /// [`Wait::Doubt`] when the servers' disagreement on the primary lasted `doubt_limit`
     /// while it waited: the caller refuses this one.
     pub async fn wait(&self, primary: bool, max_held: usize, doubt_limit: std::time::Duration) -> Wait {
-        /// Counts one waiting batch while it lives (also when its session is dropped mid-wait).
-        struct Held<'a>(&'a AtomicUsize);
+        /// Counts one waiting batch while it lives (also when its session is dropped mid-wait),
+        /// and how long it waited.
+        struct Held<'a>(&'a Gate, std::time::Instant);
         impl Drop for Held<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
+                self.0.held_now.fetch_sub(1, Ordering::Relaxed);
+                if let Some((gauge, seconds)) = &self.0.metrics {
+                    gauge.decrement(1.0);
+                    seconds.record(self.1.elapsed().as_secs_f64());
+                }
             }
         }
-        let held = Held(&self.held_now);
-        if held.0.fetch_add(1, Ordering::Relaxed) >= max_held {
+        let held = Held(self, std::time::Instant::now());
+        if let Some((gauge, _)) = &self.metrics {
+            gauge.increment(1.0);
+        }
+        if self.held_now.fetch_add(1, Ordering::Relaxed) >= max_held {
             return Wait::Full;
         }
         self.held_total.fetch_add(1, Ordering::Relaxed);

@@ -281,6 +281,7 @@ impl Monitor {
         if self.probe_positions().await || self.ticks.is_multiple_of(ROLE_EVERY) {
             self.follow_the_servers().await;
         }
+        self.cluster.export();
     }
 
     /// Reads every backend's position; returns whether the primary did not answer with one
@@ -386,6 +387,7 @@ async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<Contr
     match result.as_deref().map(dialect.parse) {
         Ok(Some(pos)) => {
             health.lsn.store(pos.total(), Ordering::Relaxed);
+            health.seen_at.store(cluster.clock.now(), Ordering::Relaxed);
             health.up.store(true, Ordering::Relaxed);
             health.down_since.store(0, Ordering::Relaxed);
             health.failed.store(false, Ordering::Relaxed);

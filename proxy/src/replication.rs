@@ -57,6 +57,8 @@ pub struct Health {
     pub follows_none: AtomicBool,
     /// Since when (clock micros) the monitor has not reached it; 0 while it answers.
     pub down_since: AtomicU64,
+    /// When (clock micros) the monitor last heard from it; 0: never.
+    pub seen_at: AtomicU64,
 }
 
 impl Health {

@@ -62,6 +62,12 @@ impl Reason {
         }
     }
 
+    /// Whether a statement can run on a replica for this reason (a read, a read-only session,
+    /// a transaction that began there).
+    pub fn on_replica(self) -> bool {
+        matches!(self, Reason::Read | Reason::ReadOnlySession | Reason::Transaction)
+    }
+
     /// Index into [`Reason::ALL`].
     pub fn index(self) -> usize {
         Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)

@@ -340,6 +340,7 @@ pub async fn run(
     .await;
 
     if let Err(why) = outcome {
+        cluster.metrics.count_change(false, None);
         let why = enable_again(&cluster, old, target, &disabled, why).await;
         return Err(recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await);
     }
@@ -385,6 +386,7 @@ pub async fn run(
         h.doubt = false;
     });
     let pause = started.elapsed();
+    cluster.metrics.count_change(false, Some(pause));
     let held = cluster.gate.held_total.load(Ordering::Relaxed) - held_before;
     done(Some(&mut steps), "release", at, format!("{held} held statement(s) released"));
 
