@@ -192,7 +192,7 @@ impl Control {
             });
             applied.push(json!({ "cluster": n.name, "generation": table.generation, "changes": changes }));
         }
-        tracing::info!(file = %path.display(), changes = %serde_json::Value::Array(applied.clone()), "config reloaded");
+        tracing::info!(event = "reload", file = %path.display(), changes = %serde_json::Value::Array(applied.clone()), "config reloaded");
         running.1 = new;
         Ok(json!({ "ok": true, "reloaded": applied }))
     }
@@ -238,10 +238,10 @@ impl Control {
             tokio::time::sleep(timeout).await;
             if control.pause_generation.load(Ordering::SeqCst) == generation {
                 timed.gate.set(|h| h.all = false);
-                tracing::warn!(cluster = %timed.config.name, ?timeout, "pause timed out; resumed");
+                tracing::warn!(event = "resumed", cluster = %timed.config.name, ?timeout, "pause timed out; resumed");
             }
         });
-        tracing::info!(cluster = %name, ?timeout, "paused");
+        tracing::info!(event = "paused", cluster = %name, ?timeout, "paused");
         Ok(json!({
             "ok": true,
             "cluster": name,
@@ -259,7 +259,7 @@ impl Control {
         let cluster = self.cluster(name)?;
         self.pause_generation.fetch_add(1, Ordering::SeqCst);
         cluster.gate.set(|h| h.all = false);
-        tracing::info!(cluster = %name, "resumed");
+        tracing::info!(event = "resumed", cluster = %name, "resumed");
         Ok(json!({ "ok": true, "cluster": name, "paused": false }))
     }
 
@@ -275,7 +275,7 @@ impl Control {
             other => return Err(format!("unknown mode {other:?}: use read-only or read-write")),
         };
         let table = change(cluster, |t| t.mode = mode);
-        tracing::info!(cluster = %name, mode = mode_name(mode), generation = table.generation, "mode changed");
+        tracing::info!(event = "mode_change", cluster = %name, mode = mode_name(mode), generation = table.generation, "mode changed");
         Ok(json!({ "ok": true, "cluster": name, "mode": mode_name(mode), "generation": table.generation }))
     }
 
@@ -288,7 +288,7 @@ impl Control {
         let cluster = self.cluster(name)?;
         let table = change(cluster, |t| t.detached = detached);
         let word = if detached { "detached" } else { "attached" };
-        tracing::info!(cluster = %name, state = word, generation = table.generation, "primary {word}");
+        tracing::info!(event = "primary_attachment", cluster = %name, state = word, generation = table.generation, "primary {word}");
         Ok(
             json!({ "ok": true, "cluster": name, "primary": if detached { "none" } else { cluster.backends[table.primary].name.as_str() }, "generation": table.generation }),
         )
@@ -314,7 +314,7 @@ impl Control {
             }
         });
         let word = if enabled { "enabled" } else { "draining" };
-        tracing::info!(cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
+        tracing::info!(event = "backend_state", cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation }))
     }
 }

@@ -57,7 +57,7 @@ pub async fn run(
     let mut steps: Vec<Step> = Vec::new();
     let mut done = |steps: &mut Vec<Step>, name, at: Instant, detail: String| {
         let step = Step { name, took: at.elapsed(), detail };
-        info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "failover step");
+        info!(event = "failover_step", cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "failover step");
         report(&step);
         steps.push(step);
     };
@@ -145,7 +145,7 @@ pub async fn run(
     if let Err(e) = promoted {
         cluster.gate.set(|h| h.primary = false);
         cluster.metrics.count_change(true, None);
-        warn!(cluster = %cluster_name, error = %e, "failover failed");
+        warn!(event = "failover_failed", cluster = %cluster_name, error = %e, "failover failed");
         return Err(format!("failover failed at promote: {target_name}: {e}; no server is known to take writes"));
     }
     done(&mut steps, "promote", at, format!("{target_name} promoted"));
@@ -159,6 +159,15 @@ pub async fn run(
     done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
     let pause = started.elapsed();
     cluster.metrics.count_change(true, Some(pause));
+    info!(
+        event = "failover_completed",
+        cluster = %cluster_name,
+        from = %old_name,
+        to = %target_name,
+        generation = table.generation,
+        possible_loss = behind,
+        "failover completed"
+    );
 
     // 5. Re-point the other replicas.
     let replicas = if repoint && cluster.config.replication.is_some() {

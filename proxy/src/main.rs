@@ -37,6 +37,11 @@ enum Command {
         /// machine); on a host of its own, use one per core.
         #[arg(long)]
         threads: Option<usize>,
+        /// Log lines as text for people, or as one JSON object per line for log shippers (the
+        /// same fields; every switchover step, failover, mode change, role change and backend
+        /// up or down is one event with its fields).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a config file: exit 0, or exit 1 listing every problem with its key.
     Check {
@@ -84,7 +89,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, threads } => run(config, threads.unwrap_or_else(sqlswitch::workers::default_threads)),
+        Command::Run { config, threads, log_format } => {
+            run(config, threads.unwrap_or_else(sqlswitch::workers::default_threads), log_format)
+        }
         Command::Ctl { socket, json, command } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
@@ -105,13 +112,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, threads: usize) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Text for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn run(path: PathBuf, threads: usize, log_format: LogFormat) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => {
+            tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init()
+        }
+    }
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -205,6 +205,7 @@ impl Monitor {
             });
             cluster.metrics.role_changes.increment(1);
             info!(
+                event = "role_change",
                 cluster = %cluster.config.name,
                 primary = %name(only),
                 group = %cluster.backends[only].group,
@@ -223,6 +224,7 @@ impl Monitor {
                 let table = crate::control::change(&cluster, |t| t.primary = only);
                 cluster.metrics.role_changes.increment(1);
                 info!(
+                    event = "role_change",
                     cluster = %cluster.config.name,
                     primary = %name(only),
                     was = %name(current),
@@ -243,6 +245,7 @@ impl Monitor {
         let mut seen = cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if problem.is_some() && problem != seen.problem {
             warn!(
+                event = "primary_doubt",
                 cluster = %cluster.config.name,
                 primary = %name(cluster.table.load().primary),
                 unanswered = ?unknown,
@@ -251,7 +254,7 @@ impl Monitor {
                 problem.as_ref().map(ToString::to_string).unwrap_or_default()
             );
         } else if problem.is_none() && seen.problem.is_some() {
-            info!(cluster = %cluster.config.name, primary = %name(cluster.table.load().primary), "exactly one backend takes writes again");
+            info!(event = "primary_agreed", cluster = %cluster.config.name, primary = %name(cluster.table.load().primary), "exactly one backend takes writes again");
         }
         if cluster.gate.hold().doubt != doubt {
             cluster.gate.set(|h| h.doubt = doubt);
@@ -392,7 +395,7 @@ async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<Contr
             health.down_since.store(0, Ordering::Relaxed);
             health.failed.store(false, Ordering::Relaxed);
             if !was_up {
-                info!(cluster = %cluster.config.name, backend = %backend.name, "backend is up");
+                info!(event = "backend_up", cluster = %cluster.config.name, backend = %backend.name, "backend is up");
             }
             Some(pos)
         }
@@ -402,7 +405,7 @@ async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<Contr
                     Err(e) => e.text.clone(),
                     Ok(_) => "no comparable position (not a replica: a fenced old primary?)".to_owned(),
                 };
-                warn!(cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
+                warn!(event = "backend_down", cluster = %cluster.config.name, backend = %backend.name, error = %why, "backend is down");
             }
             health.up.store(false, Ordering::Relaxed);
             // Away only when it cannot be reached: a server that answers (refusing the monitor's

@@ -99,7 +99,7 @@ pub async fn run(
         let step = Step { name, took: at.elapsed(), detail };
         report(&step);
         let Some(steps) = steps else { return };
-        info!(cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "switchover step");
+        info!(event = "switchover_step", cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "switchover step");
         let mut progress = lock(&cluster.progress);
         if !progress.is_empty() {
             progress.push_str(", ");
@@ -387,6 +387,15 @@ pub async fn run(
     });
     let pause = started.elapsed();
     cluster.metrics.count_change(false, Some(pause));
+    info!(
+        event = "switchover_completed",
+        cluster = %cluster_name,
+        from = %cluster.backends[old].name,
+        to = %target_name,
+        generation = table.generation,
+        pause_ms = millis(pause),
+        "switchover completed"
+    );
     let held = cluster.gate.held_total.load(Ordering::Relaxed) - held_before;
     done(Some(&mut steps), "release", at, format!("{held} held statement(s) released"));
 
@@ -483,7 +492,7 @@ async fn recover(
         format!("switchover failed at {why}; {old_name} is still the primary and takes writes")
     };
     cluster.gate.set(|h| h.primary = false);
-    warn!(cluster = %name, error = %why, "switchover failed");
+    warn!(event = "switchover_failed", cluster = %name, error = %why, "switchover failed");
     answer
 }
 

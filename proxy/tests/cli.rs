@@ -58,3 +58,40 @@ fn check_names_the_file_and_key_of_every_problem() {
     assert!(stderr.contains("key `cluster.protocol`"), "{stderr}");
     assert!(!stderr.contains("secret-password"), "{stderr}");
 }
+
+/// `run --log-format json`: one JSON object per line, each event with its fields (here the
+/// monitor finding a backend down), and SIGINT stops it.
+#[test]
+fn run_logs_json_lines_with_event_fields() {
+    let dir = std::env::temp_dir().join(format!("sqlswitch-cli-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sqlswitch.toml");
+    let text = CONFIG
+        .replace("/tmp/sqlswitch-cli-test.sock", &dir.join("admin.sock").display().to_string())
+        .replace("127.0.0.1:5432", "127.0.0.1:1")
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmonitor = { user = \"m\", password = \"m\" }");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sqlswitch"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let down = lines.iter().find(|l| l["event"] == "backend_down").unwrap_or_else(|| panic!("{logs}"));
+    assert_eq!(down["cluster"], "app");
+    assert_eq!(down["backend"], "primary");
+    assert_eq!(down["level"], "WARN");
+    assert!(down["error"].as_str().is_some_and(|e| !e.is_empty()), "{down}");
+    assert!(lines.iter().any(|l| l["message"] == "listening"), "{logs}");
+}
