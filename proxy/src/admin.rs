@@ -1,6 +1,6 @@
 //! The admin socket (PRODUCT.md section 3): a Unix socket, created mode 0600, one command per
 //! line, one JSON object per answer line. A switchover also sends one `{"progress": ...}` line
-//! per step as it completes, before its answer. `sqlswitch ctl` is the client.
+//! per step as it completes, before its answer. `sqlswitch ctl` is the client ([`crate::ctl`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,15 +13,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-/// `println!` for `sqlswitch ctl`, which must not panic when its reader goes away
-/// (`sqlswitch ctl status | head`): a closed pipe ends the output quietly.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
 
 use crate::control::Control;
 
@@ -203,162 +194,6 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
         }
         other => Err(format!("unknown command {other:?}; {USAGE}")),
     }
-}
-
-/// `sqlswitch ctl`: sends `command` to the daemon at `socket` and prints the answer (and a
-/// switchover's steps as they complete). Returns whether the daemon answered `ok`.
-///
-/// # Errors
-/// The socket could not be reached.
-pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Result<bool> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the admin socket {}: {e} (is sqlswitch running?)", socket.display())
-    })?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(format!("{command}\n").as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let value: Value = serde_json::from_str(&line)?;
-        if json_output {
-            out!("{line}");
-        } else {
-            print_pretty(&value);
-        }
-        if let Some(ok) = value.get("ok").and_then(Value::as_bool) {
-            return Ok(ok);
-        }
-    }
-    anyhow::bail!("the daemon closed the admin connection without an answer")
-}
-
-fn print_pretty(v: &Value) {
-    if let Some(p) = v.get("progress") {
-        out!(
-            "  {:<12} {:>9.1} ms  {}",
-            p["step"].as_str().unwrap_or(""),
-            p["ms"].as_f64().unwrap_or(0.0),
-            p["detail"].as_str().unwrap_or("")
-        );
-        return;
-    }
-    if v["ok"] == false {
-        out!("error: {}", v["error"].as_str().unwrap_or("unknown"));
-        return;
-    }
-    if let Some(clusters) = v.get("clusters").and_then(Value::as_array) {
-        for c in clusters {
-            out!(
-                "cluster {}  mode {}  generation {}  primary {}{}",
-                c["name"].as_str().unwrap_or(""),
-                c["mode"].as_str().unwrap_or(""),
-                c["generation"],
-                if c["detached"] == true { "none (detached)" } else { c["primary"].as_str().unwrap_or("") },
-                if c["paused"] == true { "  PAUSED" } else { "" }
-            );
-            for (key, label) in [("maintenance", "maintenance"), ("primary_problem", "servers")] {
-                if let Some(text) = c[key].as_str() {
-                    out!("  {label}: {text}");
-                }
-            }
-            if let Some(ms) = c["primary_away_ms"].as_u64().filter(|ms| *ms > 0) {
-                out!("  primary away for {:.1} s", ms as f64 / 1000.0);
-            }
-            // Several groups (an upgrade): each backend's group, last.
-            let grouped = c["backends"].as_array().into_iter().flatten().any(|b| b["group"] != "main");
-            let group =
-                |b: &Value| if grouped { format!("  {}", b["group"].as_str().unwrap_or("")) } else { String::new() };
-            out!(
-                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}{}",
-                "backend",
-                "role",
-                "server",
-                "state",
-                "lag ms",
-                "lag bytes",
-                "sessions",
-                "queries",
-                "idle",
-                if grouped { "  group" } else { "" }
-            );
-            for b in c["backends"].as_array().into_iter().flatten() {
-                let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
-                let server =
-                    b["server_says"].as_str().map_or("?", |s| if s.starts_with("unknown") { "no answer" } else { s });
-                out!(
-                    "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10} {:>6}{}",
-                    b["name"].as_str().unwrap_or(""),
-                    b["role"].as_str().unwrap_or(""),
-                    server,
-                    b["state"].as_str().unwrap_or(""),
-                    lag,
-                    b["lag_bytes"].to_string(),
-                    b["sessions"].to_string(),
-                    b["queries"].to_string(),
-                    b["idle_connections"].to_string(),
-                    group(b)
-                );
-            }
-        }
-        return;
-    }
-    if let Some(findings) = v.get("findings").and_then(Value::as_array) {
-        out!(
-            "upgrade-check {} -> {}: {} blocking finding(s)",
-            v["from"].as_str().unwrap_or(""),
-            v["to"].as_str().unwrap_or(""),
-            v["blocking"]
-        );
-        for f in findings {
-            let todo = f["do"].as_str().filter(|t| !t.is_empty()).map(|t| format!(" -> {t}")).unwrap_or_default();
-            out!("  {:<8} {}{todo}", f["level"].as_str().unwrap_or(""), f["what"].as_str().unwrap_or(""));
-        }
-        return;
-    }
-    if let Some(clusters) = v.get("reloaded").and_then(Value::as_array) {
-        out!("config reloaded");
-        for c in clusters {
-            let changes: Vec<&str> = c["changes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let what = if changes.is_empty() { "no change".to_owned() } else { changes.join("; ") };
-            out!("  cluster {} (routing generation {}): {what}", c["cluster"].as_str().unwrap_or(""), c["generation"]);
-        }
-        return;
-    }
-    if v.get("steps").is_some() {
-        let (cluster, from, to) =
-            (v["cluster"].as_str().unwrap_or(""), v["from"].as_str().unwrap_or(""), v["to"].as_str().unwrap_or(""));
-        if v.get("possible_loss").is_some() {
-            out!(
-                "failed over {cluster} from {from} to {to}: routing generation {}; {to} is {} {} behind {from}'s last known position",
-                v["generation"],
-                v["possible_loss"],
-                v["possible_loss_unit"].as_str().unwrap_or("")
-            );
-        } else {
-            out!(
-                "switched {cluster} from {from} to {to}: clients paused {} ms, {} statement(s) held, routing generation {}",
-                v["pause_ms"],
-                v["held"],
-                v["generation"]
-            );
-        }
-        if let Some(detail) = v.get("reverse").and_then(|r| r.get("detail")).and_then(Value::as_str) {
-            out!("  way back: {detail}");
-        }
-        for r in v["replicas"].as_array().into_iter().flatten() {
-            let mark = if r["ok"] == true { "ok " } else { "NOT" };
-            out!("  {mark} {}: {}", r["backend"].as_str().unwrap_or(""), r["detail"].as_str().unwrap_or(""));
-        }
-        return;
-    }
-    let mut fields: Vec<String> = Vec::new();
-    if let Some(obj) = v.as_object() {
-        for (k, val) in obj {
-            if k != "ok" {
-                fields.push(format!("{k}={}", val.as_str().map_or_else(|| val.to_string(), str::to_owned)));
-            }
-        }
-    }
-    out!("ok {}", fields.join(" "));
 }
 
 #[cfg(test)]

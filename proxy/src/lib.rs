@@ -29,6 +29,7 @@ pub mod backend;
 pub mod cancel;
 pub mod cluster;
 pub mod control;
+pub mod ctl;
 pub mod failover;
 pub mod gate;
 pub mod metrics;

@@ -54,7 +54,7 @@ enum Command {
     /// upgrade-check CLUSTER BACKEND (before a cutover to a logical-replication subscriber),
     /// failover CLUSTER [BACKEND] [no_repoint] [timeout=30s], pause CLUSTER [timeout=10s],
     /// resume CLUSTER, mode CLUSTER read-only|read-write, detach CLUSTER, attach CLUSTER, drain CLUSTER BACKEND,
-    /// enable CLUSTER BACKEND, reload. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
+    /// enable CLUSTER BACKEND, reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {
         /// The admin socket (`[admin] socket` in the config).
@@ -63,6 +63,10 @@ enum Command {
         /// Print the daemon's JSON answer as it is, for scripts.
         #[arg(long)]
         json: bool,
+        /// With `status`: a live view, redrawn every second (statements per second per
+        /// backend), until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
         /// The command and its arguments, for example `status`.
         #[arg(required = true)]
         command: Vec<String>,
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
         Command::Run { config, threads, log_format } => {
             run(config, threads.unwrap_or_else(sqlswitch::workers::default_threads), log_format)
         }
-        Command::Ctl { socket, json, command } => {
+        Command::Ctl { socket, json, watch, command } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -100,7 +104,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(sqlswitch::admin::ctl(&socket, &command.join(" "), json)) {
+            let answer = if watch && command == ["status"] && !json {
+                runtime.block_on(sqlswitch::ctl::watch(&socket, std::time::Duration::from_secs(1)))
+            } else if watch {
+                eprintln!("sqlswitch ctl: --watch goes with `status` (and not with --json)");
+                return ExitCode::from(2);
+            } else {
+                runtime.block_on(sqlswitch::ctl::ctl(&socket, &command.join(" "), json))
+            };
+            match answer {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {

@@ -291,7 +291,7 @@ async fn admin_socket_answers_json_and_is_private() {
             assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
         }
     }
-    assert!(sqlswitch::admin::ctl(&socket, "status", true).await.unwrap());
+    assert!(sqlswitch::ctl::ctl(&socket, "status", true).await.unwrap());
     drop(daemon);
 }
 
@@ -330,7 +330,7 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
     let changes = answer["reloaded"][0]["changes"].to_string();
     assert!(changes.contains("backend replica1 weight 1 -> 0") && changes.contains("user late added"), "{answer}");
     // `sqlswitch ctl reload` is the same request; it exits 0 on ok.
-    assert!(sqlswitch::admin::ctl(&socket, "reload", true).await.unwrap());
+    assert!(sqlswitch::ctl::ctl(&socket, "reload", true).await.unwrap());
     for _ in 0..20 {
         let c = connect(port, APP).await.unwrap();
         assert_eq!(server_name(&c).await, "replica2", "a replica with weight 0 gets no reads");
@@ -347,7 +347,7 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
     assert_eq!(answer["ok"], false, "a listener change needs a restart");
     let err = answer["error"].as_str().unwrap_or_default();
     assert!(err.contains("restart") && err.contains("running config stays"), "{err}");
-    assert!(!sqlswitch::admin::ctl(&socket, "reload", true).await.unwrap(), "ctl reports the refusal");
+    assert!(!sqlswitch::ctl::ctl(&socket, "reload", true).await.unwrap(), "ctl reports the refusal");
     assert_eq!(daemon.control.status()["clusters"][0]["backends"][1]["weight"], 0);
     // An invalid file is refused the same way.
     std::fs::write(&file, "[[cluster]]\nname = 1\n").unwrap();
