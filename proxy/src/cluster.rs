@@ -431,6 +431,8 @@ pub struct Cluster {
     pub decoy: Verifier,
     /// Metrics handles.
     pub metrics: ClusterMetrics,
+    /// Statement latency by target role.
+    pub latency: Arc<crate::metrics::Latency>,
     /// The time base of lag and read-your-writes.
     pub clock: Clock,
     /// The routing table.
@@ -598,6 +600,7 @@ impl Cluster {
         metrics.max_lag.set(config.max_replica_lag.as_secs_f64());
         let gate = Gate::with_metrics(metrics.held.clone(), metrics.hold_seconds.clone());
         Arc::new(Self {
+            latency: registry.latency(&config.name),
             metrics,
             clock: Clock::default(),
             table: ArcSwap::from_pointee(RoutingTable {

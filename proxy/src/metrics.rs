@@ -3,13 +3,20 @@
 //! label lookup.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+/// Each cluster's statement latencies, by cluster name.
+type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
+
 /// The daemon's recorder, and its HTTP exporter when `[admin] metrics` is set.
 pub struct Registry {
     recorder: PrometheusRecorder,
+    /// Each cluster's statement latencies, rendered after the recorder's families.
+    latencies: Latencies,
 }
 
 const META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
@@ -23,26 +30,29 @@ impl Registry {
         // Histograms as Prometheus histograms (buckets), not summaries: they aggregate across
         // instances and `histogram_quantile` reads them.
         let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?;
-        let recorder = match listen {
-            Some(addr) => {
-                let (recorder, exporter) = builder.with_http_listener(addr).build()?;
-                tokio::spawn(async move {
-                    if let Err(e) = exporter.await {
-                        tracing::error!(error = ?e, "metrics exporter stopped");
-                    }
-                });
-                recorder
-            }
-            None => builder.build_recorder(),
-        };
-        let r = Self { recorder };
+        let r = Self { recorder: builder.build_recorder(), latencies: Arc::default() };
         r.describe();
+        if let Some(addr) = listen {
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(serve(listener, r.handle()));
+        }
         Ok(r)
     }
 
-    /// A handle that renders the current metrics in Prometheus text format.
-    pub fn handle(&self) -> PrometheusHandle {
-        self.recorder.handle()
+    /// What renders the current metrics in Prometheus text format.
+    pub fn handle(&self) -> Exposition {
+        Exposition { handle: self.recorder.handle(), latencies: Arc::clone(&self.latencies) }
+    }
+
+    /// The statement latency histograms of `cluster`.
+    pub fn latency(&self, cluster: &str) -> Arc<Latency> {
+        let latency = Arc::new(Latency::default());
+        let mut all = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.push((cluster.to_owned(), Arc::clone(&latency)));
+        latency
     }
 
     fn describe(&self) {
@@ -200,6 +210,150 @@ impl Registry {
     }
 }
 
+/// Renders `/metrics`: the recorder's families, then the statement latencies.
+#[derive(Clone)]
+pub struct Exposition {
+    handle: PrometheusHandle,
+    latencies: Latencies,
+}
+
+impl Exposition {
+    /// The whole exposition, in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = self.handle.render();
+        let latencies = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !latencies.is_empty() {
+            text.push_str(
+                "# HELP sqlswitch_statement_duration_seconds From a client's statement (or pipeline) to the end of its answer, by target role.\n\
+                 # TYPE sqlswitch_statement_duration_seconds histogram\n",
+            );
+            for (cluster, latency) in &latencies {
+                latency.render(cluster, &mut text);
+            }
+        }
+        text
+    }
+}
+
+/// Serves `GET /metrics` (HTTP/1.x, one request per connection); anything else gets 404.
+async fn serve(listener: tokio::net::TcpListener, exposition: Exposition) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let exposition = exposition.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(512);
+            let mut chunk = [0u8; 512];
+            // The request head, within 5 s and 8 KiB.
+            let head = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => request.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    }
+                }
+                true
+            });
+            if !matches!(head.await, Ok(true)) {
+                return;
+            }
+            let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
+            let mut words = line.split(|b| *b == b' ');
+            let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+            let wanted = method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?"));
+            let (status, body) = if wanted {
+                ("200 OK", exposition.render())
+            } else {
+                ("404 Not Found", "not found: GET /metrics\n".to_owned())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds (then +Inf).
+const BOUNDS_MICROS: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+const BUCKETS: usize = BOUNDS_MICROS.len() + 1;
+const SHARDS: usize = 16;
+
+/// Statement latency by target role, as Prometheus histograms. Session threads write their own
+/// shard (one relaxed add to a bucket and one to the sum, no contention between threads); a
+/// scrape adds the shards up.
+pub struct Latency {
+    shards: Box<[Shard]>,
+}
+
+/// One thread's counters: `[primary, replica]` buckets and sums (micros).
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    counts: [[AtomicU64; BUCKETS]; 2],
+    micros: [AtomicU64; 2],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Shard::default()).collect() }
+    }
+}
+
+impl Latency {
+    /// Counts one statement (or pipeline) answered by a replica or the primary after `elapsed`.
+    pub fn record(&self, replica: bool, elapsed: std::time::Duration) {
+        let shard = crate::workers::current().wrapping_add(1) % SHARDS;
+        let Some(shard) = self.shards.get(shard) else { return };
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        let role = usize::from(replica);
+        if let (Some(count), Some(sum)) = (shard.counts.get(role).and_then(|c| c.get(bucket)), shard.micros.get(role)) {
+            count.fetch_add(1, Ordering::Relaxed);
+            sum.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
+    fn render(&self, cluster: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        // A label value escapes backslash, double quote and newline.
+        let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        for (role, target) in ["primary", "replica"].iter().enumerate() {
+            let mut cumulative = 0u64;
+            let mut micros = 0u64;
+            for shard in self.shards.iter() {
+                micros = micros.wrapping_add(shard.micros.get(role).map_or(0, |m| m.load(Ordering::Relaxed)));
+            }
+            for bucket in 0..BUCKETS {
+                for shard in self.shards.iter() {
+                    let count = shard.counts.get(role).and_then(|c| c.get(bucket));
+                    cumulative += count.map_or(0, |c| c.load(Ordering::Relaxed));
+                }
+                let le = BOUNDS_MICROS.get(bucket).map_or("+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
+                let _ = writeln!(
+                    out,
+                    "sqlswitch_statement_duration_seconds_bucket{{cluster=\"{cluster}\",target=\"{target}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sqlswitch_statement_duration_seconds_sum{{cluster=\"{cluster}\",target=\"{target}\"}} {}",
+                micros as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "sqlswitch_statement_duration_seconds_count{{cluster=\"{cluster}\",target=\"{target}\"}} {cumulative}"
+            );
+        }
+    }
+}
+
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, (*v).to_owned())).collect();
     Key::from_parts(name, labels)
@@ -316,4 +470,35 @@ pub struct BackendMetrics {
     pub idle: Gauge,
     /// Failed connects or logins.
     pub connect_failures: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn latency_buckets_are_cumulative_and_count_every_statement() {
+        let latency = super::Latency::default();
+        latency.record(false, Duration::from_micros(50));
+        latency.record(false, Duration::from_micros(100)); // a bound is inclusive (le)
+        latency.record(false, Duration::from_micros(101));
+        latency.record(true, Duration::from_secs(60)); // past the last bound: +Inf only
+        let mut out = String::new();
+        latency.render("a\"b", &mut out);
+        let value = |series: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{series} in\n{out}"))
+                .to_owned()
+        };
+        let p = r#"cluster="a\"b",target="primary""#;
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_bucket{{{p},le=\"0.0001\"}}")), "2");
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_bucket{{{p},le=\"0.00025\"}}")), "3");
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_bucket{{{p},le=\"+Inf\"}}")), "3");
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_count{{{p}}}")), "3");
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_sum{{{p}}}")), "0.000251");
+        let r = r#"cluster="a\"b",target="replica""#;
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_bucket{{{r},le=\"10\"}}")), "0");
+        assert_eq!(value(&format!("sqlswitch_statement_duration_seconds_bucket{{{r},le=\"+Inf\"}}")), "1");
+    }
 }

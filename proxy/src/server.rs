@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlswitch_config::{Config, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -66,7 +65,7 @@ pub struct Daemon {
     /// The operations behind the admin commands.
     pub control: Arc<crate::control::Control>,
     /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::metrics::Exposition,
     /// The admin socket this daemon bound, removed when it stops.
     admin_socket: Option<std::path::PathBuf>,
     shutdown: CancellationToken,

@@ -131,6 +131,13 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
             > 0.0,
         "reads went to replicas"
     );
+    for target in ["primary", "replica"] {
+        let series = format!("sqlswitch_statement_duration_seconds_count{{{c},target=\"{target}\"}}");
+        let answered = sample(&body, &series).unwrap_or(0.0);
+        assert!(answered > 0.0, "{series}: {answered}");
+        let inf = format!("sqlswitch_statement_duration_seconds_bucket{{{c},target=\"{target}\",le=\"+Inf\"}}");
+        assert_eq!(sample(&body, &inf), Some(answered), "the +Inf bucket counts every statement");
+    }
     // Only combinations that can occur: a replica never runs a write.
     assert!(!body.contains("target=\"replica\",reason=\"write\""), "{body}");
     assert!(sample(&body, &format!("sqlswitch_switchovers_total{{{c},kind=\"switchover\",outcome=\"completed\"}}"))

@@ -412,8 +412,10 @@ impl<'a> MySession<'a> {
             cluster.backends[plan.backend].queries.fetch_add(1, Relaxed);
             let prepared_sql = (packet.payload.first() == Some(&command::STMT_PREPARE))
                 .then(|| packet.payload.get(1..).unwrap_or_default());
+            let asked = std::time::Instant::now();
             match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
+                    cluster.latency.record(plan.side == Side::Replica, asked.elapsed());
                     if let Some(temp) = plan.temp.take() {
                         if !self.temp_done(temp, failed, plan.side, plan.backend).await {
                             return Err(self.temp_lost(seq).await);

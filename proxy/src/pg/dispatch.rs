@@ -270,6 +270,9 @@ impl Session<'_> {
             self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
             self.core.active = Some(side);
         }
+        if self.outstanding == 0 && self.batch.syncs > 0 {
+            self.timing = Some((std::time::Instant::now(), side == Side::Replica));
+        }
         self.outstanding += self.batch.syncs;
         self.batch.syncs = 0;
         self.batch.len = 0;

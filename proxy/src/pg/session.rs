@@ -104,6 +104,9 @@ pub struct Session<'a> {
     pub(super) batch: OpenBatch,
     /// Sync points (Sync, Query, FunctionCall) sent whose ReadyForQuery has not come back.
     pub(super) outstanding: u32,
+    /// When the oldest answer owed was asked for, and of a replica (`true`) or the primary:
+    /// its latency is counted when the last answer owed ends.
+    pub(super) timing: Option<(std::time::Instant, bool)>,
     pub(super) skip: Option<Skip>,
     pub(super) inject: Option<BytesMut>,
     /// Client input waits until the active connection has answered everything, and why.
@@ -155,6 +158,7 @@ impl<'a> Session<'a> {
             id,
             batch,
             outstanding: 0,
+            timing: None,
             skip: None,
             inject: None,
             waiting: None,

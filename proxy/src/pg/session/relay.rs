@@ -55,6 +55,9 @@ impl Session<'_> {
                             self.outstanding = self.outstanding.saturating_sub(1);
                             self.after_ready(side);
                             if self.outstanding == 0 {
+                                if let Some((at, replica)) = self.timing.take() {
+                                    self.id.cluster.latency.record(replica, at.elapsed());
+                                }
                                 if let Some(err) = self.inject.take() {
                                     // Our refusal goes just before this ReadyForQuery.
                                     self.flush_backend(side, fwd - header.total_len, 0).await?;
