@@ -51,6 +51,9 @@ pub struct Monitor {
     ticks: u32,
 }
 
+/// Every this many checks the monitor updates the health gauges ([`Cluster::export`]).
+const EXPORT_EVERY: u32 = 10;
+
 /// Every this many checks the monitor asks every backend its role, even when the primary
 /// answered (a replica promoted by hand while the primary runs: split brain). When the primary
 /// does not answer with a position, it asks at once.
@@ -109,10 +112,11 @@ impl Monitor {
                     && b.health.caught_up_to.load(Ordering::Relaxed) == 0
             });
             if !pending {
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.cluster.export();
     }
 
     /// Follows the servers: the config's `role` is a starting hint, the servers are the truth.
@@ -284,7 +288,11 @@ impl Monitor {
         if self.probe_positions().await || self.ticks.is_multiple_of(ROLE_EVERY) {
             self.follow_the_servers().await;
         }
-        self.cluster.export();
+        // The gauges a scrape reads (every few seconds at most): once a second is enough, and
+        // costs the monitor's loop less than every check.
+        if self.ticks.is_multiple_of(EXPORT_EVERY) {
+            self.cluster.export();
+        }
     }
 
     /// Reads every backend's position; returns whether the primary did not answer with one
