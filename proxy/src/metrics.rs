@@ -14,7 +14,7 @@ type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
 
 /// The daemon's recorder, and its HTTP exporter when `[admin] metrics` is set.
 pub struct Registry {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     /// Each cluster's statement latencies, rendered after the recorder's families.
     latencies: Latencies,
 }
@@ -30,7 +30,7 @@ impl Registry {
         // Histograms as Prometheus histograms (buckets), not summaries: they aggregate across
         // instances and `histogram_quantile` reads them.
         let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?;
-        let r = Self { recorder: builder.build_recorder(), latencies: Arc::default() };
+        let r = Self { recorder: Arc::new(builder.build_recorder()), latencies: Arc::default() };
         r.describe();
         if let Some(addr) = listen {
             let listener =
@@ -74,6 +74,10 @@ impl Registry {
                 "Primary changes the monitor made to follow the servers (an external failover or switchover).",
             ),
             ("sqlswitch_switchovers_total", "Switchovers and failovers, by kind and outcome (completed, failed)."),
+            (
+                "sqlswitch_client_errors_total",
+                "Errors sent to clients, by source (server: relayed; sqlswitch: its own) and SQLSTATE class.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder.describe_counter(KeyName::from(*name), Some(Unit::Count), SharedString::from(*help));
@@ -165,6 +169,7 @@ impl Registry {
             })
         });
         ClusterMetrics {
+            errors: Errors { recorder: Arc::clone(&self.recorder), cluster: cluster.into() },
             routed,
             changes,
             generation: self.gauge("sqlswitch_routing_generation", &c),
@@ -362,9 +367,40 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 /// Buckets of every `_seconds` histogram: a held statement waits milliseconds to seconds.
 const SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// `sqlswitch_client_errors_total`, whose series are registered as errors occur (a class that
+/// never happens is never exported).
+#[derive(Clone)]
+pub struct Errors {
+    recorder: Arc<PrometheusRecorder>,
+    cluster: Arc<str>,
+}
+
+impl Errors {
+    /// Counts an error sent to a client, relayed from a server (`server`) or sqlswitch's own,
+    /// of SQLSTATE class `class` (its first two characters; anything else counts as `other`).
+    pub fn count(&self, server: bool, class: &[u8]) {
+        let class = match class {
+            [a, b] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => {
+                String::from_utf8_lossy(&[a.to_ascii_uppercase(), b.to_ascii_uppercase()]).into_owned()
+            }
+            _ => "other".to_owned(),
+        };
+        let source = if server { "server" } else { "sqlswitch" };
+        let labels = [("cluster", &*self.cluster), ("source", source), ("class", class.as_str())];
+        self.recorder.register_counter(&key("sqlswitch_client_errors_total", &labels), &META).increment(1);
+    }
+
+    /// As [`Errors::count`], from a whole SQLSTATE (PostgreSQL).
+    pub fn count_state(&self, server: bool, sqlstate: Option<&str>) {
+        self.count(server, sqlstate.and_then(|s| s.as_bytes().get(..2)).unwrap_or(b"??"));
+    }
+}
+
 /// Per-cluster handles.
 #[derive(Clone)]
 pub struct ClusterMetrics {
+    /// Errors sent to clients.
+    pub errors: Errors,
     /// Statements routed, by `[primary, replica]` and [`crate::route::Reason`] index (`None`:
     /// a combination that cannot occur, not exported).
     pub routed: [[Option<Counter>; 8]; 2],

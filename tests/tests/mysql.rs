@@ -92,6 +92,19 @@ async fn anonymous_sessions_read_replicas_and_cannot_write() {
     assert_eq!(ro_flag, 0);
     app.query_drop("INSERT INTO items (note) VALUES ('declared read-write again')").await.unwrap();
     assert_eq!(server_id(&mut app).await, 1, "wrote on the primary");
+
+    // Errors sent to clients, by source and SQLSTATE class: the refusals are sqlswitch's own
+    // (1290, HY000); a missing table is the server's (1146, 42S02).
+    let err = app.query_drop("SELECT * FROM no_such_table").await.unwrap_err();
+    assert_eq!(code(&err), Some(1146));
+    let metrics = daemon.metrics.render();
+    let count = |series: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let own = r#"sqlswitch_client_errors_total{cluster="app",source="sqlswitch",class="HY"}"#;
+    assert!(count(own) >= 9.0, "{own}: {metrics}");
+    let relayed = r#"sqlswitch_client_errors_total{cluster="app",source="server",class="42"}"#;
+    assert_eq!(count(relayed), 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,9 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
     }
     let anon = connect(port, ANON).await.unwrap();
     assert!(anon.batch_execute("INSERT INTO items (note) VALUES ('refused')").await.is_err());
+    let app = connect(port, APP).await.unwrap();
+    assert!(app.batch_execute("SELECT 1/0").await.is_err(), "division by zero");
+    drop(app);
     daemon.control.pause("observed", Duration::from_secs(5)).unwrap();
     let writer = connect(port, APP).await.unwrap();
     let held = tokio::spawn(async move { writer.execute("INSERT INTO items (note) VALUES ('held')", &[]).await });
@@ -138,6 +141,11 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
         let inf = format!("sqlswitch_statement_duration_seconds_bucket{{{c},target=\"{target}\",le=\"+Inf\"}}");
         assert_eq!(sample(&body, &inf), Some(answered), "the +Inf bucket counts every statement");
     }
+    // Errors sent to clients: sqlswitch's own refusal (25006), the server's division by zero (22012).
+    let refused = format!("sqlswitch_client_errors_total{{{c},source=\"sqlswitch\",class=\"25\"}}");
+    assert_eq!(sample(&body, &refused), Some(1.0), "{body}");
+    let relayed = format!("sqlswitch_client_errors_total{{{c},source=\"server\",class=\"22\"}}");
+    assert_eq!(sample(&body, &relayed), Some(1.0), "{body}");
     // Only combinations that can occur: a replica never runs a write.
     assert!(!body.contains("target=\"replica\",reason=\"write\""), "{body}");
     assert!(sample(&body, &format!("sqlswitch_switchovers_total{{{c},kind=\"switchover\",outcome=\"completed\"}}"))

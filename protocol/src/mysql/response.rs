@@ -45,6 +45,8 @@ pub struct Tracker {
     continuation: bool,
     /// The answer is an error: ERR seen.
     pub failed: bool,
+    /// The class (first two characters) of the ERR's SQLSTATE; `HY` when it names none.
+    pub error_class: [u8; 2],
 }
 
 /// How many leading payload bytes [`Tracker::feed`] needs for a packet starting with `first`.
@@ -64,7 +66,7 @@ impl Tracker {
             Answer::Prepare => State::PrepareDefs { params: u64::MAX, columns: 0, eof_after_params: false },
             Answer::FieldList => State::FieldList,
         };
-        Self { state, deprecate_eof, continuation: false, failed: false }
+        Self { state, deprecate_eof, continuation: false, failed: false, error_class: *b"HY" }
     }
 
     /// Whether the answer is complete.
@@ -89,12 +91,14 @@ impl Tracker {
             State::Done => Err(bad()),
             State::Single => {
                 self.state = State::Done;
-                self.failed = first == Some(0xFF);
+                if first == Some(0xFF) {
+                    self.note_error(payload);
+                }
                 Ok(Step::Done(terminator_status(payload)))
             }
             State::Start => match first {
                 Some(0x00) => self.end_of_result(ok_status(payload)),
-                Some(0xFF) => self.error(),
+                Some(0xFF) => self.error(payload),
                 Some(0xFB) => Err(ProtocolError::Malformed { what: "LOCAL INFILE request (not supported)" }),
                 Some(_) => {
                     let (count, _) = lenenc(payload).ok_or_else(bad)?;
@@ -117,7 +121,7 @@ impl Tracker {
                 Ok(Step::More)
             }
             State::Rows => match first {
-                Some(0xFF) => self.error(),
+                Some(0xFF) => self.error(payload),
                 Some(0xFE) if (self.deprecate_eof && len < super::packet::MAX_PAYLOAD) || len < 9 => {
                     let flags = if self.deprecate_eof { ok_status(payload) } else { eof_status(payload) };
                     self.end_of_result(flags)
@@ -133,7 +137,7 @@ impl Tracker {
                     self.state = State::PrepareDefs { params, columns, eof_after_params: false };
                     Ok(self.prepare_progress())
                 }
-                Some(0xFF) => self.error(),
+                Some(0xFF) => self.error(payload),
                 _ => Err(bad()),
             },
             State::PrepareDefs { params, columns, eof_after_params } => {
@@ -163,7 +167,7 @@ impl Tracker {
                     self.state = State::Done;
                     Ok(Step::Done(eof_status(payload)))
                 }
-                Some(0xFF) => self.error(),
+                Some(0xFF) => self.error(payload),
                 Some(_) => Ok(Step::More),
                 None => Err(bad()),
             },
@@ -178,10 +182,18 @@ impl Tracker {
         Step::More
     }
 
-    fn error(&mut self) -> Result<Step, ProtocolError> {
+    fn error(&mut self, payload: &[u8]) -> Result<Step, ProtocolError> {
         self.state = State::Done;
-        self.failed = true;
+        self.note_error(payload);
         Ok(Step::Done(None))
+    }
+
+    /// An ERR packet: `0xFF`, the code (2 bytes), then `#` and the 5-character SQLSTATE.
+    fn note_error(&mut self, payload: &[u8]) {
+        self.failed = true;
+        if let (Some(b'#'), Some(&[a, b])) = (payload.get(3), payload.get(4..6)) {
+            self.error_class = [a, b];
+        }
     }
 
     fn end_of_result(&mut self, flags: Option<u16>) -> Result<Step, ProtocolError> {
@@ -264,8 +276,13 @@ mod tests {
         let mut t = Tracker::new(Answer::ResultSet, false);
         assert_eq!(run(&mut t, &[OK_AUTOCOMMIT]), [Step::Done(Some(2))]);
         let mut t = Tracker::new(Answer::ResultSet, false);
-        assert_eq!(run(&mut t, &[b"\xff\x10\x04#HY000oops"]), [Step::Done(None)]);
+        assert_eq!(run(&mut t, &[b"\xff\x10\x04#42S02oops"]), [Step::Done(None)]);
         assert!(t.failed);
+        assert_eq!(&t.error_class, b"42", "the class of the ERR's SQLSTATE");
+        let mut t = Tracker::new(Answer::Single, false);
+        run(&mut t, &[b"\xff\x10\x04no state"]);
+        assert!(t.failed);
+        assert_eq!(&t.error_class, b"HY", "an ERR without a SQLSTATE");
     }
 
     #[test]

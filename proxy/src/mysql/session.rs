@@ -220,6 +220,7 @@ impl<'a> MySession<'a> {
     }
 
     async fn err(&mut self, seq: u8, code: u16, state: &str, text: &str) {
+        self.id.cluster.metrics.errors.count(false, state.as_bytes().get(..2).unwrap_or_default());
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &err_payload(code, state, text));
         let _ = self.client.send(&out).await;

@@ -193,6 +193,7 @@ impl Session<'_> {
     }
 
     async fn refuse_pending_with(&mut self, code: &str, text: &str) -> Result<(), End> {
+        self.id.cluster.metrics.errors.count_state(false, Some(code));
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Error, code, text);
         for _ in 0..self.batch.syncs {
@@ -215,6 +216,7 @@ impl Session<'_> {
 
     /// Answers a batch no backend could take with an error (and its ReadyForQuery).
     async fn refuse_batch(&mut self, text: &str) -> Result<(), End> {
+        self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::CONNECTION_FAILURE));
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, text);
         for _ in 0..self.batch.syncs {

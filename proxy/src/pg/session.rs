@@ -276,6 +276,7 @@ impl<'a> Session<'a> {
             sqlstate::CONNECTION_FAILURE,
             "the database server closed the connection unexpectedly",
         );
+        self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::CONNECTION_FAILURE));
         let _ = self.client.send(&out).await;
     }
 
@@ -286,6 +287,7 @@ impl<'a> Session<'a> {
         let text = format!("terminating connection: {e} (sqlswitch)");
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &text);
+        self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::ADMIN_SHUTDOWN));
         let _ = self.client.send(&out).await;
     }
 
@@ -399,6 +401,7 @@ impl<'a> Session<'a> {
                     let text = format!("invalid frontend message type {other}");
                     let mut out = BytesMut::new();
                     msg::error_response(&mut out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &text);
+                    self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::PROTOCOL_VIOLATION));
                     let _ = self.client.send(&out).await;
                     return Err(End::ClientError(ProtocolError::Malformed { what: "frontend message type" }));
                 }
@@ -441,6 +444,7 @@ impl<'a> Session<'a> {
                 .to_owned(),
         };
         msg::error_response(&mut err, Severity::Error, sqlstate::READ_ONLY_SQL_TRANSACTION, &text);
+        self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::READ_ONLY_SQL_TRANSACTION));
         if tag == fe::QUERY && !pipeline {
             msg::ready_for_query(&mut err, self.tx());
             self.send_client(&err).await?;
@@ -491,6 +495,7 @@ impl<'a> Session<'a> {
         };
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Fatal, code, &e.to_string());
+        self.id.cluster.metrics.errors.count_state(false, Some(code));
         let _ = self.client.send(&out).await;
         End::ClientError(e)
     }

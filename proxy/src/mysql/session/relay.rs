@@ -69,6 +69,10 @@ impl MySession<'_> {
                     fwd += h.total_len();
                 }
                 if let Step::Done(flags) = step {
+                    // Counted before the client can see it.
+                    if tracker.failed {
+                        self.id.cluster.metrics.errors.count(true, &tracker.error_class);
+                    }
                     done = Some(flags);
                     break;
                 }

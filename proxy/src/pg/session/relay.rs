@@ -102,6 +102,7 @@ impl Session<'_> {
                                 self.flush_backend(side, fwd - header.total_len, answered).await?;
                                 return self.backend_failed().await;
                             }
+                            self.id.cluster.metrics.errors.count_state(true, msg::error_fields(body).0);
                             self.inject = None;
                             self.batch_error = true;
                         }
