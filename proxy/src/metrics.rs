@@ -235,6 +235,18 @@ impl Exposition {
             for (cluster, latency) in &latencies {
                 latency.render(cluster, &mut text);
             }
+            for (i, (name, help)) in [
+                ("sqlswitch_client_received_bytes_total", "Bytes received from clients."),
+                ("sqlswitch_backend_received_bytes_total", "Bytes received from backends (answers, forwarded)."),
+            ]
+            .iter()
+            .enumerate()
+            {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+                for (cluster, latency) in &latencies {
+                    text.push_str(&format!("{name}{{cluster=\"{}\"}} {}\n", escape(cluster), latency.bytes(i)));
+                }
+            }
         }
         text
     }
@@ -303,6 +315,8 @@ pub struct Latency {
 struct Shard {
     counts: [[AtomicU64; BUCKETS]; 2],
     micros: [AtomicU64; 2],
+    /// Bytes received from clients, from backends.
+    bytes: [AtomicU64; 2],
 }
 
 impl Default for Latency {
@@ -325,10 +339,25 @@ impl Latency {
         }
     }
 
+    /// Counts bytes a session received from its client and from its backends since it last
+    /// counted (sessions add them up themselves and count once per answer).
+    pub fn add_bytes(&self, client: u64, backend: u64) {
+        let shard = crate::workers::current().wrapping_add(1) % SHARDS;
+        if let Some(shard) = self.shards.get(shard) {
+            let [c, b] = &shard.bytes;
+            c.fetch_add(client, Ordering::Relaxed);
+            b.fetch_add(backend, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes received so far: from clients (0) or from backends (1).
+    fn bytes(&self, which: usize) -> u64 {
+        self.shards.iter().map(|s| s.bytes.get(which).map_or(0, |b| b.load(Ordering::Relaxed))).sum()
+    }
+
     fn render(&self, cluster: &str, out: &mut String) {
         use std::fmt::Write as _;
-        // A label value escapes backslash, double quote and newline.
-        let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let cluster = escape(cluster);
         for (role, target) in ["primary", "replica"].iter().enumerate() {
             let mut cumulative = 0u64;
             let mut micros = 0u64;
@@ -357,6 +386,11 @@ impl Latency {
             );
         }
     }
+}
+
+/// A label value, escaped: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {

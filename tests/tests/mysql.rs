@@ -98,9 +98,8 @@ async fn anonymous_sessions_read_replicas_and_cannot_write() {
     let err = app.query_drop("SELECT * FROM no_such_table").await.unwrap_err();
     assert_eq!(code(&err), Some(1146));
     let metrics = daemon.metrics.render();
-    let count = |series: &str| {
-        metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
-    };
+    let count =
+        |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
     let own = r#"sqlswitch_client_errors_total{cluster="app",source="sqlswitch",class="HY"}"#;
     assert!(count(own) >= 9.0, "{own}: {metrics}");
     let relayed = r#"sqlswitch_client_errors_total{cluster="app",source="server",class="42"}"#;

@@ -141,6 +141,10 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
         let inf = format!("sqlswitch_statement_duration_seconds_bucket{{{c},target=\"{target}\",le=\"+Inf\"}}");
         assert_eq!(sample(&body, &inf), Some(answered), "the +Inf bucket counts every statement");
     }
+    for family in ["sqlswitch_client_received_bytes_total", "sqlswitch_backend_received_bytes_total"] {
+        let bytes = sample(&body, &format!("{family}{{{c}}}")).unwrap_or(0.0);
+        assert!(bytes > 1000.0, "{family}: {bytes}");
+    }
     // Errors sent to clients: sqlswitch's own refusal (25006), the server's division by zero (22012).
     let refused = format!("sqlswitch_client_errors_total{{{c},source=\"sqlswitch\",class=\"25\"}}");
     assert_eq!(sample(&body, &refused), Some(1.0), "{body}");

@@ -60,6 +60,8 @@ pub enum End {
 pub struct MySession<'a> {
     client: ClientStream,
     cbuf: BytesMut,
+    /// Bytes received from the client and from backends since they were last counted.
+    received: (u64, u64),
     /// The command being sent to a backend, reused from command to command.
     wire: BytesMut,
     id: Identity<'a>,
@@ -122,6 +124,7 @@ impl<'a> MySession<'a> {
         Self {
             client,
             cbuf,
+            received: (0, 0),
             wire: BytesMut::new(),
             id,
             core,
@@ -186,7 +189,10 @@ impl<'a> MySession<'a> {
                         self.err(0, code::CLIENT_INACTIVE, "HY000", text).await;
                         return End::ClientGone;
                     }
-                    r = self.client.read_buf(&mut self.cbuf) => if !matches!(r, Ok(n) if n > 0) { return End::ClientGone },
+                    r = self.client.read_buf(&mut self.cbuf) => match r {
+                        Ok(n) if n > 0 => self.received.0 += n as u64,
+                        _ => return End::ClientGone,
+                    },
                 }
             };
             let Some(&cmd) = packet.payload.first() else { return End::ClientGone };
@@ -417,6 +423,8 @@ impl<'a> MySession<'a> {
             match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
                     cluster.latency.record(plan.side == Side::Replica, asked.elapsed());
+                    let (client, backend) = std::mem::take(&mut self.received);
+                    cluster.latency.add_bytes(client, backend);
                     if let Some(temp) = plan.temp.take() {
                         if !self.temp_done(temp, failed, plan.side, plan.backend).await {
                             return Err(self.temp_lost(seq).await);

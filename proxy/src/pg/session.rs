@@ -107,6 +107,8 @@ pub struct Session<'a> {
     /// When the oldest answer owed was asked for, and of a replica (`true`) or the primary:
     /// its latency is counted when the last answer owed ends.
     pub(super) timing: Option<(std::time::Instant, bool)>,
+    /// Bytes received from the client and from backends since they were last counted.
+    pub(super) received: (u64, u64),
     pub(super) skip: Option<Skip>,
     pub(super) inject: Option<BytesMut>,
     /// Client input waits until the active connection has answered everything, and why.
@@ -159,6 +161,7 @@ impl<'a> Session<'a> {
             batch,
             outstanding: 0,
             timing: None,
+            received: (0, 0),
             skip: None,
             inject: None,
             waiting: None,
@@ -238,11 +241,17 @@ impl<'a> Session<'a> {
                 () = tokio::time::sleep(crate::session::core::MOVED_CHECK), if stuck => Err(true),
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Err(false),
-                    Ok(_) => Ok(true),
+                    Ok(n) => {
+                        self.received.1 += n as u64;
+                        Ok(true)
+                    }
                 },
                 r = self.client.read_buf(&mut self.cbuf), if !hold => match r {
                     Ok(0) | Err(_) => return End::ClientGone,
-                    Ok(_) => Ok(false),
+                    Ok(n) => {
+                        self.received.0 += n as u64;
+                        Ok(false)
+                    }
                 },
             };
             let result = match step {

@@ -100,10 +100,13 @@ impl MySession<'_> {
             tokio::select! {
                 () = self.thread.end.cancelled() => return Err(Fail::Client),
                 r = conn.stream.read_buf(&mut conn.buf) => match r {
-                    Ok(n) if n > 0 => {}
+                    Ok(n) if n > 0 => self.received.1 += n as u64,
                     _ => return Err(Fail::Backend { forwarded }),
                 },
                 r = self.client.read_buf(&mut self.cbuf), if !client_eof => {
+                    if let Ok(n) = r {
+                        self.received.0 += n as u64;
+                    }
                     if !matches!(r, Ok(n) if n > 0) {
                         client_eof = true;
                         if !forwarded {

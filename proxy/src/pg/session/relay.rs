@@ -56,7 +56,10 @@ impl Session<'_> {
                             self.after_ready(side);
                             if self.outstanding == 0 {
                                 if let Some((at, replica)) = self.timing.take() {
-                                    self.id.cluster.latency.record(replica, at.elapsed());
+                                    let latency = &self.id.cluster.latency;
+                                    latency.record(replica, at.elapsed());
+                                    let (client, backend) = std::mem::take(&mut self.received);
+                                    latency.add_bytes(client, backend);
                                 }
                                 if let Some(err) = self.inject.take() {
                                     // Our refusal goes just before this ReadyForQuery.
