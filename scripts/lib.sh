@@ -79,15 +79,16 @@ ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 || export PATH="$HOME/.local/bin:$PATH"
 }
 
-# PgBouncer (the bench's comparison) and valgrind (its instruction counts): from Debian's
+# PgBouncer (the bench's comparison), valgrind (its instruction counts) and gnuplot (its charts): from Debian's
 # packages when root and missing; without them the suite leaves those columns empty.
 ensure_bench_tools() {
   local missing=()
   [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+  command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "optional: install ${missing[*]} for the PgBouncer comparison and instruction counts" >&2
+    echo "optional: install ${missing[*]} for the PgBouncer comparison, instruction counts and charts" >&2
     return 0
   fi
   echo "installing ${missing[*]} from Debian's packages..." >&2

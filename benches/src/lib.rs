@@ -3,6 +3,7 @@
 //! table of medians and ratios. `loadbench` is the entry point; these are its parts.
 #![forbid(unsafe_code)]
 
+pub mod charts;
 pub mod measure;
 pub mod report;
 pub mod targets;

@@ -45,15 +45,20 @@ impl Row {
         r
     }
 
-    fn ratio(&self, a: usize, b: usize) -> String {
+    /// `a / b`: the median of the within-round ratios, or the ratio of the medians.
+    pub fn ratio_value(&self, a: usize, b: usize) -> Option<f64> {
         let rounds = self.round_ratios(a, b);
         if let Some(m) = rounds.get(rounds.len() / 2) {
-            return format!("{m:.2}");
+            return Some(*m);
         }
-        match (self.values[a], self.values[b]) {
-            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
-            _ => "–".into(),
+        match (self.values.get(a).copied().flatten(), self.values.get(b).copied().flatten()) {
+            (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+            _ => None,
         }
+    }
+
+    fn ratio(&self, a: usize, b: usize) -> String {
+        self.ratio_value(a, b).map_or_else(|| "–".into(), |m| format!("{m:.2}"))
     }
 
     /// The spread of the headline ratio across rounds, for the notes.

@@ -90,6 +90,15 @@ fn main() -> Result<()> {
         opts.seconds,
         notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
     );
+    let ratios_png = Path::new(env!("CARGO_MANIFEST_DIR")).join("tps-ratios.png");
+    let ratios_data = std::env::temp_dir().join(format!("sqlswitch-bench-ratios-{}.dat", std::process::id()));
+    let charts = match sqlswitch_benches::charts::tps_ratios(&rows, &ratios_data, &ratios_png) {
+        Ok(Some(())) => "\nThe TPS ratios as bars: [tps-ratios.png](tps-ratios.png).\n".to_owned(),
+        Ok(None) => String::new(),
+        Err(e) => format!("\nNo chart of the TPS ratios: {e:#}.\n"),
+    };
+    let _ = std::fs::remove_file(&ratios_data);
+    let text = text + &charts;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
@@ -332,16 +341,18 @@ fn callgrind_total(path: &Path) -> Result<u64> {
 }
 
 /// A switchover under TPC-B-like load: the longest any transaction took is the stall a
-/// client saw.
+/// client saw. Every transaction's latency is drawn across the switchover, its steps marked
+/// (`benches/switchover-latency.png`).
 fn switchover_stall(sqlswitch: &Path, socket: &Path, topo: &Topology, port: u16) -> Result<String> {
     eprintln!("switchover under load...");
     let log_prefix = topo.dir.join("tpcb");
-    let (report, switched) = std::thread::scope(|scope| -> Result<(String, String)> {
+    let (report, switched, launched) = std::thread::scope(|scope| -> Result<(String, String, f64)> {
         let load = scope.spawn(|| {
             let prefix = format!("--log-prefix={}", log_prefix.display());
             pgbench(topo, port, &["-c", "8", "-j", "2", "-T", "8", "-l", &prefix])
         });
         std::thread::sleep(Duration::from_secs(3));
+        let launched = epoch_seconds();
         let out = Command::new(sqlswitch)
             .args(["ctl", "--json", "--socket"])
             .arg(socket)
@@ -349,33 +360,68 @@ fn switchover_stall(sqlswitch: &Path, socket: &Path, topo: &Topology, port: u16)
             .output()?;
         let switched = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
         let report = load.join().map_err(|_| anyhow::anyhow!("pgbench thread panicked"))??;
-        Ok((report, switched))
+        Ok((report, switched, launched))
     })?;
-    let stall_us = longest_latency(&topo.dir)?;
+    let transactions = transactions(&topo.dir)?;
+    let stall_us = transactions.iter().map(|(_, us)| *us).max().unwrap_or(0);
+    let chart = match draw_switchover(&transactions, &switched, launched, &topo.dir) {
+        Ok(()) => {
+            "; every transaction's latency across it: [switchover-latency.png](switchover-latency.png)".to_owned()
+        }
+        Err(e) => format!("; no chart: {e:#}"),
+    };
     #[allow(clippy::cast_precision_loss)]
     Ok(format!(
         "switchover under pgbench TPC-B-like load (8 clients, split cluster): {} failed transactions, longest \
-         transaction (the stall a client saw) {:.1} ms; the switchover reported: `{switched}`",
+         transaction (the stall a client saw) {:.1} ms; the switchover reported: `{switched}`{chart}",
         pgbench_failed(&report),
         stall_us as f64 / 1000.0
     ))
 }
 
-/// The largest per-transaction latency in pgbench's `-l` logs under `dir`, in microseconds.
-fn longest_latency(dir: &Path) -> Result<u64> {
-    let mut longest = 0;
+/// Seconds since the epoch, now.
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Every transaction in pgbench's `-l` logs under `dir`: its start (epoch seconds) and its
+/// latency in microseconds.
+fn transactions(dir: &Path) -> Result<Vec<(f64, u64)>> {
+    let mut all = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpcb")) {
             for line in std::fs::read_to_string(&path)?.lines() {
                 // client_id transaction_no time_us script_no epoch epoch_us
-                if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
-                    longest = longest.max(us);
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+                if let (Some(us), Some(secs), Some(micros)) = (num(2), num(4), num(5)) {
+                    #[allow(clippy::cast_precision_loss)]
+                    let end = secs as f64 + micros as f64 / 1e6;
+                    #[allow(clippy::cast_precision_loss)]
+                    all.push((end - us as f64 / 1e6, us));
                 }
             }
         }
     }
-    Ok(longest)
+    Ok(all)
+}
+
+/// Draws the transactions and the switchover's steps (from its JSON answer, started at
+/// `launched`) to `benches/switchover-latency.png`.
+fn draw_switchover(transactions: &[(f64, u64)], switched: &str, launched: f64, dir: &Path) -> Result<()> {
+    let t0 = transactions.iter().map(|(t, _)| *t).fold(f64::INFINITY, f64::min);
+    #[allow(clippy::cast_precision_loss)]
+    let points: Vec<(f64, f64)> = transactions.iter().map(|(t, us)| (t - t0, *us as f64 / 1000.0)).collect();
+    let answer: serde_json::Value = serde_json::from_str(switched).context("the switchover's answer")?;
+    let mut at = launched - t0;
+    let mut steps = Vec::new();
+    for step in answer["steps"].as_array().into_iter().flatten() {
+        at += step["ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        steps.push((step["step"].as_str().unwrap_or("?").to_owned(), at));
+    }
+    let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("switchover-latency.png");
+    sqlswitch_benches::charts::switchover_latency(&points, &steps, &dir.join("switchover.dat"), &png)
 }
 
 fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<()> {
