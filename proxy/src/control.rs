@@ -384,6 +384,7 @@ fn cluster_status(c: &Cluster) -> Value {
                 "sessions": b.sessions.load(Ordering::Relaxed),
                 "queries": b.queries.load(Ordering::Relaxed),
                 "idle_connections": b.idle_count(),
+                "latency_buckets": c.latency.backend_buckets(i),
             })
         })
         .collect();
@@ -402,6 +403,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "primary_busy": c.gate.primary_busy.load(Ordering::SeqCst),
         "held_total": c.gate.held_total.load(Ordering::Relaxed),
         "held_now": c.gate.held_now.load(Ordering::Relaxed),
+        "latency_bounds_ms": crate::metrics::latency_bounds_ms(),
         "backends": backends,
     })
 }

@@ -124,11 +124,41 @@ fn print_pretty(v: &Value) {
     out!("ok {}", fields.join(" "));
 }
 
-/// Per backend (by cluster and name): statements per second since the previous view.
-type Rates = HashMap<(String, String), f64>;
+/// Per backend (by cluster and name): what it did since the previous view.
+type Rates = HashMap<(String, String), Rate>;
 
-/// Per backend (by cluster and name): statements sent to it so far.
-type Counts = HashMap<(String, String), u64>;
+/// What a backend did between two views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rate {
+    /// Statements per second.
+    per_second: f64,
+    /// Latency quantiles (the upper bound of the bucket they fall in, ms); `None` when nothing
+    /// was answered.
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+/// Per backend (by cluster and name): statements sent to it so far, and answers per latency
+/// bucket.
+type Counts = HashMap<(String, String), (u64, Vec<u64>)>;
+
+/// The `q` quantile of the answers counted in `buckets` (per bucket, the last one unbounded):
+/// the upper bound of the bucket it falls in, in ms (infinite for the last).
+fn quantile(buckets: &[u64], bounds_ms: &[f64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(bounds_ms.get(i).copied().unwrap_or(f64::INFINITY));
+        }
+    }
+    Some(f64::INFINITY)
+}
 
 /// The `status` answer as lines of text; with `rates`, a statements-per-second column.
 fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
@@ -157,7 +187,8 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
         let grouped = c["backends"].as_array().into_iter().flatten().any(|b| b["group"] != "main");
         let group =
             |b: &Value| if grouped { format!("  {}", b["group"].as_str().unwrap_or("")) } else { String::new() };
-        let rate_head = if rates.is_some() { format!(" {:>8}", "stmt/s") } else { String::new() };
+        let rate_head =
+            if rates.is_some() { format!(" {:>8} {:>7} {:>7}", "stmt/s", "p50 ms", "p99 ms") } else { String::new() };
         lines.push(format!(
             "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10}{rate_head} {:>6}{}",
             "backend",
@@ -176,10 +207,15 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
             let lag = b["lag_ms"].as_u64().map_or("-".to_owned(), |l| l.to_string());
             let server =
                 b["server_says"].as_str().map_or("?", |s| if s.starts_with("unknown") { "no answer" } else { s });
+            let ms = |v: Option<f64>| match v {
+                None => "-".to_owned(),
+                Some(v) if v.is_infinite() => ">10000".to_owned(),
+                Some(v) => format!("{v}"),
+            };
             let rate = match rates {
                 Some(r) => match r.get(&(name.to_owned(), backend.to_owned())) {
-                    Some(per_second) => format!(" {per_second:>8.0}"),
-                    None => format!(" {:>8}", "-"),
+                    Some(rate) => format!(" {:>8.0} {:>7} {:>7}", rate.per_second, ms(rate.p50), ms(rate.p99)),
+                    None => format!(" {:>8} {:>7} {:>7}", "-", "-", "-"),
                 },
                 None => String::new(),
             };
@@ -231,11 +267,33 @@ pub async fn watch(socket: &Path, every: Duration) -> anyhow::Result<bool> {
         match &answer {
             Ok(v) => {
                 let counts = queries(v);
+                let bounds: Vec<f64> = v
+                    .get("clusters")
+                    .and_then(|c| c.get(0))
+                    .and_then(|c| c.get("latency_bounds_ms"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64)
+                    .collect();
                 let rates = previous.as_ref().map(|(at, before)| {
                     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
                     counts
                         .iter()
-                        .filter_map(|(k, n)| Some((k.clone(), n.saturating_sub(*before.get(k)?) as f64 / secs)))
+                        .filter_map(|(k, (n, buckets))| {
+                            let (n0, buckets0) = before.get(k)?;
+                            let delta: Vec<u64> = buckets
+                                .iter()
+                                .zip(buckets0.iter().chain(std::iter::repeat(&0)))
+                                .map(|(a, b)| a.saturating_sub(*b))
+                                .collect();
+                            let rate = Rate {
+                                per_second: n.saturating_sub(*n0) as f64 / secs,
+                                p50: quantile(&delta, &bounds, 0.5),
+                                p99: quantile(&delta, &bounds, 0.99),
+                            };
+                            Some((k.clone(), rate))
+                        })
                         .collect::<Rates>()
                 });
                 for line in status_lines(v, Some(&rates.unwrap_or_default())) {
@@ -271,8 +329,23 @@ fn queries(v: &Value) -> Counts {
     for c in v.get("clusters").and_then(Value::as_array).into_iter().flatten() {
         for b in c["backends"].as_array().into_iter().flatten() {
             let key = (c["name"].as_str().unwrap_or("").to_owned(), b["name"].as_str().unwrap_or("").to_owned());
-            counts.insert(key, b["queries"].as_u64().unwrap_or(0));
+            let buckets = b["latency_buckets"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+            counts.insert(key, (b["queries"].as_u64().unwrap_or(0), buckets));
         }
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantiles_are_the_bucket_bounds_they_fall_in() {
+        let bounds = [0.1, 0.25, 1.0];
+        assert_eq!(super::quantile(&[0, 0, 0, 0], &bounds, 0.5), None);
+        assert_eq!(super::quantile(&[10, 0, 0, 0], &bounds, 0.99), Some(0.1));
+        // 98 fast answers and 2 slow ones: p50 fast, p99 in the slow bucket.
+        assert_eq!(super::quantile(&[98, 0, 2, 0], &bounds, 0.5), Some(0.1));
+        assert_eq!(super::quantile(&[98, 0, 2, 0], &bounds, 0.99), Some(1.0));
+        assert_eq!(super::quantile(&[1, 0, 0, 1], &bounds, 0.99), Some(f64::INFINITY), "past the last bound");
+    }
 }

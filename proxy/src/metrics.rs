@@ -311,12 +311,24 @@ pub struct Latency {
 
 /// One thread's counters: `[primary, replica]` buckets and sums (micros).
 #[repr(align(128))]
-#[derive(Default)]
 struct Shard {
     counts: [[AtomicU64; BUCKETS]; 2],
     micros: [AtomicU64; 2],
     /// Bytes received from clients, from backends.
     bytes: [AtomicU64; 2],
+    /// The same buckets per backend, for `ctl status --watch`.
+    by_backend: Box<[[AtomicU64; BUCKETS]]>,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            counts: Default::default(),
+            micros: Default::default(),
+            bytes: Default::default(),
+            by_backend: (0..crate::cluster::MAX_BACKENDS).map(|_| Default::default()).collect(),
+        }
+    }
 }
 
 impl Default for Latency {
@@ -325,9 +337,14 @@ impl Default for Latency {
     }
 }
 
+/// The latency buckets' upper bounds in milliseconds (the last bucket has none: +Inf).
+pub fn latency_bounds_ms() -> Vec<f64> {
+    BOUNDS_MICROS.iter().map(|b| *b as f64 / 1000.0).collect()
+}
+
 impl Latency {
     /// Counts one statement (or pipeline) answered by a replica or the primary after `elapsed`.
-    pub fn record(&self, replica: bool, elapsed: std::time::Duration) {
+    pub fn record(&self, backend: usize, replica: bool, elapsed: std::time::Duration) {
         let shard = crate::workers::current().wrapping_add(1) % SHARDS;
         let Some(shard) = self.shards.get(shard) else { return };
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -337,6 +354,21 @@ impl Latency {
             count.fetch_add(1, Ordering::Relaxed);
             sum.fetch_add(micros, Ordering::Relaxed);
         }
+        if let Some(count) = shard.by_backend.get(backend).and_then(|c| c.get(bucket)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Statements answered by backend `backend` so far, per bucket (not cumulative).
+    pub fn backend_buckets(&self, backend: usize) -> Vec<u64> {
+        (0..BUCKETS)
+            .map(|b| {
+                self.shards
+                    .iter()
+                    .map(|s| s.by_backend.get(backend).and_then(|c| c.get(b)).map_or(0, |c| c.load(Ordering::Relaxed)))
+                    .sum()
+            })
+            .collect()
     }
 
     /// Counts bytes a session received from its client and from its backends since it last
@@ -549,10 +581,10 @@ mod tests {
     #[test]
     fn latency_buckets_are_cumulative_and_count_every_statement() {
         let latency = super::Latency::default();
-        latency.record(false, Duration::from_micros(50));
-        latency.record(false, Duration::from_micros(100)); // a bound is inclusive (le)
-        latency.record(false, Duration::from_micros(101));
-        latency.record(true, Duration::from_secs(60)); // past the last bound: +Inf only
+        latency.record(0, false, Duration::from_micros(50));
+        latency.record(0, false, Duration::from_micros(100)); // a bound is inclusive (le)
+        latency.record(0, false, Duration::from_micros(101));
+        latency.record(1, true, Duration::from_secs(60)); // past the last bound: +Inf only
         let mut out = String::new();
         latency.render("a\"b", &mut out);
         let value = |series: &str| {

@@ -138,6 +138,7 @@ fn ctl_status_watch_redraws_until_interrupted() {
     assert!(out.status.success(), "exit {:?}: {text}", out.status);
     let frames = text.matches("\x1b[H\x1b[2J").count();
     assert!((2..=4).contains(&frames), "{frames} frames in 2.5 s: {text}");
-    assert!(text.contains("stmt/s") && text.contains("cluster app") && text.contains("primary"), "{text}");
+    assert!(text.contains("stmt/s") && text.contains("p50 ms") && text.contains("p99 ms"), "{text}");
+    assert!(text.contains("cluster app") && text.contains("primary"), "{text}");
     assert!(text.contains("Ctrl-C ends"), "{text}");
 }

@@ -145,6 +145,15 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
         let bytes = sample(&body, &format!("{family}{{{c}}}")).unwrap_or(0.0);
         assert!(bytes > 1000.0, "{family}: {bytes}");
     }
+    // Per backend, for `ctl status --watch`: answers per latency bucket.
+    let status = daemon.control.status();
+    let answered = |name: &str| -> u64 {
+        let backends = status["clusters"][0]["backends"].as_array().unwrap();
+        let b = backends.iter().find(|b| b["name"] == name).unwrap();
+        b["latency_buckets"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum()
+    };
+    assert!(answered("primary") > 0, "{status}");
+    assert!(topo.replicas().iter().map(|r| answered(&r.name)).sum::<u64>() > 0, "{status}");
     // Errors sent to clients: sqlswitch's own refusal (25006), the server's division by zero (22012).
     let refused = format!("sqlswitch_client_errors_total{{{c},source=\"sqlswitch\",class=\"25\"}}");
     assert_eq!(sample(&body, &refused), Some(1.0), "{body}");

@@ -422,7 +422,7 @@ impl<'a> MySession<'a> {
             let asked = std::time::Instant::now();
             match self.relay(plan.side, answer, prepared_sql).await {
                 Ok(failed) => {
-                    cluster.latency.record(plan.side == Side::Replica, asked.elapsed());
+                    cluster.latency.record(plan.backend, plan.side == Side::Replica, asked.elapsed());
                     let (client, backend) = std::mem::take(&mut self.received);
                     cluster.latency.add_bytes(client, backend);
                     if let Some(temp) = plan.temp.take() {

@@ -273,7 +273,7 @@ impl Session<'_> {
             self.core.active = Some(side);
         }
         if self.outstanding == 0 && self.batch.syncs > 0 {
-            self.timing = Some((std::time::Instant::now(), side == Side::Replica));
+            self.timing = Some((std::time::Instant::now(), slot.backend, side == Side::Replica));
         }
         self.outstanding += self.batch.syncs;
         self.batch.syncs = 0;

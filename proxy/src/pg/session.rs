@@ -106,7 +106,7 @@ pub struct Session<'a> {
     pub(super) outstanding: u32,
     /// When the oldest answer owed was asked for, and of a replica (`true`) or the primary:
     /// its latency is counted when the last answer owed ends.
-    pub(super) timing: Option<(std::time::Instant, bool)>,
+    pub(super) timing: Option<(std::time::Instant, usize, bool)>,
     /// Bytes received from the client and from backends since they were last counted.
     pub(super) received: (u64, u64),
     pub(super) skip: Option<Skip>,

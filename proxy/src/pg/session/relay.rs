@@ -55,9 +55,9 @@ impl Session<'_> {
                             self.outstanding = self.outstanding.saturating_sub(1);
                             self.after_ready(side);
                             if self.outstanding == 0 {
-                                if let Some((at, replica)) = self.timing.take() {
+                                if let Some((at, backend, replica)) = self.timing.take() {
                                     let latency = &self.id.cluster.latency;
-                                    latency.record(replica, at.elapsed());
+                                    latency.record(backend, replica, at.elapsed());
                                     let (client, backend) = std::mem::take(&mut self.received);
                                     latency.add_bytes(client, backend);
                                 }
