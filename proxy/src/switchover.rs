@@ -147,6 +147,29 @@ pub async fn run(
         }
     }
     let logical = !subscriptions.is_empty();
+    if logical && !cross_group {
+        // The old primary's standbys would stay in the serving group, following a fenced
+        // primary: their positions are not comparable with the new primary's, and their reads
+        // would be stale for good.
+        let group = cluster.backends[old].group_id;
+        let table = cluster.table.load();
+        let others: Vec<&str> = cluster
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| *i != old && *i != target && b.group_id == group)
+            .filter(|(i, _)| table.states.get(*i).is_some_and(|s| *s != crate::cluster::BackendState::Removed))
+            .map(|(_, b)| b.name.as_str())
+            .collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "{target_name} is a logical-replication subscriber in the serving group, beside {}: put it (and \
+                 its own standbys) in a group of its own (`group = \"new\"` in its [[cluster.backend]]) and reload; \
+                 nothing was changed",
+                others.join(", ")
+            ));
+        }
+    }
     if how.reverse && !logical {
         return Err(format!(
             "reverse: {target_name} is not a logical-replication subscriber of {}",

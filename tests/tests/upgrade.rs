@@ -265,6 +265,20 @@ async fn a_cutover_with_reverse_can_be_switched_back() {
     let (old, new) = tokio::task::spawn_blocking(two_clusters).await.unwrap();
     // Creating and disabling subscriptions on both sides: a superuser on PostgreSQL 15.
     old.psql_admin(old.primary(), &format!("ALTER ROLE {} SUPERUSER", MONITOR.0), DATABASE).unwrap();
+    // The subscriber configured in the serving group, beside the old primary's standby (which
+    // would follow a fenced primary for good): refused, nothing changed.
+    let text = sqlswitch_tests::upgrade::config_text(&old, &new, "127.0.0.1:0", "127.0.0.1:0", None)
+        .replace("role = \"primary\"\ngroup = \"pg-new\"", "role = \"replica\"\ngroup = \"main\"")
+        .replace("group = \"pg-new\"", "group = \"main\"");
+    let one_group = sqlswitch::Daemon::start_with(Config::parse(&text, Path::new("<test>"), |_| None).unwrap(), false)
+        .await
+        .unwrap();
+    let (refused, _) = cutover_to(&one_group, "new1", false, false, Duration::from_secs(10)).await;
+    let refused = refused.expect_err("a subscriber beside the old primary's standbys");
+    assert!(refused.contains("group of its own") && refused.contains("old2"), "{refused}");
+    assert_eq!(one_group.control.status()["clusters"][0]["primary"], "old1");
+    one_group.shutdown(Duration::from_secs(1)).await;
+
     let daemon = start(&old, &new).await;
     let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
     app.execute("INSERT INTO up_serial (tag) VALUES ('on-old')", &[]).await.unwrap();
