@@ -173,6 +173,9 @@ pub struct Dialect {
     pub fence: &'static [&'static str],
     /// Undoes [`Dialect::fence`].
     pub unfence: &'static [&'static str],
+    /// `on` while the fence is in force for this session (PostgreSQL: once this session has
+    /// taken the reload, which the postmaster signals to every session at once), else `off`.
+    pub fenced: &'static str,
     /// Replication status statements, tried in order until one is understood (MySQL 8.4 knows
     /// only `SHOW REPLICA STATUS`): any row means the server follows another. Empty for
     /// PostgreSQL, whose [`Dialect::role`] says it.
@@ -228,6 +231,7 @@ const POSTGRES: Dialect = Dialect {
     whole_records: false,
     fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
     unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
+    fenced: "SELECT current_setting('default_transaction_read_only')",
     channels: &[],
     role: "SELECT CASE WHEN pg_is_in_recovery() THEN 'replica' \
            WHEN EXISTS (SELECT 1 FROM pg_stat_subscription WHERE pid IS NOT NULL) THEN 'subscriber' \
@@ -249,6 +253,7 @@ const MYSQL: Dialect = Dialect {
     whole_records: true,
     fence: &["SET GLOBAL read_only = 1"],
     unfence: &["SET GLOBAL read_only = 0"],
+    fenced: "SELECT IF(@@read_only, 'on', 'off')",
     channels: &["SHOW SLAVE STATUS", "SHOW REPLICA STATUS"],
     role: "SELECT IF(@@read_only, 'read-only', 'writable')",
     promote: &["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"],

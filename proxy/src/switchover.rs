@@ -212,16 +212,7 @@ pub async fn run(
         // 3. Fence the old primary, and see the fence in force (PostgreSQL's reload only signals).
         let at = Instant::now();
         within(deadline, old_conn.exec_all(dialect.fence)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
-        loop {
-            let role = within(deadline, old_conn.role(dialect)).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
-            if !matches!(role, Role::Writable | Role::Stopped | Role::Subscriber) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("fence: {old_name} still takes writes after {timeout:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        in_force(&mut old_conn, dialect, true, deadline).await.map_err(|e| format!("fence: {old_name}: {e}"))?;
         done(Some(&mut steps), "fence", at, format!("{old_name} refuses new writes"));
 
         // 4. Every transaction that could still commit on the old primary ends (sessions that
@@ -351,6 +342,9 @@ pub async fn run(
         within(deadline, new_conn.exec_all(dialect.unfence))
             .await
             .map_err(|e| format!("promote: {target_name}: {e}"))?;
+        // Lifted for every session of the target (a fenced target: switching back after an
+        // upgrade cutover), before any client is released to it.
+        in_force(&mut new_conn, dialect, false, deadline).await.map_err(|e| format!("promote: {target_name}: {e}"))?;
         let role = within(deadline, new_conn.role(dialect)).await.map_err(|e| format!("promote: {e}"))?;
         // A logical subscriber (an upgrade target) takes writes with its subscription running.
         if !matches!(role, Role::Writable | Role::Subscriber) {
@@ -512,6 +506,10 @@ async fn recover(
             cluster.gate.set(|h| h.primary = false);
             return format!("switchover failed at {why}; undoing the fence of {old_name} failed too ({e}): no server may take writes, see `status`");
         }
+        // Held work resumes on it: every session of it takes the reload first.
+        if let Err(e) = in_force(old_conn, dialect, false, deadline).await {
+            warn!(cluster = %name, error = %e, "the old primary's fence is not seen lifted yet");
+        }
         format!("switchover failed at {why}; {old_name} is still the primary and takes writes")
     };
     cluster.gate.set(|h| h.primary = false);
@@ -548,6 +546,24 @@ async fn enable_again(
             "{why} (and enabling the subscription again failed: {}; ALTER SUBSCRIPTION ... ENABLE by hand)",
             failed.join("; ")
         )
+    }
+}
+
+/// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
+/// reload only signals: once this session has taken it, the postmaster has signalled every
+/// session, and each takes it before its next statement.
+async fn in_force(conn: &mut ControlConn, dialect: &Dialect, fenced: bool, deadline: Instant) -> Result<(), String> {
+    let want = if fenced { "on" } else { "off" };
+    loop {
+        let now = within(deadline, conn.value(dialect.fenced)).await?;
+        if now == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = if fenced { "still takes writes" } else { "still refuses writes" };
+            return Err(format!("{what} at the command's deadline"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
