@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 
 /// `println!` for `sqlswitch ctl`, which must not panic when its reader goes away
@@ -24,12 +25,7 @@ macro_rules! out {
 /// # Errors
 /// The socket could not be reached.
 pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Result<bool> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the admin socket {}: {e} (is sqlswitch running?)", socket.display())
-    })?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(format!("{command}\n").as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = send(socket, command).await?;
     while let Some(line) = lines.next_line().await? {
         let value: Value = serde_json::from_str(&line)?;
         if json_output {
@@ -41,7 +37,20 @@ pub async fn ctl(socket: &Path, command: &str, json_output: bool) -> anyhow::Res
             return Ok(ok);
         }
     }
-    anyhow::bail!("the daemon closed the admin connection without an answer")
+    anyhow::bail!(NO_ANSWER)
+}
+
+/// What the daemon closing the admin connection before its answer is called.
+const NO_ANSWER: &str = "the daemon closed the admin connection without an answer";
+
+/// Sends `command` to the daemon at `socket`; the answer's lines.
+async fn send(socket: &Path, command: &str) -> anyhow::Result<Lines<BufReader<OwnedReadHalf>>> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the admin socket {}: {e} (is sqlswitch running?)", socket.display())
+    })?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{command}\n").as_bytes()).await?;
+    Ok(BufReader::new(read).lines())
 }
 
 fn print_pretty(v: &Value) {
@@ -239,13 +248,7 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
 
 /// One `status` answer.
 async fn status(socket: &Path) -> anyhow::Result<Value> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the admin socket {}: {e} (is sqlswitch running?)", socket.display())
-    })?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(b"status\n").await?;
-    let line = BufReader::new(read).lines().next_line().await?;
-    let line = line.ok_or_else(|| anyhow::anyhow!("the daemon closed the admin connection without an answer"))?;
+    let line = send(socket, "status").await?.next_line().await?.ok_or_else(|| anyhow::anyhow!(NO_ANSWER))?;
     Ok(serde_json::from_str(&line)?)
 }
 

@@ -345,8 +345,7 @@ pub fn latency_bounds_ms() -> Vec<f64> {
 impl Latency {
     /// Counts one statement (or pipeline) answered by a replica or the primary after `elapsed`.
     pub fn record(&self, backend: usize, replica: bool, elapsed: std::time::Duration) {
-        let shard = crate::workers::current().wrapping_add(1) % SHARDS;
-        let Some(shard) = self.shards.get(shard) else { return };
+        let Some(shard) = self.own_shard() else { return };
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
         let role = usize::from(replica);
@@ -374,12 +373,16 @@ impl Latency {
     /// Counts bytes a session received from its client and from its backends since it last
     /// counted (sessions add them up themselves and count once per answer).
     pub fn add_bytes(&self, client: u64, backend: u64) {
-        let shard = crate::workers::current().wrapping_add(1) % SHARDS;
-        if let Some(shard) = self.shards.get(shard) {
+        if let Some(shard) = self.own_shard() {
             let [c, b] = &shard.bytes;
             c.fetch_add(client, Ordering::Relaxed);
             b.fetch_add(backend, Ordering::Relaxed);
         }
+    }
+
+    /// The calling thread's shard (the control thread's is the first).
+    fn own_shard(&self) -> Option<&Shard> {
+        self.shards.get(crate::workers::current().wrapping_add(1) % SHARDS)
     }
 
     /// Bytes received so far: from clients (0) or from backends (1).

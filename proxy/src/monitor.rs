@@ -70,7 +70,7 @@ impl Monitor {
 
     /// The primary of each group, as far as the monitor knows: the serving one's is the routing
     /// table's; another's is the one it last saw serve, or the config's `role = "primary"`.
-    fn heads(&mut self, primary: usize) -> Vec<Option<usize>> {
+    fn update_heads(&mut self, primary: usize) {
         let cluster = &self.cluster;
         let groups = cluster.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
         self.heads.resize(groups, None);
@@ -93,7 +93,6 @@ impl Monitor {
                     cluster.backends.iter().position(|b| b.group_id == g && b.role == sqlswitch_config::Role::Primary);
             }
         }
-        self.heads.clone()
     }
 
     /// The first checks, before the daemon listens: quick rounds (for at most about a second)
@@ -301,7 +300,8 @@ impl Monitor {
         let cluster = Arc::clone(&self.cluster);
         let table = cluster.table.load();
         let primary = table.primary;
-        let heads = self.heads(primary);
+        self.update_heads(primary);
+        let heads = &self.heads;
         let active = cluster.backends[primary].group_id;
         // A reload may have added backends.
         self.conns.resize_with(cluster.backends.len(), || None);

@@ -60,6 +60,14 @@ pub struct How {
     pub reverse: bool,
 }
 
+impl How {
+    /// A switchover that promotes a standby target and re-points the replicas, within
+    /// `timeout`: what `switchover CLUSTER BACKEND promote timeout=...` asks for.
+    pub const fn promoting(timeout: Duration) -> Self {
+        Self { promote: true, repoint: true, timeout, force: false, reverse: false }
+    }
+}
+
 /// Switches `cluster_name`'s primary to `target_name`. `report` sees each step as it completes.
 ///
 /// # Errors
@@ -290,10 +298,8 @@ pub async fn run(
             let at = Instant::now();
             let sides = crate::upgrade::Sides { cluster: &cluster, old, target, deadline };
             let mut set = 0;
-            let mut databases: Vec<&str> = subscriptions.iter().map(|s| s.database.as_str()).collect();
-            databases.dedup();
             let mut news = Vec::new();
-            for database in databases {
+            for database in crate::upgrade::databases(&subscriptions) {
                 let (mut old_db, mut new_db) = sides.connect(database).await.map_err(|e| format!("sequences: {e}"))?;
                 set += crate::upgrade::sync_sequences(&mut old_db, &mut new_db, cluster.config.sequence_margin, deadline)
                     .await

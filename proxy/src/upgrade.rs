@@ -75,6 +75,11 @@ pub struct Subscription {
     pub publications: Vec<String>,
 }
 
+/// The databases `subs` live in, each once.
+pub fn databases(subs: &[Subscription]) -> BTreeSet<&str> {
+    subs.iter().map(|s| s.database.as_str()).collect()
+}
+
 /// What [`check`] found.
 #[derive(Debug, Default)]
 pub struct Check {
@@ -90,11 +95,6 @@ impl Check {
     /// The findings that stop a cutover.
     pub fn blocking(&self) -> Vec<&Finding> {
         self.findings.iter().filter(|f| f.level == Level::Blocking).collect()
-    }
-
-    /// The databases the subscriptions live in, each once.
-    pub fn databases(&self) -> BTreeSet<String> {
-        self.subscriptions.iter().map(|s| s.database.clone()).collect()
     }
 
     /// The answer of `upgrade-check`.
@@ -259,7 +259,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     }
 
     // Databases on the old primary with tables that no subscription carries.
-    let carried: BTreeSet<String> = subs.iter().map(|s| s.database.clone()).collect();
+    let carried: BTreeSet<String> = databases(&subs).into_iter().map(str::to_owned).collect();
     let databases =
         rows(&mut old, "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", deadline)
             .await?;
@@ -535,10 +535,8 @@ pub async fn create_reverse(
     let new = &sides.cluster.backends[sides.target];
     let (host, port) = crate::repoint::host_port(&new.address)
         .ok_or_else(|| format!("{} is addressed as {:?}, not host:port", new.name, new.address))?;
-    let mut databases: Vec<&str> = subs.iter().map(|s| s.database.as_str()).collect();
-    databases.dedup();
     let mut created = Vec::new();
-    for database in databases {
+    for database in databases(subs) {
         let (mut old_db, mut new_db) = sides.connect(database).await?;
         let deadline = sides.deadline;
         let exists = format!("SELECT count(*)::text FROM pg_publication WHERE pubname = {}", literal(REVERSE));

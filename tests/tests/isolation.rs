@@ -16,13 +16,7 @@ use tokio_postgres::error::SqlState;
 /// Tests that count pooled connections or stop replication: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-const HOW: sqlswitch::switchover::How = sqlswitch::switchover::How {
-    promote: true,
-    repoint: true,
-    timeout: Duration::from_secs(10),
-    force: false,
-    reverse: false,
-};
+const HOW: sqlswitch::switchover::How = sqlswitch::switchover::How::promoting(Duration::from_secs(10));
 
 /// Everything a MySQL connection carries that a client can change: database, character set,
 /// autocommit, isolation and access mode, SQL mode, time zone, a user variable.

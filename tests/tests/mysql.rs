@@ -303,13 +303,7 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
-    let how = sqlswitch::switchover::How {
-        promote: true,
-        repoint: true,
-        timeout: Duration::from_secs(30),
-        force: false,
-        reverse: false,
-    };
+    let how = sqlswitch::switchover::How::promoting(Duration::from_secs(30));
     let result =
         sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut report).await.expect("switchover");
     let bench = load.await.unwrap();
@@ -755,13 +749,7 @@ async fn switchover_to_a_replica_on_another_version() {
     assert!(!old.starts_with("11.4.2"), "{old}");
     assert_eq!(topo.sql(&topo.replicas()[0], "SELECT @@version").unwrap().trim(), "11.4.2-MariaDB-upgraded");
 
-    let how = sqlswitch::switchover::How {
-        promote: true,
-        repoint: true,
-        timeout: Duration::from_secs(30),
-        force: false,
-        reverse: false,
-    };
+    let how = sqlswitch::switchover::How::promoting(Duration::from_secs(30));
     let result = sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut |_| {})
         .await
         .expect("a switchover to a replica on another version");

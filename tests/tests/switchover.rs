@@ -21,7 +21,7 @@ async fn switchover(
 ) -> Result<Value, String> {
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
-    let how = sqlswitch::switchover::How { promote, repoint: true, timeout, force: false, reverse: false };
+    let how = sqlswitch::switchover::How { promote, ..sqlswitch::switchover::How::promoting(timeout) };
     let r = sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut report).await;
     if r.is_ok() {
         steps.dedup();
@@ -550,13 +550,8 @@ async fn two_switchovers_at_once_leave_one_primary() {
     let _serial = SERIAL.lock().await;
     let topo = Topology::start(2).unwrap();
     let daemon = proxy::start(&topo, "").await.unwrap();
-    let how = sqlswitch::switchover::How {
-        promote: true,
-        repoint: false,
-        timeout: Duration::from_secs(30),
-        force: false,
-        reverse: false,
-    };
+    let how =
+        sqlswitch::switchover::How { repoint: false, ..sqlswitch::switchover::How::promoting(Duration::from_secs(30)) };
     let (mut quiet_a, mut quiet_b) = (|_: &sqlswitch::switchover::Step| {}, |_: &sqlswitch::switchover::Step| {});
     let (a, b) = tokio::join!(
         sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut quiet_a),

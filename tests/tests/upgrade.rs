@@ -4,12 +4,10 @@
 //! the mechanism is the same across versions.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlswitch_config::Config;
 use sqlswitch_tests::client::{connect, direct};
 use sqlswitch_tests::pg::{Topology, ANON, APP, DATABASE, MONITOR};
 
@@ -22,8 +20,14 @@ fn two_clusters() -> (Topology, Topology) {
 
 async fn start(old: &Topology, new: &Topology) -> sqlswitch::Daemon {
     let text = sqlswitch_tests::upgrade::config_text(old, new, "127.0.0.1:0", "127.0.0.1:0", None);
-    let config = Config::parse(&text, Path::new("<test>"), |_| None).unwrap();
-    sqlswitch::Daemon::start_with(config, false).await.unwrap()
+    sqlswitch_tests::proxy::start_text(&text).await.unwrap()
+}
+
+/// Inserts a row tagged `tag` into `table` through `client`; the port of the server it landed on.
+async fn write_lands_on(client: &tokio_postgres::Client, table: &str, tag: &str, what: &str) -> u16 {
+    let sql = format!("INSERT INTO {table} (tag) VALUES ($1) RETURNING current_setting('port')");
+    let port: String = client.query_one(&sql, &[&tag]).await.expect(what).get(0);
+    port.parse().unwrap()
 }
 
 /// The port of the server that ran a read of a new read-only session.
@@ -46,7 +50,8 @@ async fn cutover_to(
 ) -> (Result<Value, String>, Vec<String>) {
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(format!("{}: {}", s.name, s.detail));
-    let how = sqlswitch::switchover::How { promote: false, repoint: true, timeout, force, reverse };
+    let how =
+        sqlswitch::switchover::How { promote: false, force, reverse, ..sqlswitch::switchover::How::promoting(timeout) };
     let r = sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut report).await;
     (r, steps)
 }
@@ -101,10 +106,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let refused = refused.expect_err("a blocking finding refuses the cutover");
     assert!(refused.contains("only_old") && refused.contains("nothing was changed"), "{refused}");
     let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
-    let row =
-        app.query_one("INSERT INTO up_serial (tag) VALUES ('after-refusal') RETURNING current_setting('port')", &[]);
-    let port: String = row.await.expect("writes go on after a refused cutover").get(0);
-    assert_eq!(port.parse::<u16>().unwrap(), old_ports[0]);
+    let port = write_lands_on(&app, "up_serial", "after-refusal", "writes go on after a refused cutover").await;
+    assert_eq!(port, old_ports[0]);
     old.psql_admin(old.primary(), "DROP TABLE only_old", DATABASE).unwrap();
 
     // The way back asked for, which the monitor user cannot create (no superuser on the old
@@ -122,12 +125,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let timed_out = timed_out.expect_err("catch-up cannot finish");
     assert!(timed_out.contains("catch_up") && timed_out.contains("bytes"), "{timed_out}");
     assert!(timed_out.contains("old1 is still the primary"), "{timed_out}");
-    let port: String = app
-        .query_one("INSERT INTO up_serial (tag) VALUES ('after-timeout') RETURNING current_setting('port')", &[])
-        .await
-        .expect("writes go on after a failed cutover")
-        .get(0);
-    assert_eq!(port.parse::<u16>().unwrap(), old_ports[0]);
+    let port = write_lands_on(&app, "up_serial", "after-timeout", "writes go on after a failed cutover").await;
+    assert_eq!(port, old_ports[0]);
     let enabled = new.psql_admin(new.primary(), "SELECT subenabled FROM pg_subscription", DATABASE).unwrap();
     assert_eq!(enabled.trim(), "t", "the subscription still runs");
     blocker.batch_execute("COMMIT").await.unwrap();
@@ -213,12 +212,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
 
     // A new session writes on the new primary at once; the subscription is disabled.
     let app = connect(port, APP).await.unwrap();
-    let port_now: String = app
-        .query_one("INSERT INTO up_serial (tag) VALUES ('right-after') RETURNING current_setting('port')", &[])
-        .await
-        .expect("an insert right after the cutover")
-        .get(0);
-    assert_eq!(port_now.parse::<u16>().unwrap(), new_ports[0]);
+    let port_now = write_lands_on(&app, "up_serial", "right-after", "an insert right after the cutover").await;
+    assert_eq!(port_now, new_ports[0]);
     let enabled = new.psql_admin(new.primary(), "SELECT subenabled FROM pg_subscription", DATABASE).unwrap();
     assert_eq!(enabled.trim(), "f", "the subscription is disabled");
     let status = daemon.control.status();
@@ -243,12 +238,8 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let status = daemon.control.status();
     assert_eq!(status["clusters"][0]["primary"], "new1", "{status}");
     let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
-    let port_now: String = app
-        .query_one("INSERT INTO up_ident (tag) VALUES ('after-restart') RETURNING current_setting('port')", &[])
-        .await
-        .expect("a write after the restart")
-        .get(0);
-    assert_eq!(port_now.parse::<u16>().unwrap(), new_ports[0]);
+    let port_now = write_lands_on(&app, "up_ident", "after-restart", "a write after the restart").await;
+    assert_eq!(port_now, new_ports[0]);
     for _ in 0..5 {
         let served = read_served_by(&daemon).await;
         assert!(!old_ports.contains(&served), "a read after the restart went to the old cluster ({served})");
@@ -270,9 +261,7 @@ async fn a_cutover_with_reverse_can_be_switched_back() {
     let text = sqlswitch_tests::upgrade::config_text(&old, &new, "127.0.0.1:0", "127.0.0.1:0", None)
         .replace("role = \"primary\"\ngroup = \"pg-new\"", "role = \"replica\"\ngroup = \"main\"")
         .replace("group = \"pg-new\"", "group = \"main\"");
-    let one_group = sqlswitch::Daemon::start_with(Config::parse(&text, Path::new("<test>"), |_| None).unwrap(), false)
-        .await
-        .unwrap();
+    let one_group = sqlswitch_tests::proxy::start_text(&text).await.unwrap();
     let (refused, _) = cutover_to(&one_group, "new1", false, false, Duration::from_secs(10)).await;
     let refused = refused.expect_err("a subscriber beside the old primary's standbys");
     assert!(refused.contains("group of its own") && refused.contains("old2"), "{refused}");

@@ -45,17 +45,7 @@ fn main() -> Result<()> {
         1,
     );
     write_private(&config_path, &text)?;
-    let mut daemon = Command::new(&sqlswitch)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting sqlswitch")?;
-    std::thread::sleep(Duration::from_millis(500));
-    if let Some(status) = daemon.try_wait()? {
-        topo.stop();
-        bail!("sqlswitch exited at start ({status})");
-    }
+    let daemon = start_daemon(&sqlswitch, &config_path)?;
     let (primary, r1, r2) = (topo.nodes[0].port, topo.nodes[1].port, topo.nodes[2].port);
     println!(
         "\nsqlswitch is running (config: {config}).\n\n\
@@ -80,24 +70,7 @@ fn main() -> Result<()> {
         np = ANON.1,
         dir = topo.dir.display(),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        // Whatever ends the demo (Ctrl-C, a closed terminal, kill) stops what it started.
-        let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-            (Ok(t), Ok(h)) => (t, h),
-            _ => return,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-            _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
-        }
-    });
-    eprintln!("\nstopping sqlswitch, PostgreSQL and MariaDB...");
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    run_until_stopped(daemon, "sqlswitch, PostgreSQL and MariaDB")?;
     topo.stop();
     drop(maria);
     Ok(())
@@ -113,13 +86,7 @@ fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
     let text = sqlswitch_tests::upgrade::config_text(&old, &new, LISTEN, READ_ONLY_LISTEN, Some(METRICS))
         .replace("/tmp/sqlswitch-upgrade-test.sock", "/tmp/sqlswitch-demo.sock");
     write_private(&config_path, &text)?;
-    let mut daemon = Command::new(sqlswitch)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting sqlswitch")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let daemon = start_daemon(sqlswitch, &config_path)?;
     println!(
         "\nsqlswitch is running (config: {config}): group main (old1 primary :{o1}, old2 standby :{o2}) serves;\n\
          group pg-new (new1 :{n1} subscribed to old1 by logical replication, new2 its standby :{n2}) waits.\n\n\
@@ -139,6 +106,31 @@ fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
         n1 = new.nodes[0].port,
         n2 = new.nodes[1].port,
     );
+    run_until_stopped(daemon, "sqlswitch and PostgreSQL")?;
+    new.stop();
+    old.stop();
+    Ok(())
+}
+
+/// Starts `sqlswitch run` on `config`, and sees it still running half a second later (a bad
+/// config or a port in use ends it at once; the servers are stopped as the topologies drop).
+fn start_daemon(sqlswitch: &std::path::Path, config: &std::path::Path) -> Result<std::process::Child> {
+    let mut daemon = Command::new(sqlswitch)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting sqlswitch")?;
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(status) = daemon.try_wait()? {
+        bail!("sqlswitch exited at start ({status})");
+    }
+    Ok(daemon)
+}
+
+/// Waits for whatever ends the demo (Ctrl-C, a closed terminal, kill, or sqlswitch exiting),
+/// then stops sqlswitch; the caller stops the databases (`what` names everything stopped).
+fn run_until_stopped(mut daemon: std::process::Child, what: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -153,11 +145,9 @@ fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
             _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
         }
     });
-    eprintln!("\nstopping sqlswitch and PostgreSQL...");
+    eprintln!("\nstopping {what}...");
     let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
     let _ = daemon.wait();
-    new.stop();
-    old.stop();
     Ok(())
 }
 
