@@ -1,6 +1,9 @@
 # Build stage: compile the sqlswitch binary.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# etcd-client (fleet mode) builds its gRPC code with protoc.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p sqlswitch
 

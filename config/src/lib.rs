@@ -25,6 +25,42 @@ pub struct Config {
     /// The clusters, each with its own listeners and backends.
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<Cluster>,
+    /// Several instances acting as one through etcd; without it the instance decides alone.
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: the instances that serve the same clusters share their routing through etcd.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// etcd endpoints (`http://host:port`, or `https://` with `tls_ca`).
+    pub etcd: Vec<String>,
+    /// Key prefix; each cluster's keys live under `<prefix>/<cluster>/`.
+    #[serde(default = "defaults::fleet_prefix")]
+    pub prefix: String,
+    /// Lease time: an instance that cannot renew its lease within it stops taking writes, and
+    /// the others stop waiting for it.
+    #[serde(default = "defaults::fleet_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// This instance's name, unique in the fleet (default: host name and first listen port).
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// etcd user, if etcd has authentication on.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its password.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// CA certificate (PEM) that signs etcd's certificate; with it, endpoints use TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd's client-certificate authentication.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[admin]`.
@@ -328,6 +364,12 @@ mod defaults {
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn fleet_prefix() -> String {
+        "/sqlswitch".to_owned()
+    }
+    pub fn fleet_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn max_replica_lag() -> Duration {
         Duration::from_secs(1)
     }
@@ -440,6 +482,42 @@ impl Config {
         }
         if self.admin.socket.as_os_str().is_empty() {
             problem("admin.socket".into(), "must not be empty".into());
+        }
+        if let Some(f) = &self.fleet {
+            if f.etcd.is_empty() {
+                problem("fleet.etcd".into(), "at least one etcd endpoint is required".into());
+            }
+            for e in &f.etcd {
+                let tls = f.tls_ca.is_some();
+                let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
+                if !scheme_ok {
+                    problem("fleet.etcd".into(), format!("{e:?}: write it as http://host:port (or https:// with tls_ca)"));
+                } else if e.starts_with("https://") != tls {
+                    problem("fleet.etcd".into(), format!("{e:?}: https:// endpoints need tls_ca, and tls_ca needs https://"));
+                }
+            }
+            if !f.prefix.starts_with('/') || f.prefix.ends_with('/') {
+                problem("fleet.prefix".into(), format!("{:?}: must start with / and not end with /", f.prefix));
+            }
+            if f.ttl < Duration::from_secs(2) {
+                problem("fleet.ttl".into(), "must be at least 2s (etcd leases are whole seconds)".into());
+            }
+            if f.instance.as_ref().is_some_and(|i| i.is_empty() || i.contains('/')) {
+                problem("fleet.instance".into(), "must not be empty or contain /".into());
+            }
+            if f.user.is_some() != f.password.is_some() {
+                problem("fleet.user".into(), "user and password go together".into());
+            }
+            if f.tls_cert.is_some() != f.tls_key.is_some() {
+                problem("fleet.tls_cert".into(), "tls_cert and tls_key go together".into());
+            }
+            for (key, path) in [("tls_ca", &f.tls_ca), ("tls_cert", &f.tls_cert), ("tls_key", &f.tls_key)] {
+                if let Some(path) = path {
+                    if let Err(e) = std::fs::metadata(path) {
+                        problem(format!("fleet.{key}"), format!("cannot read {}: {e}", path.display()));
+                    }
+                }
+            }
         }
         let mut names = HashSet::new();
         let mut listeners = HashSet::new();

@@ -149,12 +149,12 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
         "resume" => control.resume(one()?),
         "mode" => {
             let (cluster, mode) = two()?;
-            control.mode(cluster, mode)
+            control.mode(cluster, mode).await
         }
-        "detach" | "attach" => control.detach(one()?, command == "detach"),
+        "detach" | "attach" => control.detach(one()?, command == "detach").await,
         "drain" | "enable" => {
             let (cluster, backend) = two()?;
-            control.set_enabled(cluster, backend, command == "enable")
+            control.set_enabled(cluster, backend, command == "enable").await
         }
         "switchover" => {
             let (cluster, target) = two()?;

@@ -456,6 +456,9 @@ pub struct Cluster {
     pub discovery: std::sync::Mutex<Discovery>,
     /// Group names, indexed by [`Backend::group_id`]; a reload may add one.
     pub groups: std::sync::Mutex<Vec<String>>,
+    /// Fleet mode: the cluster's link to the fleet's shared routing in etcd; every routing
+    /// change goes through it.
+    pub fleet: std::sync::OnceLock<Arc<crate::fleet::Link>>,
 }
 
 /// What the monitor last heard the servers say about their roles.
@@ -614,6 +617,7 @@ impl Cluster {
                 since: 0,
             }),
             groups: std::sync::Mutex::new(groups),
+            fleet: std::sync::OnceLock::new(),
             gate,
             changing: tokio::sync::Mutex::new(()),
             progress: std::sync::Mutex::new(String::new()),

@@ -266,39 +266,39 @@ impl Control {
     /// Maintenance mode: `read-only` or `read-write`.
     ///
     /// # Errors
-    /// No such cluster, or an unknown mode.
-    pub fn mode(&self, name: &str, mode: &str) -> Result<Value, Failure> {
+    /// No such cluster, an unknown mode, or (fleet mode) etcd not reached.
+    pub async fn mode(&self, name: &str, mode: &str) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
         let mode = match mode {
             "read-only" => Mode::ReadOnly,
             "read-write" => Mode::ReadWrite,
             other => return Err(format!("unknown mode {other:?}: use read-only or read-write")),
         };
-        let table = change(cluster, |t| t.mode = mode);
-        tracing::info!(event = "mode_change", cluster = %name, mode = mode_name(mode), generation = table.generation, "mode changed");
-        Ok(json!({ "ok": true, "cluster": name, "mode": mode_name(mode), "generation": table.generation }))
+        let word = mode_name(mode);
+        let (table, fleet) = everywhere(cluster, |t| t.mode = mode, |d| d.mode = word.to_owned()).await?;
+        tracing::info!(event = "mode_change", cluster = %name, mode = word, generation = table.generation, "mode changed");
+        Ok(json!({ "ok": true, "cluster": name, "mode": word, "generation": table.generation, "fleet": fleet }))
     }
 
     /// `detach`: the cluster serves without its primary (`primary = "none"`): sessions log in
     /// on replicas, read from them, and every write is refused at once; `attach` undoes it.
     ///
     /// # Errors
-    /// No such cluster.
-    pub fn detach(&self, name: &str, detached: bool) -> Result<Value, Failure> {
+    /// No such cluster, or (fleet mode) etcd not reached.
+    pub async fn detach(&self, name: &str, detached: bool) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
-        let table = change(cluster, |t| t.detached = detached);
+        let (table, fleet) = everywhere(cluster, |t| t.detached = detached, |d| d.detached = detached).await?;
         let word = if detached { "detached" } else { "attached" };
         tracing::info!(event = "primary_attachment", cluster = %name, state = word, generation = table.generation, "primary {word}");
-        Ok(
-            json!({ "ok": true, "cluster": name, "primary": if detached { "none" } else { cluster.backends[table.primary].name.as_str() }, "generation": table.generation }),
-        )
+        let primary = if detached { "none" } else { cluster.backends[table.primary].name.as_str() };
+        Ok(json!({ "ok": true, "cluster": name, "primary": primary, "generation": table.generation, "fleet": fleet }))
     }
 
     /// Stops routing new work to a backend (or brings it back).
     ///
     /// # Errors
-    /// No such cluster or backend, or draining the primary.
-    pub fn set_enabled(&self, name: &str, backend: &str, enabled: bool) -> Result<Value, Failure> {
+    /// No such cluster or backend, draining the primary, or (fleet mode) etcd not reached.
+    pub async fn set_enabled(&self, name: &str, backend: &str, enabled: bool) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
         let i = Self::backend(cluster, backend)?;
         if !enabled && cluster.table.load().is_primary(i) {
@@ -308,14 +308,37 @@ impl Control {
             return Err(format!("{backend:?} was removed from the config; add it back and reload"));
         }
         let state = if enabled { BackendState::Enabled } else { BackendState::Draining };
-        let table = change(cluster, |t| {
+        let local = |t: &mut RoutingTable| {
             if let Some(s) = t.states.get_mut(i) {
                 *s = state;
             }
-        });
+        };
+        let shared = |d: &mut crate::fleet::Routing| {
+            d.draining.retain(|b| b != backend);
+            if !enabled {
+                d.draining.push(backend.to_owned());
+            }
+        };
+        let (table, fleet) = everywhere(cluster, local, shared).await?;
         let word = if enabled { "enabled" } else { "draining" };
         tracing::info!(event = "backend_state", cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
-        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation }))
+        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation, "fleet": fleet }))
+    }
+}
+
+/// A routing change an operator asked for: made here, or (fleet mode) published to the fleet
+/// and waited for on every instance; the fleet's part of the answer (`null` without one).
+async fn everywhere(
+    cluster: &Cluster,
+    local: impl Fn(&mut RoutingTable),
+    shared: impl Fn(&mut crate::fleet::Routing) + Send,
+) -> Result<(Arc<RoutingTable>, Value), Failure> {
+    match cluster.fleet.get() {
+        Some(link) => {
+            let fleet = link.change(shared).await?;
+            Ok((cluster.table.load_full(), fleet))
+        }
+        None => Ok((change(cluster, local), Value::Null)),
     }
 }
 
@@ -404,6 +427,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "held_total": c.gate.held_total.load(Ordering::Relaxed),
         "held_now": c.gate.held_now.load(Ordering::Relaxed),
         "latency_bounds_ms": crate::metrics::latency_bounds_ms(),
+        "fleet": c.fleet.get().map(|f| f.status()),
         "backends": backends,
     })
 }

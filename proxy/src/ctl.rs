@@ -169,6 +169,42 @@ fn quantile(buckets: &[u64], bounds_ms: &[f64], q: f64) -> Option<f64> {
     Some(f64::INFINITY)
 }
 
+/// Fleet mode: this instance, the change in progress, and every instance with the generation
+/// it applies and its lease time left.
+fn fleet_lines(f: &Value, lines: &mut Vec<String>) {
+    if f.is_null() {
+        return;
+    }
+    lines.push(format!(
+        "  fleet: instance {}  generation {}  {}  lease {:.1} s left",
+        f["instance"].as_str().unwrap_or(""),
+        f["generation"],
+        if f["fenced"] == true { "FENCED (writes refused)" } else { "active" },
+        f["lease_left_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+    ));
+    if let Some(c) = f["change"].as_object() {
+        let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        lines.push(format!(
+            "  fleet change: {} {} -> {} by {}, step {}{}",
+            text("kind"),
+            text("from"),
+            text("target"),
+            text("by"),
+            text("step"),
+            if f["lock"].is_null() { " (its driver is gone: being resolved)" } else { "" }
+        ));
+    }
+    for i in f["instances"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "    {:<24} generation {:<6} {:<7} lease {:.1} s left",
+            i["name"].as_str().unwrap_or(""),
+            i["generation"],
+            if i["fenced"] == true { "fenced" } else { "active" },
+            i["lease_left_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        ));
+    }
+}
+
 /// The `status` answer as lines of text; with `rates`, a statements-per-second column.
 fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
     let mut lines = Vec::new();
@@ -192,6 +228,7 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
         if let Some(n) = c["held_now"].as_u64().filter(|n| *n > 0) {
             lines.push(format!("  {n} statement(s) held now"));
         }
+        fleet_lines(&c["fleet"], &mut lines);
         // Several groups (an upgrade): each backend's group, last.
         let grouped = c["backends"].as_array().into_iter().flatten().any(|b| b["group"] != "main");
         let group =

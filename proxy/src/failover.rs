@@ -132,7 +132,17 @@ pub async fn run(
     // 3. Promote it; 4. swap and release held primary work.
     let at = Instant::now();
     cluster.gate.set(|h| h.primary = true);
+    let fleet = cluster.fleet.get().cloned();
     let promoted = async {
+        if let Some(link) = &fleet {
+            // Every instance of the fleet holds new primary work first.
+            let generation = link.begin("failover", old, target).await?;
+            link.acknowledged(generation, deadline).await?;
+            link.step("promote").await?;
+            if cluster.gate.lease_lost() {
+                return Err("this instance's fleet lease ran out; nothing was promoted".to_owned());
+            }
+        }
         within(deadline, new_conn.exec_all(dialect.promote)).await?;
         within(deadline, new_conn.exec_all(dialect.unfence)).await?;
         let role = within(deadline, new_conn.role(dialect)).await?;
@@ -143,6 +153,9 @@ pub async fn run(
     }
     .await;
     if let Err(e) = promoted {
+        if let Some(link) = &fleet {
+            link.end(Some(old)).await;
+        }
         cluster.gate.set(|h| h.primary = false);
         cluster.metrics.count_change(true, None);
         warn!(event = "failover_failed", cluster = %cluster_name, error = %e, "failover failed");
@@ -150,6 +163,9 @@ pub async fn run(
     }
     done(&mut steps, "promote", at, format!("{target_name} promoted"));
     let at = Instant::now();
+    if let Some(link) = &fleet {
+        link.end(Some(target)).await;
+    }
     let table = change(&cluster, |t| t.primary = target);
     cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem = None;
     cluster.gate.set(|h| {

@@ -15,6 +15,12 @@ pub struct Hold {
     /// The servers disagree on who the primary is (none, or several, take writes): new primary
     /// work waits, for a limited time, until they agree again.
     pub doubt: bool,
+    /// Fleet mode: an instance of the fleet changes the primary; new primary work waits on
+    /// every instance until the new routing is published.
+    pub fleet: bool,
+    /// Fleet mode: this instance has not read the fleet's routing yet, or could not renew its
+    /// lease: new primary work waits, for a limited time, then is refused as read-only.
+    pub fenced: bool,
 }
 
 /// How a wait at the gate ended.
@@ -24,8 +30,17 @@ pub enum Wait {
     Through,
     /// `max_held` statements wait already: refuse this one.
     Full,
-    /// The servers still disagree on the primary: refuse this one.
+    /// The servers still disagree on the primary, or this instance is still fenced from its
+    /// fleet: refuse this one.
     Doubt,
+}
+
+/// Micros since the process's first look at this clock (monotonic: it runs on while the
+/// process is stopped, so a lease deadline passes during a `SIGSTOP`).
+pub fn now_micros() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The gate sessions pass at each transaction boundary, and the counts a switchover needs.
@@ -39,6 +54,10 @@ pub struct Gate {
     pub held_now: AtomicUsize,
     /// `sqlswitch_statements_held` and `sqlswitch_hold_seconds`, when exported.
     pub metrics: Option<(metrics::Gauge, metrics::Histogram)>,
+    /// Fleet mode: until when ([`now_micros`]) this instance's lease is surely valid; primary
+    /// work past it is held as fenced, even before the fleet task notices (a process woken
+    /// from `SIGSTOP` runs its sessions first). `u64::MAX` without a fleet.
+    pub lease_until: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Gate {
@@ -49,6 +68,7 @@ impl Default for Gate {
             held_total: AtomicU64::new(0),
             held_now: AtomicUsize::new(0),
             metrics: None,
+            lease_until: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -62,7 +82,13 @@ impl Gate {
     /// Whether work for the primary (or a replica) must wait now.
     pub fn closed(&self, primary: bool) -> bool {
         let h = *self.hold.borrow();
-        h.all || (primary && (h.primary || h.doubt))
+        h.all || (primary && (h.primary || h.doubt || h.fleet || h.fenced || self.lease_lost()))
+    }
+
+    /// Fleet mode: the lease may have expired (the fleet task sets `fenced` soon after).
+    pub fn lease_lost(&self) -> bool {
+        let until = self.lease_until.load(Ordering::Relaxed);
+        until != u64::MAX && now_micros() > until
     }
 
     /// Waits until work for the primary (or a replica) may start: [`Wait::Through`]. Returns
@@ -95,12 +121,16 @@ impl Gate {
         tokio::pin!(doubt_over);
         loop {
             let h = *rx.borrow_and_update();
-            if !(h.all || (primary && (h.primary || h.doubt))) {
+            // A lost lease the fleet task has not noticed yet: look again shortly.
+            let lost = primary && !h.fenced && self.lease_lost();
+            if !(h.all || lost || (primary && (h.primary || h.doubt || h.fleet || h.fenced))) {
                 break;
             }
+            let refusable = primary && (h.doubt || h.fenced || lost) && !h.all && !h.primary && !h.fleet;
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
-                () = &mut doubt_over, if primary && h.doubt && !h.all && !h.primary => return Wait::Doubt,
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)), if lost => {}
+                () = &mut doubt_over, if refusable => return Wait::Doubt,
             }
         }
         drop(held);

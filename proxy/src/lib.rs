@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod control;
 pub mod ctl;
 pub mod failover;
+pub mod fleet;
 pub mod gate;
 pub mod metrics;
 pub mod monitor;

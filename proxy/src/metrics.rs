@@ -109,6 +109,13 @@ impl Registry {
                 Unit::Seconds,
                 "How long clients' primary work waited in the last completed switchover or failover.",
             ),
+            ("sqlswitch_fleet_generation", Unit::Count, "Fleet mode: the shared routing generation this instance applies."),
+            ("sqlswitch_fleet_instances", Unit::Count, "Fleet mode: instances with a live lease, as this instance sees them."),
+            (
+                "sqlswitch_fleet_fenced",
+                Unit::Count,
+                "Fleet mode: 1 while this instance refuses writes (lease not renewed, or routing not read yet); else 0.",
+            ),
             ("sqlswitch_backend_up", Unit::Count, "1 when the monitor reached the backend at its last check; else 0."),
             (
                 "sqlswitch_backend_role",
@@ -143,6 +150,16 @@ impl Registry {
 
     fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
         self.recorder.register_gauge(&key(name, labels), &META)
+    }
+
+    /// The fleet gauges of one cluster.
+    pub fn fleet(&self, cluster: &str) -> FleetMetrics {
+        let c = [("cluster", cluster)];
+        FleetMetrics {
+            generation: self.gauge("sqlswitch_fleet_generation", &c),
+            instances: self.gauge("sqlswitch_fleet_instances", &c),
+            fenced: self.gauge("sqlswitch_fleet_fenced", &c),
+        }
     }
 
     /// The handles of one cluster.
@@ -463,6 +480,16 @@ impl Errors {
     pub fn count_state(&self, server: bool, sqlstate: Option<&str>) {
         self.count(server, sqlstate.and_then(|s| s.as_bytes().get(..2)).unwrap_or(b"??"));
     }
+}
+
+/// Fleet mode's gauges of one cluster.
+pub struct FleetMetrics {
+    /// The shared routing generation applied.
+    pub generation: Gauge,
+    /// Instances with a live lease.
+    pub instances: Gauge,
+    /// 1 while fenced.
+    pub fenced: Gauge,
 }
 
 /// Per-cluster handles.

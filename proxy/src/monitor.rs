@@ -202,10 +202,17 @@ impl Monitor {
         if let ([], [only], true) = (writable.as_slice(), elsewhere.as_slice(), group_answered) {
             let only = *only;
             let since = cluster.clock.now();
-            let table = crate::control::change(&cluster, |t| {
-                t.primary = only;
-                t.since = since;
-            });
+            let table = match cluster.fleet.get() {
+                // The fleet follows together (the group's activation time is set as it applies).
+                Some(link) => {
+                    link.follow(only).await;
+                    cluster.table.load_full()
+                }
+                None => crate::control::change(&cluster, |t| {
+                    t.primary = only;
+                    t.since = since;
+                }),
+            };
             cluster.metrics.role_changes.increment(1);
             info!(
                 event = "role_change",
@@ -224,7 +231,13 @@ impl Monitor {
             [only] if *only == current => None,
             [only] => {
                 let only = *only;
-                let table = crate::control::change(&cluster, |t| t.primary = only);
+                let table = match cluster.fleet.get() {
+                    Some(link) => {
+                        link.follow(only).await;
+                        cluster.table.load_full()
+                    }
+                    None => crate::control::change(&cluster, |t| t.primary = only),
+                };
                 cluster.metrics.role_changes.increment(1);
                 info!(
                     event = "role_change",

@@ -115,6 +115,11 @@ impl Daemon {
                 return Err(e);
             }
         };
+        if let Some(fleet) = &config.fleet {
+            let fleet = crate::fleet::Fleet::new(&config, fleet, &clusters, &registry);
+            info!(instance = %fleet.instance(), etcd = ?config.fleet.as_ref().map(|f| &f.etcd), "fleet mode: routing is shared through etcd");
+            tokio::spawn(fleet.run(shutdown.clone()));
+        }
         let control = crate::control::Control::new(clusters.clone(), config.clone(), Arc::clone(&registry));
         let admin_socket = admin.map(|listener| {
             let path = config.admin.socket.clone();
@@ -145,6 +150,11 @@ impl Daemon {
         let mut clusters = Vec::new();
         for cluster_config in config.clusters.clone() {
             let cluster = Cluster::new(cluster_config, &registry);
+            if config.fleet.is_some() {
+                // Fenced from the first connection until the fleet's routing is read.
+                cluster.gate.lease_until.store(0, std::sync::atomic::Ordering::Relaxed);
+                cluster.gate.set(|h| h.fenced = true);
+            }
             if let Some(tls) = &cluster.config.tls {
                 let acceptor = crate::tls::acceptor(tls, cluster.config.protocol)
                     .map_err(|e| anyhow::anyhow!("cluster {:?}: {e}", cluster.config.name))?;

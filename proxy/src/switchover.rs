@@ -194,16 +194,38 @@ pub async fn run(
         (false, _) => None,
     };
 
-    // 1. Hold new primary work; replica reads go on. Clients' pause starts here.
+    // 1. Hold new primary work; replica reads go on. Clients' pause starts here. In fleet
+    // mode, on every instance: the change is published and each holds.
     let at = Instant::now();
     let started = at;
     cluster.gate.set(|h| h.primary = true);
-    done(Some(&mut steps), "hold", at, "new primary work waits; replica reads continue".into());
+    let fleet = cluster.fleet.get().cloned();
+    let fleet_generation = match &fleet {
+        Some(link) => match link.begin("switchover", old, target).await {
+            Ok(generation) => Some(generation),
+            Err(e) => {
+                cluster.gate.set(|h| h.primary = false);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let detail = match fleet_generation {
+        Some(g) => format!("new primary work waits on every instance of the fleet (generation {g}); replica reads continue"),
+        None => "new primary work waits; replica reads continue".into(),
+    };
+    done(Some(&mut steps), "hold", at, detail);
 
     let mut promoted = false;
     let mut disabled: Vec<crate::upgrade::Subscription> = Vec::new();
     let outcome = async {
-        // 2. Let in-flight primary work finish.
+        // 2. Let in-flight primary work finish (in fleet mode, each instance says when its own
+        // has; one whose lease expires is no longer waited for).
+        let at = Instant::now();
+        if let (Some(link), Some(generation)) = (&fleet, fleet_generation) {
+            let instances = link.acknowledged(generation, deadline).await?;
+            done(Some(&mut steps), "acknowledged", at, format!("{instances} instance(s) hold, with no primary work in flight"));
+        }
         let at = Instant::now();
         loop {
             let busy = cluster.gate.primary_busy.load(Ordering::SeqCst);
@@ -309,6 +331,8 @@ pub async fn run(
             let margin = cluster.config.sequence_margin;
             done(Some(&mut steps), "sequences", at, format!("{set} sequence(s) set on {target_name} (sequence_margin {margin})"));
             let at = Instant::now();
+            // The point of no return: an instance taking over from here finishes the cutover.
+            promoting(fleet.as_deref(), &cluster).await?;
             for sub in &subscriptions {
                 let Some((_, new_db)) = news.iter_mut().find(|(d, _)| *d == sub.database) else { continue };
                 crate::upgrade::set_enabled(new_db, sub, false, deadline)
@@ -339,6 +363,7 @@ pub async fn run(
 
         // 6. Promote, or check it is already writable; either way, clear any fence of ours.
         let at = Instant::now();
+        promoting(fleet.as_deref(), &cluster).await?;
         if standby {
             promoted = true;
             within(deadline, new_conn.exec_all(dialect.promote))
@@ -365,7 +390,13 @@ pub async fn run(
     if let Err(why) = outcome {
         cluster.metrics.count_change(false, None);
         let why = enable_again(&cluster, old, target, &disabled, why).await;
-        return Err(recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await);
+        let (answer, known) = recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await;
+        if let Some(link) = &fleet {
+            // The fleet serves from the same primary as this instance; when nobody can tell, the
+            // change stays published and an instance resolves it from what the servers say.
+            link.end(known.then(|| cluster.table.load().primary)).await;
+        }
+        return Err(answer);
     }
 
     // The way back, while clients are still held: from their first write on, the old primary
@@ -393,6 +424,10 @@ pub async fn run(
     // A new group serves from now on: its replicas serve reads once they have replayed a
     // position of the new primary sampled after this moment.
     let now = cluster.clock.now();
+    if let Some(link) = &fleet {
+        // Published: every instance releases its held work to the new primary.
+        link.end(Some(target)).await;
+    }
     let table = change(&cluster, |t| {
         t.primary = target;
         if cross_group {
@@ -489,12 +524,13 @@ async fn recover(
     target: usize,
     promoted: bool,
     why: &str,
-) -> String {
+) -> (String, bool) {
     let dialect = Dialect::of(cluster.config.protocol);
     let (old_name, target_name) = (&cluster.backends[old].name, &cluster.backends[target].name);
     let name = &cluster.config.name;
     let deadline = Instant::now() + cluster.config.connect_timeout;
     let target_role = if promoted { within(deadline, new_conn.role(dialect)).await.ok() } else { None };
+    let known = !(promoted && target_role.is_none());
     let answer = if promoted && target_role.is_none() {
         // Nobody can tell whether the promotion happened: take no guess. The old primary stays
         // fenced (writes are refused by it, none lost); the monitor follows the servers once
@@ -510,7 +546,10 @@ async fn recover(
         if let Err(e) = within(deadline, old_conn.exec_all(dialect.unfence)).await {
             warn!(cluster = %name, error = %e, "could not undo the fence of the old primary");
             cluster.gate.set(|h| h.primary = false);
-            return format!("switchover failed at {why}; undoing the fence of {old_name} failed too ({e}): no server may take writes, see `status`");
+            return (
+                format!("switchover failed at {why}; undoing the fence of {old_name} failed too ({e}): no server may take writes, see `status`"),
+                known,
+            );
         }
         // Held work resumes on it: every session of it takes the reload first.
         if let Err(e) = in_force(old_conn, dialect, false, deadline).await {
@@ -520,7 +559,19 @@ async fn recover(
     };
     cluster.gate.set(|h| h.primary = false);
     warn!(event = "switchover_failed", cluster = %name, error = %why, "switchover failed");
-    answer
+    (answer, known)
+}
+
+/// Fleet mode: records that the promotion is about to be asked for, and makes sure this
+/// instance's lease is still valid: an instance taking over a change finds its driver gone only
+/// once that lease has expired, a margin after this check.
+async fn promoting(fleet: Option<&crate::fleet::Link>, cluster: &Cluster) -> Result<(), Failure> {
+    let Some(link) = fleet else { return Ok(()) };
+    link.step("promote").await?;
+    if cluster.gate.lease_lost() {
+        return Err("promote: this instance's fleet lease ran out; nothing was promoted".into());
+    }
+    Ok(())
 }
 
 /// After a cutover failed past the step that disabled subscriptions: enable them again, so that
@@ -558,7 +609,7 @@ async fn enable_again(
 /// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
 /// reload only signals: once this session has taken it, the postmaster has signalled every
 /// session, and each takes it before its next statement.
-async fn in_force(conn: &mut ControlConn, dialect: &Dialect, fenced: bool, deadline: Instant) -> Result<(), String> {
+pub(crate) async fn in_force(conn: &mut ControlConn, dialect: &Dialect, fenced: bool, deadline: Instant) -> Result<(), String> {
     let want = if fenced { "on" } else { "off" };
     loop {
         let now = within(deadline, conn.value(dialect.fenced)).await?;

@@ -7,10 +7,12 @@
 //! - [`mysql`]: a real MariaDB primary with two GTID replicas, the same way.
 //! - [`proxy`]: an in-process sqlswitch in front of it, on `127.0.0.1:0`.
 //! - [`client`]: tokio-postgres helpers for the tests.
+//! - [`etcd`]: a real etcd for fleet mode, and a relay in front of it that a test can cut.
 //! - [`upgrade`]: two PostgreSQL clusters, the new one subscribed to the old (upgrade cutover).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod etcd;
 pub mod mysql;
 pub mod pg;
 pub mod proxy;

@@ -630,7 +630,7 @@ async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
     conn.query_drop("SET autocommit = 0").await.unwrap();
     let mut prepared = connect(port, APP).await.unwrap();
     let insert = prepared.prep("INSERT INTO items (note) VALUES (?)").await.unwrap();
-    daemon.control.mode("app", "read-only").unwrap();
+    daemon.control.mode("app", "read-only").await.unwrap();
     // A statement prepared before: executed now, its connection is read-only.
     let e = prepared.exec_drop(&insert, ("prepared",)).await.unwrap_err();
     assert!(matches!(code(&e), Some(1290 | 1792)), "{e}");
@@ -643,7 +643,7 @@ async fn read_only_mode_and_no_primary_refuse_every_write_and_serve_reads() {
     conn.query_drop("ROLLBACK").await.unwrap();
     let written = "SELECT COUNT(*) FROM app.items WHERE note IN ('autocommit off', 'in a transaction', 'prepared')";
     assert_eq!(topo.sql(topo.primary(), written).unwrap().trim(), "0", "nothing reached the primary");
-    daemon.control.mode("app", "read-write").unwrap();
+    daemon.control.mode("app", "read-write").await.unwrap();
     conn.query_drop("INSERT INTO items (note) VALUES ('before the shutdown')").await.expect("writes again");
     conn.query_drop("COMMIT").await.unwrap();
     topo.wait_replicas_caught_up().unwrap();

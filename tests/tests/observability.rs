@@ -98,8 +98,8 @@ async fn live_metrics_rules_and_dashboard_pass_the_real_tools() {
     let during = scrape(metrics_port).await;
     daemon.control.resume("observed").unwrap();
     held.await.unwrap().expect("the held write runs after resume");
-    daemon.control.mode("observed", "read-only").unwrap();
-    daemon.control.mode("observed", "read-write").unwrap();
+    daemon.control.mode("observed", "read-only").await.unwrap();
+    daemon.control.mode("observed", "read-write").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = scrape(metrics_port).await;
 

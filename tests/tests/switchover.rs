@@ -197,14 +197,14 @@ async fn read_only_mode_refuses_writes_and_serves_reads() {
     let topo = Topology::shared();
     let daemon = proxy::start(topo, "").await.unwrap();
     let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
-    daemon.control.mode("app", "read-only").unwrap();
+    daemon.control.mode("app", "read-only").await.unwrap();
     let err = client.batch_execute("INSERT INTO items (note) VALUES ('maintenance')").await.unwrap_err();
     assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err:?}");
     let err = client.query_one("SELECT nextval('items_id_seq')", &[]).await.unwrap_err();
     assert_eq!(code(&err), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{err:?}");
     let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await.expect("reads go on").get(0);
     assert!(n >= 0);
-    daemon.control.mode("app", "read-write").unwrap();
+    daemon.control.mode("app", "read-write").await.unwrap();
     client.batch_execute("INSERT INTO items (note) VALUES ('back')").await.expect("writes again");
 }
 
@@ -215,12 +215,12 @@ async fn drain_moves_reads_off_a_replica_and_enable_brings_it_back() {
     let daemon = proxy::start(topo, "").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let client = connect(port, APP).await.unwrap();
-    daemon.control.set_enabled("app", "replica1", false).unwrap();
-    assert!(daemon.control.set_enabled("app", "primary", false).is_err(), "the primary cannot be drained");
+    daemon.control.set_enabled("app", "replica1", false).await.unwrap();
+    assert!(daemon.control.set_enabled("app", "primary", false).await.is_err(), "the primary cannot be drained");
     for _ in 0..20 {
         assert_eq!(server_name(&client).await, "replica2", "a drained replica gets no new reads");
     }
-    daemon.control.set_enabled("app", "replica1", true).unwrap();
+    daemon.control.set_enabled("app", "replica1", true).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let c = connect(port, APP).await.unwrap();
@@ -730,7 +730,7 @@ async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
     // A session's own setting survives maintenance: made read-only by it, given back after.
     let own = connect(port, APP).await.unwrap();
     own.batch_execute("SET default_transaction_read_only = on").await.unwrap();
-    daemon.control.mode("app", "read-only").unwrap();
+    daemon.control.mode("app", "read-only").await.unwrap();
     assert_eq!(server_name(&own).await, "replica1");
 
     client.batch_execute("BEGIN").await.unwrap();
@@ -744,7 +744,7 @@ async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
     assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "a replica refuses it: {e:?}");
     // With no replica to read from, the session's primary connection is read-only: the
     // primary itself refuses what the classifier let through.
-    daemon.control.set_enabled("app", "replica1", false).unwrap();
+    daemon.control.set_enabled("app", "replica1", false).await.unwrap();
     let fresh = connect(port, APP).await.unwrap();
     let e = fresh.query_one("SELECT sneaky()", &[]).await.unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "the primary refuses it: {e:?}");
@@ -753,8 +753,8 @@ async fn read_only_mode_stops_writes_the_classifier_cannot_see() {
     assert_eq!(topo.psql_admin(topo.primary(), written, sqlswitch_tests::pg::DATABASE).unwrap().trim(), "0");
 
     // Back to read-write: the same connection writes again.
-    daemon.control.mode("app", "read-write").unwrap();
-    daemon.control.set_enabled("app", "replica1", true).unwrap();
+    daemon.control.mode("app", "read-write").await.unwrap();
+    daemon.control.set_enabled("app", "replica1", true).await.unwrap();
     let one: i32 = fresh.query_one("SELECT sneaky()", &[]).await.expect("writes again").get(0);
     assert_eq!(one, 1);
     let own_setting: String = own.query_one("SHOW default_transaction_read_only", &[]).await.unwrap().get(0);

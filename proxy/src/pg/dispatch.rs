@@ -51,7 +51,7 @@ impl Session<'_> {
                             let code = match refusal {
                                 Refusal::Full(_) => sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
                                 Refusal::NoPrimary(_) => sqlstate::CONNECTION_FAILURE,
-                                Refusal::SplitBrain(_) => sqlstate::READ_ONLY_SQL_TRANSACTION,
+                                Refusal::SplitBrain(_) | Refusal::Fenced(_) => sqlstate::READ_ONLY_SQL_TRANSACTION,
                             };
                             self.refuse_pending_with(code, refusal.text()).await?;
                             return Ok(true);

@@ -103,13 +103,16 @@ pub enum Refusal {
     NoPrimary(String),
     /// Several servers take writes (PostgreSQL 25006, MySQL 1290).
     SplitBrain(String),
+    /// Fleet mode: this instance cannot renew its lease, or has not read the fleet's routing
+    /// yet (PostgreSQL 25006, MySQL 1290).
+    Fenced(String),
 }
 
 impl Refusal {
     /// The text for the client.
     pub fn text(&self) -> &str {
         match self {
-            Refusal::Full(t) | Refusal::NoPrimary(t) | Refusal::SplitBrain(t) => t,
+            Refusal::Full(t) | Refusal::NoPrimary(t) | Refusal::SplitBrain(t) | Refusal::Fenced(t) => t,
         }
     }
 }
@@ -144,6 +147,11 @@ impl PrimaryWork {
                 "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
                 cluster.config.max_held
             ))),
+            Wait::Doubt if cluster.gate.hold().fenced || cluster.gate.lease_lost() => Err(Refusal::Fenced(
+                "sqlswitch is fenced from its fleet (its etcd lease is not renewed, or it has not read the fleet's \
+                 routing yet): writes are refused, reads go on; see `sqlswitch ctl status`"
+                    .to_owned(),
+            )),
             Wait::Doubt => {
                 let problem =
                     cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem.clone();

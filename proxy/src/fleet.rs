@@ -1,0 +1,991 @@
+//! Fleet mode (`[fleet]`): several sqlswitch instances in front of the same clusters act as one
+//! through etcd. Each cluster's routing (primary, mode, detached, drained backends, and a change
+//! in progress) is one document, `<prefix>/<cluster>/routing`, changed only by a transaction that
+//! compares its revision; every instance watches it and applies each generation. Each instance
+//! keeps `<prefix>/<cluster>/instances/<instance>` on its lease, with the generation it applies
+//! and the one whose hold it acknowledged; `<prefix>/<cluster>/lock`, on the driver's lease,
+//! marks a switchover or failover in progress.
+//!
+//! A change of primary takes effect in two phases: the driver publishes the change (every
+//! instance holds new primary work, lets its in-flight primary work finish and acknowledges;
+//! an instance whose lease expires is no longer waited for), then changes the servers (fence,
+//! catch-up, promote) and publishes the new primary; instances release only on that generation.
+//! When the driver dies (its lock expires with its lease), another instance finishes the change
+//! if the target was already promoted, or rolls it back (unfences the old primary) if not.
+//!
+//! Self-fencing: an instance that cannot renew its lease within `ttl` minus a margin holds new
+//! primary work, then refuses it as read-only, and goes on serving reads; it starts that way and
+//! stays so until it has read the routing. The deadline is checked by the gate itself with a
+//! monotonic clock, so a process woken from `SIGSTOP` cannot write before it has rejoined.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
+use crate::control::Failure;
+use crate::replication::{ControlConn, Dialect, Role};
+
+/// A cluster's routing as the fleet shares it: `<prefix>/<cluster>/routing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// Bumped by every change.
+    pub generation: u64,
+    /// The primary's name.
+    pub primary: String,
+    /// `read-write` or `read-only`.
+    pub mode: String,
+    /// Serving without the primary (`detach`).
+    #[serde(default)]
+    pub detached: bool,
+    /// Backends drained (`drain`).
+    #[serde(default)]
+    pub draining: Vec<String>,
+    /// A switchover or failover in progress: every instance holds new primary work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+}
+
+/// A change of primary in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `switchover` or `failover`.
+    pub kind: String,
+    /// The instance driving it.
+    pub by: String,
+    /// The primary before it.
+    pub from: String,
+    /// The new primary.
+    pub target: String,
+    /// `hold` until the promotion (or the cutover's point of no return) is asked for, then
+    /// `promote`: an instance taking over finishes it only from `promote`, and only if the
+    /// target answers as a primary.
+    pub step: String,
+}
+
+/// What an instance says of itself: `<prefix>/<cluster>/instances/<instance>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The routing generation it applies.
+    pub generation: u64,
+    /// The generation of the last change whose hold it acknowledged (its primary work drained).
+    pub acked: u64,
+    /// Whether it refuses writes (lease not renewed).
+    pub fenced: bool,
+    /// When it last renewed its lease (Unix millis).
+    pub renewed_ms: u64,
+    /// Its lease time.
+    pub ttl_ms: u64,
+}
+
+/// The daemon's fleet membership: one etcd session (client and lease) for every cluster.
+pub struct Fleet {
+    shared: Arc<Shared>,
+    links: Vec<Arc<Link>>,
+}
+
+struct Shared {
+    config: sqlswitch_config::Fleet,
+    instance: String,
+    /// The current session's client and lease; `None` while etcd is not reached.
+    session: Mutex<Option<(Client, i64)>>,
+    /// When the lease was last renewed (Unix millis).
+    renewed_ms: AtomicU64,
+}
+
+/// One cluster's link to the fleet.
+pub struct Link {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+    metrics: crate::metrics::FleetMetrics,
+}
+
+#[derive(Default)]
+struct State {
+    doc: Option<Routing>,
+    revision: i64,
+    acked: u64,
+    lock: Option<String>,
+    instances: BTreeMap<String, Member>,
+}
+
+impl Fleet {
+    /// The fleet of `clusters`: each starts fenced (writes held) until the routing is read.
+    pub fn new(
+        config: &sqlswitch_config::Config,
+        fleet: &sqlswitch_config::Fleet,
+        clusters: &[Arc<Cluster>],
+        registry: &crate::metrics::Registry,
+    ) -> Arc<Self> {
+        let instance = fleet.instance.clone().unwrap_or_else(|| default_instance(config));
+        let shared = Arc::new(Shared {
+            config: fleet.clone(),
+            instance,
+            session: Mutex::new(None),
+            renewed_ms: AtomicU64::new(0),
+        });
+        let links = clusters
+            .iter()
+            .map(|c| {
+                c.gate.lease_until.store(0, Ordering::Relaxed);
+                c.gate.set(|h| h.fenced = true);
+                let metrics = registry.fleet(&c.config.name);
+                metrics.fenced.set(1.0);
+                let link = Arc::new(Link {
+                    cluster: Arc::clone(c),
+                    shared: Arc::clone(&shared),
+                    state: Mutex::new(State::default()),
+                    metrics,
+                });
+                let _ = c.fleet.set(Arc::clone(&link));
+                link
+            })
+            .collect();
+        Arc::new(Self { shared, links })
+    }
+
+    /// This instance's name in the fleet.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Keeps this instance in the fleet until `shutdown`: connects, takes a lease, reads and
+    /// watches the routing, renews the lease; after any failure, again. A lease that could not
+    /// be renewed in time fences this instance ([`Fleet::fence_watch`]).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::spawn(Arc::clone(&self).fence_watch(shutdown.clone()));
+        loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => Ok(()),
+                r = self.session() => r,
+            };
+            let was = lock(&self.shared.session).take();
+            if shutdown.is_cancelled() {
+                // Leave at once: the others stop waiting for this instance.
+                if let Some((mut client, lease)) = was {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+                }
+                return;
+            }
+            if let Err(e) = outcome {
+                warn!(event = "fleet_disconnected", instance = %self.shared.instance, error = %e, "fleet: etcd session ended; reconnecting (writes stop when the lease runs out)");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    /// Fences each cluster as soon as its lease deadline passes (the gate already holds writes
+    /// from that moment; this makes it visible and lets held writes be refused in time).
+    async fn fence_watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for link in &self.links {
+                let gate = &link.cluster.gate;
+                if gate.lease_lost() && !gate.hold().fenced {
+                    gate.set(|h| h.fenced = true);
+                    link.metrics.fenced.set(1.0);
+                    warn!(event = "fleet_fenced", cluster = %link.cluster.config.name, instance = %self.shared.instance, "fleet: the lease was not renewed in time; writes are held, then refused, until this instance rejoins");
+                }
+            }
+        }
+    }
+
+    /// One etcd session: join, then watch and renew until something fails.
+    async fn session(&self) -> Result<(), String> {
+        let config = &self.shared.config;
+        let ttl = config.ttl;
+        let mut client = tokio::time::timeout(ttl, connect(config))
+            .await
+            .map_err(|_| "connect: timed out".to_owned())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let sent = Instant::now();
+        let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let lease = timed(ttl, client.lease_grant(seconds, None)).await.map_err(|e| format!("lease: {e}"))?.id();
+        let (mut keeper, mut renewals) =
+            timed(ttl, client.lease_keep_alive(lease)).await.map_err(|e| format!("lease: {e}"))?;
+        *lock(&self.shared.session) = Some((client.clone(), lease));
+        self.shared.renewed_ms.store(unix_ms(), Ordering::Relaxed);
+        // Join: read (or create) each cluster's routing, apply it, and only then take writes.
+        let mut revision = 0;
+        for link in &self.links {
+            revision = revision.max(link.join(&mut client).await?);
+        }
+        let until = self.lease_deadline(sent);
+        for link in &self.links {
+            link.cluster.gate.lease_until.store(until, Ordering::Relaxed);
+            link.cluster.gate.set(|h| h.fenced = false);
+            link.metrics.fenced.set(0.0);
+            link.report().await;
+        }
+        info!(event = "fleet_joined", instance = %self.shared.instance, lease, "fleet: joined; routing read from etcd");
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let mut watch = timed(ttl, client.watch(format!("{}/", config.prefix), Some(options)))
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
+        let mut renew = tokio::time::interval(ttl / 4);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut takeover = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    let sent = Instant::now();
+                    keeper.keep_alive().await.map_err(|e| format!("lease: {e}"))?;
+                    match tokio::time::timeout(ttl / 4, renewals.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        Ok(Ok(Some(_))) => return Err("lease: expired".into()),
+                        Ok(Ok(None)) => return Err("lease: the keep-alive stream ended".into()),
+                        Ok(Err(e)) => return Err(format!("lease: {e}")),
+                        Err(_) => return Err("lease: no answer to the keep-alive".into()),
+                    }
+                    let until = self.lease_deadline(sent);
+                    self.shared.renewed_ms.store(unix_ms(), Ordering::Relaxed);
+                    for link in &self.links {
+                        link.cluster.gate.lease_until.store(until, Ordering::Relaxed);
+                        if link.cluster.gate.hold().fenced {
+                            // Fenced while the session lived on (a process stopped past its
+                            // lease): rejoin from a fresh read.
+                            return Err("lease: renewed after the deadline; rejoining".into());
+                        }
+                        link.report().await;
+                    }
+                }
+                message = watch.message() => {
+                    let response = match message {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Err("watch: the stream ended".into()),
+                        Err(e) => return Err(format!("watch: {e}")),
+                    };
+                    if response.canceled() {
+                        return Err(format!("watch: canceled by etcd ({})", response.cancel_reason()));
+                    }
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key()).into_owned();
+                        let put = event.event_type() == EventType::Put;
+                        for link in &self.links {
+                            link.event(&key, put, kv.value(), kv.mod_revision());
+                        }
+                    }
+                }
+                _ = takeover.tick() => {
+                    for link in &self.links {
+                        if link.orphaned() {
+                            let link = Arc::clone(link);
+                            tokio::spawn(async move { link.take_over().await });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lease is surely valid until `ttl` minus a margin after a renewal was sent (etcd
+    /// renewed it at or after that moment).
+    fn lease_deadline(&self, sent: Instant) -> u64 {
+        let ttl = self.shared.config.ttl;
+        let margin = (ttl / 4).max(Duration::from_millis(500));
+        let sent_micros = crate::gate::now_micros().saturating_sub(u64::try_from(sent.elapsed().as_micros()).unwrap_or(0));
+        sent_micros.saturating_add(u64::try_from((ttl - margin).as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Link {
+    fn key(&self, what: &str) -> String {
+        format!("{}/{}/{what}", self.shared.config.prefix, self.cluster.config.name)
+    }
+
+    fn member_key(&self) -> String {
+        self.key(&format!("instances/{}", self.shared.instance))
+    }
+
+    fn client(&self) -> Result<(Client, i64), Failure> {
+        lock(&self.shared.session).clone().ok_or_else(|| {
+            format!(
+                "fleet: etcd is not reached from instance {:?}; the routing was not changed",
+                self.shared.instance
+            )
+        })
+    }
+
+    /// Reads the routing at joining (creating it from this instance's table when the fleet has
+    /// none yet), the lock and the members; applies the routing. Returns etcd's revision.
+    async fn join(&self, client: &mut Client) -> Result<i64, String> {
+        let ttl = self.shared.config.ttl;
+        let key = self.key("routing");
+        let initial = serde_json::to_string(&self.from_table(&self.cluster.table.load(), 1)).unwrap_or_default();
+        // Created only if absent: the first instance of a new fleet writes what it sees.
+        let create = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), initial, None)]);
+        timed(ttl, client.txn(create)).await.map_err(|e| format!("routing: {e}"))?;
+        let prefix = format!("{}/{}/", self.shared.config.prefix, self.cluster.config.name);
+        let all = timed(ttl, client.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(|e| format!("routing: {e}"))?;
+        {
+            let mut st = lock(&self.state);
+            // etcd may have been restored with lower revisions: what it has now is the truth.
+            st.revision = 0;
+            st.lock = None;
+            st.instances.clear();
+        }
+        for kv in all.kvs() {
+            self.event(&String::from_utf8_lossy(kv.key()), true, kv.value(), kv.mod_revision());
+        }
+        if lock(&self.state).doc.is_none() {
+            return Err(format!("routing: {key} holds no routing sqlswitch can read"));
+        }
+        Ok(all.header().map_or(0, etcd_client::ResponseHeader::revision))
+    }
+
+    /// A key under the prefix changed.
+    fn event(&self, key: &str, put: bool, value: &[u8], revision: i64) {
+        let Some(rest) = key.strip_prefix(&format!("{}/{}/", self.shared.config.prefix, self.cluster.config.name))
+        else {
+            return;
+        };
+        if rest == "routing" && put {
+            match serde_json::from_slice::<Routing>(value) {
+                Ok(doc) => self.apply(doc, revision),
+                Err(e) => warn!(cluster = %self.cluster.config.name, error = %e, "fleet: the routing in etcd cannot be read; the last one stays"),
+            }
+        } else if rest == "lock" {
+            lock(&self.state).lock = put.then(|| String::from_utf8_lossy(value).into_owned());
+        } else if let Some(name) = rest.strip_prefix("instances/") {
+            let mut st = lock(&self.state);
+            if put {
+                if let Ok(m) = serde_json::from_slice::<Member>(value) {
+                    st.instances.insert(name.to_owned(), m);
+                }
+            } else {
+                st.instances.remove(name);
+            }
+            self.metrics.instances.set(st.instances.len() as f64);
+        }
+    }
+
+    /// The shared routing of `table`.
+    fn from_table(&self, table: &RoutingTable, generation: u64) -> Routing {
+        let draining = (0..self.cluster.backends.len())
+            .filter(|i| table.states.get(*i) == Some(&BackendState::Draining))
+            .map(|i| self.cluster.backends[i].name.clone())
+            .collect();
+        Routing {
+            generation,
+            primary: self.cluster.backends[table.primary].name.clone(),
+            mode: mode_name(table.mode).to_owned(),
+            detached: table.detached,
+            draining,
+            change: None,
+        }
+    }
+
+    /// Applies a routing generation to the local table and gate (idempotent: an older or the
+    /// same revision is ignored).
+    fn apply(&self, doc: Routing, revision: i64) {
+        let mut st = lock(&self.state);
+        if revision <= st.revision {
+            return;
+        }
+        st.revision = revision;
+        let cluster = &self.cluster;
+        let primary = cluster.backends.iter().position(|b| b.name == doc.primary);
+        if primary.is_none() {
+            warn!(cluster = %cluster.config.name, primary = %doc.primary, "fleet: the routing names a primary this instance's config does not have; its table keeps its primary");
+        }
+        let now = cluster.clock.now();
+        let before = cluster.table.load().primary;
+        let table = crate::control::change(cluster, |t| {
+            if let Some(p) = primary {
+                if cluster.backends[p].group_id != cluster.backends[t.primary].group_id {
+                    t.since = now;
+                }
+                t.primary = p;
+            }
+            t.mode = if doc.mode == "read-only" { Mode::ReadOnly } else { Mode::ReadWrite };
+            t.detached = doc.detached;
+            for (i, state) in t.states.iter_mut().enumerate() {
+                if *state != BackendState::Removed {
+                    let drained = cluster.backends.at(i).is_some_and(|b| doc.draining.contains(&b.name));
+                    *state = if drained { BackendState::Draining } else { BackendState::Enabled };
+                }
+            }
+        });
+        let holding = doc.change.is_some();
+        let moved = primary.is_some_and(|p| p != before);
+        if moved && !holding {
+            // The fleet changed the primary: what this instance's monitor doubted (the old one
+            // fenced, the new one not yet writable) is settled; it checks again at its next tick.
+            lock(&cluster.discovery).problem = None;
+        }
+        cluster.gate.set(|h| {
+            h.fleet = holding;
+            if moved && !holding {
+                h.doubt = false;
+            }
+        });
+        if holding && st.acked < doc.generation {
+            // Acknowledged once this instance's primary work in flight has finished.
+            let generation = doc.generation;
+            let link = self.cluster.fleet.get().cloned();
+            tokio::spawn(async move {
+                if let Some(link) = link {
+                    link.acknowledge(generation).await;
+                }
+            });
+        }
+        info!(
+            event = "fleet_routing",
+            cluster = %cluster.config.name,
+            generation = doc.generation,
+            primary = %doc.primary,
+            mode = %doc.mode,
+            change = ?doc.change.as_ref().map(|c| (&c.kind, &c.target, &c.step)),
+            table = table.generation,
+            "fleet: routing applied"
+        );
+        self.metrics.generation.set(doc.generation as f64);
+        st.doc = Some(doc);
+        drop(st);
+        let link = self.cluster.fleet.get().cloned();
+        tokio::spawn(async move {
+            if let Some(link) = link {
+                link.report().await;
+            }
+        });
+    }
+
+    /// Waits until no primary work of this instance is in flight, then says so in etcd.
+    async fn acknowledge(&self, generation: u64) {
+        loop {
+            if lock(&self.state).doc.as_ref().is_none_or(|d| d.change.is_none()) {
+                return;
+            }
+            if self.cluster.gate.primary_busy.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        {
+            let mut st = lock(&self.state);
+            st.acked = st.acked.max(generation);
+        }
+        self.report().await;
+    }
+
+    /// Writes this instance's member key (on its lease).
+    async fn report(&self) {
+        let Ok((mut client, lease)) = self.client() else { return };
+        let member = {
+            let st = lock(&self.state);
+            Member {
+                generation: st.doc.as_ref().map_or(0, |d| d.generation),
+                acked: st.acked,
+                fenced: self.cluster.gate.hold().fenced,
+                renewed_ms: self.shared.renewed_ms.load(Ordering::Relaxed),
+                ttl_ms: crate::control::millis(self.shared.config.ttl),
+            }
+        };
+        let value = serde_json::to_string(&member).unwrap_or_default();
+        let put = client.put(self.member_key(), value, Some(PutOptions::new().with_lease(lease)));
+        if let Err(e) = timed(self.shared.config.ttl / 4, put).await {
+            warn!(cluster = %self.cluster.config.name, error = %e, "fleet: could not write this instance's key");
+        }
+    }
+
+    /// Changes the shared routing by compare-and-swap on its revision (again on a conflict),
+    /// and applies the result here at once. `edit` may refuse.
+    async fn publish(&self, mut edit: impl FnMut(&mut Routing) -> Result<(), Failure>) -> Result<Routing, Failure> {
+        let (mut client, _) = self.client()?;
+        let ttl = self.shared.config.ttl;
+        let key = self.key("routing");
+        for _ in 0..20 {
+            let got = timed(ttl, client.get(key.clone(), None)).await.map_err(|e| format!("fleet: {e}"))?;
+            let Some(kv) = got.kvs().first() else { return Err(format!("fleet: {key} is missing in etcd")) };
+            let doc: Routing = serde_json::from_slice(kv.value()).map_err(|e| format!("fleet: {key}: {e}"))?;
+            let mut next = doc.clone();
+            edit(&mut next)?;
+            if next == doc {
+                return Ok(doc);
+            }
+            next.generation = doc.generation + 1;
+            let value = serde_json::to_string(&next).map_err(|e| e.to_string())?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            let done = timed(ttl, client.txn(txn)).await.map_err(|e| format!("fleet: {e}"))?;
+            if done.succeeded() {
+                let revision = done.header().map_or(0, etcd_client::ResponseHeader::revision);
+                self.apply(next.clone(), revision);
+                return Ok(next);
+            }
+        }
+        Err("fleet: the routing kept changing under this change; try again".into())
+    }
+
+    /// `mode`, `detach`/`attach`, `drain`/`enable` in fleet mode: published, then waited for on
+    /// every live instance (up to a few seconds). Returns the answer's fleet part.
+    pub async fn change(&self, edit: impl Fn(&mut Routing) + Send) -> Result<Value, Failure> {
+        let at = Instant::now();
+        let doc = self
+            .publish(|d| {
+                if let Some(c) = &d.change {
+                    return Err(format!("fleet: a {} to {} driven by {} is running; try again after it", c.kind, c.target, c.by));
+                }
+                edit(d);
+                Ok(())
+            })
+            .await?;
+        let (applied, live) = self.wait_applied(doc.generation, Instant::now() + PROPAGATION).await;
+        Ok(json!({
+            "generation": doc.generation,
+            "applied_by": applied,
+            "instances": live,
+            "propagation_ms": at.elapsed().as_secs_f64() * 1000.0,
+        }))
+    }
+
+    /// Waits until every live instance applies `generation` (or `deadline`); returns how many
+    /// do, and how many are live.
+    async fn wait_applied(&self, generation: u64, deadline: Instant) -> (usize, usize) {
+        loop {
+            let members = self.members().await.unwrap_or_default();
+            let applied = members.values().filter(|m| m.generation >= generation).count();
+            if applied == members.len() || Instant::now() >= deadline {
+                return (applied, members.len());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Every live instance's key, read from etcd.
+    async fn members(&self) -> Result<BTreeMap<String, Member>, Failure> {
+        let (mut client, _) = self.client()?;
+        let prefix = self.key("instances/");
+        let got = timed(self.shared.config.ttl, client.get(prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(|e| format!("fleet: {e}"))?;
+        Ok(got
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = String::from_utf8_lossy(kv.key()).strip_prefix(&prefix)?.to_owned();
+                Some((name, serde_json::from_slice(kv.value()).ok()?))
+            })
+            .collect())
+    }
+
+    /// The monitor found that `primary` alone takes writes: the fleet follows (unless a change
+    /// of primary is in progress, which publishes its own outcome).
+    pub async fn follow(&self, primary: usize) {
+        let name = self.cluster.backends[primary].name.clone();
+        let outcome = self
+            .publish(|d| {
+                if d.change.is_some() {
+                    return Err("a change of primary is in progress".into());
+                }
+                d.primary.clone_from(&name);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = outcome {
+            warn!(cluster = %self.cluster.config.name, primary = %name, error = %e, "fleet: the primary the servers name was not published (the monitor tries again)");
+        }
+    }
+
+    /// First phase of a change of primary (`kind`: switchover or failover) driven here: takes
+    /// the fleet's lock and publishes the change, so that every instance holds new primary
+    /// work. Returns its generation, for [`Link::acknowledged`].
+    ///
+    /// # Errors
+    /// This instance is fenced or behind, etcd is not reached, or another change runs.
+    pub async fn begin(&self, kind: &str, from: usize, target: usize) -> Result<u64, Failure> {
+        if self.cluster.gate.hold().fenced || self.cluster.gate.lease_lost() {
+            return Err(format!(
+                "fleet: instance {:?} is fenced (its lease is not renewed): run the {kind} on an instance that is not",
+                self.shared.instance
+            ));
+        }
+        let (mut client, lease) = self.client()?;
+        let ttl = self.shared.config.ttl;
+        let (from_name, target_name) = (&self.cluster.backends[from].name, &self.cluster.backends[target].name);
+        let value = json!({ "by": self.shared.instance, "kind": kind, "target": target_name, "since_ms": unix_ms() });
+        let key = self.key("lock");
+        let take = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value.to_string(), Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let taken = timed(ttl, client.txn(take)).await.map_err(|e| format!("fleet: {e}"))?;
+        if !taken.succeeded() {
+            let holder = lock(&self.state).lock.clone().unwrap_or_else(|| "another instance".into());
+            return Err(format!("fleet: a change of primary is already running ({holder}); wait for it to end and look at `status`"));
+        }
+        let me = self.shared.instance.clone();
+        let published = self
+            .publish(|d| {
+                if let Some(c) = &d.change {
+                    return Err(format!("fleet: a {} to {} driven by {} is running", c.kind, c.target, c.by));
+                }
+                if d.primary != *from_name {
+                    return Err(format!(
+                        "fleet: this instance had not applied the fleet's routing yet (the primary is {}); try again",
+                        d.primary
+                    ));
+                }
+                d.change = Some(Change {
+                    kind: kind.to_owned(),
+                    by: me.clone(),
+                    from: from_name.clone(),
+                    target: target_name.clone(),
+                    step: "hold".into(),
+                });
+                Ok(())
+            })
+            .await;
+        match published {
+            Ok(doc) => Ok(doc.generation),
+            Err(e) => {
+                self.unlock().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until every live instance has acknowledged the hold of `generation` (an instance
+    /// whose lease expires meanwhile is no longer waited for). Returns how many did.
+    ///
+    /// # Errors
+    /// `deadline` passed first; the names of the instances still busy.
+    pub async fn acknowledged(&self, generation: u64, deadline: Instant) -> Result<usize, Failure> {
+        loop {
+            let members = self.members().await?;
+            let busy: Vec<&str> =
+                members.iter().filter(|(_, m)| m.acked < generation).map(|(n, _)| n.as_str()).collect();
+            if busy.is_empty() {
+                return Ok(members.len());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "hold: instance(s) {} still had primary work in flight at the deadline",
+                    busy.join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Records the step of the change driven here (`promote`: the point past which an instance
+    /// taking over finishes it rather than rolling it back).
+    ///
+    /// # Errors
+    /// etcd is not reached, or the change was taken over.
+    pub async fn step(&self, step: &str) -> Result<(), Failure> {
+        let me = self.shared.instance.clone();
+        self.publish(|d| match &mut d.change {
+            Some(c) if c.by == me => {
+                c.step = step.to_owned();
+                Ok(())
+            }
+            _ => Err("fleet: the change was taken over by another instance".into()),
+        })
+        .await?;
+        // The lock must still be this session's: a session that ended (and its lease with it)
+        // may see its change taken over once that lease expires.
+        let (mut client, lease) = self.client()?;
+        let got = timed(self.shared.config.ttl, client.get(self.key("lock"), None)).await.map_err(|e| format!("fleet: {e}"))?;
+        if got.kvs().first().is_none_or(|kv| kv.lease() != lease) {
+            return Err("fleet: this instance lost the fleet's lock (its etcd session was renewed); nothing was promoted".into());
+        }
+        Ok(())
+    }
+
+    /// Second phase: publishes `primary` as the primary and ends the change driven here, then
+    /// releases the lock; every instance releases its held work on this generation. `None`: the
+    /// outcome is unknown, the change stays published for an instance to resolve from what the
+    /// servers say. Retried in the background while etcd is not reached.
+    pub async fn end(self: &Arc<Self>, primary: Option<usize>) -> Option<u64> {
+        let name = primary.map(|p| self.cluster.backends[p].name.clone());
+        match self.finish(name.as_deref()).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                warn!(cluster = %self.cluster.config.name, error = %e, "fleet: the end of the change was not published; trying again");
+                let link = Arc::clone(self);
+                let until = Instant::now() + self.shared.config.ttl * 3;
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        tokio::time::sleep(RETRY).await;
+                        if link.finish(name.as_deref()).await.is_ok() {
+                            return;
+                        }
+                    }
+                });
+                None
+            }
+        }
+    }
+
+    async fn finish(&self, primary: Option<&str>) -> Result<Option<u64>, Failure> {
+        let Some(name) = primary else {
+            self.unlock().await;
+            return Ok(None);
+        };
+        let me = &self.shared.instance;
+        let outcome = self
+            .publish(|d| match &d.change {
+                Some(c) if c.by == *me => {
+                    d.change = None;
+                    d.primary = name.to_owned();
+                    Ok(())
+                }
+                _ => Err(TAKEN_OVER.into()),
+            })
+            .await;
+        match outcome {
+            Ok(doc) => {
+                self.unlock().await;
+                Ok(Some(doc.generation))
+            }
+            Err(e) if e == TAKEN_OVER => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn unlock(&self) {
+        let Ok((mut client, lease)) = self.client() else { return };
+        // Only a lock of this session's lease.
+        let txn = Txn::new()
+            .when([Compare::lease(self.key("lock"), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(self.key("lock"), None)]);
+        let _ = timed(self.shared.config.ttl, client.txn(txn)).await;
+    }
+
+    /// A change is published and nobody holds the lock: its driver died.
+    fn orphaned(&self) -> bool {
+        let st = lock(&self.state);
+        st.lock.is_none() && st.doc.as_ref().is_some_and(|d| d.change.is_some())
+    }
+
+    /// Resolves a change whose driver died: finishes it when it reached `promote` and the
+    /// target answers as a primary; rolls it back (unfences the old primary) when it did not
+    /// reach `promote`, or the target is still a standby; leaves it held when the target does
+    /// not answer (never a guess).
+    async fn take_over(self: Arc<Self>) {
+        let Some(change) = lock(&self.state).doc.as_ref().and_then(|d| d.change.clone()) else { return };
+        let Ok((mut client, lease)) = self.client() else { return };
+        let key = self.key("lock");
+        let value = json!({ "by": self.shared.instance, "kind": format!("takeover of the {} by {}", change.kind, change.by), "target": change.target, "since_ms": unix_ms() });
+        let take = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.to_string(), Some(PutOptions::new().with_lease(lease)))]);
+        if !timed(self.shared.config.ttl, client.txn(take)).await.is_ok_and(|r| r.succeeded()) {
+            return;
+        }
+        let cluster = &self.cluster;
+        let name = &cluster.config.name;
+        let dialect = Dialect::of(cluster.config.protocol);
+        let find = |n: &str| cluster.backends.iter().position(|b| b.name == n);
+        let (Some(from), Some(target)) = (find(&change.from), find(&change.target)) else {
+            warn!(cluster = %name, "fleet: the change names backends this instance does not have; left to another");
+            self.unlock().await;
+            return;
+        };
+        let deadline = Instant::now() + cluster.config.connect_timeout * 2;
+        let role = |i: usize| async move {
+            let to = cluster.control_target(i).ok_or("no monitor credentials")?;
+            let mut conn = crate::switchover::within(deadline, ControlConn::connect(&to, TAKEOVER)).await?;
+            let role = crate::switchover::within(deadline, conn.role(dialect)).await?;
+            Ok::<_, String>((role, conn))
+        };
+        let forward = if change.step == "promote" {
+            match role(target).await {
+                Ok((Role::Writable | Role::ReadOnly | Role::Subscriber, mut conn)) => {
+                    let _ = crate::switchover::within(deadline, conn.exec_all(dialect.unfence)).await;
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    warn!(cluster = %name, target = %change.target, error = %e, "fleet: the driver of the change is gone and its target does not answer: primary work stays held until it does");
+                    self.unlock().await;
+                    return;
+                }
+            }
+        } else {
+            false
+        };
+        if !forward {
+            // The old primary takes writes again (if it answers; if not, it is as before).
+            if let Ok((_, mut conn)) = role(from).await {
+                if crate::switchover::within(deadline, conn.exec_all(dialect.unfence)).await.is_ok() {
+                    let _ = crate::switchover::in_force(&mut conn, dialect, false, deadline).await;
+                }
+            }
+        }
+        let primary = if forward { &change.target } else { &change.from };
+        let published = self
+            .publish(|d| {
+                if d.change.as_ref() != Some(&change) {
+                    return Err("the change ended meanwhile".into());
+                }
+                d.change = None;
+                d.primary.clone_from(primary);
+                Ok(())
+            })
+            .await;
+        let word = if forward { "finished" } else { "rolled back" };
+        match published {
+            Ok(doc) => {
+                info!(event = "fleet_takeover", cluster = %name, kind = %change.kind, driver = %change.by, outcome = word, primary = %primary, generation = doc.generation, "fleet: the driver of a change of primary is gone; this instance {word} it");
+            }
+            Err(e) => warn!(cluster = %name, error = %e, "fleet: taking over the change failed"),
+        }
+        self.unlock().await;
+    }
+
+    /// The fleet's part of `status`.
+    pub fn status(&self) -> Value {
+        let st = lock(&self.state);
+        let now = unix_ms();
+        let gate = &self.cluster.gate;
+        let left = gate.lease_until.load(Ordering::Relaxed).saturating_sub(crate::gate::now_micros()) / 1000;
+        let instances: Vec<Value> = st
+            .instances
+            .iter()
+            .map(|(name, m)| {
+                json!({
+                    "name": name,
+                    "generation": m.generation,
+                    "acked": m.acked,
+                    "fenced": m.fenced,
+                    "lease_left_ms": (m.renewed_ms + m.ttl_ms).saturating_sub(now),
+                })
+            })
+            .collect();
+        json!({
+            "instance": self.shared.instance,
+            "generation": st.doc.as_ref().map(|d| d.generation),
+            "fenced": gate.hold().fenced || gate.lease_lost(),
+            "lease_left_ms": left,
+            "change": st.doc.as_ref().and_then(|d| d.change.clone()),
+            "lock": st.lock,
+            "instances": instances,
+        })
+    }
+}
+
+async fn connect(config: &sqlswitch_config::Fleet) -> Result<Client, String> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(config.ttl / 4)
+        .with_keep_alive(Duration::from_secs(1), config.ttl / 4);
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.with_user(user.clone(), password.expose().to_owned());
+    }
+    if let Some(ca) = &config.tls_ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem));
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let cert = std::fs::read(cert).map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
+            let key = std::fs::read(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    Client::connect(&config.etcd, Some(options)).await.map_err(|e| e.to_string())
+}
+
+/// An etcd call within `limit`.
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("etcd did not answer in time".into()),
+    }
+}
+
+/// The default instance name: host name and the first listener's port.
+fn default_instance(config: &sqlswitch_config::Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sqlswitch".into());
+    let port = config.clusters.first().map_or(0, |c| c.listen.port());
+    format!("{host}:{port}")
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::ReadWrite => "read-write",
+        Mode::ReadOnly => "read-only",
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How long after a failed etcd session the next is tried.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// How long `mode`, `drain` and the like wait for every instance to apply their change.
+const PROPAGATION: Duration = Duration::from_secs(5);
+
+/// Why the end of a change was not published: another instance resolved it.
+const TAKEN_OVER: &str = "fleet: the change was taken over by another instance";
+
+/// How a takeover's connections are named where the server shows them.
+const TAKEOVER: &str = "sqlswitch-fleet-takeover";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_document_keeps_its_shape() {
+        let doc = Routing {
+            generation: 3,
+            primary: "pg1".into(),
+            mode: "read-write".into(),
+            detached: false,
+            draining: vec!["pg3".into()],
+            change: Some(Change {
+                kind: "switchover".into(),
+                by: "a".into(),
+                from: "pg1".into(),
+                target: "pg2".into(),
+                step: "hold".into(),
+            }),
+        };
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<Routing>(&text).unwrap(), doc);
+        // Without a change, none is written; an older document without the optional fields reads.
+        let plain: Routing =
+            serde_json::from_str(r#"{"generation":1,"primary":"pg1","mode":"read-only"}"#).unwrap();
+        assert!(plain.change.is_none() && plain.draining.is_empty() && !plain.detached);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("change"));
+    }
+}
