@@ -491,9 +491,15 @@ impl Config {
                 let tls = f.tls_ca.is_some();
                 let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
                 if !scheme_ok {
-                    problem("fleet.etcd".into(), format!("{e:?}: write it as http://host:port (or https:// with tls_ca)"));
+                    problem(
+                        "fleet.etcd".into(),
+                        format!("{e:?}: write it as http://host:port (or https:// with tls_ca)"),
+                    );
                 } else if e.starts_with("https://") != tls {
-                    problem("fleet.etcd".into(), format!("{e:?}: https:// endpoints need tls_ca, and tls_ca needs https://"));
+                    problem(
+                        "fleet.etcd".into(),
+                        format!("{e:?}: https:// endpoints need tls_ca, and tls_ca needs https://"),
+                    );
                 }
             }
             if !f.prefix.starts_with('/') || f.prefix.ends_with('/') {

@@ -322,7 +322,9 @@ impl Control {
         let (table, fleet) = everywhere(cluster, local, shared).await?;
         let word = if enabled { "enabled" } else { "draining" };
         tracing::info!(event = "backend_state", cluster = %name, backend, state = word, generation = table.generation, "backend state changed");
-        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation, "fleet": fleet }))
+        Ok(
+            json!({ "ok": true, "cluster": name, "backend": backend, "state": word, "generation": table.generation, "fleet": fleet }),
+        )
     }
 }
 

@@ -302,7 +302,8 @@ impl Fleet {
     fn lease_deadline(&self, sent: Instant) -> u64 {
         let ttl = self.shared.config.ttl;
         let margin = (ttl / 4).max(Duration::from_millis(500));
-        let sent_micros = crate::gate::now_micros().saturating_sub(u64::try_from(sent.elapsed().as_micros()).unwrap_or(0));
+        let sent_micros =
+            crate::gate::now_micros().saturating_sub(u64::try_from(sent.elapsed().as_micros()).unwrap_or(0));
         sent_micros.saturating_add(u64::try_from((ttl - margin).as_micros()).unwrap_or(u64::MAX))
     }
 }
@@ -318,10 +319,7 @@ impl Link {
 
     fn client(&self) -> Result<(Client, i64), Failure> {
         lock(&self.shared.session).clone().ok_or_else(|| {
-            format!(
-                "fleet: etcd is not reached from instance {:?}; the routing was not changed",
-                self.shared.instance
-            )
+            format!("fleet: etcd is not reached from instance {:?}; the routing was not changed", self.shared.instance)
         })
     }
 
@@ -330,7 +328,7 @@ impl Link {
     async fn join(&self, client: &mut Client) -> Result<i64, String> {
         let ttl = self.shared.config.ttl;
         let key = self.key("routing");
-        let initial = serde_json::to_string(&self.from_table(&self.cluster.table.load(), 1)).unwrap_or_default();
+        let initial = serde_json::to_string(&self.routing_of(&self.cluster.table.load(), 1)).unwrap_or_default();
         // Created only if absent: the first instance of a new fleet writes what it sees.
         let create = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -365,7 +363,9 @@ impl Link {
         if rest == "routing" && put {
             match serde_json::from_slice::<Routing>(value) {
                 Ok(doc) => self.apply(doc, revision),
-                Err(e) => warn!(cluster = %self.cluster.config.name, error = %e, "fleet: the routing in etcd cannot be read; the last one stays"),
+                Err(e) => {
+                    warn!(cluster = %self.cluster.config.name, error = %e, "fleet: the routing in etcd cannot be read; the last one stays")
+                }
             }
         } else if rest == "lock" {
             lock(&self.state).lock = put.then(|| String::from_utf8_lossy(value).into_owned());
@@ -383,7 +383,7 @@ impl Link {
     }
 
     /// The shared routing of `table`.
-    fn from_table(&self, table: &RoutingTable, generation: u64) -> Routing {
+    fn routing_of(&self, table: &RoutingTable, generation: u64) -> Routing {
         let draining = (0..self.cluster.backends.len())
             .filter(|i| table.states.get(*i) == Some(&BackendState::Draining))
             .map(|i| self.cluster.backends[i].name.clone())
@@ -548,7 +548,10 @@ impl Link {
         let doc = self
             .publish(|d| {
                 if let Some(c) = &d.change {
-                    return Err(format!("fleet: a {} to {} driven by {} is running; try again after it", c.kind, c.target, c.by));
+                    return Err(format!(
+                        "fleet: a {} to {} driven by {} is running; try again after it",
+                        c.kind, c.target, c.by
+                    ));
                 }
                 edit(d);
                 Ok(())
@@ -636,7 +639,9 @@ impl Link {
         let taken = timed(ttl, client.txn(take)).await.map_err(|e| format!("fleet: {e}"))?;
         if !taken.succeeded() {
             let holder = lock(&self.state).lock.clone().unwrap_or_else(|| "another instance".into());
-            return Err(format!("fleet: a change of primary is already running ({holder}); wait for it to end and look at `status`"));
+            return Err(format!(
+                "fleet: a change of primary is already running ({holder}); wait for it to end and look at `status`"
+            ));
         }
         let me = self.shared.instance.clone();
         let published = self
@@ -710,9 +715,14 @@ impl Link {
         // The lock must still be this session's: a session that ended (and its lease with it)
         // may see its change taken over once that lease expires.
         let (mut client, lease) = self.client()?;
-        let got = timed(self.shared.config.ttl, client.get(self.key("lock"), None)).await.map_err(|e| format!("fleet: {e}"))?;
+        let got = timed(self.shared.config.ttl, client.get(self.key("lock"), None))
+            .await
+            .map_err(|e| format!("fleet: {e}"))?;
         if got.kvs().first().is_none_or(|kv| kv.lease() != lease) {
-            return Err("fleet: this instance lost the fleet's lock (its etcd session was renewed); nothing was promoted".into());
+            return Err(
+                "fleet: this instance lost the fleet's lock (its etcd session was renewed); nothing was promoted"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -983,8 +993,7 @@ mod tests {
         let text = serde_json::to_string(&doc).unwrap();
         assert_eq!(serde_json::from_str::<Routing>(&text).unwrap(), doc);
         // Without a change, none is written; an older document without the optional fields reads.
-        let plain: Routing =
-            serde_json::from_str(r#"{"generation":1,"primary":"pg1","mode":"read-only"}"#).unwrap();
+        let plain: Routing = serde_json::from_str(r#"{"generation":1,"primary":"pg1","mode":"read-only"}"#).unwrap();
         assert!(plain.change.is_none() && plain.draining.is_empty() && !plain.detached);
         assert!(!serde_json::to_string(&plain).unwrap().contains("change"));
     }

@@ -211,7 +211,9 @@ pub async fn run(
         None => None,
     };
     let detail = match fleet_generation {
-        Some(g) => format!("new primary work waits on every instance of the fleet (generation {g}); replica reads continue"),
+        Some(g) => {
+            format!("new primary work waits on every instance of the fleet (generation {g}); replica reads continue")
+        }
         None => "new primary work waits; replica reads continue".into(),
     };
     done(Some(&mut steps), "hold", at, detail);
@@ -609,7 +611,12 @@ async fn enable_again(
 /// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
 /// reload only signals: once this session has taken it, the postmaster has signalled every
 /// session, and each takes it before its next statement.
-pub(crate) async fn in_force(conn: &mut ControlConn, dialect: &Dialect, fenced: bool, deadline: Instant) -> Result<(), String> {
+pub(crate) async fn in_force(
+    conn: &mut ControlConn,
+    dialect: &Dialect,
+    fenced: bool,
+    deadline: Instant,
+) -> Result<(), String> {
     let want = if fenced { "on" } else { "off" };
     loop {
         let now = within(deadline, conn.value(dialect.fenced)).await?;

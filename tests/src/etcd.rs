@@ -77,7 +77,10 @@ impl Etcd {
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-                bail!("etcd did not become healthy in 20 s: {}", log.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+                bail!(
+                    "etcd did not become healthy in 20 s: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -29,7 +29,10 @@ fn config(topo: &Topology, etcd: &str, prefix: &str, name: &str, listen: &str, s
     let extra = format!("{PG_REPLICATION}\nconnect_timeout = \"1s\"\nmonitor_interval = \"200ms\"");
     let text = config_text(topo, "app", listen, "127.0.0.1:0", None, &extra)
         .replace("socket = \"/tmp/sqlswitch-test.sock\"", &format!("socket = \"{socket}\""));
-    format!("{text}\n[fleet]\netcd = [\"{etcd}\"]\nprefix = \"{prefix}\"\nttl = \"{}s\"\ninstance = \"{name}\"\n", TTL.as_secs())
+    format!(
+        "{text}\n[fleet]\netcd = [\"{etcd}\"]\nprefix = \"{prefix}\"\nttl = \"{}s\"\ninstance = \"{name}\"\n",
+        TTL.as_secs()
+    )
 }
 
 fn prefix() -> String {
@@ -143,7 +146,9 @@ async fn switchover(daemon: &sqlswitch::Daemon, target: &str) -> Result<Value, S
 /// Where a write through `port` lands (the server's cluster_name), or its error.
 async fn write_through(port: u16) -> Result<String, tokio_postgres::Error> {
     let client = connect(port, APP).await?;
-    let row = client.query_one("INSERT INTO items (note) VALUES ('fleet') RETURNING current_setting('cluster_name')", &[]).await?;
+    let row = client
+        .query_one("INSERT INTO items (note) VALUES ('fleet') RETURNING current_setting('cluster_name')", &[])
+        .await?;
     Ok(row.get(0))
 }
 
@@ -165,7 +170,11 @@ async fn three_instances_switch_over_together_under_load_and_share_a_mode_change
         joined(d, 3).await;
     }
     let old = direct(topo.primary().port, "app").await;
-    old.batch_execute("CREATE TABLE fleet_writes (id bigserial PRIMARY KEY, via text); ALTER TABLE fleet_writes OWNER TO app").await.unwrap();
+    old.batch_execute(
+        "CREATE TABLE fleet_writes (id bigserial PRIMARY KEY, via text); ALTER TABLE fleet_writes OWNER TO app",
+    )
+    .await
+    .unwrap();
 
     // Write load through every instance: each insert is acknowledged or an error.
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +185,10 @@ async fn three_instances_switch_over_together_under_load_and_share_a_mode_change
             let client = connect(port, APP).await.unwrap();
             let (mut acked, mut errors) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
-                match client.query_one("INSERT INTO fleet_writes (via) VALUES ($1) RETURNING id", &[&format!("{i}")]).await {
+                match client
+                    .query_one("INSERT INTO fleet_writes (via) VALUES ($1) RETURNING id", &[&format!("{i}")])
+                    .await
+                {
                     Ok(row) => acked.push(row.get::<_, i64>(0)),
                     Err(e) => errors.push(e.to_string()),
                 }
@@ -261,7 +273,8 @@ async fn an_instance_cut_off_from_etcd_fences_itself_before_its_key_expires_and_
     );
     eprintln!("cut off from etcd: fenced after {} ms (ttl {} ms)", fenced_after.as_millis(), TTL.as_millis());
     // Writes are held, then refused as read-only; reads go on.
-    let refused = session.execute("INSERT INTO items (note) VALUES ('cut off')", &[]).await.expect_err("a write while fenced");
+    let refused =
+        session.execute("INSERT INTO items (note) VALUES ('cut off')", &[]).await.expect_err("a write while fenced");
     assert_eq!(code(&refused), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{refused}");
     let n: i64 = session.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
     assert!(n > 0);
@@ -273,7 +286,8 @@ async fn an_instance_cut_off_from_etcd_fences_itself_before_its_key_expires_and_
     .await;
 
     let _mended = Relay::start_on(relay.port, etcd.port).await.unwrap();
-    until("the instance rejoins", Duration::from_secs(15), || fleet_of(&cut_off.control.status())["fenced"] == false).await;
+    until("the instance rejoins", Duration::from_secs(15), || fleet_of(&cut_off.control.status())["fenced"] == false)
+        .await;
     session.execute("INSERT INTO items (note) VALUES ('rejoined')", &[]).await.expect("a write after rejoining");
     drop((cut_off, other));
     topo.stop();
@@ -292,15 +306,20 @@ async fn with_etcd_stopped_reads_go_on_writes_are_refused_after_the_ttl_and_reco
     for d in &daemons {
         joined(d, 2).await;
     }
-    let sessions = [connect(port_of(&daemons[0]), APP).await.unwrap(), connect(port_of(&daemons[1]), APP).await.unwrap()];
+    let sessions =
+        [connect(port_of(&daemons[0]), APP).await.unwrap(), connect(port_of(&daemons[1]), APP).await.unwrap()];
     etcd.stop();
     let stopped = Instant::now();
     for d in &daemons {
-        until("fenced once the lease runs out", TTL + Duration::from_secs(1), || fleet_of(&d.control.status())["fenced"] == true).await;
+        until("fenced once the lease runs out", TTL + Duration::from_secs(1), || {
+            fleet_of(&d.control.status())["fenced"] == true
+        })
+        .await;
     }
     assert!(stopped.elapsed() < TTL, "fenced before the lease expired ({:?})", stopped.elapsed());
     for s in &sessions {
-        let refused = s.execute("INSERT INTO items (note) VALUES ('no etcd')", &[]).await.expect_err("a write without etcd");
+        let refused =
+            s.execute("INSERT INTO items (note) VALUES ('no etcd')", &[]).await.expect_err("a write without etcd");
         assert_eq!(code(&refused), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{refused}");
         s.query_one("SELECT count(*) FROM items", &[]).await.expect("reads go on without etcd");
     }
@@ -310,7 +329,10 @@ async fn with_etcd_stopped_reads_go_on_writes_are_refused_after_the_ttl_and_reco
 
     etcd.resume().unwrap();
     for d in &daemons {
-        until("rejoined once etcd is back", Duration::from_secs(20), || fleet_of(&d.control.status())["fenced"] == false).await;
+        until("rejoined once etcd is back", Duration::from_secs(20), || {
+            fleet_of(&d.control.status())["fenced"] == false
+        })
+        .await;
     }
     for s in &sessions {
         s.execute("INSERT INTO items (note) VALUES ('etcd back')", &[]).await.expect("writes once etcd is back");
@@ -334,11 +356,18 @@ async fn a_frozen_instance_is_not_waited_for_and_a_killed_driver_is_rolled_back(
     // expires; when it wakes, it is fenced until it has read the new routing.
     frozen.signal("-STOP");
     let at = Instant::now();
-    let answer = switchover(&here, "replica1").await.unwrap_or_else(|e| panic!("switchover with a frozen instance: {e}"));
-    eprintln!("switchover with a frozen instance took {} ms (its lease: {} ms)", at.elapsed().as_millis(), TTL.as_millis());
+    let answer =
+        switchover(&here, "replica1").await.unwrap_or_else(|e| panic!("switchover with a frozen instance: {e}"));
+    eprintln!(
+        "switchover with a frozen instance took {} ms (its lease: {} ms)",
+        at.elapsed().as_millis(),
+        TTL.as_millis()
+    );
     assert_eq!(answer["to"], "replica1");
     frozen.signal("-CONT");
-    let landed = write_through(frozen.port).await.unwrap_or_else(|e| panic!("a write through the woken instance: {e}\n{}", frozen.log()));
+    let landed = write_through(frozen.port)
+        .await
+        .unwrap_or_else(|e| panic!("a write through the woken instance: {e}\n{}", frozen.log()));
     assert_eq!(landed, "replica1", "the woken instance writes on the new primary, never the old");
     joined(&here, 3).await;
 
@@ -348,13 +377,19 @@ async fn a_frozen_instance_is_not_waited_for_and_a_killed_driver_is_rolled_back(
     busy.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('in flight')").await.unwrap();
     let socket = driver.socket.clone();
     let typed = tokio::spawn(async move { admin(&socket, "switchover app replica2 promote timeout=60s").await });
-    until("the driver publishes its change", Duration::from_secs(10), || !fleet_of(&here.control.status())["change"].is_null()).await;
+    until("the driver publishes its change", Duration::from_secs(10), || {
+        !fleet_of(&here.control.status())["change"].is_null()
+    })
+    .await;
     let mut driver = driver;
     driver.child.kill().unwrap();
     driver.child.wait().unwrap();
     let _ = typed.await;
     busy.batch_execute("COMMIT").await.expect("the transaction in flight commits");
-    until("the change is rolled back by another instance", TTL * 4, || fleet_of(&here.control.status())["change"].is_null()).await;
+    until("the change is rolled back by another instance", TTL * 4, || {
+        fleet_of(&here.control.status())["change"].is_null()
+    })
+    .await;
     assert_eq!(primary_of(&here), "replica1", "rolled back: the primary stays");
     let replica2 = direct(topo.replicas()[1].port, "app").await;
     assert!(in_recovery(&replica2).await, "replica2 was never promoted");
