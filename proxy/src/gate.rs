@@ -85,6 +85,13 @@ impl Gate {
         h.all || (primary && (h.primary || h.doubt || h.fleet || h.fenced || self.lease_lost()))
     }
 
+    /// Primary work is held only because this instance is fenced from its fleet (no pause,
+    /// switchover or doubt): a read may go through.
+    pub fn only_fenced(&self) -> bool {
+        let h = *self.hold.borrow();
+        !(h.all || h.primary || h.doubt || h.fleet) && (h.fenced || self.lease_lost())
+    }
+
     /// Fleet mode: the lease may have expired (the fleet task sets `fenced` soon after).
     pub fn lease_lost(&self) -> bool {
         let until = self.lease_until.load(Ordering::Relaxed);

@@ -306,6 +306,11 @@ async fn with_etcd_stopped_reads_go_on_writes_are_refused_after_the_ttl_and_reco
     for d in &daemons {
         joined(d, 2).await;
     }
+    // With the replica drained (on every instance), reads go to the primary: a fenced instance
+    // still sends them there.
+    let drained = daemons[0].control.set_enabled("app", "replica1", false).await.unwrap();
+    assert_eq!(drained["fleet"]["applied_by"], 2, "{drained}");
+    assert_eq!(daemons[1].control.status()["clusters"][0]["backends"][1]["state"], "draining");
     let sessions =
         [connect(port_of(&daemons[0]), APP).await.unwrap(), connect(port_of(&daemons[1]), APP).await.unwrap()];
     etcd.stop();
@@ -321,7 +326,12 @@ async fn with_etcd_stopped_reads_go_on_writes_are_refused_after_the_ttl_and_reco
         let refused =
             s.execute("INSERT INTO items (note) VALUES ('no etcd')", &[]).await.expect_err("a write without etcd");
         assert_eq!(code(&refused), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{refused}");
-        s.query_one("SELECT count(*) FROM items", &[]).await.expect("reads go on without etcd");
+        let on: String = s
+            .query_one("SELECT current_setting('cluster_name'), count(*) FROM items", &[])
+            .await
+            .expect("reads go on without etcd")
+            .get(0);
+        assert_eq!(on, "primary", "the read went to the primary (the replica is drained)");
     }
     // A change of routing cannot be made without etcd, and says so.
     let refused = daemons[0].control.mode("app", "read-only").await.expect_err("mode without etcd");

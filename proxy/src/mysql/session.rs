@@ -351,7 +351,7 @@ impl<'a> MySession<'a> {
             loop {
                 // Preparing a statement writes nothing: it is not held as primary work.
                 let primary_work = plan.side == Side::Primary && packet.payload.first() != Some(&command::STMT_PREPARE);
-                match self.core.pass(primary_work).await {
+                match self.core.pass(primary_work, plan.read).await {
                     Ok(true) => break,
                     Ok(false) => plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record),
                     Err(refusal @ Refusal::Full(_)) => {

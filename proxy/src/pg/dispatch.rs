@@ -44,7 +44,7 @@ impl Session<'_> {
                     // as primary work. An unnamed one is: its Bind must follow it.
                     let prepares_only = self.batch.statements == 0 && !self.batch.parses_unnamed;
                     let primary_work = side == Side::Primary && !prepares_only;
-                    match self.core.pass(primary_work).await {
+                    match self.core.pass(primary_work, self.batch.view().read).await {
                         Ok(true) => break (side, backend, Some(reason)),
                         Ok(false) => {}
                         Err(refusal) => {

@@ -186,8 +186,8 @@ impl<'a, C: Link> Core<'a, C> {
     /// [`PrimaryWork::pass`]): `Ok(true)` at once, `Ok(false)` after a wait (decide again),
     /// `Err(refusal)` when `max_held` statements wait already or the servers still disagree on
     /// the primary.
-    pub async fn pass(&mut self, primary: bool) -> Result<bool, super::Refusal> {
-        self.primary_work.pass(self.cluster, primary).await
+    pub async fn pass(&mut self, primary: bool, read: bool) -> Result<bool, super::Refusal> {
+        self.primary_work.pass(self.cluster, primary, read).await
     }
 
     /// The session's primary work is over (or never started): let a switchover count it out.

@@ -130,12 +130,17 @@ impl PrimaryWork {
     /// gate is looked at: a switchover closes the gate before it counts, so one of the two
     /// always sees the other. `Ok(true)`: through at once. `Ok(false)`: it waited, and the
     /// routing table may have changed: decide again. `Err(refusal)`: refuse this one.
-    pub async fn pass(&mut self, cluster: &Cluster, primary: bool) -> Result<bool, Refusal> {
+    /// `read`: the work is provably a read, which a fenced fleet instance still sends to the
+    /// primary (when no replica can take it): the fence is about writes.
+    pub async fn pass(&mut self, cluster: &Cluster, primary: bool, read: bool) -> Result<bool, Refusal> {
         if primary && !self.counted {
             cluster.gate.enter_primary();
             self.counted = true;
         }
         if !cluster.gate.closed(primary) {
+            return Ok(true);
+        }
+        if primary && read && cluster.gate.only_fenced() {
             return Ok(true);
         }
         self.leave(cluster);

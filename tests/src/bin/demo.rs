@@ -26,8 +26,11 @@ fn main() -> Result<()> {
             bail!("{addr} is in use: stop whatever listens there (another demo?) and try again");
         }
     }
-    if std::env::args().nth(1).as_deref() == Some("upgrade") {
-        return upgrade(&sqlswitch);
+    match std::env::args().nth(1).as_deref() {
+        Some("upgrade") => return upgrade(&sqlswitch),
+        Some("fleet") => return fleet(&sqlswitch),
+        Some(other) => bail!("unknown demo {other:?}: run it without an argument, or with `upgrade` or `fleet`"),
+        None => {}
     }
     eprintln!("starting a PostgreSQL primary and two streaming replicas...");
     let topo = Topology::start(2)?;
@@ -70,7 +73,7 @@ fn main() -> Result<()> {
         np = ANON.1,
         dir = topo.dir.display(),
     );
-    run_until_stopped(daemon, "sqlswitch, PostgreSQL and MariaDB")?;
+    run_until_stopped(vec![daemon], "sqlswitch, PostgreSQL and MariaDB")?;
     topo.stop();
     drop(maria);
     Ok(())
@@ -106,11 +109,64 @@ fn upgrade(sqlswitch: &std::path::Path) -> Result<()> {
         n1 = new.nodes[0].port,
         n2 = new.nodes[1].port,
     );
-    run_until_stopped(daemon, "sqlswitch and PostgreSQL")?;
+    run_until_stopped(vec![daemon], "sqlswitch and PostgreSQL")?;
     new.stop();
     old.stop();
     Ok(())
 }
+
+/// The fleet demo: one PostgreSQL cluster, a real etcd, and three sqlswitch instances sharing
+/// their routing through it.
+fn fleet(sqlswitch: &std::path::Path) -> Result<()> {
+    for port in FLEET_PORTS.iter().skip(1).flat_map(|(l, m)| [*l, *m]) {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("127.0.0.1:{port} is in use: stop whatever listens there (another demo?) and try again");
+        }
+    }
+    eprintln!("starting a PostgreSQL primary and two streaming replicas...");
+    let topo = Topology::start(2)?;
+    eprintln!("starting etcd...");
+    let etcd = sqlswitch_tests::etcd::Etcd::start()?;
+    let mut daemons = Vec::new();
+    let mut lines = String::new();
+    for (i, (listen, metrics)) in FLEET_PORTS.iter().enumerate() {
+        let name = ["a", "b", "c"][i];
+        let config_path = topo.dir.join(format!("sqlswitch-{name}.toml"));
+        let listen = format!("127.0.0.1:{listen}");
+        let metrics = format!("127.0.0.1:{metrics}");
+        let socket = format!("/tmp/sqlswitch-demo-{name}.sock");
+        let text =
+            config_text(&topo, "app", &listen, "127.0.0.1:0", Some(&metrics), sqlswitch_tests::proxy::PG_REPLICATION)
+                .replace("/tmp/sqlswitch-test.sock", &socket)
+                + &format!("\n[fleet]\netcd = [\"{}\"]\nttl = \"5s\"\ninstance = \"{name}\"\n", etcd.endpoint());
+        write_private(&config_path, &text)?;
+        daemons.push(start_daemon(sqlswitch, &config_path)?);
+        lines += &format!("  instance {name}: psql 'postgresql://{}:{}@{listen}/{DATABASE}'   ctl --socket {socket}   metrics http://{metrics}/metrics\n", APP.0, APP.1);
+    }
+    println!(
+        "\nthree sqlswitch instances share their routing through etcd at {etcd}:\n{lines}\n\
+         Try:\n  {ctl} ctl --socket /tmp/sqlswitch-demo-a.sock status          (the fleet: each instance, its generation, its lease)\n  \
+         {ctl} ctl --socket /tmp/sqlswitch-demo-b.sock mode app read-only  (applied by every instance before it answers)\n  \
+         {ctl} ctl --socket /tmp/sqlswitch-demo-c.sock switchover app replica1 promote   (under load through every instance)\n  \
+         kill -STOP <pid of one sqlswitch>   (the others go on once its lease expires; kill -CONT: it rejoins)\n\n\
+         Servers: primary 127.0.0.1:{p}, replicas 127.0.0.1:{r1} and 127.0.0.1:{r2}; data in {dir}\n\n\
+         Ctrl-C stops everything.",
+        etcd = etcd.endpoint(),
+        ctl = sqlswitch.display(),
+        p = topo.nodes[0].port,
+        r1 = topo.nodes[1].port,
+        r2 = topo.nodes[2].port,
+        dir = topo.dir.display(),
+    );
+    run_until_stopped(daemons, "the sqlswitch instances, etcd and PostgreSQL")?;
+    drop(etcd);
+    topo.stop();
+    Ok(())
+}
+
+/// The fleet demo's listen and metrics ports, one pair per instance (the first is the main
+/// demo's).
+const FLEET_PORTS: [(u16, u16); 3] = [(6432, 9930), (6442, 9931), (6452, 9932)];
 
 /// Starts `sqlswitch run` on `config`, and sees it still running half a second later (a bad
 /// config or a port in use ends it at once; the servers are stopped as the topologies drop).
@@ -130,7 +186,7 @@ fn start_daemon(sqlswitch: &std::path::Path, config: &std::path::Path) -> Result
 
 /// Waits for whatever ends the demo (Ctrl-C, a closed terminal, kill, or sqlswitch exiting),
 /// then stops sqlswitch; the caller stops the databases (`what` names everything stopped).
-fn run_until_stopped(mut daemon: std::process::Child, what: &str) -> Result<()> {
+fn run_until_stopped(mut daemons: Vec<std::process::Child>, what: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -142,17 +198,20 @@ fn run_until_stopped(mut daemon: std::process::Child, what: &str) -> Result<()> 
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
-            _ = wait_exit(&mut daemon) => eprintln!("sqlswitch exited"),
+            _ = wait_exit(&mut daemons) => eprintln!("sqlswitch exited"),
         }
     });
     eprintln!("\nstopping {what}...");
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    for daemon in &mut daemons {
+        let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+        let _ = daemon.wait();
+    }
     Ok(())
 }
 
-async fn wait_exit(child: &mut std::process::Child) {
-    while matches!(child.try_wait(), Ok(None)) {
+/// Until one of `children` exits.
+async fn wait_exit(children: &mut [std::process::Child]) {
+    while children.iter_mut().all(|c| matches!(c.try_wait(), Ok(None))) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
