@@ -446,3 +446,122 @@ async fn of_two_concurrent_switchovers_one_wins() {
     drop((a, b));
     topo.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_driver_died_after_the_promotion_is_finished_by_another_instance() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let prefix = prefix();
+    let daemons =
+        [instance(&topo, &etcd.endpoint(), &prefix, "x").await, instance(&topo, &etcd.endpoint(), &prefix, "y").await];
+    for d in &daemons {
+        joined(d, 2).await;
+    }
+    // A driver ("ghost") published its switchover, holds the lock on its lease, fenced the old
+    // primary and promoted the target; then it died before publishing the new primary.
+    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let lease = etcd_client.lease_grant(2, None).await.unwrap().id();
+    let lock = format!("{prefix}/app/lock");
+    let options = etcd_client::PutOptions::new().with_lease(lease);
+    etcd_client.put(lock, r#"{"by":"ghost","kind":"switchover","target":"replica1"}"#, Some(options)).await.unwrap();
+    let key = format!("{prefix}/app/routing");
+    let got = etcd_client.get(key.clone(), None).await.unwrap();
+    let mut doc: Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    doc["generation"] = (doc["generation"].as_u64().unwrap() + 1).into();
+    doc["change"] = serde_json::json!({ "kind": "switchover", "by": "ghost", "from": "primary", "target": "replica1", "step": "promote" });
+    etcd_client.put(key, doc.to_string(), None).await.unwrap();
+    for d in &daemons {
+        until("every instance holds", Duration::from_secs(5), || !fleet_of(&d.control.status())["change"].is_null())
+            .await;
+    }
+    for sql in ["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"] {
+        topo.psql_admin(topo.primary(), sql, "postgres").unwrap();
+    }
+    topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote()", "postgres").unwrap();
+    let held = tokio::spawn({
+        let port = port_of(&daemons[0]);
+        async move { write_through(port).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a write waits while the change is unresolved");
+    // The ghost's lease expires with its lock: an instance finishes the change.
+    etcd_client.lease_revoke(lease).await.unwrap();
+    for d in &daemons {
+        until("the change is finished", Duration::from_secs(10), || {
+            fleet_of(&d.control.status())["change"].is_null() && primary_of(d) == "replica1"
+        })
+        .await;
+    }
+    assert_eq!(held.await.unwrap().unwrap(), "replica1", "the held write is released to the new primary");
+    assert_eq!(write_through(port_of(&daemons[1])).await.unwrap(), "replica1");
+    drop(daemons);
+    topo.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_follows_a_failover_made_outside_sqlswitch() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let prefix = prefix();
+    let daemons = [
+        instance(&topo, &etcd.endpoint(), &prefix, "p").await,
+        instance(&topo, &etcd.endpoint(), &prefix, "q").await,
+        instance(&topo, &etcd.endpoint(), &prefix, "r").await,
+    ];
+    for d in &daemons {
+        joined(d, 3).await;
+    }
+    // Another tool (Patroni, repmgr, a person) loses the primary and promotes the replica.
+    topo.kill_node(topo.primary()).unwrap();
+    topo.psql_admin(&topo.replicas()[0], "SELECT pg_promote()", "postgres").unwrap();
+    for d in &daemons {
+        until("every instance follows the servers", Duration::from_secs(15), || primary_of(d) == "replica1").await;
+    }
+    let generations: BTreeSet<String> =
+        daemons.iter().map(|d| fleet_of(&d.control.status())["generation"].to_string()).collect();
+    assert_eq!(generations.len(), 1, "one generation, published once: {generations:?}");
+    for d in &daemons {
+        assert_eq!(write_through(port_of(d)).await.unwrap(), "replica1");
+    }
+    drop(daemons);
+    topo.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_instances_switch_over_together() {
+    use mysql_async::prelude::Queryable;
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::start(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let prefix = prefix();
+    let mut daemons = Vec::new();
+    for name in ["m1", "m2"] {
+        let text = sqlswitch_tests::proxy::mysql_config_text(&topo, "app", sqlswitch_tests::proxy::MY_REPLICATION)
+            + &format!(
+                "\n[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nttl = \"{}s\"\ninstance = \"{name}\"\n",
+                etcd.endpoint(),
+                TTL.as_secs()
+            );
+        let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+        daemons.push(sqlswitch::Daemon::launch(config, false, 1).await.unwrap());
+    }
+    for d in &daemons {
+        joined(d, 2).await;
+    }
+    let url = |d: &sqlswitch::Daemon| sqlswitch_tests::proxy::mysql_url(port_of(d), APP);
+    // A session through the other instance, open across the switchover.
+    let mut session = mysql_async::Conn::from_url(url(&daemons[1])).await.unwrap();
+    switchover(&daemons[0], "replica1").await.expect("switchover typed on m1");
+    until("m2 routes to the new primary", Duration::from_secs(5), || primary_of(&daemons[1]) == "replica1").await;
+    session.query_drop("INSERT INTO items (note) VALUES ('through m2')").await.unwrap();
+    // In a transaction, so on the primary.
+    let mut fresh = mysql_async::Conn::from_url(url(&daemons[1])).await.unwrap();
+    fresh.query_drop("START TRANSACTION").await.unwrap();
+    let (server, n): (u32, i64) =
+        fresh.query_first("SELECT @@server_id, count(*) FROM items WHERE note = 'through m2'").await.unwrap().unwrap();
+    fresh.query_drop("COMMIT").await.unwrap();
+    assert_eq!((server, n), (topo.replicas()[0].server_id, 1), "the write through m2 landed on the new primary");
+    drop(daemons);
+}
