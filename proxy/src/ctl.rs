@@ -125,8 +125,20 @@ fn print_pretty(v: &Value) {
     let mut fields: Vec<String> = Vec::new();
     if let Some(obj) = v.as_object() {
         for (k, val) in obj {
-            if k != "ok" {
-                fields.push(format!("{k}={}", val.as_str().map_or_else(|| val.to_string(), str::to_owned)));
+            if k != "ok" && !(k == "fleet" && val.is_null()) {
+                let text = if k == "fleet" {
+                    // mode, drain and the like in fleet mode: who applied the change, how soon.
+                    format!(
+                        "applied by {}/{} instances in {:.1} ms (fleet generation {})",
+                        val["applied_by"],
+                        val["instances"],
+                        val["propagation_ms"].as_f64().unwrap_or(0.0),
+                        val["generation"]
+                    )
+                } else {
+                    val.as_str().map_or_else(|| val.to_string(), str::to_owned)
+                };
+                fields.push(format!("{k}={text}"));
             }
         }
     }

@@ -100,6 +100,8 @@ struct Shared {
     session: Mutex<Option<(Client, i64)>>,
     /// When the lease was last renewed (Unix millis).
     renewed_ms: AtomicU64,
+    /// The lease of this process's previous session (its keys may still be on it).
+    last_lease: std::sync::atomic::AtomicI64,
 }
 
 /// One cluster's link to the fleet.
@@ -134,6 +136,7 @@ impl Fleet {
             instance,
             session: Mutex::new(None),
             renewed_ms: AtomicU64::new(0),
+            last_lease: std::sync::atomic::AtomicI64::new(0),
         });
         let links = clusters
             .iter()
@@ -221,6 +224,23 @@ impl Fleet {
         let lease = timed(ttl, client.lease_grant(seconds, None)).await.map_err(|e| format!("lease: {e}"))?.id();
         let (mut keeper, mut renewals) =
             timed(ttl, client.lease_keep_alive(lease)).await.map_err(|e| format!("lease: {e}"))?;
+        // Two instances of one name would overwrite each other's key: the second one stays out
+        // (fenced) until the first one's key is gone.
+        let previous = self.shared.last_lease.load(Ordering::Relaxed);
+        for link in &self.links {
+            let key = link.member_key();
+            let got = timed(ttl, client.get(key.clone(), None)).await.map_err(|e| format!("join: {e}"))?;
+            if let Some(other) =
+                got.kvs().first().map(etcd_client::KeyValue::lease).filter(|l| *l != 0 && *l != previous)
+            {
+                let _ = timed(ttl, client.lease_revoke(lease)).await;
+                return Err(format!(
+                    "another live instance is named {:?} ({key} is on lease {other:x}): give each instance its own                      `instance` in [fleet]; this one stays fenced until that key expires",
+                    self.shared.instance
+                ));
+            }
+        }
+        self.shared.last_lease.store(lease, Ordering::Relaxed);
         *lock(&self.shared.session) = Some((client.clone(), lease));
         self.shared.renewed_ms.store(unix_ms(), Ordering::Relaxed);
         // Join: read (or create) each cluster's routing, apply it, and only then take writes.
@@ -247,7 +267,7 @@ impl Fleet {
             tokio::select! {
                 _ = renew.tick() => {
                     let sent = Instant::now();
-                    keeper.keep_alive().await.map_err(|e| format!("lease: {e}"))?;
+                    timed(ttl / 4, keeper.keep_alive()).await.map_err(|e| format!("lease: {e}"))?;
                     match tokio::time::timeout(ttl / 4, renewals.message()).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                         Ok(Ok(Some(_))) => return Err("lease: expired".into()),

@@ -89,7 +89,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -564,4 +564,29 @@ async fn mariadb_instances_switch_over_together() {
     fresh.query_drop("COMMIT").await.unwrap();
     assert_eq!((server, n), (topo.replicas()[0].server_id, 1), "the write through m2 landed on the new primary");
     drop(daemons);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_of_the_same_name_stays_fenced_until_the_first_leaves() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let prefix = prefix();
+    let first = instance(&topo, &etcd.endpoint(), &prefix, "same").await;
+    joined(&first, 1).await;
+    let second = instance(&topo, &etcd.endpoint(), &prefix, "same").await;
+    tokio::time::sleep(TTL).await;
+    assert_eq!(fleet_of(&second.control.status())["fenced"], true, "a second instance of one name does not join");
+    let refused = write_through(port_of(&second)).await.expect_err("a write through the second");
+    assert_eq!(code(&refused), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+    assert_eq!(write_through(port_of(&first)).await.unwrap(), "primary", "the first one is not disturbed");
+    // The first one stops (its lease is revoked as it leaves): the second one joins.
+    drop(first);
+    until("the second joins once the first has left", Duration::from_secs(10), || {
+        fleet_of(&second.control.status())["fenced"] == false
+    })
+    .await;
+    assert_eq!(write_through(port_of(&second)).await.unwrap(), "primary");
+    drop(second);
+    topo.stop();
 }
