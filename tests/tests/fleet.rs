@@ -590,3 +590,31 @@ async fn a_second_instance_of_the_same_name_stays_fenced_until_the_first_leaves(
     drop(second);
     topo.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_typed_on_one_instance_moves_the_whole_fleet() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    let prefix = prefix();
+    let daemons = [
+        instance(&topo, &etcd.endpoint(), &prefix, "f1").await,
+        instance(&topo, &etcd.endpoint(), &prefix, "f2").await,
+    ];
+    for d in &daemons {
+        joined(d, 2).await;
+    }
+    topo.kill_node(topo.primary()).unwrap();
+    let mut steps = Vec::new();
+    let answer = sqlswitch::failover::run(&daemons[0].control, "app", None, true, Duration::from_secs(30), &mut |s| {
+        steps.push(s.name)
+    })
+    .await
+    .expect("failover typed on f1");
+    assert_eq!(answer["to"], "replica1");
+    until("f2 follows the failover", Duration::from_secs(5), || primary_of(&daemons[1]) == "replica1").await;
+    assert!(fleet_of(&daemons[1].control.status())["change"].is_null(), "the change is over on every instance");
+    assert_eq!(write_through(port_of(&daemons[1])).await.unwrap(), "replica1");
+    drop(daemons);
+    topo.stop();
+}
