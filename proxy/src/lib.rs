@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod buffers;
 pub mod cancel;
 pub mod cluster;
 pub mod control;

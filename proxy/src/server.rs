@@ -293,18 +293,34 @@ impl Accept {
                     continue;
                 }
             };
-            let span = tracing::info_span!("session", cluster = %self.cluster.config.name, %peer);
+            // A debug span: at the default level it is not created at all, so an idle session
+            // holds no span data and a busy one does no span bookkeeping at every poll; the
+            // session's own events name what they need (`session started`: cluster, peer, user).
+            let span = tracing::debug_span!("session", cluster = %self.cluster.config.name, %peer);
             let cluster = Arc::clone(&self.cluster);
             let (read_only, cancels, shutdown) = (self.read_only, Arc::clone(&self.cancels), self.shutdown.clone());
-            let session = async move {
-                let Ok(stream) = TcpStream::from_std(stream) else { return };
-                match cluster.config.protocol {
-                    Protocol::Postgres => pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await,
-                    Protocol::Mysql => crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await,
+            // One task type per protocol: a task is as large as its future, and an idle
+            // PostgreSQL session should not carry the size of a MySQL one (or the reverse).
+            match cluster.config.protocol {
+                Protocol::Postgres => {
+                    let session = async move {
+                        let Ok(stream) = TcpStream::from_std(stream) else { return };
+                        pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await;
+                        drop(permit);
+                    };
+                    let task = self.tracker.track_future(session.instrument(span));
+                    self.workers.spawn(task);
                 }
-                drop(permit);
-            };
-            self.workers.spawn(self.tracker.track_future(session.instrument(span)));
+                Protocol::Mysql => {
+                    let session = async move {
+                        let Ok(stream) = TcpStream::from_std(stream) else { return };
+                        crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await;
+                        drop(permit);
+                    };
+                    let task = self.tracker.track_future(session.instrument(span));
+                    self.workers.spawn(task);
+                }
+            }
         }
     }
 }

@@ -135,6 +135,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
     }
+
+    /// Whether [`Stream::readable`] can wait for input with no buffer held: plain sockets
+    /// (TLS keeps decrypted bytes of its own, which only a read hands out).
+    pub fn parks_unbuffered(&self) -> bool {
+        matches!(self, Self::Plain(_) | Self::Unix(_))
+    }
+
+    /// Waits until a read may find input (plain sockets; others answer at once).
+    ///
+    /// # Errors
+    /// The socket failed.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.readable().await,
+            Self::Unix(s) => s.readable().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads what is there without waiting (plain sockets): `WouldBlock` when nothing is.
+    ///
+    /// # Errors
+    /// The socket failed, or nothing is there (`WouldBlock`), or the stream is not plain.
+    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.try_read_buf(buf),
+            Self::Unix(s) => s.try_read_buf(buf),
+            _ => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
 }
 
 impl ClientStream {

@@ -54,9 +54,13 @@ pub async fn serve(
     let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let thread = cluster.mysql_threads.register();
-    let login =
-        tokio::time::timeout(cluster.config.auth_timeout, handshake(&mut stream, &mut buf, &cluster, peer, thread.id))
-            .await;
+    // The login states are boxed: a session's future is as large as its largest state, for
+    // its whole life.
+    let login = Box::pin(tokio::time::timeout(
+        cluster.config.auth_timeout,
+        handshake(&mut stream, &mut buf, &cluster, peer, thread.id),
+    ))
+    .await;
     let (hello, seq) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -80,7 +84,7 @@ pub async fn serve(
     };
     thread.set_user(&hello.user);
     let read_only = id.read_only;
-    let (index, conn) = match session::first_connection(&id).await {
+    let (index, conn) = match Box::pin(session::first_connection(&id)).await {
         Ok(v) => v,
         Err(e) => {
             let mut out = BytesMut::new();
@@ -95,7 +99,7 @@ pub async fn serve(
         return;
     }
     let backend = &cluster.backends[index];
-    info!(user = %hello.user, backend = %backend.name, read_only, "session started");
+    info!(cluster = %cluster.config.name, %peer, user = %hello.user, backend = %backend.name, read_only, "session started");
     cluster.metrics.sessions_total.increment(1);
     cluster.metrics.sessions.increment(1.0);
     let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };

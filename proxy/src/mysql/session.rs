@@ -119,7 +119,7 @@ impl<'a> MySession<'a> {
         peer: std::net::SocketAddr,
     ) -> Self {
         let mut core = Core::new(id.cluster, id.read_only);
-        core.slots[side] = Some(first);
+        core.slots[side] = Some(Box::new(first));
         core.active = Some(side);
         Self {
             client,
@@ -177,7 +177,7 @@ impl<'a> MySession<'a> {
                 let stuck = idle && self.core.listening();
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
-                    () = tokio::time::sleep(crate::session::core::MOVED_CHECK), if stuck => {
+                    () = crate::session::core::moved_check(stuck), if stuck => {
                         if let Some(e) = self.core.moved_away() {
                             self.end_unmovable(0, &e).await;
                             return End::BackendGone;

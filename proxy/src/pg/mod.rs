@@ -39,58 +39,11 @@ pub async fn serve(
     cancels: Arc<cancel::Registry>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let mut stream = ClientStream::Plain(stream);
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let opening =
-        tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, &cluster)).await;
-    let startup = match opening {
-        Ok(Ok(Opening::Session(s))) => s,
-        Ok(Ok(Opening::Cancel { pid, secret })) => {
-            cancels.cancel(pid, secret).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "connection ended before its session began");
-            return;
-        }
-        Err(_) => {
-            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "timed out waiting for startup and authentication")
-                .await;
-            return;
-        }
-    };
-    let user = startup.param("user").unwrap_or_default().to_owned();
-    let users = cluster.users.load_full();
+    // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
+    // session, and an idle session would carry their size for its whole life.
+    let Some(opened) = Box::pin(open(stream, peer, &cluster, read_only_listener, &cancels)).await else { return };
+    let Opened { stream, buf, user, users, key, read_only, cancel_key } = opened;
     let Some(account) = users.get(&user) else { return };
-    let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
-    let key = pool_key(&startup, &user, read_only);
-    let backend_tls = cluster.backend_tls.load_full();
-    let login = Login { user: &user, password: &account.password, params: &key.params, tls: backend_tls.as_deref() };
-
-    // In maintenance (no usable primary), every session logs in on a replica.
-    let on_replicas = read_only || cluster.maintenance().is_some();
-    let (index, conn) = match acquire(&cluster, on_replicas, &key, &login).await {
-        Ok(found) => found,
-        Err(e) => {
-            refuse_session(&mut stream, &cluster, e).await;
-            return;
-        }
-    };
-    let backend = &cluster.backends[index];
-    let cancel_key = cancels.register();
-    if let Err(e) = welcome(&mut stream, &conn, &cancel_key).await {
-        debug!(%peer, error = %e, "client left during startup");
-        release(&cluster, index, key, conn, false).await;
-        return;
-    }
-    info!(user = %user, backend = %backend.name, read_only, "session started");
-    cluster.metrics.sessions_total.increment(1);
-    cluster.metrics.sessions.increment(1.0);
-    // The login proved the user and database good; the connection goes back to the pool and
-    // the session takes one when it first sends something, so an idle client holds none.
-    release(&cluster, index, key.clone(), conn, false).await;
-
     let id = Identity {
         cluster: &cluster,
         user: &user,
@@ -119,19 +72,98 @@ pub async fn serve(
     let slots = std::mem::take(&mut session.core.slots);
     let reusable = !session.core.state.custom_settings;
     drop(session);
-    for (at, slot) in slots {
-        let Some(slot) = slot else { continue };
-        if matches!(end, End::Shutdown | End::BackendGone) || !reusable {
-            slot.conn.terminate().await;
-        } else if busy == Some(at) {
-            // The client left mid-query: stop the query rather than let it run for nobody,
-            // and close the connection, whose state is unknown.
-            cancel::send_cancel(slot.conn.cancel.clone()).await;
-            slot.conn.terminate().await;
-        } else {
-            release(&cluster, slot.backend, key.clone(), slot.conn, true).await;
+    // Boxed, as the login: the session's future stays the size of what it waits on most.
+    Box::pin(async {
+        for (at, slot) in slots {
+            let Some(slot) = slot else { continue };
+            if matches!(end, End::Shutdown | End::BackendGone) || !reusable {
+                slot.conn.terminate().await;
+            } else if busy == Some(at) {
+                // The client left mid-query: stop the query rather than let it run for nobody,
+                // and close the connection, whose state is unknown.
+                cancel::send_cancel(slot.conn.cancel.clone()).await;
+                slot.conn.terminate().await;
+            } else {
+                release(&cluster, slot.backend, key.clone(), slot.conn, true).await;
+            }
         }
+    })
+    .await;
+}
+
+/// What a session starts with once its client is logged in.
+struct Opened {
+    stream: ClientStream,
+    buf: BytesMut,
+    user: String,
+    users: Arc<std::collections::HashMap<String, crate::cluster::User>>,
+    key: PoolKey,
+    read_only: bool,
+    cancel_key: cancel::CancelKey,
+}
+
+/// Startup, the client's login and a backend login that proves the user and database good;
+/// `None` when the connection ended there (refused, a cancel request, or gone).
+async fn open(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cluster: &Cluster,
+    read_only_listener: bool,
+    cancels: &Arc<cancel::Registry>,
+) -> Option<Opened> {
+    let _ = stream.set_nodelay(true);
+    let mut stream = ClientStream::Plain(stream);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let opening =
+        tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, cluster)).await;
+    let startup = match opening {
+        Ok(Ok(Opening::Session(s))) => s,
+        Ok(Ok(Opening::Cancel { pid, secret })) => {
+            cancels.cancel(pid, secret).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection ended before its session began");
+            return None;
+        }
+        Err(_) => {
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "timed out waiting for startup and authentication")
+                .await;
+            return None;
+        }
+    };
+    let user = startup.param("user").unwrap_or_default().to_owned();
+    let users = cluster.users.load_full();
+    let account = users.get(&user)?;
+    let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
+    let key = pool_key(&startup, &user, read_only);
+    let backend_tls = cluster.backend_tls.load_full();
+    let login = Login { user: &user, password: &account.password, params: &key.params, tls: backend_tls.as_deref() };
+
+    // In maintenance (no usable primary), every session logs in on a replica.
+    let on_replicas = read_only || cluster.maintenance().is_some();
+    let (index, conn) = match acquire(cluster, on_replicas, &key, &login).await {
+        Ok(found) => found,
+        Err(e) => {
+            refuse_session(&mut stream, cluster, e).await;
+            return None;
+        }
+    };
+    let backend = &cluster.backends[index];
+    let cancel_key = cancels.register();
+    if let Err(e) = welcome(&mut stream, &conn, &cancel_key).await {
+        debug!(%peer, error = %e, "client left during startup");
+        release(cluster, index, key, conn, false).await;
+        return None;
     }
+    info!(cluster = %cluster.config.name, %peer, user = %user, backend = %backend.name, read_only, "session started");
+    cluster.metrics.sessions_total.increment(1);
+    cluster.metrics.sessions.increment(1.0);
+    // The login proved the user and database good; the connection goes back to the pool and
+    // the session takes one when it first sends something, so an idle client holds none.
+    release(cluster, index, key.clone(), conn, false).await;
+
+    Some(Opened { stream, buf, user, users, key, read_only, cancel_key })
 }
 
 /// A session is read-only when the client declares `default_transaction_read_only=on`, as a

@@ -176,7 +176,7 @@ impl<'a> Session<'a> {
     }
 
     pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {
-        self.core.slots[side].as_mut()
+        self.core.slots[side].as_deref_mut()
     }
 
     /// The transaction status of the active connection.
@@ -216,10 +216,19 @@ impl<'a> Session<'a> {
         let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle_timeout.unwrap_or_default()));
         let mut armed = false;
         loop {
-            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+            let idle = self.is_idle() && self.cbuf.is_empty();
+            let hold = self.waiting.is_some();
+            // Idle on a plain socket: no read buffer is held while the client is silent.
+            let park = idle && !hold && self.client.parks_unbuffered();
+            if park {
+                if self.cbuf.capacity() > 0 {
+                    crate::buffers::give(std::mem::take(&mut self.cbuf));
+                }
+            } else if self.cbuf.capacity() == 0 {
+                self.cbuf = crate::buffers::take();
+            } else if self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(8192);
             }
-            let idle = self.is_idle() && self.cbuf.is_empty();
             match idle_timeout {
                 Some(d) if idle && !armed => {
                     idle_timer.as_mut().reset(tokio::time::Instant::now() + d);
@@ -228,17 +237,16 @@ impl<'a> Session<'a> {
                 _ if !idle => armed = false,
                 _ => {}
             }
-            let hold = self.waiting.is_some();
             let stuck = idle && self.core.listening();
             let active = match self.core.active {
-                Some(side) => self.core.slots[side].as_mut(),
+                Some(side) => self.core.slots[side].as_deref_mut(),
                 None => None,
             };
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
                 () = &mut idle_timer, if idle && armed => return End::IdleTimeout,
-                () = tokio::time::sleep(crate::session::core::MOVED_CHECK), if stuck => Err(true),
+                () = crate::session::core::moved_check(stuck), if stuck => Err(true),
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Err(false),
                     Ok(n) => {
@@ -246,7 +254,7 @@ impl<'a> Session<'a> {
                         Ok(true)
                     }
                 },
-                r = self.client.read_buf(&mut self.cbuf), if !hold => match r {
+                r = read_client(&mut self.client, &mut self.cbuf, park), if !hold => match r {
                     Ok(0) | Err(_) => return End::ClientGone,
                     Ok(n) => {
                         self.received.0 += n as u64;
@@ -559,6 +567,25 @@ fn ends_with_ready_for_query(buf: &[u8]) -> bool {
 
 /// Client batches larger than this are dispatched before their Sync.
 const FORCE_DISPATCH: usize = 1 << 20;
+
+/// Reads client input into `cbuf`. `park`: the session is idle on a plain socket and holds no
+/// buffer while it waits; it takes one from its thread's free list once input is there.
+async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut, park: bool) -> std::io::Result<usize> {
+    if !park {
+        return client.read_buf(cbuf).await;
+    }
+    loop {
+        client.readable().await?;
+        if cbuf.capacity() == 0 {
+            *cbuf = crate::buffers::take();
+        }
+        match client.try_read_buf(cbuf) {
+            // Readiness that was not (another wake-up): wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
+}
 
 async fn read_backend(slot: Option<&mut Slot<'_>>) -> std::io::Result<usize> {
     match slot {

@@ -78,6 +78,16 @@ impl<'a, C> Slot<'a, C> {
 /// How often an idle session whose state cannot move looks whether the primary changed.
 pub const MOVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Waits [`MOVED_CHECK`] when `on`, else never. A session's loop offers it as a branch at
+/// every turn: only a session that looks makes a timer (and reads the clock).
+pub async fn moved_check(on: bool) {
+    if on {
+        tokio::time::sleep(MOVED_CHECK).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Where a statement goes: the side, the backend, and why (for the metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -106,7 +116,7 @@ pub struct Core<'a, C> {
     /// The cluster the session belongs to.
     pub cluster: &'a Cluster,
     /// The primary and replica connections.
-    pub slots: Pair<Slot<'a, C>>,
+    pub slots: Pair<Box<Slot<'a, C>>>,
     /// The connection that ran the last statement (owing answers, or holding the transaction).
     pub active: Option<Side>,
     /// What moves with the session from connection to connection.
@@ -152,7 +162,7 @@ impl<'a, C: Link> Core<'a, C> {
 
     /// The active connection.
     pub fn active_slot(&self) -> Option<&Slot<'a, C>> {
-        self.active.and_then(|side| self.slots[side].as_ref())
+        self.active.and_then(|side| self.slots[side].as_deref())
     }
 
     /// Where a statement described by `batch` goes, with one load of the routing table.
@@ -288,14 +298,16 @@ impl<'a, C: Link> Core<'a, C> {
             return Err(BackendError::Closed);
         }
         if replace {
+            // Boxed: taking a connection (a login, maybe) is the largest state of a session's
+            // future and a rare one; unboxed, every idle session would carry its size.
             if let Some(old) = self.slots[side].take() {
-                old.conn.release(self.cluster, old.backend, key, &self.state).await;
+                Box::pin(old.conn.release(self.cluster, old.backend, key, &self.state)).await;
             }
             if active {
                 self.active = None;
             }
-            let conn = open(backend).await?;
-            self.slots[side] = Some(Slot::new(self.cluster, backend, conn));
+            let conn = Box::pin(open(backend)).await?;
+            self.slots[side] = Some(Box::new(Slot::new(self.cluster, backend, conn)));
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         // Maintenance makes the session's connections read-only (one that is read-only by

@@ -51,7 +51,7 @@ impl MySession<'_> {
                 let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(conn.status));
-                self.core.slots[side] = Some(MySlot::new(cluster, index, conn));
+                self.core.slots[side] = Some(Box::new(MySlot::new(cluster, index, conn)));
                 self.core.active = Some(side);
                 self.client.send(&out).await.map_err(|_| End::ClientGone)?;
                 debug!(user = %self.id.user, "changed user");
