@@ -244,9 +244,11 @@ impl Fleet {
         *lock(&self.shared.session) = Some((client.clone(), lease));
         self.shared.renewed_ms.store(unix_ms(), Ordering::Relaxed);
         // Join: read (or create) each cluster's routing, apply it, and only then take writes.
-        let mut revision = 0;
+        // Watched from the first read on: what changed between the clusters' reads is seen
+        // again (applying a revision twice is a no-op), never missed.
+        let mut revision = i64::MAX;
         for link in &self.links {
-            revision = revision.max(link.join(&mut client).await?);
+            revision = revision.min(link.join(&mut client).await?);
         }
         let until = self.lease_deadline(sent);
         for link in &self.links {
@@ -256,7 +258,7 @@ impl Fleet {
             link.report().await;
         }
         info!(event = "fleet_joined", instance = %self.shared.instance, lease, "fleet: joined; routing read from etcd");
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision.saturating_add(1));
         let mut watch = timed(ttl, client.watch(format!("{}/", config.prefix), Some(options)))
             .await
             .map_err(|e| format!("watch: {e}"))?;
