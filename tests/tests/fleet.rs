@@ -216,6 +216,16 @@ async fn three_instances_switch_over_together_under_load_and_share_a_mode_change
     let generations: BTreeSet<String> =
         daemons.iter().map(|d| fleet_of(&d.control.status())["generation"].to_string()).collect();
     assert_eq!(generations.len(), 1, "every instance applies the same generation: {generations:?}");
+    // The fleet's gauges (deploy/prometheus/alerts.yml names sqlswitch_fleet_fenced).
+    let body = daemons[2].metrics.render();
+    let generation = fleet_of(&daemons[2].control.status())["generation"].to_string();
+    for series in [
+        format!("sqlswitch_fleet_generation{{cluster=\"app\"}} {generation}"),
+        "sqlswitch_fleet_instances{cluster=\"app\"} 3".to_owned(),
+        "sqlswitch_fleet_fenced{cluster=\"app\"} 0".to_owned(),
+    ] {
+        assert!(body.lines().any(|l| l == series), "{series} in:\n{body}");
+    }
 
     // No write reached the old primary after its fence: every row it has, the new primary
     // has too (it replayed up to the fence), and every acknowledged write is on the new one.
