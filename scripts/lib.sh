@@ -97,16 +97,21 @@ ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 || export PATH="$HOME/.local/bin:$PATH"
 }
 
-# PgBouncer (the bench's comparison), valgrind (its instruction counts) and gnuplot (its charts): from Debian's
+# The bench's peers (PgBouncer, HAProxy, Pgpool-II), sysbench, valgrind and perf (its instruction and
+# system-call counts) and gnuplot (its charts): from Debian's
 # packages when root and missing; without them the suite leaves those columns empty.
 ensure_bench_tools() {
   local missing=()
   [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
   command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
+  command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
+  [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  [ -x /usr/sbin/pgpool ] || missing+=(pgpool2)
+  command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "optional: install ${missing[*]} for the PgBouncer comparison, instruction counts and charts" >&2
+    echo "optional: install ${missing[*]} for the peers' columns (PgBouncer, HAProxy, Pgpool-II), instruction and system-call counts and charts" >&2
     return 0
   fi
   echo "installing ${missing[*]} from Debian's packages..." >&2

@@ -5,5 +5,6 @@
 
 pub mod charts;
 pub mod measure;
+pub mod peers;
 pub mod report;
 pub mod targets;

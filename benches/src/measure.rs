@@ -106,3 +106,101 @@ pub fn machine() -> String {
         cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     )
 }
+
+/// `number of transactions actually processed: N` from a pgbench report.
+///
+/// # Errors
+/// No such line.
+pub fn pgbench_transactions(report: &str) -> Result<f64> {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed:"))
+        .and_then(|v| v.trim().split(['/', ' ']).next()?.parse().ok())
+        .with_context(|| format!("no transaction count in:\n{report}"))
+}
+
+/// What a process spent over a span, from `perf stat` attached to all its threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spent {
+    /// CPU time, user and system (`task-clock`), in milliseconds.
+    pub cpu_ms: f64,
+    /// System calls entered (`raw_syscalls:sys_enter`).
+    pub syscalls: f64,
+    /// Context switches (`context-switches`).
+    pub switches: f64,
+}
+
+/// The events `perf stat` counts for [`Spent`].
+const PERF_EVENTS: &str = "task-clock,raw_syscalls:sys_enter,context-switches";
+
+/// Runs `work` with `perf stat` attached to `pid`, and returns what `pid` spent meanwhile.
+///
+/// # Errors
+/// perf is missing or may not count (not root, or the kernel's tracepoints are off), or `work`
+/// failed.
+pub fn perf_during<T>(pid: u32, work: impl FnOnce() -> Result<T>) -> Result<(Spent, T)> {
+    use std::process::{Command, Stdio};
+    let out = std::env::temp_dir().join(format!("sqlswitch-bench-perf-{pid}.csv"));
+    let mut perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", PERF_EVENTS, "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("perf is not installed (apt-get install linux-perf)")?;
+    // perf attaches to every thread before it counts.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let result = work();
+    let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+    perf.wait()?;
+    let text = std::fs::read_to_string(&out).with_context(|| format!("perf wrote no {}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    Ok((parse_perf(&text)?, result?))
+}
+
+/// [`Spent`] from `perf stat -x ,` output.
+///
+/// # Errors
+/// An event is missing or was not counted.
+pub fn parse_perf(text: &str) -> Result<Spent> {
+    let event = |name: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.split(',').nth(2) == Some(name))
+            .and_then(|l| l.split(',').next()?.trim().parse().ok())
+            .with_context(|| {
+                format!("perf did not count {name} (root, and the kernel's tracepoints, are needed):\n{text}")
+            })
+    };
+    Ok(Spent {
+        cpu_ms: event("task-clock")?,
+        syscalls: event("raw_syscalls:sys_enter")?,
+        switches: event("context-switches")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_output_is_read() {
+        let text = "# started on Wed Dec  2 06:40:00 2026\n\n\
+                    1503.25,msec,task-clock,1503250000,100.00,0.751,CPUs utilized\n\
+                    120034,,raw_syscalls:sys_enter,1503250000,100.00,,\n\
+                    3301,,context-switches,1503250000,100.00,2.196,K/sec\n";
+        let s = parse_perf(text).expect("parsed");
+        assert_eq!(s, Spent { cpu_ms: 1503.25, syscalls: 120_034.0, switches: 3301.0 });
+        let uncounted = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n1.0,msec,task-clock,1,100.00,,\n";
+        assert!(parse_perf(uncounted).is_err());
+    }
+
+    #[test]
+    fn pgbench_transaction_count() {
+        let report = "scaling factor: 10\nnumber of transactions actually processed: 148765\ntps = 29753.0\n";
+        assert!((pgbench_transactions(report).expect("count") - 148_765.0).abs() < f64::EPSILON);
+        let fixed = "number of transactions actually processed: 1000/1000\n";
+        assert!((pgbench_transactions(fixed).expect("count") - 1000.0).abs() < f64::EPSILON);
+    }
+}

@@ -1,5 +1,5 @@
 //! What the suite measures against: the sqlswitch binary (one process, several clusters) and
-//! PgBouncer, each a real process on loopback, stopped on drop.
+//! PgBouncer, each a real process on loopback, stopped on drop (the other peers: `peers`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +63,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// Wraps a started child.
+    pub fn new(child: Child) -> Self {
+        Self { pid: child.id(), child }
+    }
+
     /// Stops it.
     pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -96,8 +101,7 @@ pub fn start_sqlswitch(bin: &Path, config: &Path, port: u16, wrapper: &[&str]) -
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    let mut p = Process { child, pid };
+    let mut p = Process::new(child);
     wait_listening(&mut p, port, Duration::from_secs(60))?;
     Ok(p)
 }
@@ -114,7 +118,11 @@ fn wrapped(bin: &Path, wrapper: &[&str]) -> Command {
     }
 }
 
-fn wait_listening(p: &mut Process, port: u16, limit: Duration) -> Result<()> {
+/// Waits until `port` on 127.0.0.1 accepts connections, or fails when `p` exits first.
+///
+/// # Errors
+/// `p` exited, or nothing listened within `limit`.
+pub fn wait_listening(p: &mut Process, port: u16, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -180,7 +188,7 @@ pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, wrapper:
         .stderr(Stdio::null())
         .spawn()
         .context("starting pgbouncer")?;
-    let mut p = Process { pid: child.id(), child };
+    let mut p = Process::new(child);
     wait_listening(&mut p, port, Duration::from_secs(30))
         .with_context(|| std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default())?;
     Ok(p)

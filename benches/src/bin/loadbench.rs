@@ -1,13 +1,15 @@
 //! `loadbench` (run by `scripts/bench`): the load-bench suite. It starts real PostgreSQL and
-//! MariaDB topologies (a primary and two replicas each), PgBouncer in session pooling mode when
-//! installed, and the release `sqlswitch` binary twice over — a primary-only cluster (the proxy's
-//! own cost, comparable to PgBouncer) and a splitting cluster (what users get) — and runs every
-//! workload against each target in alternating rounds, so that all of them see the same machine.
-//! It prints the medians and ratios and writes them to `benches/RESULTS.md`.
+//! MariaDB topologies (a primary and two replicas each); when installed, HAProxy in TCP mode in
+//! front of each primary (the floor any relay pays), PgBouncer in session pooling mode and
+//! Pgpool-II load balancing over the replicas (the splitting peer); and the release `sqlswitch`
+//! binary twice over — a primary-only cluster (the proxy's own cost, comparable to PgBouncer and
+//! HAProxy) and a splitting cluster (what users get) — and runs every workload against each
+//! target in alternating rounds, so that all of them see the same machine. It prints the medians
+//! and ratios and writes them to `benches/RESULTS.md`.
 //!
 //! Options (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
-//! `connect`, `idle`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
+//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
 //! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`).
 
 use std::path::Path;
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sqlswitch_benches::measure::{self, median};
-use sqlswitch_benches::report::{self, Row, DIRECT, PGBOUNCER, PRIMARY_ONLY, SPLIT};
+use sqlswitch_benches::peers;
+use sqlswitch_benches::report::{self, Row, DIRECT, HAPROXY, N, PGBOUNCER, PRIMARY_ONLY, SPLIT};
 use sqlswitch_benches::targets::{self, ClusterSpec};
 use sqlswitch_tests::pg::{free_ports, pgbench, pgbench_failed, Topology};
 
@@ -55,7 +58,7 @@ fn list(name: &str, default: &str) -> Vec<String> {
 /// The PostgreSQL side: targets as ports (`None` when absent).
 struct PgSide<'a> {
     topo: &'a Topology,
-    ports: [Option<u16>; 4],
+    ports: [Option<u16>; N],
 }
 
 fn main() -> Result<()> {
@@ -69,12 +72,12 @@ fn main() -> Result<()> {
     println!("{machine}");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    let pg_groups = ["pgbench", "tpcb", "connect", "idle", "callgrind", "switchover"];
+    let pg_groups = ["pgbench", "tpcb", "connect", "idle", "syscalls", "callgrind", "switchover"];
     if pg_groups.iter().any(|g| opts.wants(g)) {
         postgres_suite(&opts, &sqlswitch, &mut rows, &mut notes)?;
     }
     if opts.wants("sysbench") {
-        mysql_suite(&opts, &sqlswitch, &mut rows)?;
+        mysql_suite(&opts, &sqlswitch, &mut rows, &mut notes)?;
     }
     let table = report::markdown(&rows);
     println!("\n{table}");
@@ -108,8 +111,8 @@ fn main() -> Result<()> {
 fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()> {
     eprintln!("starting PostgreSQL (primary + 2 replicas)...");
     let topo = Topology::start(2)?;
-    let p = free_ports(4)?;
-    let (primary_only, split, bouncer, metrics) = (p[0], p[1], p[2], p[3]);
+    let p = free_ports(6)?;
+    let (primary_only, split, bouncer, metrics, haproxy, pgpool) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let nodes: Vec<(String, u16)> = topo.nodes.iter().map(|n| (n.name.clone(), n.port)).collect();
     let socket = topo.dir.join("admin.sock");
     let config = topo.dir.join("bench.toml");
@@ -139,11 +142,35 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
             None
         }
     };
+    let mut haproxy_proc = match peers::haproxy_bin() {
+        Some(bin) => Some(peers::start_haproxy(&bin, &topo.dir, "pg", haproxy, topo.primary().port)?),
+        None => {
+            notes.push("HAProxy is not installed (`apt-get install haproxy`): its column is empty.".into());
+            None
+        }
+    };
     pgbench(&topo, topo.primary().port, &["-i", "-q", "-s", "10"])?;
     topo.wait_replicas_caught_up()?;
+    // Pgpool-II serves at most `num_init_children` clients at once: the most pgbench opens, and
+    // some to spare.
+    let most_clients = list("BENCH_CLIENTS", "8,64").iter().filter_map(|c| c.parse::<usize>().ok()).max().unwrap_or(8);
+    let mut pgpool_proc = match peers::pgpool_bin() {
+        Some(bin) => Some(peers::start_pgpool(&bin, &topo.dir, pgpool, &nodes, most_clients.max(8) + 8)?),
+        None => {
+            notes.push("Pgpool-II is not installed (`apt-get install pgpool2`): its column is empty.".into());
+            None
+        }
+    };
     let side = PgSide {
         topo: &topo,
-        ports: [Some(topo.primary().port), bouncer_proc.as_ref().map(|_| bouncer), Some(primary_only), Some(split)],
+        ports: [
+            Some(topo.primary().port),
+            haproxy_proc.as_ref().map(|_| haproxy),
+            bouncer_proc.as_ref().map(|_| bouncer),
+            pgpool_proc.as_ref().map(|_| pgpool),
+            Some(primary_only),
+            Some(split),
+        ],
     };
     let t = opts.seconds.to_string();
     if opts.wants("pgbench") {
@@ -172,7 +199,7 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
         rows.push(side.rounds(opts, "connect + 1 query + disconnect (pgbench -S -C), 8 clients", "conn/s", &args)?);
     }
     if opts.wants("idle") {
-        let mut values = [None; 4];
+        let mut values = [None; N];
         values[PRIMARY_ONLY] = Some(idle_bytes_per_conn(daemon.pid, primary_only, opts.idle_conns)?);
         if let Some(b) = &bouncer_proc {
             values[PGBOUNCER] = Some(idle_bytes_per_conn(b.pid, bouncer, opts.idle_conns)?);
@@ -186,8 +213,19 @@ fn postgres_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: 
             note: String::new(),
         });
     }
-    if let Some(b) = bouncer_proc.as_mut() {
-        b.stop();
+    if opts.wants("syscalls") {
+        let pids = [
+            (HAPROXY, haproxy_proc.as_ref().map(|p| p.pid)),
+            (PGBOUNCER, bouncer_proc.as_ref().map(|p| p.pid)),
+            (PRIMARY_ONLY, Some(daemon.pid)),
+        ];
+        match side.spent_per_transaction(opts, &pids) {
+            Ok(spent) => rows.extend(spent),
+            Err(e) => notes.push(format!("system calls and context switches not counted: {e:#}")),
+        }
+    }
+    for p in [bouncer_proc.as_mut(), haproxy_proc.as_mut(), pgpool_proc.as_mut()].into_iter().flatten() {
+        p.stop();
     }
     if opts.wants("callgrind") {
         match callgrind_per_transaction(sqlswitch, &topo) {
@@ -207,13 +245,13 @@ impl PgSide<'_> {
     /// Runs pgbench `args` against every target, `opts.rounds` times in rotating order.
     fn rounds(&self, opts: &Options, workload: &str, unit: &'static str, args: &[&str]) -> Result<Row> {
         eprintln!("{workload}:");
-        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut samples: [Vec<f64>; N] = Default::default();
         let mut by_round = Vec::new();
         let mut failed = 0;
-        let present: Vec<usize> = (0..4).filter(|&i| self.ports[i].is_some()).collect();
+        let present: Vec<usize> = (0..N).filter(|&i| self.ports[i].is_some()).collect();
         for round in 0..opts.rounds {
             let mut line = format!("  round {}:", round + 1);
-            let mut this = [None; 4];
+            let mut this = [None; N];
             for k in 0..present.len() {
                 let i = present[(k + round as usize) % present.len()];
                 let Some(port) = self.ports[i] else { continue };
@@ -230,6 +268,39 @@ impl PgSide<'_> {
         let values = std::array::from_fn(|i| (!samples[i].is_empty()).then(|| median(&samples[i])));
         let note = if failed > 0 { format!("{failed} failed transactions") } else { String::new() };
         Ok(Row { workload: workload.into(), unit, values, by_round, higher_is_better: true, note })
+    }
+
+    /// CPU time, system calls and context switches per forwarded `pgbench -S` transaction
+    /// (simple protocol, 8 clients), of each relay process in `pids` (`(column, pid)`), counted
+    /// by `perf stat` attached to the process over one run of `opts.seconds`.
+    fn spent_per_transaction(&self, opts: &Options, pids: &[(usize, Option<u32>)]) -> Result<[Row; 3]> {
+        let t = opts.seconds.to_string();
+        let args = ["-S", "-M", "simple", "-c", "8", "-j", "2", "-T", &t];
+        let mut per = [[None; N]; 3];
+        for &(i, pid) in pids {
+            let (Some(pid), Some(port)) = (pid, self.ports[i]) else { continue };
+            eprintln!("perf stat: {} ...", report::TARGETS[i]);
+            let (spent, out) = measure::perf_during(pid, || pgbench(self.topo, port, &args))?;
+            let tx = measure::pgbench_transactions(&out)?;
+            if tx > 0.0 {
+                per[0][i] = Some(spent.cpu_ms * 1000.0 / tx);
+                per[1][i] = Some(spent.syscalls / tx);
+                per[2][i] = Some(spent.switches / tx);
+            }
+        }
+        let row = |workload: &str, unit: &'static str, values| Row {
+            workload: format!("{workload} per forwarded pgbench -S transaction, 8 clients (perf stat on the relay)"),
+            unit,
+            values,
+            by_round: Vec::new(),
+            higher_is_better: false,
+            note: String::new(),
+        };
+        Ok([
+            row("relay CPU (user + system)", "µs", per[0]),
+            row("relay system calls", "calls", per[1]),
+            row("relay context switches", "switches", per[2]),
+        ])
     }
 }
 
@@ -280,7 +351,7 @@ fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         bail!("valgrind is not installed");
     }
-    let mut values = [None; 4];
+    let mut values = [None; N];
     values[PRIMARY_ONLY] = Some(per_transaction(topo, "sqlswitch", |port, wrapper| {
         let config = topo.dir.join("callgrind.toml");
         let socket = topo.dir.join("callgrind.sock");
@@ -424,13 +495,13 @@ fn draw_switchover(transactions: &[(f64, u64)], switched: &str, launched: f64, d
     sqlswitch_benches::charts::switchover_latency(&points, &steps, &dir.join("switchover.dat"), &png)
 }
 
-fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<()> {
+fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()> {
     if Command::new("sysbench").arg("--version").output().is_err() {
         bail!("sysbench is not installed (apt-get install sysbench)");
     }
     eprintln!("starting MariaDB (primary + 2 replicas)...");
     let topo = sqlswitch_tests::mysql::Topology::start(2)?;
-    let p = free_ports(2)?;
+    let p = free_ports(3)?;
     let nodes: Vec<(String, u16)> = topo.nodes.iter().map(|n| (n.name.clone(), n.port)).collect();
     let config = topo.dir.join("bench.toml");
     let socket = topo.dir.join("admin.sock");
@@ -447,7 +518,18 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
         ),
     )?;
     let mut daemon = targets::start_sqlswitch(sqlswitch, &config, p[1], &[])?;
-    let ports = [Some(topo.primary().port), None, Some(p[0]), Some(p[1])];
+    let mut haproxy = match peers::haproxy_bin() {
+        Some(bin) => Some(peers::start_haproxy(&bin, &topo.dir, "mariadb", p[2], topo.primary().port)?),
+        None => {
+            notes.push("HAProxy is not installed (`apt-get install haproxy`): no MariaDB floor.".into());
+            None
+        }
+    };
+    let mut ports = [None; N];
+    ports[DIRECT] = Some(topo.primary().port);
+    ports[HAPROXY] = haproxy.as_ref().map(|_| p[2]);
+    ports[PRIMARY_ONLY] = Some(p[0]);
+    ports[SPLIT] = Some(p[1]);
     let sysbench = |workload: &str, port: u16, extra: &[String]| -> Result<String> {
         let mut cmd = Command::new("sysbench");
         cmd.args([workload, "--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-db=app"])
@@ -466,13 +548,13 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
     let run = ["--threads=8".to_owned(), format!("--time={}", opts.seconds), "run".to_owned()];
     for workload in ["oltp_read_only", "oltp_read_write"] {
         eprintln!("sysbench {workload}:");
-        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut samples: [Vec<f64>; N] = Default::default();
         let mut by_round = Vec::new();
         let mut errors = 0;
-        let present = [DIRECT, PRIMARY_ONLY, SPLIT];
+        let present: Vec<usize> = (0..N).filter(|&i| ports[i].is_some()).collect();
         for round in 0..opts.rounds {
             let mut line = format!("  round {}:", round + 1);
-            let mut this = [None; 4];
+            let mut this = [None; N];
             for k in 0..present.len() {
                 let i = present[(k + round as usize) % present.len()];
                 let Some(port) = ports[i] else { continue };
@@ -495,6 +577,9 @@ fn mysql_suite(opts: &Options, sqlswitch: &Path, rows: &mut Vec<Row>) -> Result<
             higher_is_better: true,
             note,
         });
+    }
+    if let Some(h) = haproxy.as_mut() {
+        h.stop();
     }
     daemon.stop();
     drop(topo);
