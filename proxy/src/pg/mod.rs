@@ -42,11 +42,11 @@ pub async fn serve(
     // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
     // session, and an idle session would carry their size for its whole life.
     let Some(opened) = Box::pin(open(stream, peer, &cluster, read_only_listener, &cancels)).await else { return };
-    let Opened { stream, buf, user, users, key, read_only, cancel_key } = opened;
-    let Some(account) = users.get(&user) else { return };
+    let Opened { stream, buf, users, key, read_only, cancel_key } = opened;
+    let Some(account) = users.get(&key.user) else { return };
     let id = Identity {
         cluster: &cluster,
-        user: &user,
+        user: &key.user,
         password: &account.password,
         key: &key,
         read_only,
@@ -95,7 +95,6 @@ pub async fn serve(
 struct Opened {
     stream: ClientStream,
     buf: BytesMut,
-    user: String,
     users: Arc<std::collections::HashMap<String, crate::cluster::User>>,
     key: PoolKey,
     read_only: bool,
@@ -163,7 +162,7 @@ async fn open(
     // the session takes one when it first sends something, so an idle client holds none.
     release(cluster, index, key.clone(), conn, false).await;
 
-    Some(Opened { stream, buf, user, users, key, read_only, cancel_key })
+    Some(Opened { stream, buf, users, key, read_only, cancel_key })
 }
 
 /// A session is read-only when the client declares `default_transaction_read_only=on`, as a

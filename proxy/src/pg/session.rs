@@ -211,9 +211,11 @@ impl<'a> Session<'a> {
         if let Err(end) = self.on_client().await {
             return end;
         }
-        // The idle timer, when configured, is re-armed each time the session becomes idle.
+        // The idle timer, when configured, is re-armed each time the session becomes idle. It is
+        // made (boxed, once) only when configured: a timer entry would otherwise be part of every
+        // session's task for its whole life.
         let idle_timeout = self.id.cluster.config.idle_timeout;
-        let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle_timeout.unwrap_or_default()));
+        let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut armed = false;
         loop {
             let idle = self.is_idle() && self.cbuf.is_empty();
@@ -231,7 +233,11 @@ impl<'a> Session<'a> {
             }
             match idle_timeout {
                 Some(d) if idle && !armed => {
-                    idle_timer.as_mut().reset(tokio::time::Instant::now() + d);
+                    let deadline = tokio::time::Instant::now() + d;
+                    match idle_timer.as_mut() {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     armed = true;
                 }
                 _ if !idle => armed = false,
@@ -245,7 +251,7 @@ impl<'a> Session<'a> {
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
-                () = &mut idle_timer, if idle && armed => return End::IdleTimeout,
+                () = expiry(&mut idle_timer), if idle && armed => return End::IdleTimeout,
                 () = crate::session::core::moved_check(stuck), if stuck => Err(true),
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Err(false),
@@ -570,6 +576,14 @@ const FORCE_DISPATCH: usize = 1 << 20;
 
 /// Reads client input into `cbuf`. `park`: the session is idle on a plain socket and holds no
 /// buffer while it waits; it takes one from its thread's free list once input is there.
+/// When `timer` fires; never, when there is none.
+async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut, park: bool) -> std::io::Result<usize> {
     if !park {
         return client.read_buf(cbuf).await;
