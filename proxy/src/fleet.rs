@@ -235,7 +235,8 @@ impl Fleet {
             {
                 let _ = timed(ttl, client.lease_revoke(lease)).await;
                 return Err(format!(
-                    "another live instance is named {:?} ({key} is on lease {other:x}): give each instance its own                      `instance` in [fleet]; this one stays fenced until that key expires",
+                    "another live instance is named {:?} ({key} is on lease {other:x}): give each instance its \
+                     own `instance` in [fleet]; this one stays fenced until that key expires",
                     self.shared.instance
                 ));
             }
