@@ -352,22 +352,33 @@ fn callgrind_per_transaction(sqlswitch: &Path, topo: &Topology) -> Result<Row> {
         bail!("valgrind is not installed");
     }
     let mut values = [None; N];
-    values[PRIMARY_ONLY] = Some(per_transaction(topo, "sqlswitch", |port, wrapper| {
-        let config = topo.dir.join("callgrind.toml");
-        let socket = topo.dir.join("callgrind.sock");
-        let node = vec![(topo.primary().name.clone(), topo.primary().port)];
-        let extra = "monitor_interval = \"1h\"";
-        let spec = ClusterSpec { name: "cg", protocol: "postgres", port, nodes: node, extra };
-        targets::write_private(&config, &targets::config_text(&socket, None, &[spec]))?;
-        targets::start_sqlswitch(sqlswitch, &config, port, wrapper)
-    })?);
+    let all: Vec<(String, u16)> = topo.nodes.iter().map(|n| (n.name.clone(), n.port)).collect();
+    // Primary-only (the relay's own cost), then splitting (the classifier and routing included,
+    // reads sent to the replicas).
+    for (column, name, nodes) in
+        [(PRIMARY_ONLY, "sqlswitch", all[..1].to_vec()), (SPLIT, "sqlswitch-split", all.clone())]
+    {
+        values[column] = Some(per_transaction(topo, name, |port, wrapper| {
+            let config = topo.dir.join(format!("callgrind-{name}.toml"));
+            let socket = topo.dir.join(format!("callgrind-{name}.sock"));
+            // Splitting needs the monitor's replica positions: it checks once a second (its
+            // per-second work spreads over the run's transactions; the primary-only run does
+            // without).
+            let extra = if column == SPLIT { "monitor_interval = \"1s\"" } else { "monitor_interval = \"1h\"" };
+            let spec = ClusterSpec { name: "cg", protocol: "postgres", port, nodes: nodes.clone(), extra };
+            targets::write_private(&config, &targets::config_text(&socket, None, &[spec]))?;
+            targets::start_sqlswitch(sqlswitch, &config, port, wrapper)
+        })?);
+    }
     if let Some(bin) = targets::pgbouncer_bin() {
         values[PGBOUNCER] = Some(per_transaction(topo, "pgbouncer", |port, wrapper| {
             targets::start_pgbouncer(&bin, &topo.dir, port, topo.primary().port, wrapper)
         })?);
     }
     Ok(Row {
-        workload: "user-space instructions per forwarded pgbench -S transaction (callgrind)".into(),
+        workload:
+            "user-space instructions per forwarded pgbench -S transaction (callgrind; split: reads to the replicas)"
+                .into(),
         unit: "instr",
         values,
         by_round: Vec::new(),
