@@ -5,13 +5,13 @@
 //! suite leaves their columns empty and says so.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sqlswitch_tests::pg::{APP, DATABASE, MONITOR};
 
-use crate::targets::{wait_listening, Process};
+use crate::targets::{start_listening, Process};
 
 /// The first of `candidates` that exists.
 fn installed(candidates: &[&str]) -> Option<PathBuf> {
@@ -43,20 +43,11 @@ pub fn start_haproxy(bin: &Path, dir: &Path, name: &str, port: u16, backend: u16
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg)?;
-    let log = std::fs::File::create(dir.join("haproxy.log"))?;
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting haproxy")?;
-    let mut p = Process::new(child);
-    wait_listening(&mut p, port, Duration::from_secs(30))
-        .with_context(|| std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default())?;
-    Ok(p)
+    let log = dir.join("haproxy.log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(&path);
+    logged(&mut cmd, &log)?;
+    start_listening(cmd, "haproxy", port, Duration::from_secs(30), &log)
 }
 
 /// Starts Pgpool-II in streaming-replication mode with load balancing on `port`: `nodes[0]`
@@ -101,22 +92,17 @@ pub fn start_pgpool(bin: &Path, dir: &Path, port: u16, nodes: &[(String, u16)], 
     std::fs::write(dir.join("pool_hba.conf"), "host all all 127.0.0.1/32 scram-sha-256\n")?;
     std::fs::write(dir.join("pool_passwd"), format!("{}:TEXT{}\n", APP.0, APP.1))?;
     std::fs::write(dir.join("pcp.conf"), "")?;
-    let log = std::fs::File::create(dir.join("pgpool.log"))?;
-    let child = Command::new(bin)
-        .arg("-n")
-        .arg("-f")
-        .arg(&conf_path)
-        .arg("-a")
-        .arg(dir.join("pool_hba.conf"))
-        .arg("-F")
-        .arg(dir.join("pcp.conf"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting pgpool")?;
-    let mut p = Process::new(child);
-    wait_listening(&mut p, port, Duration::from_secs(60))
-        .with_context(|| std::fs::read_to_string(dir.join("pgpool.log")).unwrap_or_default())?;
-    Ok(p)
+    let log = dir.join("pgpool.log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-n").arg("-f").arg(&conf_path).arg("-a").arg(dir.join("pool_hba.conf"));
+    cmd.arg("-F").arg(dir.join("pcp.conf"));
+    logged(&mut cmd, &log)?;
+    start_listening(cmd, "pgpool", port, Duration::from_secs(60), &log)
+}
+
+/// Sends `cmd`'s output and errors to a new file at `log`.
+fn logged(cmd: &mut Command, log: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(log)?;
+    cmd.stdout(file.try_clone()?).stderr(file);
+    Ok(())
 }

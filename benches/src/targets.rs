@@ -181,15 +181,18 @@ pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, wrapper:
         sqlswitch_tests::pg::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
     }
     let mut cmd = wrapped(bin, wrapper);
-    let child = cmd
-        .arg(&ini_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting pgbouncer")?;
+    cmd.arg(&ini_path).stdout(Stdio::null()).stderr(Stdio::null());
+    start_listening(cmd, "pgbouncer", port, Duration::from_secs(30), &dir.join("pgbouncer.log"))
+}
+
+/// Starts `cmd` (its output already directed) with no standard input and waits until `port`
+/// accepts connections; a failure carries what `log` holds.
+///
+/// # Errors
+/// It could not start, exited, or did not listen within `limit`.
+pub fn start_listening(mut cmd: Command, what: &str, port: u16, limit: Duration, log: &Path) -> Result<Process> {
+    let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {what}"))?;
     let mut p = Process::new(child);
-    wait_listening(&mut p, port, Duration::from_secs(30))
-        .with_context(|| std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default())?;
+    wait_listening(&mut p, port, limit).with_context(|| std::fs::read_to_string(log).unwrap_or_default())?;
     Ok(p)
 }

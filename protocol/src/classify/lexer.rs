@@ -189,10 +189,14 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// Character classes, one table lookup per byte on the hot path.
-const WS: u8 = 1;
+/// Character classes, one table lookup per byte on the hot path: white space, the bytes that
+/// start and go on a word (any byte from 0x80 on counts, as PostgreSQL reads names), and for
+/// the classifier's shortcut (`super::quick`) the ASCII bytes that go on a word and on a number.
+pub(super) const WS: u8 = 1;
 const IDENT_START: u8 = 2;
 const IDENT: u8 = 4;
+pub(super) const ASCII_WORD: u8 = 8;
+pub(super) const NUMBER: u8 = 16;
 #[allow(clippy::indexing_slicing, reason = "c < 256 indexes a 256-entry table, at compile time")]
 const CLASSES: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -208,6 +212,12 @@ const CLASSES: [u8; 256] = {
         }
         if b.is_ascii_digit() || b == b'$' {
             class |= IDENT;
+        }
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' {
+            class |= ASCII_WORD;
+        }
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+            class |= NUMBER;
         }
         t[c] = class;
         c += 1;
@@ -225,6 +235,11 @@ fn is_ident_char(c: u8) -> bool {
 
 fn is_space(c: u8) -> bool {
     class(c) & WS != 0
+}
+
+/// Whether byte `c` is in `class` (one of the constants above).
+pub(super) fn in_class(c: u8, class: u8) -> bool {
+    self::class(c) & class != 0
 }
 
 /// The classes of byte `c` (a `u8` always indexes the table: no bounds check is compiled).

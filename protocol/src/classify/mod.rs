@@ -102,6 +102,20 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict of a string with no statement in it: what statements add to.
+    const EMPTY: Self = Self {
+        class: Class::Empty,
+        statements: 0,
+        writes: false,
+        pin: None,
+        session: false,
+        serializable: false,
+        custom_setting: false,
+        sets_config_only: false,
+        session_read_only: None,
+        about_last_statement: false,
+    };
+
     /// Whether a read-only session must refuse this string with SQLSTATE 25006.
     pub fn refused_read_only(&self) -> bool {
         self.writes
@@ -153,18 +167,7 @@ pub fn classify_mysql_with(sql: &str, extra_read_only: &[String]) -> Verdict {
 }
 
 fn classify_with(lexer: Lexer<'_>, mysql: bool, extra: &[String]) -> Verdict {
-    let mut verdict = Verdict {
-        class: Class::Empty,
-        statements: 0,
-        writes: false,
-        pin: None,
-        session: false,
-        serializable: false,
-        custom_setting: false,
-        sets_config_only: false,
-        session_read_only: None,
-        about_last_statement: false,
-    };
+    let mut verdict = Verdict::EMPTY;
     let mut scan = Scan::new(extra, mysql);
     for tok in lexer {
         if tok == Token::Semicolon {

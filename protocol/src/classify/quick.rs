@@ -6,6 +6,7 @@
 //! it answers, it answers exactly what the full classifier does for the same text (a property
 //! test holds it to that): it is a shortcut, never a second opinion.
 
+use super::lexer::{in_class, ASCII_WORD, NUMBER, WS};
 use super::{functions, starts_with_pg, Class, Verdict};
 
 /// The verdict of a common PostgreSQL statement, or `None` for the full classifier.
@@ -30,7 +31,7 @@ pub(super) fn quick_pg(sql: &str) -> Option<Verdict> {
     };
     let mut ended = false;
     while let Some(&c) = b.get(i) {
-        if is(c, SPACE) {
+        if in_class(c, WS) {
             i += 1;
             continue;
         }
@@ -41,7 +42,7 @@ pub(super) fn quick_pg(sql: &str) -> Option<Verdict> {
             b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
                 let from = i;
                 i += 1;
-                while b.get(i).is_some_and(|&c| is(c, WORD)) {
+                while b.get(i).is_some_and(|&c| in_class(c, ASCII_WORD)) {
                     i += 1;
                 }
                 if b.get(i).is_some_and(|&c| c >= 0x80) {
@@ -53,7 +54,7 @@ pub(super) fn quick_pg(sql: &str) -> Option<Verdict> {
             }
             b'0'..=b'9' => {
                 i += 1;
-                while b.get(i).is_some_and(|&c| is(c, NUMBER)) {
+                while b.get(i).is_some_and(|&c| in_class(c, NUMBER)) {
                     i += 1;
                 }
             }
@@ -79,13 +80,7 @@ pub(super) fn quick_pg(sql: &str) -> Option<Verdict> {
         class: if write { Class::Write } else { Class::Read },
         statements: 1,
         writes: write,
-        pin: None,
-        session: false,
-        serializable: false,
-        custom_setting: false,
-        sets_config_only: false,
-        session_read_only: None,
-        about_last_statement: false,
+        ..Verdict::EMPTY
     })
 }
 
@@ -108,42 +103,10 @@ fn plain_word(sql: &str, from: usize, to: usize, write: bool) -> bool {
 }
 
 fn skip_space(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|&c| is(c, SPACE)) {
+    while b.get(i).is_some_and(|&c| in_class(c, WS)) {
         i += 1;
     }
     i
-}
-
-/// Byte classes, one table lookup per byte: white space as the lexer reads it, the bytes that
-/// go on an ASCII word, and those that go on a number.
-const SPACE: u8 = 1;
-const WORD: u8 = 2;
-const NUMBER: u8 = 4;
-#[allow(clippy::indexing_slicing, reason = "c < 256 indexes a 256-entry table, at compile time")]
-const CLASSES: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        let mut class = 0;
-        if b.is_ascii_whitespace() {
-            class |= SPACE;
-        }
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' {
-            class |= WORD;
-        }
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
-            class |= NUMBER;
-        }
-        t[c] = class;
-        c += 1;
-    }
-    t
-};
-
-/// Whether byte `c` is in `class` (a `u8` always indexes the table: no bounds check).
-fn is(c: u8, class: u8) -> bool {
-    CLASSES.get(usize::from(c)).is_some_and(|k| k & class != 0)
 }
 
 #[cfg(test)]
