@@ -153,18 +153,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
             _ => Ok(()),
         }
     }
-
-    /// Reads what is there without waiting (plain sockets): `WouldBlock` when nothing is.
-    ///
-    /// # Errors
-    /// The socket failed, or nothing is there (`WouldBlock`), or the stream is not plain.
-    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        match self {
-            Self::Plain(s) => s.try_read_buf(buf),
-            Self::Unix(s) => s.try_read_buf(buf),
-            _ => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
 }
 
 impl ClientStream {

@@ -588,17 +588,15 @@ async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut, park: bool)
     if !park {
         return client.read_buf(cbuf).await;
     }
-    loop {
-        client.readable().await?;
-        if cbuf.capacity() == 0 {
-            *cbuf = crate::buffers::take();
-        }
-        match client.try_read_buf(cbuf) {
-            // Readiness that was not (another wake-up): wait again.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
+    client.readable().await?;
+    if cbuf.capacity() == 0 {
+        *cbuf = crate::buffers::take();
     }
+    // The read itself goes through `read_buf`, not `try_read_buf`: a read that fills less than
+    // the buffer tells tokio the socket is drained, so the next wait parks at once instead of
+    // first making a read that finds nothing (one `recvfrom` per transaction, benches/NOTES.md).
+    // Readiness that was not (a spurious wake-up) waits there, holding the buffer.
+    client.read_buf(cbuf).await
 }
 
 async fn read_backend(slot: Option<&mut Slot<'_>>) -> std::io::Result<usize> {
