@@ -200,13 +200,66 @@ impl PrimaryOnly {
     }
 }
 
-/// What a pooled PostgreSQL connection was opened with.
+/// What a pooled connection was opened with: the login user and the startup parameters
+/// (database included, in the order sent). Every session holds its key for its whole life, idle
+/// ones too, so it is one allocation: the user, then each name and value after its length
+/// (`8:database3:app`), which no two different keys share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    /// Login user.
-    pub user: String,
-    /// Startup parameters, database included, in the order sent.
-    pub params: Vec<(String, String)>,
+    text: Box<str>,
+    user_len: usize,
+}
+
+impl PoolKey {
+    /// The key of a login as `user` with startup parameters `params`.
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(user: &str, params: impl IntoIterator<Item = (K, V)>) -> Self {
+        use std::fmt::Write as _;
+        let mut text = String::from(user);
+        for (k, v) in params {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let _ = write!(text, "{}:{k}{}:{v}", k.len(), v.len());
+        }
+        Self { text: text.into_boxed_str(), user_len: user.len() }
+    }
+
+    /// The login user.
+    pub fn user(&self) -> &str {
+        self.text.get(..self.user_len).unwrap_or_default()
+    }
+
+    /// The startup parameters, in the order given.
+    pub fn params(&self) -> Params<'_> {
+        Params { rest: self.text.get(self.user_len..).unwrap_or_default() }
+    }
+
+    /// The value of startup parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
+/// The startup parameters of a [`PoolKey`]: `(name, value)` pairs.
+#[derive(Debug, Clone)]
+pub struct Params<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Params<'a> {
+    fn field(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let field = rest.get(..len)?;
+        self.rest = rest.get(len..)?;
+        Some(field)
+    }
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some((self.field()?, self.field()?))
+    }
 }
 
 /// One backend at run time.
@@ -459,6 +512,35 @@ pub struct Cluster {
     /// Fleet mode: the cluster's link to the fleet's shared routing in etcd; every routing
     /// change goes through it.
     pub fleet: std::sync::OnceLock<Arc<crate::fleet::Link>>,
+    /// Places for client connections under `max_client_connections` (see [`Admitted`]).
+    clients: tokio::sync::Semaphore,
+}
+
+/// A client connection counted under its cluster's `max_client_connections`, and the cluster it
+/// belongs to: dropping it gives the place back. One pointer, where a cluster and a semaphore
+/// permit were three: a session's future holds it for the session's whole life.
+pub struct Admitted(Arc<Cluster>);
+
+impl Admitted {
+    /// Takes a place for a new client connection; `None` when the cluster has none left.
+    pub fn new(cluster: &Arc<Cluster>) -> Option<Self> {
+        cluster.clients.try_acquire().ok()?.forget();
+        Some(Self(Arc::clone(cluster)))
+    }
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = Arc<Cluster>;
+
+    fn deref(&self) -> &Arc<Cluster> {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.clients.add_permits(1);
+    }
 }
 
 /// What the monitor last heard the servers say about their roles.
@@ -623,6 +705,7 @@ impl Cluster {
             progress: std::sync::Mutex::new(String::new()),
             discovery: std::sync::Mutex::new(Discovery::default()),
             mysql_threads: Arc::default(),
+            clients: tokio::sync::Semaphore::new(config.max_client_connections),
             tls: arc_swap::ArcSwapOption::empty(),
             backend_tls: arc_swap::ArcSwapOption::empty(),
             primary_only: PrimaryOnly::default(),
@@ -715,5 +798,31 @@ impl Cluster {
             .collect();
         replicas.sort_by(|a, b| b.0.total_cmp(&a.0));
         replicas.into_iter().map(|(_, i)| i).chain(std::iter::once(primary)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolKey;
+
+    #[test]
+    fn a_pool_key_gives_back_its_user_and_parameters_in_order() {
+        let key = PoolKey::new("app", [("database", "app"), ("options", "-c a=1:2"), ("empty", ""), ("10:x", "9:")]);
+        assert_eq!(key.user(), "app");
+        let params: Vec<_> = key.params().collect();
+        assert_eq!(params, [("database", "app"), ("options", "-c a=1:2"), ("empty", ""), ("10:x", "9:")]);
+        assert_eq!(key.param("options"), Some("-c a=1:2"));
+        assert_eq!(key.param("user"), None);
+        assert_eq!(PoolKey::new("", Vec::<(String, String)>::new()).params().count(), 0);
+    }
+
+    #[test]
+    fn pool_keys_differ_when_their_logins_differ() {
+        // Lengths keep fields apart: no user or value can pass for a neighbouring field.
+        let a = PoolKey::new("ab", [("c", "d")]);
+        assert_ne!(a, PoolKey::new("a", [("bc", "d")]));
+        assert_ne!(a, PoolKey::new("ab1:c1:d", Vec::<(&str, &str)>::new()));
+        assert_ne!(PoolKey::new("u", [("a", "1:b1:c")]), PoolKey::new("u", [("a", ""), ("b", "c")]));
+        assert_eq!(a, PoolKey::new("ab", [("c".to_owned(), "d".to_owned())]));
     }
 }

@@ -347,11 +347,9 @@ impl ControlConn {
         let (user, password) = (to.monitor.user.as_str(), to.monitor.password.expose());
         match to.protocol {
             Protocol::Postgres => {
-                let params = [
-                    ("database".to_owned(), database.to_owned()),
-                    ("application_name".to_owned(), application.to_owned()),
-                ];
-                let login = Login { user, password, params: &params, tls: to.tls.as_deref() };
+                let key =
+                    crate::cluster::PoolKey::new(user, [("database", database), ("application_name", application)]);
+                let login = Login { user, password, params: key.params(), tls: to.tls.as_deref() };
                 Ok(Self::Pg(BackendConn::connect(&to.dialing(), &login).await?))
             }
             Protocol::Mysql => {

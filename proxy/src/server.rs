@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlswitch_config::{Config, Protocol};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -173,7 +172,6 @@ impl Daemon {
             }
             tokio::spawn(close_idle_connections(Arc::clone(&cluster), shutdown.clone()));
             clusters.push(Arc::clone(&cluster));
-            let permits = Arc::new(Semaphore::new(cluster.config.max_client_connections));
             let addrs = std::iter::once((cluster.config.listen, false))
                 .chain(cluster.config.read_only_listen.map(|a| (a, true)));
             for (addr, read_only) in addrs {
@@ -188,7 +186,6 @@ impl Daemon {
                     cluster: Arc::clone(&cluster),
                     read_only,
                     cancels: Arc::clone(&cancels),
-                    permits: Arc::clone(&permits),
                     shutdown: shutdown.clone(),
                     tracker: tracker.clone(),
                     workers: Arc::clone(workers),
@@ -256,7 +253,6 @@ struct Accept {
     cluster: Arc<Cluster>,
     read_only: bool,
     cancels: Arc<cancel::Registry>,
-    permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     workers: Arc<Workers>,
@@ -280,7 +276,7 @@ impl Accept {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            let Some(cluster) = crate::cluster::Admitted::new(&self.cluster) else {
                 let (protocol, max) = (self.cluster.config.protocol, self.cluster.config.max_client_connections);
                 self.tracker.spawn(too_many(stream, protocol, max));
                 continue;
@@ -293,34 +289,38 @@ impl Accept {
                     continue;
                 }
             };
-            // A debug span: at the default level it is not created at all, so an idle session
-            // holds no span data and a busy one does no span bookkeeping at every poll; the
-            // session's own events name what they need (`session started`: cluster, peer, user).
+            // A debug span: at the default level it is not created, and the session's task is
+            // not wrapped in it at all (see `spawn_session`); the session's own events name
+            // what they need (`session started`: cluster, peer, user).
             let span = tracing::debug_span!("session", cluster = %self.cluster.config.name, %peer);
-            let cluster = Arc::clone(&self.cluster);
             let (read_only, cancels, shutdown) = (self.read_only, Arc::clone(&self.cancels), self.shutdown.clone());
             // One task type per protocol: a task is as large as its future, and an idle
             // PostgreSQL session should not carry the size of a MySQL one (or the reverse).
             match cluster.config.protocol {
                 Protocol::Postgres => {
-                    let session = async move {
-                        let Ok(stream) = TcpStream::from_std(stream) else { return };
-                        pg::serve(stream, peer, cluster, read_only, cancels, shutdown).await;
-                        drop(permit);
-                    };
-                    let task = self.tracker.track_future(session.instrument(span));
-                    self.workers.spawn(task);
+                    let accepted =
+                        pg::Accepted { stream, peer, cluster, read_only_listener: read_only, cancels, shutdown };
+                    self.spawn_session(pg::serve(Box::new(accepted)), span);
                 }
                 Protocol::Mysql => {
                     let session = async move {
                         let Ok(stream) = TcpStream::from_std(stream) else { return };
                         crate::mysql::serve(stream, peer, cluster, read_only, shutdown).await;
-                        drop(permit);
                     };
-                    let task = self.tracker.track_future(session.instrument(span));
-                    self.workers.spawn(task);
+                    self.spawn_session(session, span);
                 }
             }
+        }
+    }
+
+    /// Runs a session on a session thread, in `span` when that is enabled. A disabled span is
+    /// not kept: a task is as large as its future for its whole life, and an idle session's
+    /// task is most of what it costs.
+    fn spawn_session<F: std::future::Future<Output = ()> + Send + 'static>(&self, session: F, span: tracing::Span) {
+        if span.is_disabled() {
+            self.workers.spawn(self.tracker.track_future(session));
+        } else {
+            self.workers.spawn(self.tracker.track_future(session.instrument(span)));
         }
     }
 }

@@ -142,15 +142,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream<T> {
         matches!(self, Self::Plain(_) | Self::Unix(_))
     }
 
-    /// Waits until a read may find input (plain sockets; others answer at once).
+    /// Ready when a read may find input (plain sockets; others are ready at once). It keeps
+    /// no state of its own: the socket's registration holds the waker.
     ///
     /// # Errors
     /// The socket failed.
-    pub async fn readable(&self) -> io::Result<()> {
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Plain(s) => s.readable().await,
-            Self::Unix(s) => s.readable().await,
-            _ => Ok(()),
+            Self::Plain(s) => s.poll_read_ready(cx),
+            Self::Unix(s) => s.poll_read_ready(cx),
+            _ => Poll::Ready(Ok(())),
         }
     }
 }

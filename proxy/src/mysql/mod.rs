@@ -10,7 +10,6 @@ pub mod temp;
 pub mod threads;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
@@ -46,7 +45,7 @@ pub async fn send_err(stream: &mut ClientStream, seq: u8, code: u16, sqlstate: &
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    cluster: Arc<Cluster>,
+    cluster: crate::cluster::Admitted,
     read_only_listener: bool,
     shutdown: CancellationToken,
 ) {

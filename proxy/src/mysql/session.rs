@@ -161,6 +161,7 @@ impl<'a> MySession<'a> {
 
     /// Relays commands until the client quits or `shutdown` fires between transactions.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        let mut moved_timer = crate::session::core::Timer::default();
         loop {
             let packet = loop {
                 match packet::decode(&mut self.cbuf, self.id.cluster.config.max_message_size) {
@@ -175,9 +176,12 @@ impl<'a> MySession<'a> {
                 let idle = !self.in_tx();
                 let idle_timeout = self.id.cluster.config.idle_timeout.filter(|_| idle);
                 let stuck = idle && self.core.listening();
+                if stuck {
+                    moved_timer.arm(crate::session::core::MOVED_CHECK);
+                }
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
-                    () = crate::session::core::moved_check(stuck), if stuck => {
+                    () = moved_timer.fired(), if stuck => {
                         if let Some(e) = self.core.moved_away() {
                             self.end_unmovable(0, &e).await;
                             return End::BackendGone;

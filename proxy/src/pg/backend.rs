@@ -24,7 +24,7 @@ pub struct Login<'a> {
     /// Password.
     pub password: &'a str,
     /// Startup parameters (database, GUCs), user excluded.
-    pub params: &'a [(String, String)],
+    pub params: crate::cluster::Params<'a>,
     /// TLS to the server, when configured.
     pub tls: Option<&'a BackendTls>,
 }
@@ -95,8 +95,7 @@ impl BackendConn {
             _open: OpenGuard::new(metrics),
         };
         let mut out = BytesMut::new();
-        let params =
-            std::iter::once(("user", login.user)).chain(login.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let params = std::iter::once(("user", login.user)).chain(login.params.clone());
         postgres_protocol::message::frontend::startup_message(params, &mut out)?;
         conn.stream.send(&out).await?;
         conn.authenticate(login).await?;

@@ -16,6 +16,15 @@ use crate::session::core::Tx;
 use crate::session::{Refusal, Side};
 use std::sync::atomic::Ordering::Relaxed;
 
+/// Where [`Session::send`] starts.
+#[derive(Debug, Clone, Copy)]
+enum Sending {
+    /// Make `side`'s connection ready, and write.
+    To(Side),
+    /// The write to `side`'s ready connection failed.
+    Failed(Side),
+}
+
 impl Session<'_> {
     /// Routes and sends the undispatched part of the open batch. Returns false when it must
     /// wait until the active connection has answered everything.
@@ -36,7 +45,8 @@ impl Session<'_> {
                         break (side, backend, Some(reason));
                     }
                     if let Some(why) = self.core.maintenance.filter(|_| self.batch.maybe_writes) {
-                        self.refuse_pending(&format!("cannot execute a write: {why} (sqlswitch)")).await?;
+                        let text = format!("cannot execute a write: {why} (sqlswitch)");
+                        Box::pin(self.refuse_pending(&text)).await?;
                         return Ok(true);
                     }
                     // A batch that executes nothing (a client preparing a named statement, which
@@ -53,7 +63,7 @@ impl Session<'_> {
                                 Refusal::NoPrimary(_) => sqlstate::CONNECTION_FAILURE,
                                 Refusal::SplitBrain(_) | Refusal::Fenced(_) => sqlstate::READ_ONLY_SQL_TRANSACTION,
                             };
-                            self.refuse_pending_with(code, refusal.text()).await?;
+                            Box::pin(self.refuse_pending_with(code, refusal.text())).await?;
                             return Ok(true);
                         }
                     }
@@ -87,7 +97,19 @@ impl Session<'_> {
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
-        let side = self.send(side, backend, &bytes, binds.as_slice()).await?;
+        // The common case, a connection that is ready as it is, writes here; anything else
+        // (taking a connection, replaying state, a failed write, falling back) is boxed.
+        let mut written = None;
+        if self.slot_settled(side, backend, binds.as_slice()) {
+            if let Some(slot) = self.core.slots[side].as_mut() {
+                written = Some(slot.conn.stream.send(&bytes).await.is_ok());
+            }
+        }
+        let side = match written {
+            Some(true) => Some(side),
+            Some(false) => Box::pin(self.send(Sending::Failed(side), backend, &bytes, binds.as_slice())).await?,
+            None => Box::pin(self.send(Sending::To(side), backend, &bytes, binds.as_slice())).await?,
+        };
         let Some(side) = side else {
             // No backend could take it: the client has its error; drop the batch.
             self.batch.binds = binds;
@@ -143,47 +165,73 @@ impl Session<'_> {
         Some((side, backend, reason))
     }
 
-    /// Sends `bytes` to `side` (a replica that fails falls back to the primary). Returns the
+    /// Sends `bytes` to a side (a replica that fails falls back to the primary). Returns the
     /// side it went to, or `None` when no backend could take it (the client was told).
     async fn send(
         &mut self,
-        mut side: Side,
+        sending: Sending,
         mut backend: usize,
         bytes: &Bytes,
         binds: &[String],
     ) -> Result<Option<Side>, End> {
+        let (mut side, mut failed) = match sending {
+            Sending::To(side) => (side, false),
+            Sending::Failed(side) => (side, true),
+        };
         loop {
-            match self.ready_slot(side, backend, binds).await {
-                Ok(()) => {
-                    let slot = self.core.slots[side].as_mut().ok_or(End::BackendGone)?;
-                    if slot.conn.stream.send(bytes).await.is_ok() {
-                        return Ok(Some(side));
+            if !failed {
+                match self.ready_slot(side, backend, binds).await {
+                    Ok(()) => {
+                        let slot = self.core.slots[side].as_mut().ok_or(End::BackendGone)?;
+                        failed = slot.conn.stream.send(bytes).await.is_err();
+                        if !failed {
+                            return Ok(Some(side));
+                        }
                     }
-                    if side == Side::Primary || self.batch.side.is_some() || self.outstanding > 0 {
-                        self.tell_client_backend_gone().await;
-                        return Err(End::BackendGone);
+                    Err(e) => {
+                        if !self.not_ready(side, e).await? {
+                            return Ok(None);
+                        }
                     }
-                    self.drop_slot(side);
                 }
-                Err(e) if side == Side::Replica => self.core.fall_back(&e),
-                Err(e @ BackendError::Unmovable(_)) => {
-                    // As a server restart would end it: the client hears why, and reconnects.
-                    self.end_unmovable(&e).await;
+            }
+            if failed {
+                if side == Side::Primary || self.batch.side.is_some() || self.outstanding > 0 {
+                    self.tell_client_backend_gone().await;
                     return Err(End::BackendGone);
                 }
-                Err(e) => {
-                    warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
-                    // Nothing of this batch runs anywhere: unless an earlier one still does, the
-                    // session has no primary work in flight, and a drain must not wait for it.
-                    if self.outstanding == 0 && self.tx() == TxStatus::Idle {
-                        self.leave_primary();
-                    }
-                    self.refuse_batch(&format!("sqlswitch cannot reach the primary: {e}")).await?;
-                    return Ok(None);
-                }
+                self.drop_slot(side);
+                failed = false;
             }
             side = Side::Primary;
             backend = self.core.primary();
+        }
+    }
+
+    /// `side`'s connection could not be made ready for the batch: a replica's failure falls
+    /// back to the primary (`Ok(true)`: try it); the primary's is the client's error
+    /// (`Ok(false)`: nothing was sent).
+    async fn not_ready(&mut self, side: Side, e: BackendError) -> Result<bool, End> {
+        match e {
+            e if side == Side::Replica => {
+                self.core.fall_back(&e);
+                Ok(true)
+            }
+            e @ BackendError::Unmovable(_) => {
+                // As a server restart would end it: the client hears why, and reconnects.
+                self.end_unmovable(&e).await;
+                Err(End::BackendGone)
+            }
+            e => {
+                warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
+                // Nothing of this batch runs anywhere: unless an earlier one still does, the
+                // session has no primary work in flight, and a drain must not wait for it.
+                if self.outstanding == 0 && self.tx() == TxStatus::Idle {
+                    self.leave_primary();
+                }
+                self.refuse_batch(&format!("sqlswitch cannot reach the primary: {e}")).await?;
+                Ok(false)
+            }
         }
     }
 
@@ -235,6 +283,26 @@ impl Session<'_> {
     /// Makes sure `side` has a connection (to `replica` when given), with the session state
     /// replayed and the batch's statements prepared.
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
+        if self.slot_settled(side, backend, binds) {
+            return Ok(());
+        }
+        // Boxed: taking a connection, replaying state or preparing statements is rare, and its
+        // state would otherwise be part of every session's future for its whole life.
+        Box::pin(self.make_slot_ready(side, backend, binds)).await
+    }
+
+    /// Whether `side`'s connection is ready for a batch that binds `binds` as it is.
+    fn slot_settled(&self, side: Side, backend: usize, binds: &[String]) -> bool {
+        if !self.core.settled(side, backend, Tx::None) {
+            return false;
+        }
+        let Some(slot) = self.core.slots[side].as_ref() else { return false };
+        binds.iter().all(|name| {
+            self.core.state.statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
+        })
+    }
+
+    async fn make_slot_ready(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
         let id = &self.id;
         let open = |backend| acquire(id, backend);
         self.core.ready(side, backend, id.key, Tx::None, open).await?;
@@ -273,7 +341,7 @@ impl Session<'_> {
             self.core.active = Some(side);
         }
         if self.outstanding == 0 && self.batch.syncs > 0 {
-            self.timing = Some((std::time::Instant::now(), slot.backend, side == Side::Replica));
+            self.timing = Some(std::time::Instant::now());
         }
         self.outstanding += self.batch.syncs;
         self.batch.syncs = 0;
@@ -309,7 +377,7 @@ impl Session<'_> {
         let binds = std::mem::take(&mut self.retry_binds);
         self.outstanding = self.outstanding.saturating_sub(1);
         let primary = self.id.cluster.table.load().primary;
-        let sent = self.send(Side::Primary, primary, &retry, binds.as_slice()).await;
+        let sent = self.send(Sending::To(Side::Primary), primary, &retry, binds.as_slice()).await;
         self.retry_binds = binds;
         match sent? {
             Some(side) => {
@@ -407,7 +475,7 @@ async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, Backe
     let cluster = id.cluster;
     let b = &cluster.backends[backend];
     let tls = cluster.backend_tls.load_full();
-    let login = Login { user: id.user, password: id.password, params: &id.key.params, tls: tls.as_deref() };
+    let login = Login { user: id.key.user(), password: id.password, params: id.key.params(), tls: tls.as_deref() };
     let to = b.dialing(cluster.config.connect_timeout);
     let open = || BackendConn::connect(&to, &login);
     b.checkout(id.key, cluster.limits(), open).await

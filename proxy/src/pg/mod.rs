@@ -30,28 +30,38 @@ use session::{End, Identity, Session};
 
 const READ_ONLY_GUC: &str = "default_transaction_read_only";
 
+/// A client connection accepted on a PostgreSQL listener, for its session thread.
+pub struct Accepted {
+    /// The connection, not yet registered with any reactor.
+    pub stream: std::net::TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener's cluster, with the connection's place under `max_client_connections`.
+    pub cluster: crate::cluster::Admitted,
+    /// Whether the listener is the cluster's read-only one.
+    pub read_only_listener: bool,
+    /// The cancel keys of the daemon's PostgreSQL sessions.
+    pub cancels: Arc<cancel::Registry>,
+    /// Fires when the daemon shuts down.
+    pub shutdown: CancellationToken,
+}
+
 /// Serves one accepted client connection to its end.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    cluster: Arc<Cluster>,
-    read_only_listener: bool,
-    cancels: Arc<cancel::Registry>,
-    shutdown: CancellationToken,
-) {
+///
+/// The connection comes boxed: an `async fn` keeps its arguments for its whole life, beside
+/// the copies its body works with, and a session's future is what an idle client costs.
+pub async fn serve(accepted: Box<Accepted>) {
+    let Accepted { stream, peer, cluster, read_only_listener, cancels, shutdown } = *accepted;
+    let Ok(stream) = TcpStream::from_std(stream) else { return };
     // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
     // session, and an idle session would carry their size for its whole life.
-    let Some(opened) = Box::pin(open(stream, peer, &cluster, read_only_listener, &cancels)).await else { return };
-    let Opened { stream, buf, users, key, read_only, cancel_key } = opened;
-    let Some(account) = users.get(&key.user) else { return };
-    let id = Identity {
-        cluster: &cluster,
-        user: &key.user,
-        password: &account.password,
-        key: &key,
-        read_only,
-        cancel: &cancel_key,
+    let Some(Opened { stream, buf, users, key, read_only, cancel_key }) =
+        Box::pin(open(stream, peer, &cluster, read_only_listener, cancels)).await
+    else {
+        return;
     };
+    let Some(account) = users.get(key.user()) else { return };
+    let id = Identity { cluster: &cluster, password: &account.password, key: &key, read_only, cancel: &cancel_key };
     let mut session = Session::new(stream, buf, id);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
@@ -67,7 +77,9 @@ pub async fn serve(
         msg::error_response(&mut out, Severity::Fatal, code, text);
         let _ = session.client().send(&out).await;
     }
-    debug!(%peer, ?end, "session ended");
+    // The client's address is in the session's span (a debug one, as this event); the
+    // future does not keep a copy of it for this line.
+    debug!(?end, "session ended");
     let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
     let slots = std::mem::take(&mut session.core.slots);
     let reusable = !session.core.state.custom_settings;
@@ -108,7 +120,7 @@ async fn open(
     peer: SocketAddr,
     cluster: &Cluster,
     read_only_listener: bool,
-    cancels: &Arc<cancel::Registry>,
+    cancels: Arc<cancel::Registry>,
 ) -> Option<Opened> {
     let _ = stream.set_nodelay(true);
     let mut stream = ClientStream::Plain(stream);
@@ -137,7 +149,7 @@ async fn open(
     let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
     let key = pool_key(&startup, &user, read_only);
     let backend_tls = cluster.backend_tls.load_full();
-    let login = Login { user: &user, password: &account.password, params: &key.params, tls: backend_tls.as_deref() };
+    let login = Login { user: &user, password: &account.password, params: key.params(), tls: backend_tls.as_deref() };
 
     // In maintenance (no usable primary), every session logs in on a replica.
     let on_replicas = read_only || cluster.maintenance().is_some();
@@ -176,19 +188,14 @@ fn declared_read_only(startup: &Startup) -> bool {
 /// The startup parameters the backend login carries: the client's, minus `user`, plus the
 /// read-only setting for read-only sessions (last, so it wins over anything in `options`).
 fn pool_key(startup: &Startup, user: &str, read_only: bool) -> PoolKey {
-    let mut params: Vec<(String, String)> = startup
+    let given = startup
         .params
         .iter()
         .filter(|(k, _)| k != "user" && k != READ_ONLY_GUC && !k.starts_with("_pq_."))
-        .cloned()
-        .collect();
-    if !params.iter().any(|(k, _)| k == "database") {
-        params.push(("database".into(), user.to_owned()));
-    }
-    if read_only {
-        params.push((READ_ONLY_GUC.into(), "on".into()));
-    }
-    PoolKey { user: user.to_owned(), params }
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let database = (!startup.params.iter().any(|(k, _)| k == "database")).then_some(("database", user));
+    let read_only = read_only.then_some((READ_ONLY_GUC, "on"));
+    PoolKey::new(user, given.chain(database).chain(read_only))
 }
 
 /// A pooled or new connection to the first backend that takes the session.

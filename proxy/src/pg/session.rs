@@ -21,14 +21,13 @@ use sqlswitch_protocol::pg::frame::{self, Fields, HEADER_LEN};
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
 use super::batch::{Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::{Cluster, PoolKey};
-use crate::session::core::Core;
+use crate::session::core::{Core, Timer, MOVED_CHECK};
 use crate::session::state::SessionState;
 use crate::session::Side;
 
@@ -82,9 +81,7 @@ pub type Slot<'a> = crate::session::core::Slot<'a, BackendConn>;
 pub struct Identity<'a> {
     /// The cluster.
     pub cluster: &'a Cluster,
-    /// Login user.
-    pub user: &'a str,
-    /// Its password, for opening more backend connections.
+    /// The login user's password, for opening more backend connections.
     pub password: &'a str,
     /// What its backend connections are opened with.
     pub key: &'a PoolKey,
@@ -104,9 +101,9 @@ pub struct Session<'a> {
     pub(super) batch: OpenBatch,
     /// Sync points (Sync, Query, FunctionCall) sent whose ReadyForQuery has not come back.
     pub(super) outstanding: u32,
-    /// When the oldest answer owed was asked for, and of a replica (`true`) or the primary:
-    /// its latency is counted when the last answer owed ends.
-    pub(super) timing: Option<(std::time::Instant, usize, bool)>,
+    /// When the oldest answer owed was asked for: its latency is counted, for the connection
+    /// that answers, when the last answer owed ends.
+    pub(super) timing: Option<std::time::Instant>,
     /// Bytes received from the client and from backends since they were last counted.
     pub(super) received: (u64, u64),
     pub(super) skip: Option<Skip>,
@@ -215,7 +212,7 @@ impl<'a> Session<'a> {
         // made (boxed, once) only when configured: a timer entry would otherwise be part of every
         // session's task for its whole life.
         let idle_timeout = self.id.cluster.config.idle_timeout;
-        let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let (mut idle_timer, mut moved_timer) = (Timer::default(), Timer::default());
         let mut armed = false;
         loop {
             let idle = self.is_idle() && self.cbuf.is_empty();
@@ -233,17 +230,16 @@ impl<'a> Session<'a> {
             }
             match idle_timeout {
                 Some(d) if idle && !armed => {
-                    let deadline = tokio::time::Instant::now() + d;
-                    match idle_timer.as_mut() {
-                        Some(t) => t.as_mut().reset(deadline),
-                        None => idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    }
+                    idle_timer.arm(d);
                     armed = true;
                 }
                 _ if !idle => armed = false,
                 _ => {}
             }
             let stuck = idle && self.core.listening();
+            if stuck {
+                moved_timer.arm(MOVED_CHECK);
+            }
             let active = match self.core.active {
                 Some(side) => self.core.slots[side].as_deref_mut(),
                 None => None,
@@ -251,8 +247,8 @@ impl<'a> Session<'a> {
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
-                () = expiry(&mut idle_timer), if idle && armed => return End::IdleTimeout,
-                () = crate::session::core::moved_check(stuck), if stuck => Err(true),
+                () = idle_timer.fired(), if idle && armed => return End::IdleTimeout,
+                () = moved_timer.fired(), if stuck => Err(true),
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Err(false),
                     Ok(n) => {
@@ -271,10 +267,10 @@ impl<'a> Session<'a> {
             let result = match step {
                 Ok(true) => self.on_backend().await,
                 Ok(false) => self.on_client().await,
-                Err(false) => self.backend_failed().await,
+                Err(false) => Box::pin(self.backend_failed()).await,
                 Err(true) => match self.core.moved_away() {
                     Some(e) => {
-                        self.end_unmovable(&e).await;
+                        Box::pin(self.end_unmovable(&e)).await;
                         return End::BackendGone;
                     }
                     None => Ok(()),
@@ -372,7 +368,7 @@ impl<'a> Session<'a> {
                     }
                     self.core.state.custom_settings |= verdict.custom_setting;
                     if self.core.read_only_now() && verdict.refused_read_only() {
-                        if !self.refuse(header.tag, len).await? {
+                        if !Box::pin(self.refuse(header.tag, len)).await? {
                             return Ok(());
                         }
                         continue;
@@ -576,39 +572,39 @@ const FORCE_DISPATCH: usize = 1 << 20;
 
 /// Reads client input into `cbuf`. `park`: the session is idle on a plain socket and holds no
 /// buffer while it waits; it takes one from its thread's free list once input is there.
-/// When `timer` fires; never, when there is none.
-async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut, park: bool) -> std::io::Result<usize> {
-    if !park {
-        return client.read_buf(cbuf).await;
-    }
-    client.readable().await?;
-    if cbuf.capacity() == 0 {
-        *cbuf = crate::buffers::take();
-    }
-    // The read itself goes through `read_buf`, not `try_read_buf`: a read that fills less than
-    // the buffer tells tokio the socket is drained, so the next wait parks at once instead of
-    // first making a read that finds nothing (one `recvfrom` per transaction, benches/NOTES.md).
-    // Readiness that was not (a spurious wake-up) waits there, holding the buffer.
-    client.read_buf(cbuf).await
-}
-
-async fn read_backend(slot: Option<&mut Slot<'_>>) -> std::io::Result<usize> {
-    match slot {
-        Some(s) => {
-            if s.conn.buf.capacity() - s.conn.buf.len() < 4096 {
-                s.conn.buf.reserve(16 * 1024);
-            }
-            s.conn.stream.read_buf(&mut s.conn.buf).await
+///
+/// Written as a poll function over the socket's own readiness, not as an `async fn` awaiting
+/// `readable()` then `read_buf`: it keeps no waiter of its own, and what an idle session's
+/// future holds while it waits stays a few words. A read that fills less than the buffer tells
+/// tokio the socket is drained, so the next wait parks at once rather than first making a read
+/// that finds nothing (benches/NOTES.md). Readiness that was not (a spurious wake-up) waits in
+/// the read, holding the buffer.
+fn read_client<'s>(
+    client: &'s mut ClientStream,
+    cbuf: &'s mut BytesMut,
+    park: bool,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 's {
+    std::future::poll_fn(move |cx| {
+        if park && cbuf.capacity() == 0 {
+            std::task::ready!(client.poll_read_ready(cx))?;
+            *cbuf = crate::buffers::take();
         }
-        None => std::future::pending().await,
-    }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *client), cx, cbuf)
+    })
+}
+
+/// Reads the active backend's answer into its buffer; never, when no connection is active.
+fn read_backend<'s>(slot: Option<&'s mut Slot<'_>>) -> impl std::future::Future<Output = std::io::Result<usize>> + 's {
+    let mut slot = slot.map(|s| {
+        if s.conn.buf.capacity() - s.conn.buf.len() < 4096 {
+            s.conn.buf.reserve(16 * 1024);
+        }
+        &mut s.conn
+    });
+    std::future::poll_fn(move |cx| match slot.as_deref_mut() {
+        Some(conn) => tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut conn.stream), cx, &mut conn.buf),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// The statement a Bind, Describe (`S`) or Close (`S`) names; `None` for portals.

@@ -78,13 +78,28 @@ impl<'a, C> Slot<'a, C> {
 /// How often an idle session whose state cannot move looks whether the primary changed.
 pub const MOVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Waits [`MOVED_CHECK`] when `on`, else never. A session's loop offers it as a branch at
-/// every turn: only a session that looks makes a timer (and reads the clock).
-pub async fn moved_check(on: bool) {
-    if on {
-        tokio::time::sleep(MOVED_CHECK).await;
-    } else {
-        std::future::pending::<()>().await;
+/// A session's timer (the idle timeout, the look for a moved primary): made, boxed, the first
+/// time it is armed and re-armed in place after. A session that never arms one holds none, and
+/// its future holds a pointer, not a timer entry.
+#[derive(Default)]
+pub struct Timer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    /// Fires `after` from now (re-armed if it was armed).
+    pub fn arm(&mut self, after: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + after;
+        match self.0.as_mut() {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Waits until it fires; never, when it was never armed.
+    pub async fn fired(&mut self) {
+        match self.0.as_mut() {
+            Some(t) => t.as_mut().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -259,6 +274,25 @@ impl<'a, C: Link> Core<'a, C> {
             debug!(error = %e, fault = ?e.fault(), "replica unavailable for this statement; using the primary");
             self.drop_slot(Side::Replica);
         }
+    }
+
+    /// Whether [`Core::ready`] would find nothing to do: `side` holds a usable connection to
+    /// `backend` with the session state replayed and the maintenance setting applied. The
+    /// common case, checked without awaiting, so that callers box the rest.
+    pub fn settled(&self, side: Side, backend: usize, tx: Tx) -> bool {
+        let Some(slot) = &self.slots[side] else { return false };
+        if slot.backend != backend || slot.stale {
+            return false;
+        }
+        let checked = !C::WATCHED || self.active != Some(side);
+        if checked && !slot.conn.is_reusable() {
+            return false;
+        }
+        let maintenance = self.maintenance.is_some() && !self.read_only;
+        if slot.maintenance != maintenance && tx != Tx::Open {
+            return false;
+        }
+        self.state.replay.len() <= slot.applied.replayed
     }
 
     /// Makes sure `side` has a connection to `backend`, with the session state replayed:

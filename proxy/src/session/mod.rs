@@ -133,16 +133,25 @@ impl PrimaryWork {
     /// `read`: the work is provably a read, which a fenced fleet instance still sends to the
     /// primary (when no replica can take it): the fence is about writes.
     pub async fn pass(&mut self, cluster: &Cluster, primary: bool, read: bool) -> Result<bool, Refusal> {
+        if self.open(cluster, primary, read) {
+            return Ok(true);
+        }
+        // Boxed: waiting at a closed gate is rare, and its state would otherwise be part of
+        // every session's future (and of an idle session's memory) for its whole life.
+        Box::pin(self.wait(cluster, primary)).await
+    }
+
+    /// Counts primary work in, and says whether the gate lets it through at once.
+    fn open(&mut self, cluster: &Cluster, primary: bool, read: bool) -> bool {
         if primary && !self.counted {
             cluster.gate.enter_primary();
             self.counted = true;
         }
-        if !cluster.gate.closed(primary) {
-            return Ok(true);
-        }
-        if primary && read && cluster.gate.only_fenced() {
-            return Ok(true);
-        }
+        !cluster.gate.closed(primary) || (primary && read && cluster.gate.only_fenced())
+    }
+
+    /// Waits at a closed gate (counted out meanwhile); see [`PrimaryWork::pass`].
+    async fn wait(&mut self, cluster: &Cluster, primary: bool) -> Result<bool, Refusal> {
         self.leave(cluster);
         // While the servers disagree on the primary, writes wait up to connect_timeout (the
         // time a backend is given to answer) for them to agree, then are refused.

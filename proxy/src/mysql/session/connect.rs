@@ -38,11 +38,11 @@ impl<'a> Identity<'a> {
         let account = users.get(user)?;
         let read_only = listener_read_only || account.read_only;
         let caps = caps & caps::OFFERED;
-        let mut params = vec![("database".to_owned(), database.unwrap_or_default().to_owned())];
-        params.push(("caps".to_owned(), caps.to_string()));
-        params.push(("charset".to_owned(), charset.to_string()));
+        let (caps_text, charset_text) = (caps.to_string(), charset.to_string());
+        let mut params =
+            vec![("database", database.unwrap_or_default()), ("caps", &caps_text), ("charset", &charset_text)];
         if read_only {
-            params.push(("read_only".to_owned(), "on".to_owned()));
+            params.push(("read_only", "on"));
         }
         Some(Self {
             cluster,
@@ -51,7 +51,7 @@ impl<'a> Identity<'a> {
             database: database.map(str::to_owned),
             caps,
             charset,
-            key: PoolKey { user: user.to_owned(), params },
+            key: PoolKey::new(user, params),
             read_only,
             listener_read_only,
         })

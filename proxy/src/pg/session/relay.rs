@@ -52,12 +52,15 @@ impl Session<'_> {
                     match header.tag {
                         msg::READY_FOR_QUERY => {
                             slot.conn.tx = TxStatus::from_byte(slot.conn.buf.get(start).copied().unwrap_or(b'T'));
+                            let answered_by = slot.backend;
                             self.outstanding = self.outstanding.saturating_sub(1);
                             self.after_ready(side);
                             if self.outstanding == 0 {
-                                if let Some((at, backend, replica)) = self.timing.take() {
+                                // Timed from the send of the batch this answer ends, on this
+                                // same connection.
+                                if let Some(at) = self.timing.take() {
                                     let latency = &self.id.cluster.latency;
-                                    latency.record(backend, replica, at.elapsed());
+                                    latency.record(answered_by, side == Side::Replica, at.elapsed());
                                     let (client, backend) = std::mem::take(&mut self.received);
                                     latency.add_bytes(client, backend);
                                 }
@@ -85,7 +88,7 @@ impl Session<'_> {
                                     if let Some(slot) = self.core.slots[side].as_mut() {
                                         slot.conn.buf.clear();
                                     }
-                                    return self.rerun_on_primary(remember).await;
+                                    return Box::pin(self.rerun_on_primary(remember)).await;
                                 }
                             }
                             let body = &slot.conn.buf[start..fwd];
@@ -103,7 +106,7 @@ impl Session<'_> {
                                 // nothing owed to the client, or a read that can run elsewhere,
                                 // the client need not hear of it.
                                 self.flush_backend(side, fwd - header.total_len, answered).await?;
-                                return self.backend_failed().await;
+                                return Box::pin(self.backend_failed()).await;
                             }
                             self.id.cluster.metrics.errors.count_state(true, msg::error_fields(body).0);
                             self.inject = None;
