@@ -317,6 +317,52 @@ async fn idle_sessions_are_closed_after_idle_timeout_but_not_in_a_transaction() 
     assert!(got.iter().any(|m| matches!(m, Message::DataRow(_))), "a session in a transaction is not idle");
 }
 
+/// Past `max_client_connections` a PostgreSQL client gets 53300 and the daemon serves on; a
+/// client that leaves gives its place back, whether it dropped its connection mid-session,
+/// was refused at login, or quit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_client_connections_clients_get_53300_and_places_come_back() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "max_client_connections = 2").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let code = |r: Result<tokio_postgres::Client, tokio_postgres::Error>| r.err().and_then(|e| e.code().cloned());
+    let first = connect(port, APP).await.unwrap();
+    let (raw, _) = raw_session(port).await;
+    let refused = code(connect(port, APP).await);
+    assert_eq!(refused.as_ref().map(|c| c.code()), Some("53300"), "a third client is over the limit");
+    let one: i32 = first.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the first is served on");
+    // The dropped socket's place comes back (once its session has seen it go): a login with a
+    // wrong password then gets its own error, not 53300.
+    drop(raw);
+    let mut wrong = None;
+    for _ in 0..50 {
+        wrong = code(connect(port, ("app", "wrong")).await);
+        if wrong.as_ref().is_some_and(|c| c.code() != "53300") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wrong.as_ref().map(|c| c.code()), Some("28P01"), "the dropped socket gave its place back");
+    // The refused login gave its place back too: one more client fits beside the first, and
+    // then no other.
+    let second = connect(port, APP).await.unwrap();
+    let refused = code(connect(port, APP).await);
+    assert_eq!(refused.as_ref().map(|c| c.code()), Some("53300"), "still two at most");
+    drop((first, second));
+    let mut served = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect(port, APP).await {
+            served = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = served.expect("a client fits once the others quit");
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_holds_at_most_max_held_statements() {
     let topo = Topology::shared();
