@@ -231,11 +231,6 @@ impl PoolKey {
     pub fn params(&self) -> Params<'_> {
         Params { rest: self.text.get(self.user_len..).unwrap_or_default() }
     }
-
-    /// The value of startup parameter `name`.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params().find(|(k, _)| *k == name).map(|(_, v)| v)
-    }
 }
 
 /// The startup parameters of a [`PoolKey`]: `(name, value)` pairs.
@@ -811,8 +806,6 @@ mod tests {
         assert_eq!(key.user(), "app");
         let params: Vec<_> = key.params().collect();
         assert_eq!(params, [("database", "app"), ("options", "-c a=1:2"), ("empty", ""), ("10:x", "9:")]);
-        assert_eq!(key.param("options"), Some("-c a=1:2"));
-        assert_eq!(key.param("user"), None);
         assert_eq!(PoolKey::new("", Vec::<(String, String)>::new()).params().count(), 0);
     }
 

@@ -282,27 +282,12 @@ impl Session<'_> {
 
     /// Makes sure `side` has a connection (to `replica` when given), with the session state
     /// replayed and the batch's statements prepared.
+    ///
+    /// Only [`Session::send`] calls it, itself boxed: `dispatch` writes at once when the
+    /// connection is [settled](Session::slot_settled), so this runs when a connection is taken,
+    /// state replayed or statements prepared, and its state is not part of every session's
+    /// future.
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
-        if self.slot_settled(side, backend, binds) {
-            return Ok(());
-        }
-        // Boxed: taking a connection, replaying state or preparing statements is rare, and its
-        // state would otherwise be part of every session's future for its whole life.
-        Box::pin(self.make_slot_ready(side, backend, binds)).await
-    }
-
-    /// Whether `side`'s connection is ready for a batch that binds `binds` as it is.
-    fn slot_settled(&self, side: Side, backend: usize, binds: &[String]) -> bool {
-        if !self.core.settled(side, backend, Tx::None) {
-            return false;
-        }
-        let Some(slot) = self.core.slots[side].as_ref() else { return false };
-        binds.iter().all(|name| {
-            self.core.state.statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
-        })
-    }
-
-    async fn make_slot_ready(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
         let id = &self.id;
         let open = |backend| acquire(id, backend);
         self.core.ready(side, backend, id.key, Tx::None, open).await?;
@@ -314,6 +299,18 @@ impl Session<'_> {
             slot.applied.prepared.insert(name.clone(), stmt.generation);
         }
         Ok(())
+    }
+
+    /// Whether `side`'s connection is ready for a batch that binds `binds` as it is: what
+    /// [`Session::ready_slot`] would find nothing to do for, checked without awaiting.
+    fn slot_settled(&self, side: Side, backend: usize, binds: &[String]) -> bool {
+        if !self.core.settled(side, backend, Tx::None) {
+            return false;
+        }
+        let Some(slot) = self.core.slots[side].as_ref() else { return false };
+        binds.iter().all(|name| {
+            self.core.state.statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
+        })
     }
 
     /// Bookkeeping after the batch went to `side`.
