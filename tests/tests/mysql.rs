@@ -771,3 +771,35 @@ async fn switchover_to_a_replica_on_another_version() {
     drop(conn);
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Django and Rails log in with `CLIENT_FOUND_ROWS`: an UPDATE that changes nothing must still
+/// report the row it matched (Django's `save()` of an unchanged object INSERTs otherwise), and
+/// a client without the flag gets the rows changed, on the same daemon and the same pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_rows_follows_each_client() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let opts = |found_rows: bool| {
+        let base = Opts::from_url(&mysql_url(port, APP)).expect("url");
+        Opts::from(mysql_async::OptsBuilder::from_opts(base).client_found_rows(found_rows))
+    };
+    let mut setup = Conn::new(opts(false)).await.unwrap();
+    setup.query_drop("INSERT INTO items (note) VALUES ('same')").await.unwrap();
+    let id: u64 = setup.query_first("SELECT LAST_INSERT_ID()").await.unwrap().unwrap();
+    setup.disconnect().await.unwrap();
+    let unchanged = format!("UPDATE items SET note = 'same' WHERE id = {id}");
+    // Each round returns its connection to the pool before the next client logs in.
+    for (round, found_rows) in [true, false, true, false].into_iter().enumerate() {
+        let mut conn = Conn::new(opts(found_rows)).await.unwrap();
+        conn.query_drop(&unchanged).await.unwrap();
+        let expected = u64::from(found_rows);
+        assert_eq!(conn.affected_rows(), expected, "round {round}: autocommit UPDATE, found_rows={found_rows}");
+        conn.query_drop("START TRANSACTION").await.unwrap();
+        conn.exec_drop("UPDATE items SET note = ? WHERE id = ?", ("same", id)).await.unwrap();
+        assert_eq!(conn.affected_rows(), expected, "round {round}: prepared UPDATE in a transaction");
+        conn.query_drop("COMMIT").await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+}

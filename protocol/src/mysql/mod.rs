@@ -54,14 +54,24 @@ pub mod status {
 
 /// Capability flags the proxy looks at.
 pub mod caps {
+    /// `CLIENT_FOUND_ROWS`: an UPDATE reports the rows it matched, not the rows it changed.
+    pub const FOUND_ROWS: u32 = 0x0000_0002;
+    /// `CLIENT_LONG_FLAG`: all column flags in result metadata.
+    pub const LONG_FLAG: u32 = 0x0000_0004;
     /// `CLIENT_CONNECT_WITH_DB`.
     pub const CONNECT_WITH_DB: u32 = 0x0000_0008;
+    /// `CLIENT_NO_SCHEMA`: the server refuses `database.table.column`.
+    pub const NO_SCHEMA: u32 = 0x0000_0010;
     /// `CLIENT_COMPRESS`.
     pub const COMPRESS: u32 = 0x0000_0020;
     /// `CLIENT_LOCAL_FILES`.
     pub const LOCAL_FILES: u32 = 0x0000_0080;
+    /// `CLIENT_IGNORE_SPACE`: function names may be followed by spaces (and become reserved).
+    pub const IGNORE_SPACE: u32 = 0x0000_0100;
     /// `CLIENT_PROTOCOL_41`.
     pub const PROTOCOL_41: u32 = 0x0000_0200;
+    /// `CLIENT_INTERACTIVE`: the server closes the connection after `interactive_timeout`.
+    pub const INTERACTIVE: u32 = 0x0000_0400;
     /// `CLIENT_SSL`.
     pub const SSL: u32 = 0x0000_0800;
     /// `CLIENT_TRANSACTIONS`.
@@ -85,9 +95,24 @@ pub mod caps {
     /// `CLIENT_DEPRECATE_EOF`.
     pub const DEPRECATE_EOF: u32 = 0x0100_0000;
 
-    /// What the proxy offers clients and relays faithfully: no compression, no TLS (yet), no
-    /// LOCAL INFILE, no session tracking.
-    pub const OFFERED: u32 = CONNECT_WITH_DB
+    /// The flags that change what a server does or answers. The client's choice of these is
+    /// part of every server connection its session uses (the pool key holds them, and a
+    /// connection that did not get them all is refused), so the answers are the ones the
+    /// client asked for. docs/mysql-capabilities.md lists them.
+    pub const BEHAVIOUR: u32 = FOUND_ROWS
+        | LONG_FLAG
+        | NO_SCHEMA
+        | IGNORE_SPACE
+        | INTERACTIVE
+        | TRANSACTIONS
+        | MULTI_STATEMENTS
+        | MULTI_RESULTS
+        | PS_MULTI_RESULTS
+        | DEPRECATE_EOF;
+
+    /// What the proxy's own control-path logins ask for (monitor, switchover): the server's
+    /// defaults, whatever clients ask.
+    pub const CONTROL: u32 = CONNECT_WITH_DB
         | PROTOCOL_41
         | TRANSACTIONS
         | SECURE_CONNECTION
@@ -98,4 +123,8 @@ pub mod caps {
         | CONNECT_ATTRS
         | PLUGIN_AUTH_LENENC
         | DEPRECATE_EOF;
+
+    /// What the proxy offers clients and relays faithfully: no compression, no LOCAL INFILE,
+    /// no session tracking, no MariaDB extended capabilities (TLS is added where configured).
+    pub const OFFERED: u32 = CONTROL | BEHAVIOUR;
 }

@@ -43,7 +43,7 @@ pub struct Login<'a> {
 impl<'a> Login<'a> {
     /// A control-path login (monitor, switchover): no database, the proxy's own capabilities.
     pub fn control(user: &'a str, password: &'a str, tls: Option<&'a BackendTls>) -> Self {
-        Login { user, password, database: None, caps: caps::OFFERED, charset: 45, read_only: false, tls }
+        Login { user, password, database: None, caps: caps::CONTROL, charset: 45, read_only: false, tls }
     }
 }
 

@@ -38,7 +38,8 @@ impl<'a> Identity<'a> {
         let account = users.get(user)?;
         let read_only = listener_read_only || account.read_only;
         let caps = caps & caps::OFFERED;
-        let (caps_text, charset_text) = (caps.to_string(), charset.to_string());
+        // Only the flags that change answers tell connections apart.
+        let (caps_text, charset_text) = ((caps & caps::BEHAVIOUR).to_string(), charset.to_string());
         let mut params =
             vec![("database", database.unwrap_or_default()), ("caps", &caps_text), ("charset", &charset_text)];
         if read_only {
@@ -69,14 +70,7 @@ pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), Back
     let on_replicas = id.read_only || id.cluster.maintenance().is_some();
     for index in id.cluster.candidates(on_replicas) {
         match acquire(id, index).await {
-            Ok(conn) => {
-                if conn.caps & caps::DEPRECATE_EOF != id.caps & caps::DEPRECATE_EOF {
-                    return Err(BackendError::Protocol(
-                        "the backend does not support the client's result format (CLIENT_DEPRECATE_EOF)".into(),
-                    ));
-                }
-                return Ok((index, conn));
-            }
+            Ok(conn) => return Ok((index, conn)),
             Err(e @ BackendError::Refused { .. }) => return Err(e),
             Err(e) => last_error = e,
         }
@@ -111,7 +105,37 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
     };
     let to = b.dialing(id.cluster.config.connect_timeout);
     let open = || MyConn::connect(&to, &login);
-    b.checkout(&id.key, id.cluster.limits(), open).await
+    let conn = b.checkout(&id.key, id.cluster.limits(), open).await?;
+    match missing_behaviour(conn.caps, id.caps) {
+        None => Ok(conn),
+        Some(flags) => {
+            conn.quit().await;
+            Err(BackendError::Protocol(format!(
+                "backend {} does not support what the client asked for ({flags})",
+                b.name
+            )))
+        }
+    }
+}
+
+/// The names of the behaviour flags the client asked for that a connection did not get (or
+/// got without being asked), if any: its answers would differ from what the client expects.
+fn missing_behaviour(conn: u32, client: u32) -> Option<String> {
+    const NAMES: [(u32, &str); 10] = [
+        (caps::FOUND_ROWS, "CLIENT_FOUND_ROWS"),
+        (caps::LONG_FLAG, "CLIENT_LONG_FLAG"),
+        (caps::NO_SCHEMA, "CLIENT_NO_SCHEMA"),
+        (caps::IGNORE_SPACE, "CLIENT_IGNORE_SPACE"),
+        (caps::INTERACTIVE, "CLIENT_INTERACTIVE"),
+        (caps::TRANSACTIONS, "CLIENT_TRANSACTIONS"),
+        (caps::MULTI_STATEMENTS, "CLIENT_MULTI_STATEMENTS"),
+        (caps::MULTI_RESULTS, "CLIENT_MULTI_RESULTS"),
+        (caps::PS_MULTI_RESULTS, "CLIENT_PS_MULTI_RESULTS"),
+        (caps::DEPRECATE_EOF, "CLIENT_DEPRECATE_EOF"),
+    ];
+    let differ = (conn ^ client) & caps::BEHAVIOUR;
+    let names: Vec<&str> = NAMES.iter().filter(|(flag, _)| differ & flag != 0).map(|(_, name)| *name).collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 impl crate::session::core::Link for MyConn {
@@ -139,5 +163,24 @@ impl crate::session::core::Link for MyConn {
         } else {
             self.quit().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_behaviour_flag_has_a_name_and_differences_are_named() {
+        assert_eq!(missing_behaviour(caps::OFFERED, caps::OFFERED), None);
+        let all = (0..32).map(|bit| 1u32 << bit).filter(|f| caps::BEHAVIOUR & f != 0);
+        for flag in all {
+            let named = missing_behaviour(caps::OFFERED & !flag, caps::OFFERED);
+            assert!(named.is_some_and(|n| n.starts_with("CLIENT_")), "flag {flag:#x} has a name");
+        }
+        let both = missing_behaviour(caps::CONTROL, caps::CONTROL | caps::FOUND_ROWS | caps::IGNORE_SPACE);
+        assert_eq!(both.as_deref(), Some("CLIENT_FOUND_ROWS, CLIENT_IGNORE_SPACE"));
+        // Flags that do not change answers may differ.
+        assert_eq!(missing_behaviour(caps::OFFERED & !caps::CONNECT_ATTRS, caps::OFFERED), None);
     }
 }
