@@ -463,7 +463,10 @@ impl Config {
     pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: path.to_owned(),
-            problems: vec![Problem { key: String::new(), message: format!("{}{}", e.message(), location(text, &e)) }],
+            problems: vec![Problem {
+                key: String::new(),
+                message: format!("{}{}", without_value(e.message()), location(text, &e)),
+            }],
         })?;
         let problems = config.validate(env);
         if problems.is_empty() {
@@ -671,6 +674,21 @@ impl Config {
         }
         out
     }
+}
+
+/// A type error's message without the value it quotes ("invalid type: integer `123456`,
+/// expected a string" becomes "invalid type: integer, expected a string"): the value may be a
+/// password, and config errors reach logs and terminals.
+fn without_value(message: &str) -> String {
+    let prefixes = ["invalid type: ", "invalid value: ", "invalid length "];
+    if !prefixes.iter().any(|p| message.starts_with(p)) {
+        return message.to_owned();
+    }
+    let Some((found, expected)) = message.split_once(", expected") else {
+        return message.split(['`', '"']).next().unwrap_or_default().trim_end().to_owned();
+    };
+    let kind = found.split(['`', '"']).next().unwrap_or_default().trim_end();
+    format!("{kind}, expected{expected}")
 }
 
 /// " (line L, column C, key `table.key`)" for a TOML error, when it has a position: the key is

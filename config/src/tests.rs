@@ -131,3 +131,14 @@ fn each_group_names_one_primary_and_the_first_group_starts_active() {
     let err = parse(&GOOD.replace("role = \"replica\"", "role = \"primary\"")).unwrap_err().to_string();
     assert!(err.contains("exactly one backend must have role = \"primary\" (found 2)"), "{err}");
 }
+
+#[test]
+fn a_type_error_never_echoes_the_value() {
+    let text = "[[cluster]]\nname = \"app\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:6432\"\n\
+                [[cluster.user]]\nname = \"app\"\npassword = 123456\n";
+    let e = Config::parse(text, Path::new("t.toml"), |_| None).unwrap_err().to_string();
+    assert!(!e.contains("123456"), "{e}");
+    assert!(e.contains("invalid type: integer, expected") && e.contains("password"), "{e}");
+    assert_eq!(without_value("invalid value: string \"hunter2\", expected x"), "invalid value: string, expected x");
+    assert_eq!(without_value("missing field `name`"), "missing field `name`");
+}

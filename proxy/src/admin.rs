@@ -114,7 +114,7 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
 const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [reverse] [timeout=30s] | \
                      upgrade-check CLUSTER BACKEND | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
-                     resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | reload";
+                     resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | rejoin CLUSTER BACKEND | reload";
 
 async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -155,6 +155,10 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
         "drain" | "enable" => {
             let (cluster, backend) = two()?;
             control.set_enabled(cluster, backend, command == "enable").await
+        }
+        "rejoin" => {
+            let (cluster, backend) = two()?;
+            control.rejoin(cluster, backend)
         }
         "switchover" => {
             let (cluster, target) = two()?;

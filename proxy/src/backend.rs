@@ -37,6 +37,12 @@ pub enum BackendError {
     /// is ended as a server restart would end it.
     #[error("the primary changed, and this session's state on the old one cannot move: {0}")]
     Unmovable(&'static str),
+    /// The session's open transaction cannot go on (`why`: its server stopped being the
+    /// primary, or this instance lost its fleet lease): its connection was closed, so the
+    /// server rolled it back, and nothing of it reached another server. The session ends as on
+    /// a lost connection.
+    #[error("{0}")]
+    Ended(&'static str),
 }
 
 /// Whose fault a [`BackendError`] is: what an operator looks at first.
@@ -55,7 +61,9 @@ impl BackendError {
     pub fn fault(&self) -> Fault {
         match self {
             BackendError::Refused { .. } | BackendError::Unmovable(_) => Fault::Session,
-            BackendError::Io(_) | BackendError::Timeout | BackendError::Closed => Fault::Backend,
+            BackendError::Io(_) | BackendError::Timeout | BackendError::Closed | BackendError::Ended(_) => {
+                Fault::Backend
+            }
             BackendError::Protocol(_) => Fault::Proxy,
         }
     }

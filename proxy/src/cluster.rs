@@ -558,12 +558,25 @@ pub enum Problem {
     NoPrimary,
     /// These backends all take writes.
     SplitBrain(Vec<String>),
+    /// The primary is known, and these deposed primaries take writes too: they are never
+    /// followed (nothing is held), but they should be fenced or re-admitted (`rejoin`).
+    Deposed(Vec<String>),
+    /// The primary stopped answering, and another server (`candidate`) takes writes: it is
+    /// followed only once the primary has been silent for several rounds (a blip is not a
+    /// failover), and only if it replayed the primary's last sample (`lacks_writes` otherwise:
+    /// following it would lose acknowledged writes; `failover` is the operator's choice).
+    Waiting {
+        /// The server that takes writes.
+        candidate: String,
+        /// It did not replay the silent primary's last position.
+        lacks_writes: bool,
+    },
 }
 
 impl Problem {
     /// Whether primary work waits (and is refused after a while) until it is over.
     pub fn holds(&self) -> bool {
-        !matches!(self, Problem::PrimaryUnknown(_))
+        !matches!(self, Problem::PrimaryUnknown(_) | Problem::Deposed(_))
     }
 }
 
@@ -573,6 +586,21 @@ impl std::fmt::Display for Problem {
             Problem::PrimaryUnknown(name) => write!(f, "primary unknown: {name} does not answer the monitor"),
             Problem::NoPrimary => f.write_str("no primary: no backend takes writes"),
             Problem::SplitBrain(names) => write!(f, "split brain: {} take writes", names.join(", ")),
+            Problem::Deposed(names) => write!(
+                f,
+                "deposed primary {} takes writes and is not followed: fence it, or `sqlswitch ctl rejoin` it once \
+                 it has the current primary's history",
+                names.join(", ")
+            ),
+            Problem::Waiting { candidate, lacks_writes: false } => write!(
+                f,
+                "the primary is silent and {candidate} takes writes: following it if the primary stays silent"
+            ),
+            Problem::Waiting { candidate, lacks_writes: true } => write!(
+                f,
+                "the primary is silent and {candidate} takes writes, but it lacks writes the primary acknowledged: \
+                 not followed (`sqlswitch ctl failover` accepts the loss)"
+            ),
         }
     }
 }

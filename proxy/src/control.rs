@@ -2,7 +2,7 @@
 //! maintenance mode, drain and enable. Every change builds a new routing table and stores it
 //! whole; the switchover is in [`crate::switchover`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,6 @@ use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
 /// The daemon's clusters, as the admin socket sees them.
 pub struct Control {
     clusters: Vec<Arc<Cluster>>,
-    /// Bumped by every pause and resume, so a pause's timer never ends a later pause.
-    pause_generation: AtomicU64,
     /// The running config and the file it came from (for `reload`).
     running: std::sync::Mutex<(Option<std::path::PathBuf>, sqlswitch_config::Config)>,
     /// For the metrics of backends a reload adds.
@@ -31,12 +29,7 @@ impl Control {
         config: sqlswitch_config::Config,
         registry: Arc<crate::metrics::Registry>,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            clusters,
-            pause_generation: AtomicU64::new(0),
-            running: std::sync::Mutex::new((None, config)),
-            registry,
-        })
+        Arc::new(Self { clusters, running: std::sync::Mutex::new((None, config)), registry })
     }
 
     /// Where `reload` reads the config from.
@@ -230,13 +223,13 @@ impl Control {
     /// No such cluster.
     pub fn pause(self: &Arc<Self>, name: &str, timeout: Duration) -> Result<Value, Failure> {
         let cluster = Arc::clone(self.cluster(name)?);
-        let generation = self.pause_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Per cluster: a pause or resume of another cluster leaves this pause's timer alone.
+        let generation = cluster.gate.pause_generation.fetch_add(1, Ordering::SeqCst) + 1;
         cluster.gate.set(|h| h.all = true);
-        let control = Arc::clone(self);
         let timed = Arc::clone(&cluster);
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            if control.pause_generation.load(Ordering::SeqCst) == generation {
+            if timed.gate.pause_generation.load(Ordering::SeqCst) == generation {
                 timed.gate.set(|h| h.all = false);
                 tracing::warn!(event = "resumed", cluster = %timed.config.name, ?timeout, "pause timed out; resumed");
             }
@@ -257,7 +250,7 @@ impl Control {
     /// No such cluster.
     pub fn resume(&self, name: &str) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
-        self.pause_generation.fetch_add(1, Ordering::SeqCst);
+        cluster.gate.pause_generation.fetch_add(1, Ordering::SeqCst);
         cluster.gate.set(|h| h.all = false);
         tracing::info!(event = "resumed", cluster = %name, "resumed");
         Ok(json!({ "ok": true, "cluster": name, "paused": false }))
@@ -348,18 +341,53 @@ async fn everywhere(
 /// compare-and-swap: when another change landed meanwhile (a reload racing a switchover), the
 /// edit is applied again to that one, so no change is lost. An edit that changes nothing keeps
 /// the table and its generation (a reload of an unchanged file, a second `mode read-only`).
+///
+/// A change of primary deposes the old one: the monitor never follows it again until it
+/// streams from a primary, or an operator re-admits it (`rejoin`).
 pub fn change(cluster: &Cluster, edit: impl Fn(&mut RoutingTable)) -> Arc<RoutingTable> {
     let mut stored = None;
+    let mut was = None;
     cluster.table.rcu(|current| {
         let mut next = current.next();
         edit(&mut next);
         let unchanged = (RoutingTable { generation: current.generation, ..next.clone() }) == **current;
         let next = if unchanged { Arc::clone(current) } else { Arc::new(next) };
+        was = Some(current.primary);
         stored = Some(Arc::clone(&next));
         next
     });
+    let table = stored.unwrap_or_else(|| cluster.table.load_full());
+    if let Some(old) = was.filter(|old| *old != table.primary) {
+        if let Some(b) = cluster.backends.at(old) {
+            b.health.deposed.store(true, Ordering::Relaxed);
+            tracing::info!(event = "deposed", cluster = %cluster.config.name, backend = %b.name,
+                "the old primary is deposed: it is not followed again until it streams from the new one or `rejoin` re-admits it");
+        }
+        if let Some(b) = cluster.backends.at(table.primary) {
+            b.health.deposed.store(false, Ordering::Relaxed);
+        }
+    }
     cluster.export();
-    stored.unwrap_or_else(|| cluster.table.load_full())
+    table
+}
+
+impl Control {
+    /// `rejoin CLUSTER BACKEND`: the operator re-admits a deposed primary (its history is the
+    /// current primary's: rewound, or never diverged), so the monitor may follow it again.
+    ///
+    /// # Errors
+    /// No such cluster or backend.
+    pub fn rejoin(&self, name: &str, backend: &str) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let b = cluster
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .ok_or_else(|| format!("cluster {name} has no backend {backend:?}"))?;
+        let was = b.health.deposed.swap(false, Ordering::Relaxed);
+        tracing::info!(event = "rejoin", cluster = %name, backend = %backend, was_deposed = was, "re-admitted by the operator");
+        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was_deposed": was }))
+    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {

@@ -1,6 +1,6 @@
 //! `failover CLUSTER [BACKEND]` (PRODUCT.md section 6a): the primary is gone. Refused while it
 //! answers (that is a `switchover`). Promotes the given replica, or the most advanced one that
-//! answers (the largest replayed position), fences nothing that cannot be reached, swaps the
+//! answers (the largest received position), fences nothing that cannot be reached, swaps the
 //! routing table, and re-points the other replicas ([`crate::repoint`]). The answer states the
 //! last position the old primary was known to have and how much of it the new primary lacks
 //! (bytes of WAL for PostgreSQL, transactions for MariaDB/MySQL): the possible data loss.
@@ -99,7 +99,9 @@ pub async fn run(
             continue;
         }
         let name = cluster.backends[i].name.clone();
-        match replayed(&cluster, i, dialect).await {
+        // A server the operator names may already take writes (promoted by other tooling, or
+        // by hand): it is adopted as it is, its position the last the monitor saw it replay.
+        match candidate(&cluster, i, dialect, wanted == Some(i)).await {
             Ok((conn, pos, text)) => candidates.push((i, conn, pos, text)),
             Err(e) => skipped.push(format!("{name}: {e}")),
         }
@@ -115,7 +117,10 @@ pub async fn run(
     };
     let (target, mut new_conn, pos, pos_text) = candidates.swap_remove(best);
     let target_name = cluster.backends[target].name.clone();
-    let behind = last_known.saturating_sub(pos.total());
+    let writable = pos == Position::default();
+    let pos_total = if writable { cluster.backends[target].health.lsn.load(Ordering::Relaxed) } else { pos.total() };
+    // A lower bound: the old primary may have acknowledged more after the monitor's last look.
+    let behind = last_known.saturating_sub(pos_total);
     let unit = match cluster.config.protocol {
         sqlswitch_config::Protocol::Postgres => "bytes of WAL",
         sqlswitch_config::Protocol::Mysql => "transactions",
@@ -125,7 +130,8 @@ pub async fn run(
         "choose",
         at,
         format!(
-            "{target_name} applied {pos_text}; possible loss: {behind} {unit} behind {old_name}'s last known position"
+            "{target_name} has {pos_text}; possible loss: at least {behind} {unit} behind {old_name}'s last known \
+             position (measured against the monitor's last sample of it)"
         ),
     );
 
@@ -143,7 +149,9 @@ pub async fn run(
                 return Err("this instance's fleet lease ran out; nothing was promoted".to_owned());
             }
         }
-        within(deadline, new_conn.exec_all(dialect.promote)).await?;
+        if !writable {
+            within(deadline, new_conn.exec_all(dialect.promote)).await?;
+        }
         within(deadline, new_conn.exec_all(dialect.unfence)).await?;
         let role = within(deadline, new_conn.role(dialect)).await?;
         if role != Role::Writable {
@@ -210,16 +218,26 @@ pub async fn run(
     }))
 }
 
-/// A control connection to replica `i` and what it has replayed.
-async fn replayed(cluster: &Cluster, i: usize, dialect: &Dialect) -> Result<(ControlConn, Position, String), String> {
+/// A control connection to replica `i` and what it will have once promoted (its received
+/// position: [`Dialect::received`]). With `writable_too`, a server that already takes writes
+/// is a candidate too, with an empty position (the caller takes the monitor's last look).
+async fn candidate(
+    cluster: &Cluster,
+    i: usize,
+    dialect: &Dialect,
+    writable_too: bool,
+) -> Result<(ControlConn, Position, String), String> {
     let to = cluster.control_target(i).ok_or("no monitor credentials")?;
     let answer = tokio::time::timeout(cluster.config.connect_timeout, async {
         let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
         let role = conn.role(dialect).await?;
+        if writable_too && role == Role::Writable {
+            return Ok((conn, Position::default(), "taken writes already (promoted elsewhere)".to_owned()));
+        }
         if role != Role::Replica {
             return Err(format!("not a replica (it is {})", role.name()));
         }
-        let text = conn.value(dialect.replayed).await?;
+        let text = conn.value(dialect.received).await?;
         let pos = dialect.primary_position(&text).ok_or_else(|| format!("cannot compare position {text:?}"))?;
         Ok((conn, pos, text))
     })

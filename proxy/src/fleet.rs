@@ -619,14 +619,21 @@ impl Link {
             .collect())
     }
 
-    /// The monitor found that `primary` alone takes writes: the fleet follows (unless a change
-    /// of primary is in progress, which publishes its own outcome).
-    pub async fn follow(&self, primary: usize) {
+    /// The monitor found that `primary` alone takes writes, judging against `was` as the
+    /// primary: the fleet follows (unless a change of primary is in progress, which publishes
+    /// its own outcome). A compare-and-swap on `was`: if the fleet's primary is another by now
+    /// (an instance that sees the servers differently followed first), nothing is published,
+    /// so two instances with asymmetric reachability cannot flip the fleet back and forth.
+    pub async fn follow(&self, was: usize, primary: usize) {
         let name = self.cluster.backends[primary].name.clone();
+        let was_name = self.cluster.backends[was].name.clone();
         let outcome = self
             .publish(|d| {
                 if d.change.is_some() {
                     return Err("a change of primary is in progress".into());
+                }
+                if d.primary != was_name {
+                    return Err(format!("the fleet's primary is {} now, not {was_name}", d.primary));
                 }
                 d.primary.clone_from(&name);
                 Ok(())

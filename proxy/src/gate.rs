@@ -58,6 +58,9 @@ pub struct Gate {
     /// work past it is held as fenced, even before the fleet task notices (a process woken
     /// from `SIGSTOP` runs its sessions first). `u64::MAX` without a fleet.
     pub lease_until: std::sync::atomic::AtomicU64,
+    /// Counts this cluster's `pause` and `resume` commands: a pause's timer resumes only if no
+    /// later pause or resume of the same cluster came first.
+    pub pause_generation: AtomicU64,
 }
 
 impl Default for Gate {
@@ -69,6 +72,7 @@ impl Default for Gate {
             held_now: AtomicUsize::new(0),
             metrics: None,
             lease_until: AtomicU64::new(u64::MAX),
+            pause_generation: AtomicU64::new(0),
         }
     }
 }

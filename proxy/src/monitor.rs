@@ -49,6 +49,14 @@ pub struct Monitor {
     /// The group that served at the last check.
     active: usize,
     ticks: u32,
+    /// Consecutive role rounds in which the routing table's primary did not answer.
+    silent_rounds: u32,
+    /// Per backend: the last position it replayed as a replica (kept once it stops being
+    /// one): what of the primary's history it has, when it is a candidate to follow.
+    replayed: Vec<Option<Position>>,
+    /// Per group: the last position its primary itself answered (never one of the samples that
+    /// stand in for a primary that is away).
+    acknowledged: Vec<Option<Position>>,
 }
 
 /// Every this many checks the monitor updates the health gauges ([`Cluster::export`]).
@@ -59,13 +67,27 @@ const EXPORT_EVERY: u32 = 10;
 /// does not answer with a position, it asks at once.
 const ROLE_EVERY: u32 = 10;
 
+/// How many consecutive role rounds the primary must stay silent before another server that
+/// takes writes is followed (when the primary answers as fenced, it is followed at once).
+const SILENT_ROUNDS: u32 = 10;
+
 impl Monitor {
     /// A monitor for `cluster`; `None` when the cluster has no `monitor` credentials.
     pub fn new(cluster: Arc<Cluster>) -> Option<Self> {
         cluster.config.monitor.as_ref()?;
         let conns = cluster.backends.iter().map(|_| None).collect();
         let active = cluster.active_group(&cluster.table.load());
-        Some(Self { cluster, conns, samples: Vec::new(), heads: Vec::new(), active, ticks: 0 })
+        Some(Self {
+            cluster,
+            conns,
+            samples: Vec::new(),
+            heads: Vec::new(),
+            active,
+            ticks: 0,
+            silent_rounds: 0,
+            replayed: Vec::new(),
+            acknowledged: Vec::new(),
+        })
     }
 
     /// The primary of each group, as far as the monitor knows: the serving one's is the routing
@@ -176,6 +198,10 @@ impl Monitor {
                     }
                     if let Some(b) = cluster.backends.at(i) {
                         b.health.follows_none.store(role != Role::Replica, Ordering::Relaxed);
+                        if role == Role::Replica && b.health.deposed.swap(false, Ordering::Relaxed) {
+                            info!(event = "rejoined", cluster = %cluster.config.name, backend = %b.name,
+                                "a deposed primary streams from a primary again: it may be followed again");
+                        }
                     }
                     roles.push(role.name().to_owned());
                 }
@@ -205,7 +231,7 @@ impl Monitor {
             let table = match cluster.fleet.get() {
                 // The fleet follows together (the group's activation time is set as it applies).
                 Some(link) => {
-                    link.follow(only).await;
+                    link.follow(current, only).await;
                     cluster.table.load_full()
                 }
                 None => crate::control::change(&cluster, |t| {
@@ -227,13 +253,37 @@ impl Monitor {
             writable.push(only);
         }
         let current = cluster.table.load().primary;
+        // Deposed primaries are never followed: their history may have diverged.
+        let deposed = |i: &usize| cluster.backends.at(*i).is_some_and(|b| b.health.deposed.load(Ordering::Relaxed));
+        let (stale, writable): (Vec<usize>, Vec<usize>) = writable.into_iter().partition(deposed);
+        // Another server is followed only when the primary is known not to take writes (it
+        // answered: fenced, or a replica now), or has been silent for several rounds.
+        let primary_answered = answered.get(current).copied().unwrap_or(false);
+        self.silent_rounds = if primary_answered { 0 } else { self.silent_rounds.saturating_add(1) };
+        // A silent primary may have acknowledged writes: another server is followed only if it
+        // replayed the primary's last sample (`failover` accepts a loss; following never does).
+        let covers = |i: usize| {
+            let last = self.acknowledged.get(cluster.backends[i].group_id).and_then(Option::as_ref);
+            match (last, self.replayed.get(i).and_then(Option::as_ref)) {
+                (None, _) => true,
+                (Some(last), Some(pos)) => pos.covers(last),
+                (Some(_), None) => false,
+            }
+        };
         let problem = match writable.as_slice() {
-            [only] if *only == current => None,
+            [only] if *only == current && stale.is_empty() => None,
+            [only] if *only == current => Some(Problem::Deposed(stale.iter().map(|i| name(*i)).collect())),
+            [only] if !primary_answered && self.silent_rounds < SILENT_ROUNDS => {
+                Some(Problem::Waiting { candidate: name(*only), lacks_writes: false })
+            }
+            [only] if !primary_answered && !covers(*only) => {
+                Some(Problem::Waiting { candidate: name(*only), lacks_writes: true })
+            }
             [only] => {
                 let only = *only;
                 let table = match cluster.fleet.get() {
                     Some(link) => {
-                        link.follow(only).await;
+                        link.follow(current, only).await;
                         cluster.table.load_full()
                     }
                     None => crate::control::change(&cluster, |t| t.primary = only),
@@ -343,8 +393,15 @@ impl Monitor {
             let g = cluster.backends[i].group_id;
             primary_answered |= i == primary;
             // A primary sample stands for the end of its last whole record, where a replica stops.
+            let pos = dialect.at_record_boundary(pos);
+            if self.acknowledged.len() <= g {
+                self.acknowledged.resize(g + 1, None);
+            }
+            if let Some(last) = self.acknowledged.get_mut(g) {
+                *last = Some(pos.clone());
+            }
             if let Some(group) = self.samples.get_mut(g) {
-                group.push(t, dialect.at_record_boundary(pos));
+                group.push(t, pos);
             }
             cluster.backends[i].health.caught_up_to.store(t, Ordering::Relaxed);
         }
@@ -355,9 +412,13 @@ impl Monitor {
             });
         let replayed: Vec<(usize, Position)> =
             futures::future::join_all(replicas).await.into_iter().flatten().collect();
-        if !primary_answered {
+        if !primary_answered && cluster.maintenance().is_some() {
             // Without a primary, freshness is measured between replicas: the most advanced one
             // stands for the primary, so replicas keep serving reads for as long as it is away.
+            // Only while no write can reach it through sqlswitch (unreachable past
+            // PRIMARY_AWAY, or detached): a primary that answers sessions but not the monitor
+            // (its login refused) may be taking writes, and then no replica counts as fresh
+            // for a session that wrote: freshness never fails open.
             let newest = replayed.iter().filter(|(i, _)| cluster.backends[*i].group_id == active);
             if let (Some((_, newest)), Some(group)) =
                 (newest.max_by_key(|(_, pos)| pos.total()), self.samples.get_mut(active))
@@ -365,7 +426,11 @@ impl Monitor {
                 group.push(t, newest.clone());
             }
         }
+        self.replayed.resize(cluster.backends.len(), None);
         for (i, pos) in &replayed {
+            if let Some(slot) = self.replayed.get_mut(*i) {
+                *slot = Some(pos.clone());
+            }
             let Some(samples) = self.samples.get(cluster.backends[*i].group_id) else { continue };
             let newest = samples.0.back().map_or(0, |(_, p)| p.total());
             let health = &cluster.backends[*i].health;

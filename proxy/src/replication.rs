@@ -55,6 +55,9 @@ pub struct Health {
     /// The server said it follows no primary (writable, or fenced): a replica in the routing
     /// table that left recovery (promoted by hand or by other tooling) serves no reads.
     pub follows_none: AtomicBool,
+    /// It was the primary and was replaced (switchover, failover, a followed change): never
+    /// followed as the primary again until it is seen streaming from a primary, or `rejoin`.
+    pub deposed: AtomicBool,
     /// Since when (clock micros) the monitor has not reached it; 0 while it answers.
     pub down_since: AtomicU64,
     /// When (clock micros) the monitor last heard from it; 0: never.
@@ -162,6 +165,10 @@ pub struct Dialect {
     pub position: &'static str,
     /// What a replica has replayed.
     pub replayed: &'static str,
+    /// What a replica will have once promoted: PostgreSQL replays all the WAL it received
+    /// before it leaves recovery, so the received position counts; MariaDB's `STOP SLAVE`
+    /// leaves unapplied relay log behind, so only the applied one does.
+    pub received: &'static str,
     /// The position of another group's primary, writable or a standby itself.
     pub head_position: &'static str,
     /// Parses either answer.
@@ -225,6 +232,7 @@ impl Dialect {
 const POSTGRES: Dialect = Dialect {
     position: "SELECT pg_current_wal_insert_lsn()::text",
     replayed: "SELECT pg_last_wal_replay_lsn()::text",
+    received: "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text",
     head_position: "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                     ELSE pg_current_wal_insert_lsn() END)::text",
     parse: parse_lsn_position,
@@ -237,8 +245,12 @@ const POSTGRES: Dialect = Dialect {
            WHEN EXISTS (SELECT 1 FROM pg_stat_subscription WHERE pid IS NOT NULL) THEN 'subscriber' \
            WHEN current_setting('default_transaction_read_only') = 'on' THEN 'read-only' ELSE 'writable' END",
     promote: &["SELECT pg_promote(true, 60)"],
-    open_writers:
-        "SELECT count(*)::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+    // Every open transaction, not only those with an xid: `default_transaction_read_only`
+    // binds only transactions that start after it, so one opened before the fence (even
+    // `BEGIN; SELECT`) can still write and commit.
+    open_writers: "SELECT count(*)::text FROM pg_stat_activity WHERE xact_start IS NOT NULL \
+                   AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                   AND application_name NOT LIKE 'sqlswitch-%'",
     other_sessions: "SELECT pid::text FROM pg_stat_activity WHERE backend_type = 'client backend' \
                      AND pid <> pg_backend_pid() AND application_name NOT LIKE 'sqlswitch-%'",
     end_session: |id| format!("SELECT pg_terminate_backend({id})"),
@@ -248,6 +260,7 @@ const POSTGRES: Dialect = Dialect {
 const MYSQL: Dialect = Dialect {
     position: "SELECT @@gtid_binlog_pos",
     replayed: "SELECT @@gtid_slave_pos",
+    received: "SELECT @@gtid_slave_pos",
     head_position: "SELECT @@gtid_current_pos",
     parse: parse_gtid,
     whole_records: true,

@@ -159,3 +159,20 @@ pub const PG_REPLICATION: &str = "replication = { user = \"postgres\", password 
 
 /// The `replication` credentials of a MariaDB topology (its replicas stream as `repl`).
 pub const MY_REPLICATION: &str = "replication = { user = \"repl\", password = \"repl\" }";
+
+/// The name of the primary in `daemon`'s first cluster's routing table, as `status` says it.
+pub fn primary_of(daemon: &Daemon) -> String {
+    daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
+}
+
+/// Waits until `check` holds, polling every 100 ms, for at most `secs` seconds.
+///
+/// # Panics
+/// `check` did not hold in time (the message says `what`).
+pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlswitch_tests::client::{code, connect, direct, in_recovery};
 use sqlswitch_tests::etcd::{Etcd, Relay};
 use sqlswitch_tests::pg::{free_ports, Topology, APP};
-use sqlswitch_tests::proxy::{config_text, PG_REPLICATION};
+use sqlswitch_tests::proxy::{config_text, primary_of, PG_REPLICATION};
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 
@@ -114,10 +114,6 @@ async fn admin(socket: &std::path::Path, command: &str) -> Value {
 
 fn fleet_of(status: &Value) -> Value {
     status["clusters"][0]["fleet"].clone()
-}
-
-fn primary_of(daemon: &sqlswitch::Daemon) -> String {
-    daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
 }
 
 /// Waits until `what` holds, or fails naming it.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlswitch_tests::client::{code, connect, server_name};
 use sqlswitch_tests::pg::{Topology, APP};
 use sqlswitch_tests::proxy;
+use sqlswitch_tests::proxy::{eventually, primary_of};
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 
@@ -39,10 +40,6 @@ async fn new_session_writes_on(daemon: &sqlswitch::Daemon) -> String {
         .await
         .expect("a write");
     row.get(0)
-}
-
-fn primary_of(daemon: &sqlswitch::Daemon) -> String {
-    daemon.control.status()["clusters"][0]["primary"].as_str().unwrap_or("").to_owned()
 }
 
 /// pgbench's success and its whole output.
@@ -500,15 +497,6 @@ async fn two_writable_servers_hold_then_refuse_writes_until_one_is_fenced() {
 }
 
 use sqlswitch_tests::proxy::PG_REPLICATION as REPLICATION;
-
-/// Waits until `check` holds, for at most `secs` seconds.
-async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// After a switchover the other standby streams from the new primary and serves reads again;
 /// the old primary stays fenced, and the answer says how to rejoin it.

@@ -222,10 +222,11 @@ impl<'a> MySession<'a> {
         }
     }
 
-    /// Ends a session whose state cannot move to the new primary, as a server restart would
-    /// (error 1927, connection killed), with the reason.
+    /// Ends a session whose state cannot move to the new primary, or whose open transaction
+    /// cannot go on ([`BackendError::Ended`]), as a server restart would (error 1927,
+    /// connection killed), with the reason.
     async fn end_unmovable(&mut self, seq: u8, e: &BackendError) {
-        warn!(error = %e, "ending a session whose state cannot move to the new primary");
+        warn!(error = %e, "ending a session as on a lost connection");
         self.err(seq, code::CONNECTION_KILLED, "70100", &format!("Connection was killed: {e} (sqlswitch)")).await;
     }
 
@@ -409,7 +410,7 @@ impl<'a> MySession<'a> {
                     plan.backend = self.core.primary();
                     continue;
                 }
-                Err(e @ BackendError::Unmovable(_)) => {
+                Err(e @ (BackendError::Unmovable(_) | BackendError::Ended(_))) => {
                     self.end_unmovable(seq, &e).await;
                     return Err(End::BackendGone);
                 }

@@ -217,7 +217,7 @@ impl Session<'_> {
                 self.core.fall_back(&e);
                 Ok(true)
             }
-            e @ BackendError::Unmovable(_) => {
+            e @ (BackendError::Unmovable(_) | BackendError::Ended(_)) => {
                 // As a server restart would end it: the client hears why, and reconnects.
                 self.end_unmovable(&e).await;
                 Err(End::BackendGone)
@@ -288,9 +288,12 @@ impl Session<'_> {
     /// state replayed or statements prepared, and its state is not part of every session's
     /// future.
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
+        // A transaction open on the connection (or answers still owed) keeps it: if its server
+        // stopped being the primary, the core ends the transaction instead of moving it.
+        let tx = if self.outstanding > 0 || self.tx() != TxStatus::Idle { Tx::Open } else { Tx::None };
         let id = &self.id;
         let open = |backend| acquire(id, backend);
-        self.core.ready(side, backend, id.key, Tx::None, open).await?;
+        self.core.ready(side, backend, id.key, tx, open).await?;
         let slot = self.core.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         for name in binds {
             let Some(stmt) = self.core.state.statement(name) else { continue };

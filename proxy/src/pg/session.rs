@@ -299,10 +299,11 @@ impl<'a> Session<'a> {
         let _ = self.client.send(&out).await;
     }
 
-    /// Ends a session whose state cannot move to the new primary, as a server restart would:
+    /// Ends a session whose state cannot move to the new primary, or whose open transaction
+    /// cannot go on ([`crate::backend::BackendError::Ended`]), as a server restart would:
     /// FATAL 57P01 with the reason.
     pub(super) async fn end_unmovable(&mut self, e: &crate::backend::BackendError) {
-        tracing::warn!(error = %e, "ending a session whose state cannot move to the new primary");
+        tracing::warn!(error = %e, "ending a session as on a lost connection");
         let text = format!("terminating connection: {e} (sqlswitch)");
         let mut out = BytesMut::new();
         msg::error_response(&mut out, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &text);

@@ -75,6 +75,14 @@ impl<'a, C> Slot<'a, C> {
     }
 }
 
+/// Why an open transaction ended when its server stopped being the primary.
+pub const DEPOSED: &str = "the primary changed during this transaction: it was rolled back on the old primary, and \
+                           nothing of it was committed";
+
+/// Why an open transaction ended when this instance's fleet lease ran out.
+pub const LEASE_LOST: &str = "this sqlswitch instance lost its fleet lease during this transaction: it was rolled \
+                              back, and nothing of it was committed";
+
 /// How often an idle session whose state cannot move looks whether the primary changed.
 pub const MOVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -276,12 +284,38 @@ impl<'a, C: Link> Core<'a, C> {
         }
     }
 
+    /// Whether a transaction open on `side`'s connection may take its next statement, sent to
+    /// `backend`: it lives and dies on the server it began on (PRODUCT.md section 12). It
+    /// cannot go on when the routing table names another primary (a followed promotion, a
+    /// failover, a fleet change), nor when this instance's fleet lease has run out (another
+    /// instance may have changed the primary meanwhile).
+    ///
+    /// # Errors
+    /// [`BackendError::Ended`] with the reason.
+    pub fn may_go_on(&self, side: Side, backend: usize, tx: Tx) -> Result<(), BackendError> {
+        if side != Side::Primary || tx != Tx::Open || self.active != Some(side) {
+            return Ok(());
+        }
+        let Some(slot) = self.slots[side].as_ref() else { return Ok(()) };
+        if slot.backend != backend {
+            return Err(BackendError::Ended(DEPOSED));
+        }
+        if self.cluster.gate.lease_lost() {
+            return Err(BackendError::Ended(LEASE_LOST));
+        }
+        Ok(())
+    }
+
     /// Whether [`Core::ready`] would find nothing to do: `side` holds a usable connection to
     /// `backend` with the session state replayed and the maintenance setting applied. The
     /// common case, checked without awaiting, so that callers box the rest.
     pub fn settled(&self, side: Side, backend: usize, tx: Tx) -> bool {
         let Some(slot) = &self.slots[side] else { return false };
         if slot.backend != backend || slot.stale {
+            return false;
+        }
+        // A fleet instance past its lease sends nothing more to the primary ([`Core::may_go_on`]).
+        if side == Side::Primary && self.cluster.gate.lease_lost() {
             return false;
         }
         let checked = !C::WATCHED || self.active != Some(side);
@@ -313,8 +347,17 @@ impl<'a, C: Link> Core<'a, C> {
         Fut: Future<Output = Result<C, BackendError>>,
     {
         let active = self.active == Some(side);
-        if let (Some(why), Some(slot)) = (self.state.unmovable, &self.slots[side]) {
-            if side == Side::Primary && slot.backend != backend {
+        if let Err(e) = self.may_go_on(side, backend, tx) {
+            // The connection is closed, not reset (the server rolls the transaction back; a
+            // frozen one costs no wait), and nothing of the transaction reaches another server.
+            if let Some(slot) = self.slots[side].take() {
+                warn!(backend = %self.cluster.backends[slot.backend].name, error = %e, "ending an open transaction");
+            }
+            self.active = None;
+            return Err(e);
+        }
+        if let Some(why) = self.state.unmovable {
+            if self.slots[side].as_ref().is_some_and(|s| side == Side::Primary && s.backend != backend) {
                 return Err(BackendError::Unmovable(why));
             }
         }
@@ -335,7 +378,7 @@ impl<'a, C: Link> Core<'a, C> {
             // Boxed: taking a connection (a login, maybe) is the largest state of a session's
             // future and a rare one; unboxed, every idle session would carry its size.
             if let Some(old) = self.slots[side].take() {
-                Box::pin(old.conn.release(self.cluster, old.backend, key, &self.state)).await;
+                Box::pin(release(self.cluster, *old, key, &self.state)).await;
             }
             if active {
                 self.active = None;
@@ -371,7 +414,25 @@ impl<'a, C: Link> Core<'a, C> {
         self.active = None;
         for (_, slot) in std::mem::take(&mut self.slots) {
             let Some(slot) = slot else { continue };
-            slot.conn.release(self.cluster, slot.backend, key, &self.state).await;
+            release(self.cluster, *slot, key, &self.state).await;
         }
     }
 }
+
+/// How long giving a connection back may take (its reset: a rollback, `DISCARD ALL`,
+/// `COM_RESET_CONNECTION`). A server that does not answer by then (frozen, partitioned) has
+/// the connection closed instead: a session never hangs on a server it is leaving.
+pub const RELEASE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resets `slot`'s connection and returns it to its pool, or closes it when the reset fails or
+/// misses [`RELEASE_DEADLINE`].
+async fn release<C: Link>(cluster: &Cluster, slot: Slot<'_, C>, key: &PoolKey, state: &SessionState) {
+    let name = &cluster.backends[slot.backend].name;
+    if tokio::time::timeout(RELEASE_DEADLINE, slot.conn.release(cluster, slot.backend, key, state)).await.is_err() {
+        warn!(backend = %name, "a connection's reset did not finish in time; it is closed instead");
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
