@@ -561,6 +561,9 @@ pub enum Problem {
     /// The primary is known, and these deposed primaries take writes too: they are never
     /// followed (nothing is held), but they should be fenced or re-admitted (`rejoin`).
     Deposed(Vec<String>),
+    /// No server that may be followed takes writes, and these deposed primaries do: none is
+    /// followed (`rejoin` one whose history is the primary's), and primary work waits.
+    OnlyDeposed(Vec<String>),
     /// The primary stopped answering, and another server (`candidate`) takes writes: it is
     /// followed only once the primary has been silent for several rounds (a blip is not a
     /// failover), and only if it replayed the primary's last sample (`lacks_writes` otherwise:
@@ -590,6 +593,12 @@ impl std::fmt::Display for Problem {
                 f,
                 "deposed primary {} takes writes and is not followed: fence it, or `sqlswitch ctl rejoin` it once \
                  it has the current primary's history",
+                names.join(", ")
+            ),
+            Problem::OnlyDeposed(names) => write!(
+                f,
+                "no primary: only deposed primary {} takes writes and is not followed: `sqlswitch ctl rejoin` it if \
+                 its history is the last primary's",
                 names.join(", ")
             ),
             Problem::Waiting { candidate, lacks_writes: false } => write!(

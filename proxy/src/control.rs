@@ -379,14 +379,50 @@ impl Control {
     /// No such cluster or backend.
     pub fn rejoin(&self, name: &str, backend: &str) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
-        let b = cluster
-            .backends
-            .iter()
-            .find(|b| b.name == backend)
-            .ok_or_else(|| format!("cluster {name} has no backend {backend:?}"))?;
+        let b = &cluster.backends[Self::backend(cluster, backend)?];
         let was = b.health.deposed.swap(false, Ordering::Relaxed);
         tracing::info!(event = "rejoin", cluster = %name, backend = %backend, was_deposed = was, "re-admitted by the operator");
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was_deposed": was }))
+    }
+
+    /// `unfence CLUSTER BACKEND`: lifts a fence (PostgreSQL `default_transaction_read_only`,
+    /// MariaDB/MySQL `read_only`) left on a server, as after a crash between a switchover's
+    /// fence and its promotion: the servers then say none takes writes, and this is the way
+    /// back. Refused for a replica (unfenced, it would be a second writable server) and for a
+    /// deposed primary (`rejoin` it first, once its history is the primary's).
+    ///
+    /// # Errors
+    /// No such cluster or backend, no monitor credentials, the server not reached, a replica,
+    /// a deposed primary, or the fence still in force at the deadline.
+    pub async fn unfence(&self, name: &str, backend: &str) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let i = Self::backend(cluster, backend)?;
+        if cluster.backends[i].health.deposed.load(Ordering::Relaxed) {
+            return Err(format!(
+                "{backend} is a deposed primary: unfenced it would take writes nobody routes to it; if its history \
+                 is the current primary's, `rejoin {name} {backend}` first"
+            ));
+        }
+        let to = cluster.control_target(i).ok_or("the cluster has no monitor credentials")?;
+        let dialect = crate::replication::Dialect::of(cluster.config.protocol);
+        let deadline = std::time::Instant::now() + cluster.config.connect_timeout;
+        let mut conn = crate::switchover::within(deadline, async {
+            crate::replication::ControlConn::connect(&to, "sqlswitch-unfence").await.map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("{backend}: {e}"))?;
+        let role = crate::switchover::within(deadline, conn.role(dialect)).await?;
+        if role == crate::replication::Role::Replica {
+            return Err(format!("{backend} is a replica: it keeps its read-only setting"));
+        }
+        crate::switchover::within(deadline, conn.exec_all(dialect.unfence))
+            .await
+            .map_err(|e| format!("{backend}: {e}"))?;
+        crate::switchover::in_force(&mut conn, dialect, false, deadline)
+            .await
+            .map_err(|e| format!("{backend}: {e}"))?;
+        tracing::info!(event = "unfenced", cluster = %name, backend = %backend, "fence lifted by the operator");
+        Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was": role.name(), "fenced": false }))
     }
 }
 

@@ -54,7 +54,8 @@ enum Command {
     /// upgrade-check CLUSTER BACKEND (before a cutover to a logical-replication subscriber),
     /// failover CLUSTER [BACKEND] [no_repoint] [timeout=30s], pause CLUSTER [timeout=10s],
     /// resume CLUSTER, mode CLUSTER read-only|read-write, detach CLUSTER, attach CLUSTER, drain CLUSTER BACKEND,
-    /// enable CLUSTER BACKEND, rejoin CLUSTER BACKEND (re-admit a deposed primary), reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
+    /// enable CLUSTER BACKEND, rejoin CLUSTER BACKEND (re-admit a deposed primary), unfence CLUSTER BACKEND (lift a
+    /// fence left by a crash mid-switchover), reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {
         /// The admin socket (`[admin] socket` in the config).

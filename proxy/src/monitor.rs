@@ -266,6 +266,9 @@ impl Monitor {
             let last = self.acknowledged.get(cluster.backends[i].group_id).and_then(Option::as_ref);
             match (last, self.replayed.get(i).and_then(Option::as_ref)) {
                 (None, _) => true,
+                // PostgreSQL: a standby that lost its primary streams nothing (timeline 0 in
+                // its samples): its WAL position alone says what it has of the old timeline.
+                (Some(last), Some(pos)) if !dialect.whole_records => pos.total() >= last.total(),
                 (Some(last), Some(pos)) => pos.covers(last),
                 (Some(_), None) => false,
             }
@@ -300,6 +303,7 @@ impl Monitor {
                 );
                 None
             }
+            [] if !stale.is_empty() => Some(Problem::OnlyDeposed(stale.iter().map(|i| name(*i)).collect())),
             // The primary did not answer the monitor (down, or the monitor cannot log in).
             [] if !answered.get(current).copied().unwrap_or(false) => Some(Problem::PrimaryUnknown(name(current))),
             [] => Some(Problem::NoPrimary),
@@ -463,17 +467,18 @@ enum Probe {
 async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<ControlConn>) -> Option<Position> {
     let backend = &cluster.backends[i];
     let dialect = Dialect::of(cluster.config.protocol);
+    let [primary, replica, head] = dialect.sampled;
     let sql = match kind {
-        Probe::Primary => dialect.position,
-        Probe::Head => dialect.head_position,
-        Probe::Replica => dialect.replayed,
+        Probe::Primary => primary,
+        Probe::Head => head,
+        Probe::Replica => replica,
     };
     let result = check(conn, cluster, i, sql).await;
     let health = &backend.health;
     let was_up = health.up.load(Ordering::Relaxed);
     let first_check = !health.checked.swap(true, Ordering::Relaxed);
     let unreachable = matches!(&result, Err(e) if e.unreachable);
-    match result.as_deref().map(dialect.parse) {
+    match result.as_deref().map(dialect.parse_sampled) {
         Ok(Some(pos)) => {
             health.lsn.store(pos.total(), Ordering::Relaxed);
             health.seen_at.store(cluster.clock.now(), Ordering::Relaxed);

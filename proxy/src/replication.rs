@@ -158,6 +158,19 @@ pub fn parse_lsn_position(s: &str) -> Option<Position> {
     parse_lsn(s).map(Position::scalar)
 }
 
+/// A PostgreSQL replica's sample: the timeline it streams (hex; `0` when it does not stream)
+/// and what it replayed. NULL (not in recovery) when it is no replica.
+const PG_REPLAYED: &str = "SELECT COALESCE((SELECT to_hex(received_tli) FROM pg_stat_wal_receiver \
+                           WHERE status = 'streaming'), '0') || ':' || pg_last_wal_replay_lsn()::text";
+
+/// Parses a monitor sample of PostgreSQL, `TIMELINE:X/Y` (timeline in hex), into a position
+/// whose one component is that timeline's: positions on different timelines never cover each
+/// other.
+pub fn parse_timeline_lsn(s: &str) -> Option<Position> {
+    let (timeline, lsn) = s.trim().split_once(':')?;
+    Some(Position(vec![(u32::from_str_radix(timeline, 16).ok()?, parse_lsn(lsn)?)]))
+}
+
 /// The SQL of one protocol for replication positions, fencing and promotion.
 pub struct Dialect {
     /// The primary's position. PostgreSQL's is the insert position, not the write position:
@@ -169,10 +182,16 @@ pub struct Dialect {
     /// before it leaves recovery, so the received position counts; MariaDB's `STOP SLAVE`
     /// leaves unapplied relay log behind, so only the applied one does.
     pub received: &'static str,
-    /// The position of another group's primary, writable or a standby itself.
-    pub head_position: &'static str,
-    /// Parses either answer.
+    /// Parses [`Dialect::position`], [`Dialect::replayed`] and [`Dialect::received`].
     pub parse: fn(&str) -> Option<Position>,
+    /// The monitor's samples: the primary's position, what a replica replayed, and the position
+    /// of another group's primary (writable, or a standby itself), parsed by
+    /// [`Dialect::parse_sampled`]. PostgreSQL's carry the timeline (the primary's current one;
+    /// the one a replica streams, `0` when it does not), so that a replica still following a
+    /// deposed primary on the old timeline never counts as caught up with the new one.
+    pub sampled: [&'static str; 3],
+    /// Parses the answers of [`Dialect::sampled`].
+    pub parse_sampled: fn(&str) -> Option<Position>,
     /// Whether a position always ends at a whole record (GTIDs do; a WAL insert position may
     /// point past a page header).
     pub whole_records: bool,
@@ -224,7 +243,7 @@ impl Dialect {
         if self.whole_records {
             pos
         } else {
-            Position::scalar(record_boundary(pos.total()))
+            Position(pos.0.into_iter().map(|(timeline, lsn)| (timeline, record_boundary(lsn))).collect())
         }
     }
 }
@@ -233,9 +252,15 @@ const POSTGRES: Dialect = Dialect {
     position: "SELECT pg_current_wal_insert_lsn()::text",
     replayed: "SELECT pg_last_wal_replay_lsn()::text",
     received: "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text",
-    head_position: "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-                    ELSE pg_current_wal_insert_lsn() END)::text",
     parse: parse_lsn_position,
+    sampled: [
+        "SELECT substr(pg_walfile_name(lsn), 1, 8) || ':' || lsn::text FROM pg_current_wal_insert_lsn() AS lsn",
+        PG_REPLAYED,
+        "SELECT CASE WHEN pg_is_in_recovery() THEN (SELECT (SELECT to_hex(received_tli) FROM pg_stat_wal_receiver \
+         WHERE status = 'streaming')) ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END || ':' || \
+         (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text",
+    ],
+    parse_sampled: parse_timeline_lsn,
     whole_records: false,
     fence: &["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"],
     unfence: &["ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
@@ -261,8 +286,9 @@ const MYSQL: Dialect = Dialect {
     position: "SELECT @@gtid_binlog_pos",
     replayed: "SELECT @@gtid_slave_pos",
     received: "SELECT @@gtid_slave_pos",
-    head_position: "SELECT @@gtid_current_pos",
     parse: parse_gtid,
+    sampled: ["SELECT @@gtid_binlog_pos", "SELECT @@gtid_slave_pos", "SELECT @@gtid_current_pos"],
+    parse_sampled: parse_gtid,
     whole_records: true,
     fence: &["SET GLOBAL read_only = 1"],
     unfence: &["SET GLOBAL read_only = 0"],
@@ -460,6 +486,24 @@ mod tests {
         assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
         assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn positions_on_different_timelines_never_cover_each_other() {
+        let p = |s| parse_timeline_lsn(s).unwrap_or_else(|| panic!("{s}"));
+        assert_eq!(p("0000000A:0/3000148"), Position(vec![(10, 0x300_0148)]));
+        assert_eq!(p("2:1/0"), Position(vec![(2, 1 << 32)]));
+        assert!(parse_timeline_lsn("0/3000148").is_none(), "no timeline");
+        assert!(parse_timeline_lsn("x:0/1").is_none());
+        // A replica still on the old timeline (1), past the new primary's early samples in
+        // bytes, has none of the new timeline's writes.
+        assert!(!p("1:0/5000000").covers(&p("2:0/4000100")));
+        assert!(p("2:0/4000100").covers(&p("2:0/4000100")));
+        // Not streaming (0): no timeline known, never counted as caught up with a primary.
+        assert!(!p("0:0/5000000").covers(&p("1:0/4000000")));
+        // The record-boundary adjustment keeps the timeline.
+        let adjusted = Dialect::of(Protocol::Postgres).at_record_boundary(p("3:0/4000028"));
+        assert_eq!(adjusted, Position(vec![(3, 0x400_0000)]));
     }
 
     #[test]

@@ -139,6 +139,14 @@ pub async fn run(
         let sides = crate::upgrade::Sides { cluster: &cluster, old, target, deadline };
         let check = crate::upgrade::check(&sides).await.map_err(|e| format!("upgrade-check: {e}"))?;
         if cross_group || !check.subscriptions.is_empty() {
+            let losses: Vec<&str> = check.losses().iter().map(|f| f.what.as_str()).collect();
+            if !losses.is_empty() {
+                return Err(format!(
+                    "upgrade-check: the cutover to {target_name} would lose data, nothing was changed (`force` does \
+                     not override this): {} (`upgrade-check {cluster_name} {target_name}` says what to do)",
+                    losses.join("; ")
+                ));
+            }
             let blocking: Vec<&str> = check.blocking().iter().map(|f| f.what.as_str()).collect();
             if !blocking.is_empty() && !how.force {
                 return Err(format!(

@@ -17,6 +17,9 @@ use crate::switchover::within;
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Cutting over now would lose data (writes that would never reach the new cluster): the
+    /// cutover refuses to start while it remains, `force` or not.
+    Loss,
     /// The cutover refuses to start while it remains (unless `force`).
     Blocking,
     /// Likely to break something after the cutover.
@@ -28,6 +31,7 @@ pub enum Level {
 impl Level {
     fn name(self) -> &'static str {
         match self {
+            Level::Loss => "data-loss",
             Level::Blocking => "blocking",
             Level::Warning => "warning",
             Level::Info => "info",
@@ -92,9 +96,14 @@ pub struct Check {
 }
 
 impl Check {
-    /// The findings that stop a cutover.
+    /// The findings that stop a cutover (`force` overrides those that are not data loss).
     pub fn blocking(&self) -> Vec<&Finding> {
-        self.findings.iter().filter(|f| f.level == Level::Blocking).collect()
+        self.findings.iter().filter(|f| f.level <= Level::Blocking).collect()
+    }
+
+    /// The findings that stop a cutover even with `force`: it would lose data.
+    pub fn losses(&self) -> Vec<&Finding> {
+        self.findings.iter().filter(|f| f.level == Level::Loss).collect()
     }
 
     /// The answer of `upgrade-check`.
@@ -191,7 +200,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
         };
         if !sub.enabled {
             out.add(
-                Level::Blocking,
+                Level::Loss,
                 format!("subscription {name} (database {database}) is disabled: changes on {old_name} do not reach {new_name}"),
                 format!("ALTER SUBSCRIPTION {} ENABLE on {new_name}, and let it catch up", ident(name)),
             );
@@ -249,7 +258,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
     }
     if subs.is_empty() {
         out.add(
-            Level::Blocking,
+            Level::Loss,
             format!("{new_name} has no subscription to {old_name}: nothing written on {old_name} reaches it"),
             format!(
                 "on {old_name}: CREATE PUBLICATION upgrade FOR ALL TABLES; on {new_name}, in each database: \
@@ -270,7 +279,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
         let n = value(&mut conn, &format!("SELECT count(*) FROM pg_class c {USER_TABLES}"), deadline).await?;
         if n != "0" {
             out.add(
-                Level::Blocking,
+                Level::Loss,
                 format!("database {database} on {old_name} has {n} table(s) and no subscription on {new_name}"),
                 format!("create the database and its schema on {new_name}, then a subscription in it"),
             );
@@ -304,7 +313,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
         for (table, t) in &tables_old {
             match tables_new.get(table) {
                 None => out.add(
-                    Level::Blocking,
+                    Level::Loss,
                     format!("table {table} (database {database}) is on {old_name} and missing on {new_name}"),
                     format!("create it on {new_name} (pg_dump --schema-only -t), then ALTER SUBSCRIPTION ... REFRESH PUBLICATION"),
                 ),
@@ -338,7 +347,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
             }
             if !published.is_empty() && !published.contains(table) {
                 out.add(
-                    Level::Blocking,
+                    Level::Loss,
                     format!("table {table} (database {database}) is in no publication the subscription takes: its writes stay on {old_name}"),
                     format!("ALTER PUBLICATION ... ADD TABLE {table} on {old_name}, then REFRESH PUBLICATION on {new_name}"),
                 );
@@ -360,7 +369,7 @@ pub async fn check(sides: &Sides<'_>) -> Result<Check, String> {
             for r in copying {
                 let (table, state) = (r.first().cloned().unwrap_or_default(), r.get(1).cloned().unwrap_or_default());
                 out.add(
-                    Level::Blocking,
+                    Level::Loss,
                     format!(
                         "table {table} (database {database}) is still being copied by subscription {} (state {state})",
                         sub.name

@@ -267,3 +267,66 @@ async fn a_server_that_lacks_acknowledged_writes_is_not_followed_when_the_primar
     assert_eq!(primary_of(&daemon), "replica1", "the operator's failover moves it");
     assert!(result["possible_loss"].as_u64().is_some_and(|n| n > 0), "the loss is reported: {result}");
 }
+
+/// sqlswitch (or its host) crashed between a switchover's fence and its promotion: the old
+/// primary stays fenced, no server takes writes, and writes are refused. `unfence` is the way
+/// back; it refuses to unfence a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_left_by_a_crash_mid_switchover_is_lifted_by_unfence() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let old = topo.primary();
+    topo.psql_admin(old, "ALTER SYSTEM SET default_transaction_read_only = on", "postgres").unwrap();
+    topo.psql_admin(old, "SELECT pg_reload_conf()", "postgres").unwrap();
+    let daemon = proxy::start(&topo, "connect_timeout = \"1s\"").await.unwrap();
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    eventually(5, "no primary", || {
+        let status = daemon.control.status();
+        status["clusters"][0]["primary_problem"].as_str().is_some_and(|p| p.starts_with("no primary"))
+    })
+    .await;
+    client.batch_execute("INSERT INTO items (note) VALUES ('fenced')").await.expect_err("no server takes writes");
+
+    let e = daemon.control.unfence("app", "replica1").await.expect_err("a replica keeps its setting");
+    assert!(e.contains("replica"), "{e}");
+    daemon.control.unfence("app", "primary").await.expect("the fence is lifted");
+    eventually(5, "the primary takes writes again", || {
+        daemon.control.status()["clusters"][0]["primary_problem"].is_null()
+    })
+    .await;
+    client.batch_execute("INSERT INTO items (note) VALUES ('unfenced')").await.expect("writes go on");
+    topo.psql_admin(old, "ALTER SYSTEM RESET default_transaction_read_only", "postgres").unwrap();
+}
+
+/// After a switchover without re-pointing, replica2 still streams from the deposed primary, on
+/// the old timeline, and that server takes a direct write (a superuser past the fence): its
+/// WAL position passes the new primary's in bytes. Freshness compares within the primary's
+/// timeline, so replica2 never counts as caught up, and a session reads its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_the_old_timeline_never_counts_as_fresh() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, "max_replica_lag = \"10s\"").await.unwrap();
+    let how =
+        sqlswitch::switchover::How { repoint: false, ..sqlswitch::switchover::How::promoting(Duration::from_secs(30)) };
+    let mut quiet = |_: &sqlswitch::switchover::Step| {};
+    sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut quiet).await.expect("switchover");
+    let bulk =
+        "BEGIN READ WRITE; INSERT INTO items (note) SELECT repeat('x', 1000) FROM generate_series(1, 20000); COMMIT";
+    topo.psql_admin(topo.primary(), bulk, DATABASE).unwrap();
+    let lsn = |node| topo.psql_admin(node, "SELECT pg_last_wal_replay_lsn() - '0/0'", "postgres").unwrap();
+    let new_lsn = |node| topo.psql_admin(node, "SELECT pg_current_wal_insert_lsn() - '0/0'", "postgres").unwrap();
+    eventually(10, "replica2 replays the old timeline past the new primary's position", || {
+        let (old_tl, new_tl) = (lsn(&topo.replicas()[1]), new_lsn(&topo.replicas()[0]));
+        old_tl.trim().parse::<f64>().unwrap_or(0.0) > new_tl.trim().parse::<f64>().unwrap_or(f64::MAX)
+    })
+    .await;
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('new timeline')").await.unwrap();
+    for _ in 0..20 {
+        let n: i64 =
+            client.query_one("SELECT count(*) FROM items WHERE note = 'new timeline'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "a session reads its own write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -91,7 +91,7 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let found = findings(&check);
     println!("{check:#}");
     assert!(
-        found.iter().any(|(l, w)| l == "blocking" && w.contains("public.only_old") && w.contains("missing on new1")),
+        found.iter().any(|(l, w)| l == "data-loss" && w.contains("public.only_old") && w.contains("missing on new1")),
         "{found:?}"
     );
     assert!(
@@ -105,6 +105,11 @@ async fn upgrade_cutover_to_a_logical_subscriber_under_insert_load() {
     let (refused, _) = cutover(&daemon, false, Duration::from_secs(10)).await;
     let refused = refused.expect_err("a blocking finding refuses the cutover");
     assert!(refused.contains("only_old") && refused.contains("nothing was changed"), "{refused}");
+    // `force` overrides compatibility findings, never one that loses data.
+    let (refused, _) = cutover(&daemon, true, Duration::from_secs(10)).await;
+    let refused = refused.expect_err("force does not override a data-loss finding");
+    assert!(refused.contains("would lose data") && refused.contains("only_old"), "{refused}");
+    assert_eq!(daemon.control.status()["clusters"][0]["primary"], "old1", "nothing changed");
     let app = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
     let port = write_lands_on(&app, "up_serial", "after-refusal", "writes go on after a refused cutover").await;
     assert_eq!(port, old_ports[0]);

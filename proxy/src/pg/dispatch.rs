@@ -290,7 +290,13 @@ impl Session<'_> {
     async fn ready_slot(&mut self, side: Side, backend: usize, binds: &[String]) -> Result<(), BackendError> {
         // A transaction open on the connection (or answers still owed) keeps it: if its server
         // stopped being the primary, the core ends the transaction instead of moving it.
-        let tx = if self.outstanding > 0 || self.tx() != TxStatus::Idle { Tx::Open } else { Tx::None };
+        let tx = if self.tx() != TxStatus::Idle {
+            Tx::Open
+        } else if self.outstanding > 0 {
+            Tx::Owed
+        } else {
+            Tx::None
+        };
         let id = &self.id;
         let open = |backend| acquire(id, backend);
         self.core.ready(side, backend, id.key, tx, open).await?;

@@ -132,6 +132,17 @@ pub enum Tx {
     /// None is open, but the next statement opens one that later writes may join (MySQL
     /// `autocommit = 0`).
     Implicit,
+    /// No transaction is open, but the active connection still owes answers (PostgreSQL
+    /// pipelining): the connection stays, but no transaction is at stake.
+    Owed,
+}
+
+impl Tx {
+    /// Whether the active connection must be kept: a transaction is open on it, or it owes
+    /// answers.
+    pub fn holds_connection(self) -> bool {
+        matches!(self, Tx::Open | Tx::Owed)
+    }
 }
 
 /// The core of one session over connections of type `C`.
@@ -199,7 +210,7 @@ impl<'a, C: Link> Core<'a, C> {
             }),
             // The statement opens a transaction that later writes may join: the primary.
             Tx::Implicit if !read_only => Some(Target::Primary),
-            Tx::Implicit | Tx::None => None,
+            Tx::Implicit | Tx::None | Tx::Owed => None,
         };
         let session = SessionView {
             read_only,
@@ -293,14 +304,16 @@ impl<'a, C: Link> Core<'a, C> {
     /// # Errors
     /// [`BackendError::Ended`] with the reason.
     pub fn may_go_on(&self, side: Side, backend: usize, tx: Tx) -> Result<(), BackendError> {
-        if side != Side::Primary || tx != Tx::Open || self.active != Some(side) {
+        if side != Side::Primary || !tx.holds_connection() || self.active != Some(side) {
             return Ok(());
         }
         let Some(slot) = self.slots[side].as_ref() else { return Ok(()) };
         if slot.backend != backend {
             return Err(BackendError::Ended(DEPOSED));
         }
-        if self.cluster.gate.lease_lost() {
+        // Only a transaction is at stake (answers owed outside one are the gate's business,
+        // which lets a fenced instance's reads through).
+        if tx == Tx::Open && self.cluster.gate.lease_lost() {
             return Err(BackendError::Ended(LEASE_LOST));
         }
         Ok(())
@@ -323,7 +336,7 @@ impl<'a, C: Link> Core<'a, C> {
             return false;
         }
         let maintenance = self.maintenance.is_some() && !self.read_only;
-        if slot.maintenance != maintenance && tx != Tx::Open {
+        if slot.maintenance != maintenance && !tx.holds_connection() {
             return false;
         }
         self.state.replay.len() <= slot.applied.replayed
@@ -369,7 +382,7 @@ impl<'a, C: Link> Core<'a, C> {
             }
             None => (true, false),
         };
-        if dead && active && tx == Tx::Open {
+        if dead && active && tx.holds_connection() {
             self.slots[side] = None;
             self.active = None;
             return Err(BackendError::Closed);
@@ -391,7 +404,7 @@ impl<'a, C: Link> Core<'a, C> {
         // itself has read-only connections from its login); at its end the setting goes back
         // to the login's, and the session's own state is replayed over it again.
         let maintenance = self.maintenance.is_some() && !self.read_only;
-        if slot.maintenance && !maintenance && tx != Tx::Open {
+        if slot.maintenance && !maintenance && !tx.holds_connection() {
             slot.conn.set_read_only(false).await?;
             slot.maintenance = false;
             slot.applied.replayed = 0;
@@ -400,7 +413,7 @@ impl<'a, C: Link> Core<'a, C> {
             slot.conn.replay(missing).await?;
             slot.applied.replayed = self.state.replay.len();
         }
-        if maintenance && !slot.maintenance && tx != Tx::Open {
+        if maintenance && !slot.maintenance && !tx.holds_connection() {
             slot.conn.set_read_only(true).await?;
             slot.maintenance = true;
         }

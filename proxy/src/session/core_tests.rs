@@ -120,6 +120,9 @@ async fn a_lost_lease_ends_an_open_transaction_even_on_the_same_primary() {
     // Outside a transaction the gate, not the core, decides (the session waits there).
     let mut idle = on_primary(&cluster, &released, false);
     assert!(idle.may_go_on(Side::Primary, 0, Tx::None).is_ok());
+    assert!(idle.may_go_on(Side::Primary, 0, Tx::Owed).is_ok(), "answers owed outside a transaction: reads go on");
+    let moved = idle.may_go_on(Side::Primary, 1, Tx::Owed);
+    assert!(matches!(moved, Err(BackendError::Ended(_))), "answers owed never move to another primary");
     idle.active = Some(Side::Replica);
     assert!(idle.may_go_on(Side::Primary, 1, Tx::Open).is_ok(), "a transaction on a replica is not the primary's");
 }
