@@ -8,14 +8,18 @@
 //! - [`proxy`]: an in-process sqlswitch in front of it, on `127.0.0.1:0`.
 //! - [`client`]: tokio-postgres helpers for the tests.
 //! - [`etcd`]: a real etcd for fleet mode, and a relay in front of it that a test can cut.
+//! - [`relay`]: a TCP relay that resets or blackholes its connections (network faults).
+//! - [`faults`]: the randomized fault loop and its history checker (`scripts/faults`).
 //! - [`upgrade`]: two PostgreSQL clusters, the new one subscribed to the old (upgrade cutover).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod etcd;
+pub mod faults;
 pub mod mysql;
 pub mod pg;
 pub mod proxy;
+pub mod relay;
 pub mod upgrade;
 
 /// How long one test binary may run before it is taken for hung, in seconds

@@ -132,6 +132,11 @@ impl Topology {
         Ok(topo)
     }
 
+    /// The server's process id, for SIGSTOP and SIGCONT.
+    pub fn pid(node: &Node) -> u32 {
+        node.process.id()
+    }
+
     /// Runs SQL as root over the node's Unix socket; returns the tab-separated output.
     ///
     /// # Errors

@@ -188,6 +188,37 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Makes `node` a streaming standby of `from` again, as an operator rejoins a deposed
+    /// primary: stops it, copies `from` afresh (`pg_basebackup -R`) and starts it.
+    ///
+    /// # Errors
+    /// A step failed.
+    pub fn rebuild_standby(&self, node: &Node, from: &Node) -> Result<()> {
+        let _ = self.kill_node(node);
+        std::fs::remove_dir_all(&node.data).with_context(|| format!("removing {}", node.data.display()))?;
+        self.pg(Command::new(self.bin.join("pg_basebackup"))
+            .arg("-D")
+            .arg(&node.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(from.port.to_string()))
+            .context("pg_basebackup")?;
+        self.write_node_conf(node)?;
+        self.pg_ctl_start(node)
+    }
+
+    /// The server's processes (the postmaster and its children), for SIGSTOP and SIGCONT.
+    ///
+    /// # Errors
+    /// Its pid file could not be read.
+    pub fn pids(&self, node: &Node) -> Result<Vec<String>> {
+        let pid_file = std::fs::read_to_string(node.data.join("postmaster.pid")).context("postmaster.pid")?;
+        let pid = pid_file.lines().next().context("empty postmaster.pid")?.trim().to_owned();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().map(|o| o.stdout).unwrap_or_default();
+        let mut pids = vec![pid];
+        pids.extend(String::from_utf8_lossy(&children).split_whitespace().map(str::to_owned));
+        Ok(pids)
+    }
+
     fn write_node_conf(&self, node: &Node) -> Result<()> {
         let text = format!(
             "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\ncluster_name = '{}'\n",

@@ -1,0 +1,196 @@
+//! The faults: each applied to the running world, held for a while, healed, and recorded. A
+//! change of primary leaves the topology whole again (the old primary rejoined as a replica),
+//! as an operator would, so that the next fault finds a primary and two replicas.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::Rng;
+
+use super::history::Fault;
+use super::world::{Servers, World, NAMES};
+
+/// The kinds of fault, with their weights in the schedule.
+const KINDS: [(&str, u32); 8] = [
+    ("switchover", 3),
+    ("external-promotion", 1),
+    ("freeze-primary", 2),
+    ("freeze-replica", 1),
+    ("blackhole-primary", 2),
+    ("cut-primary", 2),
+    ("replica-lag", 2),
+    ("pause", 1),
+];
+
+/// Picks a fault by weight.
+pub fn pick(rng: &mut impl Rng) -> &'static str {
+    let total: u32 = KINDS.iter().map(|(_, w)| w).sum();
+    let mut at = rng.gen_range(0..total);
+    for (name, weight) in KINDS {
+        if at < weight {
+            return name;
+        }
+        at -= weight;
+    }
+    "pause"
+}
+
+/// Applies fault `name`, holds it for `hold`, heals it; returns what happened (`None` when it
+/// could not apply, as a switchover with no replica up).
+///
+/// # Errors
+/// The harness failed to apply or heal it (not sqlswitch refusing: that is recorded).
+pub async fn apply(
+    world: &mut World,
+    name: &'static str,
+    hold: Duration,
+    ms: impl Fn() -> u64,
+) -> Result<Option<Fault>> {
+    let (primary, replicas) = world.roles().await;
+    let Some(&replica) = replicas.first() else { return Ok(None) };
+    let started_ms = ms();
+    let mut planned = false;
+    let detail = match name {
+        "switchover" => {
+            planned = true;
+            let answer = world.ctl(&format!("switchover app {} promote timeout=20s", NAMES[replica])).await;
+            let healed_ms = ms();
+            let detail = format!("{} -> {}: {}", NAMES[primary], NAMES[replica], short(&answer));
+            if answer["ok"] == true {
+                rejoin(world, primary, replica).await?;
+            }
+            return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
+        }
+        "external-promotion" => {
+            external_promotion(world, primary, replica).await?;
+            let healed_ms = ms();
+            rejoin(world, primary, replica).await?;
+            let detail = format!("{} -> {} by hand, the old one fenced first", NAMES[primary], NAMES[replica]);
+            return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
+        }
+        "freeze-primary" | "freeze-replica" => {
+            let node = if name == "freeze-primary" { primary } else { replica };
+            signal(world, node, "-STOP")?;
+            tokio::time::sleep(hold).await;
+            signal(world, node, "-CONT")?;
+            format!("{} SIGSTOP for {hold:?}", NAMES[node])
+        }
+        "blackhole-primary" => {
+            world.relays[primary].blackhole();
+            tokio::time::sleep(hold).await;
+            world.relays[primary].heal();
+            format!("sqlswitch to {} blackholed for {hold:?}", NAMES[primary])
+        }
+        "cut-primary" => {
+            world.relays[primary].cut();
+            format!("sqlswitch's connections to {} reset", NAMES[primary])
+        }
+        "replica-lag" => {
+            replay(world, replica, false)?;
+            tokio::time::sleep(hold).await;
+            replay(world, replica, true)?;
+            format!("{} stopped applying for {hold:?}", NAMES[replica])
+        }
+        _ => {
+            let answer = world.ctl(&format!("pause app timeout={}ms", hold.as_millis())).await;
+            tokio::time::sleep(hold).await;
+            format!("pause for {hold:?}: {}", short(&answer))
+        }
+    };
+    Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms: ms(), planned }))
+}
+
+fn short(answer: &serde_json::Value) -> String {
+    match answer["ok"].as_bool() {
+        Some(true) => "ok".into(),
+        _ => answer["error"].as_str().unwrap_or("no answer").chars().take(300).collect(),
+    }
+}
+
+fn signal(world: &World, node: usize, sig: &str) -> Result<()> {
+    let pids = match &world.servers {
+        Servers::Pg(t) => t.pids(&t.nodes[node])?,
+        Servers::My(t) => vec![crate::mysql::Topology::pid(&t.nodes[node]).to_string()],
+    };
+    let status = std::process::Command::new("kill").arg(sig).args(&pids).status()?;
+    anyhow::ensure!(status.success(), "kill {sig} {pids:?}");
+    Ok(())
+}
+
+fn replay(world: &World, node: usize, on: bool) -> Result<()> {
+    match &world.servers {
+        Servers::Pg(t) => t.set_replay_paused(&t.nodes[node], !on),
+        Servers::My(t) => {
+            let sql = if on { "START SLAVE SQL_THREAD" } else { "STOP SLAVE SQL_THREAD" };
+            t.sql(&t.nodes[node], sql).map(drop)
+        }
+    }
+}
+
+/// A promotion by other tooling, done as a careful one (Patroni, orchestrator) does it: fence
+/// the old primary and end its client sessions, wait until the target has everything, promote
+/// it, point the other replica at it.
+async fn external_promotion(world: &World, old: usize, new: usize) -> Result<()> {
+    let other = (0..NAMES.len()).find(|i| *i != old && *i != new).context("three servers")?;
+    match &world.servers {
+        Servers::Pg(t) => {
+            let (o, n) = (&t.nodes[old], &t.nodes[new]);
+            t.psql_admin(o, "ALTER SYSTEM SET default_transaction_read_only = on", "postgres")?;
+            t.psql_admin(o, "SELECT pg_reload_conf()", "postgres")?;
+            let end = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'faulter'";
+            t.psql_admin(o, end, "postgres")?;
+            let lsn = t.psql_admin(o, "SELECT pg_current_wal_lsn()", "postgres")?;
+            let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{}'", lsn.trim());
+            for _ in 0..100 {
+                if t.psql_admin(n, &caught_up, "postgres")?.trim() == "t" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            t.psql_admin(n, "SELECT pg_promote(true, 60)", "postgres")?;
+            let conninfo =
+                format!("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=postgres'", n.port);
+            t.psql_admin(&t.nodes[other], &conninfo, "postgres")?;
+            t.psql_admin(&t.nodes[other], "SELECT pg_reload_conf()", "postgres")?;
+        }
+        Servers::My(t) => {
+            let (o, n) = (&t.nodes[old], &t.nodes[new]);
+            t.sql(o, "SET GLOBAL read_only = 1")?;
+            let ids = t.sql(o, "SELECT GROUP_CONCAT(ID) FROM information_schema.PROCESSLIST WHERE USER = 'faulter'")?;
+            for id in ids.trim().split(',').filter(|i| i.chars().all(|c| c.is_ascii_digit()) && !i.is_empty()) {
+                let _ = t.sql(o, &format!("KILL CONNECTION {id}"));
+            }
+            let pos = t.sql(o, "SELECT @@gtid_binlog_pos")?;
+            t.sql(n, &format!("SELECT MASTER_GTID_WAIT('{}', 10)", pos.trim()))?;
+            t.sql(n, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")?;
+            t.sql(&t.nodes[other], &change_master(n.port))?;
+        }
+    }
+    Ok(())
+}
+
+fn change_master(port: u16) -> String {
+    format!(
+        "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='repl', \
+         MASTER_PASSWORD='repl', MASTER_USE_GTID=slave_pos; START SLAVE"
+    )
+}
+
+/// The old primary becomes a replica of the new one (PostgreSQL: a fresh base backup, as
+/// after `pg_rewind`; MariaDB: sqlswitch re-pointed it after a switchover, by hand otherwise).
+async fn rejoin(world: &World, old: usize, new: usize) -> Result<()> {
+    match &world.servers {
+        Servers::Pg(t) => {
+            let (o, n) = (t.nodes[old].clone(), t.nodes[new].clone());
+            tokio::task::block_in_place(|| t.rebuild_standby(&o, &n))
+        }
+        Servers::My(t) => {
+            let o = &t.nodes[old];
+            if t.sql(o, "SHOW SLAVE STATUS")?.trim().is_empty() {
+                t.sql(o, "SET GLOBAL read_only = 1; SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos")?;
+                t.sql(o, &change_master(t.nodes[new].port))?;
+            }
+            Ok(())
+        }
+    }
+}
