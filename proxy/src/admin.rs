@@ -114,7 +114,7 @@ fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
 const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [reverse] [timeout=30s] | \
                      upgrade-check CLUSTER BACKEND | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
-                     resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | rejoin CLUSTER BACKEND | unfence CLUSTER BACKEND | reload";
+                     resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | rejoin CLUSTER BACKEND | unfence CLUSTER BACKEND | fleet-resolve CLUSTER BACKEND | reload";
 
 async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedSender<Value>) -> Result<Value, String> {
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -159,6 +159,10 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
         "rejoin" => {
             let (cluster, backend) = two()?;
             control.rejoin(cluster, backend)
+        }
+        "fleet-resolve" => {
+            let (cluster, backend) = two()?;
+            control.fleet_resolve(cluster, backend).await
         }
         "unfence" => {
             let (cluster, backend) = two()?;

@@ -385,6 +385,17 @@ impl Control {
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was_deposed": was }))
     }
 
+    /// `fleet-resolve CLUSTER BACKEND`: ends a stuck published change of primary (fleet mode).
+    ///
+    /// # Errors
+    /// No such cluster or backend, no fleet, no change published, or etcd not reached.
+    pub async fn fleet_resolve(&self, name: &str, backend: &str) -> Result<Value, Failure> {
+        let cluster = self.cluster(name)?;
+        let i = Self::backend(cluster, backend)?;
+        let link = cluster.fleet.get().ok_or_else(|| format!("cluster {name:?} is not in fleet mode"))?;
+        link.resolve(i).await
+    }
+
     /// `unfence CLUSTER BACKEND`: lifts a fence (PostgreSQL `default_transaction_read_only`,
     /// MariaDB/MySQL `read_only`) left on a server, as after a crash between a switchover's
     /// fence and its promotion: the servers then say none takes writes, and this is the way

@@ -100,7 +100,7 @@ fn print_pretty(v: &Value) {
             (v["cluster"].as_str().unwrap_or(""), v["from"].as_str().unwrap_or(""), v["to"].as_str().unwrap_or(""));
         if v.get("possible_loss").is_some() {
             out!(
-                "failed over {cluster} from {from} to {to}: routing generation {}; {to} is {} {} behind {from}'s last known position",
+                "failed over {cluster} from {from} to {to}: routing generation {}; {to} is at least {} {} behind {from}'s last known position",
                 v["generation"],
                 v["possible_loss"],
                 v["possible_loss_unit"].as_str().unwrap_or("")

@@ -564,6 +564,32 @@ impl Link {
         Err("fleet: the routing kept changing under this change; try again".into())
     }
 
+    /// `fleet-resolve CLUSTER BACKEND`: ends a published change of primary that nobody can
+    /// finish (its driver gone and its target not answering), naming `primary` as the primary,
+    /// by compare-and-swap: every instance stops holding primary work and routes there.
+    ///
+    /// # Errors
+    /// No change is published, or etcd was not reached.
+    pub async fn resolve(&self, primary: usize) -> Result<Value, Failure> {
+        let name = self.cluster.backends[primary].name.clone();
+        let mut ended = None;
+        let doc = self
+            .publish(|d| {
+                let Some(change) = d.change.take() else {
+                    return Err("fleet: no change of primary is published".into());
+                };
+                ended = Some(change);
+                d.primary.clone_from(&name);
+                Ok(())
+            })
+            .await?;
+        let change = ended.map(|c| format!("the {} from {} to {} driven by {}", c.kind, c.from, c.target, c.by));
+        warn!(event = "fleet_resolved", cluster = %self.cluster.config.name, primary = %name, generation = doc.generation, ended = ?change, "fleet: a change of primary was ended by the operator");
+        Ok(
+            json!({ "ok": true, "cluster": self.cluster.config.name, "primary": name, "generation": doc.generation, "ended": change }),
+        )
+    }
+
     /// `mode`, `detach`/`attach`, `drain`/`enable` in fleet mode: published, then waited for on
     /// every live instance (up to a few seconds). Returns the answer's fleet part.
     pub async fn change(&self, edit: impl Fn(&mut Routing) + Send) -> Result<Value, Failure> {

@@ -33,7 +33,16 @@ pub enum Wait {
     /// The servers still disagree on the primary, or this instance is still fenced from its
     /// fleet: refuse this one.
     Doubt,
+    /// A change of primary published by the fleet held this for [`Gate::fleet_hold_limit`]: refuse
+    /// this one (the change goes on, or `fleet-resolve` ends it).
+    FleetStuck,
 }
+
+/// How long primary work waits for a change of primary published by the fleet, unless the
+/// fleet's config sets it ([`Gate::fleet_hold_limit`]): past it, each waiting statement is
+/// refused (a change whose driver is gone and whose target does not answer would otherwise hold
+/// writes forever).
+pub const FLEET_HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// Micros since the process's first look at this clock (monotonic: it runs on while the
 /// process is stopped, so a lease deadline passes during a `SIGSTOP`).
@@ -61,6 +70,9 @@ pub struct Gate {
     /// Counts this cluster's `pause` and `resume` commands: a pause's timer resumes only if no
     /// later pause or resume of the same cluster came first.
     pub pause_generation: AtomicU64,
+    /// How long (micros) primary work waits for a fleet change before it is refused: three
+    /// fleet lease TTLs (set at start), [`FLEET_HOLD_LIMIT`] until then.
+    pub fleet_hold_limit: AtomicU64,
 }
 
 impl Default for Gate {
@@ -73,6 +85,7 @@ impl Default for Gate {
             metrics: None,
             lease_until: AtomicU64::new(u64::MAX),
             pause_generation: AtomicU64::new(0),
+            fleet_hold_limit: AtomicU64::new(u64::try_from(FLEET_HOLD_LIMIT.as_micros()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -130,6 +143,9 @@ impl Gate {
         let mut rx = self.hold.subscribe();
         let doubt_over = tokio::time::sleep(doubt_limit);
         tokio::pin!(doubt_over);
+        let fleet_over =
+            tokio::time::sleep(std::time::Duration::from_micros(self.fleet_hold_limit.load(Ordering::Relaxed)));
+        tokio::pin!(fleet_over);
         loop {
             let h = *rx.borrow_and_update();
             // A lost lease the fleet task has not noticed yet: look again shortly.
@@ -142,6 +158,7 @@ impl Gate {
                 changed = rx.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep(std::time::Duration::from_millis(20)), if lost => {}
                 () = &mut doubt_over, if refusable => return Wait::Doubt,
+                () = &mut fleet_over, if primary && h.fleet && !h.all && !h.primary => return Wait::FleetStuck,
             }
         }
         drop(held);

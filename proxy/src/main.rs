@@ -55,7 +55,8 @@ enum Command {
     /// failover CLUSTER [BACKEND] [no_repoint] [timeout=30s], pause CLUSTER [timeout=10s],
     /// resume CLUSTER, mode CLUSTER read-only|read-write, detach CLUSTER, attach CLUSTER, drain CLUSTER BACKEND,
     /// enable CLUSTER BACKEND, rejoin CLUSTER BACKEND (re-admit a deposed primary), unfence CLUSTER BACKEND (lift a
-    /// fence left by a crash mid-switchover), reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
+    /// fence left by a crash mid-switchover), fleet-resolve CLUSTER BACKEND (end a stuck fleet
+    /// change of primary), reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {
         /// The admin socket (`[admin] socket` in the config).

@@ -149,9 +149,11 @@ impl Daemon {
         let mut clusters = Vec::new();
         for cluster_config in config.clusters.clone() {
             let cluster = Cluster::new(cluster_config, &registry);
-            if config.fleet.is_some() {
+            if let Some(fleet) = &config.fleet {
                 // Fenced from the first connection until the fleet's routing is read.
                 cluster.gate.lease_until.store(0, std::sync::atomic::Ordering::Relaxed);
+                let limit = u64::try_from((fleet.ttl * 3).as_micros()).unwrap_or(u64::MAX);
+                cluster.gate.fleet_hold_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
                 cluster.gate.set(|h| h.fenced = true);
             }
             if let Some(tls) = &cluster.config.tls {

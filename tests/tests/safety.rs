@@ -330,3 +330,56 @@ async fn a_replica_on_the_old_timeline_never_counts_as_fresh() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A change of primary published in the fleet whose driver is gone and whose target does not
+/// answer: no instance can finish or roll it back. Writes wait for it at most three lease TTLs
+/// and are then refused (never held forever), and `fleet-resolve` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_fleet_change_holds_writes_for_a_bounded_time_and_fleet_resolve_ends_it() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(1).unwrap();
+    let etcd = sqlswitch_tests::etcd::Etcd::start().unwrap();
+    let prefix = format!("/sqlswitch-safety-{}", std::process::id());
+    let text = proxy::config_text(&topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "connect_timeout = \"1s\"")
+        + &format!(
+            "\n[fleet]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nttl = \"2s\"\ninstance = \"solo\"\n",
+            etcd.endpoint()
+        );
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::launch(config, false, 1).await.unwrap();
+    eventually(10, "the instance joins its fleet", || {
+        daemon.control.status()["clusters"][0]["fleet"]["fenced"] == false
+    })
+    .await;
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    client.batch_execute("INSERT INTO items (note) VALUES ('before')").await.unwrap();
+
+    // The driver died at `promote`, and its target is gone too.
+    topo.kill_node(&topo.replicas()[0]).unwrap();
+    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let key = format!("{prefix}/app/routing");
+    let got = etcd_client.get(key.clone(), None).await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    doc["generation"] = (doc["generation"].as_u64().unwrap() + 1).into();
+    doc["change"] = serde_json::json!({
+        "kind": "switchover", "by": "gone", "from": "primary", "target": "replica1", "step": "promote"
+    });
+    etcd_client.put(key, doc.to_string(), None).await.unwrap();
+    eventually(5, "the instance holds for the change", || {
+        !daemon.control.status()["clusters"][0]["fleet"]["change"].is_null()
+    })
+    .await;
+    let started = Instant::now();
+    let write = client.batch_execute("INSERT INTO items (note) VALUES ('held')");
+    let e = tokio::time::timeout(Duration::from_secs(20), write).await.expect("not held forever").unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::CONNECTION_FAILURE), "{e:?}");
+    assert!(e.as_db_error().is_some_and(|d| d.message().contains("fleet-resolve")), "{e:?}");
+    let held = started.elapsed();
+    assert!(held >= Duration::from_secs(5), "held for three TTLs first ({held:?})");
+
+    let answer = daemon.control.fleet_resolve("app", "primary").await.expect("resolved");
+    assert_eq!(answer["primary"], "primary", "{answer}");
+    client.batch_execute("INSERT INTO items (note) VALUES ('after')").await.expect("writes go on");
+    let e = daemon.control.fleet_resolve("app", "primary").await.expect_err("nothing left to resolve");
+    assert!(e.contains("no change"), "{e}");
+}

@@ -161,6 +161,11 @@ impl PrimaryWork {
                 "sqlswitch holds {} statements for a pause or switchover already (max_held); try again",
                 cluster.config.max_held
             ))),
+            Wait::FleetStuck => Err(Refusal::NoPrimary(
+                "sqlswitch held this for a change of primary published by its fleet that has not ended (see \
+                 `sqlswitch ctl status`; `sqlswitch ctl fleet-resolve CLUSTER BACKEND` ends a stuck one)"
+                    .to_owned(),
+            )),
             Wait::Doubt if cluster.gate.hold().fenced || cluster.gate.lease_lost() => Err(Refusal::Fenced(
                 "sqlswitch is fenced from its fleet (its etcd lease is not renewed, or it has not read the fleet's \
                  routing yet): writes are refused, reads go on; see `sqlswitch ctl status`"

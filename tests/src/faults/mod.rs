@@ -88,7 +88,8 @@ pub async fn run(opts: &Options) -> Result<Summary> {
         let name = nemesis::pick(&mut rng);
         let hold = Duration::from_millis(rng.gen_range(1_000..5_000));
         let gap = Duration::from_millis(rng.gen_range(1_000..3_000));
-        if let Some(fault) = nemesis::apply(&mut world, name, hold, ms).await? {
+        let choice = rng.gen_range(0..1000);
+        if let Some(fault) = nemesis::apply(&mut world, name, hold, choice, ms).await? {
             println!("{:>7} ms  {:<20} {}", fault.started_ms, fault.name, fault.detail);
             writeln!(schedule, "{}", serde_json::to_string(&fault)?)?;
             faults.push(fault);

@@ -35,7 +35,8 @@ pub fn pick(rng: &mut impl Rng) -> &'static str {
     "pause"
 }
 
-/// Applies fault `name`, holds it for `hold`, heals it; returns what happened (`None` when it
+/// Applies fault `name` (to the replica `choice` picks, where it needs one), holds it for
+/// `hold`, heals it; returns what happened (`None` when it
 /// could not apply, as a switchover with no replica up).
 ///
 /// # Errors
@@ -44,10 +45,11 @@ pub async fn apply(
     world: &mut World,
     name: &'static str,
     hold: Duration,
+    choice: usize,
     ms: impl Fn() -> u64,
 ) -> Result<Option<Fault>> {
     let (primary, replicas) = world.roles().await;
-    let Some(&replica) = replicas.first() else { return Ok(None) };
+    let Some(&replica) = replicas.get(choice % replicas.len().max(1)) else { return Ok(None) };
     let started_ms = ms();
     let mut planned = false;
     let detail = match name {

@@ -86,9 +86,10 @@ impl World {
             }
             Servers::My(t) => {
                 let extra = format!("{}\n{settings}", crate::proxy::MY_REPLICATION);
+                // The read-only listener first: "listen = ..." is also the end of its line.
                 crate::proxy::mysql_config_text(t, "app", &extra)
-                    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{l0}\""))
                     .replace("read_only_listen = \"127.0.0.1:0\"", &format!("read_only_listen = \"{l1}\""))
+                    .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{l0}\""))
             }
         };
         for (port, relay) in ports.iter().zip(&relays) {
