@@ -142,7 +142,7 @@ pub async fn run(
     let promoted = async {
         if let Some(link) = &fleet {
             // Every instance of the fleet holds new primary work first.
-            let generation = link.begin("failover", old, target).await?;
+            let generation = link.begin("failover", old, target, timeout).await?;
             link.acknowledged(generation, deadline).await?;
             link.step("promote").await?;
             if cluster.gate.lease_lost() {

@@ -70,6 +70,10 @@ pub struct Change {
     /// `promote`: an instance taking over finishes it only from `promote`, and only if the
     /// target answers as a primary.
     pub step: String,
+    /// The driver's timeout: instances hold primary work for the change at most this long
+    /// (plus two lease TTLs), then refuse it ([`crate::gate::Gate::fleet_hold_limit`]).
+    #[serde(default)]
+    pub timeout_ms: u64,
 }
 
 /// What an instance says of itself: `<prefix>/<cluster>/instances/<instance>`.
@@ -453,6 +457,13 @@ impl Link {
             }
         });
         let holding = doc.change.is_some();
+        if let Some(change) = &doc.change {
+            // Held statements wait as long as the change may take, never forever.
+            let ttl = self.shared.config.ttl;
+            let limit = (Duration::from_millis(change.timeout_ms) + ttl * 2).max(ttl * 3);
+            let micros = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+            cluster.gate.fleet_hold_limit.store(micros, std::sync::atomic::Ordering::Relaxed);
+        }
         let moved = primary.is_some_and(|p| p != before);
         if moved && !holding {
             // The fleet changed the primary: what this instance's monitor doubted (the old one
@@ -676,7 +687,7 @@ impl Link {
     ///
     /// # Errors
     /// This instance is fenced or behind, etcd is not reached, or another change runs.
-    pub async fn begin(&self, kind: &str, from: usize, target: usize) -> Result<u64, Failure> {
+    pub async fn begin(&self, kind: &str, from: usize, target: usize, timeout: Duration) -> Result<u64, Failure> {
         if self.cluster.gate.hold().fenced || self.cluster.gate.lease_lost() {
             return Err(format!(
                 "fleet: instance {:?} is fenced (its lease is not renewed): run the {kind} on an instance that is not",
@@ -717,6 +728,7 @@ impl Link {
                     from: from_name.clone(),
                     target: target_name.clone(),
                     step: "hold".into(),
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 });
                 Ok(())
             })
@@ -1044,6 +1056,7 @@ mod tests {
                 from: "pg1".into(),
                 target: "pg2".into(),
                 step: "hold".into(),
+                timeout_ms: 30_000,
             }),
         };
         let text = serde_json::to_string(&doc).unwrap();

@@ -146,6 +146,7 @@ impl Gate {
         let fleet_over =
             tokio::time::sleep(std::time::Duration::from_micros(self.fleet_hold_limit.load(Ordering::Relaxed)));
         tokio::pin!(fleet_over);
+        let mut was_refusable = true;
         loop {
             let h = *rx.borrow_and_update();
             // A lost lease the fleet task has not noticed yet: look again shortly.
@@ -154,6 +155,12 @@ impl Gate {
                 break;
             }
             let refusable = primary && (h.doubt || h.fenced || lost) && !h.all && !h.primary && !h.fleet;
+            if refusable && !was_refusable {
+                // The doubt's time counts from when it became the reason to wait: a statement
+                // held by a switchover that then failed gets its full doubt_limit, not none.
+                doubt_over.as_mut().reset(tokio::time::Instant::now() + doubt_limit);
+            }
+            was_refusable = refusable;
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep(std::time::Duration::from_millis(20)), if lost => {}
@@ -184,5 +191,45 @@ impl Gate {
     /// Marks a session's primary work as finished.
     pub fn leave_primary(&self) {
         self.primary_busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Gate, Wait};
+
+    /// A statement held by a switchover that then fails, leaving the servers in doubt for a
+    /// moment, gets the whole doubt limit from then on: not an instant refusal because it had
+    /// already waited that long for the switchover.
+    #[tokio::test(start_paused = true)]
+    async fn the_doubt_limit_counts_from_when_doubt_became_the_reason() {
+        let gate = std::sync::Arc::new(Gate::default());
+        gate.set(|h| {
+            h.primary = true;
+            h.doubt = true;
+        });
+        let waiting = {
+            let gate = std::sync::Arc::clone(&gate);
+            tokio::spawn(async move { gate.wait(true, 10, Duration::from_secs(1)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        gate.set(|h| h.primary = false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "refused before its doubt limit");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(waiting.await.ok(), Some(Wait::Doubt));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_hold_ends_by_its_limit() {
+        let gate = std::sync::Arc::new(Gate::default());
+        gate.fleet_hold_limit.store(3_000_000, std::sync::atomic::Ordering::Relaxed);
+        gate.set(|h| h.fleet = true);
+        let started = tokio::time::Instant::now();
+        assert_eq!(gate.wait(true, 10, Duration::from_secs(1)).await, Wait::FleetStuck);
+        assert_eq!(started.elapsed().as_secs(), 3);
+        assert_eq!(gate.wait(false, 10, Duration::from_secs(1)).await, Wait::Through, "replica work is not held");
     }
 }

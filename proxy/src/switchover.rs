@@ -209,7 +209,7 @@ pub async fn run(
     cluster.gate.set(|h| h.primary = true);
     let fleet = cluster.fleet.get().cloned();
     let fleet_generation = match &fleet {
-        Some(link) => match link.begin("switchover", old, target).await {
+        Some(link) => match link.begin("switchover", old, target, how.timeout).await {
             Ok(generation) => Some(generation),
             Err(e) => {
                 cluster.gate.set(|h| h.primary = false);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use sqlswitch_tests::faults::{self, Options, Protocol};
 
-const USAGE: &str = "usage: faults [--protocol postgres|mysql] [--seed S] [--seconds T] [--clients N] [--out DIR]\n       faults --self-test";
+const USAGE: &str = "usage: faults [--protocol postgres|mysql] [--fleet N] [--seed S] [--seconds T] [--clients N] [--out DIR]\n       faults --self-test";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,15 +28,25 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match runtime.block_on(faults::run(&opts)) {
         Ok(summary) => {
+            let mut report = String::new();
             for a in &summary.anomalies {
-                println!("ANOMALY {}: {}", a.invariant, a.detail);
+                report.push_str(&format!("ANOMALY {}: {}\n", a.invariant, a.detail));
+            }
+            let _ = std::fs::write(opts.out.join("anomalies.txt"), &report);
+            // The first ones on the terminal; all of them in the file.
+            for line in report.lines().take(30) {
+                println!("{line}");
+            }
+            if summary.anomalies.len() > 30 {
+                println!("... {} more in {}", summary.anomalies.len() - 30, opts.out.join("anomalies.txt").display());
             }
             if !summary.anomalies.is_empty() {
                 println!(
-                    "seed {} found anomalies; the history is in {}; run the same schedule again with: scripts/faults --protocol {} --seed {} --seconds {}",
+                    "seed {} found anomalies; the history is in {}; run the same schedule again with: scripts/faults --protocol {} --fleet {} --seed {} --seconds {}",
                     opts.seed,
                     opts.out.display(),
                     name(opts.protocol),
+                    opts.instances,
                     opts.seed,
                     opts.seconds
                 );
@@ -66,7 +76,7 @@ fn name(p: Protocol) -> &'static str {
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut protocol = Protocol::Postgres;
-    let (mut seed, mut seconds, mut clients, mut out) = (1u64, 60u64, 6u32, None);
+    let (mut seed, mut seconds, mut clients, mut out, mut instances) = (1u64, 60u64, 6u32, None, 1usize);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
@@ -82,9 +92,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--clients" => clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
             "--out" => out = Some(PathBuf::from(value()?)),
+            "--fleet" => instances = value()?.parse().map_err(|e| format!("--fleet: {e}"))?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("target/faults/{}-{seed}", name(protocol))));
-    Ok(Options { protocol, seed, seconds, clients, out })
+    let fleet = if instances > 1 { format!("-fleet{instances}") } else { String::new() };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("target/faults/{}{fleet}-{seed}", name(protocol))));
+    Ok(Options { protocol, seed, seconds, clients, instances, out })
 }

@@ -40,8 +40,10 @@ pub struct Options {
     pub seed: u64,
     /// How long faults are applied.
     pub seconds: u64,
-    /// Concurrent clients.
+    /// Concurrent clients (spread over the instances).
     pub clients: u32,
+    /// sqlswitch instances: more than one is a fleet through etcd.
+    pub instances: usize,
     /// Where the history, the schedule and sqlswitch's log go.
     pub out: PathBuf,
 }
@@ -63,14 +65,14 @@ pub struct Summary {
 /// The harness failed (a server did not start): no verdict on sqlswitch.
 pub async fn run(opts: &Options) -> Result<Summary> {
     std::fs::create_dir_all(&opts.out)?;
-    let mut world = World::start(opts.protocol, opts.seed, &opts.out).await?;
+    let mut world = World::start(opts.protocol, opts.seed, opts.instances.max(1), &opts.out).await?;
     let start = Instant::now();
     let ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Op>();
     let shared = workload::Shared {
         protocol: opts.protocol,
-        port: world.port,
+        ports: world.instances.iter().map(|i| i.port).collect(),
         login: world.login.clone(),
         start,
         stop: Arc::clone(&stop),
@@ -85,7 +87,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     let mut schedule = std::fs::File::create(opts.out.join("faults.jsonl"))?;
     tokio::time::sleep(Duration::from_secs(2)).await; // the workload runs clean first
     while start.elapsed() < Duration::from_secs(opts.seconds) {
-        let name = nemesis::pick(&mut rng);
+        let name = nemesis::pick(&mut rng, world.instances.len() > 1);
         let hold = Duration::from_millis(rng.gen_range(1_000..5_000));
         let gap = Duration::from_millis(rng.gen_range(1_000..3_000));
         let choice = rng.gen_range(0..1000);
@@ -121,25 +123,36 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     Ok(Summary { operations: ops.len(), faults: faults.len(), anomalies })
 }
 
-/// After the last heal: within 60 s, exactly one primary with no problem reported, and a write
-/// through sqlswitch succeeds.
+/// After the last heal: within 60 s, every instance names the same primary with no problem
+/// reported, and a write through each succeeds.
 async fn settle(world: &mut World) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
-    while Instant::now() < deadline {
-        let status = world.status().await;
-        let problem = status["primary_problem"].as_str().map(str::to_owned);
-        let maintenance = status["maintenance"].as_str().map(str::to_owned);
-        if problem.is_none() && maintenance.is_none() {
-            let login = (world.login.0.as_str(), world.login.1.as_str());
-            match probe_write(world.servers_protocol(), world.port, login).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = format!("a write through sqlswitch failed: {e}"),
-            }
-        } else {
-            last = format!("status: problem {problem:?}, maintenance {maintenance:?}");
-        }
+    'again: while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut primaries = std::collections::BTreeSet::new();
+        for i in 0..world.instances.len() {
+            let status = world.status_on(i).await;
+            let problem = status["primary_problem"].as_str().map(str::to_owned);
+            let maintenance = status["maintenance"].as_str().map(str::to_owned);
+            if problem.is_some() || maintenance.is_some() {
+                last = format!("instance {i}: problem {problem:?}, maintenance {maintenance:?}");
+                continue 'again;
+            }
+            primaries.insert(status["primary"].to_string());
+        }
+        if primaries.len() != 1 {
+            last = format!("the instances name different primaries: {primaries:?}");
+            continue;
+        }
+        for i in 0..world.instances.len() {
+            let login = (world.login.0.as_str(), world.login.1.as_str());
+            if let Err(e) = probe_write(world.servers_protocol(), world.instances[i].port, login).await {
+                last = format!("a write through instance {i} failed: {e}");
+                continue 'again;
+            }
+        }
+        return Ok(());
     }
     Err(format!("not settled 60 s after the last heal: {last}"))
 }

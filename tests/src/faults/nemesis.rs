@@ -11,8 +11,10 @@ use super::history::Fault;
 use super::world::{Servers, World, NAMES};
 
 /// The kinds of fault, with their weights in the schedule.
-const KINDS: [(&str, u32); 8] = [
+const KINDS: [(&str, u32); 10] = [
     ("switchover", 3),
+    ("freeze-instance", 1),
+    ("partition-etcd", 1),
     ("external-promotion", 1),
     ("freeze-primary", 2),
     ("freeze-replica", 1),
@@ -22,11 +24,12 @@ const KINDS: [(&str, u32); 8] = [
     ("pause", 1),
 ];
 
-/// Picks a fault by weight.
-pub fn pick(rng: &mut impl Rng) -> &'static str {
-    let total: u32 = KINDS.iter().map(|(_, w)| w).sum();
+/// Picks a fault by weight (`fleet`: faults of etcd too).
+pub fn pick(rng: &mut impl Rng, fleet: bool) -> &'static str {
+    let kinds: Vec<(&str, u32)> = KINDS.into_iter().filter(|(n, _)| fleet || *n != "partition-etcd").collect();
+    let total: u32 = kinds.iter().map(|(_, w)| w).sum();
     let mut at = rng.gen_range(0..total);
-    for (name, weight) in KINDS {
+    for (name, weight) in kinds {
         if at < weight {
             return name;
         }
@@ -50,24 +53,35 @@ pub async fn apply(
 ) -> Result<Option<Fault>> {
     let (primary, replicas) = world.roles().await;
     let Some(&replica) = replicas.get(choice % replicas.len().max(1)) else { return Ok(None) };
+    let instance = choice % world.instances.len().max(1);
     let started_ms = ms();
     let mut planned = false;
     let detail = match name {
         "switchover" => {
             planned = true;
-            let answer = world.ctl(&format!("switchover app {} promote timeout=20s", NAMES[replica])).await;
+            let command = format!("switchover app {} promote timeout=20s", NAMES[replica]);
+            let answer = world.ctl_on(instance, &command).await;
             let healed_ms = ms();
-            let detail = format!("{} -> {}: {}", NAMES[primary], NAMES[replica], short(&answer));
+            let detail = format!("{} -> {} on instance {instance}: {}", NAMES[primary], NAMES[replica], short(&answer));
             if answer["ok"] == true {
                 rejoin(world, primary, replica).await?;
             }
             return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
         }
         "external-promotion" => {
-            external_promotion(world, primary, replica).await?;
+            let promoted = external_promotion(world, primary, replica).await?;
             let healed_ms = ms();
-            rejoin(world, primary, replica).await?;
-            let detail = format!("{} -> {} by hand, the old one fenced first", NAMES[primary], NAMES[replica]);
+            if promoted {
+                rejoin(world, primary, replica).await?;
+            }
+            let detail = if promoted {
+                format!("{} -> {} by hand, the old one fenced first", NAMES[primary], NAMES[replica])
+            } else {
+                format!(
+                    "{} -> {} by hand: not promoted, the target did not catch up in 10 s",
+                    NAMES[primary], NAMES[replica]
+                )
+            };
             return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
         }
         "freeze-primary" | "freeze-replica" => {
@@ -78,14 +92,28 @@ pub async fn apply(
             format!("{} SIGSTOP for {hold:?}", NAMES[node])
         }
         "blackhole-primary" => {
-            world.relays[primary].blackhole();
+            world.instances[instance].relays[primary].blackhole();
             tokio::time::sleep(hold).await;
-            world.relays[primary].heal();
-            format!("sqlswitch to {} blackholed for {hold:?}", NAMES[primary])
+            world.instances[instance].relays[primary].heal();
+            format!("instance {instance} to {} blackholed for {hold:?}", NAMES[primary])
         }
         "cut-primary" => {
-            world.relays[primary].cut();
-            format!("sqlswitch's connections to {} reset", NAMES[primary])
+            world.instances[instance].relays[primary].cut();
+            format!("instance {instance}'s connections to {} reset", NAMES[primary])
+        }
+        "freeze-instance" => {
+            let pid = world.instances[instance].pid.to_string();
+            std::process::Command::new("kill").args(["-STOP", &pid]).status()?;
+            tokio::time::sleep(hold).await;
+            std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
+            format!("sqlswitch instance {instance} SIGSTOP for {hold:?}")
+        }
+        "partition-etcd" => {
+            let Some(relay) = world.instances[instance].etcd_relay.as_ref() else { return Ok(None) };
+            relay.blackhole();
+            tokio::time::sleep(hold).await;
+            relay.heal();
+            format!("instance {instance} to etcd blackholed for {hold:?}")
         }
         "replica-lag" => {
             replay(world, replica, false)?;
@@ -94,7 +122,7 @@ pub async fn apply(
             format!("{} stopped applying for {hold:?}", NAMES[replica])
         }
         _ => {
-            let answer = world.ctl(&format!("pause app timeout={}ms", hold.as_millis())).await;
+            let answer = world.ctl_on(instance, &format!("pause app timeout={}ms", hold.as_millis())).await;
             tokio::time::sleep(hold).await;
             format!("pause for {hold:?}: {}", short(&answer))
         }
@@ -132,7 +160,9 @@ fn replay(world: &World, node: usize, on: bool) -> Result<()> {
 /// A promotion by other tooling, done as a careful one (Patroni, orchestrator) does it: fence
 /// the old primary and end its client sessions, wait until the target has everything, promote
 /// it, point the other replica at it.
-async fn external_promotion(world: &World, old: usize, new: usize) -> Result<()> {
+/// Returns whether it promoted (`false`: the target did not catch up, and the old primary was
+/// unfenced again).
+async fn external_promotion(world: &World, old: usize, new: usize) -> Result<bool> {
     let other = (0..NAMES.len()).find(|i| *i != old && *i != new).context("three servers")?;
     match &world.servers {
         Servers::Pg(t) => {
@@ -143,11 +173,19 @@ async fn external_promotion(world: &World, old: usize, new: usize) -> Result<()>
             t.psql_admin(o, end, "postgres")?;
             let lsn = t.psql_admin(o, "SELECT pg_current_wal_lsn()", "postgres")?;
             let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{}'", lsn.trim());
-            for _ in 0..100 {
-                if t.psql_admin(n, &caught_up, "postgres")?.trim() == "t" {
+            let mut caught = false;
+            for _ in 0..200 {
+                caught = t.psql_admin(n, &caught_up, "postgres")?.trim() == "t";
+                if caught {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !caught {
+                // A careful tool does not promote a standby that lacks the primary's writes.
+                t.psql_admin(o, "ALTER SYSTEM RESET default_transaction_read_only", "postgres")?;
+                t.psql_admin(o, "SELECT pg_reload_conf()", "postgres")?;
+                return Ok(false);
             }
             t.psql_admin(n, "SELECT pg_promote(true, 60)", "postgres")?;
             let conninfo =
@@ -163,12 +201,17 @@ async fn external_promotion(world: &World, old: usize, new: usize) -> Result<()>
                 let _ = t.sql(o, &format!("KILL CONNECTION {id}"));
             }
             let pos = t.sql(o, "SELECT @@gtid_binlog_pos")?;
-            t.sql(n, &format!("SELECT MASTER_GTID_WAIT('{}', 10)", pos.trim()))?;
+            let waited = t.sql(n, &format!("SELECT MASTER_GTID_WAIT('{}', 10)", pos.trim()))?;
+            if waited.trim() != "0" {
+                // A careful tool does not promote a replica that lacks the primary's writes.
+                t.sql(o, "SET GLOBAL read_only = 0")?;
+                return Ok(false);
+            }
             t.sql(n, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")?;
             t.sql(&t.nodes[other], &change_master(n.port))?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn change_master(port: u16) -> String {

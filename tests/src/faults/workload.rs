@@ -79,8 +79,8 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
 pub struct Shared {
     /// The protocol.
     pub protocol: Protocol,
-    /// sqlswitch's port.
-    pub port: u16,
+    /// The sqlswitch instances' ports (client `id` uses `ports[id % len]`).
+    pub ports: Vec<u16>,
     /// Who the clients log in as.
     pub login: (String, String),
     /// When the run began (the history's clock).
@@ -105,7 +105,8 @@ pub async fn client(id: u32, seed: u64, shared: Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(s) = session.as_mut() else {
             let login = (shared.login.0.as_str(), shared.login.1.as_str());
-            match Session::open(shared.protocol, shared.port, login).await {
+            let port = shared.ports[usize::try_from(id).unwrap_or(0) % shared.ports.len()];
+            match Session::open(shared.protocol, port, login).await {
                 Ok(s) => session = Some(s),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

@@ -1,6 +1,7 @@
-//! The system under test: real servers (a primary and two replicas), a relay in front of each
-//! for sqlswitch's paths to it, and sqlswitch itself as a process of its own (its log is
-//! checked for secrets; it can be signalled), driven through its admin socket.
+//! The system under test: real servers (a primary and two replicas), one or several sqlswitch
+//! instances as processes of their own (a fleet through a real etcd when several; their logs
+//! are checked for secrets; they can be signalled), each with its own relay to every server
+//! and to etcd (so a partition can be one-sided), driven through their admin sockets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,13 +22,9 @@ pub enum Servers {
     My(crate::mysql::Topology),
 }
 
-/// Everything a run needs.
-pub struct World {
-    /// The servers.
-    pub servers: Servers,
-    /// One relay per backend, in config order (what sqlswitch connects to).
-    pub relays: Vec<Relay>,
-    /// The sqlswitch process.
+/// One sqlswitch instance: its process, its admin socket, its own relays.
+pub struct Instance {
+    /// The process.
     daemon: Child,
     /// Its admin socket.
     admin: PathBuf,
@@ -35,31 +32,50 @@ pub struct World {
     pub log: PathBuf,
     /// Where clients connect.
     pub port: u16,
-    /// The workload's login.
-    pub login: (String, String),
-    /// The configured passwords (checked never to appear in any output).
-    pub secrets: Vec<String>,
-    /// Every admin answer of the run.
-    pub answers: String,
+    /// One relay per backend, in config order (this instance's paths to the servers).
+    pub relays: Vec<Relay>,
+    /// Fleet mode: this instance's path to etcd.
+    pub etcd_relay: Option<Relay>,
+    /// The process id (for SIGSTOP and SIGCONT).
+    pub pid: u32,
 }
 
-impl Drop for World {
+impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
 }
 
+/// Everything a run needs.
+pub struct World {
+    /// The servers.
+    pub servers: Servers,
+    /// The sqlswitch instances (several: a fleet through etcd).
+    pub instances: Vec<Instance>,
+    /// Fleet mode: etcd.
+    etcd: Option<crate::etcd::Etcd>,
+    /// The workload's login.
+    pub login: (String, String),
+    /// The monitor's password of this run.
+    monitor_pw: String,
+    /// The configured passwords (checked never to appear in any output).
+    pub secrets: Vec<String>,
+    /// Every admin answer of the run.
+    pub answers: String,
+}
+
 /// The names of the backends, in config order (as the harness names its servers).
 pub const NAMES: [&str; 3] = ["primary", "replica1", "replica2"];
 
 impl World {
-    /// Starts the servers, the relays and sqlswitch; the workload's table exists and every
+    /// Starts the servers and `instances` sqlswitch instances (a fleet through a real etcd
+    /// when more than one), each with its own relays; the workload's table exists and every
     /// replica has it.
     ///
     /// # Errors
-    /// A server, the relays or sqlswitch did not start.
-    pub async fn start(protocol: Protocol, seed: u64, out: &Path) -> Result<Self> {
+    /// A server, etcd, the relays or sqlswitch did not start.
+    pub async fn start(protocol: Protocol, seed: u64, instances: usize, out: &Path) -> Result<Self> {
         let (app_pw, monitor_pw) = (format!("fault-{seed:x}-Pw"), format!("mon-{seed:x}-Pw"));
         let login = ("faulter".to_owned(), app_pw.clone());
         let servers = tokio::task::spawn_blocking(move || -> Result<Servers> {
@@ -69,17 +85,47 @@ impl World {
             })
         })
         .await??;
-        let ports = ports(&servers);
+        setup_sql(&servers, &login, &monitor_pw)?;
+        let etcd = if instances > 1 { Some(crate::etcd::Etcd::start()?) } else { None };
+        let secrets = vec![app_pw, monitor_pw.clone()];
+        let mut world =
+            Self { servers, instances: Vec::new(), etcd, login, monitor_pw, secrets, answers: String::new() };
+        for i in 0..instances {
+            let instance = world.start_instance(i, out).await?;
+            world.instances.push(instance);
+        }
+        for i in 0..world.instances.len() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ready = world.try_ctl(i, "status").await.ok().is_some_and(|s| {
+                    let fleet = &s["clusters"][0]["fleet"];
+                    fleet.is_null() || fleet["fenced"] == false
+                });
+                if ready {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(&world.instances[i].log).unwrap_or_default();
+                    bail!("sqlswitch instance {i} did not become ready: {log}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(world)
+    }
+
+    /// Starts instance `i`: its relays, its config, its process.
+    async fn start_instance(&self, i: usize, out: &Path) -> Result<Instance> {
+        let ports = ports(&self.servers);
         let mut relays = Vec::new();
         for p in &ports {
             relays.push(Relay::start(*p).await?);
         }
-        setup_sql(&servers, &login, &monitor_pw)?;
         let listen = crate::pg::free_ports(2)?;
-        let admin = out.join("admin.sock");
+        let admin = out.join(format!("admin-{i}.sock"));
         let settings = "max_replica_lag = \"2s\"\nconnect_timeout = \"2s\"";
         let (l0, l1) = (format!("127.0.0.1:{}", listen[0]), format!("127.0.0.1:{}", listen[1]));
-        let mut text = match &servers {
+        let mut text = match &self.servers {
             Servers::Pg(t) => {
                 let extra = format!("{}\n{settings}", crate::proxy::PG_REPLICATION);
                 crate::proxy::config_text(t, "app", &l0, &l1, None, &extra)
@@ -96,11 +142,21 @@ impl World {
             text = text.replace(&format!("\"127.0.0.1:{port}\""), &format!("\"127.0.0.1:{}\"", relay.port));
         }
         text = text.replace("/tmp/sqlswitch-test.sock", &admin.display().to_string());
-        text = text.replace("password = \"monitor\" }", &format!("password = \"{monitor_pw}\" }}"));
-        text += &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", login.0, login.1);
-        let config = out.join("sqlswitch.toml");
+        text = text.replace("password = \"monitor\" }", &format!("password = \"{}\" }}", self.monitor_pw));
+        text += &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", self.login.0, self.login.1);
+        let etcd_relay = match &self.etcd {
+            Some(e) => Some(Relay::start(e.port).await?),
+            None => None,
+        };
+        if let Some(r) = &etcd_relay {
+            text += &format!(
+                "\n[fleet]\netcd = [\"http://127.0.0.1:{}\"]\nprefix = \"/faults\"\nttl = \"3s\"\ninstance = \"i{i}\"\n",
+                r.port
+            );
+        }
+        let config = out.join(format!("sqlswitch-{i}.toml"));
         std::fs::write(&config, &text)?;
-        let log = out.join("sqlswitch.log");
+        let log = out.join(format!("sqlswitch-{i}.log"));
         let daemon = Command::new(sqlswitch_bin()?)
             .args(["run", "--config"])
             .arg(&config)
@@ -109,29 +165,13 @@ impl World {
             .stderr(std::fs::File::options().append(true).open(&log)?)
             .spawn()
             .context("starting sqlswitch")?;
-        let world = Self {
-            servers,
-            relays,
-            daemon,
-            admin,
-            log,
-            port: listen[0],
-            login,
-            secrets: vec![app_pw, monitor_pw],
-            answers: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while world.try_ctl("status").await.is_err() {
-            if Instant::now() > deadline {
-                bail!("sqlswitch did not answer on its admin socket: {}", std::fs::read_to_string(&world.log)?);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(world)
+        let pid = daemon.id();
+        Ok(Instance { daemon, admin, log, port: listen[0], relays, etcd_relay, pid })
     }
 
-    async fn try_ctl(&self, command: &str) -> Result<Value> {
-        let mut stream = tokio::net::UnixStream::connect(&self.admin).await?;
+    async fn try_ctl(&self, instance: usize, command: &str) -> Result<Value> {
+        let admin = &self.instances.get(instance).context("no such instance")?.admin;
+        let mut stream = tokio::net::UnixStream::connect(admin).await?;
         stream.write_all(format!("{command}\n").as_bytes()).await?;
         let mut lines = BufReader::new(stream).lines();
         while let Some(line) = lines.next_line().await? {
@@ -143,9 +183,10 @@ impl World {
         bail!("no answer to {command}")
     }
 
-    /// Sends an admin command; its answer (an error answer too) is kept for the secrets check.
-    pub async fn ctl(&mut self, command: &str) -> Value {
-        let answer = tokio::time::timeout(Duration::from_secs(90), self.try_ctl(command))
+    /// Sends an admin command to `instance`; its answer (an error answer too) is kept for the
+    /// secrets check.
+    pub async fn ctl_on(&mut self, instance: usize, command: &str) -> Value {
+        let answer = tokio::time::timeout(Duration::from_secs(90), self.try_ctl(instance, command))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 90 s")))
             .unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": e.to_string() }));
@@ -154,9 +195,14 @@ impl World {
         answer
     }
 
-    /// The cluster's status.
+    /// The cluster's status, as instance 0 sees it.
     pub async fn status(&mut self) -> Value {
-        let mut s = self.ctl("status").await;
+        self.status_on(0).await
+    }
+
+    /// The cluster's status, as `instance` sees it.
+    pub async fn status_on(&mut self, instance: usize) -> Value {
+        let mut s = self.ctl_on(instance, "status").await;
         s["clusters"][0].take()
     }
 
@@ -183,9 +229,9 @@ impl World {
         }
     }
 
-    /// sqlswitch's log so far.
+    /// Every instance's log so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.instances.iter().map(|i| std::fs::read_to_string(&i.log).unwrap_or_default()).collect()
     }
 }
 
