@@ -64,6 +64,8 @@ pub struct Summary {
 /// # Errors
 /// The harness failed (a server did not start): no verdict on sqlswitch.
 pub async fn run(opts: &Options) -> Result<Summary> {
+    // A fresh directory: a run killed before it could stop its instances left their sockets.
+    let _ = std::fs::remove_dir_all(&opts.out);
     std::fs::create_dir_all(&opts.out)?;
     let mut world = World::start(opts.protocol, opts.seed, opts.instances.max(1), &opts.out).await?;
     let start = Instant::now();

@@ -78,8 +78,10 @@ pub async fn apply(
                 format!("{} -> {} by hand, the old one fenced first", NAMES[primary], NAMES[replica])
             } else {
                 format!(
-                    "{} -> {} by hand: not promoted, the target did not catch up in 10 s",
-                    NAMES[primary], NAMES[replica]
+                    "{} -> {} by hand: not promoted, the target did not catch up in 10 s ({})",
+                    NAMES[primary],
+                    NAMES[replica],
+                    replication_state(world, replica)
                 )
             };
             return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
@@ -238,4 +240,15 @@ async fn rejoin(world: &World, old: usize, new: usize) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What a replica says of its replication (for a fault's record when it did not catch up).
+fn replication_state(world: &World, node: usize) -> String {
+    let text = match &world.servers {
+        Servers::Pg(t) => t
+            .psql_admin(&t.nodes[node], "SELECT status, sender_port FROM pg_stat_wal_receiver", "postgres")
+            .unwrap_or_else(|e| e.to_string()),
+        Servers::My(t) => t.sql(&t.nodes[node], "SHOW SLAVE STATUS").unwrap_or_else(|e| e.to_string()),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(1500).collect()
 }

@@ -166,6 +166,11 @@ impl World {
             .spawn()
             .context("starting sqlswitch")?;
         let pid = daemon.id();
+        // Stopped with this process however it ends (a `timeout` kill included).
+        crate::pg::spawn_detached(&format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -CONT {pid}; kill -9 {pid}",
+            me = std::process::id()
+        ))?;
         Ok(Instance { daemon, admin, log, port: listen[0], relays, etcd_relay, pid })
     }
 
