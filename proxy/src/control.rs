@@ -477,6 +477,8 @@ fn cluster_status(c: &Cluster) -> Value {
                 "role": if primary { "primary" } else if c.in_active_group(&table, i) { "replica" } else { "inactive" },
                 "group": b.group,
                 "server_says": discovery.roles.get(i),
+                // A replaced primary, never followed again until it streams or `rejoin`.
+                "deposed": b.health.deposed.load(Ordering::Relaxed),
                 "state": state,
                 "weight": table.weight(i),
                 "lag_ms": (!primary && lag != u64::MAX).then_some(lag / 1000),

@@ -214,6 +214,7 @@ async fn a_deposed_primary_that_returns_writable_takes_no_writes() {
     let count = "SELECT count(*) FROM items WHERE note = 'deposed?'";
     assert_eq!(topo.psql_admin(old, count, DATABASE).unwrap().trim(), "0", "the deposed primary took no write");
 
+    assert_eq!(daemon.control.status()["clusters"][0]["backends"][0]["deposed"], true, "status shows it");
     // The operator re-admits it: it may be followed again (here: still not, replica1 answers).
     let answer = daemon.control.rejoin("app", "primary").unwrap();
     assert_eq!(answer["was_deposed"], true, "{answer}");
