@@ -209,7 +209,9 @@ impl Cluster {
 pub struct Credentials {
     /// User name.
     pub user: String,
-    /// Password.
+    /// Password; may be left out (or empty) where the server needs none, or where the
+    /// server finds it itself (`replication` on PostgreSQL: the standby's `.pgpass`).
+    #[serde(default)]
     pub password: Secret,
 }
 
@@ -235,7 +237,7 @@ impl User {
 }
 
 /// A password: never printed by `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -353,6 +355,8 @@ pub const MAX_BACKENDS: usize = 64;
 pub fn is_unix_socket(address: &str) -> bool {
     address.starts_with('/')
 }
+
+mod advice;
 
 mod defaults {
     use std::path::PathBuf;

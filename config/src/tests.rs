@@ -142,3 +142,22 @@ fn a_type_error_never_echoes_the_value() {
     assert_eq!(without_value("invalid value: string \"hunter2\", expected x"), "invalid value: string, expected x");
     assert_eq!(without_value("missing field `name`"), "missing field `name`");
 }
+
+#[test]
+fn advice_names_the_cluster_and_the_key() {
+    assert!(parse(GOOD).unwrap().advice().is_empty(), "a complete config gets no advice");
+    let no_monitor = GOOD.replace("monitor = { user = \"monitor\", password = \"monitor\" }\n", "");
+    let advice = parse(&no_monitor).unwrap().advice();
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert!(advice[0].contains("\"app\"") && advice[0].contains("no `monitor`"), "{advice:?}");
+    let with_password = GOOD.replace(
+        "max_replica_lag = \"1s\"\n",
+        "max_replica_lag = \"1s\"\nreplication = { user = \"repl\", password = \"r\" }\n",
+    );
+    let advice = parse(&with_password).unwrap().advice();
+    assert!(advice.len() == 1 && advice[0].contains("replication.password"), "{advice:?}");
+    let without = GOOD.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\nreplication = { user = \"repl\" }\n");
+    let config = parse(&without).unwrap();
+    assert!(config.advice().is_empty(), "a password left out is the advised way");
+    assert_eq!(config.clusters[0].replication.as_ref().unwrap().password.expose(), "");
+}

@@ -83,6 +83,9 @@ fn main() -> ExitCode {
                 if let Some(warning) = readable_by_others(&config) {
                     eprintln!("{warning}");
                 }
+                for advice in c.advice() {
+                    eprintln!("warning: {advice}");
+                }
                 let listeners: usize = c.clusters.iter().map(|c| 1 + usize::from(c.read_only_listen.is_some())).sum();
                 use std::io::Write as _;
                 let line =
@@ -153,6 +156,9 @@ fn run(path: PathBuf, threads: usize, log_format: LogFormat) -> ExitCode {
     };
     if let Some(warning) = readable_by_others(&path) {
         warn!("{warning}");
+    }
+    for advice in config.advice() {
+        warn!(event = "config_advice", "{advice}");
     }
     // The control plane (accept, monitor, admin, metrics) on this thread; sessions on their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -220,6 +220,9 @@ pub struct Dialect {
     pub end_session: fn(&str) -> String,
     /// Whether a target may be a logical-replication subscriber (an upgrade cutover).
     pub logical: bool,
+    /// Turns off what would write this session's statements to the server's logs, before a
+    /// statement that carries a password (each tried on its own: [`ControlConn::quiet`]).
+    pub quiet: &'static [&'static str],
 }
 
 impl Dialect {
@@ -280,6 +283,13 @@ const POSTGRES: Dialect = Dialect {
                      AND pid <> pg_backend_pid() AND application_name NOT LIKE 'sqlswitch-%'",
     end_session: |id| format!("SELECT pg_terminate_backend({id})"),
     logical: true,
+    quiet: &[
+        "SET log_statement = 'none'",
+        "SET log_min_duration_statement = -1",
+        "SET log_min_duration_sample = -1",
+        // An error is logged with its statement unless this says otherwise.
+        "SET log_min_error_statement = 'panic'",
+    ],
 };
 
 const MYSQL: Dialect = Dialect {
@@ -303,6 +313,8 @@ const MYSQL: Dialect = Dialect {
                      AND USER NOT IN ('system user', 'event_scheduler', SUBSTRING_INDEX(CURRENT_USER(), '@', 1))",
     end_session: |id| format!("KILL CONNECTION {id}"),
     logical: false,
+    // The general log and (MariaDB) the slow log; the binary log never holds `CHANGE MASTER`.
+    quiet: &["SET SESSION sql_log_off = 1", "SET SESSION slow_query_log = 0"],
 };
 
 /// What a server says it is.
@@ -418,6 +430,23 @@ impl ControlConn {
             self.exec(sql).await?;
         }
         Ok(())
+    }
+
+    /// Turns off statement logging for this session ([`Dialect::quiet`]) before a statement
+    /// that carries a password. `None` when every setting took; otherwise what the server
+    /// refused, for the operator: the password may then reach the server's logs.
+    pub async fn quiet(&mut self, dialect: &Dialect) -> Option<String> {
+        let mut refused = Vec::new();
+        for sql in dialect.quiet {
+            if let Err(e) = self.exec(sql).await {
+                refused.push(format!("{sql}: {e}"));
+            }
+        }
+        (!refused.is_empty()).then(|| {
+            tracing::warn!(event = "secret_may_be_logged", refused = %refused.join("; "),
+                "statement logging could not be turned off: the replication password may reach the server's log");
+            format!("statement logging could not be turned off ({}): the password may be in the server's log", refused.join("; "))
+        })
     }
 
     /// The first column of the first row of `sql`'s answer.

@@ -115,12 +115,14 @@ async fn repoint_one(
             ));
             statements.push("START SLAVE".to_owned());
             statements.push("SET GLOBAL read_only = 1".to_owned());
+            // `CHANGE MASTER` carries the password: kept out of the general and slow logs.
+            let exposed = conn.quiet(dialect).await;
             for sql in &statements {
                 conn.exec(sql).await.map_err(|e| format!("{}: {e}", redact(sql)))?;
             }
             wait_streaming(&mut conn, cluster.config.protocol, port).await?;
             let what = if was_primary { "the old primary now replicates" } else { "replicates" };
-            Ok(format!("{what} from {host}:{port} (GTID, slave_pos), read_only = 1"))
+            Ok(format!("{what} from {host}:{port} (GTID, slave_pos), read_only = 1{}", note(exposed)))
         }
         Protocol::Postgres => {
             if role != Role::Replica {
@@ -147,6 +149,9 @@ async fn repoint_one(
             let name = &cluster.backends[i].name;
             let conninfo = pg_conninfo(host, port, creds, &[("application_name", name)]);
             let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", crate::upgrade::literal(&conninfo));
+            // A password here lands in postgresql.auto.conf and in the server's log at the reload
+            // (which prints the new value), whatever this session's logging: the config advice says
+            // to leave it out and give the standby a .pgpass.
             conn.exec(&alter).await.map_err(|e| format!("ALTER SYSTEM SET primary_conninfo: {e}"))?;
             conn.exec("SELECT pg_reload_conf()").await.map_err(|e| format!("pg_reload_conf(): {e}"))?;
             wait_streaming(&mut conn, cluster.config.protocol, port).await?;
@@ -218,6 +223,11 @@ pub(crate) fn pg_conninfo(host: &str, port: u16, creds: &Credentials, extra: &[(
 /// A libpq connection-string value.
 fn conninfo_value(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// What [`ControlConn::quiet`] could not turn off, as the end of a step's detail.
+fn note(exposed: Option<String>) -> String {
+    exposed.map(|e| format!("; {e}")).unwrap_or_default()
 }
 
 /// A statement as it may be shown: the password left out.

@@ -566,6 +566,12 @@ pub async fn create_reverse(
             ident(REVERSE)
         );
         let old_name = &sides.cluster.backends[sides.old].name;
+        // The statement carries the password: kept out of the server's log (it is stored in
+        // pg_subscription, readable by superusers only; leave it out to use the server's .pgpass).
+        // What the server refuses is logged as a warning.
+        if !creds.password.expose().is_empty() {
+            old_db.quiet(crate::replication::Dialect::of(sqlswitch_config::Protocol::Postgres)).await;
+        }
         within(deadline, old_db.exec_all(&["SET default_transaction_read_only = off", &create]))
             .await
             .map_err(|e| format!("{old_name}: CREATE SUBSCRIPTION in {database}: {e} (created so far: {created:?})"))?;

@@ -294,6 +294,12 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     // As many production replicas run: read_only off. It is a replica by its replication
     // channel, so the switchover still waits for it to apply everything.
     topo.sql(&topo.replicas()[0], "SET GLOBAL read_only = 0").unwrap();
+    // The replication password never reaches a server's general log (`CHANGE MASTER` is sent
+    // with it off for that session).
+    let general_log = topo.dir.join("replica2-general.log");
+    let log_on = format!("SET GLOBAL general_log_file = '{}'", general_log.display());
+    topo.sql(&topo.replicas()[1], &log_on).unwrap();
+    topo.sql(&topo.replicas()[1], "SET GLOBAL general_log = 1").unwrap();
     let daemon = start_mysql(&topo, REPLICATION).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let primary = topo.primary().port;
@@ -325,6 +331,9 @@ async fn switchover_under_sysbench_load_costs_no_client_errors() {
     // one, and hold exactly its data once caught up.
     let replicas = result["replicas"].as_array().unwrap();
     assert!(replicas.iter().all(|r| r["ok"] == true), "every replica re-pointed: {replicas:?}");
+    let logged = std::fs::read_to_string(&general_log).unwrap();
+    assert!(logged.contains("SHOW SLAVE STATUS"), "the general log records statements:\n{logged}");
+    assert!(!logged.contains("MASTER_PASSWORD"), "the replication password is not logged:\n{logged}");
     let new_primary = &topo.replicas()[0];
     let pos = topo.sql(new_primary, "SELECT @@gtid_binlog_pos").unwrap();
     let checksums = |node| {

@@ -504,7 +504,9 @@ use sqlswitch_tests::proxy::PG_REPLICATION as REPLICATION;
 async fn a_switchover_repoints_the_other_standby() {
     let _serial = SERIAL.lock().await;
     let topo = Topology::start(2).unwrap();
-    let daemon = proxy::start(&topo, REPLICATION).await.unwrap();
+    // The advised config: no replication password (the standby finds it in its .pgpass; the
+    // harness trusts replication), so none is written into primary_conninfo.
+    let daemon = proxy::start(&topo, "replication = { user = \"postgres\" }").await.unwrap();
     let result = switchover(&daemon, "replica1", true, Duration::from_secs(30)).await.expect("switchover");
     println!("{result}");
     let replicas = result["replicas"].as_array().unwrap();
@@ -517,6 +519,8 @@ async fn a_switchover_repoints_the_other_standby() {
         .psql_admin(&topo.replicas()[1], "SELECT status || ' ' || sender_port FROM pg_stat_wal_receiver", "postgres")
         .unwrap();
     assert_eq!(sender.trim(), format!("streaming {new_port}"));
+    let conninfo = topo.psql_admin(&topo.replicas()[1], "SHOW primary_conninfo", "postgres").unwrap();
+    assert!(conninfo.contains(&format!("port={new_port}")) && !conninfo.contains("password"), "{conninfo}");
 
     // A write on the new primary reaches replica2, and sqlswitch reads from it again.
     assert_eq!(new_session_writes_on(&daemon).await, "replica1");
