@@ -172,7 +172,11 @@ pub async fn run(
     done(&mut steps, "promote", at, format!("{target_name} promoted"));
     let at = Instant::now();
     if let Some(link) = &fleet {
-        link.end(Some(target)).await;
+        if let Err(e) = link.end_promoted(target, &mut new_conn).await {
+            cluster.gate.set(|h| h.primary = false);
+            cluster.metrics.count_change(true, None);
+            return Err(format!("failover failed at swap: {e}"));
+        }
     }
     let table = change(&cluster, |t| t.primary = target);
     cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem = None;

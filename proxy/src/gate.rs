@@ -21,6 +21,10 @@ pub struct Hold {
     /// Fleet mode: this instance has not read the fleet's routing yet, or could not renew its
     /// lease: new primary work waits, for a limited time, then is refused as read-only.
     pub fenced: bool,
+    /// Fleet mode: the fleet's primary is a server this instance's config does not have: new
+    /// primary work waits, for a limited time, then is refused (never sent to the primary this
+    /// instance knew, which the fleet has left); reads go on.
+    pub foreign: bool,
 }
 
 /// How a wait at the gate ended.
@@ -99,14 +103,14 @@ impl Gate {
     /// Whether work for the primary (or a replica) must wait now.
     pub fn closed(&self, primary: bool) -> bool {
         let h = *self.hold.borrow();
-        h.all || (primary && (h.primary || h.doubt || h.fleet || h.fenced || self.lease_lost()))
+        h.all || (primary && (h.primary || h.doubt || h.fleet || h.fenced || h.foreign || self.lease_lost()))
     }
 
     /// Primary work is held only because this instance is fenced from its fleet (no pause,
     /// switchover or doubt): a read may go through.
     pub fn only_fenced(&self) -> bool {
         let h = *self.hold.borrow();
-        !(h.all || h.primary || h.doubt || h.fleet) && (h.fenced || self.lease_lost())
+        !(h.all || h.primary || h.doubt || h.fleet) && (h.fenced || h.foreign || self.lease_lost())
     }
 
     /// Fleet mode: the lease may have expired (the fleet task sets `fenced` soon after).
@@ -151,10 +155,10 @@ impl Gate {
             let h = *rx.borrow_and_update();
             // A lost lease the fleet task has not noticed yet: look again shortly.
             let lost = primary && !h.fenced && self.lease_lost();
-            if !(h.all || lost || (primary && (h.primary || h.doubt || h.fleet || h.fenced))) {
+            if !(h.all || lost || (primary && (h.primary || h.doubt || h.fleet || h.fenced || h.foreign))) {
                 break;
             }
-            let refusable = primary && (h.doubt || h.fenced || lost) && !h.all && !h.primary && !h.fleet;
+            let refusable = primary && (h.doubt || h.fenced || h.foreign || lost) && !h.all && !h.primary && !h.fleet;
             if refusable && !was_refusable {
                 // The doubt's time counts from when it became the reason to wait: a statement
                 // held by a switchover that then failed gets its full doubt_limit, not none.
@@ -231,5 +235,20 @@ mod tests {
         assert_eq!(gate.wait(true, 10, Duration::from_secs(1)).await, Wait::FleetStuck);
         assert_eq!(started.elapsed().as_secs(), 3);
         assert_eq!(gate.wait(false, 10, Duration::from_secs(1)).await, Wait::Through, "replica work is not held");
+    }
+
+    /// A fleet whose primary this instance does not know: writes are refused after the doubt
+    /// limit (never sent to the primary this instance knew), reads go through.
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_fleet_primary_refuses_writes_and_serves_reads() {
+        let gate = Gate::default();
+        gate.set(|h| h.foreign = true);
+        assert!(gate.closed(true) && !gate.closed(false) && gate.only_fenced());
+        let started = tokio::time::Instant::now();
+        assert_eq!(gate.wait(true, 10, Duration::from_secs(2)).await, Wait::Doubt);
+        assert_eq!(started.elapsed().as_secs(), 2);
+        assert_eq!(gate.wait(false, 10, Duration::from_secs(2)).await, Wait::Through);
+        gate.set(|h| h.foreign = false);
+        assert_eq!(gate.wait(true, 10, Duration::from_secs(2)).await, Wait::Through);
     }
 }

@@ -436,7 +436,11 @@ pub async fn run(
     let now = cluster.clock.now();
     if let Some(link) = &fleet {
         // Published: every instance releases its held work to the new primary.
-        link.end(Some(target)).await;
+        if let Err(e) = link.end_promoted(target, &mut new_conn).await {
+            cluster.metrics.count_change(false, None);
+            cluster.gate.set(|h| h.primary = false);
+            return Err(format!("swap: {e}"));
+        }
     }
     let table = change(&cluster, |t| {
         t.primary = target;

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod etcd;
 pub mod faults;
+pub mod fleet;
 pub mod mysql;
 pub mod pg;
 pub mod proxy;

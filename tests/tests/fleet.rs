@@ -13,42 +13,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlswitch_tests::client::{code, connect, direct, in_recovery};
 use sqlswitch_tests::etcd::{Etcd, Relay};
+use sqlswitch_tests::fleet::{
+    config, fleet_of, instance, joined, port_of, prefix, rand_u32, switchover, until, write_through, TTL,
+};
 use sqlswitch_tests::pg::{free_ports, Topology, APP};
-use sqlswitch_tests::proxy::{config_text, primary_of, PG_REPLICATION};
+use sqlswitch_tests::proxy::primary_of;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// The fleet's lease time in these tests (etcd's shortest is about 1.5 s).
-const TTL: Duration = Duration::from_secs(3);
-
-/// Config text for instance `name` of a fleet under `prefix`, listening on `listen`.
-fn config(topo: &Topology, etcd: &str, prefix: &str, name: &str, listen: &str, socket: &str) -> String {
-    // Held writes of a fenced instance are refused after connect_timeout.
-    let extra = format!("{PG_REPLICATION}\nconnect_timeout = \"1s\"\nmonitor_interval = \"200ms\"");
-    let text = config_text(topo, "app", listen, "127.0.0.1:0", None, &extra)
-        .replace("socket = \"/tmp/sqlswitch-test.sock\"", &format!("socket = \"{socket}\""));
-    format!(
-        "{text}\n[fleet]\netcd = [\"{etcd}\"]\nprefix = \"{prefix}\"\nttl = \"{}s\"\ninstance = \"{name}\"\n",
-        TTL.as_secs()
-    )
-}
-
-fn prefix() -> String {
-    format!("/sqlswitch-test-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ u128::from(rand_u32()))
-}
-
-fn rand_u32() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-}
-
-/// An instance in this process.
-async fn instance(topo: &Topology, etcd: &str, prefix: &str, name: &str) -> sqlswitch::Daemon {
-    let text = config(topo, etcd, prefix, name, "127.0.0.1:0", "/tmp/unused.sock");
-    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("<test>"), |_| None).unwrap();
-    sqlswitch::Daemon::launch(config, false, 1).await.unwrap()
-}
 
 /// An instance as a process of its own, stopped by SIGKILL when dropped.
 struct Process {
@@ -110,46 +83,6 @@ async fn admin(socket: &std::path::Path, command: &str) -> Value {
         last = serde_json::from_str(&line).unwrap_or(Value::Null);
     }
     last
-}
-
-fn fleet_of(status: &Value) -> Value {
-    status["clusters"][0]["fleet"].clone()
-}
-
-/// Waits until `what` holds, or fails naming it.
-async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `daemon` has joined a fleet of `n` live instances.
-async fn joined(daemon: &sqlswitch::Daemon, n: usize) {
-    until(&format!("joined a fleet of {n}"), Duration::from_secs(20), || {
-        let f = fleet_of(&daemon.control.status());
-        f["fenced"] == false && f["instances"].as_array().is_some_and(|i| i.len() == n)
-    })
-    .await;
-}
-
-async fn switchover(daemon: &sqlswitch::Daemon, target: &str) -> Result<Value, String> {
-    let how = sqlswitch::switchover::How::promoting(Duration::from_secs(30));
-    sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut |_| {}).await
-}
-
-/// Where a write through `port` lands (the server's cluster_name), or its error.
-async fn write_through(port: u16) -> Result<String, tokio_postgres::Error> {
-    let client = connect(port, APP).await?;
-    let row = client
-        .query_one("INSERT INTO items (note) VALUES ('fleet') RETURNING current_setting('cluster_name')", &[])
-        .await?;
-    Ok(row.get(0))
-}
-
-fn port_of(daemon: &sqlswitch::Daemon) -> u16 {
-    daemon.addr("app", false).unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,19 @@ use super::{lock, timed, unix_ms, Change, Link, RETRY, TAKEN_OVER, TAKEOVER};
 use crate::control::Failure;
 use crate::replication::{ControlConn, Dialect, Role};
 
+/// How the end of a change driven here went ([`Link::end`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Published: every instance routes to the new primary from this generation.
+    Published(u64),
+    /// Another instance (a takeover) or the operator (`fleet-resolve`) ended the change first,
+    /// naming this server the primary.
+    TakenOver(String),
+    /// Not known yet: etcd was not reached (retried in the background), or the outcome is left
+    /// for an instance to resolve from what the servers say.
+    Pending,
+}
+
 impl Link {
     /// `fleet-resolve CLUSTER BACKEND`: ends a published change of primary that nobody can
     /// finish (its driver gone and its target not answering), naming `primary` as the primary,
@@ -155,13 +168,13 @@ impl Link {
     }
 
     /// Second phase: publishes `primary` as the primary and ends the change driven here, then
-    /// releases the lock; every instance releases its held work on this generation. `None`: the
-    /// outcome is unknown, the change stays published for an instance to resolve from what the
-    /// servers say. Retried in the background while etcd is not reached.
-    pub async fn end(self: &Arc<Self>, primary: Option<usize>) -> Option<u64> {
+    /// releases the lock; every instance releases its held work on this generation. With
+    /// `None` the outcome is unknown: the change stays published for an instance to resolve
+    /// from what the servers say. Retried in the background while etcd is not reached.
+    pub async fn end(self: &Arc<Self>, primary: Option<usize>) -> Ended {
         let name = primary.map(|p| self.cluster.backends[p].name.clone());
         match self.finish(name.as_deref()).await {
-            Ok(generation) => generation,
+            Ok(ended) => ended,
             Err(e) => {
                 warn!(cluster = %self.cluster.config.name, error = %e, "fleet: the end of the change was not published; trying again");
                 let link = Arc::clone(self);
@@ -174,17 +187,48 @@ impl Link {
                         }
                     }
                 });
-                None
+                Ended::Pending
             }
         }
     }
 
-    async fn finish(&self, primary: Option<&str>) -> Result<Option<u64>, Failure> {
+    /// [`Link::end`] of a change whose `target` this instance promoted (`conn` is a control
+    /// connection to it). If the change was taken over meanwhile (this instance was stopped or
+    /// cut off past its lease, and another rolled the change back, or the operator resolved it)
+    /// and the fleet serves from another server, the target is a second writable server that
+    /// nobody routes to: it is fenced again and deposed (never followed), and the change fails.
+    ///
+    /// # Errors
+    /// The change was taken over to another primary: what became of the target.
+    pub async fn end_promoted(self: &Arc<Self>, target: usize, conn: &mut ControlConn) -> Result<(), Failure> {
+        let name = self.cluster.backends[target].name.clone();
+        let Ended::TakenOver(primary) = self.end(Some(target)).await else { return Ok(()) };
+        if primary == name {
+            return Ok(());
+        }
+        let dialect = Dialect::of(self.cluster.config.protocol);
+        let deadline = Instant::now() + self.cluster.config.connect_timeout;
+        let fenced = crate::switchover::within(deadline, conn.exec_all(dialect.fence)).await;
+        self.cluster.backends[target].health.deposed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let what = match fenced {
+            Ok(()) => format!("{name} is fenced again and deposed (never followed; `rejoin` it once it streams from {primary})"),
+            Err(e) => format!("fencing {name} failed ({e}): fence it by hand; it is deposed, never followed"),
+        };
+        warn!(event = "fleet_change_lost", cluster = %self.cluster.config.name, target = %name, primary = %primary, what = %what,
+            "fleet: the change driven here was taken over before its end was published");
+        Err(format!(
+            "fleet: the change was taken over while this instance was stopped or cut off past its lease (the fleet \
+             serves from {primary}); {name} was promoted after that: {what}"
+        ))
+    }
+
+    async fn finish(&self, primary: Option<&str>) -> Result<Ended, Failure> {
         let Some(name) = primary else {
             self.unlock().await;
-            return Ok(None);
+            return Ok(Ended::Pending);
         };
         let me = &self.shared.instance;
+        let mut theirs = None;
         let outcome = self
             .publish(|d| match &d.change {
                 Some(c) if c.by == *me => {
@@ -192,15 +236,22 @@ impl Link {
                     d.primary = name.to_owned();
                     Ok(())
                 }
-                _ => Err(TAKEN_OVER.into()),
+                _ => {
+                    theirs = Some(d.primary.clone());
+                    Err(TAKEN_OVER.into())
+                }
             })
             .await;
         match outcome {
             Ok(doc) => {
                 self.unlock().await;
-                Ok(Some(doc.generation))
+                Ok(Ended::Published(doc.generation))
             }
-            Err(e) if e == TAKEN_OVER => Ok(None),
+            Err(e) if e == TAKEN_OVER => {
+                // A lock still on this session's lease would hold off every later change.
+                self.unlock().await;
+                Ok(Ended::TakenOver(theirs.unwrap_or_default()))
+            }
             Err(e) => Err(e),
         }
     }

@@ -35,6 +35,8 @@ use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
 use crate::control::Failure;
 mod change;
 
+pub use change::Ended;
+
 /// A cluster's routing as the fleet shares it: `<prefix>/<cluster>/routing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routing {
@@ -436,7 +438,7 @@ impl Link {
         let cluster = &self.cluster;
         let primary = cluster.backends.iter().position(|b| b.name == doc.primary);
         if primary.is_none() {
-            warn!(cluster = %cluster.config.name, primary = %doc.primary, "fleet: the routing names a primary this instance's config does not have; its table keeps its primary");
+            warn!(cluster = %cluster.config.name, primary = %doc.primary, "fleet: the routing names a primary this instance's config does not have; primary work is refused here until it names one this instance has");
         }
         let now = cluster.clock.now();
         let before = cluster.table.load().primary;
@@ -472,6 +474,7 @@ impl Link {
         }
         cluster.gate.set(|h| {
             h.fleet = holding;
+            h.foreign = primary.is_none();
             if moved && !holding {
                 h.doubt = false;
             }
@@ -678,6 +681,8 @@ impl Link {
             "instance": self.shared.instance,
             "generation": st.doc.as_ref().map(|d| d.generation),
             "fenced": gate.hold().fenced || gate.lease_lost(),
+            // The fleet's primary, when this instance's config does not have it.
+            "foreign_primary": st.doc.as_ref().map(|d| &d.primary).filter(|_| gate.hold().foreign),
             "lease_left_ms": left,
             "change": st.doc.as_ref().and_then(|d| d.change.clone()),
             "lock": st.lock,

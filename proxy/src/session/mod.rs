@@ -166,6 +166,12 @@ impl PrimaryWork {
                  `sqlswitch ctl status`; `sqlswitch ctl fleet-resolve CLUSTER BACKEND` ends a stuck one)"
                     .to_owned(),
             )),
+            Wait::Doubt if cluster.gate.hold().foreign => Err(Refusal::Fenced(
+                "sqlswitch cannot send this to a primary: its fleet's primary is a server this instance's config \
+                 does not have (give every instance the same backends; see `sqlswitch ctl status`): writes are \
+                 refused, reads go on"
+                    .to_owned(),
+            )),
             Wait::Doubt if cluster.gate.hold().fenced || cluster.gate.lease_lost() => Err(Refusal::Fenced(
                 "sqlswitch is fenced from its fleet (its etcd lease is not renewed, or it has not read the fleet's \
                  routing yet): writes are refused, reads go on; see `sqlswitch ctl status`"
