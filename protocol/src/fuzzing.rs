@@ -38,7 +38,7 @@ pub fn pg_frontend(data: &[u8]) {
         match f.tag {
             frontend::QUERY => {
                 if let Ok(q) = frontend::query_text(body) {
-                    let _ = classify::classify_pg(q);
+                    let _ = classify::classify_pg(&classify::text::Text::read(q).sql);
                 }
             }
             frontend::PARSE => {

@@ -812,3 +812,26 @@ async fn found_rows_follows_each_client() {
         conn.disconnect().await.unwrap();
     }
 }
+
+/// Text in a character set other than UTF-8 is served: a latin1 read goes to a replica and
+/// means what it says; an SJIS text whose second byte looks like a backslash (a quote after it
+/// would look escaped) goes to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_character_sets_are_served() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let primary: u32 = topo.sql(topo.primary(), "SELECT @@server_id").unwrap().trim().parse().unwrap();
+    let mut conn = connect(port, APP).await.unwrap();
+    conn.query_drop("SET NAMES latin1").await.unwrap();
+    let (id, hex): (u32, String) =
+        conn.query_first(&b"SELECT @@server_id, HEX('caf\xe9')"[..]).await.unwrap().unwrap();
+    assert_ne!(id, primary, "a latin1 read runs on a replica");
+    assert_eq!(hex, "636166E9");
+    conn.query_drop("SET NAMES sjis").await.unwrap();
+    let (id, hex): (u32, String) =
+        conn.query_first(&b"SELECT @@server_id, HEX('\x95\\')"[..]).await.unwrap().unwrap();
+    assert_eq!(id, primary, "an ambiguous SJIS text runs on the primary");
+    assert_eq!(hex, "955C");
+}

@@ -448,3 +448,52 @@ async fn backends_over_unix_sockets() {
     let status = daemon.status();
     assert!(status[0].backends.iter().all(|b| b.state == "up"), "{status:?}");
 }
+
+/// Runs the raw bytes `script` with psql as `who` through the proxy on `port`, the client
+/// encoding `encoding`; stdout as bytes, or stderr.
+async fn psql_encoded(port: u16, encoding: &'static str, script: &'static [u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    let psql = client_bin(Topology::shared(), "psql");
+    let url = format!("postgresql://{}:{}@127.0.0.1:{port}/{DATABASE}", APP.0, APP.1);
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(psql)
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-f", "-"])
+            .env("PGCLIENTENCODING", encoding)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(script).unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Every client encoding PostgreSQL accepts works through sqlswitch: a LATIN9 session's
+/// non-ASCII text is classified (a read goes to a replica, a write to the primary), never
+/// refused; an SJIS text whose second byte looks like a backslash goes to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_client_encodings_are_served() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    // LATIN9: é = 0xE9, € = 0xA4.
+    let out = psql_encoded(port, "LATIN9", b"SELECT pg_is_in_recovery(), 'caf\xe9' = 'caf' || chr(233);\n").await;
+    assert_eq!(out.unwrap(), b"t|t\n", "a LATIN9 read runs on a replica and means what it says");
+    let out = psql_encoded(port, "LATIN9", b"INSERT INTO items (note) VALUES ('\xa4uro') RETURNING note, pg_is_in_recovery();\n").await;
+    assert_eq!(out.unwrap(), b"\xa4uro|f\n", "a LATIN9 write runs on the primary");
+    // SJIS: 0x95 0x5C is one character (U+8868); read as ASCII its second byte is a backslash.
+    let out = psql_encoded(port, "SJIS", b"SELECT pg_is_in_recovery(), '\x95\\' = chr(34920);\n").await;
+    assert_eq!(out.unwrap(), b"f|t\n", "an ambiguous text goes to the primary");
+    // State set in LATIN9 text stays with the session's connection.
+    let script = b"SET search_path = caf\xe9, public;\nSHOW search_path;\nSELECT count(*) > 0 FROM items;\n";
+    let direct = psql_encoded(topo.primary().port, "LATIN9", script).await.unwrap();
+    assert_eq!(psql_encoded(port, "LATIN9", script).await.unwrap(), direct);
+}

@@ -9,6 +9,7 @@ pub mod functions;
 pub mod ident;
 pub mod lexer;
 mod quick;
+pub mod text;
 #[cfg(test)]
 mod tests;
 

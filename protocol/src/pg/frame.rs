@@ -82,6 +82,17 @@ impl<'a> Fields<'a> {
         Self { rest: body }
     }
 
+    /// A NUL-terminated string of bytes in any encoding (SQL text: [`crate::classify::text`]).
+    ///
+    /// # Errors
+    /// No terminator.
+    pub fn cbytes(&mut self, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+        let nul = self.rest.iter().position(|&b| b == 0).ok_or(ProtocolError::Malformed { what })?;
+        let (text, after) = self.rest.split_at(nul);
+        self.rest = after.get(1..).unwrap_or_default();
+        Ok(text)
+    }
+
     /// A NUL-terminated UTF-8 string.
     ///
     /// # Errors

@@ -33,22 +33,23 @@ pub const COPY_DONE: u8 = b'c';
 /// `f` CopyFail.
 pub const COPY_FAIL: u8 = b'f';
 
-/// The SQL text of a Query body.
+/// The SQL of a Query body, in the client's encoding (read it with
+/// [`crate::classify::text::Text::read`]).
 ///
 /// # Errors
-/// No terminator or invalid UTF-8.
-pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
-    Fields::new(body).cstr("Query")
+/// No terminator.
+pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    Fields::new(body).cbytes("Query")
 }
 
-/// A Parse body: statement name and SQL text.
+/// A Parse body: statement name and SQL, in the client's encoding.
 ///
 /// # Errors
-/// Missing fields or invalid UTF-8.
-pub fn parse(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
+/// Missing fields, or a name that is not UTF-8.
+pub fn parse(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
     let mut f = Fields::new(body);
     let name = f.cstr("Parse name")?;
-    let query = f.cstr("Parse query")?;
+    let query = f.cbytes("Parse query")?;
     Ok((name, query))
 }
 
@@ -86,9 +87,10 @@ mod tests {
 
     #[test]
     fn reads_bodies() {
-        assert_eq!(query_text(b"select 1\0").unwrap(), "select 1");
+        assert_eq!(query_text(b"select 1\0").unwrap(), b"select 1");
+        assert_eq!(query_text(b"select '\xe9'\0").unwrap(), b"select '\xe9'", "any encoding");
         assert!(query_text(b"select 1").is_err());
-        assert_eq!(parse(b"s1\0select $1\0\0\0").unwrap(), ("s1", "select $1"));
+        assert_eq!(parse(b"s1\0select $1\0\0\0").unwrap(), ("s1", &b"select $1"[..]));
         assert_eq!(close(b"Ss1\0").unwrap(), (b'S', "s1"));
         assert!(close(b"").is_err());
         assert_eq!(sasl_initial_response(b"SCRAM-SHA-256\0\0\0\0\x03abc").unwrap(), ("SCRAM-SHA-256", &b"abc"[..]));

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::tls::ClientStream;
 use bytes::{Buf, BytesMut};
-use sqlswitch_protocol::classify::{classify_mysql_with, Class, TxControl};
+use sqlswitch_protocol::classify::{classify_mysql_with, text::Text, Class, TxControl};
 use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload, HEADER_LEN};
 use sqlswitch_protocol::mysql::response::{autocommit_off, in_transaction, needs_whole, Step, Tracker};
@@ -246,7 +246,10 @@ impl<'a> MySession<'a> {
         }
         let plan = match cmd {
             command::QUERY => {
-                let sql = String::from_utf8_lossy(packet.payload.get(1..).unwrap_or_default());
+                // Any character set: text that is not UTF-8 is read as the classifier can
+                // (classify::text), never refused.
+                let read = Text::read(packet.payload.get(1..).unwrap_or_default());
+                let (legacy, ambiguous, sql) = (read.legacy, read.ambiguous, read.sql);
                 if let Some((target, connection)) = threads::parse_kill(&sql) {
                     return self.kill(target, connection, seq).await;
                 }
@@ -256,7 +259,11 @@ impl<'a> MySession<'a> {
                     self.err(seq, code::NOT_SUPPORTED_YET, "42000", text).await;
                     return Ok(());
                 }
-                let v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
+                let mut v = classify_mysql_with(&sql, &cluster.config.read_only_functions);
+                if ambiguous && v.is_read() {
+                    // Its quotes and escapes cannot be found without the character set.
+                    v.class = Class::Unknown;
+                }
                 let maintenance = self.core.maintenance;
                 let may_write = v.may_write();
                 // A session the client itself declared read-only may declare itself read-write
@@ -288,7 +295,7 @@ impl<'a> MySession<'a> {
                     }
                 } else if v.session && in_tx {
                     self.core.state.stuck("session state set inside a transaction");
-                } else if v.session && v.statements > 1 {
+                } else if v.session && (v.statements > 1 || legacy) {
                     self.core.state.stuck("session state that sqlswitch cannot replay");
                 } else if v.serializable {
                     self.core.state.pinned = true;

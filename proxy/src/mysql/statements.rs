@@ -44,8 +44,8 @@ impl Statements {
     /// client gets.
     pub fn add(&mut self, sql: Vec<u8>, params: u16, conn: u64, backend_id: u32) -> u32 {
         self.next = self.next.wrapping_add(1).max(1);
-        let text = String::from_utf8_lossy(&sql);
-        let read = sqlswitch_protocol::classify::classify_mysql_with(&text, &[]).is_read();
+        let text = sqlswitch_protocol::classify::text::Text::read(&sql);
+        let read = !text.ambiguous && sqlswitch_protocol::classify::classify_mysql_with(&text.sql, &[]).is_read();
         let on = vec![On { conn, id: backend_id, typed: false }];
         self.map.insert(self.next, Prepared { sql, read, long_data: false, params, types: None, on });
         self.next

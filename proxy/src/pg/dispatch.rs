@@ -420,6 +420,7 @@ impl Session<'_> {
 /// Remembers, for the whole cluster, the texts of the statements in `messages` (a client
 /// batch) as primary-only; returns the names of the prepared statements it binds.
 fn remember_statements(cluster: &crate::cluster::Cluster, mut messages: &[u8]) -> Vec<String> {
+    use sqlswitch_protocol::classify::text::Text;
     use sqlswitch_protocol::pg::frame;
     let mut names = Vec::new();
     while let Ok(Some(h)) = frame::peek_header(messages, usize::MAX) {
@@ -427,12 +428,12 @@ fn remember_statements(cluster: &crate::cluster::Cluster, mut messages: &[u8]) -
         match h.tag {
             fe::QUERY => {
                 if let Ok(text) = fe::query_text(body) {
-                    cluster.primary_only.remember(text);
+                    cluster.primary_only.remember(&Text::read(text).sql);
                 }
             }
             fe::PARSE => {
                 if let Ok((name, text)) = fe::parse(body) {
-                    cluster.primary_only.remember(text);
+                    cluster.primary_only.remember(&Text::read(text).sql);
                     names.push(name.to_owned());
                 }
             }

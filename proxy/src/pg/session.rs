@@ -15,7 +15,7 @@
 
 use crate::tls::ClientStream;
 use bytes::{Buf, Bytes, BytesMut};
-use sqlswitch_protocol::classify;
+use sqlswitch_protocol::classify::{self, text::Text};
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
 use sqlswitch_protocol::pg::frame::{self, Fields, HEADER_LEN};
 use sqlswitch_protocol::pg::frontend as fe;
@@ -359,13 +359,19 @@ impl<'a> Session<'a> {
                 fe::QUERY | fe::PARSE => {
                     let parsed =
                         if header.tag == fe::QUERY { fe::query_text(body).map(|q| ("", q)) } else { fe::parse(body) };
-                    let (name, text) = match parsed {
+                    let (name, bytes) = match parsed {
                         Ok(v) => v,
                         Err(e) => return Err(self.client_error(e).await),
                     };
+                    // Any client encoding: a text that is not UTF-8 is read as the classifier
+                    // can (classify::text), never refused.
+                    let read = Text::read(bytes);
+                    let text: &str = &read.sql;
                     let mut verdict = classify::classify_pg_with(text, &self.id.cluster.config.read_only_functions);
-                    if verdict.is_read() && self.id.cluster.primary_only.contains(text) {
-                        verdict.class = classify::Class::Unknown; // a replica refused it before
+                    let unsure = read.ambiguous || self.id.cluster.primary_only.contains(text);
+                    if verdict.is_read() && unsure {
+                        // A replica refused it before, or its quotes cannot be found for sure.
+                        verdict.class = classify::Class::Unknown;
                     }
                     self.core.state.custom_settings |= verdict.custom_setting;
                     if self.core.read_only_now() && verdict.refused_read_only() {
@@ -377,6 +383,10 @@ impl<'a> Session<'a> {
                     // No copy of the text: it is borrowed from the client buffer (the batch
                     // keeps its own copy only of session-state statements and named Parses).
                     self.batch.add_verdict(&verdict, text);
+                    if read.legacy && (verdict.session || verdict.sets_config_only) {
+                        // Replayed from the text it would not be the client's bytes: stay put.
+                        self.batch.stuck();
+                    }
                     if header.tag == fe::QUERY {
                         self.batch.statements += 1;
                         self.batch.syncs += 1;
