@@ -156,7 +156,8 @@ fn advice_names_the_cluster_and_the_key() {
     );
     let advice = parse(&with_password).unwrap().advice();
     assert!(advice.len() == 1 && advice[0].contains("replication.password"), "{advice:?}");
-    let without = GOOD.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\nreplication = { user = \"repl\" }\n");
+    let without =
+        GOOD.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\nreplication = { user = \"repl\" }\n");
     let config = parse(&without).unwrap();
     assert!(config.advice().is_empty(), "a password left out is the advised way");
     assert_eq!(config.clusters[0].replication.as_ref().unwrap().password.expose(), "");

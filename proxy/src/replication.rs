@@ -445,7 +445,10 @@ impl ControlConn {
         (!refused.is_empty()).then(|| {
             tracing::warn!(event = "secret_may_be_logged", refused = %refused.join("; "),
                 "statement logging could not be turned off: the replication password may reach the server's log");
-            format!("statement logging could not be turned off ({}): the password may be in the server's log", refused.join("; "))
+            format!(
+                "statement logging could not be turned off ({}): the password may be in the server's log",
+                refused.join("; ")
+            )
         })
     }
 

@@ -85,4 +85,3 @@ pub async fn write_through(port: u16) -> Result<String, tokio_postgres::Error> {
 pub fn port_of(daemon: &sqlswitch::Daemon) -> u16 {
     daemon.addr("app", false).unwrap().port()
 }
-

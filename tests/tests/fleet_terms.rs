@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use sqlswitch::replication::ControlConn;
 use sqlswitch_tests::client::{code, connect};
 use sqlswitch_tests::etcd::Etcd;
-use sqlswitch_tests::fleet::{config, fleet_of, instance, joined, launch, port_of, prefix, switchover, until, write_through};
+use sqlswitch_tests::fleet::{
+    config, fleet_of, instance, joined, launch, port_of, prefix, switchover, until, write_through,
+};
 use sqlswitch_tests::pg::{Topology, APP};
 use sqlswitch_tests::proxy::{primary_of, without_backend};
 use tokio::sync::Mutex;
@@ -69,8 +71,10 @@ async fn a_driver_that_promotes_after_its_change_was_ended_fences_its_target_aga
     let topo = Topology::start(1).unwrap();
     let etcd = Etcd::start().unwrap();
     let prefix = prefix();
-    let daemons =
-        [instance(&topo, &etcd.endpoint(), &prefix, "one").await, instance(&topo, &etcd.endpoint(), &prefix, "two").await];
+    let daemons = [
+        instance(&topo, &etcd.endpoint(), &prefix, "one").await,
+        instance(&topo, &etcd.endpoint(), &prefix, "two").await,
+    ];
     for d in &daemons {
         joined(d, 2).await;
     }

@@ -825,13 +825,11 @@ async fn legacy_character_sets_are_served() {
     let primary: u32 = topo.sql(topo.primary(), "SELECT @@server_id").unwrap().trim().parse().unwrap();
     let mut conn = connect(port, APP).await.unwrap();
     conn.query_drop("SET NAMES latin1").await.unwrap();
-    let (id, hex): (u32, String) =
-        conn.query_first(&b"SELECT @@server_id, HEX('caf\xe9')"[..]).await.unwrap().unwrap();
+    let (id, hex): (u32, String) = conn.query_first(&b"SELECT @@server_id, HEX('caf\xe9')"[..]).await.unwrap().unwrap();
     assert_ne!(id, primary, "a latin1 read runs on a replica");
     assert_eq!(hex, "636166E9");
     conn.query_drop("SET NAMES sjis").await.unwrap();
-    let (id, hex): (u32, String) =
-        conn.query_first(&b"SELECT @@server_id, HEX('\x95\\')"[..]).await.unwrap().unwrap();
+    let (id, hex): (u32, String) = conn.query_first(&b"SELECT @@server_id, HEX('\x95\\')"[..]).await.unwrap().unwrap();
     assert_eq!(id, primary, "an ambiguous SJIS text runs on the primary");
     assert_eq!(hex, "955C");
 }

@@ -487,7 +487,12 @@ async fn legacy_client_encodings_are_served() {
     // LATIN9: é = 0xE9, € = 0xA4.
     let out = psql_encoded(port, "LATIN9", b"SELECT pg_is_in_recovery(), 'caf\xe9' = 'caf' || chr(233);\n").await;
     assert_eq!(out.unwrap(), b"t|t\n", "a LATIN9 read runs on a replica and means what it says");
-    let out = psql_encoded(port, "LATIN9", b"INSERT INTO items (note) VALUES ('\xa4uro') RETURNING note, pg_is_in_recovery();\n").await;
+    let out = psql_encoded(
+        port,
+        "LATIN9",
+        b"INSERT INTO items (note) VALUES ('\xa4uro') RETURNING note, pg_is_in_recovery();\n",
+    )
+    .await;
     assert_eq!(out.unwrap(), b"\xa4uro|f\n", "a LATIN9 write runs on the primary");
     // SJIS: 0x95 0x5C is one character (U+8868); read as ASCII its second byte is a backslash.
     let out = psql_encoded(port, "SJIS", b"SELECT pg_is_in_recovery(), '\x95\\' = chr(34920);\n").await;

@@ -9,9 +9,9 @@ pub mod functions;
 pub mod ident;
 pub mod lexer;
 mod quick;
-pub mod text;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use lexer::{Lexer, Token};
 

@@ -211,7 +211,9 @@ impl Link {
         let fenced = crate::switchover::within(deadline, conn.exec_all(dialect.fence)).await;
         self.cluster.backends[target].health.deposed.store(true, std::sync::atomic::Ordering::Relaxed);
         let what = match fenced {
-            Ok(()) => format!("{name} is fenced again and deposed (never followed; `rejoin` it once it streams from {primary})"),
+            Ok(()) => format!(
+                "{name} is fenced again and deposed (never followed; `rejoin` it once it streams from {primary})"
+            ),
             Err(e) => format!("fencing {name} failed ({e}): fence it by hand; it is deposed, never followed"),
         };
         warn!(event = "fleet_change_lost", cluster = %self.cluster.config.name, target = %name, primary = %primary, what = %what,
@@ -346,5 +348,4 @@ impl Link {
         }
         self.unlock().await;
     }
-
 }
