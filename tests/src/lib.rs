@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod faults;
 pub mod fleet;
 pub mod mysql;
+pub mod mysql_raw;
 pub mod pg;
 pub mod proxy;
 pub mod relay;

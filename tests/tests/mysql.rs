@@ -434,41 +434,8 @@ async fn the_mariadb_client_through_sqlswitch() {
 
 /// Logs in the way MySQL 8 clients do by default, with `caching_sha2_password`, over a raw
 /// socket; returns the packets the server sent after the handshake response.
-async fn sha2_login(port: u16, (user, password): (&str, &str)) -> Vec<Vec<u8>> {
-    use bytes::BytesMut;
-    use sqlswitch_protocol::mysql::handshake::{ClientResponse, ServerHandshake};
-    use sqlswitch_protocol::mysql::{caps, packet};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = BytesMut::new();
-    let read = async |stream: &mut tokio::net::TcpStream, buf: &mut BytesMut| loop {
-        if let Some(p) = packet::decode(buf, 1 << 20).unwrap() {
-            return p.payload.to_vec();
-        }
-        assert!(stream.read_buf(buf).await.unwrap() > 0, "the server closed the connection");
-    };
-    let hello = ServerHandshake::parse(&read(&mut stream, &mut buf).await).unwrap();
-    let nonce: [u8; 20] = hello.nonce[..20].try_into().unwrap();
-    let auth = mysql_common::auth::plugins::caching_sha2_password::scramble_sha256(&nonce, password.as_bytes());
-    let response = ClientResponse {
-        caps: caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH | caps::CONNECT_WITH_DB,
-        max_packet: 1 << 24,
-        charset: 45,
-        user: user.to_owned(),
-        auth: auth.map(|a| a.to_vec()).unwrap_or_default(),
-        database: Some("app".into()),
-        plugin: Some("caching_sha2_password".into()),
-        attrs: Vec::new(),
-    };
-    let mut out = BytesMut::new();
-    packet::encode(&mut out, 1, &response.encode());
-    stream.write_all(&out).await.unwrap();
-    let mut answers = vec![read(&mut stream, &mut buf).await];
-    if answers[0] == [0x01, 0x03] {
-        answers.push(read(&mut stream, &mut buf).await);
-    }
-    answers
+async fn sha2_login(port: u16, who: (&str, &str)) -> Vec<Vec<u8>> {
+    sqlswitch_tests::mysql_raw::RawConn::login(port, who, 0).await.login
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

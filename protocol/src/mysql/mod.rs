@@ -50,6 +50,9 @@ pub mod status {
     pub const AUTOCOMMIT: u16 = 0x0002;
     /// `SERVER_MORE_RESULTS_EXISTS`.
     pub const MORE_RESULTS: u16 = 0x0008;
+    /// `SERVER_STATUS_CURSOR_EXISTS`: a `COM_STMT_EXECUTE` opened a cursor; its rows come with
+    /// `COM_STMT_FETCH`.
+    pub const CURSOR_EXISTS: u16 = 0x0040;
 }
 
 /// Capability flags the proxy looks at.

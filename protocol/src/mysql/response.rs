@@ -115,7 +115,14 @@ impl Tracker {
                         State::Columns { left: left - 1, eof_after }
                     };
                 } else {
-                    // The EOF after the column definitions.
+                    // The EOF after the column definitions. When it says a cursor was opened
+                    // (an execute with a cursor flag), the answer ends here: the rows come
+                    // with COM_STMT_FETCH. (With CLIENT_DEPRECATE_EOF that OK ends the rows.)
+                    let flags = eof_status(payload);
+                    if flags.is_some_and(|f| f & status::CURSOR_EXISTS != 0) {
+                        self.state = State::Done;
+                        return Ok(Step::Done(flags));
+                    }
                     self.state = State::Rows;
                 }
                 Ok(Step::More)
@@ -305,6 +312,22 @@ mod tests {
         let steps = run(&mut t, &[b"\x01", b"coldef", b"\x01a", &ok_fe_more, OK_MORE, b"\x01", b"coldef", &ok_fe]);
         assert_eq!(steps.last(), Some(&Step::Done(Some(2))));
         assert_eq!(steps.iter().filter(|s| **s != Step::More).count(), 1);
+    }
+
+    /// `COM_STMT_EXECUTE` with a cursor flag: column definitions, then an EOF saying a cursor
+    /// exists, and no rows: the answer ends there. The rows come with `COM_STMT_FETCH`.
+    #[test]
+    fn an_execute_that_opens_a_cursor_ends_after_its_columns() {
+        let eof_cursor: &[u8] = &[0xFE, 0, 0, 0x42, 0x00];
+        let mut t = Tracker::new(Answer::ResultSet, false);
+        assert_eq!(run(&mut t, &[b"\x01", b"coldef", eof_cursor]).last(), Some(&Step::Done(Some(0x42))));
+        let ok_fe_cursor = [0xFE, 0, 0, 0x42, 0x00, 0, 0];
+        let mut t = Tracker::new(Answer::ResultSet, true);
+        assert_eq!(run(&mut t, &[b"\x01", b"coldef", &ok_fe_cursor]).last(), Some(&Step::Done(Some(0x42))));
+        // The fetch: rows, then an EOF (last row sent).
+        let mut t = Tracker::new(Answer::Rows, false);
+        let steps = run(&mut t, &[b"\x00\x00\x01", b"\x00\x00\x02", &[0xFE, 0, 0, 0xC2, 0x00]]);
+        assert_eq!(steps, [Step::More, Step::More, Step::Done(Some(0xC2))]);
     }
 
     #[test]
