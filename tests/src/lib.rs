@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod mysql;
 pub mod mysql_raw;
 pub mod pg;
+pub mod pg_raw;
 pub mod proxy;
 pub mod relay;
 pub mod upgrade;

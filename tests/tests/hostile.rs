@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use sqlswitch_tests::client::connect;
 use sqlswitch_tests::pg::{Topology, APP, DATABASE};
+use sqlswitch_tests::pg_raw::{raw_session, read_until};
 use sqlswitch_tests::proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,49 +25,6 @@ fn rss() -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Reads backend messages until one satisfies `stop`; returns them all (tags and bodies).
-async fn read_until(s: &mut TcpStream, buf: &mut BytesMut, stop: impl Fn(&Message) -> bool) -> Vec<Message> {
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        while let Some(m) = Message::parse(buf).unwrap() {
-            let done = stop(&m);
-            seen.push(m);
-            if done {
-                return seen;
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return seen, // closed or timed out: the caller checks what it got
-        }
-    }
-}
-
-/// A raw protocol session, logged in with SCRAM like any client, at ReadyForQuery.
-async fn raw_session(port: u16) -> (TcpStream, BytesMut) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", APP.0), ("database", DATABASE)], &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    let mut scram = ScramSha256::new(APP.1.as_bytes(), ChannelBinding::unsupported());
-    read_until(&mut s, &mut buf, |m| matches!(m, Message::AuthenticationSasl(_))).await;
-    out.clear();
-    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::AuthenticationSaslContinue(_))).await;
-    let Some(Message::AuthenticationSaslContinue(c)) = got.last() else { panic!("no SASL continue") };
-    scram.update(c.data()).unwrap();
-    out.clear();
-    frontend::sasl_response(scram.message(), &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
-    assert!(matches!(got.last(), Some(Message::ReadyForQuery(_))), "login did not finish");
-    (s, buf)
 }
 
 /// The SQLSTATE of the first ErrorResponse among `msgs`.

@@ -502,3 +502,26 @@ async fn legacy_client_encodings_are_served() {
     let direct = psql_encoded(topo.primary().port, "LATIN9", script).await.unwrap();
     assert_eq!(psql_encoded(port, "LATIN9", script).await.unwrap(), direct);
 }
+
+/// A session that LISTENs and NOTIFYs itself is told its notification came from the process
+/// id it was given (BackendKeyData), as directly: psycopg and others compare the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_notifications_carry_the_pid_the_client_was_given() {
+    use postgres_protocol::message::backend::Message;
+    use tokio::io::AsyncWriteExt;
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    for port in [topo.primary().port, daemon.addr("app", false).unwrap().port()] {
+        let (mut s, mut buf, pid) = sqlswitch_tests::pg_raw::raw_session_pid(port).await;
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query("LISTEN own; NOTIFY own, 'x'", &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        let got =
+            sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+        let from = got.iter().find_map(|m| match m {
+            Message::NotificationResponse(n) => Some(n.process_id()),
+            _ => None,
+        });
+        assert_eq!(from, Some(pid), "port {port}: the notification names the client's own pid");
+    }
+}

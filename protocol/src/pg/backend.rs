@@ -16,6 +16,8 @@ pub const READY_FOR_QUERY: u8 = b'Z';
 pub const ERROR_RESPONSE: u8 = b'E';
 /// `N` NoticeResponse.
 pub const NOTICE_RESPONSE: u8 = b'N';
+/// `A` NotificationResponse.
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
 /// `v` NegotiateProtocolVersion.
 pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 

@@ -1,11 +1,11 @@
-//! Forwarding a backend's answers to the client, watching only where each ends, its errors
-//! and its parameter changes.
+//! Forwarding a backend's answers to the client, watching only where each ends, its errors,
+//! its parameter changes and the sender of its notifications.
 
 use super::*;
 use crate::session::state::Applied;
 
 impl Session<'_> {
-    /// Forwards every message the active connection sent, watching `Z`, `E` and `S`.
+    /// Forwards every message the active connection sent, watching `Z`, `E`, `S` and `A`.
     #[expect(clippy::indexing_slicing, reason = "slices end at `fwd`, which never passes the bytes buffered")]
     pub(super) async fn on_backend(&mut self) -> Result<(), End> {
         let Some(side) = self.core.active else { return Ok(()) };
@@ -43,7 +43,7 @@ impl Session<'_> {
             };
             let avail = buf_len - fwd;
             match header.tag {
-                msg::READY_FOR_QUERY | msg::ERROR_RESPONSE | msg::PARAMETER_STATUS => {
+                msg::READY_FOR_QUERY | msg::ERROR_RESPONSE | msg::PARAMETER_STATUS | msg::NOTIFICATION_RESPONSE => {
                     if avail < header.total_len {
                         break;
                     }
@@ -111,6 +111,15 @@ impl Session<'_> {
                             self.id.cluster.metrics.errors.count_state(true, msg::error_fields(body).0);
                             self.inject = None;
                             self.batch_error = true;
+                        }
+                        msg::NOTIFICATION_RESPONSE => {
+                            // A notification this session's own connection sent names the
+                            // process id the client was given, as directly (clients compare
+                            // it with their own to tell their notifications from others').
+                            let own = slot.conn.cancel.pid.to_be_bytes();
+                            if let Some(pid) = slot.conn.buf.get_mut(start..start + 4).filter(|p| **p == own) {
+                                pid.copy_from_slice(&self.id.cancel.pid.to_be_bytes());
+                            }
                         }
                         _ => {
                             let body = slot.conn.buf[start..fwd].to_vec();
