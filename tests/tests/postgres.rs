@@ -525,3 +525,16 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
         assert_eq!(from, Some(pid), "port {port}: the notification names the client's own pid");
     }
 }
+
+/// `current_setting($1)` with `transaction_read_only` bound, in autocommit, answers as the
+/// primary would (a replica would say `on`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_named_by_a_parameter_is_read_where_writes_go() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let client = connect(daemon.addr("app", false).unwrap().port(), APP).await.unwrap();
+    let row = client.query_one("SELECT current_setting($1)", &[&"transaction_read_only"]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "off");
+    let row = client.query_one("SELECT current_setting('transaction_read_only')", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "off");
+}

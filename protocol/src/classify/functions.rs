@@ -445,6 +445,15 @@ pub fn is_syntax(word: &str) -> bool {
     contains(SYNTAX, word)
 }
 
+/// Whether a setting named by the literal `quoted` (`'name'`, as written) has a value that
+/// depends on the server's role (a standby answers `on` for `transaction_read_only`): read
+/// where writes go.
+pub fn depends_on_role(quoted: &str) -> bool {
+    const ROLE: [&str; 5] = ["read_only", "hot_standby", "recovery", "primary_", "synchronous_standby"];
+    let name = quoted.trim_matches(|c| c == '\'' || c == '"').to_ascii_lowercase();
+    ROLE.iter().any(|part| name.contains(part))
+}
+
 /// Whether `name(...)` is a built-in that reads and changes nothing. `extra` is the config's own
 /// additions, already lower-case and sorted.
 pub fn is_read_only(name: &str, extra: &[String]) -> bool {

@@ -309,6 +309,8 @@ struct Scan<'a, 'x> {
     custom_setting: bool,
     /// A `set_config` call.
     set_config: bool,
+    /// The previous token opened a `current_setting(` call: its argument is next.
+    setting_arg: bool,
     /// A call, other than `set_config`, to a function not on the read-only list.
     other_unsafe_call: bool,
     /// A relation whose rows depend on the session or the server answering
@@ -355,6 +357,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             serializable: false,
             custom_setting: false,
             set_config: false,
+            setting_arg: false,
             other_unsafe_call: false,
             local_relation: false,
             characteristics: false,
@@ -365,6 +368,18 @@ impl<'a, 'x> Scan<'a, 'x> {
     }
 
     fn feed(&mut self, tok: Token<'a>) {
+        if std::mem::take(&mut self.setting_arg) {
+            // `current_setting(x)`: a replica answers for itself where the setting depends on
+            // the server's role, and cannot be trusted with a name it is not shown.
+            let named = match tok {
+                Token::Str(s) => Some(s),
+                _ => None,
+            };
+            if named.is_none_or(functions::depends_on_role) {
+                self.unsafe_call = true;
+                self.other_unsafe_call = true;
+            }
+        }
         match tok {
             Token::Unterminated | Token::Op if self.lead == Lead::None => self.unknown = true,
             Token::Unterminated => self.unknown = true,
@@ -562,15 +577,16 @@ impl<'a, 'x> Scan<'a, 'x> {
             const USER_LOCKS: [&str; 4] = ["get_lock", "release_lock", "release_all_locks", "is_used_lock"];
             let lock =
                 USER_LOCKS.contains(&name) || name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_");
-            (lock, name == "set_config", functions::is_read_only(name, extra))
+            (lock, name == "set_config", functions::is_read_only(name, extra), name == "current_setting")
         });
-        let Some((lock, set_config, read_only)) = known else {
+        let Some((lock, set_config, read_only, setting)) = known else {
             self.unsafe_call = true; // a name no built-in has
             self.other_unsafe_call = true;
             return;
         };
         self.advisory |= lock;
         self.custom_setting |= set_config;
+        self.setting_arg = setting && builtin;
         if !builtin || !read_only {
             self.unsafe_call = true;
             if set_config && builtin {

@@ -634,3 +634,16 @@ mod properties {
         }
     }
 }
+
+/// `current_setting(x)` reads on a replica only when the name is a literal whose value does
+/// not depend on the server's role.
+#[test]
+fn current_setting_of_a_parameter_or_a_role_setting_goes_to_the_primary() {
+    assert!(classify_pg("select current_setting('search_path')").is_read());
+    assert!(classify_pg("select current_setting('TimeZone', true)").is_read());
+    assert!(!classify_pg("select current_setting($1)").is_read());
+    assert!(!classify_pg("select current_setting(name) from t").is_read());
+    assert!(!classify_pg("select current_setting('transaction_read_only')").is_read());
+    assert!(!classify_pg("select pg_catalog.current_setting('in_hot_standby')").is_read());
+    assert!(classify_pg("select lower($1)").is_read(), "other calls with parameters are reads");
+}
