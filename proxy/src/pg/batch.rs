@@ -3,6 +3,7 @@
 //! decision covers it; a Flush, or a batch too large to hold, dispatches what is there and fixes
 //! the backend for the rest of it.
 
+use sqlswitch_protocol::classify::text::Text;
 use sqlswitch_protocol::classify::{Class, TxControl, Verdict};
 
 use crate::route;
@@ -115,8 +116,11 @@ impl OpenBatch {
         self.complete = false;
     }
 
-    /// Adds a statement's verdict; `sql` is its text, kept when it is session state.
-    pub fn add_verdict(&mut self, v: &Verdict, sql: &str) {
+    /// Adds a statement's verdict; `text` is its text, kept when it is session state. State set
+    /// in text that is not UTF-8 is not kept (the classifier's copy is not the client's bytes):
+    /// the session stays where it is.
+    pub fn add_verdict(&mut self, v: &Verdict, text: &Text<'_>) {
+        let sql: &str = &text.sql;
         if !v.is_read() {
             self.read = false;
         }
@@ -140,7 +144,7 @@ impl OpenBatch {
                     // Dropping one statement by SQL would desynchronise our map: stay on the primary.
                     Effect::Deallocates => self.stuck(),
                     // Two state changes in one batch: keep it simple and stay on the primary.
-                    Effect::Replayable if self.session_sql.is_some() => self.stuck(),
+                    Effect::Replayable if self.session_sql.is_some() || text.legacy => self.stuck(),
                     Effect::Replayable => self.session_sql = Some(sql.to_owned()),
                 }
                 self.pins |= v.serializable;
@@ -148,8 +152,8 @@ impl OpenBatch {
             // `SELECT set_config(..., false)`: state to replay like a SET; a set_config the
             // text alone cannot replay (a parameter, other calls beside it) pins.
             Class::Unknown if v.sets_config_only => match self.session_sql {
-                Some(_) => self.stuck(),
-                None => self.session_sql = Some(sql.to_owned()),
+                None if !text.legacy => self.session_sql = Some(sql.to_owned()),
+                _ => self.stuck(),
             },
             Class::Unknown if v.custom_setting => self.stuck(),
             // Several statements with a state change among them cannot be replayed alone.
@@ -194,5 +198,26 @@ fn statement_effect(sql: &str) -> Effect {
         Effect::ForgetsAll
     } else {
         Effect::Replayable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlswitch_protocol::classify::classify_pg;
+    use sqlswitch_protocol::classify::text::Text;
+
+    use super::OpenBatch;
+
+    /// A SET in UTF-8 is kept for replay; the same SET in LATIN9 bytes is not (its classifier
+    /// copy differs from the client's bytes): the session stays where it is.
+    #[test]
+    fn state_set_in_text_that_is_not_utf8_is_not_kept_for_replay() {
+        for (bytes, kept) in [(&b"SET search_path = cafe"[..], true), (b"SET search_path = caf\xe9", false)] {
+            let text = Text::read(bytes);
+            let mut batch = OpenBatch::default();
+            batch.add_verdict(&classify_pg(&text.sql), &text);
+            assert_eq!(batch.session_sql.is_some(), kept, "{bytes:?}");
+            assert_eq!(batch.unmovable.is_some(), !kept, "{bytes:?}");
+        }
     }
 }

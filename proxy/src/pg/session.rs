@@ -382,11 +382,7 @@ impl<'a> Session<'a> {
                     }
                     // No copy of the text: it is borrowed from the client buffer (the batch
                     // keeps its own copy only of session-state statements and named Parses).
-                    self.batch.add_verdict(&verdict, text);
-                    if read.legacy && (verdict.session || verdict.sets_config_only) {
-                        // Replayed from the text it would not be the client's bytes: stay put.
-                        self.batch.stuck();
-                    }
+                    self.batch.add_verdict(&verdict, &read);
                     if header.tag == fe::QUERY {
                         self.batch.statements += 1;
                         self.batch.syncs += 1;
