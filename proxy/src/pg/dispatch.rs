@@ -35,7 +35,12 @@ impl Session<'_> {
                 (side, backend, None)
             }
             None => {
-                let at_boundary = self.outstanding == 0 && self.tx() == TxStatus::Idle;
+                // Answers still owed for work never admitted as primary work (a pipelined
+                // Close or a replica's read) are no transaction: a batch after them passes the
+                // gate. Skipping it let a BEGIN through a switchover's hold onto the fenced old
+                // primary, and the transaction's first INSERT failed (25006).
+                let at_boundary =
+                    self.tx() == TxStatus::Idle && (self.outstanding == 0 || !self.core.in_primary_work());
                 loop {
                     let Some((side, backend, reason)) = self.decide() else {
                         self.waiting = Some(Waiting::OtherSide);

@@ -234,6 +234,12 @@ impl<'a, C: Link> Core<'a, C> {
         self.primary_work.pass(self.cluster, primary, read).await
     }
 
+    /// Whether the session's primary work is counted in flight (admitted through the gate and
+    /// not over): its next batch goes on without the gate.
+    pub fn in_primary_work(&self) -> bool {
+        self.primary_work.counted
+    }
+
     /// The session's primary work is over (or never started): let a switchover count it out.
     pub fn leave_primary(&mut self) {
         self.primary_work.leave(self.cluster);
