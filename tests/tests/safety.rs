@@ -387,43 +387,61 @@ async fn a_stuck_fleet_change_holds_writes_for_a_bounded_time_and_fleet_resolve_
 
 /// A session that begins a transaction while a switchover holds primary work waits at BEGIN,
 /// also when an answer is still owed for its last statement (tokio-postgres closes a prepared
-/// statement with Close and Sync and does not wait). Let through, BEGIN started a read-only
-/// transaction on the fenced old primary and the client's first INSERT failed with 25006
-/// (found by `scripts/faults --protocol postgres --seed 4`). Here the switchover waits at its
-/// `writers` step for a direct transaction on the old primary, fenced, and then fails cleanly:
-/// the held BEGIN then runs on the unfenced primary.
+/// statement with Close and Sync and does not wait), and runs it wherever the primary is when
+/// the hold ends. Let through, BEGIN started a read-only transaction on the fenced old primary
+/// and the client's first INSERT failed with 25006; held, then released after the change, it
+/// was taken for a transaction open on the old primary and the session was ended (both found
+/// by `scripts/faults --protocol postgres --seed 4`). Here each switchover waits at its
+/// `writers` step for a direct transaction on the old primary: the first fails at its deadline
+/// (the held BEGIN runs on the unfenced old primary), the second goes on once that transaction
+/// ends (the held BEGIN runs on the new primary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_begun_during_a_switchover_hold_waits_at_begin() {
     let _serial = SERIAL.lock().await;
     let topo = Topology::start(1).unwrap();
-    let direct = connect(topo.primary().port, APP).await.unwrap();
-    direct.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let daemon = proxy::start(&topo, "").await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
-    let client = connect(port, APP).await.unwrap();
-    let control = std::sync::Arc::clone(&daemon.control);
-    let how =
-        sqlswitch::switchover::How { repoint: false, ..sqlswitch::switchover::How::promoting(Duration::from_secs(4)) };
-    let switchover =
-        tokio::spawn(async move { sqlswitch::switchover::run(&control, "app", "replica1", how, &mut |_| {}).await });
-    let fenced = "SELECT current_setting('default_transaction_read_only')";
-    eventually(5, "the old primary is fenced", || {
-        topo.psql_admin(topo.primary(), fenced, "postgres").unwrap().trim() == "on"
-    })
-    .await;
-    let one: i32 = client.query_one("SELECT 1", &[]).await.expect("reads go on during the hold").get(0);
-    assert_eq!(one, 1);
-    let held = daemon.control.status()["clusters"][0]["held_total"].as_u64().unwrap_or(0);
-    let task = tokio::spawn(async move { client.batch_execute("BEGIN").await.map(|()| client) });
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while daemon.control.status()["clusters"][0]["held_total"].as_u64().unwrap_or(0) == held {
-        assert!(!task.is_finished(), "BEGIN answered during the switchover's hold");
-        assert!(Instant::now() < deadline, "BEGIN neither answered nor held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for succeeds in [false, true] {
+        let direct = connect(topo.primary().port, APP).await.unwrap();
+        direct.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let client = connect(port, APP).await.unwrap();
+        let control = std::sync::Arc::clone(&daemon.control);
+        let how = sqlswitch::switchover::How {
+            repoint: false,
+            ..sqlswitch::switchover::How::promoting(Duration::from_secs(if succeeds { 20 } else { 4 }))
+        };
+        let switchover =
+            tokio::spawn(
+                async move { sqlswitch::switchover::run(&control, "app", "replica1", how, &mut |_| {}).await },
+            );
+        let fenced = "SELECT current_setting('default_transaction_read_only')";
+        eventually(5, "the old primary is fenced", || {
+            topo.psql_admin(topo.primary(), fenced, "postgres").unwrap().trim() == "on"
+        })
+        .await;
+        let one: i32 = client.query_one("SELECT 1", &[]).await.expect("reads go on during the hold").get(0);
+        assert_eq!(one, 1);
+        let held = daemon.control.status()["clusters"][0]["held_total"].as_u64().unwrap_or(0);
+        let task = tokio::spawn(async move { client.batch_execute("BEGIN").await.map(|()| client) });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while daemon.control.status()["clusters"][0]["held_total"].as_u64().unwrap_or(0) == held {
+            assert!(!task.is_finished(), "BEGIN answered during the switchover's hold");
+            assert!(Instant::now() < deadline, "BEGIN neither answered nor held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if succeeds {
+            direct.batch_execute("ROLLBACK").await.unwrap();
+            switchover.await.unwrap().expect("the switchover goes on once the direct transaction ended");
+        } else {
+            let err = switchover.await.unwrap().expect_err("the direct transaction keeps it at writers");
+            assert!(err.contains("writers"), "{err}");
+            direct.batch_execute("ROLLBACK").await.unwrap();
+        }
+        let client = task.await.unwrap().expect("BEGIN runs once the hold ends");
+        client.batch_execute("INSERT INTO items (note) VALUES ('begun in a hold'); COMMIT").await.expect("committed");
+        let expected = if succeeds { "replica1" } else { "primary" };
+        assert_eq!(primary_of(&daemon), expected);
     }
-    let err = switchover.await.unwrap().expect_err("the direct transaction keeps the switchover at writers");
-    assert!(err.contains("writers"), "{err}");
-    let client = task.await.unwrap().expect("BEGIN runs once the hold ends");
-    client.batch_execute("INSERT INTO items (note) VALUES ('begun in a hold'); COMMIT").await.expect("on the primary");
-    direct.batch_execute("ROLLBACK").await.unwrap();
+    let count = "SELECT count(*) FROM items WHERE note = 'begun in a hold'";
+    assert_eq!(topo.psql_admin(&topo.replicas()[0], count, DATABASE).unwrap().trim(), "2", "both on the new primary");
 }

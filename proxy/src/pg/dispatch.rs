@@ -35,17 +35,29 @@ impl Session<'_> {
                 (side, backend, None)
             }
             None => {
+                let at_boundary = self.outstanding == 0 && self.tx() == TxStatus::Idle;
                 // Answers still owed for work never admitted as primary work (a pipelined
-                // Close or a replica's read) are no transaction: a batch after them passes the
-                // gate. Skipping it let a BEGIN through a switchover's hold onto the fenced old
-                // primary, and the transaction's first INSERT failed (25006).
-                let at_boundary =
-                    self.tx() == TxStatus::Idle && (self.outstanding == 0 || !self.core.in_primary_work());
+                // Close, say) are no transaction: primary work after them is admitted as at a
+                // boundary. Let through unadmitted, a BEGIN passed a switchover's hold onto
+                // the fenced old primary and the transaction's first INSERT failed (25006).
+                let owed_only = self.outstanding > 0 && self.tx() == TxStatus::Idle && !self.core.in_primary_work();
                 loop {
                     let Some((side, backend, reason)) = self.decide() else {
                         self.waiting = Some(Waiting::OtherSide);
                         return Ok(false);
                     };
+                    if owed_only && side == Side::Primary {
+                        // Admitted now only if the gate is open and the connection that owes
+                        // the answers is to this primary; else the answers come first, and
+                        // then this batch is at a boundary.
+                        let prepares_only = self.batch.statements == 0 && !self.batch.parses_unnamed;
+                        let here = self.core.slots[side].as_ref().is_some_and(|s| s.backend == backend);
+                        if here && self.core.try_pass(!prepares_only, self.batch.view().read) {
+                            break (side, backend, Some(reason));
+                        }
+                        self.waiting = Some(Waiting::OtherSide);
+                        return Ok(false);
+                    }
                     if !at_boundary {
                         break (side, backend, Some(reason));
                     }

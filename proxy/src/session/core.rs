@@ -234,6 +234,16 @@ impl<'a, C: Link> Core<'a, C> {
         self.primary_work.pass(self.cluster, primary, read).await
     }
 
+    /// Lets the statement through the gate only if it is open now (counted in, as
+    /// [`Core::pass`] does); `false`, counted out, when it would have to wait.
+    pub fn try_pass(&mut self, primary: bool, read: bool) -> bool {
+        if self.primary_work.open(self.cluster, primary, read) {
+            return true;
+        }
+        self.primary_work.leave(self.cluster);
+        false
+    }
+
     /// Whether the session's primary work is counted in flight (admitted through the gate and
     /// not over): its next batch goes on without the gate.
     pub fn in_primary_work(&self) -> bool {
