@@ -14,6 +14,27 @@ pub enum Kind {
     Transaction,
     /// Right after an acknowledged insert of `(client, seq)`, the same session counts it.
     ReadOwn,
+    /// A serializable transaction that appends its element `client.seq` to some keys of the
+    /// list table and reads others ([`Mop`]s, checked by [`super::elle`]).
+    Append,
+    /// One autocommit statement reading several keys of the list table (a replica may answer).
+    ReadKeys,
+}
+
+/// One step of a list-append operation: an append of the operation's element to `key`, or a
+/// read of `key` that saw `len` elements whose text (`e1,e2,...`) hashes to `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mop {
+    /// The key.
+    pub key: u32,
+    /// An append (`true`) or a read.
+    pub append: bool,
+    /// A read: how many elements it saw.
+    #[serde(default)]
+    pub len: u32,
+    /// A read: [`super::elle::hash`] of what it saw.
+    #[serde(default)]
+    pub hash: u64,
 }
 
 /// How an operation ended, as the client can know it.
@@ -37,6 +58,9 @@ pub struct Op {
     pub client: u32,
     /// The client's operation number: with `client`, the rows it writes.
     pub seq: u32,
+    /// The client's session (it opens a new one after an error).
+    #[serde(default)]
+    pub session: u32,
     /// What it did.
     pub kind: Kind,
     /// When it started, in milliseconds since the run began.
@@ -51,6 +75,9 @@ pub struct Op {
     /// The error, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For [`Kind::Append`] and [`Kind::ReadKeys`]: what it did, key by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mops: Vec<Mop>,
 }
 
 /// One fault, from when it was applied to when it was healed.

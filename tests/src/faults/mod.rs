@@ -4,6 +4,7 @@
 //! gives the same schedule (the timing of a real system still varies from run to run).
 
 pub mod checker;
+pub mod elle;
 pub mod history;
 mod nemesis;
 mod workload;
@@ -115,8 +116,10 @@ pub async fn run(opts: &Options) -> Result<Summary> {
         writeln!(history, "{}", serde_json::to_string(op)?)?;
     }
     let rows = final_rows(&mut world).await?;
+    let lists = final_lists(&mut world).await?;
     let fin = checker::Final {
         rows,
+        lists,
         settled,
         output: format!("{}\n{}", world.log_text(), world.answers),
         secrets: world.secrets.clone(),
@@ -181,16 +184,36 @@ async fn probe_write(protocol: Protocol, port: u16, login: (&str, &str)) -> Resu
     }
 }
 
-/// Every row of the workload's table on the final primary, counted.
-async fn final_rows(world: &mut World) -> Result<HashMap<Row, usize>> {
+/// The answer of the final primary to `sql` (on the workload's table `table`), as text.
+async fn on_final_primary(world: &mut World, sql: &str, table: &str) -> Result<String> {
     let (primary, _) = world.roles().await;
-    let sql = "SELECT client, seq, part, count(*) FROM faults WHERE client > 0 GROUP BY client, seq, part";
-    let text = match &world.servers {
+    Ok(match &world.servers {
         Servers::Pg(t) => t.psql_admin(&t.nodes[primary], sql, crate::pg::DATABASE)?,
         Servers::My(t) => {
-            t.sql(&t.nodes[primary], &sql.replace("FROM faults", &format!("FROM {}.faults", crate::pg::DATABASE)))?
+            let qualified = format!("FROM {}.{table}", crate::pg::DATABASE);
+            t.sql(&t.nodes[primary], &sql.replace(&format!("FROM {table}"), &qualified))?
         }
-    };
+    })
+}
+
+/// Every list of the list-append table on the final primary.
+async fn final_lists(world: &mut World) -> Result<HashMap<u32, Vec<String>>> {
+    let text = on_final_primary(world, "SELECT k, v FROM appends", "appends").await?;
+    let mut lists = HashMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once(['|', '\t']) {
+            if let Ok(k) = k.trim().parse() {
+                lists.insert(k, v.trim().split(',').map(str::to_owned).collect());
+            }
+        }
+    }
+    Ok(lists)
+}
+
+/// Every row of the workload's table on the final primary, counted.
+async fn final_rows(world: &mut World) -> Result<HashMap<Row, usize>> {
+    let sql = "SELECT client, seq, part, count(*) FROM faults WHERE client > 0 GROUP BY client, seq, part";
+    let text = on_final_primary(world, sql, "faults").await?;
     let mut rows = HashMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split(['|', '\t']).collect();

@@ -11,10 +11,13 @@ use super::history::Fault;
 use super::world::{Servers, World, NAMES};
 
 /// The kinds of fault, with their weights in the schedule.
-const KINDS: [(&str, u32); 10] = [
+const KINDS: [(&str, u32); 13] = [
     ("switchover", 3),
+    ("kill-driver", 1),
     ("freeze-instance", 1),
+    ("kill-instance", 1),
     ("partition-etcd", 1),
+    ("kill-etcd", 1),
     ("external-promotion", 1),
     ("freeze-primary", 2),
     ("freeze-replica", 1),
@@ -26,7 +29,7 @@ const KINDS: [(&str, u32); 10] = [
 
 /// Picks a fault by weight (`fleet`: faults of etcd too).
 pub fn pick(rng: &mut impl Rng, fleet: bool) -> &'static str {
-    let kinds: Vec<(&str, u32)> = KINDS.into_iter().filter(|(n, _)| fleet || *n != "partition-etcd").collect();
+    let kinds: Vec<(&str, u32)> = KINDS.into_iter().filter(|(n, _)| fleet || !n.ends_with("-etcd")).collect();
     let total: u32 = kinds.iter().map(|(_, w)| w).sum();
     let mut at = rng.gen_range(0..total);
     for (name, weight) in kinds {
@@ -67,6 +70,10 @@ pub async fn apply(
                 rejoin(world, primary, replica).await?;
             }
             return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
+        }
+        "kill-driver" => {
+            let detail = kill_driver(world, instance, primary, replica, choice).await?;
+            return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms: ms(), planned }));
         }
         "external-promotion" => {
             let promoted = external_promotion(world, primary, replica).await?;
@@ -110,6 +117,16 @@ pub async fn apply(
             std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
             format!("sqlswitch instance {instance} SIGSTOP for {hold:?}")
         }
+        "kill-instance" => {
+            world.restart(instance).await?;
+            format!("sqlswitch instance {instance} SIGKILL, started again")
+        }
+        "kill-etcd" => {
+            if !world.kill_etcd(hold).await? {
+                return Ok(None);
+            }
+            format!("etcd SIGKILL, started again after {hold:?}")
+        }
         "partition-etcd" => {
             let Some(relay) = world.instances[instance].etcd_relay.as_ref() else { return Ok(None) };
             relay.blackhole();
@@ -130,6 +147,59 @@ pub async fn apply(
         }
     };
     Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms: ms(), planned }))
+}
+
+/// A switchover driven by `instance`, which is SIGKILLed after 0-1.5 s (somewhere among the
+/// change's steps) and started again. Once its cluster names a primary with no problem (at most
+/// 30 s), an old primary left behind rejoins as a replica; returns what happened.
+async fn kill_driver(
+    world: &mut World,
+    instance: usize,
+    primary: usize,
+    replica: usize,
+    choice: usize,
+) -> Result<String> {
+    let admin = world.admin(instance)?;
+    let command = format!("switchover app {} promote timeout=20s\n", NAMES[replica]);
+    let driver = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::UnixStream::connect(admin).await.ok()?;
+        stream.write_all(command.as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        Some(answer)
+    });
+    let after = Duration::from_millis(u64::try_from(choice).unwrap_or(0) * 3 / 2);
+    tokio::time::sleep(after).await;
+    world.restart(instance).await?;
+    let _ = driver.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut status = world.status_on(instance).await;
+    while !status["primary_problem"].is_null() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = world.status_on(instance).await;
+    }
+    let mut now = status["primary"].as_str().and_then(|p| NAMES.iter().position(|n| *n == p));
+    let mut unfenced = "";
+    if !status["primary_problem"].is_null() && world.instances.len() == 1 {
+        // Killed between the fence and the promotion with no fleet to finish the change: the
+        // documented way back is `unfence` of the old primary, as an operator would.
+        let answer = world.ctl_on(instance, &format!("unfence app {}", NAMES[primary])).await;
+        unfenced = if answer["ok"] == true { ", unfenced by hand" } else { ", unfence failed" };
+        now = Some(primary);
+    }
+    let ended = match now {
+        Some(p) if p == replica => {
+            rejoin(world, primary, replica).await?;
+            format!("{} promoted", NAMES[replica])
+        }
+        Some(p) if p == primary => format!("{} still primary", NAMES[primary]),
+        _ => format!("no primary: {}", status["primary_problem"]),
+    };
+    Ok(format!(
+        "switchover {} -> {} on instance {instance}, SIGKILL after {after:?}, started again: {ended}{unfenced}",
+        NAMES[primary], NAMES[replica]
+    ))
 }
 
 fn short(answer: &serde_json::Value) -> String {

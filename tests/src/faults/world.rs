@@ -30,6 +30,8 @@ pub struct Instance {
     admin: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Its config file.
+    config: PathBuf,
     /// Where clients connect.
     pub port: u16,
     /// One relay per backend, in config order (this instance's paths to the servers).
@@ -157,21 +159,50 @@ impl World {
         let config = out.join(format!("sqlswitch-{i}.toml"));
         std::fs::write(&config, &text)?;
         let log = out.join(format!("sqlswitch-{i}.log"));
-        let daemon = Command::new(sqlswitch_bin()?)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?)
-            .spawn()
-            .context("starting sqlswitch")?;
-        let pid = daemon.id();
-        // Stopped with this process however it ends (a `timeout` kill included).
-        crate::pg::spawn_detached(&format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -CONT {pid}; kill -9 {pid}",
-            me = std::process::id()
-        ))?;
-        Ok(Instance { daemon, admin, log, port: listen[0], relays, etcd_relay, pid })
+        std::fs::File::create(&log)?;
+        let (daemon, pid) = spawn(&config, &log)?;
+        Ok(Instance { daemon, admin, log, config, port: listen[0], relays, etcd_relay, pid })
+    }
+
+    /// SIGKILL of instance `i` (a crash: no goodbye to clients, servers or etcd), then a new
+    /// process with the same config, relays and log; returns once it answers `status`.
+    ///
+    /// # Errors
+    /// It did not start again.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        let instance = self.instances.get_mut(i).context("no such instance")?;
+        let _ = Command::new("kill").args(["-CONT", &instance.pid.to_string()]).status();
+        let _ = instance.daemon.kill();
+        let _ = instance.daemon.wait();
+        let (daemon, pid) = spawn(&instance.config, &instance.log)?;
+        (instance.daemon, instance.pid) = (daemon, pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_ctl(i, "status").await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "sqlswitch instance {i} did not come back in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Fleet mode: etcd SIGKILLed for `hold`, then started again on its data; `false` without
+    /// a fleet.
+    ///
+    /// # Errors
+    /// etcd did not start again.
+    pub async fn kill_etcd(&self, hold: Duration) -> Result<bool> {
+        let Some(etcd) = &self.etcd else { return Ok(false) };
+        etcd.stop();
+        tokio::time::sleep(hold).await;
+        tokio::task::block_in_place(|| etcd.resume())?;
+        Ok(true)
+    }
+
+    /// Instance `i`'s admin socket.
+    ///
+    /// # Errors
+    /// No such instance.
+    pub fn admin(&self, i: usize) -> Result<PathBuf> {
+        Ok(self.instances.get(i).context("no such instance")?.admin.clone())
     }
 
     async fn try_ctl(&self, instance: usize, command: &str) -> Result<Value> {
@@ -255,7 +286,10 @@ fn setup_sql(servers: &Servers, (user, password): &(String, String), monitor_pw:
             let db = crate::pg::DATABASE;
             t.psql_admin(t.primary(), &format!("CREATE ROLE {user} LOGIN PASSWORD '{password}'"), "postgres")?;
             t.psql_admin(t.primary(), &format!("ALTER ROLE {monitor} PASSWORD '{monitor_pw}'"), "postgres")?;
-            let table = format!("CREATE TABLE faults (client int, seq int, part text); GRANT ALL ON faults TO {user}");
+            let table = format!(
+                "CREATE TABLE faults (client int, seq int, part text); GRANT ALL ON faults TO {user}; \
+                 CREATE TABLE appends (k int PRIMARY KEY, v text NOT NULL); GRANT ALL ON appends TO {user}"
+            );
             t.psql_admin(t.primary(), &table, db)?;
             t.wait_replicas_caught_up()
         }
@@ -266,12 +300,32 @@ fn setup_sql(servers: &Servers, (user, password): &(String, String), monitor_pw:
                 &format!(
                     "CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; GRANT ALL ON {db}.* TO '{user}'@'%'; \
                      ALTER USER '{monitor}'@'%' IDENTIFIED BY '{monitor_pw}'; \
-                     CREATE TABLE {db}.faults (client INT, seq INT, part VARCHAR(8), KEY (client, seq)) ENGINE=InnoDB"
+                     CREATE TABLE {db}.faults (client INT, seq INT, part VARCHAR(8), KEY (client, seq)) ENGINE=InnoDB; \
+                     CREATE TABLE {db}.appends (k INT PRIMARY KEY, v MEDIUMTEXT NOT NULL) ENGINE=InnoDB"
                 ),
             )?;
             t.wait_replicas_caught_up()
         }
     }
+}
+
+/// Starts sqlswitch on `config`, appending to `log`; the process and its id. It is stopped
+/// with this process however that ends (a `timeout` kill included).
+fn spawn(config: &Path, log: &Path) -> Result<(Child, u32)> {
+    let daemon = Command::new(sqlswitch_bin()?)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::options().append(true).open(log)?)
+        .stderr(std::fs::File::options().append(true).open(log)?)
+        .spawn()
+        .context("starting sqlswitch")?;
+    let pid = daemon.id();
+    crate::pg::spawn_detached(&format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -CONT {pid}; kill -9 {pid}",
+        me = std::process::id()
+    ))?;
+    Ok((daemon, pid))
 }
 
 /// The `sqlswitch` binary beside this one (`cargo build` puts both in the same directory), or
