@@ -297,10 +297,14 @@ impl<'a> MySession<'a> {
                     self.core.state.stuck("session state set inside a transaction");
                 } else if v.session && (v.statements > 1 || legacy) {
                     self.core.state.stuck("session state that sqlswitch cannot replay");
+                } else if v.class == Class::Session {
+                    // `SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE` pins the session to
+                    // the primary and, like any session setting, is replayed on every server
+                    // connection it takes (the new primary's after a switchover included).
+                    self.core.state.pinned |= v.serializable;
+                    record = Some(sql.into_owned());
                 } else if v.serializable {
                     self.core.state.pinned = true;
-                } else if v.class == Class::Session {
-                    record = Some(sql.into_owned());
                 }
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
