@@ -134,6 +134,14 @@ async fn mysql_pitfalls_run_on_the_primary_and_state_follows_the_session() {
     assert_eq!(code(&err), Some(1094), "{err:?}");
     let err = conn.query_drop("KILL USER app").await.unwrap_err();
     assert_eq!(code(&err), Some(1235), "{err:?}");
+    // CONNECTION_ID() names the server thread of the session's own connection: KILL of it
+    // kills the session, as directly (PyMySQL's own suite does this).
+    let mut own = connect(port, APP).await.unwrap();
+    let id: u32 = own.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    own.query_drop(format!("KILL QUERY {id}")).await.expect("nothing of its own runs: OK");
+    let err = own.query_drop(format!("KILL {id}")).await.unwrap_err();
+    assert_eq!(code(&err), Some(1927), "{err:?}");
+    own.query_drop("SELECT 1").await.expect_err("the session is over");
     // User variables set in the session are seen by reads on a replica.
     conn.query_drop("SET @v = 42").await.unwrap();
     let (v, id): (i64, u32) = conn.query_first("SELECT @v, @@server_id").await.unwrap().unwrap();

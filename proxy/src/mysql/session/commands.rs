@@ -91,9 +91,29 @@ impl MySession<'_> {
         Ok(())
     }
 
-    /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids.
+    /// Whether `thread` is the server thread id of one of this session's connections.
+    fn own_server_thread(&self, thread: u32) -> bool {
+        [Side::Primary, Side::Replica]
+            .into_iter()
+            .any(|side| self.core.slots[side].as_ref().is_some_and(|s| s.conn.thread_id == thread))
+    }
+
+    /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids (or the
+    /// server thread id of one of the session's own connections, from `CONNECTION_ID()`).
     pub(super) async fn kill(&mut self, target: u32, connection: bool, seq: u8) -> Result<(), End> {
         match self.id.cluster.mysql_threads.kill(target, &self.id.user, connection) {
+            // `CONNECTION_ID()` ran on a server and names that server's thread: one of this
+            // session's own connections. Killing it is killing the session, as directly.
+            Found::Unknown if self.own_server_thread(target) => {
+                if connection {
+                    self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
+                    return Err(End::Killed);
+                }
+                let status = self.core.active_slot().map_or(status::AUTOCOMMIT, |s| s.conn.status);
+                let mut out = BytesMut::new();
+                packet::encode(&mut out, seq, &ok_payload(status));
+                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+            }
             Found::Unknown => {
                 self.err(seq, code::NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {target}")).await;
             }
