@@ -86,6 +86,19 @@ impl RawConn {
         }
     }
 
+    /// Whether the server closes the connection within `within`, reading (and dropping)
+    /// whatever it sends meanwhile.
+    pub async fn closed(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => self.buf.clear(),
+            }
+        }
+    }
+
     /// Packets until an EOF (`0xFE`, under 9 bytes) or ERR; all of them.
     pub async fn until_eof(&mut self) -> Vec<Vec<u8>> {
         let mut packets = Vec::new();

@@ -808,3 +808,38 @@ async fn legacy_character_sets_are_served() {
     assert_eq!(id, primary, "an ambiguous SJIS text runs on the primary");
     assert_eq!(hex, "955C");
 }
+
+/// `SET wait_timeout = 1`, then idle: a server would close the session, and its client finds it
+/// gone. Through sqlswitch the server closes only a backend connection, which the session would
+/// replace unseen; so sqlswitch ends the client connection after the session's own
+/// `wait_timeout`, as the server would have. A session in a transaction ends too (as on the
+/// server, which rolls it back); one with the default goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_wait_timeout_ends_it_as_the_server_would() {
+    use sqlswitch_tests::mysql_raw::RawConn;
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut quick = RawConn::login(port, APP, 0).await;
+    let mut in_tx = RawConn::login(port, APP, 0).await;
+    let mut default = RawConn::login(port, APP, 0).await;
+    for (i, sql) in [
+        (0, &b"\x03SET wait_timeout = 1"[..]),
+        (1, b"\x03SET SESSION wait_timeout = 1"),
+        (1, b"\x03START TRANSACTION"),
+        (2, b"\x03SET @x = 1"),
+    ] {
+        let conn = [&mut quick, &mut in_tx, &mut default].into_iter().nth(i).unwrap();
+        conn.send(0, sql).await;
+        let answer = conn.read().await;
+        assert_eq!(<[u8]>::first(&answer), Some(&0x00), "OK: {answer:?}");
+    }
+    let started = Instant::now();
+    assert!(quick.closed(Duration::from_secs(10)).await, "ended after its wait_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before its wait_timeout");
+    assert!(in_tx.closed(Duration::from_secs(10)).await, "in a transaction too");
+    default.send(0, b"\x03SET @x = 2").await;
+    let answer = default.read().await;
+    assert_eq!(<[u8]>::first(&answer), Some(&0x00), "the default goes on: {answer:?}");
+}

@@ -8,6 +8,7 @@ pub mod session;
 pub mod statements;
 pub mod temp;
 pub mod threads;
+pub mod timeout;
 
 use std::net::SocketAddr;
 

@@ -73,6 +73,8 @@ pub struct MySession<'a> {
     temp_home: Option<(Side, usize)>,
     /// The client's connection id, for `KILL`.
     thread: ThreadId,
+    /// The `wait_timeout` the session set ([`super::timeout`]).
+    wait_timeout: Option<std::time::Duration>,
     peer: std::net::SocketAddr,
 }
 
@@ -132,6 +134,7 @@ impl<'a> MySession<'a> {
             temp_tables: Vec::new(),
             temp_home: None,
             thread,
+            wait_timeout: None,
             peer,
         }
     }
@@ -188,6 +191,8 @@ impl<'a> MySession<'a> {
                         }
                     }
                     () = self.thread.end.cancelled() => return End::Killed,
+                    // The server would close it: the client finds it gone, as directly.
+                    () = sleep_or_never(self.wait_timeout) => return End::ClientGone,
                     () = sleep_or_never(idle_timeout) => {
                         let text = "The client was disconnected by the server because of inactivity (idle_timeout)";
                         self.err(0, code::CLIENT_INACTIVE, "HY000", text).await;
@@ -344,6 +349,7 @@ impl<'a> MySession<'a> {
                     self.core.state.stuck("a connection option (COM_SET_OPTION)");
                 } else if cmd == command::RESET_CONNECTION {
                     self.core.state.pinned = true;
+                    self.wait_timeout = None;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };
                 self.plan(&batch, None)
@@ -448,6 +454,9 @@ impl<'a> MySession<'a> {
                     }
                     if !failed {
                         if let Some(sql) = plan.record.take() {
+                            if let Some(wait) = super::timeout::set_by(&sql) {
+                                self.wait_timeout = wait;
+                            }
                             self.core.state.record(sql);
                             if let Some(slot) = self.core.slots[plan.side].as_mut() {
                                 slot.applied.replayed = self.core.state.replay.len();

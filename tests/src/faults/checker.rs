@@ -104,7 +104,7 @@ pub fn check(ops: &[Op], faults: &[Fault], fin: &Final) -> Vec<Anomaly> {
 /// A serializable transaction's failure the server decides on its own (a serialization
 /// failure or a deadlock): not the switchover's doing.
 fn server_verdict(error: Option<&str>) -> bool {
-    error.is_some_and(|e| ["40001 ", "40P01 ", "(1213)", "(1205)"].iter().any(|c| e.contains(c)))
+    error.is_some_and(|e| ["40001 ", "40P01 ", "(40001)", "ERROR 1205 "].iter().any(|c| e.contains(c)))
 }
 
 /// Plants one anomaly of each kind in otherwise clean synthetic histories; returns how many

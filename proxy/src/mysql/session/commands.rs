@@ -38,6 +38,7 @@ impl MySession<'_> {
         };
         // Nothing of the old session carries over.
         self.core.release_all(&self.id.key).await;
+        self.wait_timeout = None;
         self.core.state = SessionState::default();
         self.statements = Statements::default();
         self.temp_tables.clear();
