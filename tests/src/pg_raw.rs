@@ -64,3 +64,20 @@ pub async fn raw_session_pid(port: u16) -> (TcpStream, BytesMut, i32) {
     });
     (s, buf, pid.expect("a BackendKeyData"))
 }
+
+/// The SQLSTATE of the first ErrorResponse among `msgs`.
+pub fn error_code(msgs: &[Message]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        Message::ErrorResponse(e) => {
+            use fallible_iterator::FallibleIterator;
+            let mut fields = e.fields();
+            while let Ok(Some(f)) = fields.next() {
+                if f.type_() == b'C' {
+                    return Some(String::from_utf8_lossy(f.value_bytes()).into_owned());
+                }
+            }
+            None
+        }
+        _ => None,
+    })
+}

@@ -9,7 +9,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use sqlswitch_tests::client::connect;
 use sqlswitch_tests::pg::{Topology, APP, DATABASE};
-use sqlswitch_tests::pg_raw::{raw_session, read_until};
+use sqlswitch_tests::pg_raw::{error_code, raw_session, read_until};
 use sqlswitch_tests::proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,23 +25,6 @@ fn rss() -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// The SQLSTATE of the first ErrorResponse among `msgs`.
-fn error_code(msgs: &[Message]) -> Option<String> {
-    msgs.iter().find_map(|m| match m {
-        Message::ErrorResponse(e) => {
-            use fallible_iterator::FallibleIterator;
-            let mut fields = e.fields();
-            while let Ok(Some(f)) = fields.next() {
-                if f.type_() == b'C' {
-                    return Some(String::from_utf8_lossy(f.value_bytes()).into_owned());
-                }
-            }
-            None
-        }
-        _ => None,
-    })
 }
 
 async fn still_serves(port: u16) {

@@ -538,3 +538,55 @@ async fn a_setting_named_by_a_parameter_is_read_where_writes_go() {
     let row = client.query_one("SELECT current_setting('transaction_read_only')", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "off");
 }
+
+/// A pipeline sent with no Sync (libpq's pipeline mode, psycopg's
+/// `test_pipeline_communicate_uniqviol`) is answered as the server runs it, up to its error,
+/// which the server flushes; sqlswitch held such messages for a Sync that never came, and the
+/// client waited forever. The Sync that follows ends the failed pipeline as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_no_sync_is_answered_up_to_its_error() {
+    use bytes::{BufMut, BytesMut};
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+    use sqlswitch_tests::pg_raw::{error_code, raw_session, read_until};
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let setup = connect(port, APP).await.unwrap();
+    setup.batch_execute("DROP TABLE IF EXISTS no_sync; CREATE TABLE no_sync (id int PRIMARY KEY)").await.unwrap();
+    let (mut s, mut buf) = raw_session(port).await;
+    let mut out = BytesMut::new();
+    frontend::query("BEGIN", &mut out).unwrap();
+    frontend::parse("ins", "INSERT INTO no_sync VALUES ($1) RETURNING id", [23], &mut out).unwrap();
+    frontend::sync(&mut out);
+    s.write_all(&out).await.unwrap();
+    for _ in 0..2 {
+        read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    }
+    out.clear();
+    for id in ["1", "2", "1", "3"] {
+        let text = |v: &str, b: &mut BytesMut| {
+            b.put_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        };
+        frontend::bind("", "ins", [0], [id], text, [0], &mut out).map_err(|_| "bind").unwrap();
+        frontend::execute("", 0, &mut out).unwrap();
+    }
+    s.write_all(&out).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ErrorResponse(_))).await;
+    assert_eq!(error_code(&got).as_deref(), Some("23505"), "answered up to the duplicate");
+    assert_eq!(got.iter().filter(|m| matches!(m, Message::DataRow(_))).count(), 2);
+    out.clear();
+    frontend::sync(&mut out);
+    frontend::query("ROLLBACK", &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert!(
+        matches!(got.last(), Some(Message::ReadyForQuery(r)) if r.status() == b'E'),
+        "the transaction failed, as directly"
+    );
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert!(matches!(got.last(), Some(Message::ReadyForQuery(r)) if r.status() == b'I'), "rolled back");
+    let n: i64 = setup.query_one("SELECT count(*) FROM no_sync", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+}

@@ -443,6 +443,21 @@ impl<'a> Session<'a> {
         }
         if self.batch.side.is_some() && self.batch.len > 0 && !self.batch.complete {
             self.dispatch().await?;
+        } else if self.batch.side.is_none()
+            && self.batch.statements > 0
+            && !self.batch.complete
+            && self.cbuf.len() == self.batch.len
+            && self.waiting.is_none()
+        {
+            // Executes with no Sync yet and nothing more from the client: a pipeline waiting
+            // for its answers (libpq's pipeline mode; the server sends them as it runs each
+            // message, and flushes at an error). Held for a Sync, it would wait forever. It goes
+            // now, to the primary (what follows, unseen, may write) unless the session is
+            // read-only; the rest of the batch follows it.
+            if !self.core.read_only_now() {
+                self.batch.read = false;
+            }
+            self.dispatch().await?;
         }
         Ok(())
     }
