@@ -26,6 +26,15 @@ struct Entry {
     target: Option<CancelTarget>,
 }
 
+/// The process id a client is given: the proxy's own, never a server process's. It is drawn
+/// from `[2^30, 2^31)`, above any operating system's process ids (Linux's `pid_max` is at most
+/// 2^22), so `pg_terminate_backend(<it>)` or `pg_cancel_backend(<it>)` run on a server reach
+/// nobody, where a random small number could name another client's pooled connection (decision
+/// 0017).
+pub fn proxy_pid(random: i32) -> i32 {
+    (random & 0x3FFF_FFFF) | 0x4000_0000
+}
+
 /// All sessions' cancel keys.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -37,8 +46,8 @@ impl Registry {
     pub fn register(self: &Arc<Self>) -> CancelKey {
         let mut map = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            let pid = rand::random::<i32>() & i32::MAX;
-            if pid != 0 && !map.contains_key(&pid) {
+            let pid = proxy_pid(rand::random::<i32>());
+            if !map.contains_key(&pid) {
                 let secret = rand::random::<i32>();
                 map.insert(pid, Entry { secret, target: None });
                 return CancelKey { registry: Arc::clone(self), pid, secret };
@@ -100,5 +109,16 @@ impl Drop for CancelKey {
     fn drop(&mut self) {
         let mut map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod pid_tests {
+    #[test]
+    fn a_client_pid_is_never_an_os_process_id() {
+        for random in [0, 1, -1, i32::MAX, i32::MIN, 4_194_304, 0x4000_0000, 12_345] {
+            let pid = super::proxy_pid(random);
+            assert!((1 << 30..=i32::MAX).contains(&pid), "{random} gave {pid}");
+        }
     }
 }

@@ -590,3 +590,21 @@ async fn a_pipeline_with_no_sync_is_answered_up_to_its_error() {
     let n: i64 = setup.query_one("SELECT count(*) FROM no_sync", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
 }
+
+/// The pid a client is given is the proxy's own, above any operating system's process ids:
+/// `pg_terminate_backend` of it ends nobody's connection, where a small random number could
+/// have named another client's pooled one (decision 0017).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_a_client_is_given_names_no_server_process() {
+    let topo = Topology::shared();
+    let daemon = proxy::start(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (_session, _buf, pid) = sqlswitch_tests::pg_raw::raw_session_pid(port).await;
+    assert!(pid >= 1 << 30, "{pid}");
+    let c = connect(port, APP).await.unwrap();
+    let ended: bool = c.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap().get(0);
+    assert!(!ended, "no server process has that pid");
+    let own: bool = c.query_one("SELECT pg_terminate_backend(pg_backend_pid())", &[]).await.map_or(true, |r| r.get(0));
+    assert!(own, "its own server connection it can end");
+    c.query_one("SELECT 1", &[]).await.expect_err("and the client hears it, as directly");
+}

@@ -40,8 +40,10 @@ impl Registry {
     pub fn register(self: &Arc<Self>) -> ThreadId {
         let mut map = self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            let id = rand::random::<u32>() & 0x7fff_ffff;
-            if id != 0 && !map.contains_key(&id) {
+            // Above any server's thread ids (counters from 1), as for PostgreSQL's pids: a
+            // `KILL` of a small number is about a server thread, never another client.
+            let id = (rand::random::<u32>() & 0x3FFF_FFFF) | 0x4000_0000;
+            if !map.contains_key(&id) {
                 let end = CancellationToken::new();
                 map.insert(id, Entry { user: String::new(), target: None, end: end.clone() });
                 return ThreadId { registry: Arc::clone(self), id, end, last: None };
