@@ -47,9 +47,9 @@ impl Registry {
         let mut map = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             let pid = proxy_pid(rand::random::<i32>());
-            if !map.contains_key(&pid) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(pid) {
                 let secret = rand::random::<i32>();
-                map.insert(pid, Entry { secret, target: None });
+                slot.insert(Entry { secret, target: None });
                 return CancelKey { registry: Arc::clone(self), pid, secret };
             }
         }

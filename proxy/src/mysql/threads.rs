@@ -43,9 +43,9 @@ impl Registry {
             // Above any server's thread ids (counters from 1), as for PostgreSQL's pids: a
             // `KILL` of a small number is about a server thread, never another client.
             let id = (rand::random::<u32>() & 0x3FFF_FFFF) | 0x4000_0000;
-            if !map.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
                 let end = CancellationToken::new();
-                map.insert(id, Entry { user: String::new(), target: None, end: end.clone() });
+                slot.insert(Entry { user: String::new(), target: None, end: end.clone() });
                 return ThreadId { registry: Arc::clone(self), id, end, last: None };
             }
         }
