@@ -68,3 +68,23 @@ async fn server_side_cursors_fetch_their_rows() {
         assert_eq!(answer[0], [1], "the session still answers: {answer:?}");
     }
 }
+
+/// A client that asks for `CLIENT_SESSION_TRACK` gets the server's session-state changes in
+/// its OK packets, as directly: after `USE`, the new schema (MariaDB Connector/Python reads its
+/// current database from it), also after a read moved the session to a replica and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tracking_reports_a_schema_change() {
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = RawConn::login(port, APP, caps::SESSION_TRACK).await;
+    conn.send(0, b"\x03SELECT 1").await;
+    conn.until_eof().await;
+    conn.until_eof().await;
+    conn.send(0, b"\x03USE information_schema").await;
+    let ok = conn.read().await;
+    assert_eq!(ok.first(), Some(&0x00), "OK: {ok:?}");
+    let status = sqlswitch_protocol::mysql::response::ok_status(&ok).unwrap();
+    assert_ne!(status & 0x4000, 0, "SERVER_SESSION_STATE_CHANGED: {ok:?}");
+    assert!(ok.windows(18).any(|w| w == b"information_schema"), "the schema is in the OK packet: {ok:?}");
+}

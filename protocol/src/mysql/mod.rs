@@ -111,6 +111,7 @@ pub mod caps {
         | MULTI_STATEMENTS
         | MULTI_RESULTS
         | PS_MULTI_RESULTS
+        | SESSION_TRACK
         | DEPRECATE_EOF;
 
     /// What the proxy's own control-path logins ask for (monitor, switchover): the server's
