@@ -105,6 +105,19 @@ impl CancelKey {
     }
 }
 
+impl CancelKey {
+    /// The pid given to the client whose session's queries run on the server process `pid` at
+    /// `addr`, if one does: a notification one session sends names the pid its client was given,
+    /// for every listener (as directly). A scan of the registry: notifications are rare beside
+    /// statements.
+    pub fn client_pid_of(&self, addr: &str, pid: i32) -> Option<i32> {
+        let map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .find(|(_, e)| e.target.as_ref().is_some_and(|t| t.pid == pid && &*t.addr == addr))
+            .map(|(client, _)| *client)
+    }
+}
+
 impl Drop for CancelKey {
     fn drop(&mut self) {
         let mut map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

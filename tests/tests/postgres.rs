@@ -504,7 +504,8 @@ async fn legacy_client_encodings_are_served() {
 }
 
 /// A session that LISTENs and NOTIFYs itself is told its notification came from the process
-/// id it was given (BackendKeyData), as directly: psycopg and others compare the two.
+/// id it was given (BackendKeyData), as directly: psycopg and others compare the two. A
+/// notification from another session names that session's given pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_notifications_carry_the_pid_the_client_was_given() {
     use postgres_protocol::message::backend::Message;
@@ -523,6 +524,22 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
             _ => None,
         });
         assert_eq!(from, Some(pid), "port {port}: the notification names the client's own pid");
+        // Another session's notification names the pid that session's client was given
+        // (psycopg2's notify tests compare it with the sender's `backend_pid`).
+        let (mut sender, mut sender_buf, sender_pid) = sqlswitch_tests::pg_raw::raw_session_pid(port).await;
+        out.clear();
+        postgres_protocol::message::frontend::query("NOTIFY own, 'y'", &mut out).unwrap();
+        sender.write_all(&out).await.unwrap();
+        sqlswitch_tests::pg_raw::read_until(&mut sender, &mut sender_buf, |m| matches!(m, Message::ReadyForQuery(_)))
+            .await;
+        let got =
+            sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::NotificationResponse(_)))
+                .await;
+        let from = got.iter().find_map(|m| match m {
+            Message::NotificationResponse(n) => Some(n.process_id()),
+            _ => None,
+        });
+        assert_eq!(from, Some(sender_pid), "port {port}: the notification names the sender's client pid");
     }
 }
 

@@ -113,12 +113,22 @@ impl Session<'_> {
                             self.batch_error = true;
                         }
                         msg::NOTIFICATION_RESPONSE => {
-                            // A notification this session's own connection sent names the
-                            // process id the client was given, as directly (clients compare
-                            // it with their own to tell their notifications from others').
-                            let own = slot.conn.cancel.pid.to_be_bytes();
-                            if let Some(pid) = slot.conn.buf.get_mut(start..start + 4).filter(|p| **p == own) {
-                                pid.copy_from_slice(&self.id.cancel.pid.to_be_bytes());
+                            // A notification names the process id the sender's client was
+                            // given, as directly (clients compare it with their own, or with
+                            // another session's): this session's own, or another session of
+                            // this daemon whose queries run on that server process. A sender
+                            // that is not a sqlswitch session keeps the server's pid.
+                            let target = &slot.conn.cancel;
+                            if let Some(raw) = slot.conn.buf.get_mut(start..start + 4) {
+                                let server_pid = i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                                let client = if server_pid == target.pid {
+                                    Some(self.id.cancel.pid)
+                                } else {
+                                    self.id.cancel.client_pid_of(&target.addr, server_pid)
+                                };
+                                if let Some(pid) = client {
+                                    raw.copy_from_slice(&pid.to_be_bytes());
+                                }
                             }
                         }
                         _ => {
