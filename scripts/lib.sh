@@ -117,3 +117,27 @@ ensure_bench_tools() {
   echo "installing ${missing[*]} from Debian's packages..." >&2
   apt_install "${missing[@]}"
 }
+
+# The client libraries' own test suites (scripts/regress): psycopg2 and MariaDB Connector/Python
+# from their PyPI sdists (which ship the suites), pinned, built into a venv under target/.
+ensure_client_suites() {
+  local dir=target/client-suites
+  if [ -x "$dir/venv/bin/python" ] && [ -e "$dir/psycopg2-2.9.13/tests" ] && [ -e "$dir/mariadb-1.1.14/testing" ]; then
+    return 0
+  fi
+  if ! command -v pg_config >/dev/null || ! command -v mariadb_config >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "install libpq-dev and libmariadb-dev (or run this as root)" >&2
+      return 2
+    fi
+    echo "installing libpq-dev libmariadb-dev from Debian's packages..."
+    apt_install libpq-dev libmariadb-dev
+  fi
+  rm -rf "$dir" && mkdir -p "$dir/dl"
+  python3 -m venv "$dir/venv"
+  "$dir/venv/bin/pip" install -q --disable-pip-version-check pytest==8.3.4
+  "$dir/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$dir/dl" \
+    psycopg2==2.9.13 mariadb==1.1.14
+  for f in "$dir"/dl/*.tar.gz; do tar xzf "$f" -C "$dir"; done
+  "$dir/venv/bin/pip" install -q --disable-pip-version-check "$dir/psycopg2-2.9.13" "$dir/mariadb-1.1.14"
+}

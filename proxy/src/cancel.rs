@@ -39,7 +39,14 @@ pub fn proxy_pid(random: i32) -> i32 {
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<i32, Entry>>,
+    /// The last server process of sessions that ended, newest last (at most [`RECENT`]): a
+    /// notification is often delivered after its sender quit (at the listener's next
+    /// transaction boundary), and still names the pid the sender's client was given.
+    ended: Mutex<std::collections::VecDeque<(CancelTarget, i32)>>,
 }
+
+/// How many ended sessions' server processes [`Registry`] remembers.
+const RECENT: usize = 1024;
 
 impl Registry {
     /// Hands out a fresh key; the returned guard removes it when the session ends.
@@ -111,17 +118,30 @@ impl CancelKey {
     /// for every listener (as directly). A scan of the registry: notifications are rare beside
     /// statements.
     pub fn client_pid_of(&self, addr: &str, pid: i32) -> Option<i32> {
-        let map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter()
-            .find(|(_, e)| e.target.as_ref().is_some_and(|t| t.pid == pid && &*t.addr == addr))
-            .map(|(client, _)| *client)
+        let same = |t: &CancelTarget| t.pid == pid && &*t.addr == addr;
+        let live = {
+            let map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.iter().find(|(_, e)| e.target.as_ref().is_some_and(same)).map(|(client, _)| *client)
+        };
+        live.or_else(|| {
+            let ended = self.registry.ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ended.iter().rev().find(|(t, _)| same(t)).map(|(_, client)| *client)
+        })
     }
 }
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
         let mut map = self.registry.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(&self.pid);
+        let last = map.remove(&self.pid).and_then(|e| e.target);
+        drop(map);
+        if let Some(target) = last {
+            let mut ended = self.registry.ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ended.len() >= RECENT {
+                ended.pop_front();
+            }
+            ended.push_back((target, self.pid));
+        }
     }
 }
 

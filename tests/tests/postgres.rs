@@ -540,6 +540,34 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
             _ => None,
         });
         assert_eq!(from, Some(sender_pid), "port {port}: the notification names the sender's client pid");
+        // Delivered after its sender quit (the listener was in a transaction): still the
+        // sender's given pid (psycopg2's test_notifies_received_on_commit).
+        out.clear();
+        postgres_protocol::message::frontend::query("BEGIN; SELECT 1", &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+        let (mut sender, mut sender_buf, sender_pid) = sqlswitch_tests::pg_raw::raw_session_pid(port).await;
+        out.clear();
+        postgres_protocol::message::frontend::query("NOTIFY own, 'z'", &mut out).unwrap();
+        sender.write_all(&out).await.unwrap();
+        sqlswitch_tests::pg_raw::read_until(&mut sender, &mut sender_buf, |m| matches!(m, Message::ReadyForQuery(_)))
+            .await;
+        out.clear();
+        postgres_protocol::message::frontend::terminate(&mut out);
+        sender.write_all(&out).await.unwrap();
+        let gone = sqlswitch_tests::pg_raw::read_until(&mut sender, &mut sender_buf, |_| false).await;
+        assert!(gone.is_empty(), "the sender quit ({} messages after Terminate)", gone.len());
+        out.clear();
+        postgres_protocol::message::frontend::query("COMMIT", &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        let got =
+            sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::NotificationResponse(_)))
+                .await;
+        let from = got.iter().find_map(|m| match m {
+            Message::NotificationResponse(n) => Some(n.process_id()),
+            _ => None,
+        });
+        assert_eq!(from, Some(sender_pid), "port {port}: the quit sender's client pid");
     }
 }
 
