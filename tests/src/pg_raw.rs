@@ -81,3 +81,11 @@ pub fn error_code(msgs: &[Message]) -> Option<String> {
         _ => None,
     })
 }
+
+/// The process id of the first NotificationResponse among `msgs`.
+pub fn notification_pid(msgs: &[Message]) -> Option<i32> {
+    msgs.iter().find_map(|m| match m {
+        Message::NotificationResponse(n) => Some(n.process_id()),
+        _ => None,
+    })
+}

@@ -519,10 +519,7 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
         s.write_all(&out).await.unwrap();
         let got =
             sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
-        let from = got.iter().find_map(|m| match m {
-            Message::NotificationResponse(n) => Some(n.process_id()),
-            _ => None,
-        });
+        let from = sqlswitch_tests::pg_raw::notification_pid(&got);
         assert_eq!(from, Some(pid), "port {port}: the notification names the client's own pid");
         // Another session's notification names the pid that session's client was given
         // (psycopg2's notify tests compare it with the sender's `backend_pid`).
@@ -535,10 +532,7 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
         let got =
             sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::NotificationResponse(_)))
                 .await;
-        let from = got.iter().find_map(|m| match m {
-            Message::NotificationResponse(n) => Some(n.process_id()),
-            _ => None,
-        });
+        let from = sqlswitch_tests::pg_raw::notification_pid(&got);
         assert_eq!(from, Some(sender_pid), "port {port}: the notification names the sender's client pid");
         // Delivered after its sender quit (the listener was in a transaction): still the
         // sender's given pid (psycopg2's test_notifies_received_on_commit).
@@ -563,10 +557,7 @@ async fn own_notifications_carry_the_pid_the_client_was_given() {
         let got =
             sqlswitch_tests::pg_raw::read_until(&mut s, &mut buf, |m| matches!(m, Message::NotificationResponse(_)))
                 .await;
-        let from = got.iter().find_map(|m| match m {
-            Message::NotificationResponse(n) => Some(n.process_id()),
-            _ => None,
-        });
+        let from = sqlswitch_tests::pg_raw::notification_pid(&got);
         assert_eq!(from, Some(sender_pid), "port {port}: the quit sender's client pid");
     }
 }
