@@ -415,6 +415,11 @@ impl<'a> Session<'a> {
                         self.batch.complete = true;
                         let _ = self.dispatch().await;
                     }
+                    if self.outstanding > 0 {
+                        // A server answers what came before a Terminate, then closes: the
+                        // answers owed go out first (the Terminate is read again once they have).
+                        return Ok(());
+                    }
                     return Err(End::Quit);
                 }
                 fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
