@@ -20,6 +20,8 @@ pub struct RawConn {
     /// The packets the server sent after the handshake response (an OK or ERR, preceded by
     /// `caching_sha2_password`'s fast-auth byte).
     pub login: Vec<Vec<u8>>,
+    /// The scramble of the server's handshake.
+    pub scramble: [u8; 20],
 }
 
 impl RawConn {
@@ -30,9 +32,10 @@ impl RawConn {
     /// The server closes the connection or stays silent.
     pub async fn login(port: u16, (user, password): (&str, &str), extra: u32) -> Self {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut conn = Self { stream, buf: BytesMut::new(), login: Vec::new() };
+        let mut conn = Self { stream, buf: BytesMut::new(), login: Vec::new(), scramble: [0; 20] };
         let hello = ServerHandshake::parse(&conn.read().await).unwrap();
         let nonce: [u8; 20] = hello.nonce[..20].try_into().unwrap();
+        conn.scramble = nonce;
         let auth = mysql_common::auth::plugins::caching_sha2_password::scramble_sha256(&nonce, password.as_bytes());
         let response = ClientResponse {
             caps: caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH | caps::CONNECT_WITH_DB | extra,

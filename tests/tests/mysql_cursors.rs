@@ -88,3 +88,29 @@ async fn session_tracking_reports_a_schema_change() {
     assert_ne!(status & 0x4000, 0, "SERVER_SESSION_STATE_CHANGED: {ok:?}");
     assert!(ok.windows(18).any(|w| w == b"information_schema"), "the schema is in the OK packet: {ok:?}");
 }
+
+/// `COM_CHANGE_USER` with the response computed from the connection's first scramble, as
+/// MariaDB Connector/C sends it (and answers an auth switch with it again): accepted at once,
+/// as the server does (Connector/Python's `test_conpy279` was denied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_is_checked_against_the_first_scramble() {
+    let topo = Topology::shared();
+    let daemon = start_mysql(topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut conn = RawConn::login(port, APP, 0).await;
+    let auth =
+        mysql_common::auth::plugins::mysql_native_password::scramble_native(&conn.scramble, APP.1.as_bytes()).unwrap();
+    let mut request = vec![0x11];
+    request.extend_from_slice(b"app\0");
+    request.push(20);
+    request.extend_from_slice(&auth);
+    request.extend_from_slice(b"app\0");
+    request.extend_from_slice(&45u16.to_le_bytes());
+    request.extend_from_slice(b"mysql_native_password\0");
+    conn.send(0, &request).await;
+    let answer = conn.read().await;
+    assert_eq!(<[u8]>::first(&answer), Some(&0x00), "OK at once, no auth switch: {answer:?}");
+    conn.send(0, b"\x03SET @changed = 1").await;
+    let answer = conn.read().await;
+    assert_eq!(<[u8]>::first(&answer), Some(&0x00), "the session goes on: {answer:?}");
+}

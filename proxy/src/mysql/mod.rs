@@ -61,7 +61,7 @@ pub async fn serve(
         handshake(&mut stream, &mut buf, &cluster, peer, thread.id),
     ))
     .await;
-    let (hello, seq) = match login {
+    let (hello, seq, scramble) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection ended before its session began");
@@ -72,7 +72,7 @@ pub async fn serve(
             return;
         }
     };
-    let Some(id) = session::Identity::new(
+    let Some(mut id) = session::Identity::new(
         &cluster,
         &hello.user,
         hello.database.as_deref(),
@@ -82,6 +82,7 @@ pub async fn serve(
     ) else {
         return;
     };
+    id.scramble = scramble;
     thread.set_user(&hello.user);
     let read_only = id.read_only;
     let (index, conn) = match Box::pin(session::first_connection(&id)).await {
@@ -119,7 +120,7 @@ async fn handshake(
     cluster: &Cluster,
     peer: SocketAddr,
     connection_id: u32,
-) -> anyhow::Result<(ClientResponse, u8)> {
+) -> anyhow::Result<(ClientResponse, u8, Vec<u8>)> {
     let nonce = new_nonce();
     let acceptor = cluster.tls.load_full();
     let hello = ServerHandshake {
@@ -188,7 +189,7 @@ async fn handshake(
         stream.send(&out).await?;
         seq = seq.wrapping_add(1);
     }
-    Ok((response, seq))
+    Ok((response, seq, nonce))
 }
 
 /// A fresh 20-byte scramble of printable bytes.
@@ -199,6 +200,15 @@ pub(crate) fn new_nonce() -> Vec<u8> {
 /// Whether `auth` is `user`'s password scrambled with `nonce` (`mysql_native_password`, or
 /// `caching_sha2_password` with `sha2`). Unknown users never match; failures are counted.
 pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
+    let ok = password_matches(cluster, user, nonce, sha2, auth);
+    if !ok {
+        cluster.metrics.auth_failures.increment(1);
+    }
+    ok
+}
+
+/// [`password_ok`] without counting a failure (a first try that may be followed by another).
+pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
     let expected = cluster.users.load().get(user).and_then(|u| {
         if u.password.is_empty() {
             Some(Vec::new())
@@ -209,11 +219,7 @@ pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: boo
             scramble_native(nonce, u.password.as_bytes()).map(|s| s.to_vec())
         }
     });
-    let ok = expected.as_deref() == Some(auth);
-    if !ok {
-        cluster.metrics.auth_failures.increment(1);
-    }
-    ok
+    expected.as_deref() == Some(auth)
 }
 
 /// MySQL's error 1045 text.

@@ -4,9 +4,11 @@ use super::*;
 
 impl MySession<'_> {
     /// `COM_CHANGE_USER`: a new login on the same connection. The client proves the new
-    /// user's password against a fresh scramble (an auth switch), then everything of the old
-    /// session is dropped — connections (reset and pooled), variables, prepared statements — as
-    /// a server does, and the new login is proven on a backend like a new connection's.
+    /// user's password with the response in its request (computed with the connection's first
+    /// scramble, as a server checks it) or, when that does not match, against a fresh scramble
+    /// (an auth switch); then everything of the old session is dropped — connections (reset and
+    /// pooled), variables, prepared statements — as a server does, and the new login is proven
+    /// on a backend like a new connection's.
     pub(super) async fn change_user(&mut self, packet: &packet::Packet, seq: u8) -> Result<(), End> {
         let request = match ChangeUser::parse(&packet.payload, self.id.caps) {
             Ok(r) => r,
@@ -15,13 +17,25 @@ impl MySession<'_> {
                 return Err(End::ClientGone);
             }
         };
-        let nonce = crate::mysql::new_nonce();
-        let mut out = BytesMut::new();
-        packet::encode(&mut out, seq, &auth_switch_request(crate::mysql::NATIVE, &nonce));
-        self.client.send(&out).await.map_err(|_| End::ClientGone)?;
-        let answer = crate::mysql::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
-        let seq = answer.last_seq.wrapping_add(1);
         let cluster = self.id.cluster;
+        // MariaDB Connector/C answers even an auth switch with the first scramble's response:
+        // the one in the request is checked first, as the server does.
+        let native = request.plugin.as_deref().is_none_or(|p| p == crate::mysql::NATIVE);
+        let first = native
+            && !self.id.scramble.is_empty()
+            && crate::mysql::password_matches(cluster, &request.user, &self.id.scramble, false, &request.auth);
+        let (verified, auth, seq) = if first {
+            (true, request.auth.clone(), seq)
+        } else {
+            let nonce = crate::mysql::new_nonce();
+            let mut out = BytesMut::new();
+            packet::encode(&mut out, seq, &auth_switch_request(crate::mysql::NATIVE, &nonce));
+            self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+            let answer =
+                crate::mysql::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
+            let verified = crate::mysql::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
+            (verified, answer.payload.to_vec(), answer.last_seq.wrapping_add(1))
+        };
         let new_id = Identity::new(
             cluster,
             &request.user,
@@ -30,9 +44,8 @@ impl MySession<'_> {
             request.charset.unwrap_or(self.id.charset),
             self.id.listener_read_only,
         );
-        let verified = crate::mysql::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
-        let Some(new_id) = new_id.filter(|_| verified) else {
-            let text = crate::mysql::access_denied(&request.user, self.peer, &answer.payload);
+        let Some(mut new_id) = new_id.filter(|_| verified) else {
+            let text = crate::mysql::access_denied(&request.user, self.peer, &auth);
             self.err(seq, code::ACCESS_DENIED, "28000", &text).await;
             return Err(End::ClientGone);
         };
@@ -44,6 +57,7 @@ impl MySession<'_> {
         self.temp_tables.clear();
         self.temp_home = None;
         self.core.read_only = new_id.read_only;
+        new_id.scramble = std::mem::take(&mut self.id.scramble);
         self.id = new_id;
         self.thread.set_user(&self.id.user);
         self.thread.set_target(None);

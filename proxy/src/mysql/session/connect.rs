@@ -18,6 +18,9 @@ pub struct Identity<'a> {
     pub charset: u8,
     /// What its connections are pooled by.
     pub key: PoolKey,
+    /// The scramble of the connection's handshake: `COM_CHANGE_USER`'s response is computed
+    /// with it (empty until the login sets it).
+    pub scramble: Vec<u8>,
     /// Read-only session.
     pub read_only: bool,
     /// It came in on the read-only listener.
@@ -53,6 +56,7 @@ impl<'a> Identity<'a> {
             caps,
             charset,
             key: PoolKey::new(user, params),
+            scramble: Vec::new(),
             read_only,
             listener_read_only,
         })
