@@ -19,7 +19,7 @@ pub struct Relay {
     /// `true` while blackholed.
     silent: watch::Sender<bool>,
     /// Live connections' sockets, to reset on [`Relay::cut`].
-    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    conns: Arc<Mutex<Vec<(u64, std::net::TcpStream)>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -39,21 +39,39 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let (silent, _) = watch::channel(false);
-        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<(u64, std::net::TcpStream)>>> = Arc::default();
         let (quiet, kept) = (silent.clone(), Arc::clone(&conns));
         let accept = tokio::spawn(async move {
+            let mut next = 0u64;
             while let Ok((client, _)) = listener.accept().await {
                 let (quiet, kept) = (quiet.subscribe(), Arc::clone(&kept));
+                next += 1;
+                let id = next;
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let mut mine = Vec::new();
                     for s in [&client, &server] {
-                        if let Ok(clone) = socket_clone(s) {
-                            kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(clone);
+                        if let (Ok(clone), Ok(own)) = (socket_clone(s), socket_clone(s)) {
+                            kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((id, clone));
+                            mine.push(own);
                         }
                     }
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(pipe(cr, sw, quiet.clone()), pipe(sr, cw, quiet));
+                    let (mut up, mut down) =
+                        (tokio::spawn(pipe(cr, sw, quiet.clone())), tokio::spawn(pipe(sr, cw, quiet)));
+                    let up_first = tokio::select! {
+                        _ = &mut up => true,
+                        _ = &mut down => false,
+                    };
+                    // One side closed: the connection is over for both, as over TCP a peer's
+                    // close is (no protocol here half-closes). Kept open, a server writing to it
+                    // (a binlog dump thread) would block until its own timeout.
+                    for s in &mine {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    let _ = if up_first { down.await } else { up.await };
+                    kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|(i, _)| *i != id);
                 });
             }
         });
@@ -63,7 +81,7 @@ impl Relay {
     /// Resets every live connection (RST); new ones are relayed as before.
     pub fn cut(&self) {
         let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for s in conns {
+        for (_, s) in conns {
             let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
             let _ = s.shutdown(std::net::Shutdown::Both);
         }

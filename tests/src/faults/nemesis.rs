@@ -65,9 +65,19 @@ pub async fn apply(
             let command = format!("switchover app {} promote timeout=20s", NAMES[replica]);
             let answer = world.ctl_on(instance, &command).await;
             let healed_ms = ms();
-            let detail = format!("{} -> {} on instance {instance}: {}", NAMES[primary], NAMES[replica], short(&answer));
+            let mut detail =
+                format!("{} -> {} on instance {instance}: {}", NAMES[primary], NAMES[replica], short(&answer));
             if answer["ok"] == true {
                 rejoin(world, primary, replica).await?;
+            } else if answer["error"].as_str().is_some_and(|e| e.contains("catch_up")) {
+                // What the target says of its replication, to tell lag from a stalled stream.
+                detail += &format!(" [{}: {}]", NAMES[replica], replication_state(world, replica));
+                if let Servers::My(t) = &world.servers {
+                    let sql = "SELECT GROUP_CONCAT(CONCAT_WS(' ', ID, HOST, COMMAND, STATE, TIME) SEPARATOR '; ') \
+                               FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'";
+                    let dumps = t.sql(&t.nodes[primary], sql).unwrap_or_else(|e| e.to_string());
+                    detail += &format!(" [{} dump threads: {}]", NAMES[primary], dumps.trim());
+                }
             }
             return Ok(Some(Fault { name: name.into(), detail, started_ms, healed_ms, planned }));
         }
