@@ -125,7 +125,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
 /// The names of the behaviour flags the client asked for that a connection did not get (or
 /// got without being asked), if any: its answers would differ from what the client expects.
 fn missing_behaviour(conn: u32, client: u32) -> Option<String> {
-    const NAMES: [(u32, &str); 10] = [
+    const NAMES: [(u32, &str); 11] = [
         (caps::FOUND_ROWS, "CLIENT_FOUND_ROWS"),
         (caps::LONG_FLAG, "CLIENT_LONG_FLAG"),
         (caps::NO_SCHEMA, "CLIENT_NO_SCHEMA"),
@@ -135,6 +135,7 @@ fn missing_behaviour(conn: u32, client: u32) -> Option<String> {
         (caps::MULTI_STATEMENTS, "CLIENT_MULTI_STATEMENTS"),
         (caps::MULTI_RESULTS, "CLIENT_MULTI_RESULTS"),
         (caps::PS_MULTI_RESULTS, "CLIENT_PS_MULTI_RESULTS"),
+        (caps::SESSION_TRACK, "CLIENT_SESSION_TRACK"),
         (caps::DEPRECATE_EOF, "CLIENT_DEPRECATE_EOF"),
     ];
     let differ = (conn ^ client) & caps::BEHAVIOUR;
