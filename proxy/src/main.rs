@@ -179,6 +179,7 @@ fn run(path: PathBuf, threads: usize, log_format: LogFormat) -> ExitCode {
 
 async fn serve(config: Config, path: PathBuf, threads: usize) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
+    info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "sqlswitch starting");
     let daemon = Daemon::launch(config, true, threads).await?;
     daemon.control.set_config_path(path);
     let mut term = signal(SignalKind::terminate())?;
@@ -187,9 +188,13 @@ async fn serve(config: Config, path: PathBuf, threads: usize) -> anyhow::Result<
     loop {
         tokio::select! {
             _ = term.recv() => {
-                info!(grace = ?grace, "SIGTERM: no new connections; sessions end at their next transaction boundary");
-                if !daemon.shutdown(grace).await {
-                    warn!("shutdown grace period over; closing the remaining sessions");
+                info!(grace = ?grace, "SIGTERM: no new connections; sessions end at their next transaction boundary (a second SIGTERM or SIGINT stops now)");
+                tokio::select! {
+                    done = daemon.shutdown(grace) => if !done {
+                        warn!("shutdown grace period over; closing the remaining sessions");
+                    },
+                    _ = term.recv() => warn!("a second SIGTERM: stopping now"),
+                    _ = int.recv() => warn!("SIGINT during the grace period: stopping now"),
                 }
                 return Ok(());
             }

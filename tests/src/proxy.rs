@@ -176,3 +176,22 @@ pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The `sqlswitch` binary beside this one (`cargo build` puts both in the same directory), or
+/// `SQLSWITCH_BIN`.
+///
+/// # Errors
+/// Not built.
+pub fn sqlswitch_bin() -> Result<std::path::PathBuf> {
+    if let Ok(path) = std::env::var("SQLSWITCH_BIN") {
+        return Ok(std::path::PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or_else(|| anyhow::anyhow!("no directory"))?;
+    for candidate in [dir.join("sqlswitch"), dir.join("../sqlswitch")] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("no sqlswitch binary beside {} (build it: cargo build -p sqlswitch)", exe.display())
+}

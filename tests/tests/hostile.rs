@@ -489,3 +489,52 @@ async fn passwords_stay_out_of_logs_status_metrics_and_errors() {
         assert!(errors.iter().all(|e| !e.contains(password)), "an error shows a password: {errors:?}");
     }
 }
+
+/// A second SIGTERM (or a SIGINT) during the shutdown grace period stops sqlswitch at once: an
+/// operator who asked twice is not held for the whole grace by a client's open transaction
+/// (the second signal was swallowed before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_grace_period_stops_at_once() {
+    let topo = Topology::shared();
+    let dir = std::env::temp_dir().join(format!("sqlswitch-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = sqlswitch_tests::pg::free_ports(1).unwrap()[0];
+    let text = proxy::config_text(topo, "app", &format!("127.0.0.1:{port}"), "127.0.0.1:0", None, "")
+        .replace("/tmp/sqlswitch-test.sock", &dir.join("admin.sock").display().to_string());
+    let config = dir.join("sqlswitch.toml");
+    std::fs::write(&config, format!("shutdown_grace = \"60s\"\n{text}")).unwrap();
+    let mut daemon = std::process::Command::new(proxy::sqlswitch_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id().to_string();
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = connect(port, APP).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client.expect("sqlswitch serves");
+    client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // The first SIGTERM: no new connections, the open transaction may finish.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(port, APP).await.is_ok() {
+        assert!(Instant::now() < deadline, "new connections are refused after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(daemon.try_wait().unwrap().is_none(), "the grace period holds for the open transaction");
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "a second SIGTERM stops it at once");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

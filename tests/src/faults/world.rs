@@ -312,7 +312,7 @@ fn setup_sql(servers: &Servers, (user, password): &(String, String), monitor_pw:
 /// Starts sqlswitch on `config`, appending to `log`; the process and its id. It is stopped
 /// with this process however that ends (a `timeout` kill included).
 fn spawn(config: &Path, log: &Path) -> Result<(Child, u32)> {
-    let daemon = Command::new(sqlswitch_bin()?)
+    let daemon = Command::new(crate::proxy::sqlswitch_bin()?)
         .args(["run", "--config"])
         .arg(config)
         .stdin(Stdio::null())
@@ -326,20 +326,4 @@ fn spawn(config: &Path, log: &Path) -> Result<(Child, u32)> {
         me = std::process::id()
     ))?;
     Ok((daemon, pid))
-}
-
-/// The `sqlswitch` binary beside this one (`cargo build` puts both in the same directory), or
-/// `SQLSWITCH_BIN`.
-fn sqlswitch_bin() -> Result<PathBuf> {
-    if let Ok(path) = std::env::var("SQLSWITCH_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory")?;
-    for candidate in [dir.join("sqlswitch"), dir.join("../sqlswitch")] {
-        if candidate.exists() {
-            return Ok(candidate);
-        }
-    }
-    bail!("no sqlswitch binary beside {} (build it: cargo build -p sqlswitch)", exe.display())
 }
