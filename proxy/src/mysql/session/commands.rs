@@ -119,16 +119,7 @@ impl MySession<'_> {
         match self.id.cluster.mysql_threads.kill(target, &self.id.user, connection) {
             // `CONNECTION_ID()` ran on a server and names that server's thread: one of this
             // session's own connections. Killing it is killing the session, as directly.
-            Found::Unknown if self.own_server_thread(target) => {
-                if connection {
-                    self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
-                    return Err(End::Killed);
-                }
-                let status = self.core.active_slot().map_or(status::AUTOCOMMIT, |s| s.conn.status);
-                let mut out = BytesMut::new();
-                packet::encode(&mut out, seq, &ok_payload(status));
-                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
-            }
+            Found::Unknown if self.own_server_thread(target) => return self.killed(connection, seq).await,
             Found::Unknown => {
                 self.err(seq, code::NO_SUCH_THREAD, "HY000", &format!("Unknown thread id: {target}")).await;
             }
@@ -143,16 +134,22 @@ impl MySession<'_> {
                         return Ok(());
                     }
                 }
-                if connection && target == self.thread.id {
-                    self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
-                    return Err(End::Killed);
-                }
-                let status = self.core.active_slot().map_or(status::AUTOCOMMIT, |s| s.conn.status);
-                let mut out = BytesMut::new();
-                packet::encode(&mut out, seq, &ok_payload(status));
-                self.client.send(&out).await.map_err(|_| End::ClientGone)?;
+                return self.killed(connection && target == self.thread.id, seq).await;
             }
         }
         Ok(())
+    }
+
+    /// The answer to a `KILL` that was carried out: this session ends (`ends_self`, 1927) or
+    /// the client gets OK.
+    async fn killed(&mut self, ends_self: bool, seq: u8) -> Result<(), End> {
+        if ends_self {
+            self.err(seq, code::CONNECTION_KILLED, "70100", "Connection was killed").await;
+            return Err(End::Killed);
+        }
+        let status = self.core.active_slot().map_or(status::AUTOCOMMIT, |s| s.conn.status);
+        let mut out = BytesMut::new();
+        packet::encode(&mut out, seq, &ok_payload(status));
+        self.client.send(&out).await.map_err(|_| End::ClientGone)
     }
 }
