@@ -41,10 +41,6 @@ pub use crate::gate::{Gate, Hold};
 /// Most backends a cluster can have, including those added by reloads (the config's limit).
 pub use sqlswitch_config::MAX_BACKENDS;
 
-/// A primary the monitor has not reached for this long (micros) is away: sessions stop waiting
-/// for it (see [`Cluster::maintenance`]).
-const PRIMARY_AWAY: u64 = 1_000_000;
-
 /// A cluster's backends, append-only: an index, once handed out, names the same backend for the
 /// life of the daemon, so sessions and routing tables can hold indexes while a reload adds
 /// backends. Reads take no lock.
@@ -631,8 +627,8 @@ impl Cluster {
         if table.mode == Mode::ReadOnly {
             return Some("the cluster is in read-only maintenance mode");
         }
-        let away = self.backends.at(table.primary).map_or(0, |b| b.health.away_micros(&self.clock));
-        (self.config.monitor.is_some() && away >= PRIMARY_AWAY).then_some("the primary is unreachable")
+        let away = self.backends.at(table.primary).is_some_and(|b| b.health.away.load(Ordering::Relaxed));
+        (self.config.monitor.is_some() && away).then_some("the primary is unreachable")
     }
 
     /// Where a control connection (monitor, switchover) to backend `i` goes; `None` without

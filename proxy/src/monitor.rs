@@ -416,7 +416,9 @@ impl Monitor {
             });
         let replayed: Vec<(usize, Position)> =
             futures::future::join_all(replicas).await.into_iter().flatten().collect();
-        if !primary_answered && cluster.maintenance().is_some() {
+        let away = !primary_answered
+            && cluster.backends[primary].health.away_micros(&cluster.clock) >= crate::replication::PRIMARY_AWAY;
+        if !primary_answered && (away || cluster.maintenance().is_some()) {
             // Without a primary, freshness is measured between replicas: the most advanced one
             // stands for the primary, so replicas keep serving reads for as long as it is away.
             // Only while no write can reach it through sqlswitch (unreachable past
@@ -444,6 +446,8 @@ impl Monitor {
             let lag = if caught_up_to == 0 { u64::MAX } else { cluster.clock.now().saturating_sub(caught_up_to) };
             health.lag_micros.store(lag, Ordering::Relaxed);
         }
+        // Maintenance begins only now that the replicas were measured without the primary.
+        cluster.backends[primary].health.away.store(away, Ordering::Relaxed);
         self.conns = conns;
         !primary_answered
     }
@@ -484,6 +488,7 @@ async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<Contr
             health.seen_at.store(cluster.clock.now(), Ordering::Relaxed);
             health.up.store(true, Ordering::Relaxed);
             health.down_since.store(0, Ordering::Relaxed);
+            health.away.store(false, Ordering::Relaxed);
             health.failed.store(false, Ordering::Relaxed);
             if !was_up {
                 info!(event = "backend_up", cluster = %cluster.config.name, backend = %backend.name, "backend is up");
@@ -503,6 +508,7 @@ async fn probe(cluster: &Cluster, i: usize, kind: Probe, conn: &mut Option<Contr
             // login, or a query) is there, and its sessions may still use it.
             if !unreachable {
                 health.down_since.store(0, Ordering::Relaxed);
+                health.away.store(false, Ordering::Relaxed);
             } else if health.down_since.load(Ordering::Relaxed) == 0 {
                 health.down_since.store(cluster.clock.now().max(1), Ordering::Relaxed);
             }

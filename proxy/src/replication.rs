@@ -60,9 +60,16 @@ pub struct Health {
     pub deposed: AtomicBool,
     /// Since when (clock micros) the monitor has not reached it; 0 while it answers.
     pub down_since: AtomicU64,
+    /// The monitor found it unreachable for [`PRIMARY_AWAY`] and, in the same check, measured
+    /// the replicas' freshness without it: as the primary, the cluster is in maintenance.
+    /// Set only after that measurement, so no read finds every replica stale in between.
+    pub away: AtomicBool,
     /// When (clock micros) the monitor last heard from it; 0: never.
     pub seen_at: AtomicU64,
 }
+
+/// How long (micros) the primary stays unreachable before the cluster serves without it.
+pub const PRIMARY_AWAY: u64 = 1_000_000;
 
 impl Health {
     /// How long (micros) the monitor has not reached it; 0 while it answers.
