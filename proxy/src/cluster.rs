@@ -2,7 +2,7 @@
 //! each user's SCRAM verifier, computed once at start so a login costs no key derivation.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -485,6 +485,9 @@ pub struct Cluster {
     pub gate: Gate,
     /// MySQL client connection ids, for `KILL`.
     pub mysql_threads: Arc<crate::mysql::threads::Registry>,
+    /// The MariaDB extended capabilities every server reached so far offered (see
+    /// [`Cluster::servers_ext`]); `u32::MAX` until one was reached.
+    mysql_ext: AtomicU32,
     /// Client-facing TLS, when configured; replaced by a reload.
     pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// TLS to the backends, when configured.
@@ -611,6 +614,22 @@ impl std::fmt::Display for Problem {
 }
 
 impl Cluster {
+    /// A MySQL server offered MariaDB extended capabilities `ext` in its handshake (0: a MySQL
+    /// server, which has none).
+    pub fn servers_offer(&self, ext: u32) {
+        self.mysql_ext.fetch_and(ext, Ordering::Relaxed);
+    }
+
+    /// The MariaDB extended capabilities sqlswitch offers its clients: those it relays that
+    /// every server reached so far offered (none before the first was reached), so a client's
+    /// choice holds on whichever server its session uses.
+    pub fn servers_ext(&self) -> u32 {
+        match self.mysql_ext.load(Ordering::Relaxed) {
+            u32::MAX => 0,
+            ext => ext & sqlswitch_protocol::mysql::caps::ext::OFFERED,
+        }
+    }
+
     /// What a session's checkout of a backend connection respects.
     pub fn limits(&self) -> crate::pool::Limits {
         crate::pool::Limits { max_open: self.config.max_backend_connections, wait: self.config.connect_timeout }
@@ -733,6 +752,7 @@ impl Cluster {
             progress: std::sync::Mutex::new(String::new()),
             discovery: std::sync::Mutex::new(Discovery::default()),
             mysql_threads: Arc::default(),
+            mysql_ext: AtomicU32::new(u32::MAX),
             clients: tokio::sync::Semaphore::new(config.max_client_connections),
             tls: arc_swap::ArcSwapOption::empty(),
             backend_tls: arc_swap::ArcSwapOption::empty(),

@@ -547,7 +547,11 @@ async fn connected<'c>(
 ) -> Result<&'c mut ControlConn, CheckError> {
     if conn.is_none() {
         let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-        *conn = Some(ControlConn::connect(&to, "sqlswitch-monitor").await?);
+        let opened = ControlConn::connect(&to, "sqlswitch-monitor").await?;
+        if let ControlConn::My(c) = &opened {
+            cluster.servers_offer(c.server_ext);
+        }
+        *conn = Some(opened);
     }
     conn.as_mut().ok_or_else(|| "no connection".into())
 }

@@ -22,6 +22,8 @@ pub struct RawConn {
     pub login: Vec<Vec<u8>>,
     /// The scramble of the server's handshake.
     pub scramble: [u8; 20],
+    /// The MariaDB extended capabilities the server's handshake offered.
+    pub offered_ext: u32,
 }
 
 impl RawConn {
@@ -30,15 +32,25 @@ impl RawConn {
     ///
     /// # Panics
     /// The server closes the connection or stays silent.
-    pub async fn login(port: u16, (user, password): (&str, &str), extra: u32) -> Self {
+    pub async fn login(port: u16, who: (&str, &str), extra: u32) -> Self {
+        Self::login_ext(port, who, extra, 0).await
+    }
+
+    /// [`RawConn::login`], asking for MariaDB extended capabilities `ext` too (those offered).
+    ///
+    /// # Panics
+    /// The server closes the connection or stays silent.
+    pub async fn login_ext(port: u16, (user, password): (&str, &str), extra: u32, ext: u32) -> Self {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut conn = Self { stream, buf: BytesMut::new(), login: Vec::new(), scramble: [0; 20] };
+        let mut conn = Self { stream, buf: BytesMut::new(), login: Vec::new(), scramble: [0; 20], offered_ext: 0 };
         let hello = ServerHandshake::parse(&conn.read().await).unwrap();
+        conn.offered_ext = hello.ext;
         let nonce: [u8; 20] = hello.nonce[..20].try_into().unwrap();
         conn.scramble = nonce;
         let auth = mysql_common::auth::plugins::caching_sha2_password::scramble_sha256(&nonce, password.as_bytes());
         let response = ClientResponse {
             caps: caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH | caps::CONNECT_WITH_DB | extra,
+            ext: ext & hello.ext,
             max_packet: 1 << 24,
             charset: 45,
             user: user.to_owned(),

@@ -28,6 +28,9 @@ pub const SET_OPTION: u8 = 0x1b;
 pub const STMT_FETCH: u8 = 0x1c;
 /// `COM_RESET_CONNECTION`.
 pub const RESET_CONNECTION: u8 = 0x1f;
+/// `COM_STMT_BULK_EXECUTE` (MariaDB, with `MARIADB_CLIENT_STMT_BULK_OPERATIONS`): a prepared
+/// statement run once per row of parameters, in one command.
+pub const STMT_BULK_EXECUTE: u8 = 0xfa;
 
 /// The shape of the answer to a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,7 @@ pub enum Answer {
 /// What answer command `cmd` gets; `None` for commands the proxy does not relay.
 pub fn answer(cmd: u8) -> Option<Answer> {
     Some(match cmd {
-        QUERY | STMT_EXECUTE => Answer::ResultSet,
+        QUERY | STMT_EXECUTE | STMT_BULK_EXECUTE => Answer::ResultSet,
         INIT_DB | PING | STMT_RESET | SET_OPTION | RESET_CONNECTION => Answer::Single,
         STMT_CLOSE | STMT_SEND_LONG_DATA => Answer::None,
         STMT_PREPARE => Answer::Prepare,

@@ -18,6 +18,9 @@ pub struct ServerHandshake {
     pub nonce: Vec<u8>,
     /// Capability flags.
     pub caps: u32,
+    /// MariaDB's extended capabilities ([`caps::ext`]); 0 from a server that sets
+    /// `CLIENT_MYSQL`.
+    pub ext: u32,
     /// Default collation id.
     pub charset: u8,
     /// Status flags.
@@ -31,6 +34,9 @@ pub struct ServerHandshake {
 pub struct ClientResponse {
     /// Capability flags the client wants.
     pub caps: u32,
+    /// MariaDB extended capabilities the client wants ([`caps::ext`]); sent only to a server
+    /// whose handshake offered them.
+    pub ext: u32,
     /// Maximum packet size.
     pub max_packet: u32,
     /// Collation id.
@@ -65,7 +71,8 @@ impl ServerHandshake {
         p.extend_from_slice(&self.status.to_le_bytes());
         p.extend_from_slice(&((self.caps >> 16) as u16).to_le_bytes());
         p.push(u8::try_from(self.nonce.len() + 1).unwrap_or(21));
-        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(&[0; 6]);
+        p.extend_from_slice(&reserved_ext(self.caps, self.ext).to_le_bytes());
         p.extend_from_slice(part2);
         p.push(0);
         p.extend_from_slice(self.plugin.as_bytes());
@@ -92,7 +99,8 @@ impl ServerHandshake {
         let high = u16::from_le_bytes(f.bytes(2, "capabilities")?.try_into().map_err(|_| MALFORMED)?);
         let caps = u32::from(low) | u32::from(high) << 16;
         let data_len = usize::from(f.byte("scramble length")?);
-        f.bytes(10, "reserved")?;
+        let reserved = f.bytes(10, "reserved")?;
+        let ext = ext_in(caps, reserved.get(6..).unwrap_or_default());
         let part2 = data_len.saturating_sub(8).max(13);
         let rest = f.bytes(part2.min(f.rest().len()), "scramble")?;
         nonce.extend_from_slice(rest.strip_suffix(&[0]).unwrap_or(rest));
@@ -103,7 +111,7 @@ impl ServerHandshake {
         } else {
             "mysql_native_password".to_owned()
         };
-        Ok(Self { version, connection_id, nonce, caps, charset, status, plugin })
+        Ok(Self { version, connection_id, nonce, caps, ext, charset, status, plugin })
     }
 }
 
@@ -114,7 +122,8 @@ impl ClientResponse {
         p.extend_from_slice(&self.caps.to_le_bytes());
         p.extend_from_slice(&self.max_packet.to_le_bytes());
         p.push(self.charset);
-        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(&[0; 19]);
+        p.extend_from_slice(&reserved_ext(self.caps, self.ext).to_le_bytes());
         p.extend_from_slice(self.user.as_bytes());
         p.push(0);
         if self.caps & caps::PLUGIN_AUTH_LENENC != 0 {
@@ -165,7 +174,8 @@ impl ClientResponse {
         }
         let max_packet = u32::from_le_bytes(f.bytes(4, "max packet")?.try_into().map_err(|_| MALFORMED)?);
         let charset = f.byte("charset")?;
-        f.bytes(23, "filler")?;
+        let filler = f.bytes(23, "filler")?;
+        let ext = ext_in(caps, filler.get(19..).unwrap_or_default());
         let user = f.cstr("user")?.to_owned();
         let auth = if caps & caps::PLUGIN_AUTH_LENENC != 0 {
             let (len, n) = lenenc(f.rest()).ok_or(MALFORMED)?;
@@ -192,7 +202,26 @@ impl ClientResponse {
         } else {
             Vec::new()
         };
-        Ok(Self { caps, max_packet, charset, user, auth, database, plugin, attrs })
+        Ok(Self { caps, ext, max_packet, charset, user, auth, database, plugin, attrs })
+    }
+}
+
+/// The extended capabilities to write in a handshake's reserved bytes: none beside
+/// `CLIENT_MYSQL`, where they would be read as filler.
+fn reserved_ext(caps: u32, ext: u32) -> u32 {
+    if caps & caps::MYSQL == 0 {
+        ext
+    } else {
+        0
+    }
+}
+
+/// The extended capabilities in a handshake's last 4 reserved bytes (`bytes`), when `caps`
+/// says they are there.
+fn ext_in(caps: u32, bytes: &[u8]) -> u32 {
+    match <[u8; 4]>::try_from(bytes) {
+        Ok(b) if caps & caps::MYSQL == 0 => u32::from_le_bytes(b),
+        _ => 0,
     }
 }
 
@@ -325,17 +354,22 @@ mod tests {
             connection_id: 42,
             nonce: (1..=20).collect(),
             caps: caps::OFFERED,
+            ext: caps::ext::OFFERED,
             charset: 45,
             status: 2,
             plugin: "mysql_native_password".into(),
         };
         assert_eq!(ServerHandshake::parse(&h.encode()).unwrap(), h);
+        // A MySQL server (CLIENT_MYSQL set) has no extended capabilities: none are written or read.
+        let mysql = ServerHandshake { caps: caps::OFFERED | caps::MYSQL, ..h.clone() };
+        assert_eq!(ServerHandshake::parse(&mysql.encode()).unwrap(), ServerHandshake { ext: 0, ..mysql });
     }
 
     #[test]
     fn client_response_round_trips_and_rejects_junk() {
         let r = ClientResponse {
             caps: caps::OFFERED,
+            ext: caps::ext::EXTENDED_TYPE_INFO,
             max_packet: 1 << 24,
             charset: 45,
             user: "app".into(),
@@ -351,6 +385,8 @@ mod tests {
             ..r
         };
         assert_eq!(ClientResponse::parse(&short.encode()).unwrap(), short);
+        let mysql = ClientResponse { caps: short.caps | caps::MYSQL, ..short.clone() };
+        assert_eq!(ClientResponse::parse(&mysql.encode()).unwrap(), ClientResponse { ext: 0, ..mysql });
         assert!(ClientResponse::parse(b"\x00\x00").is_err());
         assert!(ClientResponse::parse(&[0xff; 40]).is_err());
         let mut ssl = caps::OFFERED.to_le_bytes().to_vec();

@@ -128,7 +128,33 @@ pub mod caps {
         | PLUGIN_AUTH_LENENC
         | DEPRECATE_EOF;
 
+    /// MariaDB's extended capabilities: 32 more flags in the handshakes' reserved bytes, sent
+    /// only when the server's handshake clears `CLIENT_MYSQL` (bit 0, as MariaDB servers do).
+    pub mod ext {
+        /// `MARIADB_CLIENT_PROGRESS`: progress reports inside answers.
+        pub const PROGRESS: u32 = 1;
+        /// `MARIADB_CLIENT_COM_MULTI`.
+        pub const COM_MULTI: u32 = 2;
+        /// `MARIADB_CLIENT_STMT_BULK_OPERATIONS`: `COM_STMT_BULK_EXECUTE`, one prepared
+        /// statement run for many rows of parameters in one round trip.
+        pub const STMT_BULK_OPERATIONS: u32 = 4;
+        /// `MARIADB_CLIENT_EXTENDED_TYPE_INFO`: column definitions name extended types (`json`,
+        /// `uuid`, ...).
+        pub const EXTENDED_TYPE_INFO: u32 = 8;
+        /// `MARIADB_CLIENT_CACHE_METADATA`: result metadata skipped when unchanged.
+        pub const CACHE_METADATA: u32 = 16;
+        /// What the proxy offers when every server it reached offers it too. Both change what
+        /// a server answers, so they are part of the pool key like `BEHAVIOUR`. Progress
+        /// reports and cached metadata are not offered: the proxy's answer tracking does not
+        /// read them.
+        pub const OFFERED: u32 = STMT_BULK_OPERATIONS | EXTENDED_TYPE_INFO;
+    }
+
+    /// `CLIENT_MYSQL` (historically `CLIENT_LONG_PASSWORD`): a server that sets it has no
+    /// extended capabilities.
+    pub const MYSQL: u32 = 0x0000_0001;
+
     /// What the proxy offers clients and relays faithfully: no compression, no LOCAL INFILE,
-    /// no session tracking, no MariaDB extended capabilities (TLS is added where configured).
+    /// (TLS is added where configured; MariaDB's extended capabilities are in [`ext`]).
     pub const OFFERED: u32 = CONTROL | BEHAVIOUR;
 }

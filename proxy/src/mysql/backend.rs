@@ -32,6 +32,8 @@ pub struct Login<'a> {
     pub database: Option<&'a str>,
     /// Capabilities to ask for (the client's, within what the proxy relays).
     pub caps: u32,
+    /// MariaDB extended capabilities to ask for (the client's, within what the proxy offers).
+    pub ext: u32,
     /// Collation id.
     pub charset: u8,
     /// Open the connection `SET SESSION TRANSACTION READ ONLY`.
@@ -43,7 +45,7 @@ pub struct Login<'a> {
 impl<'a> Login<'a> {
     /// A control-path login (monitor, switchover): no database, the proxy's own capabilities.
     pub fn control(user: &'a str, password: &'a str, tls: Option<&'a BackendTls>) -> Self {
-        Login { user, password, database: None, caps: caps::CONTROL, charset: 45, read_only: false, tls }
+        Login { user, password, database: None, caps: caps::CONTROL, ext: 0, charset: 45, read_only: false, tls }
     }
 }
 
@@ -57,6 +59,10 @@ pub struct MyConn {
     pub status: u16,
     /// Negotiated capabilities.
     pub caps: u32,
+    /// Negotiated MariaDB extended capabilities.
+    pub ext: u32,
+    /// The MariaDB extended capabilities the server offered (0 from MySQL).
+    pub server_ext: u32,
     /// Server version string.
     pub version: String,
     /// The server's id for this connection (what `KILL QUERY` names).
@@ -91,6 +97,8 @@ impl MyConn {
             buf: BytesMut::with_capacity(16 * 1024),
             status: status::AUTOCOMMIT,
             caps: 0,
+            ext: 0,
+            server_ext: 0,
             version: String::new(),
             thread_id: 0,
             read_only: login.read_only,
@@ -111,6 +119,8 @@ impl MyConn {
         if login.database.is_some() {
             conn.caps |= caps::CONNECT_WITH_DB & server.caps;
         }
+        conn.server_ext = server.ext;
+        conn.ext = login.ext & caps::ext::OFFERED & server.ext;
         conn.version = server.version.clone();
         conn.thread_id = server.connection_id;
         let mut seq = hello.last_seq.wrapping_add(1);
@@ -124,6 +134,7 @@ impl MyConn {
         }
         let response = ClientResponse {
             caps: conn.caps,
+            ext: conn.ext,
             max_packet: 1 << 30,
             charset: login.charset,
             user: login.user.to_owned(),

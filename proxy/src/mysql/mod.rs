@@ -77,6 +77,7 @@ pub async fn serve(
         &hello.user,
         hello.database.as_deref(),
         hello.caps,
+        hello.ext & cluster.servers_ext(),
         hello.charset,
         read_only_listener,
     ) else {
@@ -128,6 +129,7 @@ async fn handshake(
         connection_id,
         nonce: nonce.clone(),
         caps: caps::OFFERED | if acceptor.is_some() { caps::SSL } else { 0 },
+        ext: cluster.servers_ext(),
         charset: UTF8MB4_GENERAL_CI,
         status: status::AUTOCOMMIT,
         plugin: NATIVE.to_owned(),

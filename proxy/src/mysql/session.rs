@@ -340,6 +340,13 @@ impl<'a> MySession<'a> {
                 let batch = route::Batch { read, ..Default::default() };
                 self.plan(&batch, None)
             }
+            // A bulk execution writes (MariaDB runs only DML in bulk): the primary, where the
+            // session's writes go, counted for read-your-writes.
+            command::STMT_BULK_EXECUTE => {
+                let id = le_u32(&packet.payload, 1).unwrap_or(0);
+                self.statements.set_long_data(id, false);
+                self.plan(&route::Batch::default(), None)
+            }
             // Long data, resets, cursors, field lists, options: the primary connection.
             _ => {
                 if let Some(id) = le_u32(&packet.payload, 1).filter(|_| cmd == command::STMT_SEND_LONG_DATA) {

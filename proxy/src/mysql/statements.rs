@@ -134,6 +134,7 @@ pub fn carries_statement(cmd: u8) -> bool {
     matches!(
         cmd,
         command::STMT_EXECUTE
+            | command::STMT_BULK_EXECUTE
             | command::STMT_CLOSE
             | command::STMT_RESET
             | command::STMT_SEND_LONG_DATA

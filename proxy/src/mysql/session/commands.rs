@@ -41,6 +41,7 @@ impl MySession<'_> {
             &request.user,
             request.database.as_deref(),
             self.id.caps,
+            self.id.ext,
             request.charset.unwrap_or(self.id.charset),
             self.id.listener_read_only,
         );

@@ -14,6 +14,8 @@ pub struct Identity<'a> {
     pub database: Option<String>,
     /// The client's capabilities, within what the proxy relays.
     pub caps: u32,
+    /// The client's MariaDB extended capabilities, within what the proxy offered.
+    pub ext: u32,
     /// The client's collation.
     pub charset: u8,
     /// What its connections are pooled by.
@@ -34,6 +36,7 @@ impl<'a> Identity<'a> {
         user: &str,
         database: Option<&str>,
         caps: u32,
+        ext: u32,
         charset: u8,
         listener_read_only: bool,
     ) -> Option<Self> {
@@ -41,10 +44,16 @@ impl<'a> Identity<'a> {
         let account = users.get(user)?;
         let read_only = listener_read_only || account.read_only;
         let caps = caps & caps::OFFERED;
+        let ext = ext & caps::ext::OFFERED;
         // Only the flags that change answers tell connections apart.
         let (caps_text, charset_text) = ((caps & caps::BEHAVIOUR).to_string(), charset.to_string());
-        let mut params =
-            vec![("database", database.unwrap_or_default()), ("caps", &caps_text), ("charset", &charset_text)];
+        let ext_text = ext.to_string();
+        let mut params = vec![
+            ("database", database.unwrap_or_default()),
+            ("caps", &caps_text),
+            ("ext", &ext_text),
+            ("charset", &charset_text),
+        ];
         if read_only {
             params.push(("read_only", "on"));
         }
@@ -54,6 +63,7 @@ impl<'a> Identity<'a> {
             password: account.password.clone(),
             database: database.map(str::to_owned),
             caps,
+            ext,
             charset,
             key: PoolKey::new(user, params),
             scramble: Vec::new(),
@@ -103,6 +113,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         password: &id.password,
         database: id.database.as_deref(),
         caps: id.caps,
+        ext: id.ext,
         charset: id.charset,
         read_only: id.read_only,
         tls: tls.as_deref(),
@@ -110,7 +121,8 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
     let to = b.dialing(id.cluster.config.connect_timeout);
     let open = || MyConn::connect(&to, &login);
     let conn = b.checkout(&id.key, id.cluster.limits(), open).await?;
-    match missing_behaviour(conn.caps, id.caps) {
+    id.cluster.servers_offer(conn.server_ext);
+    match missing_behaviour(conn.caps, id.caps).or_else(|| missing_ext(conn.ext, id.ext)) {
         None => Ok(conn),
         Some(flags) => {
             conn.quit().await;
@@ -139,6 +151,18 @@ fn missing_behaviour(conn: u32, client: u32) -> Option<String> {
         (caps::DEPRECATE_EOF, "CLIENT_DEPRECATE_EOF"),
     ];
     let differ = (conn ^ client) & caps::BEHAVIOUR;
+    let names: Vec<&str> = NAMES.iter().filter(|(flag, _)| differ & flag != 0).map(|(_, name)| *name).collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// The names of the MariaDB extended capabilities the client asked for that a connection did
+/// not get (or got without being asked), if any.
+fn missing_ext(conn: u32, client: u32) -> Option<String> {
+    const NAMES: [(u32, &str); 2] = [
+        (caps::ext::STMT_BULK_OPERATIONS, "MARIADB_CLIENT_STMT_BULK_OPERATIONS"),
+        (caps::ext::EXTENDED_TYPE_INFO, "MARIADB_CLIENT_EXTENDED_TYPE_INFO"),
+    ];
+    let differ = conn ^ client;
     let names: Vec<&str> = NAMES.iter().filter(|(flag, _)| differ & flag != 0).map(|(_, name)| *name).collect();
     (!names.is_empty()).then(|| names.join(", "))
 }
@@ -187,5 +211,14 @@ mod tests {
         assert_eq!(both.as_deref(), Some("CLIENT_FOUND_ROWS, CLIENT_IGNORE_SPACE"));
         // Flags that do not change answers may differ.
         assert_eq!(missing_behaviour(caps::OFFERED & !caps::CONNECT_ATTRS, caps::OFFERED), None);
+    }
+
+    #[test]
+    fn every_offered_extended_capability_has_a_name() {
+        assert_eq!(missing_ext(caps::ext::OFFERED, caps::ext::OFFERED), None);
+        for flag in (0..32).map(|bit| 1u32 << bit).filter(|f| caps::ext::OFFERED & f != 0) {
+            assert!(missing_ext(0, flag).is_some_and(|n| n.starts_with("MARIADB_CLIENT_")), "{flag:#x}");
+            assert!(missing_ext(flag, 0).is_some(), "{flag:#x} given unasked changes answers too");
+        }
     }
 }
