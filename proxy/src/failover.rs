@@ -1,4 +1,4 @@
-//! `failover CLUSTER [BACKEND]` (PRODUCT.md section 6a): the primary is gone. Refused while it
+//! `failover CLUSTER [BACKEND]` (README, "How to switch over"): the primary is gone. Refused while it
 //! answers (that is a `switchover`). Promotes the given replica, or the most advanced one that
 //! answers (the largest received position), fences nothing that cannot be reached, swaps the
 //! routing table, and re-points the other replicas ([`crate::repoint`]). The answer states the
@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::change::Change;
 use crate::cluster::{BackendState, Cluster};
-use crate::control::{change, millis, Control, Failure};
+use crate::control::{millis, Control, Failure};
 use crate::replication::{ControlConn, Dialect, Position, Role};
 use crate::switchover::{within, Step};
 
@@ -53,7 +54,6 @@ pub async fn run(
         ));
     }
     let deadline = Instant::now() + timeout;
-    let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut done = |steps: &mut Vec<Step>, name, at: Instant, detail: String| {
         let step = Step { name, took: at.elapsed(), detail };
@@ -137,18 +137,21 @@ pub async fn run(
 
     // 3. Promote it; 4. swap and release held primary work.
     let at = Instant::now();
-    cluster.gate.set(|h| h.primary = true);
-    let fleet = cluster.fleet.get().cloned();
-    let promoted = async {
-        if let Some(link) = &fleet {
-            // Every instance of the fleet holds new primary work first.
-            let generation = link.begin("failover", old, target, timeout).await?;
-            link.acknowledged(generation, deadline).await?;
-            link.step("promote").await?;
-            if cluster.gate.lease_lost() {
-                return Err("this instance's fleet lease ran out; nothing was promoted".to_owned());
-            }
+    let failed = |e: &str| {
+        warn!(event = "failover_failed", cluster = %cluster_name, error = %e, "failover failed");
+        format!("failover failed at promote: {target_name}: {e}; no server is known to take writes")
+    };
+    // Every instance of a fleet holds new primary work first.
+    let change = match Change::begin(&cluster, "failover", old, target, timeout).await {
+        Ok(change) => change,
+        Err(e) => {
+            cluster.metrics.count_change(true, None);
+            return Err(failed(&e));
         }
+    };
+    let promoted = async {
+        change.acknowledged(deadline).await?;
+        change.promoting().await?;
         if !writable {
             within(deadline, new_conn.exec_all(dialect.promote)).await?;
         }
@@ -161,32 +164,15 @@ pub async fn run(
     }
     .await;
     if let Err(e) = promoted {
-        if let Some(link) = &fleet {
-            link.end(Some(old)).await;
-        }
-        cluster.gate.set(|h| h.primary = false);
-        cluster.metrics.count_change(true, None);
-        warn!(event = "failover_failed", cluster = %cluster_name, error = %e, "failover failed");
-        return Err(format!("failover failed at promote: {target_name}: {e}; no server is known to take writes"));
+        let answer = failed(&e);
+        change.abandon(Some(old)).await;
+        return Err(answer);
     }
     done(&mut steps, "promote", at, format!("{target_name} promoted"));
     let at = Instant::now();
-    if let Some(link) = &fleet {
-        if let Err(e) = link.end_promoted(target, &mut new_conn).await {
-            cluster.gate.set(|h| h.primary = false);
-            cluster.metrics.count_change(true, None);
-            return Err(format!("failover failed at swap: {e}"));
-        }
-    }
-    let table = change(&cluster, |t| t.primary = target);
-    cluster.discovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner).problem = None;
-    cluster.gate.set(|h| {
-        h.primary = false;
-        h.doubt = false;
-    });
+    let (table, pause) =
+        change.commit(target, &mut new_conn, None).await.map_err(|e| format!("failover failed at {e}"))?;
     done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
-    let pause = started.elapsed();
-    cluster.metrics.count_change(true, Some(pause));
     info!(
         event = "failover_completed",
         cluster = %cluster_name,

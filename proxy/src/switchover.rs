@@ -1,4 +1,4 @@
-//! Zero-downtime switchover (PRODUCT.md section 6), for PostgreSQL and MariaDB: hold new primary
+//! Zero-downtime switchover (README, "How to switch over"), for PostgreSQL and MariaDB: hold new primary
 //! work, let in-flight primary work finish, fence the old primary, wait for every other
 //! transaction there to end, read its final position, wait for the target to replay it,
 //! promote it (or check it is already writable), swap the routing table, release, then re-point
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::backend::BackendError;
+use crate::change::Change;
 use crate::cluster::Cluster;
 use crate::control::{change, millis, Control, Failure};
 use crate::replication::{ControlConn, Dialect, Role};
@@ -205,20 +206,8 @@ pub async fn run(
     // 1. Hold new primary work; replica reads go on. Clients' pause starts here. In fleet
     // mode, on every instance: the change is published and each holds.
     let at = Instant::now();
-    let started = at;
-    cluster.gate.set(|h| h.primary = true);
-    let fleet = cluster.fleet.get().cloned();
-    let fleet_generation = match &fleet {
-        Some(link) => match link.begin("switchover", old, target, how.timeout).await {
-            Ok(generation) => Some(generation),
-            Err(e) => {
-                cluster.gate.set(|h| h.primary = false);
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    let detail = match fleet_generation {
+    let change = Change::begin(&cluster, "switchover", old, target, how.timeout).await?;
+    let detail = match change.generation() {
         Some(g) => {
             format!("new primary work waits on every instance of the fleet (generation {g}); replica reads continue")
         }
@@ -232,8 +221,7 @@ pub async fn run(
         // 2. Let in-flight primary work finish (in fleet mode, each instance says when its own
         // has; one whose lease expires is no longer waited for).
         let at = Instant::now();
-        if let (Some(link), Some(generation)) = (&fleet, fleet_generation) {
-            let instances = link.acknowledged(generation, deadline).await?;
+        if let Some(instances) = change.acknowledged(deadline).await? {
             done(Some(&mut steps), "acknowledged", at, format!("{instances} instance(s) hold, with no primary work in flight"));
         }
         let at = Instant::now();
@@ -342,7 +330,7 @@ pub async fn run(
             done(Some(&mut steps), "sequences", at, format!("{set} sequence(s) set on {target_name} (sequence_margin {margin})"));
             let at = Instant::now();
             // The point of no return: an instance taking over from here finishes the cutover.
-            promoting(fleet.as_deref(), &cluster).await?;
+            change.promoting().await?;
             for sub in &subscriptions {
                 let Some((_, new_db)) = news.iter_mut().find(|(d, _)| *d == sub.database) else { continue };
                 crate::upgrade::set_enabled(new_db, sub, false, deadline)
@@ -373,7 +361,7 @@ pub async fn run(
 
         // 6. Promote, or check it is already writable; either way, clear any fence of ours.
         let at = Instant::now();
-        promoting(fleet.as_deref(), &cluster).await?;
+        change.promoting().await?;
         if standby {
             promoted = true;
             within(deadline, new_conn.exec_all(dialect.promote))
@@ -398,14 +386,11 @@ pub async fn run(
     .await;
 
     if let Err(why) = outcome {
-        cluster.metrics.count_change(false, None);
         let why = enable_again(&cluster, old, target, &disabled, why).await;
         let (answer, known) = recover(&cluster, &mut old_conn, &mut new_conn, old, target, promoted, &why).await;
-        if let Some(link) = &fleet {
-            // The fleet serves from the same primary as this instance; when nobody can tell, the
-            // change stays published and an instance resolves it from what the servers say.
-            link.end(known.then(|| cluster.table.load().primary)).await;
-        }
+        // The fleet serves from the same primary as this instance; when nobody can tell, the
+        // change stays published and an instance resolves it from what the servers say.
+        change.abandon(known.then(|| cluster.table.load().primary)).await;
         return Err(answer);
     }
 
@@ -434,31 +419,10 @@ pub async fn run(
     // A new group serves from now on: its replicas serve reads once they have replayed a
     // position of the new primary sampled after this moment.
     let now = cluster.clock.now();
-    if let Some(link) = &fleet {
-        // Published: every instance releases its held work to the new primary.
-        if let Err(e) = link.end_promoted(target, &mut new_conn).await {
-            cluster.metrics.count_change(false, None);
-            cluster.gate.set(|h| h.primary = false);
-            return Err(format!("swap: {e}"));
-        }
-    }
-    let table = change(&cluster, |t| {
-        t.primary = target;
-        if cross_group {
-            t.since = now;
-        }
-    });
+    // 8. ... and release held work to the new primary (exactly one server takes writes now).
+    let (table, pause) = change.commit(target, &mut new_conn, cross_group.then_some(now)).await?;
     done(Some(&mut steps), "swap", at, format!("routing generation {}", table.generation));
-
-    // 8. Release held work to the new primary (exactly one server takes writes now).
     let at = Instant::now();
-    lock(&cluster.discovery).problem = None;
-    cluster.gate.set(|h| {
-        h.primary = false;
-        h.doubt = false;
-    });
-    let pause = started.elapsed();
-    cluster.metrics.count_change(false, Some(pause));
     info!(
         event = "switchover_completed",
         cluster = %cluster_name,
@@ -559,7 +523,6 @@ async fn recover(
     } else {
         if let Err(e) = within(deadline, old_conn.exec_all(dialect.unfence)).await {
             warn!(cluster = %name, error = %e, "could not undo the fence of the old primary");
-            cluster.gate.set(|h| h.primary = false);
             return (
                 format!("switchover failed at {why}; undoing the fence of {old_name} failed too ({e}): no server may take writes, see `status`"),
                 known,
@@ -571,21 +534,8 @@ async fn recover(
         }
         format!("switchover failed at {why}; {old_name} is still the primary and takes writes")
     };
-    cluster.gate.set(|h| h.primary = false);
     warn!(event = "switchover_failed", cluster = %name, error = %why, "switchover failed");
     (answer, known)
-}
-
-/// Fleet mode: records that the promotion is about to be asked for, and makes sure this
-/// instance's lease is still valid: an instance taking over a change finds its driver gone only
-/// once that lease has expired, a margin after this check.
-async fn promoting(fleet: Option<&crate::fleet::Link>, cluster: &Cluster) -> Result<(), Failure> {
-    let Some(link) = fleet else { return Ok(()) };
-    link.step("promote").await?;
-    if cluster.gate.lease_lost() {
-        return Err("promote: this instance's fleet lease ran out; nothing was promoted".into());
-    }
-    Ok(())
 }
 
 /// After a cutover failed past the step that disabled subscriptions: enable them again, so that
