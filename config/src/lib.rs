@@ -1,4 +1,4 @@
-//! The sqlswitch config: a TOML file (PRODUCT.md section 2) read into typed structs that refuse
+//! The sqlswitch config: a TOML file (README, "Config") read into typed structs that refuse
 //! unknown keys, then validated as a whole so that `sqlswitch check` reports every problem at
 //! once, each naming the file, the key and why. Nothing here opens a socket: the daemon loads
 //! and validates before it binds anything.

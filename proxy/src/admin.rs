@@ -1,4 +1,4 @@
-//! The admin socket (PRODUCT.md section 3): a Unix socket, created mode 0600, one command per
+//! The admin socket (README, "Admin commands"): a Unix socket, created mode 0600, one command per
 //! line, one JSON object per answer line. A switchover also sends one `{"progress": ...}` line
 //! per step as it completes, before its answer. `sqlswitch ctl` is the client ([`crate::ctl`]).
 

@@ -37,7 +37,7 @@ pub enum BackendState {
     Removed,
 }
 
-pub use crate::gate::{Gate, Hold};
+pub use crate::gate::Gate;
 /// Most backends a cluster can have, including those added by reloads (the config's limit).
 pub use sqlswitch_config::MAX_BACKENDS;
 

@@ -1,4 +1,4 @@
-//! The operations behind the admin commands (PRODUCT.md section 3): status, pause and resume,
+//! The operations behind the admin commands (README, "Admin commands"): status, pause and resume,
 //! maintenance mode, drain and enable. Every change builds a new routing table and stores it
 //! whole; the switchover is in [`crate::switchover`].
 

@@ -16,37 +16,41 @@
 //!   protocol's replication SQL, and the control connection the monitor and switchover use.
 //! - [`pool`]: idle backend connections keyed by login.
 //! - [`cancel`]: the proxy's own cancel keys, mapped to the backends running the queries.
-//! - [`admin`], [`control`], [`switchover`]: the admin socket, the operations behind its
-//!   commands, and the zero-downtime switchover.
+//! - [`admin`], [`control`], [`switchover`], [`failover`]: the admin socket, the operations
+//!   behind its commands, the zero-downtime switchover and the failover; both change the
+//!   primary through `change::Change`, which holds new primary work and releases it once.
+//! - [`fleet`]: several instances acting as one through etcd; [`upgrade`]: the cutover to a
+//!   logical subscriber; [`tls`]: client and backend TLS.
 //! - [`route`]: the routing decision, a pure function.
 //! - [`monitor`]: health, lag and read-your-writes bookkeeping per backend.
 //! - [`metrics`]: Prometheus handles, registered once.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
-pub mod admin;
-pub mod backend;
-pub mod buffers;
-pub mod cancel;
-pub mod cluster;
+pub(crate) mod admin;
+pub(crate) mod backend;
+pub(crate) mod buffers;
+pub(crate) mod cancel;
+mod change;
+pub(crate) mod cluster;
 pub mod control;
 pub mod ctl;
 pub mod failover;
-pub mod fleet;
-pub mod gate;
-pub mod metrics;
-pub mod monitor;
-pub mod mysql;
-pub mod pg;
-pub mod pool;
+pub(crate) mod fleet;
+pub(crate) mod gate;
+pub(crate) mod metrics;
+pub(crate) mod monitor;
+pub(crate) mod mysql;
+pub(crate) mod pg;
+pub(crate) mod pool;
 pub mod replication;
-pub mod repoint;
+pub(crate) mod repoint;
 pub mod route;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod switchover;
-pub mod tls;
-pub mod upgrade;
+pub(crate) mod tls;
+pub(crate) mod upgrade;
 pub mod workers;
 
 pub use server::Daemon;

@@ -1,4 +1,4 @@
-//! Health, lag and read-your-writes bookkeeping (PRODUCT.md section 5). One task per cluster
+//! Health, lag and read-your-writes bookkeeping (README, "Routing"). One task per cluster
 //! polls every backend as the `monitor` user: the primary's `pg_current_wal_insert_lsn()` and each
 //! replica's `pg_last_wal_replay_lsn()`. Each primary sample is `(t, lsn)`, with `t` taken
 //! before the query was sent, so every write acknowledged before `t` is at or below `lsn`. A

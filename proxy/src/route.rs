@@ -1,5 +1,5 @@
 //! The routing decision, as a pure function of the batch, the session and a snapshot of the
-//! backends: no I/O, no locks, unit-tested here. PRODUCT.md section 4 in code: a batch goes to a
+//! backends: no I/O, no locks, unit-tested here. README's "Routing" in code: a batch goes to a
 //! replica only when it is provably a read, outside a transaction (or in a `READ ONLY` one that
 //! began there), the session is not pinned, a replica is up and within `max_replica_lag`, and
 //! that replica has replayed past the session's last write (read-your-writes). Everything else,

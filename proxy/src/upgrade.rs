@@ -1,9 +1,10 @@
-//! The upgrade cutover's PostgreSQL side (PRODUCT.md section 9): the new cluster is a group
-//! whose primary subscribes to the old primary by logical replication. [`check`] is
-//! `upgrade-check`, a read-only report of what would break; the switchover ([`crate::switchover`])
-//! uses the subscriptions it finds to wait for catch-up ([`caught_up`]), copy the sequences
-//! ([`sync_sequences`]) and stop the subscription ([`set_enabled`]). Every query runs as the
-//! `monitor` user, in the database the subscription lives in.
+//! The upgrade cutover's PostgreSQL side (README, "Upgrading the database server with
+//! sqlswitch"): the new cluster is a group whose primary subscribes to the old primary by
+//! logical replication. [`check`] is `upgrade-check`, a read-only report of what would break; the
+//! switchover ([`crate::switchover`]) uses the subscriptions it finds to wait for catch-up
+//! ([`caught_up`]), copy the sequences ([`sync_sequences`]) and stop the subscription
+//! ([`set_enabled`]). Every query runs as the `monitor` user, in the database the subscription
+//! lives in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;

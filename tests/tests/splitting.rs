@@ -66,7 +66,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
     assert!(body.contains("sqlswitch_statements_total{cluster=\"app\",target=\"replica\",reason=\"read\"}"), "{body}");
 }
 
-/// Every pitfall of PRODUCT.md section 4 that a standby would refuse succeeds: it ran on the
+/// Every routing pitfall (README, "Routing") that a standby would refuse succeeds: it ran on the
 /// primary. Each runs in a fresh session so that pins do not carry over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pitfalls_run_on_the_primary() {

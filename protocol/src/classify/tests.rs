@@ -1,4 +1,4 @@
-//! The classifier's table: every pitfall named in PRODUCT.md section 4, and the lexer traps
+//! The classifier's table: every pitfall of routing (README, "Routing"), and the lexer traps
 //! (comments, quotes, dollar quotes) that fool naive splitters.
 
 use super::*;

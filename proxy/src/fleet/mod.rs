@@ -35,8 +35,6 @@ use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
 use crate::control::Failure;
 mod change;
 
-pub use change::Ended;
-
 /// A cluster's routing as the fleet shares it: `<prefix>/<cluster>/routing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routing {

@@ -43,7 +43,7 @@ pub enum End {
     /// A backend failed mid-work; the client has been told.
     BackendGone,
     /// The client broke the protocol; it has been told.
-    ClientError(ProtocolError),
+    ClientError(#[expect(dead_code, reason = "read by the session-ended log line, through Debug")] ProtocolError),
     /// The daemon is shutting down and the session was idle.
     Shutdown,
     /// Idle (outside a transaction) for `idle_timeout`.
@@ -133,16 +133,6 @@ pub(super) enum StateChange {
     Record(String),
     /// `DISCARD ALL`: forget everything.
     ForgetAll,
-}
-
-impl Side {
-    /// Index into the session's slots.
-    pub fn index(self) -> usize {
-        match self {
-            Side::Primary => 0,
-            Side::Replica => 1,
-        }
-    }
 }
 
 impl<'a> Session<'a> {

@@ -20,7 +20,6 @@ use crate::pool::Pooled;
 use crate::route::{self, Reason, SessionView, Target};
 
 /// What the core needs of a protocol's backend connection.
-#[expect(async_fn_in_trait, reason = "sessions run on current-thread runtimes: their futures need not be Send")]
 pub trait Link: Pooled + Sized {
     /// The session reads its active connection all the time (PostgreSQL), so a connection the
     /// server closed is noticed there; otherwise (MySQL, one command at a time) every
@@ -312,7 +311,7 @@ impl<'a, C: Link> Core<'a, C> {
     }
 
     /// Whether a transaction open on `side`'s connection may take its next statement, sent to
-    /// `backend`: it lives and dies on the server it began on (PRODUCT.md section 12). It
+    /// `backend`: it lives and dies on the server it began on (README, "Safety of a change of primary"). It
     /// cannot go on when the routing table names another primary (a followed promotion, a
     /// failover, a fleet change), nor when this instance's fleet lease has run out (another
     /// instance may have changed the primary meanwhile).
