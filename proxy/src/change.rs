@@ -17,12 +17,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::cluster::{Cluster, RoutingTable};
 use crate::control::Failure;
 use crate::fleet::Link;
-use crate::replication::ControlConn;
+use crate::replication::{ControlConn, Dialect};
+use crate::switchover::Step;
 
 /// A change of primary that holds new primary work until it ends.
 pub(crate) struct Change<'a> {
@@ -166,6 +167,111 @@ impl Drop for Change<'_> {
                 link.end(None).await;
             });
         }
+    }
+}
+
+/// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
+/// reload only signals: once this session has taken it, the postmaster has signalled every
+/// session, and each takes it before its next statement.
+pub(crate) async fn in_force(
+    conn: &mut ControlConn,
+    dialect: &Dialect,
+    fenced: bool,
+    deadline: Instant,
+) -> Result<(), String> {
+    let want = if fenced { "on" } else { "off" };
+    loop {
+        let now = within(deadline, conn.value(dialect.fenced)).await?;
+        if now == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = if fenced { "still takes writes" } else { "still refuses writes" };
+            return Err(format!("{what} at the command's deadline"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Holds the cluster's change lock for a switchover or failover, and its progress text, which
+/// a second one is told; the text is cleared when this ends.
+pub(crate) struct Changing<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    progress: &'a std::sync::Mutex<String>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        lock(self.progress).clear();
+    }
+}
+
+/// Takes the cluster's change lock for `what`: at once when free; after a short wait when the
+/// monitor holds it (it does for a moment when it follows the servers); `None` when another
+/// switchover or failover runs.
+pub(crate) async fn change_lock<'a>(cluster: &'a Cluster, what: &str) -> Option<Changing<'a>> {
+    let guard = match cluster.changing.try_lock() {
+        Ok(guard) => guard,
+        Err(_) if !lock(&cluster.progress).is_empty() => return None,
+        Err(_) => tokio::time::timeout(LOCK_WAIT, cluster.changing.lock()).await.ok()?,
+    };
+    *lock(&cluster.progress) = format!("{what} started");
+    Some(Changing { _lock: guard, progress: &cluster.progress })
+}
+
+/// Runs a control statement within a command's deadline.
+pub(crate) async fn within<T, E: std::fmt::Display>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out (the command's deadline)".to_owned()),
+    }
+}
+
+/// How long a switchover or failover waits for the cluster's change lock: the monitor holds it
+/// for a moment when it follows the servers; a running switchover holds it far longer, and
+/// then the second one is refused.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// The steps of a change so far: each is reported as it completes (the admin command's live
+/// lines), logged, added to the cluster's progress text (what a second command is told), and
+/// kept for the answer.
+pub(crate) struct Progress<'r> {
+    cluster: &'r Cluster,
+    /// The log event of a step (`switchover_step`, `failover_step`).
+    event: &'static str,
+    steps: Vec<Step>,
+    report: &'r mut (dyn FnMut(&Step) + Send),
+}
+
+impl<'r> Progress<'r> {
+    pub(crate) fn new(cluster: &'r Cluster, event: &'static str, report: &'r mut (dyn FnMut(&Step) + Send)) -> Self {
+        Self { cluster, event, steps: Vec::new(), report }
+    }
+
+    /// Step `name`, begun `at`, is done.
+    pub(crate) fn done(&mut self, name: &'static str, at: Instant, detail: String) {
+        let step = Step { name, took: at.elapsed(), detail };
+        (self.report)(&step);
+        info!(event = self.event, cluster = %self.cluster.config.name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "{} step", self.event.trim_end_matches("_step"));
+        let mut progress = lock(&self.cluster.progress);
+        if !progress.is_empty() {
+            progress.push_str(", ");
+        }
+        progress.push_str(&format!("{name} done"));
+        self.steps.push(step);
+    }
+
+    /// Step `name`, begun `at`, goes on: reported, not recorded.
+    pub(crate) fn going(&mut self, name: &'static str, at: Instant, detail: String) {
+        (self.report)(&Step { name, took: at.elapsed(), detail });
+    }
+
+    /// The steps done, for the answer.
+    pub(crate) fn values(&self) -> Vec<serde_json::Value> {
+        self.steps.iter().map(Step::value).collect()
     }
 }
 

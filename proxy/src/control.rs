@@ -1,6 +1,6 @@
-//! The operations behind the admin commands (README, "Admin commands"): status, pause and resume,
-//! maintenance mode, drain and enable. Every change builds a new routing table and stores it
-//! whole; the switchover is in [`crate::switchover`].
+//! The operations behind the admin commands (README, "Admin commands"): status, pause and
+//! resume, maintenance mode, drain and enable. Every change builds a new routing table and
+//! stores it whole; the switchover is in [`crate::switchover`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -417,21 +417,17 @@ impl Control {
         let to = cluster.control_target(i).ok_or("the cluster has no monitor credentials")?;
         let dialect = crate::replication::Dialect::of(cluster.config.protocol);
         let deadline = std::time::Instant::now() + cluster.config.connect_timeout;
-        let mut conn = crate::switchover::within(deadline, async {
+        let mut conn = crate::change::within(deadline, async {
             crate::replication::ControlConn::connect(&to, "sqlswitch-unfence").await.map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("{backend}: {e}"))?;
-        let role = crate::switchover::within(deadline, conn.role(dialect)).await?;
+        let role = crate::change::within(deadline, conn.role(dialect)).await?;
         if role == crate::replication::Role::Replica {
             return Err(format!("{backend} is a replica: it keeps its read-only setting"));
         }
-        crate::switchover::within(deadline, conn.exec_all(dialect.unfence))
-            .await
-            .map_err(|e| format!("{backend}: {e}"))?;
-        crate::switchover::in_force(&mut conn, dialect, false, deadline)
-            .await
-            .map_err(|e| format!("{backend}: {e}"))?;
+        crate::change::within(deadline, conn.exec_all(dialect.unfence)).await.map_err(|e| format!("{backend}: {e}"))?;
+        crate::change::in_force(&mut conn, dialect, false, deadline).await.map_err(|e| format!("{backend}: {e}"))?;
         tracing::info!(event = "unfenced", cluster = %name, backend = %backend, "fence lifted by the operator");
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was": role.name(), "fenced": false }))
     }

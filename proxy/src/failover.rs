@@ -1,9 +1,9 @@
-//! `failover CLUSTER [BACKEND]` (README, "How to switch over"): the primary is gone. Refused while it
-//! answers (that is a `switchover`). Promotes the given replica, or the most advanced one that
+//! `failover CLUSTER [BACKEND]` (README, "How to switch over"): the primary is gone. Refused while
+//! it answers (that is a `switchover`). Promotes the given replica, or the most advanced one that
 //! answers (the largest received position), fences nothing that cannot be reached, swaps the
-//! routing table, and re-points the other replicas ([`crate::repoint`]). The answer states the
-//! last position the old primary was known to have and how much of it the new primary lacks
-//! (bytes of WAL for PostgreSQL, transactions for MariaDB/MySQL): the possible data loss.
+//! routing table, and re-points the other replicas ([`crate::repoint`]). The answer states the last
+//! position the old primary was known to have and how much of it the new primary lacks (bytes of
+//! WAL for PostgreSQL, transactions for MariaDB/MySQL): the possible data loss.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::change::within;
 use crate::change::Change;
+use crate::change::Progress;
 use crate::cluster::{BackendState, Cluster};
 use crate::control::{millis, Control, Failure};
 use crate::replication::{ControlConn, Dialect, Position, Role};
-use crate::switchover::{within, Step};
+use crate::switchover::Step;
 
 /// How the failover's connections are named where the server shows them.
 const APPLICATION: &str = "sqlswitch-failover";
@@ -36,7 +38,7 @@ pub async fn run(
 ) -> Result<Value, Failure> {
     let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
     let wanted = target_name.map(|name| Control::backend(&cluster, name)).transpose()?;
-    let Some(_changing) = crate::switchover::change_lock(&cluster, "failover").await else {
+    let Some(_changing) = crate::change::change_lock(&cluster, "failover").await else {
         return Err(format!("a switchover of {cluster_name:?} is running; wait for it to end and look at `status`"));
     };
     let dialect = Dialect::of(cluster.config.protocol);
@@ -54,13 +56,7 @@ pub async fn run(
         ));
     }
     let deadline = Instant::now() + timeout;
-    let mut steps: Vec<Step> = Vec::new();
-    let mut done = |steps: &mut Vec<Step>, name, at: Instant, detail: String| {
-        let step = Step { name, took: at.elapsed(), detail };
-        info!(event = "failover_step", cluster = %cluster_name, step = name, ms = step.took.as_secs_f64() * 1000.0, detail = %step.detail, "failover step");
-        report(&step);
-        steps.push(step);
-    };
+    let mut progress = Progress::new(&cluster, "failover_step", report);
 
     // 1. The old primary must not answer: a failover of a running primary would split the brain.
     let at = Instant::now();
@@ -85,37 +81,11 @@ pub async fn run(
         sqlswitch_config::Protocol::Postgres => format!("{:X}/{:X}", last_known >> 32, last_known & 0xFFFF_FFFF),
         sqlswitch_config::Protocol::Mysql => format!("{last_known} transactions (GTID sequence numbers summed)"),
     };
-    done(&mut steps, "check", at, format!("{old_name} does not answer; its last known position {last_text}"));
+    progress.done("check", at, format!("{old_name} does not answer; its last known position {last_text}"));
 
     // 2. The target: the given replica, or the most advanced one that answers.
     let at = Instant::now();
-    let mut candidates: Vec<(usize, ControlConn, Position, String)> = Vec::new();
-    let mut skipped = Vec::new();
-    for i in 0..cluster.backends.len() {
-        let live = table.states.get(i).is_some_and(|s| *s != BackendState::Removed);
-        // Only the serving group's replicas follow the old primary.
-        let other_group = cluster.backends[i].group_id != cluster.backends[old].group_id;
-        if i == old || !live || other_group || wanted.is_some_and(|w| w != i) {
-            continue;
-        }
-        let name = cluster.backends[i].name.clone();
-        // A server the operator names may already take writes (promoted by other tooling, or
-        // by hand): it is adopted as it is, its position the last the monitor saw it replay.
-        match candidate(&cluster, i, dialect, wanted == Some(i)).await {
-            Ok((conn, pos, text)) => candidates.push((i, conn, pos, text)),
-            Err(e) => skipped.push(format!("{name}: {e}")),
-        }
-    }
-    let best = candidates
-        .iter()
-        .enumerate()
-        // The most advanced; on a tie, the first in the config.
-        .max_by(|(ia, a), (ib, b)| a.2.total().cmp(&b.2.total()).then(ib.cmp(ia)))
-        .map(|(at, _)| at);
-    let Some(best) = best else {
-        return Err(format!("no replica can be promoted: {}", skipped.join("; ")));
-    };
-    let (target, mut new_conn, pos, pos_text) = candidates.swap_remove(best);
+    let (target, mut new_conn, pos, pos_text, skipped) = choose(&cluster, &table, wanted, dialect).await?;
     let target_name = cluster.backends[target].name.clone();
     let writable = pos == Position::default();
     let pos_total = if writable { cluster.backends[target].health.lsn.load(Ordering::Relaxed) } else { pos.total() };
@@ -125,8 +95,7 @@ pub async fn run(
         sqlswitch_config::Protocol::Postgres => "bytes of WAL",
         sqlswitch_config::Protocol::Mysql => "transactions",
     };
-    done(
-        &mut steps,
+    progress.done(
         "choose",
         at,
         format!(
@@ -168,11 +137,11 @@ pub async fn run(
         change.abandon(Some(old)).await;
         return Err(answer);
     }
-    done(&mut steps, "promote", at, format!("{target_name} promoted"));
+    progress.done("promote", at, format!("{target_name} promoted"));
     let at = Instant::now();
     let (table, pause) =
         change.commit(target, &mut new_conn, None).await.map_err(|e| format!("failover failed at {e}"))?;
-    done(&mut steps, "swap", at, format!("routing generation {}", table.generation));
+    progress.done("swap", at, format!("routing generation {}", table.generation));
     info!(
         event = "failover_completed",
         cluster = %cluster_name,
@@ -185,12 +154,11 @@ pub async fn run(
 
     // 5. Re-point the other replicas.
     let replicas = if repoint && cluster.config.replication.is_some() {
-        let mut step = |at: Instant, detail: String| done(&mut steps, "repoint", at, detail);
+        let mut step = |at: Instant, detail: String| progress.done("repoint", at, detail);
         crate::repoint::run(&cluster, old, target, &mut new_conn, &mut step).await
     } else {
         crate::repoint::skipped(repoint)
     };
-    let steps: Vec<Value> = steps.iter().map(Step::value).collect();
     Ok(json!({
         "ok": true,
         "cluster": cluster_name,
@@ -202,10 +170,53 @@ pub async fn run(
         "possible_loss": behind,
         "possible_loss_unit": unit,
         "unreachable": skipped,
-        "steps": steps,
+        "steps": progress.values(),
         "pause_ms": millis(pause),
         "replicas": replicas,
     }))
+}
+
+/// The failover's target: the replica the operator named, or the most advanced one of the
+/// serving group that answers (on a tie, the first in the config), with a control connection
+/// to it, its position (as text too) and the candidates skipped, with why.
+///
+/// # Errors
+/// No replica can be promoted.
+async fn choose(
+    cluster: &Cluster,
+    table: &crate::cluster::RoutingTable,
+    wanted: Option<usize>,
+    dialect: &Dialect,
+) -> Result<(usize, ControlConn, Position, String, Vec<String>), Failure> {
+    let old = table.primary;
+    let mut candidates: Vec<(usize, ControlConn, Position, String)> = Vec::new();
+    let mut skipped = Vec::new();
+    for i in 0..cluster.backends.len() {
+        let live = table.states.get(i).is_some_and(|s| *s != BackendState::Removed);
+        // Only the serving group's replicas follow the old primary.
+        let other_group = cluster.backends[i].group_id != cluster.backends[old].group_id;
+        if i == old || !live || other_group || wanted.is_some_and(|w| w != i) {
+            continue;
+        }
+        let name = cluster.backends[i].name.clone();
+        // A server the operator names may already take writes (promoted by other tooling, or
+        // by hand): it is adopted as it is, its position the last the monitor saw it replay.
+        match candidate(cluster, i, dialect, wanted == Some(i)).await {
+            Ok((conn, pos, text)) => candidates.push((i, conn, pos, text)),
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+    }
+    let best = candidates
+        .iter()
+        .enumerate()
+        // The most advanced; on a tie, the first in the config.
+        .max_by(|(ia, a), (ib, b)| a.2.total().cmp(&b.2.total()).then(ib.cmp(ia)))
+        .map(|(at, _)| at);
+    let Some(best) = best else {
+        return Err(format!("no replica can be promoted: {}", skipped.join("; ")));
+    };
+    let (target, new_conn, pos, pos_text) = candidates.swap_remove(best);
+    Ok((target, new_conn, pos, pos_text, skipped))
 }
 
 /// A control connection to replica `i` and what it will have once promoted (its received
