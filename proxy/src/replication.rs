@@ -405,8 +405,7 @@ impl ControlConn {
         let (user, password) = (to.monitor.user.as_str(), to.monitor.password.expose());
         match to.protocol {
             Protocol::Postgres => {
-                let key =
-                    crate::cluster::PoolKey::new(user, [("database", database), ("application_name", application)]);
+                let key = crate::pool::PoolKey::new(user, [("database", database), ("application_name", application)]);
                 let login = Login { user, password, params: key.params(), tls: to.tls.as_deref() };
                 Ok(Self::Pg(BackendConn::connect(&to.dialing(), &login).await?))
             }

@@ -9,8 +9,9 @@ use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
 
 use crate::cancel::CancelTarget;
-use crate::cluster::{Cluster, PoolKey};
+use crate::cluster::Cluster;
 use crate::metrics::{BackendMetrics, OpenGuard};
+use crate::pool::PoolKey;
 use crate::session::state::SessionState;
 use crate::tls::{BackendStream, BackendTls};
 
@@ -24,7 +25,7 @@ pub struct Login<'a> {
     /// Password.
     pub password: &'a str,
     /// Startup parameters (database, GUCs), user excluded.
-    pub params: crate::cluster::Params<'a>,
+    pub params: crate::pool::Params<'a>,
     /// TLS to the server, when configured.
     pub tls: Option<&'a BackendTls>,
 }

@@ -22,7 +22,8 @@ use tracing::{debug, info, warn};
 
 use crate::backend::BackendError;
 use crate::cancel::{self, CancelKey};
-use crate::cluster::{Cluster, PoolKey};
+use crate::cluster::Cluster;
+use crate::pool::PoolKey;
 use crate::tls::ClientStream;
 use backend::{BackendConn, Login};
 use client::{send_fatal, Opening};

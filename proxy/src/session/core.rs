@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 use super::state::{Applied, SessionState};
 use super::{Counted, Pair, PrimaryWork, Side};
 use crate::backend::BackendError;
-use crate::cluster::{Cluster, PoolKey};
+use crate::cluster::Cluster;
+use crate::pool::PoolKey;
 use crate::pool::Pooled;
 use crate::route::{self, Reason, SessionView, Target};
 

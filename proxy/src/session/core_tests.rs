@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::cluster::PoolKey;
+use crate::pool::PoolKey;
 
 /// A connection that records what the core asked of it; `frozen` makes its reset hang, as on
 /// a server stopped with SIGSTOP.

@@ -13,9 +13,14 @@ use crate::backend::BackendError;
 use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
 use crate::mysql::backend::MyConn;
 use crate::pg::backend::BackendConn;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolKey};
 use crate::replication::{Clock, ControlTarget, Health};
 use crate::route;
+
+mod discovery;
+mod users;
+pub use discovery::{Discovery, Problem};
+pub use users::{users_of, User, Verifier};
 
 /// Maintenance mode of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,63 +201,6 @@ impl PrimaryOnly {
     }
 }
 
-/// What a pooled connection was opened with: the login user and the startup parameters
-/// (database included, in the order sent). Every session holds its key for its whole life, idle
-/// ones too, so it is one allocation: the user, then each name and value after its length
-/// (`8:database3:app`), which no two different keys share.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    text: Box<str>,
-    user_len: usize,
-}
-
-impl PoolKey {
-    /// The key of a login as `user` with startup parameters `params`.
-    pub fn new<K: AsRef<str>, V: AsRef<str>>(user: &str, params: impl IntoIterator<Item = (K, V)>) -> Self {
-        use std::fmt::Write as _;
-        let mut text = String::from(user);
-        for (k, v) in params {
-            let (k, v) = (k.as_ref(), v.as_ref());
-            let _ = write!(text, "{}:{k}{}:{v}", k.len(), v.len());
-        }
-        Self { text: text.into_boxed_str(), user_len: user.len() }
-    }
-
-    /// The login user.
-    pub fn user(&self) -> &str {
-        self.text.get(..self.user_len).unwrap_or_default()
-    }
-
-    /// The startup parameters, in the order given.
-    pub fn params(&self) -> Params<'_> {
-        Params { rest: self.text.get(self.user_len..).unwrap_or_default() }
-    }
-}
-
-/// The startup parameters of a [`PoolKey`]: `(name, value)` pairs.
-#[derive(Debug, Clone)]
-pub struct Params<'a> {
-    rest: &'a str,
-}
-
-impl<'a> Params<'a> {
-    fn field(&mut self) -> Option<&'a str> {
-        let (len, rest) = self.rest.split_once(':')?;
-        let len: usize = len.parse().ok()?;
-        let field = rest.get(..len)?;
-        self.rest = rest.get(len..)?;
-        Some(field)
-    }
-}
-
-impl<'a> Iterator for Params<'a> {
-    type Item = (&'a str, &'a str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        Some((self.field()?, self.field()?))
-    }
-}
-
 /// One backend at run time.
 pub struct Backend {
     /// Name from the config.
@@ -275,47 +223,6 @@ pub struct Backend {
     pub sessions: AtomicUsize,
     /// Statements sent to it.
     pub queries: AtomicU64,
-}
-
-/// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
-#[derive(Clone)]
-pub struct Verifier {
-    /// Salt sent to clients.
-    pub salt: Vec<u8>,
-    /// PBKDF2 iterations.
-    pub iterations: usize,
-    /// `H(ClientKey)`.
-    pub stored_key: Vec<u8>,
-    /// `HMAC(SaltedPassword, "Server Key")`.
-    pub server_key: Vec<u8>,
-}
-
-impl Verifier {
-    /// Derives the verifier of `password` with a fresh random salt.
-    pub fn new(password: &str) -> Self {
-        use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramSecret};
-        const ITERATIONS: usize = 4096;
-        let salt: [u8; 16] = rand::random();
-        let salted = gen_salted_password(password, &salt, ITERATIONS);
-        match ScramSecret::verifier_from_salted_password(salt.to_vec(), salted, ITERATIONS) {
-            ScramSecret::Verifier { salt, iterations, stored_key, server_key } => {
-                Self { salt, iterations, stored_key, server_key }
-            }
-            ScramSecret::SaltedPassword { salt, .. } => {
-                Self { salt, iterations: ITERATIONS, stored_key: Vec::new(), server_key: Vec::new() }
-            }
-        }
-    }
-
-    /// The verifier as pgwire's SCRAM state machine takes it.
-    pub fn secret(&self) -> pgwire::api::auth::sasl::scram::ScramSecret {
-        pgwire::api::auth::sasl::scram::ScramSecret::Verifier {
-            salt: self.salt.clone(),
-            iterations: self.iterations,
-            stored_key: self.stored_key.clone(),
-            server_key: self.server_key.clone(),
-        }
-    }
 }
 
 /// A backend's idle connections: one pool, of its cluster's protocol.
@@ -434,34 +341,6 @@ impl Backend {
     }
 }
 
-/// A configured user at run time.
-pub struct User {
-    /// Password, for logging in to backends.
-    pub password: String,
-    /// Verifier, for checking clients.
-    pub verifier: Verifier,
-    /// Whether this user's sessions are read-only.
-    pub read_only: bool,
-}
-
-/// The users of `config`, reusing the verifiers of `old` for unchanged passwords (deriving one
-/// costs a PBKDF2).
-pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> HashMap<String, User> {
-    config
-        .users
-        .iter()
-        .map(|u| {
-            let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
-                Some(o) => o.verifier.clone(),
-                None => Verifier::new(u.secret()),
-            };
-            let user =
-                User { password: u.secret().to_owned(), verifier, read_only: config.read_only_users.contains(&u.name) };
-            (u.name.clone(), user)
-        })
-        .collect()
-}
-
 /// A cluster at run time.
 pub struct Cluster {
     /// Its config.
@@ -534,82 +413,6 @@ impl std::ops::Deref for Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.clients.add_permits(1);
-    }
-}
-
-/// What the monitor last heard the servers say about their roles.
-#[derive(Debug, Default, Clone)]
-pub struct Discovery {
-    /// Per backend: `writable`, `replica`, `read-only`, or why it did not answer.
-    pub roles: Vec<String>,
-    /// Why the primary is in doubt; `None` when exactly one backend takes writes and it is the
-    /// primary.
-    pub problem: Option<Problem>,
-}
-
-/// Why the monitor doubts the primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
-    /// The primary (named) does not answer the monitor: the servers said nothing, so nothing is
-    /// held; its sessions find out for themselves.
-    PrimaryUnknown(String),
-    /// Every backend answered, none takes writes.
-    NoPrimary,
-    /// These backends all take writes.
-    SplitBrain(Vec<String>),
-    /// The primary is known, and these deposed primaries take writes too: they are never
-    /// followed (nothing is held), but they should be fenced or re-admitted (`rejoin`).
-    Deposed(Vec<String>),
-    /// No server that may be followed takes writes, and these deposed primaries do: none is
-    /// followed (`rejoin` one whose history is the primary's), and primary work waits.
-    OnlyDeposed(Vec<String>),
-    /// The primary stopped answering, and another server (`candidate`) takes writes: it is
-    /// followed only once the primary has been silent for several rounds (a blip is not a
-    /// failover), and only if it replayed the primary's last sample (`lacks_writes` otherwise:
-    /// following it would lose acknowledged writes; `failover` is the operator's choice).
-    Waiting {
-        /// The server that takes writes.
-        candidate: String,
-        /// It did not replay the silent primary's last position.
-        lacks_writes: bool,
-    },
-}
-
-impl Problem {
-    /// Whether primary work waits (and is refused after a while) until it is over.
-    pub fn holds(&self) -> bool {
-        !matches!(self, Problem::PrimaryUnknown(_) | Problem::Deposed(_))
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Problem::PrimaryUnknown(name) => write!(f, "primary unknown: {name} does not answer the monitor"),
-            Problem::NoPrimary => f.write_str("no primary: no backend takes writes"),
-            Problem::SplitBrain(names) => write!(f, "split brain: {} take writes", names.join(", ")),
-            Problem::Deposed(names) => write!(
-                f,
-                "deposed primary {} takes writes and is not followed: fence it, or `sqlswitch ctl rejoin` it once \
-                 it has the current primary's history",
-                names.join(", ")
-            ),
-            Problem::OnlyDeposed(names) => write!(
-                f,
-                "no primary: only deposed primary {} takes writes and is not followed: `sqlswitch ctl rejoin` it if \
-                 its history is the last primary's",
-                names.join(", ")
-            ),
-            Problem::Waiting { candidate, lacks_writes: false } => write!(
-                f,
-                "the primary is silent and {candidate} takes writes: following it if the primary stays silent"
-            ),
-            Problem::Waiting { candidate, lacks_writes: true } => write!(
-                f,
-                "the primary is silent and {candidate} takes writes, but it lacks writes the primary acknowledged: \
-                 not followed (`sqlswitch ctl failover` accepts the loss)"
-            ),
-        }
     }
 }
 
@@ -846,29 +649,5 @@ impl Cluster {
             .collect();
         replicas.sort_by(|a, b| b.0.total_cmp(&a.0));
         replicas.into_iter().map(|(_, i)| i).chain(std::iter::once(primary)).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PoolKey;
-
-    #[test]
-    fn a_pool_key_gives_back_its_user_and_parameters_in_order() {
-        let key = PoolKey::new("app", [("database", "app"), ("options", "-c a=1:2"), ("empty", ""), ("10:x", "9:")]);
-        assert_eq!(key.user(), "app");
-        let params: Vec<_> = key.params().collect();
-        assert_eq!(params, [("database", "app"), ("options", "-c a=1:2"), ("empty", ""), ("10:x", "9:")]);
-        assert_eq!(PoolKey::new("", Vec::<(String, String)>::new()).params().count(), 0);
-    }
-
-    #[test]
-    fn pool_keys_differ_when_their_logins_differ() {
-        // Lengths keep fields apart: no user or value can pass for a neighbouring field.
-        let a = PoolKey::new("ab", [("c", "d")]);
-        assert_ne!(a, PoolKey::new("a", [("bc", "d")]));
-        assert_ne!(a, PoolKey::new("ab1:c1:d", Vec::<(&str, &str)>::new()));
-        assert_ne!(PoolKey::new("u", [("a", "1:b1:c")]), PoolKey::new("u", [("a", ""), ("b", "c")]));
-        assert_eq!(a, PoolKey::new("ab", [("c".to_owned(), "d".to_owned())]));
     }
 }
