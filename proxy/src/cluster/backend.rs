@@ -1,0 +1,144 @@
+//! One backend at run time: its name and address, its pool of idle connections (of the
+//! cluster's protocol), its metrics and the monitor's view of its health.
+
+use super::*;
+
+/// One backend at run time.
+pub struct Backend {
+    /// Name from the config.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Primary or replica: the config's starting hint.
+    pub role: Role,
+    /// Its group's name.
+    pub group: String,
+    /// Its group's index in [`Cluster::groups`]: only the primary's group serves.
+    pub group_id: usize,
+    /// Idle connections, of the cluster's protocol.
+    pub pool: Pools,
+    /// Metrics handles.
+    pub metrics: BackendMetrics,
+    /// What the monitor last saw.
+    pub health: Health,
+    /// Session connections open to it now.
+    pub sessions: AtomicUsize,
+    /// Statements sent to it.
+    pub queries: AtomicU64,
+}
+
+/// A backend's idle connections: one pool, of its cluster's protocol.
+pub enum Pools {
+    /// PostgreSQL connections.
+    Pg(Pool<PoolKey, BackendConn>),
+    /// MySQL/MariaDB connections.
+    My(Pool<PoolKey, MyConn>),
+}
+
+/// A connection type a backend pools: where its pool is.
+pub trait PoolOf: crate::pool::Pooled {
+    /// Its pool among `pools`; `None` when the backend speaks the other protocol.
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>>;
+}
+
+impl PoolOf for BackendConn {
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>> {
+        match pools {
+            Pools::Pg(p) => Some(p),
+            Pools::My(_) => None,
+        }
+    }
+}
+
+impl PoolOf for MyConn {
+    fn pool_in(pools: &Pools) -> Option<&Pool<PoolKey, Self>> {
+        match pools {
+            Pools::My(p) => Some(p),
+            Pools::Pg(_) => None,
+        }
+    }
+}
+
+impl Backend {
+    /// Where and how a connection to this backend is opened, with `timeout` to connect and log in.
+    pub fn dialing(&self, timeout: std::time::Duration) -> crate::backend::Dialing<'_> {
+        crate::backend::Dialing { addr: &self.address, timeout, metrics: &self.metrics }
+    }
+
+    /// A connection for `key`: a pooled one, or one `open` makes (see [`Pool::checkout`]).
+    ///
+    /// # Errors
+    /// As [`Pool::checkout`]; a protocol error if this backend pools the other protocol.
+    pub async fn checkout<C, F, Fut>(
+        &self,
+        key: &PoolKey,
+        limits: crate::pool::Limits,
+        open: F,
+    ) -> Result<C, BackendError>
+    where
+        C: PoolOf,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<C, BackendError>>,
+    {
+        match C::pool_in(&self.pool) {
+            Some(pool) => pool.checkout(key, limits, open).await,
+            None => Err(BackendError::Protocol("a connection of the other protocol was asked of this backend".into())),
+        }
+    }
+
+    /// Pools `conn`; returns a connection the caller must close (the pool is full, or speaks the
+    /// other protocol).
+    pub fn put<C: PoolOf>(&self, key: PoolKey, conn: C) -> Option<C> {
+        match C::pool_in(&self.pool) {
+            Some(pool) => pool.put(key, conn),
+            None => Some(conn),
+        }
+    }
+
+    /// Closes the pooled connections idle for longer than `timeout`; returns how many.
+    pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
+        async fn close_all<C: crate::pool::Pooled>(conns: Vec<C>) -> usize {
+            let n = conns.len();
+            for c in conns {
+                c.close().await;
+            }
+            n
+        }
+        match &self.pool {
+            Pools::Pg(pool) => close_all(pool.expired(timeout)).await,
+            Pools::My(pool) => close_all(pool.expired(timeout)).await,
+        }
+    }
+
+    /// Idle pooled connections to this backend.
+    pub fn idle_count(&self) -> usize {
+        match &self.pool {
+            Pools::Pg(pool) => pool.idle_count(),
+            Pools::My(pool) => pool.idle_count(),
+        }
+    }
+
+    /// A backend of `cluster` from its config entry, in the group numbered `group_id`.
+    pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, group_id: usize, registry: &Registry) -> Self {
+        let metrics = registry.backend(&cluster.name, &b.name, cluster.monitor.is_some());
+        Backend {
+            name: b.name.clone(),
+            address: b.address.clone(),
+            role: b.role,
+            group: b.group.clone(),
+            group_id,
+            pool: {
+                let (max_idle, gauge, count) =
+                    (cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count));
+                match cluster.protocol {
+                    sqlswitch_config::Protocol::Postgres => Pools::Pg(Pool::new(max_idle, gauge, count)),
+                    sqlswitch_config::Protocol::Mysql => Pools::My(Pool::new(max_idle, gauge, count)),
+                }
+            },
+            metrics,
+            health: Health::default(),
+            sessions: AtomicUsize::new(0),
+            queries: AtomicU64::new(0),
+        }
+    }
+}
