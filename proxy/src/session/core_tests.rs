@@ -1,5 +1,8 @@
 //! The session core's rules over a fake connection: a transaction never moves to another
-//! server, a release never hangs, and a connection is replaced only between transactions.
+//! server, a release never hangs, a connection is replaced only between transactions; the gate
+//! holds primary work and lets reads through; a failed replica is kept out and a refused
+//! replay pins the session; reads wait for a replica that has the session's last write; and
+//! whenever `settled` says so, `ready` does nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +17,8 @@ struct Fake {
     backend: usize,
     frozen: bool,
     released: Arc<AtomicUsize>,
+    /// Replays and read-only settings asked of it.
+    asked: Arc<AtomicUsize>,
 }
 
 impl crate::pool::Rehome for Fake {
@@ -34,10 +39,12 @@ impl Link for Fake {
     const WATCHED: bool = true;
 
     async fn replay(&mut self, _sql: &[String]) -> Result<(), BackendError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     async fn set_read_only(&mut self, _on: bool) -> Result<(), BackendError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -50,11 +57,18 @@ impl Link for Fake {
 }
 
 fn cluster() -> Arc<Cluster> {
-    let text = "[[cluster]]\nname = \"app\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\n\
+    cluster_with("")
+}
+
+/// A cluster of a primary (backend 0) and a replica (backend 1), with `extra` cluster keys.
+fn cluster_with(extra: &str) -> Arc<Cluster> {
+    let text = "[[cluster]]\nname = \"app\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\n".to_owned()
+        + extra
+        + "\
                 [[cluster.user]]\nname = \"app\"\npassword = \"app\"\n\
                 [[cluster.backend]]\nname = \"one\"\naddress = \"127.0.0.1:1\"\nrole = \"primary\"\n\
                 [[cluster.backend]]\nname = \"two\"\naddress = \"127.0.0.1:2\"\nrole = \"replica\"\n";
-    let config = sqlswitch_config::Config::parse(text, std::path::Path::new("t.toml"), |_| None).expect("config");
+    let config = sqlswitch_config::Config::parse(&text, std::path::Path::new("t.toml"), |_| None).expect("config");
     let registry = crate::metrics::Registry::start(None).expect("registry");
     let cluster_config = config.clusters.into_iter().next().expect("a cluster");
     Cluster::new(cluster_config, &registry)
@@ -63,7 +77,7 @@ fn cluster() -> Arc<Cluster> {
 /// A core whose primary connection (to backend 0) is active, with `released` counting resets.
 fn on_primary<'a>(cluster: &'a Cluster, released: &Arc<AtomicUsize>, frozen: bool) -> Core<'a, Fake> {
     let mut core = Core::new(cluster, false);
-    let conn = Fake { backend: 0, frozen, released: Arc::clone(released) };
+    let conn = Fake { backend: 0, frozen, released: Arc::clone(released), asked: Arc::default() };
     core.slots[Side::Primary] = Some(Box::new(Slot::new(cluster, 0, conn)));
     core.active = Some(Side::Primary);
     core
@@ -82,7 +96,7 @@ async fn an_open_transaction_never_moves_to_a_new_primary() {
     let open = |backend| {
         opened.fetch_add(1, Ordering::SeqCst);
         let released = Arc::clone(&released);
-        async move { Ok(Fake { backend, frozen: false, released }) }
+        async move { Ok(Fake { backend, frozen: false, released, asked: Arc::default() }) }
     };
     let e = core.ready(Side::Primary, 1, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == DEPOSED), "{e:?}");
@@ -97,7 +111,7 @@ async fn between_transactions_the_connection_moves() {
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
     let r = Arc::clone(&released);
-    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r }) };
+    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: Arc::default() }) };
     let slot = core.ready(Side::Primary, 1, &key(), Tx::None, open).await.expect("moves");
     assert_eq!((slot.backend, slot.conn.backend), (1, 1));
     assert_eq!(released.load(Ordering::SeqCst), 1, "the old connection was reset and pooled");
@@ -114,7 +128,7 @@ async fn a_lost_lease_ends_an_open_transaction_even_on_the_same_primary() {
     cluster.gate.lease_until.store(0, Ordering::Relaxed);
     assert!(!core.settled(Side::Primary, 0, Tx::Open), "the fast path does not skip the check");
     let r = Arc::clone(&released);
-    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r }) };
+    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: Arc::default() }) };
     let e = core.ready(Side::Primary, 0, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == LEASE_LOST), "{e:?}");
     // Outside a transaction the gate, not the core, decides (the session waits there).
@@ -137,4 +151,115 @@ async fn a_release_to_a_frozen_server_is_bounded() {
     let waited = started.elapsed();
     assert!(waited >= RELEASE_DEADLINE && waited < RELEASE_DEADLINE + Duration::from_secs(1), "{waited:?}");
     assert!(core.slots[Side::Primary].is_none());
+}
+
+const READ: route::Batch = route::Batch { read: true, begins_read_only_tx: false, session_state: false };
+
+/// Backend 1, the replica, as the monitor sees it after a check: up, caught up to `t`.
+fn replica_caught_up_to(cluster: &Cluster, t: u64) {
+    let health = &cluster.backends[1].health;
+    health.up.store(true, Ordering::Relaxed);
+    health.caught_up_to.store(t, Ordering::Relaxed);
+    health.lag_micros.store(0, Ordering::Relaxed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_holds_primary_work_and_lets_reads_through() {
+    let cluster = cluster();
+    let mut writer = Core::<Fake>::new(&cluster, false);
+    let mut reader = Core::<Fake>::new(&cluster, false);
+    cluster.gate.set(|h| h.primary = true);
+    assert!(matches!(reader.pass(false, true).await, Ok(true)), "a replica read passes a switchover's hold");
+    let held = tokio::time::timeout(Duration::from_millis(500), writer.pass(true, false)).await;
+    assert!(held.is_err(), "primary work waits while the hold lasts");
+    assert!(!writer.in_primary_work(), "a waiting session is not counted in flight: the drain does not wait for it");
+    assert_eq!(cluster.gate.primary_busy.load(Ordering::SeqCst), 0);
+    cluster.gate.set(|h| h.primary = false);
+    let through = tokio::time::timeout(Duration::from_millis(500), writer.pass(true, false)).await;
+    assert!(matches!(through, Ok(Ok(true))), "through once the hold ends");
+    assert!(writer.in_primary_work());
+    assert_eq!(cluster.gate.primary_busy.load(Ordering::SeqCst), 1, "counted while in flight");
+    writer.leave_primary();
+    assert_eq!(cluster.gate.primary_busy.load(Ordering::SeqCst), 0, "counted out when it is over");
+}
+
+#[test]
+fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
+    core.fall_back(&BackendError::Timeout);
+    assert!(core.slots[Side::Replica].is_none(), "the replica's connection is dropped");
+    assert!(!cluster.backends[1].health.is_up(), "and the replica is out until the monitor sees it again");
+    assert!(!core.state.pinned, "the replica, not the session, was the problem");
+    let refused = BackendError::Refused { error: bytes::Bytes::new(), message: "no such setting".into() };
+    core.fall_back(&refused);
+    assert!(core.state.pinned, "a replica refused the session's own state: the session stays on the primary");
+    let d = core.route(&READ, Tx::None);
+    assert_eq!((d.side, d.reason), (Side::Primary, Reason::Pinned));
+}
+
+#[test]
+fn reads_wait_for_a_replica_that_has_the_sessions_last_write() {
+    let cluster = cluster_with("monitor = { user = \"m\", password = \"m\" }\n");
+    let mut core = Core::<Fake>::new(&cluster, false);
+    let before = cluster.clock.now().max(1);
+    replica_caught_up_to(&cluster, before);
+    let d = core.route(&READ, Tx::None);
+    assert_eq!((d.side, d.backend, d.reason), (Side::Replica, 1, Reason::Read));
+    std::thread::sleep(Duration::from_millis(1));
+    core.wrote();
+    let d = core.route(&READ, Tx::None);
+    assert_eq!((d.side, d.reason), (Side::Primary, Reason::ReadYourWrites), "the replica lacks the write");
+    std::thread::sleep(Duration::from_millis(1));
+    replica_caught_up_to(&cluster, cluster.clock.now());
+    let d = core.route(&READ, Tx::None);
+    assert_eq!((d.side, d.reason), (Side::Replica, Reason::Read), "it has replayed past the write");
+    let d = core.route(&route::Batch { read: false, ..READ }, Tx::None);
+    assert_eq!((d.side, d.reason), (Side::Primary, Reason::Write));
+    let d = core.route(&READ, Tx::Open);
+    assert_eq!((d.side, d.reason), (Side::Primary, Reason::Transaction), "a read inside a transaction stays there");
+}
+
+/// For every combination of a slot's backend, staleness and maintenance setting, the
+/// session's maintenance and read-only flags, its state to replay and the transaction:
+/// whenever [`Core::settled`] holds, [`Core::ready`] opens, replays and sets nothing, and keeps
+/// the slot.
+#[tokio::test]
+async fn whenever_settled_holds_ready_does_nothing() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut settled_cases = 0;
+    for case in 0u32..256 {
+        let bit = |b: u32| case & (1 << b) != 0;
+        let mut core = on_primary(&cluster, &released, false);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let slot_backend = usize::from(bit(0));
+        let conn =
+            Fake { backend: slot_backend, frozen: false, released: Arc::clone(&released), asked: Arc::clone(&asked) };
+        let mut slot = Slot::new(&cluster, slot_backend, conn);
+        slot.stale = bit(1);
+        slot.maintenance = bit(2);
+        if bit(3) {
+            core.state.replay.push("SET x = 1".into());
+            slot.applied.replayed = usize::from(bit(4));
+        }
+        core.slots[Side::Primary] = Some(Box::new(slot));
+        core.maintenance = bit(5).then_some("maintenance");
+        core.read_only = bit(6);
+        let tx = if bit(7) { Tx::Open } else { Tx::None };
+        if !core.settled(Side::Primary, 0, tx) {
+            continue;
+        }
+        settled_cases += 1;
+        let serial = core.slots[Side::Primary].as_ref().map(|s| s.serial);
+        let open = |_backend| async { Err::<Fake, _>(BackendError::Protocol("opened".into())) };
+        let slot = core.ready(Side::Primary, 0, &key(), tx, open).await.expect("nothing to do");
+        assert_eq!(Some(slot.serial), serial, "case {case:#b}: the same slot");
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "case {case:#b}: nothing replayed or set");
+    }
+    assert!(settled_cases >= 8, "the common case is covered: {settled_cases}");
+    assert_eq!(released.load(Ordering::SeqCst), 0, "nothing released");
 }
