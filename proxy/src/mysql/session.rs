@@ -295,7 +295,7 @@ impl<'a> MySession<'a> {
                 let in_tx = self.in_tx();
                 let mut record = None;
                 if let Some(pin) = v.pin {
-                    self.core.state.pinned = true;
+                    self.core.state.pin();
                     if let Some(why) = crate::session::state::unmovable(pin, true) {
                         self.core.state.stuck(why);
                     }
@@ -307,10 +307,12 @@ impl<'a> MySession<'a> {
                     // `SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE` pins the session to
                     // the primary and, like any session setting, is replayed on every server
                     // connection it takes (the new primary's after a switchover included).
-                    self.core.state.pinned |= v.serializable;
+                    if v.serializable {
+                        self.core.state.pin();
+                    }
                     record = Some(sql.into_owned());
                 } else if v.serializable {
-                    self.core.state.pinned = true;
+                    self.core.state.pin();
                 }
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
@@ -321,7 +323,7 @@ impl<'a> MySession<'a> {
                     let batch = route::Batch {
                         read: v.is_read(),
                         begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
-                        session_state: record.is_some() || self.core.state.pinned,
+                        session_state: record.is_some() || self.core.state.pinned(),
                     };
                     let mut plan = self.plan(&batch, record);
                     plan.temp = temp;
@@ -356,7 +358,7 @@ impl<'a> MySession<'a> {
                 if cmd == command::SET_OPTION {
                     self.core.state.stuck("a connection option (COM_SET_OPTION)");
                 } else if cmd == command::RESET_CONNECTION {
-                    self.core.state.pinned = true;
+                    self.core.state.pin();
                     self.wait_timeout = None;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };

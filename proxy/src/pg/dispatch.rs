@@ -106,7 +106,7 @@ impl Session<'_> {
             });
         }
         if self.batch.pins {
-            self.core.state.pinned = true;
+            self.core.state.pin();
         }
         if let Some(why) = self.batch.unmovable {
             self.core.state.stuck(why);

@@ -214,7 +214,7 @@ impl<'a, C: Link> Core<'a, C> {
         };
         let session = SessionView {
             read_only,
-            pinned: self.state.pinned,
+            pinned: self.state.pinned(),
             in_tx_on,
             last_write: self.state.last_write,
             current_replica,
@@ -259,14 +259,14 @@ impl<'a, C: Link> Core<'a, C> {
     /// move ([`SessionState::unmovable`]). Others hear it at their next statement; one that
     /// only listens ([`Core::listening`]) looks every [`MOVED_CHECK`] and is told at once.
     pub fn moved_away(&self) -> Option<BackendError> {
-        let why = self.state.unmovable?;
+        let why = self.state.unmovable()?;
         let slot = self.slots[Side::Primary].as_ref()?;
         (slot.backend != self.primary()).then_some(BackendError::Unmovable(why))
     }
 
     /// Whether the session waits for notifications (`LISTEN`) that only its primary sends.
     pub fn listening(&self) -> bool {
-        self.state.unmovable == Some(super::state::LISTENING)
+        self.state.unmovable() == Some(super::state::LISTENING)
     }
 
     /// The primary's index in the routing table now.
@@ -300,7 +300,7 @@ impl<'a, C: Link> Core<'a, C> {
     pub fn fall_back(&mut self, e: &BackendError) {
         if matches!(e, BackendError::Refused { .. }) {
             warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
-            self.state.pinned = true;
+            self.state.pin();
             self.slots[Side::Replica] = None;
             if self.active == Some(Side::Replica) {
                 self.active = None;
@@ -385,7 +385,7 @@ impl<'a, C: Link> Core<'a, C> {
             self.active = None;
             return Err(e);
         }
-        if let Some(why) = self.state.unmovable {
+        if let Some(why) = self.state.unmovable() {
             if self.slots[side].as_ref().is_some_and(|s| side == Side::Primary && s.backend != backend) {
                 return Err(BackendError::Unmovable(why));
             }

@@ -193,10 +193,10 @@ fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
     core.fall_back(&BackendError::Timeout);
     assert!(core.slots[Side::Replica].is_none(), "the replica's connection is dropped");
     assert!(!cluster.backends[1].health.is_up(), "and the replica is out until the monitor sees it again");
-    assert!(!core.state.pinned, "the replica, not the session, was the problem");
+    assert!(!core.state.pinned(), "the replica, not the session, was the problem");
     let refused = BackendError::Refused { error: bytes::Bytes::new(), message: "no such setting".into() };
     core.fall_back(&refused);
-    assert!(core.state.pinned, "a replica refused the session's own state: the session stays on the primary");
+    assert!(core.state.pinned(), "a replica refused the session's own state: the session stays on the primary");
     let d = core.route(&READ, Tx::None);
     assert_eq!((d.side, d.reason), (Side::Primary, Reason::Pinned));
 }

@@ -20,6 +20,21 @@ pub struct Statement {
     pub read: bool,
 }
 
+/// Where a session's state lets it run: it only ever goes down this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stay {
+    /// Anywhere: its reads may go to replicas.
+    #[default]
+    Free,
+    /// On the primary only (state a replica would not have or cannot take: SERIALIZABLE, a
+    /// refused replay, ...); it moves to a new primary with the session, replayed there.
+    Primary,
+    /// On its primary connection only, and it cannot move to another server (why: a temporary
+    /// table, a lock, `LISTEN`, state set inside a transaction, more state than is replayed):
+    /// when the primary changes, the session is ended.
+    Unmovable(&'static str),
+}
+
 /// The session-wide state.
 #[derive(Debug, Default)]
 pub struct SessionState {
@@ -27,14 +42,10 @@ pub struct SessionState {
     generation: u64,
     /// Session-state statements that succeeded, in order.
     pub replay: Vec<String>,
-    /// Primary-only from now on (temp table, lock, LISTEN, SERIALIZABLE, state we cannot replay).
-    pub pinned: bool,
+    /// Where the session may run from now on ([`Stay`]).
+    stay: Stay,
     /// When the last write was acknowledged (clock micros).
     pub last_write: Option<u64>,
-    /// Why the session's state lives only on its primary connection and cannot be moved to
-    /// another server (a temporary table, a lock, `LISTEN`, state set inside a transaction,
-    /// more state than is replayed): when the primary changes, the session is ended.
-    pub unmovable: Option<&'static str>,
     /// The session may have set a custom parameter (`myapp.tenant`): its connections keep a
     /// placeholder that no reset removes, so they are closed, not pooled, when it is done.
     pub custom_settings: bool,
@@ -78,9 +89,31 @@ impl SessionState {
     }
 
     /// The session holds state that cannot move (`why`): it stays on its primary connection.
+    /// The first reason is kept.
     pub fn stuck(&mut self, why: &'static str) {
-        self.pinned = true;
-        self.unmovable.get_or_insert(why);
+        if !matches!(self.stay, Stay::Unmovable(_)) {
+            self.stay = Stay::Unmovable(why);
+        }
+    }
+
+    /// The session holds state only the primary has: it runs there from now on.
+    pub fn pin(&mut self) {
+        if self.stay == Stay::Free {
+            self.stay = Stay::Primary;
+        }
+    }
+
+    /// Whether the session runs on the primary only.
+    pub fn pinned(&self) -> bool {
+        self.stay != Stay::Free
+    }
+
+    /// Why the session's state cannot move to another server, if it cannot.
+    pub fn unmovable(&self) -> Option<&'static str> {
+        match self.stay {
+            Stay::Unmovable(why) => Some(why),
+            Stay::Free | Stay::Primary => None,
+        }
     }
 
     /// A replica refused `name` as "not on a standby": it runs on the primary from now on.
@@ -103,8 +136,7 @@ impl SessionState {
     /// A session-state statement succeeded on the primary.
     pub fn record(&mut self, sql: String) {
         if self.replay.len() >= MAX_REPLAY {
-            self.pinned = true;
-            self.unmovable.get_or_insert("more session state than sqlswitch replays");
+            self.stuck("more session state than sqlswitch replays");
         } else {
             self.replay.push(sql);
         }
@@ -157,7 +189,7 @@ mod tests {
         for i in 0..=MAX_REPLAY {
             s.record(format!("SET a.b = {i}"));
         }
-        assert!(s.pinned);
+        assert!(s.pinned());
         assert_eq!(s.replay.len(), MAX_REPLAY);
     }
 }
