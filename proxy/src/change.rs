@@ -17,13 +17,36 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::cluster::Failure;
 use crate::cluster::{Cluster, RoutingTable};
-use crate::control::Failure;
 use crate::fleet::Link;
-use crate::replication::{ControlConn, Dialect};
-use crate::switchover::Step;
+use crate::replication::ControlConn;
+
+/// One completed step, for the live report.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Its name: hold, drain, fence, writers, catch_up, promote, swap, release, repoint.
+    pub name: &'static str,
+    /// How long it took.
+    pub took: Duration,
+    /// What it found or did.
+    pub detail: String,
+}
+
+impl Step {
+    /// As one JSON progress line.
+    pub fn json(&self) -> Value {
+        json!({ "progress": self.value() })
+    }
+
+    /// As an entry of the answer's `steps`.
+    pub fn value(&self) -> Value {
+        json!({ "step": self.name, "ms": self.took.as_secs_f64() * 1000.0, "detail": self.detail })
+    }
+}
 
 /// A change of primary that holds new primary work until it ends.
 pub(crate) struct Change<'a> {
@@ -118,7 +141,7 @@ impl<'a> Change<'a> {
                 return Err(format!("swap: {e}"));
             }
         }
-        let table = crate::control::change(self.cluster, |t| {
+        let table = crate::cluster::change(self.cluster, |t| {
             t.primary = target;
             if let Some(since) = since {
                 t.since = since;
@@ -170,29 +193,6 @@ impl Drop for Change<'_> {
     }
 }
 
-/// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
-/// reload only signals: once this session has taken it, the postmaster has signalled every
-/// session, and each takes it before its next statement.
-pub(crate) async fn in_force(
-    conn: &mut ControlConn,
-    dialect: &Dialect,
-    fenced: bool,
-    deadline: Instant,
-) -> Result<(), String> {
-    let want = if fenced { "on" } else { "off" };
-    loop {
-        let now = within(deadline, conn.value(dialect.fenced)).await?;
-        if now == want {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let what = if fenced { "still takes writes" } else { "still refuses writes" };
-            return Err(format!("{what} at the command's deadline"));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Holds the cluster's change lock for a switchover or failover, and its progress text, which
 /// a second one is told; the text is cleared when this ends.
 pub(crate) struct Changing<'a> {
@@ -217,17 +217,6 @@ pub(crate) async fn change_lock<'a>(cluster: &'a Cluster, what: &str) -> Option<
     };
     *lock(&cluster.progress) = format!("{what} started");
     Some(Changing { _lock: guard, progress: &cluster.progress })
-}
-
-/// Runs a control statement within a command's deadline.
-pub(crate) async fn within<T, E: std::fmt::Display>(
-    deadline: Instant,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err("timed out (the command's deadline)".to_owned()),
-    }
 }
 
 /// How long a switchover or failover waits for the cluster's change lock: the monitor holds it

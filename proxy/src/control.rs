@@ -19,8 +19,8 @@ pub struct Control {
     registry: Arc<crate::metrics::Registry>,
 }
 
-/// An admin command failed; the text is for the operator.
-pub type Failure = String;
+pub use crate::cluster::{change, Failure};
+pub use crate::metrics::millis;
 
 impl Control {
     /// Control over `clusters`.
@@ -337,40 +337,6 @@ async fn everywhere(
     }
 }
 
-/// Applies `edit` to a copy of the table with the next generation, and stores it by
-/// compare-and-swap: when another change landed meanwhile (a reload racing a switchover), the
-/// edit is applied again to that one, so no change is lost. An edit that changes nothing keeps
-/// the table and its generation (a reload of an unchanged file, a second `mode read-only`).
-///
-/// A change of primary deposes the old one: the monitor never follows it again until it
-/// streams from a primary, or an operator re-admits it (`rejoin`).
-pub fn change(cluster: &Cluster, edit: impl Fn(&mut RoutingTable)) -> Arc<RoutingTable> {
-    let mut stored = None;
-    let mut was = None;
-    cluster.table.rcu(|current| {
-        let mut next = current.next();
-        edit(&mut next);
-        let unchanged = (RoutingTable { generation: current.generation, ..next.clone() }) == **current;
-        let next = if unchanged { Arc::clone(current) } else { Arc::new(next) };
-        was = Some(current.primary);
-        stored = Some(Arc::clone(&next));
-        next
-    });
-    let table = stored.unwrap_or_else(|| cluster.table.load_full());
-    if let Some(old) = was.filter(|old| *old != table.primary) {
-        if let Some(b) = cluster.backends.at(old) {
-            b.health.deposed.store(true, Ordering::Relaxed);
-            tracing::info!(event = "deposed", cluster = %cluster.config.name, backend = %b.name,
-                "the old primary is deposed: it is not followed again until it streams from the new one or `rejoin` re-admits it");
-        }
-        if let Some(b) = cluster.backends.at(table.primary) {
-            b.health.deposed.store(false, Ordering::Relaxed);
-        }
-    }
-    cluster.export();
-    table
-}
-
 impl Control {
     /// `rejoin CLUSTER BACKEND`: the operator re-admits a deposed primary (its history is the
     /// current primary's: rewound, or never diverged), so the monitor may follow it again.
@@ -417,17 +383,21 @@ impl Control {
         let to = cluster.control_target(i).ok_or("the cluster has no monitor credentials")?;
         let dialect = crate::replication::Dialect::of(cluster.config.protocol);
         let deadline = std::time::Instant::now() + cluster.config.connect_timeout;
-        let mut conn = crate::change::within(deadline, async {
+        let mut conn = crate::replication::within(deadline, async {
             crate::replication::ControlConn::connect(&to, "sqlswitch-unfence").await.map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("{backend}: {e}"))?;
-        let role = crate::change::within(deadline, conn.role(dialect)).await?;
+        let role = crate::replication::within(deadline, conn.role(dialect)).await?;
         if role == crate::replication::Role::Replica {
             return Err(format!("{backend} is a replica: it keeps its read-only setting"));
         }
-        crate::change::within(deadline, conn.exec_all(dialect.unfence)).await.map_err(|e| format!("{backend}: {e}"))?;
-        crate::change::in_force(&mut conn, dialect, false, deadline).await.map_err(|e| format!("{backend}: {e}"))?;
+        crate::replication::within(deadline, conn.exec_all(dialect.unfence))
+            .await
+            .map_err(|e| format!("{backend}: {e}"))?;
+        crate::replication::in_force(&mut conn, dialect, false, deadline)
+            .await
+            .map_err(|e| format!("{backend}: {e}"))?;
         tracing::info!(event = "unfenced", cluster = %name, backend = %backend, "fence lifted by the operator");
         Ok(json!({ "ok": true, "cluster": name, "backend": backend, "was": role.name(), "fenced": false }))
     }
@@ -438,11 +408,6 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::ReadWrite => "read-write",
         Mode::ReadOnly => "read-only",
     }
-}
-
-/// Whole milliseconds, saturating.
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn cluster_status(c: &Cluster) -> Value {

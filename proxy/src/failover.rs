@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::change::within;
 use crate::change::Change;
 use crate::change::Progress;
+use crate::cluster::Failure;
 use crate::cluster::{BackendState, Cluster};
-use crate::control::{millis, Control, Failure};
+use crate::control::Control;
+use crate::metrics::millis;
+use crate::replication::within;
 use crate::replication::{ControlConn, Dialect, Position, Role};
 use crate::switchover::Step;
 

@@ -14,14 +14,13 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Gauge;
-use tokio::sync::Notify;
 
 use crate::backend::BackendError;
+pub use crate::metrics::OpenCount;
 
 /// A connection whose socket can move to the current runtime's reactor.
 pub trait Rehome: Sized {
@@ -39,32 +38,6 @@ pub trait Pooled: Rehome {
 
     /// Says goodbye to the server and closes.
     fn close(self) -> impl std::future::Future<Output = ()> + Send;
-}
-
-/// Open connections to one backend (sessions', pooled and the monitor's), and a signal when
-/// one closes or goes idle: what `max_backend_connections` counts and waits on.
-#[derive(Debug, Default)]
-pub struct OpenCount {
-    open: AtomicUsize,
-    room: Notify,
-}
-
-impl OpenCount {
-    /// Connections open now.
-    pub fn get(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// One more is open.
-    pub fn opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// One closed: a client waiting for room may go on.
-    pub fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.room.notify_one();
-    }
 }
 
 /// The limits a checkout respects.
@@ -135,7 +108,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         }
         self.gauge.increment(1.0);
         // A client waiting for room may take or close this one.
-        self.count.room.notify_one();
+        self.count.room().notify_one();
         None
     }
 
@@ -198,7 +171,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                 old.close().await;
                 continue;
             }
-            let room = self.count.room.notified();
+            let room = self.count.room().notified();
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(BackendError::Protocol(format!(
                     "all {} connections to the backend (max_backend_connections) are in use",

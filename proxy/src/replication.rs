@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use sqlswitch_config::{Credentials, Protocol};
 
 use crate::backend::{BackendError, Dialing};
+use crate::conn::mysql::MyConn;
+use crate::conn::pg::{BackendConn, Login};
 use crate::metrics::BackendMetrics;
-use crate::mysql::backend::MyConn;
-use crate::pg::backend::{BackendConn, Login};
 use crate::tls::BackendTls;
 
 /// Microseconds since the daemon started: the time base of every lag comparison.
@@ -410,7 +410,7 @@ impl ControlConn {
                 Ok(Self::Pg(BackendConn::connect(&to.dialing(), &login).await?))
             }
             Protocol::Mysql => {
-                let login = crate::mysql::backend::Login::control(user, password, to.tls.as_deref());
+                let login = crate::conn::mysql::Login::control(user, password, to.tls.as_deref());
                 Ok(Self::My(MyConn::connect(&to.dialing(), &login).await?))
             }
         }
@@ -513,6 +513,50 @@ impl ControlConn {
             other => Err(format!("unexpected role {other:?}")),
         }
     }
+}
+
+/// Waits until the fence is in force (`fenced`) or lifted on `conn`'s server. PostgreSQL's
+/// reload only signals: once this session has taken it, the postmaster has signalled every
+/// session, and each takes it before its next statement.
+pub async fn in_force(
+    conn: &mut ControlConn,
+    dialect: &Dialect,
+    fenced: bool,
+    deadline: Instant,
+) -> Result<(), String> {
+    let want = if fenced { "on" } else { "off" };
+    loop {
+        let now = within(deadline, conn.value(dialect.fenced)).await?;
+        if now == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = if fenced { "still takes writes" } else { "still refuses writes" };
+            return Err(format!("{what} at the command's deadline"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs a control statement within a command's deadline.
+pub async fn within<T, E: std::fmt::Display>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), f).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out (the command's deadline)".to_owned()),
+    }
+}
+
+/// A SQL string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL identifier, quoted.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 #[cfg(test)]

@@ -142,13 +142,13 @@ async fn repoint_one(
                 let sql = format!(
                     "SELECT count(pg_create_physical_replication_slot({0}))::text FROM (SELECT 1) one \
                      WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {0})",
-                    crate::upgrade::literal(&slot)
+                    crate::replication::literal(&slot)
                 );
                 new_conn.exec(&sql).await.map_err(|e| format!("creating slot {slot:?} on the new primary: {e}"))?;
             }
             let name = &cluster.backends[i].name;
             let conninfo = pg_conninfo(host, port, creds, &[("application_name", name)]);
-            let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", crate::upgrade::literal(&conninfo));
+            let alter = format!("ALTER SYSTEM SET primary_conninfo = {}", crate::replication::literal(&conninfo));
             // A password here lands in postgresql.auto.conf and in the server's log at the reload
             // (which prints the new value), whatever this session's logging: the config advice says
             // to leave it out and give the standby a .pgpass.
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(host_port("/run/postgresql/.s.PGSQL.5432"), None);
         assert_eq!(host_port("/tmp/mysql.sock"), None);
         assert_eq!(mysql_literal(r"it's\"), r"'it\'s\\'");
-        assert_eq!(crate::upgrade::literal("it's"), "'it''s'");
+        assert_eq!(crate::replication::literal("it's"), "'it''s'");
         assert_eq!(conninfo_value(r"p'w\"), r"'p\'w\\'");
         let sql = "CHANGE MASTER TO MASTER_HOST = 'h', MASTER_PASSWORD = 'secret', MASTER_USE_GTID = slave_pos";
         assert!(!redact(sql).contains("secret"));

@@ -10,9 +10,9 @@ use arc_swap::ArcSwap;
 use sqlswitch_config::{Cluster as ClusterConfig, Role};
 
 use crate::backend::BackendError;
+use crate::conn::mysql::MyConn;
+use crate::conn::pg::BackendConn;
 use crate::metrics::{BackendMetrics, ClusterMetrics, Registry};
-use crate::mysql::backend::MyConn;
-use crate::pg::backend::BackendConn;
 use crate::pool::{Pool, PoolKey};
 use crate::replication::{Clock, ControlTarget, Health};
 use crate::route;
@@ -203,6 +203,43 @@ impl PrimaryOnly {
     }
 }
 
+/// An admin command or a change of the cluster failed; the text is for the operator.
+pub type Failure = String;
+
+/// Applies `edit` to a copy of the table with the next generation, and stores it by
+/// compare-and-swap: when another change landed meanwhile (a reload racing a switchover), the
+/// edit is applied again to that one, so no change is lost. An edit that changes nothing keeps
+/// the table and its generation (a reload of an unchanged file, a second `mode read-only`).
+///
+/// A change of primary deposes the old one: the monitor never follows it again until it
+/// streams from a primary, or an operator re-admits it (`rejoin`).
+pub fn change(cluster: &Cluster, edit: impl Fn(&mut RoutingTable)) -> Arc<RoutingTable> {
+    let mut stored = None;
+    let mut was = None;
+    cluster.table.rcu(|current| {
+        let mut next = current.next();
+        edit(&mut next);
+        let unchanged = (RoutingTable { generation: current.generation, ..next.clone() }) == **current;
+        let next = if unchanged { Arc::clone(current) } else { Arc::new(next) };
+        was = Some(current.primary);
+        stored = Some(Arc::clone(&next));
+        next
+    });
+    let table = stored.unwrap_or_else(|| cluster.table.load_full());
+    if let Some(old) = was.filter(|old| *old != table.primary) {
+        if let Some(b) = cluster.backends.at(old) {
+            b.health.deposed.store(true, Ordering::Relaxed);
+            tracing::info!(event = "deposed", cluster = %cluster.config.name, backend = %b.name,
+                "the old primary is deposed: it is not followed again until it streams from the new one or `rejoin` re-admits it");
+        }
+        if let Some(b) = cluster.backends.at(table.primary) {
+            b.health.deposed.store(false, Ordering::Relaxed);
+        }
+    }
+    cluster.export();
+    table
+}
+
 /// A cluster at run time.
 pub struct Cluster {
     /// Its config.
@@ -225,7 +262,7 @@ pub struct Cluster {
     /// Holds new work during `pause` and switchover.
     pub gate: Gate,
     /// MySQL client connection ids, for `KILL`.
-    pub mysql_threads: Arc<crate::mysql::threads::Registry>,
+    pub mysql_threads: Arc<crate::threads::Registry>,
     /// The MariaDB extended capabilities every server reached so far offered (see
     /// [`Cluster::servers_ext`]); `u32::MAX` until one was reached.
     mysql_ext: AtomicU32,

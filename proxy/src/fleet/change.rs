@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::{lock, timed, unix_ms, Change, Link, RETRY, TAKEN_OVER, TAKEOVER};
-use crate::control::Failure;
+use crate::cluster::Failure;
 use crate::replication::{ControlConn, Dialect, Role};
 
 /// How the end of a change driven here went ([`Link::end`]).
@@ -208,7 +208,7 @@ impl Link {
         }
         let dialect = Dialect::of(self.cluster.config.protocol);
         let deadline = Instant::now() + self.cluster.config.connect_timeout;
-        let fenced = crate::change::within(deadline, conn.exec_all(dialect.fence)).await;
+        let fenced = crate::replication::within(deadline, conn.exec_all(dialect.fence)).await;
         self.cluster.backends[target].health.deposed.store(true, std::sync::atomic::Ordering::Relaxed);
         let what = match fenced {
             Ok(()) => format!(
@@ -300,14 +300,14 @@ impl Link {
         let deadline = Instant::now() + cluster.config.connect_timeout * 2;
         let role = |i: usize| async move {
             let to = cluster.control_target(i).ok_or("no monitor credentials")?;
-            let mut conn = crate::change::within(deadline, ControlConn::connect(&to, TAKEOVER)).await?;
-            let role = crate::change::within(deadline, conn.role(dialect)).await?;
+            let mut conn = crate::replication::within(deadline, ControlConn::connect(&to, TAKEOVER)).await?;
+            let role = crate::replication::within(deadline, conn.role(dialect)).await?;
             Ok::<_, String>((role, conn))
         };
         let forward = if change.step == "promote" {
             match role(target).await {
                 Ok((Role::Writable | Role::ReadOnly | Role::Subscriber, mut conn)) => {
-                    let _ = crate::change::within(deadline, conn.exec_all(dialect.unfence)).await;
+                    let _ = crate::replication::within(deadline, conn.exec_all(dialect.unfence)).await;
                     true
                 }
                 Ok(_) => false,
@@ -323,8 +323,8 @@ impl Link {
         if !forward {
             // The old primary takes writes again (if it answers; if not, it is as before).
             if let Ok((_, mut conn)) = role(from).await {
-                if crate::change::within(deadline, conn.exec_all(dialect.unfence)).await.is_ok() {
-                    let _ = crate::change::in_force(&mut conn, dialect, false, deadline).await;
+                if crate::replication::within(deadline, conn.exec_all(dialect.unfence)).await.is_ok() {
+                    let _ = crate::replication::in_force(&mut conn, dialect, false, deadline).await;
                 }
             }
         }

@@ -108,7 +108,7 @@ impl Link {
         }
         let now = cluster.clock.now();
         let before = cluster.table.load().primary;
-        let table = crate::control::change(cluster, |t| {
+        let table = crate::cluster::change(cluster, |t| {
             if let Some(p) = primary {
                 if cluster.backends[p].group_id != cluster.backends[t.primary].group_id {
                     t.since = now;
@@ -204,7 +204,7 @@ impl Link {
                 acked: st.acked,
                 fenced: self.cluster.gate.hold().fenced,
                 renewed_ms: self.shared.renewed_ms.load(Ordering::Relaxed),
-                ttl_ms: crate::control::millis(self.shared.config.ttl),
+                ttl_ms: crate::metrics::millis(self.shared.config.ttl),
             }
         };
         let value = serde_json::to_string(&member).unwrap_or_default();

@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::Failure;
 use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
-use crate::control::Failure;
 mod change;
 mod link;
 

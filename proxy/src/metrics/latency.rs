@@ -35,7 +35,7 @@ impl Default for Shard {
             counts: Default::default(),
             micros: Default::default(),
             bytes: Default::default(),
-            by_backend: (0..crate::cluster::MAX_BACKENDS).map(|_| Default::default()).collect(),
+            by_backend: (0..sqlswitch_config::MAX_BACKENDS).map(|_| Default::default()).collect(),
         }
     }
 }

@@ -3,11 +3,12 @@
 //! label lookup.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::sync::Notify;
 
 /// Each cluster's statement latencies, by cluster name.
 type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
@@ -314,6 +315,11 @@ async fn serve(listener: tokio::net::TcpListener, exposition: Exposition) {
     }
 }
 
+/// Whole milliseconds, saturating.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A label value, escaped: backslash, double quote and newline.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -428,9 +434,40 @@ impl ClusterMetrics {
     }
 }
 
+/// Open connections to one backend (sessions', pooled and the monitor's), and a signal when
+/// one closes or goes idle: what `max_backend_connections` counts and waits on.
+#[derive(Debug, Default)]
+pub struct OpenCount {
+    open: AtomicUsize,
+    room: Notify,
+}
+
+impl OpenCount {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// One more is open.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Signalled when one closes or goes idle.
+    pub fn room(&self) -> &Notify {
+        &self.room
+    }
+
+    /// One closed: a client waiting for room may go on.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+}
+
 /// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
 /// long as it lives.
-pub struct OpenGuard(Gauge, std::sync::Arc<crate::pool::OpenCount>);
+pub struct OpenGuard(Gauge, std::sync::Arc<OpenCount>);
 
 impl OpenGuard {
     /// Counts one more open connection.
@@ -471,7 +508,7 @@ pub struct BackendMetrics {
     /// Open connections.
     pub open: Gauge,
     /// Open connections, as `max_backend_connections` counts them.
-    pub count: std::sync::Arc<crate::pool::OpenCount>,
+    pub count: std::sync::Arc<OpenCount>,
     /// Idle pooled connections.
     pub idle: Gauge,
     /// Failed connects or logins.

@@ -49,7 +49,7 @@ impl Monitor {
                     link.follow(current, only).await;
                     cluster.table.load_full()
                 }
-                None => crate::control::change(&cluster, |t| {
+                None => crate::cluster::change(&cluster, |t| {
                     t.primary = only;
                     t.since = since;
                 }),
@@ -104,7 +104,7 @@ impl Monitor {
                         link.follow(current, only).await;
                         cluster.table.load_full()
                     }
-                    None => crate::control::change(&cluster, |t| t.primary = only),
+                    None => crate::cluster::change(&cluster, |t| t.primary = only),
                 };
                 cluster.metrics.role_changes.increment(1);
                 info!(

@@ -3,11 +3,9 @@
 //! on its fast path; an auth switch to native for clients that start with another plugin), the
 //! first backend connection, then the session relay ([`session`]).
 
-pub mod backend;
 pub mod session;
 pub mod statements;
 pub mod temp;
-pub mod threads;
 pub mod timeout;
 
 use std::net::SocketAddr;

@@ -20,16 +20,16 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::backend::{Login, MyConn};
 use super::statements::{carries_statement, prepare_on, Statements};
-use super::threads::{self, Found, ThreadId};
 use crate::backend::BackendError;
 use crate::cluster::Cluster;
+use crate::conn::mysql::{Login, MyConn};
 use crate::pool::PoolKey;
 use crate::route::{self, Reason};
 use crate::session::core::{Core, Tx};
 use crate::session::state::SessionState;
 use crate::session::{Refusal, Side};
+use crate::threads::{self, Found, ThreadId};
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 mod commands;

@@ -9,8 +9,8 @@ use sqlswitch_protocol::mysql::caps;
 use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::response::{Step, Tracker};
 
-use super::backend::{refused, MyConn};
 use crate::backend::BackendError;
+use crate::conn::mysql::{refused, MyConn};
 
 struct Prepared {
     sql: Vec<u8>,

@@ -8,9 +8,9 @@ use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use tracing::{debug, warn};
 
-use super::backend::{BackendConn, Login};
 use super::session::{End, Identity, Session, StateChange, Waiting};
 use crate::backend::BackendError;
+use crate::conn::pg::{BackendConn, Login};
 use crate::route::Reason;
 use crate::session::core::Tx;
 use crate::session::{Refusal, Side};

@@ -2,11 +2,9 @@
 //! pool. [`client`] does the startup and authentication, [`backend`] the connections to the
 //! servers, [`session`] the relaying.
 
-pub mod backend;
 pub mod batch;
 pub mod client;
 mod dispatch;
-pub mod scram;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -23,9 +21,9 @@ use tracing::{debug, info, warn};
 use crate::backend::BackendError;
 use crate::cancel::{self, CancelKey};
 use crate::cluster::Cluster;
+use crate::conn::pg::{BackendConn, Login};
 use crate::pool::PoolKey;
 use crate::tls::ClientStream;
-use backend::{BackendConn, Login};
 use client::{send_fatal, Opening};
 use session::{End, Identity, Session};
 
@@ -256,6 +254,34 @@ pub(crate) async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut c
         }
     } else {
         conn.terminate().await;
+    }
+}
+
+impl crate::session::core::Link for BackendConn {
+    const WATCHED: bool = true;
+
+    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
+        self.simple_query(&sql.join(";\n")).await.map(drop)
+    }
+
+    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {
+        let sql = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+        self.simple_query(sql).await.map(drop)
+    }
+
+    async fn release(
+        self,
+        cluster: &Cluster,
+        backend: usize,
+        key: &PoolKey,
+        state: &crate::session::state::SessionState,
+    ) {
+        if state.custom_settings {
+            // A custom parameter's placeholder survives every reset: not for another session.
+            self.terminate().await;
+        } else {
+            release(cluster, backend, key.clone(), self, true).await;
+        }
     }
 }
 

@@ -23,10 +23,10 @@ use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{BackendConn, MAX_BACKEND_MESSAGE};
 use super::batch::{Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::Cluster;
+use crate::conn::pg::{BackendConn, MAX_BACKEND_MESSAGE};
 use crate::pool::PoolKey;
 use crate::session::core::{Core, Timer, MOVED_CHECK};
 use crate::session::state::SessionState;

@@ -15,34 +15,15 @@ use tracing::{info, warn};
 
 use crate::change::{change_lock, Change, Progress};
 use crate::cluster::Cluster;
-use crate::control::{millis, Control, Failure};
+use crate::cluster::Failure;
+use crate::control::Control;
+use crate::metrics::millis;
 use crate::replication::Dialect;
 
 mod steps;
 use steps::Switchover;
 
-/// One completed step, for the live report.
-#[derive(Debug, Clone)]
-pub struct Step {
-    /// Its name: hold, drain, fence, writers, catch_up, promote, swap, release, repoint.
-    pub name: &'static str,
-    /// How long it took.
-    pub took: Duration,
-    /// What it found or did.
-    pub detail: String,
-}
-
-impl Step {
-    /// As one JSON progress line.
-    pub fn json(&self) -> Value {
-        json!({ "progress": self.value() })
-    }
-
-    /// As an entry of the answer's `steps`.
-    pub fn value(&self) -> Value {
-        json!({ "step": self.name, "ms": self.took.as_secs_f64() * 1000.0, "detail": self.detail })
-    }
-}
+pub use crate::change::Step;
 
 /// How to switch over.
 #[derive(Debug, Clone, Copy)]

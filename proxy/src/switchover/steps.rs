@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::change::{in_force, within, Change, Progress};
+use crate::change::{Change, Progress};
+use crate::cluster::{change, Failure};
 use crate::cluster::{BackendState, Cluster};
-use crate::control::{change, Failure};
+use crate::replication::{in_force, within};
 use crate::replication::{ControlConn, ControlTarget, Dialect, Position, Role};
 use crate::upgrade::{Sides, Subscription};
 use sqlswitch_config::{Credentials, Fence};

@@ -9,11 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::change::within;
 use crate::cluster::Cluster;
+use crate::replication::within;
 use crate::replication::{parse_lsn, ControlConn};
 
 mod check;
+pub use crate::replication::{ident, literal};
 pub use check::check;
 
 /// A subscription on the target whose replication slot is on the old primary: what the
@@ -268,16 +269,6 @@ async fn rows(conn: &mut ControlConn, sql: &str, deadline: Instant) -> Result<Ve
 
 async fn value(conn: &mut ControlConn, sql: &str, deadline: Instant) -> Result<String, String> {
     within(deadline, conn.value(sql)).await
-}
-
-/// A SQL string literal.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A SQL identifier, quoted.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// How the cutover's connections are named where the server shows them.

@@ -9,10 +9,7 @@ use sqlswitch_protocol::pg::frame::{self, Frame};
 use tokio::io::AsyncReadExt;
 
 use crate::cancel::CancelTarget;
-use crate::cluster::Cluster;
 use crate::metrics::{BackendMetrics, OpenGuard};
-use crate::pool::PoolKey;
-use crate::session::state::SessionState;
 use crate::tls::{BackendStream, BackendTls};
 
 /// Backend messages are trusted up to PostgreSQL's own 1 GiB limit.
@@ -322,26 +319,4 @@ fn refused(f: Frame) -> BackendError {
     let (_, text) = msg::error_fields(f.body());
     let message = text.unwrap_or("unknown error").to_owned();
     BackendError::Refused { error: f.bytes, message }
-}
-
-impl crate::session::core::Link for BackendConn {
-    const WATCHED: bool = true;
-
-    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
-        self.simple_query(&sql.join(";\n")).await.map(drop)
-    }
-
-    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {
-        let sql = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
-        self.simple_query(sql).await.map(drop)
-    }
-
-    async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState) {
-        if state.custom_settings {
-            // A custom parameter's placeholder survives every reset: not for another session.
-            self.terminate().await;
-        } else {
-            super::release(cluster, backend, key.clone(), self, true).await;
-        }
-    }
 }
