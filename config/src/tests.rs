@@ -1,4 +1,5 @@
 use super::*;
+use crate::validate::without_value;
 
 const GOOD: &str = r#"
 [admin]
