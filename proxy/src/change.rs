@@ -78,10 +78,10 @@ impl<'a> Change<'a> {
         cluster.gate.set(|h| h.primary = true);
         let mut change =
             Self { cluster, fleet: None, failover: kind == "failover", started: Instant::now(), held: true };
-        if let Some(link) = cluster.fleet.get() {
+        if let Some(link) = crate::fleet::link_of(cluster) {
             // On an error, dropping `change` releases the hold.
             let generation = link.begin(kind, old, target, timeout).await?;
-            change.fleet = Some((Arc::clone(link), generation));
+            change.fleet = Some((link, generation));
         }
         Ok(change)
     }

@@ -328,7 +328,7 @@ async fn everywhere(
     local: impl Fn(&mut RoutingTable),
     shared: impl Fn(&mut crate::fleet::Routing) + Send,
 ) -> Result<(Arc<RoutingTable>, Value), Failure> {
-    match cluster.fleet.get() {
+    match crate::fleet::link_of(cluster) {
         Some(link) => {
             let fleet = link.change(shared).await?;
             Ok((cluster.table.load_full(), fleet))
@@ -358,7 +358,7 @@ impl Control {
     pub async fn fleet_resolve(&self, name: &str, backend: &str) -> Result<Value, Failure> {
         let cluster = self.cluster(name)?;
         let i = Self::backend(cluster, backend)?;
-        let link = cluster.fleet.get().ok_or_else(|| format!("cluster {name:?} is not in fleet mode"))?;
+        let link = crate::fleet::link_of(cluster).ok_or_else(|| format!("cluster {name:?} is not in fleet mode"))?;
         link.resolve(i).await
     }
 
@@ -467,7 +467,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "held_total": c.gate.held_total.load(Ordering::Relaxed),
         "held_now": c.gate.held_now.load(Ordering::Relaxed),
         "latency_bounds_ms": crate::metrics::latency_bounds_ms(),
-        "fleet": c.fleet.get().map(|f| f.status()),
+        "fleet": crate::fleet::link_of(c).map(|f| f.status()),
         "backends": backends,
     })
 }

@@ -56,3 +56,7 @@ pub(crate) mod upgrade;
 pub mod workers;
 
 pub use server::Daemon;
+
+#[cfg(test)]
+#[path = "layers_tests.rs"]
+mod layers_tests;

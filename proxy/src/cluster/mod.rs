@@ -281,9 +281,10 @@ pub struct Cluster {
     pub discovery: std::sync::Mutex<Discovery>,
     /// Group names, indexed by [`Backend::group_id`]; a reload may add one.
     pub groups: std::sync::Mutex<Vec<String>>,
-    /// Fleet mode: the cluster's link to the fleet's shared routing in etcd; every routing
-    /// change goes through it.
-    pub fleet: std::sync::OnceLock<Arc<crate::fleet::Link>>,
+    /// Fleet mode: the cluster's link to the fleet's shared routing in etcd, through which
+    /// every routing change goes. Opaque here (the cluster sits below the fleet, which reads
+    /// it): `fleet::link_of` gives it back as the fleet's `Link`.
+    pub fleet: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// Places for client connections under `max_client_connections` (see [`Admitted`]).
     clients: tokio::sync::Semaphore,
 }

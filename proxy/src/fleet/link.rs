@@ -148,7 +148,7 @@ impl Link {
         if holding && st.acked < doc.generation {
             // Acknowledged once this instance's primary work in flight has finished.
             let generation = doc.generation;
-            let link = self.cluster.fleet.get().cloned();
+            let link = super::link_of(&self.cluster);
             tokio::spawn(async move {
                 if let Some(link) = link {
                     link.acknowledge(generation).await;
@@ -168,7 +168,7 @@ impl Link {
         self.metrics.generation.set(doc.generation as f64);
         st.doc = Some(doc);
         drop(st);
-        let link = self.cluster.fleet.get().cloned();
+        let link = super::link_of(&self.cluster);
         tokio::spawn(async move {
             if let Some(link) = link {
                 link.report().await;

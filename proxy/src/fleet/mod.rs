@@ -127,6 +127,11 @@ struct State {
     instances: BTreeMap<String, Member>,
 }
 
+/// Fleet mode: `cluster`'s link to the fleet (`None` outside fleet mode).
+pub fn link_of(cluster: &Cluster) -> Option<Arc<Link>> {
+    Arc::clone(cluster.fleet.get()?).downcast::<Link>().ok()
+}
+
 impl Fleet {
     /// The fleet of `clusters`: each starts fenced (writes held) until the routing is read.
     pub fn new(
@@ -156,7 +161,7 @@ impl Fleet {
                     state: Mutex::new(State::default()),
                     metrics,
                 });
-                let _ = c.fleet.set(Arc::clone(&link));
+                let _ = c.fleet.set(Arc::clone(&link) as Arc<dyn std::any::Any + Send + Sync>);
                 link
             })
             .collect();

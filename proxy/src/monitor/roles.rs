@@ -43,7 +43,7 @@ impl Monitor {
         if let ([], [only], true) = (writable.as_slice(), elsewhere.as_slice(), group_answered) {
             let only = *only;
             let since = cluster.clock.now();
-            let table = match cluster.fleet.get() {
+            let table = match crate::fleet::link_of(&cluster) {
                 // The fleet follows together (the group's activation time is set as it applies).
                 Some(link) => {
                     link.follow(current, only).await;
@@ -99,7 +99,7 @@ impl Monitor {
             }
             [only] => {
                 let only = *only;
-                let table = match cluster.fleet.get() {
+                let table = match crate::fleet::link_of(&cluster) {
                     Some(link) => {
                         link.follow(current, only).await;
                         cluster.table.load_full()
