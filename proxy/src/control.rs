@@ -190,6 +190,12 @@ impl Control {
         Ok(json!({ "ok": true, "reloaded": applied }))
     }
 
+    /// Fleet mode: `name`'s link to the fleet (the fleet tests drive a change's phases through
+    /// it); `None` outside fleet mode or for no such cluster.
+    pub fn fleet_link(&self, name: &str) -> Option<Arc<crate::fleet::Link>> {
+        crate::fleet::link_of(self.cluster(name).ok()?)
+    }
+
     /// The cluster called `name`.
     ///
     /// # Errors

@@ -79,7 +79,7 @@ async fn a_driver_that_promotes_after_its_change_was_ended_fences_its_target_aga
         joined(d, 2).await;
     }
     let cluster = Arc::clone(daemons[0].control.cluster("app").unwrap());
-    let link = Arc::clone(cluster.fleet.get().unwrap());
+    let link = daemons[0].control.fleet_link("app").expect("fleet mode");
     let generation = link.begin("switchover", 0, 1, Duration::from_secs(30)).await.unwrap();
     link.acknowledged(generation, Instant::now() + Duration::from_secs(10)).await.unwrap();
     link.step("promote").await.unwrap();
