@@ -79,9 +79,13 @@ impl<'a> Change<'a> {
         let mut change =
             Self { cluster, fleet: None, failover: kind == "failover", started: Instant::now(), held: true };
         if let Some(link) = crate::fleet::link_of(cluster) {
-            // On an error, dropping `change` releases the hold.
-            let generation = link.begin(kind, old, target, timeout).await?;
-            change.fleet = Some((link, generation));
+            match link.begin(kind, old, target, timeout).await {
+                Ok(generation) => change.fleet = Some((link, generation)),
+                Err(e) => {
+                    change.release();
+                    return Err(e);
+                }
+            }
         }
         Ok(change)
     }
