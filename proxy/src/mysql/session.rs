@@ -211,7 +211,8 @@ impl<'a> MySession<'a> {
                 return End::Quit;
             }
             if cmd == command::CHANGE_USER {
-                if let Err(end) = self.change_user(&packet, reply_seq).await {
+                // Boxed: a rare command whose login states would size every session's future.
+                if let Err(end) = Box::pin(self.change_user(&packet, reply_seq)).await {
                     return end;
                 }
                 continue;
@@ -257,7 +258,8 @@ impl<'a> MySession<'a> {
                 let read = Text::read(packet.payload.get(1..).unwrap_or_default());
                 let (legacy, ambiguous, sql) = (read.legacy, read.ambiguous, read.sql);
                 if let Some((target, connection)) = threads::parse_kill(&sql) {
-                    return self.kill(target, connection, seq).await;
+                    // Boxed: ending another session may open a control connection.
+                    return Box::pin(self.kill(target, connection, seq)).await;
                 }
                 if sql.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("kill")) {
                     // Other forms (KILL USER, KILL QUERY ID) would name server-side things.
@@ -484,7 +486,8 @@ impl<'a> MySession<'a> {
                 Err(Fail::Client) => {
                     // The client left mid-command: stop the query rather than let it run for
                     // nobody, and close the connection, whose state is unknown.
-                    self.kill_query(plan.side).await;
+                    // Boxed: a control connection's login would size every session's future.
+                    Box::pin(self.kill_query(plan.side)).await;
                     return Err(End::ClientGone);
                 }
                 Err(Fail::Backend { .. }) if plan.side == Side::Replica && self.temp_home.is_some() => {
