@@ -155,7 +155,9 @@ impl ClientResponse {
         p.extend_from_slice(&(self.caps | caps::SSL).to_le_bytes());
         p.extend_from_slice(&self.max_packet.to_le_bytes());
         p.push(self.charset);
-        p.extend_from_slice(&[0; 23]);
+        // A MariaDB server takes the extended capabilities from this packet.
+        p.extend_from_slice(&[0; 19]);
+        p.extend_from_slice(&reserved_ext(self.caps, self.ext).to_le_bytes());
         p
     }
 
@@ -315,6 +317,7 @@ mod tests {
     fn ssl_request_is_the_first_32_bytes_with_ssl_set() {
         let r = ClientResponse {
             caps: caps::PROTOCOL_41 | caps::SECURE_CONNECTION,
+            ext: caps::ext::EXTENDED_TYPE_INFO,
             max_packet: 1 << 24,
             charset: 45,
             user: "u".into(),
