@@ -52,6 +52,12 @@ pub struct Fleet {
     /// Its password.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// Name of an environment variable that holds the etcd password (instead of `password`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file whose content is the etcd password (instead of `password`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) that signs etcd's certificate; with it, endpoints use TLS.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
@@ -213,6 +219,13 @@ pub struct Credentials {
     /// server finds it itself (`replication` on PostgreSQL: the standby's `.pgpass`).
     #[serde(default)]
     pub password: Secret,
+    /// Name of an environment variable that holds the password (instead of `password`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file whose content is the password (a trailing newline is not part of it), such as a
+    /// Docker or systemd credential (instead of `password`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[[cluster.user]]`.
@@ -227,10 +240,13 @@ pub struct User {
     /// Name of an environment variable that holds the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file whose content is the password (a trailing newline is not part of it).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 impl User {
-    /// The password, after [`Config::load`] resolved `password_env`.
+    /// The password, after [`Config::load`] resolved `password_env` or `password_file`.
     pub fn secret(&self) -> &str {
         self.password.as_ref().map_or("", |s| s.expose())
     }

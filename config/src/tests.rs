@@ -163,3 +163,36 @@ fn advice_names_the_cluster_and_the_key() {
     assert!(config.advice().is_empty(), "a password left out is the advised way");
     assert_eq!(config.clusters[0].replication.as_ref().unwrap().password.expose(), "");
 }
+
+#[test]
+fn every_password_may_come_from_the_environment_or_a_file() {
+    let dir = std::env::temp_dir().join(format!("sqlswitch-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("monitor.pw");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let text = GOOD.replacen(
+        "monitor = { user = \"monitor\", password = \"monitor\" }",
+        &format!(
+            "monitor = {{ user = \"m\", password_file = \"{}\" }}\n\
+             replication = {{ user = \"r\", password_env = \"ANON_PW\" }}",
+            file.display()
+        ),
+        1,
+    ) + "\n[fleet]\netcd = [\"http://127.0.0.1:2379\"]\nuser = \"e\"\npassword_env = \"ANON_PW\"\n";
+    let c = parse(&text).unwrap();
+    let cluster = &c.clusters[0];
+    assert_eq!(cluster.monitor.as_ref().unwrap().password.expose(), "from-a-file", "the trailing newline is dropped");
+    assert_eq!(cluster.replication.as_ref().unwrap().password.expose(), "secret");
+    assert_eq!(c.fleet.as_ref().unwrap().password.as_ref().unwrap().expose(), "secret");
+    let both = text.replace("user = \"m\", password_file", "user = \"m\", password = \"x\", password_file");
+    let err = parse(&both).unwrap_err();
+    assert_eq!(err.problems[0].key, "cluster[0].monitor", "{err}");
+    assert!(err.problems[0].message.contains("not several"), "{err}");
+    let missing = text.replace("monitor.pw", "nowhere.pw");
+    let err = parse(&missing).unwrap_err();
+    assert_eq!(err.problems[0].key, "cluster[0].monitor.password_file", "{err}");
+    let unset = text.replace("password_env = \"ANON_PW\"\n", "password_env = \"UNSET\"\n");
+    let err = parse(&unset).unwrap_err();
+    assert_eq!(err.problems[0].key, "fleet.password_env", "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

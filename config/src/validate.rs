@@ -81,7 +81,12 @@ impl Config {
         if self.admin.socket.as_os_str().is_empty() {
             problem("admin.socket".into(), "must not be empty".into());
         }
-        if let Some(f) = &self.fleet {
+        if let Some(f) = &mut self.fleet {
+            let given = f.password.take();
+            match resolve_secret("fleet", given, f.password_env.as_deref(), f.password_file.as_deref(), &env) {
+                Ok(secret) => f.password = secret,
+                Err((key, message)) => problem(key, message),
+            }
             if f.etcd.is_empty() {
                 problem("fleet.etcd".into(), "at least one etcd endpoint is required".into());
             }
@@ -137,6 +142,15 @@ impl Config {
                     if addr.port() != 0 && !listeners.insert(addr) {
                         problem(format!("{at}.{key}"), format!("address {addr} is already used by another listener"));
                     }
+                }
+            }
+            for (name, creds) in [("monitor", c.monitor.as_mut()), ("replication", c.replication.as_mut())] {
+                let Some(creds) = creds else { continue };
+                let key = format!("{at}.{name}");
+                let given = Some(std::mem::take(&mut creds.password)).filter(|p| !p.expose().is_empty());
+                match resolve_secret(&key, given, creds.password_env.as_deref(), creds.password_file.as_deref(), &env) {
+                    Ok(secret) => creds.password = secret.unwrap_or_default(),
+                    Err((key, message)) => problem(key, message),
                 }
             }
             if c.monitor_interval.is_zero() {
@@ -200,16 +214,11 @@ impl Config {
                 } else if !users.insert(u.name.clone()) {
                     problem(format!("{key}.name"), format!("user {:?} is configured twice", u.name));
                 }
-                match (&u.password, &u.password_env) {
-                    (Some(_), Some(_)) => problem(key, "set password or password_env, not both".into()),
-                    (None, None) => problem(key, "password or password_env is required".into()),
-                    (None, Some(var)) => match env(var) {
-                        Some(value) => u.password = Some(Secret::new(value)),
-                        None => {
-                            problem(format!("{key}.password_env"), format!("environment variable {var} is not set"))
-                        }
-                    },
-                    (Some(_), None) => {}
+                let given = u.password.take();
+                match resolve_secret(&key, given, u.password_env.as_deref(), u.password_file.as_deref(), &env) {
+                    Ok(Some(secret)) => u.password = Some(secret),
+                    Ok(None) => problem(key, "password, password_env or password_file is required".into()),
+                    Err((key, message)) => problem(key, message),
                 }
             }
             for (ri, name) in c.read_only_users.iter().enumerate() {
@@ -304,5 +313,29 @@ fn location(text: &str, e: &toml::de::Error) -> String {
         (Some(t), Some(k)) => format!(" (line {line}, column {col}, key `{t}.{k}`)"),
         (None, Some(k)) => format!(" (line {line}, column {col}, key `{k}`)"),
         _ => format!(" (line {line}, column {col})"),
+    }
+}
+
+/// A password given inline (`given`), by an environment variable (`var`) or in a file (`file`):
+/// at most one of them. Returns the password (`None` when none was given), or the key and the
+/// problem. A file's trailing newline is not part of the password.
+fn resolve_secret(
+    key: &str,
+    given: Option<Secret>,
+    var: Option<&str>,
+    file: Option<&Path>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, (String, String)> {
+    match (given, var, file) {
+        (given, None, None) => Ok(given),
+        (None, Some(var), None) => match env(var) {
+            Some(value) => Ok(Some(Secret::new(value))),
+            None => Err((format!("{key}.password_env"), format!("environment variable {var} is not set"))),
+        },
+        (None, None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r'])))),
+            Err(e) => Err((format!("{key}.password_file"), format!("cannot read {}: {e}", path.display()))),
+        },
+        _ => Err((key.to_owned(), "set one of password, password_env and password_file, not several".into())),
     }
 }

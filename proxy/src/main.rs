@@ -218,7 +218,7 @@ fn readable_by_others(path: &std::path::Path) -> Option<String> {
     (mode & 0o004 != 0).then(|| {
         format!(
             "warning: {} is readable by every user (mode {:o}) and may hold passwords; chmod 600 it \
-             or use password_env",
+             or use password_env / password_file",
             path.display(),
             mode & 0o777
         )
