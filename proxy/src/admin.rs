@@ -88,31 +88,58 @@ struct Args<'a> {
     no_repoint: bool,
     force: bool,
     reverse: bool,
+    /// The options and flags given, by name (`timeout`, `promote`, ...).
+    given: Vec<&'static str>,
 }
 
 fn parse_args<'a>(words: &[&'a str]) -> Result<Args<'a>, String> {
-    let mut args =
-        Args { positional: Vec::new(), timeout: None, promote: false, no_repoint: false, force: false, reverse: false };
+    let mut args = Args {
+        positional: Vec::new(),
+        timeout: None,
+        promote: false,
+        no_repoint: false,
+        force: false,
+        reverse: false,
+        given: Vec::new(),
+    };
     for w in words {
-        if let Some(v) = w.strip_prefix("timeout=") {
+        let name = if let Some(v) = w.strip_prefix("timeout=") {
             args.timeout = Some(humantime::parse_duration(v).map_err(|e| format!("timeout={v}: {e}"))?);
+            "timeout"
         } else if *w == "promote" {
             args.promote = true;
+            "promote"
         } else if *w == "no_repoint" {
             args.no_repoint = true;
+            "no_repoint"
         } else if *w == "force" {
             args.force = true;
+            "force"
         } else if *w == "reverse" {
             args.reverse = true;
+            "reverse"
         } else {
             args.positional.push(w);
-        }
+            continue;
+        };
+        args.given.push(name);
     }
     Ok(args)
 }
 
+/// The options and flags `command` takes; any other is refused (`pause app force` is a typo
+/// or a misunderstanding, never silently ignored).
+fn takes(command: &str) -> &'static [&'static str] {
+    match command {
+        "switchover" => &["promote", "no_repoint", "force", "reverse", "timeout"],
+        "failover" => &["no_repoint", "timeout"],
+        "pause" | "upgrade-check" => &["timeout"],
+        _ => &[],
+    }
+}
+
 const USAGE: &str = "commands: status | switchover CLUSTER BACKEND [promote] [no_repoint] [force] [reverse] [timeout=30s] | \
-                     upgrade-check CLUSTER BACKEND | \
+                     upgrade-check CLUSTER BACKEND [timeout=30s] | \
                      failover CLUSTER [BACKEND] [no_repoint] [timeout=30s] | pause CLUSTER [timeout=10s] | \
                      resume CLUSTER | mode CLUSTER read-only|read-write | detach CLUSTER | attach CLUSTER | drain CLUSTER BACKEND | enable CLUSTER BACKEND | rejoin CLUSTER BACKEND | unfence CLUSTER BACKEND | fleet-resolve CLUSTER BACKEND | reload";
 
@@ -120,6 +147,9 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
     let Some((&command, rest)) = words.split_first() else { return Err(format!("empty command; {USAGE}")) };
     let args = parse_args(rest)?;
+    if let Some(flag) = args.given.iter().find(|f| !takes(command).contains(f)) {
+        return Err(format!("{command} does not take {flag}; {USAGE}"));
+    }
     let wrong = |n: usize| format!("{command}: expected {n} argument(s), got {}; {USAGE}", args.positional.len());
     let need = |n: usize| -> Result<(), String> {
         if args.positional.len() == n {

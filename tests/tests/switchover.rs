@@ -280,6 +280,9 @@ async fn admin_socket_answers_json_and_is_private() {
         ("mode app read-write", true),
         ("frobnicate", false),
         ("drain nope x", false),
+        // A flag the command does not take is refused, not ignored (and nothing is paused).
+        ("pause app force", false),
+        ("resume app timeout=1s", false),
     ] {
         write.write_all(format!("{command}\n").as_bytes()).await.unwrap();
         let answer: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
