@@ -142,7 +142,12 @@ fn run(path: PathBuf, threads: usize, log_format: LogFormat) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => {
+            // Colour only for a person at a terminal: a file, a pipe or journald gets plain text.
+            use std::io::IsTerminal as _;
+            let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+        }
         LogFormat::Json => {
             tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init()
         }

@@ -492,7 +492,7 @@ async fn passwords_stay_out_of_logs_status_metrics_and_errors() {
 
 /// A second SIGTERM (or a SIGINT) during the shutdown grace period stops sqlswitch at once: an
 /// operator who asked twice is not held for the whole grace by a client's open transaction
-/// (the second signal was swallowed before).
+/// (the second signal was swallowed before). Its log, written to a file, has no colour codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_during_the_grace_period_stops_at_once() {
     let topo = Topology::shared();
@@ -507,7 +507,7 @@ async fn a_second_sigterm_during_the_grace_period_stops_at_once() {
         .args(["run", "--config"])
         .arg(&config)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("log")).unwrap())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -536,5 +536,9 @@ async fn a_second_sigterm_during_the_grace_period_stops_at_once() {
         assert!(Instant::now() < deadline, "a second SIGTERM stops it at once");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Its log, written to a file, is plain text: no terminal colour codes.
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    assert!(log.contains("session started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
