@@ -165,6 +165,8 @@ fn run(path: PathBuf, threads: usize, log_format: LogFormat) -> ExitCode {
     for advice in config.advice() {
         warn!(event = "config_advice", "{advice}");
     }
+    let clients: usize = config.clusters.iter().map(|c| c.max_client_connections).sum();
+    open_files_limit(clients);
     // The control plane (accept, monitor, admin, metrics) on this thread; sessions on their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -212,6 +214,35 @@ async fn serve(config: Config, path: PathBuf, threads: usize) -> anyhow::Result<
                 Err(e) => warn!(error = %e, "SIGHUP: reload refused"),
             },
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (a default soft limit of 1,024 makes
+/// accepts fail at a few hundred clients), and warns when it stays below what `clients`
+/// clients need: each takes a socket, and its session up to two backend connections.
+fn open_files_limit(clients: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let before = getrlimit(Resource::Nofile);
+    let mut raised = before;
+    raised.current = before.maximum;
+    if raised.current != before.current {
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, "could not raise the open-files limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    let shown = |l: Option<u64>| l.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    info!(event = "open_files", before = %shown(before.current), now = %shown(now), "open-files limit");
+    let needed = u64::try_from(clients).unwrap_or(u64::MAX).saturating_mul(3);
+    if let Some(now) = now.filter(|n| *n < needed) {
+        warn!(
+            event = "open_files_low",
+            limit = now,
+            needed,
+            "the open-files limit ({now}) is below 3 x max_client_connections ({needed}): clients will be \
+             refused before that many connect; raise it (ulimit -n, systemd LimitNOFILE) or lower \
+             max_client_connections"
+        );
     }
 }
 

@@ -539,6 +539,7 @@ async fn a_second_sigterm_during_the_grace_period_stops_at_once() {
     // Its log, written to a file, is plain text: no terminal colour codes.
     let log = std::fs::read_to_string(dir.join("log")).unwrap();
     assert!(log.contains("session started"), "{log}");
+    assert!(log.contains("open-files limit"), "the open-files limit is logged at start: {log}");
     assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
