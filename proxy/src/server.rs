@@ -195,6 +195,8 @@ impl Daemon {
                 tracker.spawn(accept.run());
             }
         }
+        let ready = clusters.clone();
+        registry.set_readiness(Box::new(move || readiness(&ready)));
         Ok((listeners, clusters, registry))
     }
 
@@ -325,6 +327,33 @@ impl Accept {
             self.workers.spawn(self.tracker.track_future(session.instrument(span)));
         }
     }
+}
+
+/// `/readyz`: each cluster's service, and whether every one can serve. A cluster serves
+/// `read-write` while its primary answers the monitor and it is not in maintenance,
+/// `read-only` while a replica serves reads or the primary answers (maintenance), and is
+/// `unavailable` otherwise; without `monitor` nothing is known (`unmonitored`), and it counts
+/// as serving.
+fn readiness(clusters: &[Arc<Cluster>]) -> (bool, String) {
+    let mut all = true;
+    let mut states = serde_json::Map::new();
+    for c in clusters {
+        let table = c.table.load();
+        let primary_up = c.backends.at(table.primary).is_some_and(|b| b.health.is_up());
+        let replica_serves = c.backends.iter().enumerate().any(|(i, b)| i != table.primary && b.health.serves_reads());
+        let state = if c.config.monitor.is_none() {
+            "unmonitored"
+        } else if primary_up && c.maintenance().is_none() {
+            "read-write"
+        } else if primary_up || replica_serves {
+            "read-only"
+        } else {
+            all = false;
+            "unavailable"
+        };
+        states.insert(c.config.name.clone(), serde_json::Value::from(state));
+    }
+    (all, serde_json::json!({ "ready": all, "clusters": states }).to_string())
 }
 
 /// Refuses a connection beyond `max_client_connections` in the client's own protocol: SQLSTATE

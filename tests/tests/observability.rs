@@ -34,16 +34,62 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 }
 
 async fn scrape(port: u16) -> String {
+    get(port, "/metrics").await.1
+}
+
+/// `GET path` on the metrics port: the status line and the body.
+async fn get(port: u16, path: &str) -> (String, String) {
     for _ in 0..50 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let mut body = String::new();
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-            s.read_to_string(&mut body).await.unwrap();
-            return body.split_once("\r\n\r\n").map_or(body.clone(), |(_, b)| b.to_owned());
+            let mut answer = String::new();
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            s.read_to_string(&mut answer).await.unwrap();
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+            return (head.lines().next().unwrap_or_default().to_owned(), body.to_owned());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no metrics endpoint on port {port}");
+}
+
+/// `/healthz` answers while the process runs; `/readyz` says whether every cluster can serve:
+/// 200 with the cluster `read-write` in front of a live primary, 503 with it `unavailable` when
+/// no backend answers (what Kubernetes and compose health checks read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_answer_on_the_metrics_port() {
+    let topo = Topology::shared();
+    let ports = sqlswitch_tests::pg::free_ports(3).unwrap();
+    let (live, dead, nobody) = (ports[0], ports[1], ports[2]);
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", Some(&format!("127.0.0.1:{live}")), "")
+        .replace("/tmp/sqlswitch-test.sock", &format!("/tmp/sqlswitch-readyz-{live}.sock"));
+    let config = sqlswitch_config::Config::parse(&text, Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start(config).await.unwrap();
+    assert_eq!(get(live, "/healthz").await, ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(live, "/readyz").await;
+        if status.contains("200") {
+            assert!(body.contains("\"app\":\"read-write\""), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(daemon);
+    // Every backend address points where nothing listens.
+    let mut unreachable = text
+        .replace(&format!("127.0.0.1:{live}"), &format!("127.0.0.1:{dead}"))
+        .replace(&format!("readyz-{live}"), &format!("readyz-{dead}"));
+    for node in &topo.nodes {
+        unreachable = unreachable.replace(&format!("127.0.0.1:{}\"", node.port), &format!("127.0.0.1:{nobody}\""));
+    }
+    let config = sqlswitch_config::Config::parse(&unreachable, Path::new("<test>"), |_| None).unwrap();
+    let daemon = sqlswitch::Daemon::start(config).await.unwrap();
+    let (status, body) = get(dead, "/readyz").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(body.contains("\"app\":\"unavailable\""), "{body}");
+    assert_eq!(get(dead, "/healthz").await.0, "HTTP/1.1 200 OK", "alive, if not ready");
+    drop(daemon);
 }
 
 /// The value of the sample `series` (name and labels, as rendered).

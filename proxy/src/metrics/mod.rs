@@ -21,7 +21,12 @@ pub struct Registry {
     recorder: Arc<PrometheusRecorder>,
     /// Each cluster's statement latencies, rendered after the recorder's families.
     latencies: Latencies,
+    /// What `/readyz` answers, once the clusters exist.
+    readiness: Arc<std::sync::OnceLock<Readiness>>,
 }
+
+/// Whether the daemon can serve (`/readyz`: 200 or 503), and why, as a JSON text.
+pub type Readiness = Box<dyn Fn() -> (bool, String) + Send + Sync>;
 
 const META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
@@ -34,7 +39,8 @@ impl Registry {
         // Histograms as Prometheus histograms (buckets), not summaries: they aggregate across
         // instances and `histogram_quantile` reads them.
         let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?;
-        let r = Self { recorder: Arc::new(builder.build_recorder()), latencies: Arc::default() };
+        let r =
+            Self { recorder: Arc::new(builder.build_recorder()), latencies: Arc::default(), readiness: Arc::default() };
         r.describe();
         if let Some(addr) = listen {
             let listener =
@@ -48,7 +54,16 @@ impl Registry {
 
     /// What renders the current metrics in Prometheus text format.
     pub fn handle(&self) -> Exposition {
-        Exposition { handle: self.recorder.handle(), latencies: Arc::clone(&self.latencies) }
+        Exposition {
+            handle: self.recorder.handle(),
+            latencies: Arc::clone(&self.latencies),
+            readiness: Arc::clone(&self.readiness),
+        }
+    }
+
+    /// What `/readyz` answers from now on (set once, when the clusters exist).
+    pub fn set_readiness(&self, readiness: Readiness) {
+        let _ = self.readiness.set(readiness);
     }
 
     /// The statement latency histograms of `cluster`.
@@ -241,6 +256,7 @@ impl Registry {
 pub struct Exposition {
     handle: PrometheusHandle,
     latencies: Latencies,
+    readiness: Arc<std::sync::OnceLock<Readiness>>,
 }
 
 impl Exposition {
@@ -298,11 +314,18 @@ async fn serve(listener: tokio::net::TcpListener, exposition: Exposition) {
             let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
             let mut words = line.split(|b| *b == b' ');
             let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-            let wanted = method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?"));
-            let (status, body) = if wanted {
-                ("200 OK", exposition.render())
-            } else {
-                ("404 Not Found", "not found: GET /metrics\n".to_owned())
+            let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+            let (status, body) = match (method, path) {
+                (b"GET", b"/metrics") => ("200 OK", exposition.render()),
+                // Alive: the process answers.
+                (b"GET", b"/healthz") => ("200 OK", "ok\n".to_owned()),
+                // Ready: every cluster can serve (a primary, or replicas in maintenance).
+                (b"GET", b"/readyz") => match exposition.readiness.get().map(|ready| ready()) {
+                    Some((true, body)) => ("200 OK", body + "\n"),
+                    Some((false, body)) => ("503 Service Unavailable", body + "\n"),
+                    None => ("503 Service Unavailable", "{\"ready\":false,\"starting\":true}\n".to_owned()),
+                },
+                _ => ("404 Not Found", "not found: GET /metrics, /healthz or /readyz\n".to_owned()),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
