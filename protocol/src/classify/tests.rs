@@ -382,7 +382,6 @@ fn mysql_dialect() {
         "/*M!100100 select 1 */",
         "SELECT a INTO @v FROM t",
         "select 1; select 2",
-        "SELECT SLEEP(1)",
     ] {
         assert!(!m(sql).is_read(), "{sql} must go to the primary");
     }
@@ -646,4 +645,30 @@ fn current_setting_of_a_parameter_or_a_role_setting_goes_to_the_primary() {
     assert!(!classify_pg("select current_setting('transaction_read_only')").is_read());
     assert!(!classify_pg("select pg_catalog.current_setting('in_hot_standby')").is_read());
     assert!(classify_pg("select lower($1)").is_read(), "other calls with parameters are reads");
+}
+
+/// MySQL/MariaDB builtins that only compute (issue 31's misses: `RAND()` and `SLEEP()` sent
+/// reads to the primary and made the session count as having written) are reads; the
+/// connection-local ones stay with the session's connection.
+#[test]
+fn mysql_builtins_that_only_compute_are_reads() {
+    for sql in [
+        "SELECT GROUP_CONCAT(name ORDER BY name SEPARATOR ',') FROM t",
+        "SELECT FLOOR(RAND() * 10)",
+        "SELECT SLEEP(2)",
+        "SELECT SUBSTRING_INDEX(email, '@', -1), FIND_IN_SET('a', tags) FROM t",
+        "SELECT JSON_LENGTH(doc), JSON_KEYS(doc), JSON_VALUE(doc, '$.a') FROM t",
+        "SELECT TIMESTAMPADD(DAY, 1, d), DAYNAME(d), TIMEDIFF(a, b), SEC_TO_TIME(3600)",
+        "SELECT JSON_ARRAYAGG(id), STD(x), BIT_XOR(flags) FROM t",
+    ] {
+        assert!(classify_mysql_with(sql, &[]).is_read(), "{sql}");
+    }
+    for sql in ["SELECT LAST_INSERT_ID()", "SELECT FOUND_ROWS()"] {
+        assert!(!classify_mysql_with(sql, &[]).is_read(), "{sql} stays with the session's connection");
+    }
+    // Words that name a function here and a statement elsewhere stay writes as statements.
+    for sql in ["TRUNCATE t", "TRUNCATE TABLE t", "INSERT INTO t VALUES (1)"] {
+        assert!(!classify_mysql_with(sql, &[]).is_read(), "{sql}");
+        assert!(!classify_pg(sql).is_read(), "{sql}");
+    }
 }
