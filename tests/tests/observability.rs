@@ -65,6 +65,8 @@ async fn healthz_and_readyz_answer_on_the_metrics_port() {
     let config = sqlswitch_config::Config::parse(&text, Path::new("<test>"), |_| None).unwrap();
     let daemon = sqlswitch::Daemon::start(config).await.unwrap();
     assert_eq!(get(live, "/healthz").await, ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned()));
+    let version = format!("sqlswitch_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(scrape(live).await.contains(&version), "the running version is exported as {version}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = get(live, "/readyz").await;

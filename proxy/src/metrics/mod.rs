@@ -42,6 +42,7 @@ impl Registry {
         let r =
             Self { recorder: Arc::new(builder.build_recorder()), latencies: Arc::default(), readiness: Arc::default() };
         r.describe();
+        r.gauge("sqlswitch_build_info", &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         if let Some(addr) = listen {
             let listener =
                 std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
@@ -102,6 +103,7 @@ impl Registry {
             self.recorder.describe_counter(KeyName::from(*name), Some(Unit::Count), SharedString::from(*help));
         }
         let gauges: &[(&'static str, Unit, &'static str)] = &[
+            ("sqlswitch_build_info", Unit::Count, "1, labelled with the running sqlswitch's version."),
             ("sqlswitch_client_sessions", Unit::Count, "Client sessions open now."),
             ("sqlswitch_backend_connections", Unit::Count, "Backend connections, by state (open, idle)."),
             (
