@@ -196,3 +196,10 @@ fn every_password_may_come_from_the_environment_or_a_file() {
     assert_eq!(err.problems[0].key, "fleet.password_env", "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_host_name_in_listen_gets_a_hint() {
+    let err = parse(&GOOD.replace("listen = \"127.0.0.1:6432\"", "listen = \"localhost:6432\"")).unwrap_err();
+    let message = &err.problems[0].message;
+    assert!(message.contains("cluster.listen") && message.contains("write an IP address and a port"), "{message}");
+}

@@ -60,7 +60,7 @@ impl Config {
             file: path.to_owned(),
             problems: vec![Problem {
                 key: String::new(),
-                message: format!("{}{}", without_value(e.message()), location(text, &e)),
+                message: format!("{}{}{}", without_value(e.message()), location(text, &e), hint(e.message())),
             }],
         })?;
         let problems = config.validate(env);
@@ -283,6 +283,16 @@ impl Config {
 /// A type error's message without the value it quotes ("invalid type: integer `123456`,
 /// expected a string" becomes "invalid type: integer, expected a string"): the value may be a
 /// password, and config errors reach logs and terminals.
+/// What to write instead, for the errors whose fix is not obvious from serde's message.
+fn hint(message: &str) -> &'static str {
+    if message.contains("invalid socket address syntax") {
+        "; write an IP address and a port (\"127.0.0.1:6432\", \"0.0.0.0:6432\", \"[::1]:6432\"): host \
+         names are not accepted here"
+    } else {
+        ""
+    }
+}
+
 pub(crate) fn without_value(message: &str) -> String {
     let prefixes = ["invalid type: ", "invalid value: ", "invalid length "];
     if !prefixes.iter().any(|p| message.starts_with(p)) {
