@@ -203,3 +203,29 @@ fn a_host_name_in_listen_gets_a_hint() {
     let message = &err.problems[0].message;
     assert!(message.contains("cluster.listen") && message.contains("write an IP address and a port"), "{message}");
 }
+
+/// The configs a new user copies: the README's reference block and every file of `examples/`
+/// load as printed (passwords from the environment).
+#[test]
+fn the_readme_block_and_the_examples_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let config = readme.split("## Config").nth(1).expect("a Config section");
+    let block = config.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let any = |_: &str| Some("from-the-environment".to_owned());
+    if let Err(e) = Config::parse(block, Path::new("README.md"), any) {
+        panic!("README's config block: {e}");
+    }
+    let mut examples = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::parse(&text, &path, any) {
+                panic!("{e}");
+            }
+            examples += 1;
+        }
+    }
+    assert!(examples >= 2, "examples/*.toml: {examples}");
+}

@@ -251,6 +251,15 @@ fn open_files_limit(clients: usize) {
 fn readable_by_others(path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    // A file whose passwords all come from the environment or files holds none to protect.
+    let text = std::fs::read_to_string(path).ok()?;
+    let inline = text.lines().map(|l| l.split('#').next().unwrap_or_default()).any(|l| {
+        l.match_indices("password")
+            .any(|(at, _)| l.get(at + "password".len()..).is_some_and(|r| r.trim_start().starts_with('=')))
+    });
+    if !inline {
+        return None;
+    }
     (mode & 0o004 != 0).then(|| {
         format!(
             "warning: {} is readable by every user (mode {:o}) and may hold passwords; chmod 600 it \
