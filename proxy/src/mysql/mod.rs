@@ -75,7 +75,7 @@ pub async fn serve(
         &hello.user,
         hello.database.as_deref(),
         hello.caps,
-        hello.ext & cluster.servers_ext(),
+        hello.ext,
         hello.charset,
         read_only_listener,
     ) else {
@@ -161,7 +161,8 @@ async fn handshake(
         anyhow::bail!("plaintext refused");
     }
     let mut response = match ClientResponse::parse(&first.payload) {
-        Ok(r) => r,
+        // Within what this handshake offered: what servers offer may have changed since.
+        Ok(r) => ClientResponse { ext: r.ext & hello.ext, ..r },
         Err(e) => {
             send_err(stream, first.last_seq.wrapping_add(1), code::HANDSHAKE, "08S01", &e.to_string()).await;
             anyhow::bail!("bad handshake response: {e}");

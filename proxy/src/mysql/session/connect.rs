@@ -119,9 +119,13 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         tls: tls.as_deref(),
     };
     let to = b.dialing(id.cluster.config.connect_timeout);
-    let open = || MyConn::connect(&to, &login);
+    // What a new connection's server offers narrows what later clients are offered.
+    let open = || async {
+        let conn = MyConn::connect(&to, &login).await?;
+        id.cluster.servers_offer(conn.server_ext);
+        Ok(conn)
+    };
     let conn = b.checkout(&id.key, id.cluster.limits(), open).await?;
-    id.cluster.servers_offer(conn.server_ext);
     match missing_behaviour(conn.caps, id.caps).or_else(|| missing_ext(conn.ext, id.ext)) {
         None => Ok(conn),
         Some(flags) => {
