@@ -74,73 +74,32 @@ impl Config {
     /// Checks the config as a whole and resolves `password_env`; returns every problem.
     pub fn validate(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut problem = |key: String, message: String| out.push(Problem { key, message });
         if self.clusters.is_empty() {
-            problem("cluster".into(), "at least one [[cluster]] is required".into());
+            add(&mut out, "cluster".into(), "at least one [[cluster]] is required".into());
         }
         if self.admin.socket.as_os_str().is_empty() {
-            problem("admin.socket".into(), "must not be empty".into());
+            add(&mut out, "admin.socket".into(), "must not be empty".into());
         }
         if let Some(f) = &mut self.fleet {
-            let given = f.password.take();
-            match resolve_secret("fleet", given, f.password_env.as_deref(), f.password_file.as_deref(), &env) {
-                Ok(secret) => f.password = secret,
-                Err((key, message)) => problem(key, message),
-            }
-            if f.etcd.is_empty() {
-                problem("fleet.etcd".into(), "at least one etcd endpoint is required".into());
-            }
-            for e in &f.etcd {
-                let tls = f.tls_ca.is_some();
-                let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
-                if !scheme_ok {
-                    problem(
-                        "fleet.etcd".into(),
-                        format!("{e:?}: write it as http://host:port (or https:// with tls_ca)"),
-                    );
-                } else if e.starts_with("https://") != tls {
-                    problem(
-                        "fleet.etcd".into(),
-                        format!("{e:?}: https:// endpoints need tls_ca, and tls_ca needs https://"),
-                    );
-                }
-            }
-            if !f.prefix.starts_with('/') || f.prefix.ends_with('/') {
-                problem("fleet.prefix".into(), format!("{:?}: must start with / and not end with /", f.prefix));
-            }
-            if f.ttl < Duration::from_secs(2) {
-                problem("fleet.ttl".into(), "must be at least 2s (etcd leases are whole seconds)".into());
-            }
-            if f.instance.as_ref().is_some_and(|i| i.is_empty() || i.contains('/')) {
-                problem("fleet.instance".into(), "must not be empty or contain /".into());
-            }
-            if f.user.is_some() != f.password.is_some() {
-                problem("fleet.user".into(), "user and password go together".into());
-            }
-            if f.tls_cert.is_some() != f.tls_key.is_some() {
-                problem("fleet.tls_cert".into(), "tls_cert and tls_key go together".into());
-            }
-            for (key, path) in [("tls_ca", &f.tls_ca), ("tls_cert", &f.tls_cert), ("tls_key", &f.tls_key)] {
-                if let Some(path) = path {
-                    if let Err(e) = std::fs::metadata(path) {
-                        problem(format!("fleet.{key}"), format!("cannot read {}: {e}", path.display()));
-                    }
-                }
-            }
+            validate_fleet(f, &env, &mut out);
         }
         let mut names = HashSet::new();
         let mut listeners = HashSet::new();
         for (ci, c) in self.clusters.iter_mut().enumerate() {
             let at = format!("cluster[{ci}]");
             if c.name.is_empty() {
-                problem(format!("{at}.name"), "must not be empty".into());
+                add(&mut out, format!("{at}.name"), "must not be empty".into());
             } else if !names.insert(c.name.clone()) {
-                problem(format!("{at}.name"), format!("cluster name {:?} is used twice", c.name));
+                add(&mut out, format!("{at}.name"), format!("cluster name {:?} is used twice", c.name));
             }
             for (key, addr) in [("listen", Some(c.listen)), ("read_only_listen", c.read_only_listen)] {
                 if let Some(addr) = addr {
                     if addr.port() != 0 && !listeners.insert(addr) {
-                        problem(format!("{at}.{key}"), format!("address {addr} is already used by another listener"));
+                        add(
+                            &mut out,
+                            format!("{at}.{key}"),
+                            format!("address {addr} is already used by another listener"),
+                        );
                     }
                 }
             }
@@ -150,11 +109,11 @@ impl Config {
                 let given = Some(std::mem::take(&mut creds.password)).filter(|p| !p.expose().is_empty());
                 match resolve_secret(&key, given, creds.password_env.as_deref(), creds.password_file.as_deref(), &env) {
                     Ok(secret) => creds.password = secret.unwrap_or_default(),
-                    Err((key, message)) => problem(key, message),
+                    Err((key, message)) => add(&mut out, key, message),
                 }
             }
             if c.monitor_interval.is_zero() {
-                problem(format!("{at}.monitor_interval"), "must be greater than zero".into());
+                add(&mut out, format!("{at}.monitor_interval"), "must be greater than zero".into());
             }
             if let Some(tls) = &c.tls {
                 for (key, path) in
@@ -162,7 +121,7 @@ impl Config {
                 {
                     if let Some(path) = path {
                         if let Err(e) = std::fs::metadata(path) {
-                            problem(format!("{at}.tls.{key}"), format!("cannot read {}: {e}", path.display()));
+                            add(&mut out, format!("{at}.tls.{key}"), format!("cannot read {}: {e}", path.display()));
                         }
                     }
                 }
@@ -171,24 +130,28 @@ impl Config {
                 let verifies = matches!(b.mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
                 match &b.ca {
                     None if verifies => {
-                        problem(format!("{at}.backend_tls.ca"), "verify-ca and verify-full need a CA file".into())
+                        add(&mut out, format!("{at}.backend_tls.ca"), "verify-ca and verify-full need a CA file".into())
                     }
                     Some(path) => {
                         if let Err(e) = std::fs::metadata(path) {
-                            problem(format!("{at}.backend_tls.ca"), format!("cannot read {}: {e}", path.display()));
+                            add(
+                                &mut out,
+                                format!("{at}.backend_tls.ca"),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
                         }
                     }
                     None => {}
                 }
             }
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {
-                problem(format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
+                add(&mut out, format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
             }
             if c.pool_idle_timeout.is_zero() {
-                problem(format!("{at}.pool_idle_timeout"), "must be greater than zero".into());
+                add(&mut out, format!("{at}.pool_idle_timeout"), "must be greater than zero".into());
             }
             if c.max_replica_lag.is_zero() {
-                problem(format!("{at}.max_replica_lag"), "must be greater than zero".into());
+                add(&mut out, format!("{at}.max_replica_lag"), "must be greater than zero".into());
             }
             for (key, value) in [
                 ("max_client_connections", c.max_client_connections),
@@ -197,86 +160,145 @@ impl Config {
                 ("max_held", c.max_held),
             ] {
                 if value == 0 {
-                    problem(format!("{at}.{key}"), "must be greater than zero".into());
+                    add(&mut out, format!("{at}.{key}"), "must be greater than zero".into());
                 }
             }
             if c.max_message_size < 1024 {
-                problem(format!("{at}.max_message_size"), "must be at least 1024 bytes".into());
+                add(&mut out, format!("{at}.max_message_size"), "must be at least 1024 bytes".into());
             }
-            if c.users.is_empty() {
-                problem(format!("{at}.user"), "at least one [[cluster.user]] is required".into());
-            }
-            let mut users = HashSet::new();
-            for (ui, u) in c.users.iter_mut().enumerate() {
-                let key = format!("{at}.user[{ui}]");
-                if u.name.is_empty() {
-                    problem(format!("{key}.name"), "must not be empty".into());
-                } else if !users.insert(u.name.clone()) {
-                    problem(format!("{key}.name"), format!("user {:?} is configured twice", u.name));
-                }
-                let given = u.password.take();
-                match resolve_secret(&key, given, u.password_env.as_deref(), u.password_file.as_deref(), &env) {
-                    Ok(Some(secret)) => u.password = Some(secret),
-                    Ok(None) => problem(key, "password, password_env or password_file is required".into()),
-                    Err((key, message)) => problem(key, message),
-                }
-            }
-            for (ri, name) in c.read_only_users.iter().enumerate() {
-                if !users.contains(name) {
-                    problem(
-                        format!("{at}.read_only_users[{ri}]"),
-                        format!("{name:?} is not a configured [[cluster.user]]"),
-                    );
-                }
-            }
+            validate_users(c, &at, &env, &mut out);
             for f in &mut c.read_only_functions {
                 f.make_ascii_lowercase();
             }
             c.read_only_functions.sort();
-            if c.backends.is_empty() {
-                problem(format!("{at}.backend"), "at least one [[cluster.backend]] is required".into());
-            }
-            if c.backends.len() > MAX_BACKENDS {
-                problem(
-                    format!("{at}.backend"),
-                    format!("at most {MAX_BACKENDS} backends per cluster (found {})", c.backends.len()),
-                );
-            }
-            let groups = c.groups();
-            for group in &groups {
-                let primaries = c.backends.iter().filter(|b| b.role == Role::Primary && b.group == *group).count();
-                if primaries != 1 {
-                    let which = if groups.len() == 1 { String::new() } else { format!(" of group {group:?}") };
-                    problem(
-                        format!("{at}.backend"),
-                        format!("exactly one backend{which} must have role = \"primary\" (found {primaries})"),
-                    );
-                }
-            }
-            let mut backends = HashSet::new();
-            for (bi, b) in c.backends.iter().enumerate() {
-                let key = format!("{at}.backend[{bi}]");
-                if b.group.is_empty() {
-                    problem(format!("{key}.group"), "must not be empty (leave it out for \"main\")".into());
-                }
-                if b.name.is_empty() {
-                    problem(format!("{key}.name"), "must not be empty".into());
-                } else if !backends.insert(b.name.clone()) {
-                    problem(format!("{key}.name"), format!("backend {:?} is configured twice", b.name));
-                }
-                let port_ok = b
-                    .address
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok && !is_unix_socket(&b.address) {
-                    problem(
-                        format!("{key}.address"),
-                        format!("{:?} is not host:port nor the absolute path of a Unix socket", b.address),
-                    );
-                }
-            }
+            validate_backends(c, &at, &mut out);
         }
         out
+    }
+}
+
+/// Records one problem.
+fn add(out: &mut Vec<Problem>, key: String, message: String) {
+    out.push(Problem { key, message });
+}
+
+/// `[fleet]`: endpoints, prefix, lease, instance name, credentials and TLS files.
+fn validate_fleet(f: &mut Fleet, env: &impl Fn(&str) -> Option<String>, out: &mut Vec<Problem>) {
+    let mut problem = |key: String, message: String| out.push(Problem { key, message });
+    let given = f.password.take();
+    match resolve_secret("fleet", given, f.password_env.as_deref(), f.password_file.as_deref(), env) {
+        Ok(secret) => f.password = secret,
+        Err((key, message)) => problem(key, message),
+    }
+    if f.etcd.is_empty() {
+        problem("fleet.etcd".into(), "at least one etcd endpoint is required".into());
+    }
+    for e in &f.etcd {
+        let tls = f.tls_ca.is_some();
+        let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
+        if !scheme_ok {
+            problem("fleet.etcd".into(), format!("{e:?}: write it as http://host:port (or https:// with tls_ca)"));
+        } else if e.starts_with("https://") != tls {
+            problem("fleet.etcd".into(), format!("{e:?}: https:// endpoints need tls_ca, and tls_ca needs https://"));
+        }
+    }
+    if !f.prefix.starts_with('/') || f.prefix.ends_with('/') {
+        problem("fleet.prefix".into(), format!("{:?}: must start with / and not end with /", f.prefix));
+    }
+    if f.ttl < Duration::from_secs(2) {
+        problem("fleet.ttl".into(), "must be at least 2s (etcd leases are whole seconds)".into());
+    }
+    if f.instance.as_ref().is_some_and(|i| i.is_empty() || i.contains('/')) {
+        problem("fleet.instance".into(), "must not be empty or contain /".into());
+    }
+    if f.user.is_some() != f.password.is_some() {
+        problem("fleet.user".into(), "user and password go together".into());
+    }
+    if f.tls_cert.is_some() != f.tls_key.is_some() {
+        problem("fleet.tls_cert".into(), "tls_cert and tls_key go together".into());
+    }
+    for (key, path) in [("tls_ca", &f.tls_ca), ("tls_cert", &f.tls_cert), ("tls_key", &f.tls_key)] {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::metadata(path) {
+                problem(format!("fleet.{key}"), format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+/// A cluster's users (named once, each with one password, resolved here) and its
+/// `read_only_users`.
+fn validate_users(c: &mut Cluster, at: &str, env: &impl Fn(&str) -> Option<String>, out: &mut Vec<Problem>) {
+    let mut problem = |key: String, message: String| out.push(Problem { key, message });
+    if c.users.is_empty() {
+        problem(format!("{at}.user"), "at least one [[cluster.user]] is required".into());
+    }
+    let mut users = HashSet::new();
+    for (ui, u) in c.users.iter_mut().enumerate() {
+        let key = format!("{at}.user[{ui}]");
+        if u.name.is_empty() {
+            problem(format!("{key}.name"), "must not be empty".into());
+        } else if !users.insert(u.name.clone()) {
+            problem(format!("{key}.name"), format!("user {:?} is configured twice", u.name));
+        }
+        let given = u.password.take();
+        match resolve_secret(&key, given, u.password_env.as_deref(), u.password_file.as_deref(), env) {
+            Ok(Some(secret)) => u.password = Some(secret),
+            Ok(None) => problem(key, "password, password_env or password_file is required".into()),
+            Err((key, message)) => problem(key, message),
+        }
+    }
+    for (ri, name) in c.read_only_users.iter().enumerate() {
+        if !users.contains(name) {
+            problem(format!("{at}.read_only_users[{ri}]"), format!("{name:?} is not a configured [[cluster.user]]"));
+        }
+    }
+}
+
+/// A cluster's backends: how many, one primary per group, names, groups and addresses.
+fn validate_backends(c: &Cluster, at: &str, out: &mut Vec<Problem>) {
+    let mut problem = |key: String, message: String| out.push(Problem { key, message });
+    if c.backends.is_empty() {
+        problem(format!("{at}.backend"), "at least one [[cluster.backend]] is required".into());
+    }
+    if c.backends.len() > MAX_BACKENDS {
+        problem(
+            format!("{at}.backend"),
+            format!("at most {MAX_BACKENDS} backends per cluster (found {})", c.backends.len()),
+        );
+    }
+    let groups = c.groups();
+    for group in &groups {
+        let primaries = c.backends.iter().filter(|b| b.role == Role::Primary && b.group == *group).count();
+        if primaries != 1 {
+            let which = if groups.len() == 1 { String::new() } else { format!(" of group {group:?}") };
+            problem(
+                format!("{at}.backend"),
+                format!("exactly one backend{which} must have role = \"primary\" (found {primaries})"),
+            );
+        }
+    }
+    let mut backends = HashSet::new();
+    for (bi, b) in c.backends.iter().enumerate() {
+        let key = format!("{at}.backend[{bi}]");
+        if b.group.is_empty() {
+            problem(format!("{key}.group"), "must not be empty (leave it out for \"main\")".into());
+        }
+        if b.name.is_empty() {
+            problem(format!("{key}.name"), "must not be empty".into());
+        } else if !backends.insert(b.name.clone()) {
+            problem(format!("{key}.name"), format!("backend {:?} is configured twice", b.name));
+        }
+        let port_ok = b
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok && !is_unix_socket(&b.address) {
+            problem(
+                format!("{key}.address"),
+                format!("{:?} is not host:port nor the absolute path of a Unix socket", b.address),
+            );
+        }
     }
 }
 
