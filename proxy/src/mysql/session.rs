@@ -26,7 +26,7 @@ use crate::cluster::Cluster;
 use crate::conn::mysql::{Login, MyConn};
 use crate::pool::PoolKey;
 use crate::route::{self, Reason};
-use crate::session::core::{Core, Tx};
+use crate::session::core::{Core, Note, Tx};
 use crate::session::state::SessionState;
 use crate::session::{Refusal, Side};
 use crate::threads::{self, Found, ThreadId};
@@ -122,8 +122,7 @@ impl<'a> MySession<'a> {
         peer: std::net::SocketAddr,
     ) -> Self {
         let mut core = Core::new(id.cluster, id.read_only);
-        core.slots[side] = Some(Box::new(first));
-        core.active = Some(side);
+        core.start(side, first);
         Self {
             client,
             cbuf,
@@ -272,60 +271,50 @@ impl<'a> MySession<'a> {
                     // Its quotes and escapes cannot be found without the character set.
                     v.class = Class::Unknown;
                 }
-                let maintenance = self.core.maintenance;
                 let may_write = v.may_write();
                 // A session the client itself declared read-only may declare itself read-write
                 // again, as directly; one made read-only by its user or listener may not.
                 let undeclares = !self.id.read_only && v.session_read_only == Some(false);
                 let temp = self.temp_use(&sql);
-                let refused = (self.core.read_only && v.refused_read_only() && !undeclares)
-                    || (maintenance.is_some() && may_write);
-                if refused && temp.is_none() {
+                let refused = self.core.refusal(v.refused_read_only() && !undeclares, may_write);
+                if let Some(refused) = refused.filter(|_| temp.is_none()) {
                     cluster.metrics.refused.increment(1);
-                    let why = match maintenance {
-                        _ if self.core.read_only => "the session is read-only",
-                        Some(why) => why,
-                        None => "the session is read-only",
-                    };
+                    let why = refused.why();
                     let text = format!("The MySQL server is running with the --read-only option so it cannot execute this statement ({why}; sqlswitch)");
                     self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
                     return Ok(());
                 }
                 if let Some(declared) = v.session_read_only.filter(|_| !self.id.read_only) {
-                    self.core.read_only = declared;
+                    self.core.set_read_only(declared);
                 }
                 let in_tx = self.in_tx();
                 let mut record = None;
-                if let Some(pin) = v.pin {
-                    self.core.state.pin();
-                    if let Some(why) = crate::session::state::unmovable(pin, true) {
-                        self.core.state.stuck(why);
-                    }
+                let note = if let Some(pin) = v.pin {
+                    Note { pins: true, unmovable: crate::session::state::unmovable(pin, true) }
                 } else if v.session && in_tx {
-                    self.core.state.stuck("session state set inside a transaction");
+                    Note { pins: true, unmovable: Some("session state set inside a transaction") }
                 } else if v.session && (v.statements > 1 || legacy) {
-                    self.core.state.stuck("session state that sqlswitch cannot replay");
-                } else if v.class == Class::Session {
+                    Note { pins: true, unmovable: Some("session state that sqlswitch cannot replay") }
+                } else {
                     // `SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE` pins the session to
                     // the primary and, like any session setting, is replayed on every server
                     // connection it takes (the new primary's after a switchover included).
-                    if v.serializable {
-                        self.core.state.pin();
+                    if v.class == Class::Session {
+                        record = Some(sql.into_owned());
                     }
-                    record = Some(sql.into_owned());
-                } else if v.serializable {
-                    self.core.state.pin();
-                }
+                    Note { pins: v.serializable, unmovable: None }
+                };
+                self.core.note(note);
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
-                let last = self.core.active.and_then(|side| self.core.slots[side].as_ref().map(|s| (side, s.backend)));
+                let last = self.core.active().and_then(|side| self.core.slot(side).map(|s| (side, s.backend)));
                 if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
                     Plan { side, backend, reason: Reason::Transaction, read: true, record: None, temp: None }
                 } else {
                     let batch = route::Batch {
                         read: v.is_read(),
                         begins_read_only_tx: matches!(v.class, Class::Tx(TxControl::Begin(o)) if o.read_only == Some(true)),
-                        session_state: record.is_some() || self.core.state.pinned(),
+                        session_state: record.is_some() || self.core.state().pinned(),
                     };
                     let mut plan = self.plan(&batch, record);
                     plan.temp = temp;
@@ -358,9 +347,9 @@ impl<'a> MySession<'a> {
                     self.statements.set_long_data(id, true);
                 }
                 if cmd == command::SET_OPTION {
-                    self.core.state.stuck("a connection option (COM_SET_OPTION)");
+                    self.core.note(Note { pins: true, unmovable: Some("a connection option (COM_SET_OPTION)") });
                 } else if cmd == command::RESET_CONNECTION {
-                    self.core.state.pin();
+                    self.core.note(Note { pins: true, unmovable: None });
                     self.wait_timeout = None;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };
@@ -469,10 +458,7 @@ impl<'a> MySession<'a> {
                             if let Some(wait) = super::timeout::set_by(&sql) {
                                 self.wait_timeout = wait;
                             }
-                            self.core.state.record(sql);
-                            if let Some(slot) = self.core.slots[plan.side].as_mut() {
-                                slot.applied.replayed = self.core.state.replay.len();
-                            }
+                            self.core.recorded(plan.side, sql);
                         }
                     }
                     if plan.side == Side::Primary && !plan.read && plan.reason != Reason::SessionState {
@@ -567,7 +553,7 @@ impl<'a> MySession<'a> {
         self.thread.set_target(Some((plan.backend, slot.conn.thread_id)));
         slot.conn.stream.send(wire).await?;
         // A closed statement is closed on the session's other connection too (no answer comes).
-        if let Some(o) = self.core.slots[side.other()].as_mut() {
+        if let Some(o) = self.core.slot_mut(side.other()) {
             if let Some((_, id)) = close_elsewhere.iter().find(|(c, _)| *c == o.serial) {
                 let mut payload = vec![command::STMT_CLOSE];
                 payload.extend_from_slice(&id.to_le_bytes());
@@ -576,7 +562,7 @@ impl<'a> MySession<'a> {
                 o.conn.stream.send(&close).await?;
             }
         }
-        self.core.active = Some(plan.side);
+        self.core.activate(plan.side);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use super::session::{End, Identity, Session, StateChange, Waiting};
 use crate::backend::BackendError;
 use crate::conn::pg::{BackendConn, Login};
 use crate::route::Reason;
-use crate::session::core::Tx;
+use crate::session::core::{Note, Tx};
 use crate::session::{Refusal, Side};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -31,7 +31,7 @@ impl Session<'_> {
     pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
         let (side, backend, reason) = match self.batch.side {
             Some(side) => {
-                let backend = self.core.slots[side].as_ref().map_or(0, |s| s.backend);
+                let backend = self.core.slot(side).map_or(0, |s| s.backend);
                 (side, backend, None)
             }
             None => {
@@ -51,7 +51,7 @@ impl Session<'_> {
                         // the answers is to this primary; else the answers come first, and
                         // then this batch is at a boundary.
                         let prepares_only = self.batch.statements == 0 && !self.batch.parses_unnamed;
-                        let here = self.core.slots[side].as_ref().is_some_and(|s| s.backend == backend);
+                        let here = self.core.slot(side).is_some_and(|s| s.backend == backend);
                         if here && self.core.try_pass(!prepares_only, self.batch.view().read) {
                             break (side, backend, Some(reason));
                         }
@@ -61,8 +61,8 @@ impl Session<'_> {
                     if !at_boundary {
                         break (side, backend, Some(reason));
                     }
-                    if let Some(why) = self.core.maintenance.filter(|_| self.batch.maybe_writes) {
-                        let text = format!("cannot execute a write: {why} (sqlswitch)");
+                    if let Some(refused) = self.core.refusal(false, self.batch.maybe_writes) {
+                        let text = format!("cannot execute a write: {} (sqlswitch)", refused.why());
                         Box::pin(self.refuse_pending(&text)).await?;
                         return Ok(true);
                     }
@@ -105,12 +105,7 @@ impl Session<'_> {
                 None => StateChange::ForgetAll,
             });
         }
-        if self.batch.pins {
-            self.core.state.pin();
-        }
-        if let Some(why) = self.batch.unmovable {
-            self.core.state.stuck(why);
-        }
+        self.core.note(Note { pins: self.batch.pins, unmovable: self.batch.unmovable });
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
@@ -118,7 +113,7 @@ impl Session<'_> {
         // (taking a connection, replaying state, a failed write, falling back) is boxed.
         let mut written = None;
         if self.slot_settled(side, backend, binds.as_slice()) {
-            if let Some(slot) = self.core.slots[side].as_mut() {
+            if let Some(slot) = self.core.slot_mut(side) {
                 written = Some(slot.conn.stream.send(&bytes).await.is_ok());
             }
         }
@@ -141,7 +136,7 @@ impl Session<'_> {
         let pipelined = self.outstanding > 0;
         let alone = !pipelined && self.tx() == TxStatus::Idle;
         let on_replica = side == Side::Replica && self.batch.complete && !self.batch.needs_unnamed_from;
-        if on_replica && (alone || self.core.active == Some(Side::Replica)) {
+        if on_replica && (alone || self.core.active() == Some(Side::Replica)) {
             self.retry_binds.copy_from(&binds);
             self.retry = Some(bytes);
         } else {
@@ -165,9 +160,8 @@ impl Session<'_> {
             self.batch.session_sql = None;
         }
         if self.batch.needs_unnamed_from {
-            let side = self.unnamed_side.or(self.core.active).unwrap_or(Side::Primary);
-            let backend =
-                self.core.slots[side].as_ref().map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
+            let side = self.unnamed_side.or(self.core.active()).unwrap_or(Side::Primary);
+            let backend = self.core.slot(side).map_or_else(|| self.id.cluster.table.load().primary, |s| s.backend);
             return self.wait_or(side, backend, Reason::Transaction);
         }
         let tx = if busy { Tx::Open } else { Tx::None };
@@ -176,7 +170,7 @@ impl Session<'_> {
     }
 
     fn wait_or(&self, side: Side, backend: usize, reason: Reason) -> Option<(Side, usize, Reason)> {
-        if self.outstanding > 0 && self.core.active != Some(side) {
+        if self.outstanding > 0 && self.core.active() != Some(side) {
             return None;
         }
         Some((side, backend, reason))
@@ -199,7 +193,7 @@ impl Session<'_> {
             if !failed {
                 match self.ready_slot(side, backend, binds).await {
                     Ok(()) => {
-                        let slot = self.core.slots[side].as_mut().ok_or(End::BackendGone)?;
+                        let slot = self.core.slot_mut(side).ok_or(End::BackendGone)?;
                         failed = slot.conn.stream.send(bytes).await.is_err();
                         if !failed {
                             return Ok(Some(side));
@@ -317,9 +311,10 @@ impl Session<'_> {
         let id = &self.id;
         let open = |backend| acquire(id, backend);
         self.core.ready(side, backend, id.key, tx, open).await?;
-        let slot = self.core.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        let (slot, state) =
+            self.core.slot_with_state(side).ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         for name in binds {
-            let Some(stmt) = self.core.state.statement(name) else { continue };
+            let Some(stmt) = state.statement(name) else { continue };
             let Some(close_first) = slot.applied.needs(name, stmt.generation) else { continue };
             prepare(&mut slot.conn, name, &stmt.parse, close_first).await?;
             slot.applied.prepared.insert(name.clone(), stmt.generation);
@@ -333,21 +328,28 @@ impl Session<'_> {
         if !self.core.settled(side, backend, Tx::None) {
             return false;
         }
-        let Some(slot) = self.core.slots[side].as_ref() else { return false };
+        let Some(slot) = self.core.slot(side) else { return false };
         binds.iter().all(|name| {
-            self.core.state.statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
+            self.core.state().statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
         })
     }
 
     /// Bookkeeping after the batch went to `side`.
     fn after_send(&mut self, side: Side, reason: Option<Reason>, writes: bool) {
-        let Some(slot) = self.core.slots[side].as_mut() else { return };
+        let activates = self.core.active() != Some(side);
+        let Some(slot) = self.core.slot_mut(side) else { return };
         for (name, generation) in self.batch.parsed.drain(..) {
             slot.applied.prepared.insert(name, generation);
         }
+        for name in &self.batch.closes {
+            slot.applied.prepared.remove(name);
+        }
+        let backend = slot.backend;
+        if activates {
+            self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
+        }
         for name in self.batch.closes.drain(..) {
-            slot.applied.prepared.remove(&name);
-            self.core.state.forget(&name);
+            self.core.forget(&name);
         }
         if self.batch.parses_unnamed {
             self.unnamed_side = Some(side);
@@ -355,13 +357,12 @@ impl Session<'_> {
         if side == Side::Primary && writes {
             self.writes_in_flight = true;
         }
-        self.id.cluster.backends[slot.backend].queries.fetch_add(u64::from(self.batch.statements), Relaxed);
+        self.id.cluster.backends[backend].queries.fetch_add(u64::from(self.batch.statements), Relaxed);
         if let Some(reason) = reason {
             self.id.cluster.metrics.count_routed(side == Side::Replica, reason, u64::from(self.batch.statements));
         }
-        if self.core.active != Some(side) {
-            self.id.cancel.set_target(Some(slot.conn.cancel.clone()));
-            self.core.active = Some(side);
+        if activates {
+            self.core.activate(side);
         }
         if self.outstanding == 0 && self.batch.syncs > 0 {
             self.timing = Some(std::time::Instant::now());
@@ -376,9 +377,8 @@ impl Session<'_> {
     /// primary; an idle connection is dropped quietly and replaced at next use; anything else
     /// ends the session with an error.
     pub(super) async fn backend_failed(&mut self) -> Result<(), End> {
-        let Some(side) = self.core.active else { return Ok(()) };
-        let was_idle =
-            self.outstanding == 0 && self.core.slots[side].as_ref().is_some_and(|s| s.conn.tx == TxStatus::Idle);
+        let Some(side) = self.core.active() else { return Ok(()) };
+        let was_idle = self.outstanding == 0 && self.core.slot(side).is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
         if self.retry.is_some() && self.outstanding == 1 {
             warn!("a replica failed before answering; sending the read to the primary");
@@ -405,8 +405,8 @@ impl Session<'_> {
         match sent? {
             Some(side) => {
                 self.outstanding += 1;
-                self.id.cancel.set_target(self.core.slots[side].as_ref().map(|s| s.conn.cancel.clone()));
-                self.core.active = Some(side);
+                self.id.cancel.set_target(self.core.slot(side).map(|s| s.conn.cancel.clone()));
+                self.core.activate(side);
             }
             None => self.waiting = None,
         }
@@ -425,7 +425,7 @@ impl Session<'_> {
         if remember {
             if let Some(retry) = self.retry.clone() {
                 for name in remember_statements(cluster, &retry) {
-                    self.core.state.not_read(&name);
+                    self.core.not_read(&name);
                 }
             }
         }

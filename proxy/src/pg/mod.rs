@@ -80,8 +80,8 @@ pub async fn serve(accepted: Box<Accepted>) {
     // future does not keep a copy of it for this line.
     debug!(?end, "session ended");
     let busy = (!session.is_idle()).then_some(session.active_side()).flatten();
-    let slots = std::mem::take(&mut session.core.slots);
-    let reusable = !session.core.state.custom_settings;
+    let slots = session.core.take_all();
+    let reusable = !session.core.state().custom_settings();
     drop(session);
     // Boxed, as the login: the session's future stays the size of what it waits on most.
     Box::pin(async {
@@ -276,7 +276,7 @@ impl crate::session::core::Link for BackendConn {
         key: &PoolKey,
         state: &crate::session::state::SessionState,
     ) {
-        if state.custom_settings {
+        if state.custom_settings() {
             // A custom parameter's placeholder survives every reset: not for another session.
             self.terminate().await;
         } else {

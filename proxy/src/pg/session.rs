@@ -165,12 +165,12 @@ impl<'a> Session<'a> {
     }
 
     pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {
-        self.core.slots[side].as_deref_mut()
+        self.core.slot_mut(side)
     }
 
     /// The transaction status of the active connection.
     pub(super) fn tx(&self) -> TxStatus {
-        self.core.active.and_then(|s| self.core.slots[s].as_ref()).map_or(TxStatus::Idle, |s| s.conn.tx)
+        self.core.active().and_then(|s| self.core.slot(s)).map_or(TxStatus::Idle, |s| s.conn.tx)
     }
 
     /// Whether nothing is in flight and no transaction is open.
@@ -184,7 +184,7 @@ impl<'a> Session<'a> {
 
     /// The connection owing answers, if any.
     pub fn active_side(&self) -> Option<Side> {
-        self.core.active
+        self.core.active()
     }
 
     /// The client socket, for the final words.
@@ -232,8 +232,8 @@ impl<'a> Session<'a> {
             if stuck {
                 moved_timer.arm(MOVED_CHECK);
             }
-            let active = match self.core.active {
-                Some(side) => self.core.slots[side].as_deref_mut(),
+            let active = match self.core.active() {
+                Some(side) => self.core.slot_mut(side),
                 None => None,
             };
             let step = tokio::select! {
@@ -365,9 +365,11 @@ impl<'a> Session<'a> {
                         // A replica refused it before, or its quotes cannot be found for sure.
                         verdict.class = classify::Class::Unknown;
                     }
-                    self.core.state.custom_settings |= verdict.custom_setting;
-                    if self.core.read_only_now() && verdict.refused_read_only() {
-                        if !Box::pin(self.refuse(header.tag, len)).await? {
+                    if verdict.custom_setting {
+                        self.core.custom_setting();
+                    }
+                    if let Some(refused) = self.core.refusal(verdict.refused_read_only(), false) {
+                        if !Box::pin(self.refuse(header.tag, len, refused)).await? {
                             return Ok(());
                         }
                         continue;
@@ -383,12 +385,12 @@ impl<'a> Session<'a> {
                         self.batch.parses_unnamed = true;
                     } else {
                         let parse = Bytes::copy_from_slice(&self.cbuf[at..at + len]);
-                        let generation = self.core.state.define(name, parse, verdict.is_read());
+                        let generation = self.core.define(name, parse, verdict.is_read());
                         self.batch.parsed.push((name.to_owned(), generation));
                     }
                 }
                 fe::BIND | fe::DESCRIBE | fe::CLOSE => match statement_name(header.tag, body) {
-                    Ok(name) => note_statement_use(&mut self.batch, &mut self.core.state, header.tag, name),
+                    Ok(name) => note_statement_use(&mut self.batch, self.core.state(), header.tag, name),
                     Err(e) => return Err(self.client_error(e).await),
                 },
                 fe::EXECUTE => self.batch.statements += 1,
@@ -416,7 +418,7 @@ impl<'a> Session<'a> {
                 }
                 fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
                     // Part of a COPY already running on the active connection.
-                    self.batch.side = self.batch.side.or(self.core.active);
+                    self.batch.side = self.batch.side.or(self.core.active());
                 }
                 fe::FLUSH => {}
                 other => {
@@ -461,7 +463,7 @@ impl<'a> Session<'a> {
 }
 
 /// Records a Bind, Describe or Close of a named (or the unnamed) statement.
-fn note_statement_use(batch: &mut OpenBatch, state: &mut SessionState, tag: u8, name: Option<&str>) {
+fn note_statement_use(batch: &mut OpenBatch, state: &SessionState, tag: u8, name: Option<&str>) {
     let Some(name) = name else { return };
     if tag == fe::CLOSE {
         if !name.is_empty() {

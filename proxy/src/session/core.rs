@@ -146,21 +146,53 @@ impl Tx {
 }
 
 /// The core of one session over connections of type `C`.
+///
+/// Its fields are its own: an adapter reads them through accessors and changes them only
+/// through the methods that keep the rules (what a statement does to the session state, which
+/// connection is active, when a connection is taken, replaced or given back).
 pub struct Core<'a, C> {
     /// The cluster the session belongs to.
-    pub cluster: &'a Cluster,
+    cluster: &'a Cluster,
     /// The primary and replica connections.
-    pub slots: Pair<Box<Slot<'a, C>>>,
+    slots: Pair<Box<Slot<'a, C>>>,
     /// The connection that ran the last statement (owing answers, or holding the transaction).
-    pub active: Option<Side>,
+    active: Option<Side>,
     /// What moves with the session from connection to connection.
-    pub state: SessionState,
+    state: SessionState,
     /// The session is read-only by its user, listener or its own declaration.
-    pub read_only: bool,
+    read_only: bool,
     /// Why the cluster's primary cannot be used ([`Cluster::maintenance`]), as it was at the
     /// session's last transaction boundary: a transaction ends as it began.
-    pub maintenance: Option<&'static str>,
+    maintenance: Option<&'static str>,
     primary_work: PrimaryWork,
+}
+
+/// What a statement does to the session's standing, as its adapter classified it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Note {
+    /// It keeps the session on the primary from now on (SERIALIZABLE, a lock, ...).
+    pub pins: bool,
+    /// It leaves state on its connection that cannot move to another server, and why.
+    pub unmovable: Option<&'static str>,
+}
+
+/// Why a statement is refused before it reaches any server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It writes, and the session is read-only (by its user, its listener or itself).
+    ReadOnly,
+    /// It may write, and the cluster is in maintenance (why).
+    Maintenance(&'static str),
+}
+
+impl Refused {
+    /// The reason, for the client's error.
+    pub fn why(self) -> &'static str {
+        match self {
+            Refused::ReadOnly => "this is a read-only session",
+            Refused::Maintenance(why) => why,
+        }
+    }
 }
 
 impl<C> Drop for Core<'_, C> {
@@ -181,6 +213,141 @@ impl<'a, C: Link> Core<'a, C> {
             maintenance: None,
             primary_work: PrimaryWork::default(),
         }
+    }
+
+    /// `side`'s connection, if it has one.
+    pub fn slot(&self, side: Side) -> Option<&Slot<'a, C>> {
+        self.slots[side].as_deref()
+    }
+
+    /// `side`'s connection, if it has one, to run or read on.
+    pub fn slot_mut(&mut self, side: Side) -> Option<&mut Slot<'a, C>> {
+        self.slots[side].as_deref_mut()
+    }
+
+    /// `side`'s connection with the session state, to bring the connection up to it (the
+    /// adapter's own per-connection state: prepared statements).
+    pub fn slot_with_state(&mut self, side: Side) -> Option<(&mut Slot<'a, C>, &SessionState)> {
+        let slot = self.slots[side].as_deref_mut()?;
+        Some((slot, &self.state))
+    }
+
+    /// The connection that ran the last statement.
+    pub fn active(&self) -> Option<Side> {
+        self.active
+    }
+
+    /// `side` ran the session's last statement (when it has a connection).
+    pub fn activate(&mut self, side: Side) {
+        if self.slots[side].is_some() {
+            self.active = Some(side);
+        }
+    }
+
+    /// The session state that moves with the session.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The session declared itself read-only (`true`) or read-write again; or, at a change
+    /// of user, the new user's standing.
+    pub fn set_read_only(&mut self, on: bool) {
+        self.read_only = on;
+    }
+
+    /// Whether a statement is refused before it reaches any server, and why: one the
+    /// classifier knows to write (`refused_read_only`) in a read-only session, or one that may
+    /// write (`may_write`, or known to) while the cluster is in maintenance. The session's own
+    /// read-only standing is the reason given when both hold.
+    pub fn refusal(&self, refused_read_only: bool, may_write: bool) -> Option<Refused> {
+        if self.read_only && refused_read_only {
+            return Some(Refused::ReadOnly);
+        }
+        self.maintenance.filter(|_| may_write || refused_read_only).map(Refused::Maintenance)
+    }
+
+    /// Takes in the session's first connection (at login or a change of user), as `side`'s
+    /// and active.
+    pub fn start(&mut self, side: Side, slot: Slot<'a, C>) {
+        self.slots[side] = Some(Box::new(slot));
+        self.active = Some(side);
+    }
+
+    /// Takes `side`'s connection out of the session (to stop it, or because it cannot be used
+    /// further); the caller closes it. Unlike [`Core::drop_slot`] the backend is not blamed.
+    pub fn take(&mut self, side: Side) -> Option<Box<Slot<'a, C>>> {
+        if self.active == Some(side) {
+            self.active = None;
+        }
+        self.slots[side].take()
+    }
+
+    /// Both connections, out of the session at its end (the caller closes or pools them).
+    pub fn take_all(&mut self) -> Pair<Box<Slot<'a, C>>> {
+        self.active = None;
+        std::mem::take(&mut self.slots)
+    }
+
+    /// Nothing of the session carries over (a change of user; the caller released the
+    /// connections first).
+    pub fn reset(&mut self, read_only: bool) {
+        self.state = SessionState::default();
+        self.read_only = read_only;
+    }
+
+    /// What a statement does to the session's standing: pins it to the primary, or makes it
+    /// unmovable (which pins it too).
+    pub fn note(&mut self, note: Note) {
+        if note.pins || note.unmovable.is_some() {
+            self.state.pin();
+        }
+        if let Some(why) = note.unmovable {
+            self.state.stuck(why);
+        }
+    }
+
+    /// A session-state statement `sql` succeeded on `side`: it is replayed on every other
+    /// connection the session takes; the one that ran it has it.
+    pub fn recorded(&mut self, side: Side, sql: String) {
+        self.state.record(sql);
+        if let Some(slot) = self.slots[side].as_mut() {
+            slot.applied.replayed = self.state.replay.len();
+        }
+    }
+
+    /// The session's state was discarded on `side` (`DISCARD ALL`): its statements and
+    /// settings are gone; the other connection still holds them and is replaced before its
+    /// next use.
+    pub fn discarded(&mut self, side: Side) {
+        self.state.forget_all();
+        self.state.replay.clear();
+        for (at, slot) in self.slots.iter_mut() {
+            if let Some(slot) = slot {
+                slot.applied = Applied::default();
+                slot.stale = at != side;
+            }
+        }
+    }
+
+    /// The client (re)defined the named statement `name` with its Parse `parse`; returns its
+    /// generation.
+    pub fn define(&mut self, name: &str, parse: bytes::Bytes, read: bool) -> u64 {
+        self.state.define(name, parse, read)
+    }
+
+    /// The client closed the named statement `name`.
+    pub fn forget(&mut self, name: &str) {
+        self.state.forget(name);
+    }
+
+    /// The named statement `name` turned out not to be a read (a replica refused it).
+    pub fn not_read(&mut self, name: &str) {
+        self.state.not_read(name);
+    }
+
+    /// The session may have set a custom parameter: its connections are closed, not pooled.
+    pub fn custom_setting(&mut self) {
+        self.state.custom_settings = true;
     }
 
     /// At a transaction boundary: takes the cluster's maintenance state for what follows.

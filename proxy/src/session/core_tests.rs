@@ -263,3 +263,64 @@ async fn whenever_settled_holds_ready_does_nothing() {
     assert!(settled_cases >= 8, "the common case is covered: {settled_cases}");
     assert_eq!(released.load(Ordering::SeqCst), 0, "nothing released");
 }
+
+#[test]
+fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    core.note(Note::default());
+    assert!(!core.state().pinned(), "a plain statement leaves the session free");
+    core.note(Note { pins: true, unmovable: None });
+    assert!(core.state().pinned() && core.state().unmovable().is_none(), "pinned to the primary, still movable");
+    core.note(Note { pins: false, unmovable: Some("a temporary table") });
+    assert_eq!(core.state().unmovable(), Some("a temporary table"), "an unmovable note implies the pin");
+    core.note(Note { pins: true, unmovable: Some("LISTEN") });
+    assert_eq!(core.state().unmovable(), Some("a temporary table"), "the first reason is the one told");
+}
+
+#[test]
+fn a_recorded_setting_is_replayed_on_the_other_connection_only_and_discard_forgets_it() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
+    core.recorded(Side::Primary, "SET TimeZone = 'UTC'".into());
+    assert_eq!(core.slot(Side::Primary).map(|s| s.applied.replayed), Some(1), "the connection that ran it has it");
+    assert!(!core.settled(Side::Replica, 1, Tx::None), "the replica's connection must be given it first");
+    assert!(core.settled(Side::Primary, 0, Tx::None));
+    core.discarded(Side::Replica);
+    assert!(core.state().replay.is_empty(), "DISCARD ALL forgets the session's settings");
+    assert!(core.slot(Side::Primary).is_some_and(|s| s.stale), "the connection that still holds them is replaced");
+    assert!(core.slot(Side::Replica).is_some_and(|s| !s.stale && s.applied.replayed == 0));
+}
+
+#[test]
+fn a_write_is_refused_for_the_session_first_then_for_maintenance() {
+    let cluster = cluster();
+    let mut core = Core::<Fake>::new(&cluster, true);
+    assert_eq!(core.refusal(true, true), Some(Refused::ReadOnly));
+    assert_eq!(core.refusal(false, true), None, "a read-only session's unsure statement goes to a replica's refusal");
+    core.maintenance = Some("the primary is away");
+    assert_eq!(core.refusal(true, true), Some(Refused::ReadOnly), "the session's own standing is the reason given");
+    core.set_read_only(false);
+    assert_eq!(core.refusal(false, true), Some(Refused::Maintenance("the primary is away")));
+    assert_eq!(core.refusal(false, false), None, "reads go on in maintenance");
+}
+
+#[test]
+fn a_taken_connection_is_no_longer_active_and_a_start_makes_one_active() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    assert_eq!(core.active(), Some(Side::Primary));
+    assert!(core.take(Side::Primary).is_some());
+    assert_eq!(core.active(), None, "no active side points at a connection the session gave up");
+    core.activate(Side::Primary);
+    assert_eq!(core.active(), None, "a side without a connection is never made active");
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    core.start(Side::Replica, Slot::new(&cluster, 1, conn));
+    assert_eq!(core.active(), Some(Side::Replica));
+    assert!(core.take_all().into_iter().any(|(_, s)| s.is_some()) && core.active().is_none());
+}

@@ -41,14 +41,14 @@ pub struct SessionState {
     statements: HashMap<String, Statement>,
     generation: u64,
     /// Session-state statements that succeeded, in order.
-    pub replay: Vec<String>,
+    pub(super) replay: Vec<String>,
     /// Where the session may run from now on ([`Stay`]).
     stay: Stay,
     /// When the last write was acknowledged (clock micros).
-    pub last_write: Option<u64>,
+    pub(super) last_write: Option<u64>,
     /// The session may have set a custom parameter (`myapp.tenant`): its connections keep a
     /// placeholder that no reset removes, so they are closed, not pooled, when it is done.
-    pub custom_settings: bool,
+    pub(super) custom_settings: bool,
 }
 
 /// The reason a session that ran `LISTEN` cannot move: it waits for notifications that only
@@ -76,7 +76,7 @@ const MAX_REPLAY: usize = 64;
 
 impl SessionState {
     /// Records a Parse of a named statement; returns its generation.
-    pub fn define(&mut self, name: &str, parse: Bytes, read: bool) -> u64 {
+    pub(super) fn define(&mut self, name: &str, parse: Bytes, read: bool) -> u64 {
         self.generation += 1;
         let generation = self.generation;
         self.statements.insert(name.to_owned(), Statement { parse, generation, read });
@@ -90,17 +90,22 @@ impl SessionState {
 
     /// The session holds state that cannot move (`why`): it stays on its primary connection.
     /// The first reason is kept.
-    pub fn stuck(&mut self, why: &'static str) {
+    pub(super) fn stuck(&mut self, why: &'static str) {
         if !matches!(self.stay, Stay::Unmovable(_)) {
             self.stay = Stay::Unmovable(why);
         }
     }
 
     /// The session holds state only the primary has: it runs there from now on.
-    pub fn pin(&mut self) {
+    pub(super) fn pin(&mut self) {
         if self.stay == Stay::Free {
             self.stay = Stay::Primary;
         }
+    }
+
+    /// Whether the session may have set a custom parameter ([`SessionState::custom_settings`]).
+    pub fn custom_settings(&self) -> bool {
+        self.custom_settings
     }
 
     /// Whether the session runs on the primary only.
@@ -117,24 +122,24 @@ impl SessionState {
     }
 
     /// A replica refused `name` as "not on a standby": it runs on the primary from now on.
-    pub fn not_read(&mut self, name: &str) {
+    pub(super) fn not_read(&mut self, name: &str) {
         if let Some(s) = self.statements.get_mut(name) {
             s.read = false;
         }
     }
 
     /// The client closed `name`.
-    pub fn forget(&mut self, name: &str) {
+    pub(super) fn forget(&mut self, name: &str) {
         self.statements.remove(name);
     }
 
     /// `DISCARD ALL` / `DEALLOCATE ALL` dropped every prepared statement.
-    pub fn forget_all(&mut self) {
+    pub(super) fn forget_all(&mut self) {
         self.statements.clear();
     }
 
     /// A session-state statement succeeded on the primary.
-    pub fn record(&mut self, sql: String) {
+    pub(super) fn record(&mut self, sql: String) {
         if self.replay.len() >= MAX_REPLAY {
             self.stuck("more session state than sqlswitch replays");
         } else {

@@ -53,11 +53,10 @@ impl MySession<'_> {
         // Nothing of the old session carries over.
         self.core.release_all(&self.id.key).await;
         self.wait_timeout = None;
-        self.core.state = SessionState::default();
         self.statements = Statements::default();
         self.temp_tables.clear();
         self.temp_home = None;
-        self.core.read_only = new_id.read_only;
+        self.core.reset(new_id.read_only);
         new_id.scramble = std::mem::take(&mut self.id.scramble);
         self.id = new_id;
         self.thread.set_user(&self.id.user);
@@ -67,8 +66,7 @@ impl MySession<'_> {
                 let side = if cluster.table.load().is_primary(index) { Side::Primary } else { Side::Replica };
                 let mut out = BytesMut::new();
                 packet::encode(&mut out, seq, &ok_payload(conn.status));
-                self.core.slots[side] = Some(Box::new(MySlot::new(cluster, index, conn)));
-                self.core.active = Some(side);
+                self.core.start(side, MySlot::new(cluster, index, conn));
                 self.client.send(&out).await.map_err(|_| End::ClientGone)?;
                 debug!(user = %self.id.user, "changed user");
                 Ok(())
@@ -84,16 +82,13 @@ impl MySession<'_> {
 
     /// Stops the query running on `side`'s connection and drops the connection.
     pub(super) async fn kill_query(&mut self, side: Side) {
-        let Some(slot) = self.core.slots[side].take() else { return };
+        let Some(slot) = self.core.take(side) else { return };
         let thread = slot.conn.thread_id;
         match self.kill_thread(slot.backend, thread).await {
             Ok(()) => debug!(thread, "stopped the query of a client that left"),
             Err(e) => warn!(thread, error = %e, "could not stop the query of a client that left"),
         }
         slot.conn.quit().await;
-        if self.core.active == Some(side) {
-            self.core.active = None;
-        }
     }
 
     /// `KILL QUERY <thread>` on `backend`, sent as the session's user (who may always stop its
@@ -111,7 +106,7 @@ impl MySession<'_> {
     fn own_server_thread(&self, thread: u32) -> bool {
         [Side::Primary, Side::Replica]
             .into_iter()
-            .any(|side| self.core.slots[side].as_ref().is_some_and(|s| s.conn.thread_id == thread))
+            .any(|side| self.core.slot(side).is_some_and(|s| s.conn.thread_id == thread))
     }
 
     /// A client's `KILL [QUERY | CONNECTION] <id>`, with the proxy's connection ids (or the

@@ -16,7 +16,7 @@ impl MySession<'_> {
         prepared_sql: Option<&[u8]>,
     ) -> Result<bool, Fail> {
         let statements = &mut self.statements;
-        let Some(slot) = self.core.slots[side].as_mut() else { return Err(Fail::Backend { forwarded: false }) };
+        let Some(slot) = self.core.slot_mut(side) else { return Err(Fail::Backend { forwarded: false }) };
         let conn_id = slot.serial;
         let conn = &mut slot.conn;
         let mut first_packet = true;

@@ -23,12 +23,12 @@ impl MySession<'_> {
     /// the connection is read-only again, and the session's tables are noted. Returns false
     /// when the connection could not be made read-only again (it is then not used further).
     pub(super) async fn temp_done(&mut self, temp: TempUse, failed: bool, side: Side, backend: usize) -> bool {
-        let restored = match self.core.slots[side].as_mut() {
+        let restored = match self.core.slot_mut(side) {
             Some(slot) => slot.conn.simple_query("SET SESSION TRANSACTION READ ONLY").await.is_ok(),
             None => false,
         };
         if !restored {
-            self.core.slots[side] = None;
+            self.core.take(side);
             return false;
         }
         if failed {

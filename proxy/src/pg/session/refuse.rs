@@ -3,11 +3,12 @@
 //! skipping to the next Sync, and a malformed message (a FATAL error, then the end).
 
 use super::*;
+use crate::session::core::Refused;
 
 impl Session<'_> {
     /// Refuses the write at offset `batch.len` (a `Q` or `P` of `len` bytes). Returns false when
     /// it must wait for the active connection's answers first.
-    pub(super) async fn refuse(&mut self, tag: u8, len: usize) -> Result<bool, End> {
+    pub(super) async fn refuse(&mut self, tag: u8, len: usize, refused: Refused) -> Result<bool, End> {
         if self.batch.len > 0 && tag == fe::PARSE {
             // Earlier messages of this pipeline go out first; our error rides before its Sync's answer.
             if !self.dispatch().await? {
@@ -22,11 +23,8 @@ impl Session<'_> {
         self.id.cluster.metrics.refused.increment(1);
         self.cbuf.advance(len);
         let mut err = BytesMut::new();
-        let text = match self.core.maintenance.filter(|_| !self.id.read_only) {
-            Some(why) => format!("cannot execute a write: {why} (sqlswitch refused it before it reached any server)"),
-            None => "cannot execute a write in a read-only session (sqlswitch refused it before it reached any server)"
-                .to_owned(),
-        };
+        let why = refused.why();
+        let text = format!("cannot execute a write: {why} (sqlswitch refused it before it reached any server)");
         msg::error_response(&mut err, Severity::Error, sqlstate::READ_ONLY_SQL_TRANSACTION, &text);
         self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::READ_ONLY_SQL_TRANSACTION));
         if tag == fe::QUERY && !pipeline {
@@ -50,7 +48,7 @@ impl Session<'_> {
                 self.send_client(&out).await
             }
             Skip::ForwardSync => {
-                let side = self.batch.side.or(self.core.active).unwrap_or(Side::Primary);
+                let side = self.batch.side.or(self.core.active()).unwrap_or(Side::Primary);
                 let sent = match self.slot(side) {
                     Some(slot) => {
                         let mut sync = BytesMut::with_capacity(5);

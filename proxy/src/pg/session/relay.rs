@@ -2,18 +2,17 @@
 //! its parameter changes and the sender of its notifications.
 
 use super::*;
-use crate::session::state::Applied;
 
 impl Session<'_> {
     /// Forwards every message the active connection sent, watching `Z`, `E`, `S` and `A`.
     #[expect(clippy::indexing_slicing, reason = "slices end at `fwd`, which never passes the bytes buffered")]
     pub(super) async fn on_backend(&mut self) -> Result<(), End> {
-        let Some(side) = self.core.active else { return Ok(()) };
+        let Some(side) = self.core.active() else { return Ok(()) };
         if self.retry.is_some() {
             // A replica read that may still be retried elsewhere: hold its answer until it is
             // whole (ends with ReadyForQuery) or large, so that a replica dying mid-answer costs
             // the client nothing. A small answer usually arrives in one read anyway.
-            let buf = self.core.slots[side].as_ref().map(|s| &s.conn.buf[..]).unwrap_or_default();
+            let buf = self.core.slot(side).map(|s| &s.conn.buf[..]).unwrap_or_default();
             if buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
                 return Ok(());
             }
@@ -23,7 +22,7 @@ impl Session<'_> {
         // Where the answer still owed begins: just after the last ReadyForQuery seen.
         let mut answered = 0;
         loop {
-            let Some(slot) = self.core.slots[side].as_mut() else { return Ok(()) };
+            let Some(slot) = self.core.slot_mut(side) else { return Ok(()) };
             let buf_len = slot.conn.buf.len();
             if self.passthrough > 0 {
                 let n = self.passthrough.min(buf_len - fwd);
@@ -85,7 +84,7 @@ impl Session<'_> {
                                 if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
                                     // Earlier batches' answers are the client's; this one's is not.
                                     self.flush_backend(side, answered, answered).await?;
-                                    if let Some(slot) = self.core.slots[side].as_mut() {
+                                    if let Some(slot) = self.core.slot_mut(side) {
                                         slot.conn.buf.clear();
                                     }
                                     return Box::pin(self.rerun_on_primary(remember)).await;
@@ -166,31 +165,12 @@ impl Session<'_> {
             }
             match self.state_change.take() {
                 Some(_) if self.batch_error => {}
-                Some(StateChange::Record(sql)) => {
-                    self.core.state.record(sql);
-                    // The connection that ran it has it: it is replayed on the others only.
-                    if let Some(slot) = self.core.slots[side].as_mut() {
-                        slot.applied.replayed = self.core.state.replay.len();
-                    }
-                }
-                Some(StateChange::ForgetAll) => self.forget_all(side),
+                Some(StateChange::Record(sql)) => self.core.recorded(side, sql),
+                Some(StateChange::ForgetAll) => self.core.discarded(side),
                 None => {}
             }
         }
         self.batch_error = false;
-    }
-
-    /// `DISCARD ALL` ran on `side`: the session's statements and state are gone; the other
-    /// connection still holds them and is replaced before its next use.
-    pub(super) fn forget_all(&mut self, side: Side) {
-        self.core.state.forget_all();
-        self.core.state.replay.clear();
-        for (at, slot) in self.core.slots.iter_mut() {
-            if let Some(slot) = slot {
-                slot.applied = Applied::default();
-                slot.stale = at != side;
-            }
-        }
     }
 
     /// Sends the first `n` buffered bytes of `side` to the client. Those past `answered` (the
@@ -201,7 +181,7 @@ impl Session<'_> {
             self.retry = None;
         }
         if n > 0 {
-            let Some(slot) = self.core.slots[side].as_mut() else { return Ok(()) };
+            let Some(slot) = self.core.slot_mut(side) else { return Ok(()) };
             let bytes = slot.conn.buf.get(..n).unwrap_or_default();
             self.client.send(bytes).await.map_err(|_| End::ClientGone)?;
             slot.conn.buf.advance(n);
