@@ -211,7 +211,7 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
                 force: args.force,
                 reverse: args.reverse,
             };
-            crate::switchover::run(control, cluster, target, how, &mut report).await
+            Ok(crate::switchover::run(control, cluster, target, how, &mut report).await.unwrap_or_else(|e| e.answer()))
         }
         "upgrade-check" => {
             let (cluster, target) = two()?;
@@ -228,7 +228,8 @@ async fn execute(control: &Arc<Control>, line: &str, progress: &mpsc::UnboundedS
             let mut report = |step: &crate::switchover::Step| {
                 let _ = progress.send(step.json());
             };
-            crate::failover::run(control, cluster, target, !args.no_repoint, timeout, &mut report).await
+            let failover = crate::failover::run(control, cluster, target, !args.no_repoint, timeout, &mut report);
+            Ok(failover.await.unwrap_or_else(|e| e.answer()))
         }
         "reload" => {
             need(0)?;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::cluster::Failure;
 use crate::cluster::{Cluster, RoutingTable};
 use crate::fleet::Link;
 use crate::replication::ControlConn;
@@ -48,6 +47,104 @@ impl Step {
     }
 }
 
+/// A step of a change of primary that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    /// The step: connect, upgrade-check, reverse, promote, drain, fence, writers, catch_up,
+    /// sequences, subscription, swap (as in the progress lines).
+    pub step: &'static str,
+    /// What went wrong.
+    pub cause: String,
+}
+
+impl StepError {
+    /// Step `step` failed with `cause`.
+    pub fn new(step: &'static str, cause: impl std::fmt::Display) -> Self {
+        Self { step, cause: cause.to_string() }
+    }
+
+    /// A `map_err` for step `step`: its cause is the error as written.
+    pub fn at<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| Self::new(step, e)
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.cause)
+    }
+}
+
+/// Why a switchover or failover did not complete: the step, its cause, and which server is
+/// known to take writes now. What the operator reads is its `Display`; the admin answer carries
+/// the parts too ([`ChangeError::answer`]).
+#[derive(Debug, Clone)]
+pub struct ChangeError {
+    /// The step that failed; `check` when the command was refused before anything was held.
+    pub step: &'static str,
+    /// What went wrong.
+    pub cause: String,
+    /// The server that takes writes now, as far as is known; `None` when nobody can tell (no
+    /// server may take writes until the servers say which one is the primary).
+    pub known_primary: Option<String>,
+    text: String,
+}
+
+impl ChangeError {
+    /// Refused before anything was held or changed: `cause` is the whole answer, and the
+    /// cluster's primary is as it was.
+    pub(crate) fn refused(cluster: &Cluster, cause: impl Into<String>) -> Self {
+        let cause = cause.into();
+        let primary = cluster.backends[cluster.table.load().primary].name.clone();
+        Self { step: "check", text: cause.clone(), cause, known_primary: Some(primary) }
+    }
+
+    /// Refused before anything was held: the cluster named is not served here.
+    pub(crate) fn unknown(cause: String) -> Self {
+        Self { step: "check", text: cause.clone(), cause, known_primary: None }
+    }
+
+    /// Step `at` failed before anything was held or changed (a precondition, a connection, the
+    /// fleet refusing to publish the change): the cluster's primary is as it was.
+    pub(crate) fn unchanged(cluster: &Cluster, at: StepError) -> Self {
+        let text = at.to_string();
+        Self { text, ..Self::refused(cluster, at.cause).at(at.step) }
+    }
+
+    /// Step `at` failed after the routing table moved on (a fleet change taken over): the
+    /// primary is the one the table names now.
+    pub(crate) fn superseded(cluster: &Cluster, kind: &str, at: StepError) -> Self {
+        let primary = cluster.backends[cluster.table.load().primary].name.clone();
+        let outcome = format!("; {primary} is the primary, as the fleet decided");
+        Self::failed(kind, at, Some(primary), &outcome)
+    }
+
+    fn at(mut self, step: &'static str) -> Self {
+        self.step = step;
+        self
+    }
+
+    /// A `kind` ("switchover", "failover") failed at `at`; `outcome` says what that left (the
+    /// primary now, what stays fenced), `known_primary` names the server that takes writes.
+    pub(crate) fn failed(kind: &str, at: StepError, known_primary: Option<String>, outcome: &str) -> Self {
+        let text = format!("{kind} failed at {at}{outcome}");
+        Self { step: at.step, cause: at.cause, known_primary, text }
+    }
+
+    /// The admin command's answer.
+    pub fn answer(&self) -> Value {
+        json!({ "ok": false, "error": self.text, "step": self.step, "cause": self.cause, "primary": self.known_primary })
+    }
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ChangeError {}
+
 /// A change of primary that holds new primary work until it ends.
 pub(crate) struct Change<'a> {
     cluster: &'a Cluster,
@@ -74,7 +171,7 @@ impl<'a> Change<'a> {
         old: usize,
         target: usize,
         timeout: Duration,
-    ) -> Result<Self, Failure> {
+    ) -> Result<Self, StepError> {
         cluster.gate.set(|h| h.primary = true);
         let mut change =
             Self { cluster, fleet: None, failover: kind == "failover", started: Instant::now(), held: true };
@@ -83,7 +180,7 @@ impl<'a> Change<'a> {
                 Ok(generation) => change.fleet = Some((link, generation)),
                 Err(e) => {
                     change.release();
-                    return Err(e);
+                    return Err(StepError::new("hold", e));
                 }
             }
         }
@@ -100,9 +197,11 @@ impl<'a> Change<'a> {
     ///
     /// # Errors
     /// An instance did not say so by `deadline`.
-    pub(crate) async fn acknowledged(&self, deadline: Instant) -> Result<Option<usize>, Failure> {
+    pub(crate) async fn acknowledged(&self, deadline: Instant) -> Result<Option<usize>, StepError> {
         match &self.fleet {
-            Some((link, generation)) => link.acknowledged(*generation, deadline).await.map(Some),
+            Some((link, generation)) => {
+                link.acknowledged(*generation, deadline).await.map(Some).map_err(StepError::at("acknowledged"))
+            }
             None => Ok(None),
         }
     }
@@ -114,11 +213,11 @@ impl<'a> Change<'a> {
     ///
     /// # Errors
     /// The step could not be recorded, or the lease ran out: nothing may be promoted.
-    pub(crate) async fn promoting(&self) -> Result<(), Failure> {
+    pub(crate) async fn promoting(&self) -> Result<(), StepError> {
         let Some((link, _)) = &self.fleet else { return Ok(()) };
-        link.step("promote").await?;
+        link.step("promote").await.map_err(StepError::at("promote"))?;
         if self.cluster.gate.lease_lost() {
-            return Err("promote: this instance's fleet lease ran out; nothing was promoted".into());
+            return Err(StepError::new("promote", "this instance's fleet lease ran out; nothing was promoted"));
         }
         Ok(())
     }
@@ -136,13 +235,13 @@ impl<'a> Change<'a> {
         target: usize,
         conn: &mut ControlConn,
         since: Option<u64>,
-    ) -> Result<(Arc<RoutingTable>, Duration), Failure> {
+    ) -> Result<(Arc<RoutingTable>, Duration), StepError> {
         if let Some((link, _)) = &self.fleet {
             // Published: every instance releases its held work to the new primary.
             if let Err(e) = link.end_promoted(target, conn).await {
                 self.cluster.metrics.count_change(self.failover, None);
                 self.release();
-                return Err(format!("swap: {e}"));
+                return Err(StepError::new("swap", e));
             }
         }
         let table = crate::cluster::change(self.cluster, |t| {

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::change::Change;
 use crate::change::Progress;
-use crate::cluster::Failure;
+use crate::change::{ChangeError, StepError};
 use crate::cluster::{BackendState, Cluster};
 use crate::control::Control;
 use crate::metrics::millis;
@@ -37,25 +37,28 @@ pub async fn run(
     repoint: bool,
     timeout: Duration,
     report: &mut (dyn FnMut(&Step) + Send),
-) -> Result<Value, Failure> {
-    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
-    let wanted = target_name.map(|name| Control::backend(&cluster, name)).transpose()?;
+) -> Result<Value, ChangeError> {
+    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name).map_err(ChangeError::unknown)?);
+    let refused = |cause: String| ChangeError::refused(&cluster, cause);
+    let wanted = target_name.map(|name| Control::backend(&cluster, name)).transpose().map_err(refused)?;
     let Some(_changing) = crate::change::change_lock(&cluster, "failover").await else {
-        return Err(format!("a switchover of {cluster_name:?} is running; wait for it to end and look at `status`"));
+        return Err(refused(format!(
+            "a switchover of {cluster_name:?} is running; wait for it to end and look at `status`"
+        )));
     };
     let dialect = Dialect::of(cluster.config.protocol);
     let table = cluster.table.load_full();
     let old = table.primary;
     let old_name = cluster.backends[old].name.clone();
     if wanted == Some(old) {
-        return Err(format!("{old_name:?} is the primary of {cluster_name:?}"));
+        return Err(refused(format!("{old_name:?} is the primary of {cluster_name:?}")));
     }
     if let Some(w) = wanted.filter(|w| cluster.backends[*w].group_id != cluster.backends[old].group_id) {
-        return Err(format!(
+        return Err(refused(format!(
             "{:?} is in group {:?}, not the serving group {:?}: a failover promotes a replica of the lost primary; \
              move to another group with `switchover`",
             cluster.backends[w].name, cluster.backends[w].group, cluster.backends[old].group
-        ));
+        )));
     }
     let deadline = Instant::now() + timeout;
     let mut progress = Progress::new(&cluster, "failover_step", report);
@@ -63,7 +66,7 @@ pub async fn run(
     // 1. The old primary must not answer: a failover of a running primary would split the brain.
     let at = Instant::now();
     let to = cluster.control_target(old).ok_or_else(|| {
-        format!("cluster {cluster_name:?} has no monitor credentials: a failover needs them to promote")
+        refused(format!("cluster {cluster_name:?} has no monitor credentials: a failover needs them to promote"))
     })?;
     let reached = tokio::time::timeout(cluster.config.connect_timeout, async {
         let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
@@ -72,10 +75,10 @@ pub async fn run(
     .await
     .unwrap_or_else(|_| Err("timed out".into()));
     if let Ok(role) = reached {
-        return Err(format!(
+        return Err(refused(format!(
             "{old_name} answers (it is {}): use `switchover` to move the primary while it runs",
             role.name()
-        ));
+        )));
     }
     let last_known = cluster.backends[old].health.lsn.load(Ordering::Relaxed);
     let last_text = match cluster.config.protocol {
@@ -87,7 +90,9 @@ pub async fn run(
 
     // 2. The target: the given replica, or the most advanced one that answers.
     let at = Instant::now();
-    let (target, mut new_conn, pos, pos_text, skipped) = choose(&cluster, &table, wanted, dialect).await?;
+    let (target, mut new_conn, pos, pos_text, skipped) = choose(&cluster, &table, wanted, dialect)
+        .await
+        .map_err(|e| ChangeError::unchanged(&cluster, StepError::new("choose", e)))?;
     let target_name = cluster.backends[target].name.clone();
     let writable = pos == Position::default();
     let pos_total = if writable { cluster.backends[target].health.lsn.load(Ordering::Relaxed) } else { pos.total() };
@@ -108,41 +113,45 @@ pub async fn run(
 
     // 3. Promote it; 4. swap and release held primary work.
     let at = Instant::now();
-    let failed = |e: &str| {
+    let failed = |e: StepError| {
         warn!(event = "failover_failed", cluster = %cluster_name, error = %e, "failover failed");
-        format!("failover failed at promote: {target_name}: {e}; no server is known to take writes")
+        let at = StepError { cause: format!("{target_name}: {}", e.cause), ..e };
+        ChangeError::failed("failover", at, None, "; no server is known to take writes")
     };
     // Every instance of a fleet holds new primary work first.
     let change = match Change::begin(&cluster, "failover", old, target, timeout).await {
         Ok(change) => change,
         Err(e) => {
             cluster.metrics.count_change(true, None);
-            return Err(failed(&e));
+            return Err(failed(e));
         }
     };
     let promoted = async {
         change.acknowledged(deadline).await?;
         change.promoting().await?;
+        let promote = StepError::at("promote");
         if !writable {
-            within(deadline, new_conn.exec_all(dialect.promote)).await?;
+            within(deadline, new_conn.exec_all(dialect.promote)).await.map_err(promote)?;
         }
-        within(deadline, new_conn.exec_all(dialect.unfence)).await?;
-        let role = within(deadline, new_conn.role(dialect)).await?;
+        within(deadline, new_conn.exec_all(dialect.unfence)).await.map_err(StepError::at("promote"))?;
+        let role = within(deadline, new_conn.role(dialect)).await.map_err(StepError::at("promote"))?;
         if role != Role::Writable {
-            return Err(format!("{target_name} is {} after promotion, not writable", role.name()));
+            return Err(StepError::new("promote", format!("is {} after promotion, not writable", role.name())));
         }
         Ok(())
     }
     .await;
     if let Err(e) = promoted {
-        let answer = failed(&e);
+        let answer = failed(e);
         change.abandon(Some(old)).await;
         return Err(answer);
     }
     progress.done("promote", at, format!("{target_name} promoted"));
     let at = Instant::now();
-    let (table, pause) =
-        change.commit(target, &mut new_conn, None).await.map_err(|e| format!("failover failed at {e}"))?;
+    let (table, pause) = change
+        .commit(target, &mut new_conn, None)
+        .await
+        .map_err(|e| ChangeError::superseded(&cluster, "failover", e))?;
     progress.done("swap", at, format!("routing generation {}", table.generation));
     info!(
         event = "failover_completed",
@@ -189,7 +198,7 @@ async fn choose(
     table: &crate::cluster::RoutingTable,
     wanted: Option<usize>,
     dialect: &Dialect,
-) -> Result<(usize, ControlConn, Position, String, Vec<String>), Failure> {
+) -> Result<(usize, ControlConn, Position, String, Vec<String>), String> {
     let old = table.primary;
     let mut candidates: Vec<(usize, ControlConn, Position, String)> = Vec::new();
     let mut skipped = Vec::new();

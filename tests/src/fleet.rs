@@ -70,7 +70,7 @@ pub async fn joined(daemon: &sqlswitch::Daemon, n: usize) {
 
 pub async fn switchover(daemon: &sqlswitch::Daemon, target: &str) -> Result<Value, String> {
     let how = sqlswitch::switchover::How::promoting(Duration::from_secs(30));
-    sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut |_| {}).await
+    sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut |_| {}).await.map_err(|e| e.to_string())
 }
 
 /// Where a write through `port` lands (the server's cluster_name), or its error.

@@ -177,6 +177,17 @@ pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Waits until every session that left has given its backend connections back (to their
+/// pool, or closed them): no backend of the daemon's first cluster counts a session.
+pub async fn released(daemon: &sqlswitch::Daemon) {
+    let busy = || {
+        let status = daemon.control.status();
+        let backends = status["clusters"][0]["backends"].as_array().cloned().unwrap_or_default();
+        backends.iter().any(|b| b["sessions"].as_u64() != Some(0))
+    };
+    eventually(10, "the sessions' connections are given back", || !busy()).await;
+}
+
 /// The `sqlswitch` binary beside this one (`cargo build` puts both in the same directory), or
 /// `SQLSWITCH_BIN`.
 ///

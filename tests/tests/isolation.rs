@@ -74,7 +74,7 @@ async fn mysql_a_pooled_connection_carries_nothing_of_its_last_client() {
     a.query_drop("INSERT INTO app.items (note) VALUES ('isolation')").await.unwrap();
     a.query_drop("COMMIT").await.unwrap();
     a.disconnect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy::released(&daemon).await;
 
     let mut b = my(&url).await;
     let b_primary: u64 = b.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
@@ -105,7 +105,7 @@ async fn mysql_a_session_without_a_database_never_gets_one_from_the_pool() {
         let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
         assert_eq!(db.as_deref(), Some(DATABASE));
         c.disconnect().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy::released(&daemon).await;
     }
 }
 
@@ -151,7 +151,7 @@ async fn postgres_a_pooled_connection_carries_nothing_of_its_last_client() {
     let seen: String = a.query_one(PG_PROBE, &[]).await.unwrap().get(0);
     assert!(seen.contains("Asia/Tokyo|SQL, DMY|5s|left behind"), "the state reached the replica: {seen}");
     drop(a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy::released(&daemon).await;
 
     let b = connect(port, APP).await.unwrap();
     let b_replica: i32 = b.query_one(pid, &[]).await.unwrap().get(0);
@@ -172,7 +172,7 @@ async fn postgres_a_pooled_connection_carries_nothing_of_its_last_client() {
     c.batch_execute("SET myapp.tenant = 'c'").await.unwrap();
     c.query_one("SELECT set_config('myapp.other', 'c', false)", &[]).await.unwrap();
     drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy::released(&daemon).await;
     let d = connect(port, APP).await.unwrap();
     let tenant = "SELECT current_setting('myapp.tenant', true), current_setting('myapp.other', true)";
     let row = d.query_one(tenant, &[]).await.unwrap();
@@ -215,7 +215,7 @@ async fn status_counts_idle_mysql_connections() {
     let mut conn = my(&mysql_url(port, APP)).await;
     let _: Option<u32> = conn.query_first("SELECT @@server_id").await.unwrap();
     conn.disconnect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy::released(&daemon).await;
     let status = daemon.control.status();
     let idle: Vec<u64> = status["clusters"][0]["backends"]
         .as_array()
@@ -384,7 +384,7 @@ async fn idle_pooled_connections_give_way_to_new_sessions_and_expire() {
         let c = session(name).await.unwrap();
         c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy::released(&daemon).await;
     let admin = |sql: &str| topo.psql_admin(topo.primary(), sql, "postgres").unwrap();
     let count = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'", user.0);
     let open: u32 = admin(&count).trim().parse().unwrap();

@@ -7,7 +7,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Error, Opts};
 use sqlswitch_tests::mysql::Topology;
 use sqlswitch_tests::pg::{ANON, APP};
-use sqlswitch_tests::proxy::{mysql_url, start_mysql};
+use sqlswitch_tests::proxy::{eventually, mysql_url, start_mysql};
 use tokio::sync::Mutex;
 
 /// The read-your-writes test stops replication: one test at a time.
@@ -711,7 +711,8 @@ async fn losing_the_replica_of_a_temporary_table_ends_the_session_with_its_name(
     anon.query_drop("CREATE TEMPORARY TABLE perms (id INT)").await.unwrap();
     assert_eq!(server_id(&mut anon).await, 2);
     topo.sql(&topo.replicas()[0], "SHUTDOWN").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gone = topo.replicas()[0].port;
+    eventually(10, "the replica stopped", || std::net::TcpStream::connect(("127.0.0.1", gone)).is_err()).await;
     let e = anon.query_drop("INSERT INTO perms VALUES (1)").await.unwrap_err();
     assert_eq!(code(&e), Some(1927), "{e}");
     assert!(e.to_string().contains("perms"), "{e}");
@@ -729,7 +730,11 @@ async fn a_primary_with_a_stopped_old_channel_stays_the_primary() {
     )
     .unwrap();
     let daemon = start_mysql(&topo, "connect_timeout = \"1s\"").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a role check or two
+    let says = |s: &serde_json::Value| s["clusters"][0]["backends"][0]["server_says"].clone();
+    eventually(10, "the monitor has read the primary's role", || {
+        says(&daemon.control.status()) != serde_json::Value::Null
+    })
+    .await;
     let status = daemon.control.status();
     let cluster = &status["clusters"][0];
     assert!(cluster["primary_problem"].is_null(), "{status}");

@@ -163,7 +163,7 @@ async fn the_fence_waits_for_a_transaction_that_has_not_written_yet() {
     let err = sqlswitch::switchover::run(&daemon.control, "app", "replica1", how, &mut quiet)
         .await
         .expect_err("an open transaction on the old primary");
-    assert!(err.contains("writers"), "{err}");
+    assert_eq!((err.step, err.known_primary.as_deref()), ("writers", Some("primary")), "{err}");
     assert_eq!(primary_of(&daemon), "primary", "nothing changed");
     direct.batch_execute("INSERT INTO items (note) VALUES ('fence, direct'); COMMIT").await.expect("unfenced again");
     let count = "SELECT count(*) FROM items WHERE note = 'fence, direct'";
@@ -434,7 +434,7 @@ async fn a_transaction_begun_during_a_switchover_hold_waits_at_begin() {
             switchover.await.unwrap().expect("the switchover goes on once the direct transaction ended");
         } else {
             let err = switchover.await.unwrap().expect_err("the direct transaction keeps it at writers");
-            assert!(err.contains("writers"), "{err}");
+            assert_eq!(err.step, "writers", "{err}");
             direct.batch_execute("ROLLBACK").await.unwrap();
         }
         let client = task.await.unwrap().expect("BEGIN runs once the hold ends");

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sqlswitch::switchover::ChangeError;
 use sqlswitch_tests::client::{code, connect, server_name};
 use sqlswitch_tests::pg::{Topology, APP};
 use sqlswitch_tests::proxy;
@@ -19,7 +20,7 @@ async fn switchover(
     target: &str,
     promote: bool,
     timeout: Duration,
-) -> Result<Value, String> {
+) -> Result<Value, ChangeError> {
     let mut steps = Vec::new();
     let mut report = |s: &sqlswitch::switchover::Step| steps.push(s.name);
     let how = sqlswitch::switchover::How { promote, ..sqlswitch::switchover::How::promoting(timeout) };
@@ -149,7 +150,7 @@ async fn a_switchover_whose_drain_times_out_changes_nothing() {
     let client = connect(port, APP).await.unwrap();
     client.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('open transaction')").await.unwrap();
     let err = switchover(&daemon, "replica1", true, Duration::from_millis(500)).await.expect_err("drain must time out");
-    assert!(err.contains("drain"), "{err}");
+    assert_eq!((err.step, err.known_primary.as_deref()), ("drain", Some("primary")), "{err}");
     assert_eq!(primary_of(&daemon), "primary");
     client.batch_execute("COMMIT").await.expect("the open transaction finishes on the old primary");
     let other = connect(port, APP).await.unwrap();
@@ -171,7 +172,7 @@ async fn a_switchover_to_a_lagging_target_times_out_cleanly_then_succeeds() {
     let client = connect(port, APP).await.unwrap();
     client.batch_execute("INSERT INTO items (note) VALUES ('not replayed yet')").await.unwrap();
     let err = switchover(&daemon, "replica1", true, Duration::from_secs(1)).await.expect_err("catch-up must time out");
-    assert!(err.contains("catch_up"), "{err}");
+    assert_eq!((err.step, err.known_primary.as_deref()), ("catch_up", Some("primary")), "{err}");
     assert_eq!(primary_of(&daemon), "primary");
     let row = client
         .query_one("INSERT INTO items (note) VALUES ('x') RETURNING current_setting('cluster_name')", &[])
@@ -557,7 +558,7 @@ async fn two_switchovers_at_once_leave_one_primary() {
         (Err(e), Ok(_)) => ("replica2", e),
         _ => panic!("exactly one may succeed: {a:?} {b:?}"),
     };
-    assert!(lost.contains("already running"), "{lost}");
+    assert!(lost.step == "check" && lost.to_string().contains("already running"), "{lost}");
     assert_eq!(primary_of(&daemon), won);
     let writable = ["primary", "replica1", "replica2"]
         .iter()
@@ -582,7 +583,8 @@ async fn the_fence_waits_for_or_ends_other_writers() {
     direct.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('direct, open')").await.unwrap();
     let daemon = proxy::start(&topo, "").await.unwrap();
     let err = switchover(&daemon, "replica1", true, Duration::from_secs(2)).await.expect_err("an open writer");
-    assert!(err.contains("writers") && err.contains("still the primary"), "{err}");
+    assert!(err.step == "writers" && err.to_string().contains("still the primary"), "{err}");
+    assert_eq!(err.known_primary.as_deref(), Some("primary"));
     assert_eq!(primary_of(&daemon), "primary");
     direct.batch_execute("COMMIT").await.expect("the fence was undone: the direct transaction commits");
     drop(daemon);
@@ -652,7 +654,7 @@ async fn an_external_promotion_is_followed_under_load() {
     assert!(status["clusters"][0]["primary_problem"].is_null(), "{status}");
 }
 
-async fn failover(daemon: &sqlswitch::Daemon, target: Option<&str>) -> Result<Value, String> {
+async fn failover(daemon: &sqlswitch::Daemon, target: Option<&str>) -> Result<Value, ChangeError> {
     let mut quiet = |_: &sqlswitch::switchover::Step| {};
     sqlswitch::failover::run(&daemon.control, "app", target, true, Duration::from_secs(30), &mut quiet).await
 }
@@ -666,7 +668,7 @@ async fn failover_promotes_the_most_advanced_replica_when_the_primary_dies() {
     let topo = Topology::start(2).unwrap();
     let daemon = proxy::start(&topo, REPLICATION).await.unwrap();
     let err = failover(&daemon, None).await.expect_err("the primary answers");
-    assert!(err.contains("use `switchover`"), "{err}");
+    assert!(err.step == "check" && err.to_string().contains("use `switchover`"), "{err}");
 
     let port = daemon.addr("app", false).unwrap().port();
     let client = connect(port, APP).await.unwrap();

@@ -53,7 +53,7 @@ async fn cutover_to(
     let how =
         sqlswitch::switchover::How { promote: false, force, reverse, ..sqlswitch::switchover::How::promoting(timeout) };
     let r = sqlswitch::switchover::run(&daemon.control, "app", target, how, &mut report).await;
-    (r, steps)
+    (r.map_err(|e| e.to_string()), steps)
 }
 
 fn findings(check: &Value) -> Vec<(String, String)> {

@@ -129,7 +129,7 @@ impl Link {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "hold: instance(s) {} still had primary work in flight at the deadline",
+                    "instance(s) {} still had primary work in flight at the deadline",
                     busy.join(", ")
                 ));
             }

@@ -23,7 +23,7 @@ use crate::replication::Dialect;
 mod steps;
 use steps::Switchover;
 
-pub use crate::change::Step;
+pub use crate::change::{ChangeError, Step, StepError};
 
 /// How to switch over.
 #[derive(Debug, Clone, Copy)]
@@ -60,33 +60,44 @@ pub async fn run(
     target_name: &str,
     how: How,
     report: &mut (dyn FnMut(&Step) + Send),
-) -> Result<Value, Failure> {
-    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name)?);
-    let target = Control::backend(&cluster, target_name)?;
+) -> Result<Value, ChangeError> {
+    let cluster: Arc<Cluster> = Arc::clone(control.cluster(cluster_name).map_err(ChangeError::unknown)?);
+    let target = Control::backend(&cluster, target_name).map_err(|e| ChangeError::refused(&cluster, e))?;
     // One change of primary at a time: a second switchover is refused at once.
     let Some(_changing) = change_lock(&cluster, "switchover").await else {
         let so_far = cluster.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        return Err(format!(
-            "a switchover of {cluster_name:?} is already running ({so_far}); wait for it to end and look at `status`"
+        return Err(ChangeError::refused(
+            &cluster,
+            format!("a switchover of {cluster_name:?} is already running ({so_far}); wait for it to end and look at `status`"),
         ));
     };
     let old = cluster.table.load().primary;
     if old == target {
-        return Err(format!("{target_name:?} is already the primary of {cluster_name:?}"));
+        return Err(ChangeError::refused(
+            &cluster,
+            format!("{target_name:?} is already the primary of {cluster_name:?}"),
+        ));
     }
     let (Some(old_to), Some(new_to)) = (cluster.control_target(old), cluster.control_target(target)) else {
-        return Err(format!(
-            "cluster {cluster_name:?} has no monitor credentials: a switchover needs them to fence and promote"
+        return Err(ChangeError::refused(
+            &cluster,
+            format!(
+                "cluster {cluster_name:?} has no monitor credentials: a switchover needs them to fence and promote"
+            ),
         ));
     };
-    let mut s = Switchover::prepare(&cluster, (old, target), (&old_to, &new_to), how).await?;
+    let mut s = Switchover::prepare(&cluster, (old, target), (&old_to, &new_to), how)
+        .await
+        .map_err(|e| ChangeError::unchanged(&cluster, e))?;
     let mut progress = Progress::new(&cluster, "switchover_step", report);
     let held_before = cluster.gate.held_total.load(Ordering::Relaxed);
 
     // 1. Hold new primary work; replica reads go on. Clients' pause starts here. In fleet
     // mode, on every instance: the change is published and each holds.
     let at = Instant::now();
-    let change = Change::begin(&cluster, "switchover", old, target, how.timeout).await?;
+    let change = Change::begin(&cluster, "switchover", old, target, how.timeout)
+        .await
+        .map_err(|e| ChangeError::unchanged(&cluster, e))?;
     let detail = match change.generation() {
         Some(g) => {
             format!("new primary work waits on every instance of the fleet (generation {g}); replica reads continue")
@@ -97,11 +108,11 @@ pub async fn run(
 
     // 2-6. Drain, fence, writers, catch_up, promote (steps.rs).
     if let Err(why) = s.steps(&change, &mut progress).await {
-        let (answer, known) = s.recover(why).await;
+        let (error, known) = s.recover(why).await;
         // The fleet serves from the same primary as this instance; when nobody can tell, the
         // change stays published and an instance resolves it from what the servers say.
         change.abandon(known.then(|| cluster.table.load().primary)).await;
-        return Err(answer);
+        return Err(error);
     }
 
     // The way back, while clients are still held: from their first write on, the old primary
@@ -129,7 +140,10 @@ pub async fn run(
     // 8. release held work to the new primary (exactly one server takes writes now).
     let at = Instant::now();
     let since = s.cross_group.then(|| cluster.clock.now());
-    let (table, pause) = change.commit(target, &mut s.new_conn, since).await?;
+    let (table, pause) = change
+        .commit(target, &mut s.new_conn, since)
+        .await
+        .map_err(|e| ChangeError::superseded(&cluster, "switchover", e))?;
     progress.done("swap", at, format!("routing generation {}", table.generation));
     let at = Instant::now();
     info!(
