@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, RoutingTable};
-use crate::fleet::Link;
+use crate::cluster::{Cluster, RoutingStore, RoutingTable};
 use crate::replication::ControlConn;
 
 /// One completed step, for the live report.
@@ -148,8 +147,10 @@ impl std::error::Error for ChangeError {}
 /// A change of primary that holds new primary work until it ends.
 pub(crate) struct Change<'a> {
     cluster: &'a Cluster,
-    /// Fleet mode: the link the change is published through, with its generation.
-    fleet: Option<(Arc<Link>, u64)>,
+    /// Where the change is published: the fleet, or this instance alone.
+    store: Arc<dyn RoutingStore>,
+    /// The generation the change was published at (`None`: nobody else to tell).
+    generation: Option<u64>,
     /// Counted as a failover (or a switchover) in the metrics.
     failover: bool,
     started: Instant,
@@ -173,15 +174,20 @@ impl<'a> Change<'a> {
         timeout: Duration,
     ) -> Result<Self, StepError> {
         cluster.gate.set(|h| h.primary = true);
-        let mut change =
-            Self { cluster, fleet: None, failover: kind == "failover", started: Instant::now(), held: true };
-        if let Some(link) = crate::fleet::link_of(cluster) {
-            match link.begin(kind, old, target, timeout).await {
-                Ok(generation) => change.fleet = Some((link, generation)),
-                Err(e) => {
-                    change.release();
-                    return Err(StepError::new("hold", e));
-                }
+        let store = cluster.store();
+        let mut change = Self {
+            cluster,
+            store: Arc::clone(&store),
+            generation: None,
+            failover: kind == "failover",
+            started: Instant::now(),
+            held: true,
+        };
+        match store.begin(kind, old, target, timeout).await {
+            Ok(generation) => change.generation = generation,
+            Err(e) => {
+                change.release();
+                return Err(StepError::new("hold", e));
             }
         }
         Ok(change)
@@ -189,7 +195,7 @@ impl<'a> Change<'a> {
 
     /// The fleet generation the change was published at (`None` outside fleet mode).
     pub(crate) fn generation(&self) -> Option<u64> {
-        self.fleet.as_ref().map(|(_, g)| *g)
+        self.generation
     }
 
     /// Fleet mode: waits until every live instance holds, with no primary work in flight;
@@ -198,9 +204,9 @@ impl<'a> Change<'a> {
     /// # Errors
     /// An instance did not say so by `deadline`.
     pub(crate) async fn acknowledged(&self, deadline: Instant) -> Result<Option<usize>, StepError> {
-        match &self.fleet {
-            Some((link, generation)) => {
-                link.acknowledged(*generation, deadline).await.map(Some).map_err(StepError::at("acknowledged"))
+        match self.generation {
+            Some(generation) => {
+                self.store.acknowledged(generation, deadline).await.map(Some).map_err(StepError::at("acknowledged"))
             }
             None => Ok(None),
         }
@@ -214,8 +220,7 @@ impl<'a> Change<'a> {
     /// # Errors
     /// The step could not be recorded, or the lease ran out: nothing may be promoted.
     pub(crate) async fn promoting(&self) -> Result<(), StepError> {
-        let Some((link, _)) = &self.fleet else { return Ok(()) };
-        link.step("promote").await.map_err(StepError::at("promote"))?;
+        self.store.step("promote").await.map_err(StepError::at("promote"))?;
         if self.cluster.gate.lease_lost() {
             return Err(StepError::new("promote", "this instance's fleet lease ran out; nothing was promoted"));
         }
@@ -236,13 +241,11 @@ impl<'a> Change<'a> {
         conn: &mut ControlConn,
         since: Option<u64>,
     ) -> Result<(Arc<RoutingTable>, Duration), StepError> {
-        if let Some((link, _)) = &self.fleet {
-            // Published: every instance releases its held work to the new primary.
-            if let Err(e) = link.end_promoted(target, conn).await {
-                self.cluster.metrics.count_change(self.failover, None);
-                self.release();
-                return Err(StepError::new("swap", e));
-            }
+        // Published: every instance releases its held work to the new primary.
+        if let Err(e) = Arc::clone(&self.store).end_promoted(target, conn).await {
+            self.cluster.metrics.count_change(self.failover, None);
+            self.release();
+            return Err(StepError::new("swap", e));
         }
         let table = crate::cluster::change(self.cluster, |t| {
             t.primary = target;
@@ -267,14 +270,12 @@ impl<'a> Change<'a> {
     /// Releases the held work.
     pub(crate) async fn abandon(mut self, primary: Option<usize>) {
         self.cluster.metrics.count_change(self.failover, None);
-        if let Some((link, _)) = self.fleet.take() {
-            link.end(primary).await;
-        }
+        Arc::clone(&self.store).end(primary).await;
         self.release();
     }
 
     fn release(&mut self) {
-        self.fleet = None;
+        self.generation = None;
         self.cluster.gate.set(|h| h.primary = false);
         self.held = false;
     }
@@ -287,11 +288,9 @@ impl Drop for Change<'_> {
         }
         warn!(cluster = %self.cluster.config.name, "a change of primary ended without an outcome: held work is released");
         self.cluster.gate.set(|h| h.primary = false);
-        if let Some((link, _)) = self.fleet.take() {
+        if self.generation.take().is_some() {
             // Unlocked with no outcome: another instance resolves it from the servers.
-            tokio::spawn(async move {
-                link.end(None).await;
-            });
+            tokio::spawn(Arc::clone(&self.store).end(None));
         }
     }
 }

@@ -473,7 +473,7 @@ fn cluster_status(c: &Cluster) -> Value {
         "held_total": c.gate.held_total.load(Ordering::Relaxed),
         "held_now": c.gate.held_now.load(Ordering::Relaxed),
         "latency_bounds_ms": crate::metrics::latency_bounds_ms(),
-        "fleet": crate::fleet::link_of(c).map(|f| f.status()),
+        "fleet": c.store().status(),
         "backends": backends,
     })
 }

@@ -19,9 +19,11 @@ use crate::route;
 
 mod backend;
 mod discovery;
+mod store;
 mod users;
 pub use backend::Backend;
 pub use discovery::{Discovery, Problem};
+pub use store::{Boxed, Local, RoutingStore};
 pub use users::{users_of, User, Verifier};
 
 /// Maintenance mode of a cluster.
@@ -282,9 +284,8 @@ pub struct Cluster {
     /// Group names, indexed by [`Backend::group_id`]; a reload may add one.
     pub groups: std::sync::Mutex<Vec<String>>,
     /// Fleet mode: the cluster's link to the fleet's shared routing in etcd, through which
-    /// every routing change goes. Opaque here (the cluster sits below the fleet, which reads
-    /// it): `fleet::link_of` gives it back as the fleet's `Link`.
-    pub fleet: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// every routing change goes ([`Cluster::store`]).
+    pub fleet: std::sync::OnceLock<Arc<dyn RoutingStore>>,
     /// Places for client connections under `max_client_connections` (see [`Admitted`]).
     clients: tokio::sync::Semaphore,
 }
@@ -330,6 +331,15 @@ impl Cluster {
         match self.mysql_ext.load(Ordering::Relaxed) {
             u32::MAX => 0,
             ext => ext & sqlswitch_protocol::mysql::caps::ext::OFFERED,
+        }
+    }
+
+    /// Where the cluster's changes of primary are decided: the fleet in fleet mode, else this
+    /// instance alone.
+    pub fn store(&self) -> Arc<dyn RoutingStore> {
+        match self.fleet.get() {
+            Some(store) => Arc::clone(store),
+            None => Arc::new(Local),
         }
     }
 

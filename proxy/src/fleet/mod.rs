@@ -35,6 +35,7 @@ use crate::cluster::Failure;
 use crate::cluster::{BackendState, Cluster, Mode, RoutingTable};
 mod change;
 mod link;
+mod store;
 
 /// A cluster's routing as the fleet shares it: `<prefix>/<cluster>/routing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +130,7 @@ struct State {
 
 /// Fleet mode: `cluster`'s link to the fleet (`None` outside fleet mode).
 pub fn link_of(cluster: &Cluster) -> Option<Arc<Link>> {
-    Arc::clone(cluster.fleet.get()?).downcast::<Link>().ok()
+    Arc::clone(cluster.fleet.get()?).as_any().downcast::<Link>().ok()
 }
 
 impl Fleet {
@@ -161,7 +162,7 @@ impl Fleet {
                     state: Mutex::new(State::default()),
                     metrics,
                 });
-                let _ = c.fleet.set(Arc::clone(&link) as Arc<dyn std::any::Any + Send + Sync>);
+                let _ = c.fleet.set(Arc::clone(&link) as Arc<dyn crate::cluster::RoutingStore>);
                 link
             })
             .collect();

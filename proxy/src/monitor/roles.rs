@@ -43,17 +43,8 @@ impl Monitor {
         if let ([], [only], true) = (writable.as_slice(), elsewhere.as_slice(), group_answered) {
             let only = *only;
             let since = cluster.clock.now();
-            let table = match crate::fleet::link_of(&cluster) {
-                // The fleet follows together (the group's activation time is set as it applies).
-                Some(link) => {
-                    link.follow(current, only).await;
-                    cluster.table.load_full()
-                }
-                None => crate::cluster::change(&cluster, |t| {
-                    t.primary = only;
-                    t.since = since;
-                }),
-            };
+            // A fleet follows together (the group's activation time is set as it applies).
+            let table = cluster.store().follow(&cluster, current, only, Some(since)).await;
             cluster.metrics.role_changes.increment(1);
             info!(
                 event = "role_change",
@@ -99,13 +90,7 @@ impl Monitor {
             }
             [only] => {
                 let only = *only;
-                let table = match crate::fleet::link_of(&cluster) {
-                    Some(link) => {
-                        link.follow(current, only).await;
-                        cluster.table.load_full()
-                    }
-                    None => crate::cluster::change(&cluster, |t| t.primary = only),
-                };
+                let table = cluster.store().follow(&cluster, current, only, None).await;
                 cluster.metrics.role_changes.increment(1);
                 info!(
                     event = "role_change",
