@@ -65,27 +65,7 @@ pub async fn run(
 
     // 1. The old primary must not answer: a failover of a running primary would split the brain.
     let at = Instant::now();
-    let to = cluster.control_target(old).ok_or_else(|| {
-        refused(format!("cluster {cluster_name:?} has no monitor credentials: a failover needs them to promote"))
-    })?;
-    let reached = tokio::time::timeout(cluster.config.connect_timeout, async {
-        let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
-        conn.role(dialect).await
-    })
-    .await
-    .unwrap_or_else(|_| Err("timed out".into()));
-    if let Ok(role) = reached {
-        return Err(refused(format!(
-            "{old_name} answers (it is {}): use `switchover` to move the primary while it runs",
-            role.name()
-        )));
-    }
-    let last_known = cluster.backends[old].health.lsn.load(Ordering::Relaxed);
-    let last_text = match cluster.config.protocol {
-        // As PostgreSQL writes an LSN.
-        sqlswitch_config::Protocol::Postgres => format!("{:X}/{:X}", last_known >> 32, last_known & 0xFFFF_FFFF),
-        sqlswitch_config::Protocol::Mysql => format!("{last_known} transactions (GTID sequence numbers summed)"),
-    };
+    let (last_known, last_text) = old_is_gone(&cluster, old, dialect).await.map_err(refused)?;
     progress.done("check", at, format!("{old_name} does not answer; its last known position {last_text}"));
 
     // 2. The target: the given replica, or the most advanced one that answers.
@@ -185,6 +165,37 @@ pub async fn run(
         "pause_ms": millis(pause),
         "replicas": replicas,
     }))
+}
+
+/// Checks that the old primary `old` does not answer; returns its last known position (as a
+/// number and as text).
+///
+/// # Errors
+/// No monitor credentials, or it answers: then it is a switchover's business.
+async fn old_is_gone(cluster: &Cluster, old: usize, dialect: &Dialect) -> Result<(u64, String), String> {
+    let (cluster_name, old_name) = (&cluster.config.name, &cluster.backends[old].name);
+    let to = cluster.control_target(old).ok_or_else(|| {
+        format!("cluster {cluster_name:?} has no monitor credentials: a failover needs them to promote")
+    })?;
+    let reached = tokio::time::timeout(cluster.config.connect_timeout, async {
+        let mut conn = ControlConn::connect(&to, APPLICATION).await.map_err(|e| e.to_string())?;
+        conn.role(dialect).await
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    if let Ok(role) = reached {
+        return Err(format!(
+            "{old_name} answers (it is {}): use `switchover` to move the primary while it runs",
+            role.name()
+        ));
+    }
+    let last_known = cluster.backends[old].health.lsn.load(Ordering::Relaxed);
+    let last_text = match cluster.config.protocol {
+        // As PostgreSQL writes an LSN.
+        sqlswitch_config::Protocol::Postgres => format!("{:X}/{:X}", last_known >> 32, last_known & 0xFFFF_FFFF),
+        sqlswitch_config::Protocol::Mysql => format!("{last_known} transactions (GTID sequence numbers summed)"),
+    };
+    Ok((last_known, last_text))
 }
 
 /// The failover's target: the replica the operator named, or the most advanced one of the

@@ -167,34 +167,6 @@ pub struct Core<'a, C> {
     primary_work: PrimaryWork,
 }
 
-/// What a statement does to the session's standing, as its adapter classified it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Note {
-    /// It keeps the session on the primary from now on (SERIALIZABLE, a lock, ...).
-    pub pins: bool,
-    /// It leaves state on its connection that cannot move to another server, and why.
-    pub unmovable: Option<&'static str>,
-}
-
-/// Why a statement is refused before it reaches any server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// It writes, and the session is read-only (by its user, its listener or itself).
-    ReadOnly,
-    /// It may write, and the cluster is in maintenance (why).
-    Maintenance(&'static str),
-}
-
-impl Refused {
-    /// The reason, for the client's error.
-    pub fn why(self) -> &'static str {
-        match self {
-            Refused::ReadOnly => "this is a read-only session",
-            Refused::Maintenance(why) => why,
-        }
-    }
-}
-
 impl<C> Drop for Core<'_, C> {
     fn drop(&mut self) {
         self.primary_work.leave(self.cluster);
@@ -249,23 +221,6 @@ impl<'a, C: Link> Core<'a, C> {
         &self.state
     }
 
-    /// The session declared itself read-only (`true`) or read-write again; or, at a change
-    /// of user, the new user's standing.
-    pub fn set_read_only(&mut self, on: bool) {
-        self.read_only = on;
-    }
-
-    /// Whether a statement is refused before it reaches any server, and why: one the
-    /// classifier knows to write (`refused_read_only`) in a read-only session, or one that may
-    /// write (`may_write`, or known to) while the cluster is in maintenance. The session's own
-    /// read-only standing is the reason given when both hold.
-    pub fn refusal(&self, refused_read_only: bool, may_write: bool) -> Option<Refused> {
-        if self.read_only && refused_read_only {
-            return Some(Refused::ReadOnly);
-        }
-        self.maintenance.filter(|_| may_write || refused_read_only).map(Refused::Maintenance)
-    }
-
     /// Takes in the session's first connection (at login or a change of user), as `side`'s
     /// and active.
     pub fn start(&mut self, side: Side, slot: Slot<'a, C>) {
@@ -293,61 +248,6 @@ impl<'a, C: Link> Core<'a, C> {
     pub fn reset(&mut self, read_only: bool) {
         self.state = SessionState::default();
         self.read_only = read_only;
-    }
-
-    /// What a statement does to the session's standing: pins it to the primary, or makes it
-    /// unmovable (which pins it too).
-    pub fn note(&mut self, note: Note) {
-        if note.pins || note.unmovable.is_some() {
-            self.state.pin();
-        }
-        if let Some(why) = note.unmovable {
-            self.state.stuck(why);
-        }
-    }
-
-    /// A session-state statement `sql` succeeded on `side`: it is replayed on every other
-    /// connection the session takes; the one that ran it has it.
-    pub fn recorded(&mut self, side: Side, sql: String) {
-        self.state.record(sql);
-        if let Some(slot) = self.slots[side].as_mut() {
-            slot.applied.replayed = self.state.replay.len();
-        }
-    }
-
-    /// The session's state was discarded on `side` (`DISCARD ALL`): its statements and
-    /// settings are gone; the other connection still holds them and is replaced before its
-    /// next use.
-    pub fn discarded(&mut self, side: Side) {
-        self.state.forget_all();
-        self.state.replay.clear();
-        for (at, slot) in self.slots.iter_mut() {
-            if let Some(slot) = slot {
-                slot.applied = Applied::default();
-                slot.stale = at != side;
-            }
-        }
-    }
-
-    /// The client (re)defined the named statement `name` with its Parse `parse`; returns its
-    /// generation.
-    pub fn define(&mut self, name: &str, parse: bytes::Bytes, read: bool) -> u64 {
-        self.state.define(name, parse, read)
-    }
-
-    /// The client closed the named statement `name`.
-    pub fn forget(&mut self, name: &str) {
-        self.state.forget(name);
-    }
-
-    /// The named statement `name` turned out not to be a read (a replica refused it).
-    pub fn not_read(&mut self, name: &str) {
-        self.state.not_read(name);
-    }
-
-    /// The session may have set a custom parameter: its connections are closed, not pooled.
-    pub fn custom_setting(&mut self) {
-        self.state.custom_settings = true;
     }
 
     /// At a transaction boundary: takes the cluster's maintenance state for what follows.
@@ -628,6 +528,10 @@ async fn release<C: Link>(cluster: &Cluster, slot: Slot<'_, C>, key: &PoolKey, s
         warn!(backend = %name, "a connection's reset did not finish in time; it is closed instead");
     }
 }
+
+#[path = "standing.rs"]
+mod standing;
+pub use standing::{Note, Refused};
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

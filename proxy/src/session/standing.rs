@@ -1,0 +1,108 @@
+//! What a statement does to a session's standing: the pins and reasons it cannot move, the
+//! session-state statements it recorded or discarded, the named statements the client
+//! defined, and the refusal of a write before it reaches any server. One place for both
+//! protocols; the adapters classify, the core keeps the rules.
+
+use super::{Applied, Core, Link, Side};
+
+/// What a statement does to the session's standing, as its adapter classified it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Note {
+    /// It keeps the session on the primary from now on (SERIALIZABLE, a lock, ...).
+    pub pins: bool,
+    /// It leaves state on its connection that cannot move to another server, and why.
+    pub unmovable: Option<&'static str>,
+}
+
+/// Why a statement is refused before it reaches any server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It writes, and the session is read-only (by its user, its listener or itself).
+    ReadOnly,
+    /// It may write, and the cluster is in maintenance (why).
+    Maintenance(&'static str),
+}
+
+impl Refused {
+    /// The reason, for the client's error.
+    pub fn why(self) -> &'static str {
+        match self {
+            Refused::ReadOnly => "this is a read-only session",
+            Refused::Maintenance(why) => why,
+        }
+    }
+}
+
+impl<C: Link> Core<'_, C> {
+    /// The session declared itself read-only (`true`) or read-write again; or, at a change
+    /// of user, the new user's standing.
+    pub fn set_read_only(&mut self, on: bool) {
+        self.read_only = on;
+    }
+
+    /// Whether a statement is refused before it reaches any server, and why: one the
+    /// classifier knows to write (`refused_read_only`) in a read-only session, or one that may
+    /// write (`may_write`, or known to) while the cluster is in maintenance. The session's own
+    /// read-only standing is the reason given when both hold.
+    pub fn refusal(&self, refused_read_only: bool, may_write: bool) -> Option<Refused> {
+        if self.read_only && refused_read_only {
+            return Some(Refused::ReadOnly);
+        }
+        self.maintenance.filter(|_| may_write || refused_read_only).map(Refused::Maintenance)
+    }
+
+    /// What a statement does to the session's standing: pins it to the primary, or makes it
+    /// unmovable (which pins it too).
+    pub fn note(&mut self, note: Note) {
+        if note.pins || note.unmovable.is_some() {
+            self.state.pin();
+        }
+        if let Some(why) = note.unmovable {
+            self.state.stuck(why);
+        }
+    }
+
+    /// A session-state statement `sql` succeeded on `side`: it is replayed on every other
+    /// connection the session takes; the one that ran it has it.
+    pub fn recorded(&mut self, side: Side, sql: String) {
+        self.state.record(sql);
+        if let Some(slot) = self.slots[side].as_mut() {
+            slot.applied.replayed = self.state.replay.len();
+        }
+    }
+
+    /// The session's state was discarded on `side` (`DISCARD ALL`): its statements and
+    /// settings are gone; the other connection still holds them and is replaced before its
+    /// next use.
+    pub fn discarded(&mut self, side: Side) {
+        self.state.forget_all();
+        self.state.replay.clear();
+        for (at, slot) in self.slots.iter_mut() {
+            if let Some(slot) = slot {
+                slot.applied = Applied::default();
+                slot.stale = at != side;
+            }
+        }
+    }
+
+    /// The client (re)defined the named statement `name` with its Parse `parse`; returns its
+    /// generation.
+    pub fn define(&mut self, name: &str, parse: bytes::Bytes, read: bool) -> u64 {
+        self.state.define(name, parse, read)
+    }
+
+    /// The client closed the named statement `name`.
+    pub fn forget(&mut self, name: &str) {
+        self.state.forget(name);
+    }
+
+    /// The named statement `name` turned out not to be a read (a replica refused it).
+    pub fn not_read(&mut self, name: &str) {
+        self.state.not_read(name);
+    }
+
+    /// The session may have set a custom parameter: its connections are closed, not pooled.
+    pub fn custom_setting(&mut self) {
+        self.state.custom_settings = true;
+    }
+}
