@@ -40,9 +40,31 @@ pub async fn raw_session(port: u16) -> (TcpStream, BytesMut) {
 
 /// [`raw_session`], and the process id its BackendKeyData gave.
 pub async fn raw_session_pid(port: u16) -> (TcpStream, BytesMut, i32) {
+    let (s, buf, welcome) = raw_session_with(port, &[]).await;
+    let pid = welcome.iter().find_map(|m| match m {
+        Message::BackendKeyData(k) => Some(k.process_id()),
+        _ => None,
+    });
+    (s, buf, pid.expect("a BackendKeyData"))
+}
+
+/// The ParameterStatus values among `msgs`, as (name, value).
+pub fn parameter_statuses(msgs: &[Message]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::ParameterStatus(p) => Some((p.name().unwrap().to_owned(), p.value().unwrap().to_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`raw_session`] with `extra` startup parameters; returns what the login answered after
+/// the authentication (ParameterStatus, BackendKeyData, ReadyForQuery).
+pub async fn raw_session_with(port: u16, extra: &[(&str, &str)]) -> (TcpStream, BytesMut, Vec<Message>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut out = BytesMut::new();
-    frontend::startup_message([("user", APP.0), ("database", DATABASE)], &mut out).unwrap();
+    let params = [("user", APP.0), ("database", DATABASE)].into_iter().chain(extra.iter().copied());
+    frontend::startup_message(params, &mut out).unwrap();
     s.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     let mut scram = ScramSha256::new(APP.1.as_bytes(), ChannelBinding::unsupported());
@@ -58,11 +80,7 @@ pub async fn raw_session_pid(port: u16) -> (TcpStream, BytesMut, i32) {
     s.write_all(&out).await.unwrap();
     let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
     assert!(matches!(got.last(), Some(Message::ReadyForQuery(_))), "login did not finish");
-    let pid = got.iter().find_map(|m| match m {
-        Message::BackendKeyData(k) => Some(k.process_id()),
-        _ => None,
-    });
-    (s, buf, pid.expect("a BackendKeyData"))
+    (s, buf, got)
 }
 
 /// The SQLSTATE of the first ErrorResponse among `msgs`.

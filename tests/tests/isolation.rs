@@ -375,12 +375,12 @@ async fn idle_pooled_connections_give_way_to_new_sessions_and_expire() {
     let daemon = start_text(&text).await.unwrap();
     let port = daemon.addr("app", false).unwrap().port();
     let user = sqlswitch_tests::pg::MD5_USER;
-    let session = |name: &str| {
-        let conn = format!("{} application_name={name}", proxy::conn_str(port, user));
+    let session = |timeout: &str| {
+        let conn = format!("{} options=-cstatement_timeout={timeout}", proxy::conn_str(port, user));
         async move { connect_str(&conn).await }
     };
-    // Idle connections on the primary under several pool keys (application_name is one).
-    for name in ["a", "b", "c"] {
+    // Idle connections on the primary under several pool keys (a setting in `options` is one).
+    for name in ["1001", "1002", "1003"] {
         let c = session(name).await.unwrap();
         c.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
     }
@@ -394,7 +394,7 @@ async fn idle_pooled_connections_give_way_to_new_sessions_and_expire() {
     let direct = connect_str(&format!("{} application_name=direct", proxy::conn_str(topo.primary().port, user))).await;
     let refused = direct.err().and_then(|e| e.code().cloned());
     // A session under a new key needs a new login on the primary.
-    let new_key = session("new").await;
+    let new_key = session("1004").await;
     let result = match &new_key {
         Ok(c) => c.batch_execute("BEGIN; SELECT 1; COMMIT").await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

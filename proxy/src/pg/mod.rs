@@ -54,7 +54,7 @@ pub async fn serve(accepted: Box<Accepted>) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
     // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
     // session, and an idle session would carry their size for its whole life.
-    let Some(Opened { stream, buf, users, key, read_only, cancel_key }) =
+    let Some(Opened { stream, buf, users, key, read_only, cancel_key, settings }) =
         Box::pin(open(stream, peer, &cluster, read_only_listener, cancels)).await
     else {
         return;
@@ -62,6 +62,7 @@ pub async fn serve(accepted: Box<Accepted>) {
     let Some(account) = users.get(key.user()) else { return };
     let id = Identity { cluster: &cluster, password: &account.password, key: &key, read_only, cancel: &cancel_key };
     let mut session = Session::new(stream, buf, id);
+    session.core.starts_with(settings);
     let end = session.run(&shutdown).await;
     cluster.metrics.sessions.decrement(1.0);
     let goodbye = match end {
@@ -110,6 +111,8 @@ struct Opened {
     key: PoolKey,
     read_only: bool,
     cancel_key: cancel::CancelKey,
+    /// The login's settings that are not part of the pool key ([`session_settings`]).
+    settings: Vec<String>,
 }
 
 /// Startup, the client's login and a backend login that proves the user and database good;
@@ -147,6 +150,7 @@ async fn open(
     let account = users.get(&user)?;
     let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
     let key = pool_key(&startup, &user, read_only);
+    let app_name = application_name(&startup);
     let backend_tls = cluster.backend_tls.load_full();
     let login = Login { user: &user, password: &account.password, params: key.params(), tls: backend_tls.as_deref() };
 
@@ -161,7 +165,7 @@ async fn open(
     };
     let backend = &cluster.backends[index];
     let cancel_key = cancels.register();
-    if let Err(e) = welcome(&mut stream, &conn, &cancel_key).await {
+    if let Err(e) = welcome(&mut stream, &conn, &cancel_key, app_name).await {
         debug!(%peer, error = %e, "client left during startup");
         release(cluster, index, key, conn, false).await;
         return None;
@@ -173,7 +177,8 @@ async fn open(
     // the session takes one when it first sends something, so an idle client holds none.
     release(cluster, index, key.clone(), conn, false).await;
 
-    Some(Opened { stream, buf, users, key, read_only, cancel_key })
+    let settings = session_settings(app_name);
+    Some(Opened { stream, buf, users, key, read_only, cancel_key, settings })
 }
 
 /// A session is read-only when the client declares `default_transaction_read_only=on`, as a
@@ -184,13 +189,32 @@ fn declared_read_only(startup: &Startup) -> bool {
     direct.or(in_options).unwrap_or(false)
 }
 
-/// The startup parameters the backend login carries: the client's, minus `user`, plus the
-/// read-only setting for read-only sessions (last, so it wins over anything in `options`).
+/// The startup parameters that are not part of the pool key: the session sets them on each
+/// connection it takes. An application name differs from one client to the next (a test
+/// runner names each test, a worker its process), and nothing in the server's answers but
+/// the name itself depends on it; keyed by it, the pools held a connection per name.
+const SESSION_PARAMS: [&str; 2] = ["application_name", "fallback_application_name"];
+
+/// The application name the client gave (`application_name`, or else its fallback).
+fn application_name(startup: &Startup) -> Option<&str> {
+    startup.param("application_name").or_else(|| startup.param("fallback_application_name"))
+}
+
+/// The session's own settings, replayed on every connection it takes (before its first
+/// statement there) and kept across `DISCARD ALL`.
+fn session_settings(app_name: Option<&str>) -> Vec<String> {
+    app_name.map(|name| format!("SET application_name = {}", crate::replication::literal(name))).into_iter().collect()
+}
+
+/// The startup parameters the backend login carries: the client's, minus `user` and the
+/// session's own settings ([`SESSION_PARAMS`]), plus the read-only setting for read-only
+/// sessions (last, so it wins over anything in `options`).
 fn pool_key(startup: &Startup, user: &str, read_only: bool) -> PoolKey {
     let given = startup
         .params
         .iter()
         .filter(|(k, _)| k != "user" && k != READ_ONLY_GUC && !k.starts_with("_pq_."))
+        .filter(|(k, _)| !SESSION_PARAMS.contains(&k.as_str()))
         .map(|(k, v)| (k.as_str(), v.as_str()));
     let database = (!startup.params.iter().any(|(k, _)| k == "database")).then_some(("database", user));
     let read_only = read_only.then_some((READ_ONLY_GUC, "on"));
@@ -234,10 +258,17 @@ async fn refuse_session(stream: &mut ClientStream, cluster: &Cluster, e: Backend
     }
 }
 
-/// ParameterStatus from the backend, the proxy's own cancel key, and ReadyForQuery.
-async fn welcome(stream: &mut ClientStream, conn: &BackendConn, key: &CancelKey) -> std::io::Result<()> {
+/// ParameterStatus from the backend (the application name the client's own), the proxy's
+/// own cancel key, and ReadyForQuery.
+async fn welcome(
+    stream: &mut ClientStream,
+    conn: &BackendConn,
+    key: &CancelKey,
+    app_name: Option<&str>,
+) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     for (name, value) in &conn.params {
+        let value = if name == "application_name" { app_name.unwrap_or(value) } else { value };
         msg::parameter_status(&mut out, name, value);
     }
     msg::backend_key_data(&mut out, key.pid, key.secret);

@@ -64,10 +64,24 @@ impl<C: Link> Core<'_, C> {
 
     /// A session-state statement `sql` succeeded on `side`: it is replayed on every other
     /// connection the session takes; the one that ran it has it.
+    ///
+    /// A `RESET` returns a setting to its value at login, and the server's login did not carry
+    /// the session's own settings ([`Core::starts_with`]): they are given again after it, on
+    /// this connection too (before its next statement), as directly a `RESET ALL` returns to
+    /// the client's startup values.
     pub fn recorded(&mut self, side: Side, sql: String) {
+        let resets =
+            self.state.startup > 0 && sql.trim_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case("reset"));
         self.state.record(sql);
+        let ran = self.state.replay.len();
+        if resets {
+            let again: Vec<String> = self.state.replay.iter().take(self.state.startup).cloned().collect();
+            for setting in again {
+                self.state.record(setting);
+            }
+        }
         if let Some(slot) = self.slots[side].as_mut() {
-            slot.applied.replayed = self.state.replay.len();
+            slot.applied.replayed = ran;
         }
     }
 
@@ -76,13 +90,23 @@ impl<C: Link> Core<'_, C> {
     /// next use.
     pub fn discarded(&mut self, side: Side) {
         self.state.forget_all();
-        self.state.replay.clear();
+        // Back to what the login gave (as directly, where DISCARD ALL returns every setting
+        // to its value at the start of the session).
+        self.state.replay.truncate(self.state.startup);
         for (at, slot) in self.slots.iter_mut() {
             if let Some(slot) = slot {
                 slot.applied = Applied::default();
                 slot.stale = at != side;
             }
         }
+    }
+
+    /// The session starts with `settings`, its login's own (the startup parameters that are
+    /// not part of the pool key, as `SET` statements): every connection it takes is given them
+    /// first, and a `DISCARD ALL` returns to them.
+    pub fn starts_with(&mut self, settings: Vec<String>) {
+        self.state.startup = settings.len();
+        self.state.replay = settings;
     }
 
     /// The client (re)defined the named statement `name` with its Parse `parse`; returns its

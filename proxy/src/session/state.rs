@@ -49,6 +49,9 @@ pub struct SessionState {
     /// The session may have set a custom parameter (`myapp.tenant`): its connections keep a
     /// placeholder that no reset removes, so they are closed, not pooled, when it is done.
     pub(super) custom_settings: bool,
+    /// How many of the first `replay` statements the login gave (the client's startup
+    /// parameters that are not part of the pool key): a `DISCARD ALL` returns to them.
+    pub(super) startup: usize,
 }
 
 /// The reason a session that ran `LISTEN` cannot move: it waits for notifications that only
