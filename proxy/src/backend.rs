@@ -25,6 +25,15 @@ pub enum BackendError {
         /// Its message, for logs.
         message: String,
     },
+    /// Every connection `max_backend_connections` allows to the backend stayed in use for as
+    /// long as a session waits (`connect_timeout`): PostgreSQL 53300, MySQL 1040 to the client.
+    #[error("all {max} connections to the backend (max_backend_connections) stayed in use for {waited:?}")]
+    Full {
+        /// The limit.
+        max: usize,
+        /// How long the session waited.
+        waited: Duration,
+    },
     /// The backend asked for something the proxy does not do, or broke the protocol.
     #[error("{0}")]
     Protocol(String),
@@ -61,9 +70,11 @@ impl BackendError {
     pub fn fault(&self) -> Fault {
         match self {
             BackendError::Refused { .. } | BackendError::Unmovable(_) => Fault::Session,
-            BackendError::Io(_) | BackendError::Timeout | BackendError::Closed | BackendError::Ended(_) => {
-                Fault::Backend
-            }
+            BackendError::Io(_)
+            | BackendError::Timeout
+            | BackendError::Closed
+            | BackendError::Ended(_)
+            | BackendError::Full { .. } => Fault::Backend,
             BackendError::Protocol(_) => Fault::Proxy,
         }
     }
@@ -71,7 +82,8 @@ impl BackendError {
     /// Whether the same work may be tried again on another connection or backend: nothing of
     /// it reached a server that could have acted on it, as far as the proxy can tell.
     pub fn retryable(&self) -> bool {
-        matches!(self, BackendError::Io(_) | BackendError::Timeout) || self.too_many_connections()
+        matches!(self, BackendError::Io(_) | BackendError::Timeout | BackendError::Full { .. })
+            || self.too_many_connections()
     }
 
     /// Whether the server refused a login because it, or the user, has too many connections

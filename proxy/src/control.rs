@@ -453,6 +453,8 @@ fn cluster_status(c: &Cluster) -> Value {
                 "sessions": b.sessions.load(Ordering::Relaxed),
                 "queries": b.queries.load(Ordering::Relaxed),
                 "idle_connections": b.idle_count(),
+                "open_connections": b.open_count(),
+                "waiting_clients": b.waiting(),
                 "latency_buckets": c.latency.backend_buckets(i),
             })
         })

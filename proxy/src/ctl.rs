@@ -248,7 +248,7 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
         let rate_head =
             if rates.is_some() { format!(" {:>8} {:>7} {:>7}", "stmt/s", "p50 ms", "p99 ms") } else { String::new() };
         lines.push(format!(
-            "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10}{rate_head} {:>6}{}",
+            "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10}{rate_head} {:>6} {:>6} {:>7}{}",
             "backend",
             "role",
             "server",
@@ -258,6 +258,8 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
             "sessions",
             "queries",
             "idle",
+            "open",
+            "waiting",
             if grouped { "  group" } else { "" }
         ));
         for b in c["backends"].as_array().into_iter().flatten() {
@@ -278,7 +280,7 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
                 None => String::new(),
             };
             lines.push(format!(
-                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10}{rate} {:>6}{}",
+                "  {:<12} {:<8} {:<10} {:<9} {:>8} {:>12} {:>9} {:>10}{rate} {:>6} {:>6} {:>7}{}",
                 backend,
                 b["role"].as_str().unwrap_or(""),
                 server,
@@ -288,6 +290,8 @@ fn status_lines(v: &Value, rates: Option<&Rates>) -> Vec<String> {
                 b["sessions"].to_string(),
                 b["queries"].to_string(),
                 b["idle_connections"].to_string(),
+                b["open_connections"].to_string(),
+                b["waiting_clients"].to_string(),
                 group(b)
             ));
         }

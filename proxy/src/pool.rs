@@ -17,7 +17,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metrics::Gauge;
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::backend::BackendError;
 pub use crate::metrics::OpenCount;
@@ -55,6 +55,34 @@ struct Idle<C> {
     conn: C,
 }
 
+/// What a pool reports, and the backend's open connections it counts.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    /// Idle connections.
+    pub idle: Gauge,
+    /// Sessions waiting for room now.
+    pub waiting: Gauge,
+    /// How long each session that waited for room waited.
+    pub waited: Histogram,
+    /// Sessions refused after waiting.
+    pub timeouts: Counter,
+    /// The backend's open connections, as `max_backend_connections` counts them.
+    pub count: Arc<OpenCount>,
+}
+
+impl Default for PoolMetrics {
+    /// Reported nowhere (tests).
+    fn default() -> Self {
+        Self {
+            idle: Gauge::noop(),
+            waiting: Gauge::noop(),
+            waited: Histogram::noop(),
+            timeouts: Counter::noop(),
+            count: Arc::default(),
+        }
+    }
+}
+
 /// A pool of idle connections of type `C`, keyed by `K`.
 pub struct Pool<K, C> {
     /// Most recently returned last.
@@ -62,13 +90,21 @@ pub struct Pool<K, C> {
     max_idle: usize,
     gauge: Gauge,
     count: Arc<OpenCount>,
+    waiting: Gauge,
+    waited: Histogram,
+    timeouts: Counter,
 }
 
 impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
-    /// A pool that keeps at most `max_idle` connections per key, of a backend whose open
-    /// connections `count` counts.
-    pub fn new(max_idle: usize, gauge: Gauge, count: Arc<OpenCount>) -> Self {
-        Self { idle: Mutex::new(HashMap::new()), max_idle, gauge, count }
+    /// A pool that keeps at most `max_idle` connections per key, reporting to `metrics`.
+    pub fn new(max_idle: usize, metrics: PoolMetrics) -> Self {
+        let PoolMetrics { idle, waiting, waited, timeouts, count } = metrics;
+        Self { idle: Mutex::new(HashMap::new()), max_idle, gauge: idle, count, waiting, waited, timeouts }
+    }
+
+    /// Sessions waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.count.waiting()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Idle<C>>>> {
@@ -146,6 +182,14 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         out
     }
 
+    /// A session that waited for room (`waiting`: its count) stops waiting.
+    fn waited_since(&self, waiting: Option<crate::metrics::Waiting<'_>>, started: tokio::time::Instant) {
+        if waiting.is_some() {
+            self.waiting.decrement(1.0);
+            self.waited.record(started.elapsed().as_secs_f64());
+        }
+    }
+
     /// A connection for `key`: an idle one, or a new one from `open` within `limits`.
     ///
     /// # Errors
@@ -156,10 +200,14 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<C, BackendError>>,
     {
-        let deadline = tokio::time::Instant::now() + limits.wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limits.wait;
+        // Counted as waiting from its first wait for room to its end.
+        let mut waiting = None;
         loop {
             while let Some(conn) = self.take(key) {
                 if conn.is_reusable() {
+                    self.waited_since(waiting.take(), started);
                     return Ok(conn);
                 }
                 conn.close().await;
@@ -171,14 +219,18 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                 old.close().await;
                 continue;
             }
+            if waiting.is_none() {
+                self.waiting.increment(1.0);
+                waiting = Some(self.count.wait());
+            }
             let room = self.count.room().notified();
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return Err(BackendError::Protocol(format!(
-                    "all {} connections to the backend (max_backend_connections) are in use",
-                    limits.max_open
-                )));
+                self.waited_since(waiting.take(), started);
+                self.timeouts.increment(1);
+                return Err(BackendError::Full { max: limits.max_open, waited: limits.wait });
             }
         }
+        self.waited_since(waiting.take(), started);
         match open().await {
             Err(e) if e.too_many_connections() => {
                 // The server is full: idle pooled connections must not be why.
@@ -274,7 +326,7 @@ mod tests {
     }
 
     fn pool(max_idle: usize) -> Pool<&'static str, u32> {
-        Pool::new(max_idle, Gauge::noop(), Arc::default())
+        Pool::new(max_idle, super::PoolMetrics::default())
     }
 
     #[test]
@@ -330,7 +382,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
         let count = Arc::new(OpenCount::default());
-        let pool: Pool<&str, Counted> = Pool::new(8, Gauge::noop(), Arc::clone(&count));
+        let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
+        let pool: Pool<&str, Counted> = Pool::new(8, metrics);
         let limits = Limits { max_open: 1, wait: Duration::from_millis(50) };
         let open = |n: u32| {
             let count = Arc::clone(&count);
@@ -353,14 +406,19 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         // The one in use going idle under the client's key is taken as soon as it is back.
         let waiting = pool.checkout(&"mine", Limits { wait: Duration::from_secs(5), ..limits }, open(3));
+        assert_eq!(pool.waiting(), 0, "a refused session no longer counts as waiting");
         let (got, ()) = tokio::join!(waiting, async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            while pool.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(pool.waiting(), 1, "the session waiting for room is counted");
             if let Some(c) = first {
                 assert!(pool.put("mine", c).is_none());
             }
         });
         assert_eq!(got.ok().map(|c| c.0), Some(1));
         assert_eq!(count.get(), 1);
+        assert_eq!(pool.waiting(), 0, "nor one that got its connection");
     }
 
     #[test]

@@ -83,3 +83,58 @@ async fn application_names_are_session_state_not_pools() {
         assert_eq!(row.as_deref(), expected, "{sql}");
     }
 }
+
+/// Under `max_backend_connections`, a session that finds every connection to the primary in
+/// use waits for one (counted in `status` and in the metrics) and goes on when one is given
+/// back; one that waits `connect_timeout` in vain is refused with 53300, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backend_makes_sessions_wait_then_refuses_with_53300() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let extra = "max_backend_connections = 3\nconnect_timeout = \"2s\"";
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let primary = |key: &str| daemon.control.status()["clusters"][0]["backends"][0][key].as_u64().unwrap_or(0);
+    proxy::eventually(10, "the monitor holds its connection to the primary", || primary("open_connections") >= 1).await;
+    let monitor = primary("open_connections");
+    // Sessions in a transaction hold a primary connection each, up to the limit.
+    let mut holders = Vec::new();
+    for _ in monitor..3 {
+        let c = connect_str(&proxy::conn_str(port, APP)).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        holders.push(c);
+    }
+    assert_eq!(primary("open_connections"), 3);
+    // The next one waits for room (its login needs a primary connection).
+    let waiter = tokio::spawn(async move {
+        let c = connect_str(&proxy::conn_str(port, APP)).await?;
+        c.query_one("SELECT 1", &[]).await.map(|_| c)
+    });
+    proxy::eventually(5, "a session waits for room", || primary("waiting_clients") == 1).await;
+    let metrics = daemon.metrics.render();
+    assert!(metrics.contains("sqlswitch_backend_waiting_clients{cluster=\"app\",backend=\"primary\"} 1"), "{metrics}");
+    drop(holders.pop());
+    let served = waiter.await.unwrap().expect("served once a session gave its connection back");
+    assert_eq!(primary("waiting_clients"), 0);
+    let metrics = daemon.metrics.render();
+    assert!(
+        metrics.contains("sqlswitch_backend_wait_seconds_count{cluster=\"app\",backend=\"primary\"} 1"),
+        "{metrics}"
+    );
+
+    // Every connection stays in use: refused after connect_timeout, with 53300.
+    served.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = connect_str(&proxy::conn_str(port, APP)).await.expect_err("no room within connect_timeout");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("a server error: {err:?}"));
+    assert_eq!(db.code(), &tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS, "{db:?}");
+    assert!(db.message().contains("max_backend_connections"), "{}", db.message());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "it waited connect_timeout");
+    let metrics = daemon.metrics.render();
+    assert!(
+        metrics.contains("sqlswitch_backend_wait_timeouts_total{cluster=\"app\",backend=\"primary\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(primary("waiting_clients"), 0);
+}

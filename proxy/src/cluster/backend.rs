@@ -110,7 +110,17 @@ impl Backend {
         }
     }
 
-    /// Idle pooled connections to this backend.
+    /// Sessions waiting now for room under `max_backend_connections`.
+    pub fn waiting(&self) -> usize {
+        self.metrics.count.waiting()
+    }
+
+    /// Connections open to it now (sessions', pooled and the monitor's).
+    pub fn open_count(&self) -> usize {
+        self.metrics.count.get()
+    }
+
+    /// How many idle connections its pool keeps.
     pub fn idle_count(&self) -> usize {
         match &self.pool {
             Pools::Pg(pool) => pool.idle_count(),
@@ -128,11 +138,17 @@ impl Backend {
             group: b.group.clone(),
             group_id,
             pool: {
-                let (max_idle, gauge, count) =
-                    (cluster.pool_max_idle, metrics.idle.clone(), Arc::clone(&metrics.count));
+                let max_idle = cluster.pool_max_idle;
+                let counted = crate::pool::PoolMetrics {
+                    idle: metrics.idle.clone(),
+                    waiting: metrics.waiting.clone(),
+                    waited: metrics.waited.clone(),
+                    timeouts: metrics.wait_timeouts.clone(),
+                    count: Arc::clone(&metrics.count),
+                };
                 match cluster.protocol {
-                    sqlswitch_config::Protocol::Postgres => Pools::Pg(Pool::new(max_idle, gauge, count)),
-                    sqlswitch_config::Protocol::Mysql => Pools::My(Pool::new(max_idle, gauge, count)),
+                    sqlswitch_config::Protocol::Postgres => Pools::Pg(Pool::new(max_idle, counted)),
+                    sqlswitch_config::Protocol::Mysql => Pools::My(Pool::new(max_idle, counted)),
                 }
             },
             metrics,

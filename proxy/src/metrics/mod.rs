@@ -90,6 +90,10 @@ impl Registry {
             ),
             ("sqlswitch_backend_connect_failures_total", "Failed attempts to connect or log in to a backend."),
             (
+                "sqlswitch_backend_wait_timeouts_total",
+                "Sessions refused a backend connection after waiting connect_timeout for room under max_backend_connections.",
+            ),
+            (
                 "sqlswitch_primary_changes_total",
                 "Primary changes the monitor made to follow the servers (an external failover or switchover).",
             ),
@@ -106,6 +110,11 @@ impl Registry {
             ("sqlswitch_build_info", Unit::Count, "1, labelled with the running sqlswitch's version."),
             ("sqlswitch_client_sessions", Unit::Count, "Client sessions open now."),
             ("sqlswitch_backend_connections", Unit::Count, "Backend connections, by state (open, idle)."),
+            (
+                "sqlswitch_backend_waiting_clients",
+                Unit::Count,
+                "Sessions waiting now for room under the backend's max_backend_connections.",
+            ),
             (
                 "sqlswitch_primary_known",
                 Unit::Count,
@@ -162,6 +171,11 @@ impl Registry {
             KeyName::from("sqlswitch_hold_seconds"),
             Some(Unit::Seconds),
             SharedString::from("How long each held statement waited at the gate."),
+        );
+        self.recorder.describe_histogram(
+            KeyName::from("sqlswitch_backend_wait_seconds"),
+            Some(Unit::Seconds),
+            SharedString::from("How long each session that had to wait for room under max_backend_connections waited."),
         );
     }
 
@@ -247,6 +261,9 @@ impl Registry {
             open: self.gauge("sqlswitch_backend_connections", &state("open")),
             count: std::sync::Arc::default(),
             idle: self.gauge("sqlswitch_backend_connections", &state("idle")),
+            waiting: self.gauge("sqlswitch_backend_waiting_clients", &b),
+            waited: self.recorder.register_histogram(&key("sqlswitch_backend_wait_seconds", &b), &META),
+            wait_timeouts: self.counter("sqlswitch_backend_wait_timeouts_total", &b),
             connect_failures: self
                 .counter("sqlswitch_backend_connect_failures_total", &[("cluster", cluster), ("backend", backend)]),
         }
@@ -465,9 +482,21 @@ impl ClusterMetrics {
 pub struct OpenCount {
     open: AtomicUsize,
     room: Notify,
+    waiting: AtomicUsize,
 }
 
 impl OpenCount {
+    /// Sessions waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session waiting for room while the returned guard lives.
+    pub fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
+    }
+
     /// Connections open now.
     pub fn get(&self) -> usize {
         self.open.load(Ordering::Relaxed)
@@ -487,6 +516,15 @@ impl OpenCount {
     pub fn closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.room.notify_one();
+    }
+}
+
+/// A session counted as waiting for room ([`OpenCount::wait`]) while it lives.
+pub struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -536,6 +574,12 @@ pub struct BackendMetrics {
     pub count: std::sync::Arc<OpenCount>,
     /// Idle pooled connections.
     pub idle: Gauge,
+    /// Sessions waiting for room under `max_backend_connections`.
+    pub waiting: Gauge,
+    /// How long each session that waited for room waited.
+    pub waited: Histogram,
+    /// Sessions refused after waiting for room.
+    pub wait_timeouts: Counter,
     /// Failed connects or logins.
     pub connect_failures: Counter,
 }

@@ -434,7 +434,11 @@ impl<'a> MySession<'a> {
                 }
                 Err(e) => {
                     self.leave_primary();
-                    self.err(seq, code::UNKNOWN, "08S01", &format!("sqlswitch cannot reach the primary: {e}")).await;
+                    let text = format!("sqlswitch cannot reach the primary: {e}");
+                    match e {
+                        BackendError::Full { .. } => self.err(seq, code::TOO_MANY_CONNECTIONS, "08004", &text).await,
+                        _ => self.err(seq, code::UNKNOWN, "08S01", &text).await,
+                    }
                     return Ok(());
                 }
             }

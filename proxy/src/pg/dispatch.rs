@@ -240,7 +240,11 @@ impl Session<'_> {
                 if self.outstanding == 0 && self.tx() == TxStatus::Idle {
                     self.leave_primary();
                 }
-                self.refuse_batch(&format!("sqlswitch cannot reach the primary: {e}")).await?;
+                let code = match e {
+                    BackendError::Full { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+                    _ => sqlstate::CONNECTION_FAILURE,
+                };
+                self.refuse_batch(code, &format!("sqlswitch cannot reach the primary: {e}")).await?;
                 Ok(false)
             }
         }
@@ -274,10 +278,10 @@ impl Session<'_> {
     }
 
     /// Answers a batch no backend could take with an error (and its ReadyForQuery).
-    async fn refuse_batch(&mut self, text: &str) -> Result<(), End> {
-        self.id.cluster.metrics.errors.count_state(false, Some(sqlstate::CONNECTION_FAILURE));
+    async fn refuse_batch(&mut self, code: &'static str, text: &str) -> Result<(), End> {
+        self.id.cluster.metrics.errors.count_state(false, Some(code));
         let mut out = BytesMut::new();
-        msg::error_response(&mut out, Severity::Error, sqlstate::CONNECTION_FAILURE, text);
+        msg::error_response(&mut out, Severity::Error, code, text);
         for _ in 0..self.batch.syncs {
             msg::ready_for_query(&mut out, TxStatus::Idle);
         }

@@ -254,6 +254,7 @@ async fn refuse_session(stream: &mut ClientStream, cluster: &Cluster, e: Backend
         BackendError::Refused { error, .. } => {
             let _ = stream.send(&error).await;
         }
+        BackendError::Full { .. } => send_fatal(stream, sqlstate::TOO_MANY_CONNECTIONS, &text).await,
         _ => send_fatal(stream, sqlstate::CONNECTION_FAILURE, &text).await,
     }
 }

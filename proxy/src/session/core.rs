@@ -363,9 +363,15 @@ impl<'a, C: Link> Core<'a, C> {
     /// the primary instead. When the replica refused the session's own state (a replayed
     /// statement, a prepare, the login), the session, not the replica, is the problem: the
     /// session stays on the primary from now on and the replica serves everyone else.
-    /// Otherwise the replica is unavailable and is kept out until the monitor sees it again.
+    /// A replica with no room under `max_backend_connections` is busy, not down: only this
+    /// statement goes elsewhere. Otherwise the replica is unavailable and is kept out until
+    /// the monitor sees it again.
     pub fn fall_back(&mut self, e: &BackendError) {
-        if matches!(e, BackendError::Refused { .. }) {
+        if let BackendError::Full { .. } = e {
+            // The replica is busy, not down: it stays in service for everyone else.
+            debug!(error = %e, "replica full for this statement; using the primary");
+            self.take(Side::Replica);
+        } else if matches!(e, BackendError::Refused { .. }) {
             warn!(error = %e, "a replica refused this session's state; the session stays on the primary");
             self.state.pin();
             self.slots[Side::Replica] = None;

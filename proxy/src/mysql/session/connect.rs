@@ -97,6 +97,7 @@ pub fn first_connection_error(cluster: &Cluster, e: BackendError) -> Vec<u8> {
     let text = cluster.no_session(&e);
     match e {
         BackendError::Refused { error, .. } => error.to_vec(),
+        BackendError::Full { .. } => err_payload(code::TOO_MANY_CONNECTIONS, "08004", &text),
         _ => err_payload(code::UNKNOWN, "08S01", &text),
     }
 }
