@@ -3,8 +3,6 @@
 //! asks for it, control-path queries (replay, monitoring, fencing), and reset for reuse.
 
 use bytes::{Bytes, BytesMut};
-use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
-use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use sqlswitch_protocol::mysql::command::{self, Answer};
 use sqlswitch_protocol::mysql::handshake::{parse_auth_switch, ClientResponse, ServerHandshake};
 use sqlswitch_protocol::mysql::packet::{self, Packet};
@@ -335,10 +333,9 @@ fn scramble(plugin: &str, nonce: &[u8], password: &str) -> Vec<u8> {
     let nonce = nonce.get(..nonce.len().min(20)).unwrap_or_default();
     match plugin {
         "caching_sha2_password" => {
-            let n: [u8; 20] = nonce.try_into().unwrap_or([0; 20]);
-            scramble_sha256(&n, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default()
+            super::scramble::sha256(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default()
         }
-        _ => scramble_native(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default(),
+        _ => super::scramble::native(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default(),
     }
 }
 

@@ -11,8 +11,6 @@ pub mod timeout;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
-use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ClientResponse, ServerHandshake};
 use sqlswitch_protocol::mysql::packet::{self, err_payload, ok_payload};
 use sqlswitch_protocol::mysql::{caps, code, status};
@@ -216,9 +214,9 @@ pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2
             Some(Vec::new())
         } else if sha2 {
             let nonce: &[u8; 20] = nonce.try_into().ok()?;
-            scramble_sha256(nonce, u.password.as_bytes()).map(|s| s.to_vec())
+            crate::conn::scramble::sha256(nonce, u.password.as_bytes()).map(|s| s.to_vec())
         } else {
-            scramble_native(nonce, u.password.as_bytes()).map(|s| s.to_vec())
+            crate::conn::scramble::native(nonce, u.password.as_bytes()).map(|s| s.to_vec())
         }
     });
     expected.as_deref() == Some(auth)
