@@ -73,7 +73,7 @@ pub struct Fleet {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Unix socket for `sqlswitch ctl`, created mode 0600.
+    /// Unix socket for `sqlswitch ctl`, created mode 0600 ([`default_socket`] unless set).
     #[serde(default = "defaults::socket")]
     pub socket: PathBuf,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -84,6 +84,25 @@ pub struct Admin {
 impl Default for Admin {
     fn default() -> Self {
         Self { socket: defaults::socket(), metrics: None }
+    }
+}
+
+/// The admin socket when the config names none, and where `sqlswitch ctl` looks when not told:
+/// `/run/sqlswitch/admin.sock` when the directory `/run/sqlswitch` exists (systemd's
+/// `RuntimeDirectory=sqlswitch`, as `deploy/systemd/sqlswitch.service` sets: `/tmp` is private
+/// to a service with `PrivateTmp`, where `ctl` would not find it), else `/tmp/sqlswitch.sock`.
+pub fn default_socket() -> PathBuf {
+    default_socket_in(std::path::Path::new(RUN_DIR))
+}
+
+/// The runtime directory [`default_socket`] looks for.
+pub const RUN_DIR: &str = "/run/sqlswitch";
+
+fn default_socket_in(run: &std::path::Path) -> PathBuf {
+    if run.is_dir() {
+        run.join("admin.sock")
+    } else {
+        PathBuf::from("/tmp/sqlswitch.sock")
     }
 }
 
@@ -381,7 +400,7 @@ mod defaults {
     use std::time::Duration;
 
     pub fn socket() -> PathBuf {
-        PathBuf::from("/tmp/sqlswitch.sock")
+        super::default_socket()
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)

@@ -229,3 +229,12 @@ fn the_readme_block_and_the_examples_load() {
     }
     assert!(examples >= 2, "examples/*.toml: {examples}");
 }
+
+#[test]
+fn the_default_admin_socket_is_under_the_runtime_directory_when_there_is_one() {
+    let dir = std::env::temp_dir().join(format!("sqlswitch-run-{}", std::process::id()));
+    assert_eq!(super::default_socket_in(&dir), std::path::PathBuf::from("/tmp/sqlswitch.sock"));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(super::default_socket_in(&dir), dir.join("admin.sock"));
+    std::fs::remove_dir(&dir).unwrap();
+}

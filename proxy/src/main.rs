@@ -59,9 +59,11 @@ enum Command {
     /// change of primary), reload; `status --watch` for a live view. Exit 0 when the daemon answers ok, 1 when it refuses, 2 when it
     /// cannot be reached.
     Ctl {
-        /// The admin socket (`[admin] socket` in the config).
-        #[arg(long, default_value = "/tmp/sqlswitch.sock")]
-        socket: PathBuf,
+        /// The admin socket (`[admin] socket` in the config). Default: /run/sqlswitch/admin.sock
+        /// when /run/sqlswitch exists (systemd's RuntimeDirectory), else /tmp/sqlswitch.sock; the
+        /// daemon's own default is the same.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print the daemon's JSON answer as it is, for scripts.
         #[arg(long)]
         json: bool,
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             run(config, threads.unwrap_or_else(sqlswitch::workers::default_threads), log_format)
         }
         Command::Ctl { socket, json, watch, command } => {
+            let socket = socket.unwrap_or_else(sqlswitch_config::default_socket);
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
