@@ -104,6 +104,9 @@ async fn anonymous_sessions_read_replicas_and_cannot_write() {
     assert!(count(own) >= 9.0, "{own}: {metrics}");
     let relayed = r#"sqlswitch_client_errors_total{cluster="app",source="server",class="42"}"#;
     assert_eq!(count(relayed), 1.0, "{metrics}");
+    // Replica lag of a MariaDB cluster is counted in transactions, not bytes.
+    assert!(metrics.contains("# TYPE sqlswitch_replica_lag_transactions gauge"), "{metrics}");
+    assert!(!metrics.contains("sqlswitch_replica_lag_bytes{"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,8 @@ impl Backend {
 
     /// A backend of `cluster` from its config entry, in the group numbered `group_id`.
     pub fn new(cluster: &ClusterConfig, b: &sqlswitch_config::Backend, group_id: usize, registry: &Registry) -> Self {
-        let metrics = registry.backend(&cluster.name, &b.name, cluster.monitor.is_some());
+        let mysql = cluster.protocol == sqlswitch_config::Protocol::Mysql;
+        let metrics = registry.backend(&cluster.name, &b.name, cluster.monitor.is_some(), mysql);
         Backend {
             name: b.name.clone(),
             address: b.address.clone(),

@@ -77,7 +77,7 @@ impl Registry {
 
     fn describe(&self) {
         let counters: &[(&'static str, &'static str)] = &[
-            ("sqlswitch_client_sessions_total", "Client sessions accepted."),
+            ("sqlswitch_client_sessions_started_total", "Client sessions started (logged in)."),
             ("sqlswitch_auth_failures_total", "Client authentications refused."),
             (
                 "sqlswitch_statements_total",
@@ -157,9 +157,14 @@ impl Registry {
                 Unit::Seconds,
                 "How far behind its group's primary a replica is (+Inf: not replaying); 0 for a primary.",
             ),
-            ("sqlswitch_replica_lag_bytes", Unit::Bytes, "WAL bytes (MariaDB: transactions) a replica is behind."),
+            ("sqlswitch_replica_lag_bytes", Unit::Bytes, "PostgreSQL: WAL bytes a replica is behind."),
             (
-                "sqlswitch_backend_last_seen_seconds",
+                "sqlswitch_replica_lag_transactions",
+                Unit::Count,
+                "MySQL/MariaDB: transactions a replica is behind (GTID sequence numbers summed).",
+            ),
+            (
+                "sqlswitch_backend_last_seen_age_seconds",
                 Unit::Seconds,
                 "Time since the monitor last heard from the backend (+Inf: never).",
             ),
@@ -232,7 +237,7 @@ impl Registry {
             hold_seconds: self.recorder.register_histogram(&key("sqlswitch_hold_seconds", &c), &META),
             last_pause: self.gauge("sqlswitch_last_switchover_pause_seconds", &c),
             sessions: self.gauge("sqlswitch_client_sessions", &c),
-            sessions_total: self.counter("sqlswitch_client_sessions_total", &c),
+            sessions_total: self.counter("sqlswitch_client_sessions_started_total", &c),
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
             refused: self.counter("sqlswitch_statements_refused_total", &c),
             reruns: self.counter("sqlswitch_replica_reruns_total", &c),
@@ -244,7 +249,7 @@ impl Registry {
 
     /// The handles of one backend; `monitored`: its cluster has a monitor, which exports its
     /// health (without one nothing is known of it, and no health series exist).
-    pub fn backend(&self, cluster: &str, backend: &str, monitored: bool) -> BackendMetrics {
+    pub fn backend(&self, cluster: &str, backend: &str, monitored: bool, mysql: bool) -> BackendMetrics {
         let state = |s| [("cluster", cluster), ("backend", backend), ("state", s)];
         let b = [("cluster", cluster), ("backend", backend)];
         let health = monitored.then(|| HealthMetrics {
@@ -253,8 +258,10 @@ impl Registry {
                 self.gauge("sqlswitch_backend_role", &[("cluster", cluster), ("backend", backend), ("role", role)])
             }),
             lag_seconds: self.gauge("sqlswitch_replica_lag_seconds", &b),
-            lag_bytes: self.gauge("sqlswitch_replica_lag_bytes", &b),
-            last_seen: self.gauge("sqlswitch_backend_last_seen_seconds", &b),
+            // What the lag is counted in: WAL bytes, or transactions.
+            lag_bytes: self
+                .gauge(if mysql { "sqlswitch_replica_lag_transactions" } else { "sqlswitch_replica_lag_bytes" }, &b),
+            last_seen: self.gauge("sqlswitch_backend_last_seen_age_seconds", &b),
         });
         BackendMetrics {
             health,
