@@ -238,3 +238,17 @@ fn the_default_admin_socket_is_under_the_runtime_directory_when_there_is_one() {
     assert_eq!(super::default_socket_in(&dir), dir.join("admin.sock"));
     std::fs::remove_dir(&dir).unwrap();
 }
+
+#[test]
+fn a_scram_verifier_is_a_postgres_users_secret_and_must_be_whole() {
+    let verifier = "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:\
+                    wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+    let with = |password: &str| GOOD.replacen("password = \"app\"", &format!("password = \"{password}\""), 1);
+    let c = parse(&with(verifier)).expect("a PostgreSQL user with the server's verifier");
+    assert_eq!(c.clusters[0].user("app").unwrap().secret(), verifier);
+    let err = parse(&with("SCRAM-SHA-256$4096:abc$short:keys")).unwrap_err().to_string();
+    assert!(err.contains("pg_authid.rolpassword"), "{err}");
+    let mysql = with(verifier).replace("protocol = \"postgres\"", "protocol = \"mysql\"");
+    let err = parse(&mysql).unwrap_err().to_string();
+    assert!(err.contains("PostgreSQL secret"), "{err}");
+}

@@ -243,6 +243,19 @@ fn validate_users(c: &mut Cluster, at: &str, env: &impl Fn(&str) -> Option<Strin
         }
         let given = u.password.take();
         match resolve_secret(&key, given, u.password_env.as_deref(), u.password_file.as_deref(), env) {
+            Ok(Some(secret)) if secret.expose().starts_with(SCRAM_PREFIX) => {
+                if c.protocol != Protocol::Postgres {
+                    problem(key, "a SCRAM-SHA-256 verifier is a PostgreSQL secret: give this user's password".into());
+                } else if !looks_like_scram_verifier(secret.expose()) {
+                    problem(
+                        key,
+                        "starts like a SCRAM-SHA-256 verifier but is not one: copy pg_authid.rolpassword whole \
+                         (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"
+                            .into(),
+                    );
+                }
+                u.password = Some(secret);
+            }
             Ok(Some(secret)) => u.password = Some(secret),
             Ok(None) => problem(key, "password, password_env or password_file is required".into()),
             Err((key, message)) => problem(key, message),
@@ -253,6 +266,22 @@ fn validate_users(c: &mut Cluster, at: &str, env: &impl Fn(&str) -> Option<Strin
             problem(format!("{at}.read_only_users[{ri}]"), format!("{name:?} is not a configured [[cluster.user]]"));
         }
     }
+}
+
+/// What a server's own SCRAM secret begins with (`pg_authid.rolpassword`).
+const SCRAM_PREFIX: &str = "SCRAM-SHA-256$";
+
+/// Whether `secret` has the shape of `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
+/// (iterations a number, the rest base64 of keys of 32 bytes: 44 characters).
+fn looks_like_scram_verifier(secret: &str) -> bool {
+    let base64 = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    let Some((params, keys)) = secret.strip_prefix(SCRAM_PREFIX).and_then(|r| r.split_once('$')) else { return false };
+    let (Some((iterations, salt)), Some((stored, server))) = (params.split_once(':'), keys.split_once(':')) else {
+        return false;
+    };
+    iterations.parse::<u32>().is_ok_and(|i| i > 0)
+        && base64(salt)
+        && [stored, server].iter().all(|k| k.len() == 44 && base64(k))
 }
 
 /// A cluster's backends: how many, one primary per group, names, groups and addresses.

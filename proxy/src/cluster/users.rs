@@ -35,6 +35,21 @@ impl Verifier {
         }
     }
 
+    /// Reads a server's own SCRAM-SHA-256 secret, as PostgreSQL keeps it in
+    /// `pg_authid.rolpassword`: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
+    /// (base64); `None` when `text` is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        use base64::engine::general_purpose::STANDARD as B64;
+        use base64::Engine as _;
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let (stored_key, server_key) = (B64.decode(stored).ok()?, B64.decode(server).ok()?);
+        (stored_key.len() == 32 && server_key.len() == 32).then_some(())?;
+        Some(Self { salt: B64.decode(salt).ok()?, iterations: iterations.parse().ok()?, stored_key, server_key })
+    }
+
     /// The verifier as pgwire's SCRAM state machine takes it.
     pub fn secret(&self) -> pgwire::api::auth::sasl::scram::ScramSecret {
         pgwire::api::auth::sasl::scram::ScramSecret::Verifier {
@@ -48,8 +63,11 @@ impl Verifier {
 
 /// A configured user at run time.
 pub struct User {
-    /// Password, for logging in to backends.
+    /// Password, for logging in to backends (empty for a passthrough user).
     pub password: String,
+    /// The config keeps the server's own SCRAM verifier, not a password: the session logs in
+    /// to backends with the keys its client proved it holds (SCRAM passthrough).
+    pub passthrough: bool,
     /// Verifier, for checking clients.
     pub verifier: Verifier,
     /// Whether this user's sessions are read-only.
@@ -63,12 +81,16 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
         .users
         .iter()
         .map(|u| {
+            let read_only = config.read_only_users.contains(&u.name);
+            if let Some(verifier) = Verifier::parse(u.secret()) {
+                let user = User { password: String::new(), passthrough: true, verifier, read_only };
+                return (u.name.clone(), user);
+            }
             let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
                 Some(o) => o.verifier.clone(),
                 None => Verifier::new(u.secret()),
             };
-            let user =
-                User { password: u.secret().to_owned(), verifier, read_only: config.read_only_users.contains(&u.name) };
+            let user = User { password: u.secret().to_owned(), passthrough: false, verifier, read_only };
             (u.name.clone(), user)
         })
         .collect()

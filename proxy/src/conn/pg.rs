@@ -21,6 +21,9 @@ pub struct Login<'a> {
     pub user: &'a str,
     /// Password.
     pub password: &'a str,
+    /// SCRAM passthrough: the client's keys, when the config keeps the server's verifier for
+    /// this user instead of a password (`password` is then empty).
+    pub keys: Option<&'a super::scram::Keys>,
     /// Startup parameters (database, GUCs), user excluded.
     pub params: crate::pool::Params<'a>,
     /// TLS to the server, when configured.
@@ -137,6 +140,14 @@ impl BackendConn {
             let mut out = BytesMut::new();
             match code {
                 0 => return Ok(()),
+                3 | 5 if login.keys.is_some() => {
+                    return Err(BackendError::Protocol(format!(
+                        "the server asks for {} authentication for user {:?}, whose config keeps a SCRAM-SHA-256 \
+                         verifier: passthrough needs SCRAM-SHA-256 on the server (password_encryption, pg_hba.conf)",
+                        if code == 3 { "cleartext password" } else { "md5" },
+                        login.user
+                    )));
+                }
                 3 => postgres_protocol::message::frontend::password_message(login.password.as_bytes(), &mut out)?,
                 5 => {
                     let salt: [u8; 4] = body
@@ -157,7 +168,10 @@ impl BackendConn {
                             "backend offers no SASL mechanism the proxy supports".into(),
                         ));
                     }
-                    let s = super::scram::ScramClient::new(login.password);
+                    let s = match login.keys {
+                        Some(keys) => super::scram::ScramClient::with_keys(keys.clone()),
+                        None => super::scram::ScramClient::new(login.password),
+                    };
                     postgres_protocol::message::frontend::sasl_initial_response(
                         "SCRAM-SHA-256",
                         s.client_first().as_bytes(),

@@ -41,9 +41,36 @@ pub enum ScramError {
     BadServerSignature,
 }
 
+/// SCRAM passthrough: the keys a client proved it holds, for a login as that client without
+/// its password. The server must keep the same verifier (salt and iteration count), as when the
+/// config holds the server's own `SCRAM-SHA-256$...` secret.
+#[derive(Clone)]
+pub struct Keys {
+    /// The client's ClientKey, recovered from its proof.
+    pub client_key: [u8; 32],
+    /// The verifier's ServerKey, to check the server's signature.
+    pub server_key: Vec<u8>,
+    /// The verifier's salt.
+    pub salt: Vec<u8>,
+    /// The verifier's iteration count.
+    pub iterations: usize,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+/// What an exchange proves the client with.
+enum Secret {
+    Password(Vec<u8>),
+    Keys(Keys),
+}
+
 /// One exchange in progress.
 pub struct ScramClient {
-    password: Vec<u8>,
+    secret: Secret,
     nonce: String,
     client_first_bare: String,
     server_signature: Option<[u8; 32]>,
@@ -60,7 +87,17 @@ impl ScramClient {
         // SASLprep, and the password as it is when that fails, as PostgreSQL does.
         let password =
             stringprep::saslprep(password).map_or_else(|_| password.as_bytes().to_vec(), |p| p.as_bytes().to_vec());
-        Self { password, nonce: nonce.to_owned(), client_first_bare: format!("n=,r={nonce}"), server_signature: None }
+        Self::with_secret(Secret::Password(password), nonce)
+    }
+
+    /// Starts an exchange that proves the client with `keys` (SCRAM passthrough).
+    pub fn with_keys(keys: Keys) -> Self {
+        let nonce: [u8; 18] = rand::random();
+        Self::with_secret(Secret::Keys(keys), &B64.encode(nonce))
+    }
+
+    fn with_secret(secret: Secret, nonce: &str) -> Self {
+        Self { secret, nonce: nonce.to_owned(), client_first_bare: format!("n=,r={nonce}"), server_signature: None }
     }
 
     /// The client-first message.
@@ -93,17 +130,29 @@ impl ScramClient {
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err(ScramError::Protocol("the server's nonce does not extend the client's"));
         }
-        let salted = salted_password(&self.password, &salt, iterations);
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
-        let client_key = hmac::sign(&key, b"Client Key");
-        let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+        let (client_key, server_key) = match &self.secret {
+            Secret::Password(password) => {
+                let salted = salted_password(password, &salt, iterations);
+                let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+                let (client, server) = (hmac::sign(&key, b"Client Key"), hmac::sign(&key, b"Server Key"));
+                (client.as_ref().to_vec(), server.as_ref().to_vec())
+            }
+            Secret::Keys(keys) => {
+                if keys.salt != salt || keys.iterations != iterations.get() as usize {
+                    return Err(ScramError::Protocol(
+                        "passthrough: the server keeps another verifier for this user than the config (its salt or \
+                         iteration count differ): copy rolpassword from pg_authid again",
+                    ));
+                }
+                (keys.client_key.to_vec(), keys.server_key.clone())
+            }
+        };
+        let stored_key = digest::digest(&digest::SHA256, &client_key);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let signature = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.as_ref().iter().zip(signature.as_ref()).map(|(k, s)| k ^ s).collect();
-        let server_key = hmac::sign(&key, b"Server Key");
-        let server_signature =
-            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(signature.as_ref()).map(|(k, s)| k ^ s).collect();
+        let server_signature = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &server_key), auth_message.as_bytes());
         self.server_signature = server_signature.as_ref().try_into().ok();
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
@@ -122,6 +171,37 @@ impl ScramClient {
             _ => Err(ScramError::Protocol("malformed server-final")),
         }
     }
+}
+
+/// The server side of passthrough: after a client proved itself against a verifier
+/// (`stored_key`), its ClientKey is `proof XOR HMAC(StoredKey, AuthMessage)`. `client_first` is
+/// the client's first message (with its GS2 header), `server_first` the answer, `client_final`
+/// the client's last message. `None` when the messages are malformed or the key does not hash to
+/// `stored_key`.
+pub fn recover_client_key(
+    stored_key: &[u8],
+    client_first: &[u8],
+    server_first: &[u8],
+    client_final: &[u8],
+) -> Option<[u8; 32]> {
+    let client_first = std::str::from_utf8(client_first).ok()?;
+    let server_first = std::str::from_utf8(server_first).ok()?;
+    let client_final = std::str::from_utf8(client_final).ok()?;
+    // The GS2 header is the cbind flag and the authzid, each followed by a comma.
+    let mut header = client_first.splitn(3, ',');
+    let bare = header.nth(2)?;
+    let (without_proof, proof) = client_final.rsplit_once(",p=")?;
+    let proof = B64.decode(proof).ok()?;
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, stored_key), auth_message.as_bytes());
+    let mut client_key = [0u8; 32];
+    if proof.len() != client_key.len() {
+        return None;
+    }
+    for ((k, p), s) in client_key.iter_mut().zip(&proof).zip(signature.as_ref()) {
+        *k = p ^ s;
+    }
+    (digest::digest(&digest::SHA256, &client_key).as_ref() == stored_key).then_some(client_key)
 }
 
 /// PBKDF2-HMAC-SHA-256 of `password`, from the cache when this (password, salt, iterations) was
@@ -176,6 +256,38 @@ mod tests {
             .client_final(server_first.as_bytes())
             .unwrap()
             .ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
+    }
+
+    /// Passthrough, over RFC 7677's exchange: the server side recovers the client's ClientKey
+    /// from its proof against the verifier alone, and a client holding only those keys sends
+    /// the same proof and checks the same server signature; a server keeping another salt is
+    /// refused before anything is sent.
+    #[test]
+    fn passthrough_recovers_the_client_key_and_logs_in_with_it() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let salted = salted_password(b"pencil", &salt, NonZeroU32::new(4096).unwrap());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+        let client_key: [u8; 32] = hmac::sign(&key, b"Client Key").as_ref().try_into().unwrap();
+        let server_key = hmac::sign(&key, b"Server Key").as_ref().to_vec();
+        let stored_key = digest::digest(&digest::SHA256, &client_key).as_ref().to_vec();
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let client_final =
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        let first = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+        let recovered = recover_client_key(&stored_key, first, server_first.as_bytes(), client_final.as_bytes());
+        assert_eq!(recovered, Some(client_key));
+        let wrong = client_final.replace("p=dH", "p=eH");
+        assert_eq!(recover_client_key(&stored_key, first, server_first.as_bytes(), wrong.as_bytes()), None);
+
+        let keys = Keys { client_key, server_key, salt: salt.clone(), iterations: 4096 };
+        let mut c = ScramClient::with_secret(Secret::Keys(keys.clone()), "rOprNGfwEbeRWgbNEkqO");
+        c.client_first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO".into();
+        assert_eq!(c.client_final(server_first.as_bytes()).unwrap(), client_final, "the password's own proof");
+        c.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        let mut other =
+            ScramClient::with_secret(Secret::Keys(Keys { iterations: 8192, ..keys }), "rOprNGfwEbeRWgbNEkqO");
+        let refused = other.client_final(server_first.as_bytes()).unwrap_err().to_string();
+        assert!(refused.contains("another verifier"), "{refused}");
     }
 
     /// Mutated server messages (flipped, dropped and inserted bytes, truncations) never panic,

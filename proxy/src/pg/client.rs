@@ -21,8 +21,9 @@ use crate::cluster::Cluster;
 
 /// What a new connection asked for.
 pub enum Opening {
-    /// A session, authenticated.
-    Session(Startup),
+    /// A session, authenticated; with the client's SCRAM keys when its user logs in to the
+    /// backends by passthrough.
+    Session(Startup, Option<Box<crate::conn::scram::Keys>>),
     /// Cancel another session's query.
     Cancel {
         /// Process id.
@@ -136,8 +137,8 @@ pub async fn handshake(
     if startup.minor > 0 || startup.protocol_options().next().is_some() {
         msg::negotiate_protocol_version(&mut out, 0, startup.protocol_options());
     }
-    authenticate(stream, buf, &mut out, cluster, &user).await?;
-    Ok(Opening::Session(startup))
+    let keys = authenticate(stream, buf, &mut out, cluster, &user).await?;
+    Ok(Opening::Session(startup, keys))
 }
 
 /// The first byte of a TLS handshake record. A startup packet cannot start with it: its length
@@ -161,14 +162,14 @@ async fn direct_tls(stream: &mut ClientStream, buf: &mut BytesMut, cluster: &Clu
 }
 
 /// SCRAM-SHA-256 against the user's verifier (or a decoy for unknown users, so that both fail
-/// alike). Sends AuthenticationOk on success.
+/// alike). Sends AuthenticationOk on success; returns the client's keys for a passthrough user.
 async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     cluster: &Cluster,
     user: &str,
-) -> Result<(), HandshakeError> {
+) -> Result<Option<Box<crate::conn::scram::Keys>>, HandshakeError> {
     let users = cluster.users.load();
     let verifier = users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
     msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
@@ -204,11 +205,29 @@ async fn authenticate(
     let last = read_password_message(stream, buf).await?;
     match waiting.on_client_final_message(last.body()) {
         Ok(server_final) if users.contains_key(user) => {
+            let keys = match users.get(user).filter(|u| u.passthrough) {
+                Some(u) => {
+                    let v = &u.verifier;
+                    let key = crate::conn::scram::recover_client_key(
+                        &v.stored_key,
+                        data,
+                        server_first.as_bytes(),
+                        last.body(),
+                    );
+                    let Some(client_key) = key else {
+                        send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, "invalid SCRAM client-final message").await;
+                        return Err(HandshakeError::Auth(user.to_owned()));
+                    };
+                    let (server_key, salt, iterations) = (v.server_key.clone(), v.salt.clone(), v.iterations);
+                    Some(Box::new(crate::conn::scram::Keys { client_key, server_key, salt, iterations }))
+                }
+                None => None,
+            };
             msg::authentication_sasl_final(out, server_final.as_bytes());
             msg::authentication_ok(out);
             stream.send(out).await?;
             out.clear();
-            Ok(())
+            Ok(keys)
         }
         _ => {
             let text = format!("password authentication failed for user \"{user}\"");

@@ -503,7 +503,13 @@ async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, Backe
     let cluster = id.cluster;
     let b = &cluster.backends[backend];
     let tls = cluster.backend_tls.load_full();
-    let login = Login { user: id.key.user(), password: id.password, params: id.key.params(), tls: tls.as_deref() };
+    let login = Login {
+        user: id.key.user(),
+        password: id.password,
+        keys: id.keys,
+        params: id.key.params(),
+        tls: tls.as_deref(),
+    };
     let to = b.dialing(cluster.config.connect_timeout);
     let open = || BackendConn::connect(&to, &login);
     b.checkout(id.key, cluster.limits(), open).await

@@ -54,13 +54,20 @@ pub async fn serve(accepted: Box<Accepted>) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
     // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
     // session, and an idle session would carry their size for its whole life.
-    let Some(Opened { stream, buf, users, key, read_only, cancel_key, settings }) =
+    let Some(Opened { stream, buf, users, key, read_only, cancel_key, settings, keys }) =
         Box::pin(open(stream, peer, &cluster, read_only_listener, cancels)).await
     else {
         return;
     };
     let Some(account) = users.get(key.user()) else { return };
-    let id = Identity { cluster: &cluster, password: &account.password, key: &key, read_only, cancel: &cancel_key };
+    let id = Identity {
+        cluster: &cluster,
+        password: &account.password,
+        keys: keys.as_deref(),
+        key: &key,
+        read_only,
+        cancel: &cancel_key,
+    };
     let mut session = Session::new(stream, buf, id);
     session.core.starts_with(settings);
     let end = session.run(&shutdown).await;
@@ -113,6 +120,8 @@ struct Opened {
     cancel_key: cancel::CancelKey,
     /// The login's settings that are not part of the pool key ([`session_settings`]).
     settings: Vec<String>,
+    /// The client's SCRAM keys, for a passthrough user's backend logins.
+    keys: Option<Box<crate::conn::scram::Keys>>,
 }
 
 /// Startup, the client's login and a backend login that proves the user and database good;
@@ -129,8 +138,8 @@ async fn open(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let opening =
         tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, cluster)).await;
-    let startup = match opening {
-        Ok(Ok(Opening::Session(s))) => s,
+    let (startup, keys) = match opening {
+        Ok(Ok(Opening::Session(s, keys))) => (s, keys),
         Ok(Ok(Opening::Cancel { pid, secret })) => {
             cancels.cancel(pid, secret).await;
             return None;
@@ -152,7 +161,13 @@ async fn open(
     let key = pool_key(&startup, &user, read_only);
     let app_name = application_name(&startup);
     let backend_tls = cluster.backend_tls.load_full();
-    let login = Login { user: &user, password: &account.password, params: key.params(), tls: backend_tls.as_deref() };
+    let login = Login {
+        user: &user,
+        password: &account.password,
+        keys: keys.as_deref(),
+        params: key.params(),
+        tls: backend_tls.as_deref(),
+    };
 
     // In maintenance (no usable primary), every session logs in on a replica.
     let on_replicas = read_only || cluster.maintenance().is_some();
@@ -178,7 +193,7 @@ async fn open(
     release(cluster, index, key.clone(), conn, false).await;
 
     let settings = session_settings(app_name);
-    Some(Opened { stream, buf, users, key, read_only, cancel_key, settings })
+    Some(Opened { stream, buf, users, key, read_only, cancel_key, settings, keys })
 }
 
 /// A session is read-only when the client declares `default_transaction_read_only=on`, as a

@@ -85,6 +85,8 @@ pub struct Identity<'a> {
     pub cluster: &'a Cluster,
     /// The login user's password, for opening more backend connections.
     pub password: &'a str,
+    /// The client's SCRAM keys instead, for a passthrough user.
+    pub keys: Option<&'a crate::conn::scram::Keys>,
     /// What its backend connections are opened with.
     pub key: &'a PoolKey,
     /// Refuse writes with 25006; use replicas for everything.

@@ -53,7 +53,7 @@ impl ControlConn {
         match to.protocol {
             Protocol::Postgres => {
                 let key = crate::pool::PoolKey::new(user, [("database", database), ("application_name", application)]);
-                let login = Login { user, password, params: key.params(), tls: to.tls.as_deref() };
+                let login = Login { user, password, keys: None, params: key.params(), tls: to.tls.as_deref() };
                 Ok(Self::Pg(BackendConn::connect(&to.dialing(), &login).await?))
             }
             Protocol::Mysql => {

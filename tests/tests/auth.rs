@@ -1,0 +1,80 @@
+//! Logins with no password in the config, against real PostgreSQL servers: SCRAM passthrough.
+
+use sqlswitch_tests::client::{connect, connect_str};
+use sqlswitch_tests::pg::{Topology, DATABASE};
+use sqlswitch_tests::proxy::{self, eventually, start_text};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// A role made for one test, with `password`, its `pg_authid` verifier read back once every
+/// replica has it.
+fn role_with_verifier(topo: &Topology, role: &str, password: &str) -> String {
+    let admin = |node, sql: &str| topo.psql_admin(node, sql, "postgres").unwrap();
+    admin(
+        topo.primary(),
+        &format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT CONNECT ON DATABASE {DATABASE} TO {role}"
+        ),
+    );
+    topo.psql_admin(
+        topo.primary(),
+        &format!("GRANT SELECT, INSERT ON items TO {role}; GRANT USAGE ON SEQUENCE items_id_seq TO {role}"),
+        DATABASE,
+    )
+    .unwrap();
+    let read = format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'");
+    let verifier = admin(topo.primary(), &read).trim().to_owned();
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    verifier
+}
+
+/// A user whose config keeps the server's own SCRAM verifier (`pg_authid.rolpassword`), not a
+/// password: the client logs in with its password; sqlswitch checks it against the verifier
+/// and logs in to the primary and the replicas with the keys the client proved it holds. A
+/// wrong password is refused; a server whose verifier changed since (a new password, a new
+/// salt) refuses the passthrough, and the client is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scram_verifier_in_the_config_logs_in_by_passthrough() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let (role, password) = ("passthrough_user", "pass-through-not-stored");
+    let verifier = role_with_verifier(topo, role, password);
+    for replica in topo.replicas() {
+        let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
+        let replicated = || topo.psql_admin(replica, &has, "postgres").is_ok_and(|n| n.trim() == "1");
+        eventually(10, "the replicas have the role", replicated).await;
+    }
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+        + &format!("\n[[cluster.user]]\nname = \"{role}\"\npassword = \"{verifier}\"\n");
+    assert!(!text.contains(password), "no password in the config");
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+
+    let client = connect(port, (role, password)).await.expect("the password, checked against the verifier");
+    let on_replica: String =
+        client.query_one("SELECT current_user || '@' || pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert_eq!(on_replica, format!("{role}@true"), "a read on a replica, logged in as the client");
+    let written: String = client
+        .query_one("INSERT INTO items (note) VALUES ('by passthrough') RETURNING current_user::text", &[])
+        .await
+        .expect("a write on the primary")
+        .get(0);
+    assert_eq!(written, role);
+    drop(client);
+
+    let wrong = connect(port, (role, "not-the-password")).await.expect_err("a wrong password");
+    assert_eq!(wrong.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{wrong:?}");
+
+    // The server's verifier changes (the same password, a new salt): the config's is stale. A
+    // daemon with fresh pools must log in anew, and cannot: the client is told why.
+    topo.psql_admin(topo.primary(), &format!("ALTER ROLE {role} PASSWORD '{password}'"), "postgres").unwrap();
+    drop(daemon);
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let stale = connect_str(&proxy::conn_str(port, (role, password))).await.expect_err("a stale verifier");
+    let db = stale.as_db_error().unwrap_or_else(|| panic!("the server's words: {stale:?}"));
+    assert!(db.message().contains("another verifier"), "{}", db.message());
+    assert!(db.message().contains("pg_authid"), "it says what to do: {}", db.message());
+}
