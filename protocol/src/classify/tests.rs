@@ -672,3 +672,17 @@ fn mysql_builtins_that_only_compute_are_reads() {
         assert!(!classify_pg(sql).is_read(), "{sql}");
     }
 }
+
+/// PostgreSQL's SQL/JSON path functions and the json_* twins of the jsonb ones (issue 31:
+/// `jsonb_path_query_array` was a miss) are reads.
+#[test]
+fn postgres_json_functions_are_reads() {
+    for sql in [
+        "SELECT jsonb_path_query_array(doc, '$.tags[*]') FROM t",
+        "SELECT jsonb_path_query_first(doc, '$.a'), jsonb_path_match(doc, 'exists($.b)') FROM t",
+        "SELECT * FROM jsonb_to_recordset('[{\"a\":1}]') AS x(a int)",
+        "SELECT json_agg_strict(x), jsonb_set_lax(doc, '{a}', NULL) FROM t",
+    ] {
+        assert!(classify_pg(sql).is_read(), "{sql}");
+    }
+}
