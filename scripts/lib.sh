@@ -133,7 +133,8 @@ ensure_bench_tools() {
 # from their PyPI sdists (which ship the suites), pinned, built into a venv under target/.
 ensure_client_suites() {
   local dir=target/client-suites
-  if [ -x "$dir/venv/bin/python" ] && [ -e "$dir/psycopg2-2.9.13/tests" ] && [ -e "$dir/mariadb-1.1.14/testing" ]; then
+  if [ -x "$dir/venv/bin/python" ] && [ -e "$dir/psycopg2-2.9.13/tests" ] && [ -e "$dir/mariadb-1.1.14/testing" ] \
+    && [ -e "$dir/django-5.2.19/tests/runtests.py" ]; then
     return 0
   fi
   if ! command -v pg_config >/dev/null || ! command -v mariadb_config >/dev/null; then
@@ -148,7 +149,10 @@ ensure_client_suites() {
   python3 -m venv "$dir/venv"
   "$dir/venv/bin/pip" install -q --disable-pip-version-check pytest==8.3.4
   "$dir/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$dir/dl" \
-    psycopg2==2.9.13 mariadb==1.1.14
+    psycopg2==2.9.13 mariadb==1.1.14 django==5.2.19
   for f in "$dir"/dl/*.tar.gz; do tar xzf "$f" -C "$dir"; done
-  "$dir/venv/bin/pip" install -q --disable-pip-version-check "$dir/psycopg2-2.9.13" "$dir/mariadb-1.1.14"
+  # Django's own suite (tests/runtests.py ships in its sdist) runs on MariaDB with PyMySQL in
+  # place of mysqlclient (no C build).
+  "$dir/venv/bin/pip" install -q --disable-pip-version-check "$dir/psycopg2-2.9.13" "$dir/mariadb-1.1.14" \
+    "$dir/django-5.2.19" asgiref==3.13.0 sqlparse==0.6.1 PyMySQL==1.1.1
 }

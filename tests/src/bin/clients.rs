@@ -7,7 +7,9 @@
 //! Usage: `sqlswitch-clients postgres|mysql SUITE OUTDIR KNOWN_FILE -- COMMAND...`, where the
 //! command runs pytest verbosely (`-v`) in the suite's directory; the connection goes in the
 //! suite's own environment variables (psycopg2's `PSYCOPG2_TESTDB_*`, MariaDB
-//! Connector/Python's `TEST_DB_*`).
+//! Connector/Python's `TEST_DB_*`, and `SUITE_DB_*`, which Django's settings in
+//! `tests/regress/django/` read). Django's runner (unittest, `-v 2`) is read as well as
+//! pytest's.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,7 +126,14 @@ fn start(protocol: &str) -> Result<(Servers, String)> {
 /// The suite's connection settings, in its own variables.
 fn env(protocol: &str, port: u16) -> Vec<(&'static str, String)> {
     let port = port.to_string();
-    if protocol == "postgres" {
+    let common = [
+        ("SUITE_DB_HOST", "127.0.0.1".to_owned()),
+        ("SUITE_DB_PORT", port.clone()),
+        ("SUITE_DB_USER", USER.0.into()),
+        ("SUITE_DB_PASSWORD", USER.1.into()),
+        ("SUITE_DB_NAME", "suite".into()),
+    ];
+    let own = if protocol == "postgres" {
         vec![
             ("PSYCOPG2_TESTDB", "suite".into()),
             ("PSYCOPG2_TESTDB_HOST", "127.0.0.1".into()),
@@ -140,19 +149,42 @@ fn env(protocol: &str, port: u16) -> Vec<(&'static str, String)> {
             ("TEST_DB_USER", USER.0.into()),
             ("TEST_DB_PASSWORD", USER.1.into()),
         ]
-    }
+    };
+    own.into_iter().chain(common).collect()
 }
 
 /// `test id -> PASSED | FAILED | SKIPPED | ERROR | XFAIL | XPASS` from pytest's verbose lines
-/// (`tests/test_x.py::Class::test_y PASSED   [ 5%]`).
+/// (`tests/test_x.py::Class::test_y PASSED   [ 5%]`) or unittest's (`test_y (app.tests.Class.
+/// test_y) ... ok`, the outcome maybe on the next line, after the test's docstring).
 fn statuses(log: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
     for line in log.lines() {
         let mut words = line.split_whitespace();
         let (Some(id), Some(status)) = (words.next(), words.next()) else { continue };
         let known = ["PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL", "XPASS"];
         if id.contains("::") && known.contains(&status) {
             out.insert(id.to_owned(), status.to_owned());
+            continue;
+        }
+        // unittest: `name (dotted.id)` starts a test.
+        if let Some(dotted) = status.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+            if dotted.contains('.') && !id.contains('(') {
+                current = Some(dotted.to_owned());
+            }
+        }
+        let Some((_, outcome)) = line.rsplit_once(" ... ") else { continue };
+        let status = match outcome.trim() {
+            "ok" => "PASSED",
+            "FAIL" => "FAILED",
+            "ERROR" => "ERROR",
+            "expected failure" => "XFAIL",
+            "unexpected success" => "XPASS",
+            o if o.starts_with("skipped") => "SKIPPED",
+            _ => continue,
+        };
+        if let Some(id) = current.take() {
+            out.insert(id, status.to_owned());
         }
     }
     out
@@ -197,4 +229,34 @@ fn compare(
     }
     summary += &format!("clients {suite}: {} tests, {unlisted} unlisted differences\n", direct.len());
     (summary, unlisted)
+}
+
+#[cfg(test)]
+mod tests {
+    /// pytest's and unittest's verbose lines, Django's docstring lines between a test and its
+    /// outcome included.
+    #[test]
+    fn statuses_read_pytest_and_unittest() {
+        let log = "\
+tests/test_a.py::T::test_one PASSED   [ 5%]
+tests/test_a.py::T::test_two FAILED   [10%]
+test_save (basic.tests.ModelTest.test_save) ... ok
+test_doc (basic.tests.ModelTest.test_doc)
+Saving an unchanged object updates it. ... FAIL
+test_skip (update.tests.U.test_skip) ... skipped 'Database doesn't support feature(s): x'
+test_err (delete.tests.D.test_err) ... ERROR
+test_xf (bulk_create.tests.B.test_xf) ... expected failure
+Creating test database for alias 'default'...
+";
+        let s = super::statuses(log);
+        let get = |id: &str| s.get(id).map(String::as_str);
+        assert_eq!(get("tests/test_a.py::T::test_one"), Some("PASSED"));
+        assert_eq!(get("tests/test_a.py::T::test_two"), Some("FAILED"));
+        assert_eq!(get("basic.tests.ModelTest.test_save"), Some("PASSED"));
+        assert_eq!(get("basic.tests.ModelTest.test_doc"), Some("FAILED"));
+        assert_eq!(get("update.tests.U.test_skip"), Some("SKIPPED"));
+        assert_eq!(get("delete.tests.D.test_err"), Some("ERROR"));
+        assert_eq!(get("bulk_create.tests.B.test_xf"), Some("XFAIL"));
+        assert_eq!(s.len(), 7);
+    }
 }
