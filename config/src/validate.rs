@@ -256,6 +256,14 @@ fn validate_users(c: &mut Cluster, at: &str, env: &impl Fn(&str) -> Option<Strin
                 }
                 u.password = Some(secret);
             }
+            Ok(Some(secret))
+                if c.protocol == Protocol::Mysql
+                    && secret.expose().starts_with('*')
+                    && secret.expose().len() == 41
+                    && !secret.expose()[1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                problem(key, "starts like a mysql_native_password hash but is not one: `*` and 40 hex digits".into());
+            }
             Ok(Some(secret)) => u.password = Some(secret),
             Ok(None) => problem(key, "password, password_env or password_file is required".into()),
             Err((key, message)) => problem(key, message),

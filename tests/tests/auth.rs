@@ -78,3 +78,47 @@ async fn a_scram_verifier_in_the_config_logs_in_by_passthrough() {
     assert!(db.message().contains("another verifier"), "{}", db.message());
     assert!(db.message().contains("pg_authid"), "it says what to do: {}", db.message());
 }
+
+/// A MariaDB user whose config keeps the server's stored `mysql_native_password` hash
+/// (`*` and 40 hex digits), not a password: the client's scramble is checked against it, and
+/// sqlswitch logs in to the primary and the replicas with the key the scramble proved. A wrong
+/// password is refused with 1045.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_native_hash_in_the_config_logs_in_by_passthrough() {
+    use mysql_async::prelude::Queryable;
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let (user, password) = ("hashed_user", "hash-pass-word");
+    topo.sql(
+        topo.primary(),
+        &format!(
+            "DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; \
+             GRANT SELECT, INSERT ON {DATABASE}.* TO '{user}'@'%'"
+        ),
+    )
+    .unwrap();
+    let hash = topo.sql(topo.primary(), &format!("SELECT PASSWORD('{password}')")).unwrap().trim().to_owned();
+    assert!(hash.starts_with('*') && hash.len() == 41, "{hash}");
+    for replica in topo.replicas() {
+        let has = format!("SELECT count(*) FROM mysql.user WHERE user = '{user}'");
+        eventually(10, "the replicas have the user", || topo.sql(replica, &has).is_ok_and(|n| n.trim() == "1")).await;
+    }
+    let text = proxy::mysql_config_text(topo, "app", "")
+        + &format!("\n[[cluster.user]]\nname = \"{user}\"\npassword = \"{hash}\"\n");
+    assert!(!text.contains(password), "no password in the config");
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let opts = mysql_async::Opts::from_url(&proxy::mysql_url(port, (user, password))).unwrap();
+    let mut conn = mysql_async::Conn::new(opts).await.expect("the password, checked against the hash");
+    let read: Option<(u32, String)> = conn.query_first("SELECT @@server_id, CURRENT_USER()").await.unwrap();
+    let (server, who) = read.unwrap();
+    assert!(server == 2 || server == 3, "a read on a replica (server {server})");
+    assert!(who.starts_with(user), "{who}");
+    conn.query_drop("INSERT INTO items (note) VALUES ('by passthrough')").await.expect("a write on the primary");
+    let wrote: Option<u32> = conn.query_first("SELECT @@server_id FOR UPDATE").await.unwrap();
+    assert_eq!(wrote, Some(1));
+    conn.disconnect().await.unwrap();
+    let wrong = mysql_async::Opts::from_url(&proxy::mysql_url(port, (user, "not-the-password"))).unwrap();
+    let err = mysql_async::Conn::new(wrong).await.expect_err("a wrong password");
+    assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045), "{err:?}");
+}

@@ -68,6 +68,10 @@ pub struct User {
     /// The config keeps the server's own SCRAM verifier, not a password: the session logs in
     /// to backends with the keys its client proved it holds (SCRAM passthrough).
     pub passthrough: bool,
+    /// MySQL/MariaDB: the config keeps the server's stored `mysql_native_password` hash
+    /// (SHA1(SHA1(password))), not a password: clients are checked against it, and the session
+    /// logs in to backends with the key its client's scramble proved.
+    pub native_hash: Option<[u8; 20]>,
     /// Verifier, for checking clients.
     pub verifier: Verifier,
     /// Whether this user's sessions are read-only.
@@ -82,15 +86,24 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
         .iter()
         .map(|u| {
             let read_only = config.read_only_users.contains(&u.name);
-            if let Some(verifier) = Verifier::parse(u.secret()) {
-                let user = User { password: String::new(), passthrough: true, verifier, read_only };
+            let mysql = config.protocol == sqlswitch_config::Protocol::Mysql;
+            if let Some(verifier) = Verifier::parse(u.secret()).filter(|_| !mysql) {
+                let user = User { password: String::new(), passthrough: true, native_hash: None, verifier, read_only };
+                return (u.name.clone(), user);
+            }
+            if let Some(hash) = crate::conn::scramble::parse_native_hash(u.secret()).filter(|_| mysql) {
+                // Clients are checked against the hash; the verifier is never used (a decoy's).
+                let verifier = Verifier::new("");
+                let user =
+                    User { password: String::new(), passthrough: true, native_hash: Some(hash), verifier, read_only };
                 return (u.name.clone(), user);
             }
             let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
                 Some(o) => o.verifier.clone(),
                 None => Verifier::new(u.secret()),
             };
-            let user = User { password: u.secret().to_owned(), passthrough: false, verifier, read_only };
+            let user =
+                User { password: u.secret().to_owned(), passthrough: false, native_hash: None, verifier, read_only };
             (u.name.clone(), user)
         })
         .collect()

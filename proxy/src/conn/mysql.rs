@@ -26,6 +26,9 @@ pub struct Login<'a> {
     pub user: &'a str,
     /// Password.
     pub password: &'a str,
+    /// Passthrough: SHA1(password), which the client's scramble proved, when the config keeps
+    /// MariaDB's stored hash for this user instead of a password (`password` is then empty).
+    pub native_key: Option<[u8; 20]>,
     /// Initial database.
     pub database: Option<&'a str>,
     /// Capabilities to ask for (the client's, within what the proxy relays).
@@ -43,7 +46,17 @@ pub struct Login<'a> {
 impl<'a> Login<'a> {
     /// A control-path login (monitor, switchover): no database, the proxy's own capabilities.
     pub fn control(user: &'a str, password: &'a str, tls: Option<&'a BackendTls>) -> Self {
-        Login { user, password, database: None, caps: caps::CONTROL, ext: 0, charset: 45, read_only: false, tls }
+        Login {
+            user,
+            password,
+            native_key: None,
+            database: None,
+            caps: caps::CONTROL,
+            ext: 0,
+            charset: 45,
+            read_only: false,
+            tls,
+        }
     }
 }
 
@@ -130,15 +143,18 @@ impl MyConn {
                 return Err(BackendError::Protocol(format!("{addr} does not offer TLS, and backend_tls requires it")));
             }
         }
+        // A passthrough login can only answer as mysql_native_password (what MariaDB asks for).
+        let first_plugin =
+            if login.native_key.is_some() { "mysql_native_password".to_owned() } else { server.plugin.clone() };
         let response = ClientResponse {
             caps: conn.caps,
             ext: conn.ext,
             max_packet: 1 << 30,
             charset: login.charset,
             user: login.user.to_owned(),
-            auth: scramble(&server.plugin, &server.nonce, login.password),
+            auth: scramble(&first_plugin, &server.nonce, login)?,
             database: login.database.map(str::to_owned),
-            plugin: Some(server.plugin.clone()),
+            plugin: Some(first_plugin),
             attrs: Vec::new(),
         };
         if let (Some(tls), true) = (login.tls, conn.caps & caps::SSL != 0) {
@@ -159,7 +175,7 @@ impl MyConn {
                 Some(0xFE) => {
                     let (plugin, nonce) =
                         parse_auth_switch(&p.payload).map_err(|e| BackendError::Protocol(e.to_string()))?;
-                    conn.send(seq, &scramble(&plugin, &nonce, login.password)).await?;
+                    conn.send(seq, &scramble(&plugin, &nonce, login)?).await?;
                 }
                 // caching_sha2_password: 0x01 0x03 is "fast auth succeeded, OK follows";
                 // 0x01 0x04 asks for the password in full, which is only sent over TLS or a
@@ -326,17 +342,32 @@ impl crate::pool::Pooled for MyConn {
 }
 
 /// The auth response for `plugin`.
-fn scramble(plugin: &str, nonce: &[u8], password: &str) -> Vec<u8> {
-    if password.is_empty() {
-        return Vec::new();
-    }
+///
+/// # Errors
+/// A passthrough login ([`Login::native_key`]) asked for another plugin than
+/// `mysql_native_password`.
+fn scramble(plugin: &str, nonce: &[u8], login: &Login<'_>) -> Result<Vec<u8>, BackendError> {
     let nonce = nonce.get(..nonce.len().min(20)).unwrap_or_default();
-    match plugin {
+    if let Some(key) = &login.native_key {
+        if plugin != "mysql_native_password" {
+            return Err(BackendError::Protocol(format!(
+                "the server asks for {plugin} for user {:?}, whose config keeps a mysql_native_password hash: \
+                 passthrough needs mysql_native_password on the server",
+                login.user
+            )));
+        }
+        return Ok(super::scramble::native_from_key(nonce, key).to_vec());
+    }
+    let password = login.password;
+    if password.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match plugin {
         "caching_sha2_password" => {
             super::scramble::sha256(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default()
         }
         _ => super::scramble::native(nonce, password.as_bytes()).map(|s| s.to_vec()).unwrap_or_default(),
-    }
+    })
 }
 
 /// The values of a text-protocol row: length-encoded strings, `0xFB` for NULL.

@@ -79,6 +79,7 @@ pub async fn serve(
     ) else {
         return;
     };
+    id.native_key = native_key(&cluster, &hello.user, &scramble, &hello.auth);
     id.scramble = scramble;
     thread.set_user(&hello.user);
     let read_only = id.read_only;
@@ -167,7 +168,9 @@ async fn handshake(
         }
     };
     let mut seq = first.last_seq.wrapping_add(1);
-    let sha2 = response.plugin.as_deref() == Some(CACHING_SHA2);
+    // A user whose config keeps a mysql_native_password hash can only be checked that way.
+    let hashed = cluster.users.load().get(&response.user).is_some_and(|u| u.native_hash.is_some());
+    let sha2 = response.plugin.as_deref() == Some(CACHING_SHA2) && !hashed;
     if !sha2 && response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
         let mut out = BytesMut::new();
         packet::encode(&mut out, seq, &auth_switch_request(NATIVE, &nonce));
@@ -209,7 +212,11 @@ pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: boo
 
 /// [`password_ok`] without counting a failure (a first try that may be followed by another).
 pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
-    let expected = cluster.users.load().get(user).and_then(|u| {
+    let users = cluster.users.load();
+    if let Some(hash) = users.get(user).and_then(|u| u.native_hash) {
+        return !sha2 && crate::conn::scramble::native_key(nonce, &hash, auth).is_some();
+    }
+    let expected = users.get(user).and_then(|u| {
         if u.password.is_empty() {
             Some(Vec::new())
         } else if sha2 {
@@ -220,6 +227,14 @@ pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2
         }
     });
     expected.as_deref() == Some(auth)
+}
+
+/// Passthrough: the key SHA1(password) that `auth` (the client's `mysql_native_password`
+/// scramble for `nonce`) proves, for a user whose config keeps a stored hash; `None` for other
+/// users or a scramble that does not match.
+pub(crate) fn native_key(cluster: &Cluster, user: &str, nonce: &[u8], auth: &[u8]) -> Option<[u8; 20]> {
+    let hash = cluster.users.load().get(user)?.native_hash?;
+    crate::conn::scramble::native_key(nonce, &hash, auth)
 }
 
 /// MySQL's error 1045 text.

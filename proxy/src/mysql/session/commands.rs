@@ -24,8 +24,8 @@ impl MySession<'_> {
         let first = native
             && !self.id.scramble.is_empty()
             && crate::mysql::password_matches(cluster, &request.user, &self.id.scramble, false, &request.auth);
-        let (verified, auth, seq) = if first {
-            (true, request.auth.clone(), seq)
+        let (verified, auth, seq, nonce) = if first {
+            (true, request.auth.clone(), seq, self.id.scramble.clone())
         } else {
             let nonce = crate::mysql::new_nonce();
             let mut out = BytesMut::new();
@@ -34,7 +34,7 @@ impl MySession<'_> {
             let answer =
                 crate::mysql::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
             let verified = crate::mysql::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
-            (verified, answer.payload.to_vec(), answer.last_seq.wrapping_add(1))
+            (verified, answer.payload.to_vec(), answer.last_seq.wrapping_add(1), nonce)
         };
         let new_id = Identity::new(
             cluster,
@@ -57,6 +57,7 @@ impl MySession<'_> {
         self.temp_tables.clear();
         self.temp_home = None;
         self.core.reset(new_id.read_only);
+        new_id.native_key = crate::mysql::native_key(cluster, &request.user, &nonce, &auth);
         new_id.scramble = std::mem::take(&mut self.id.scramble);
         self.id = new_id;
         self.thread.set_user(&self.id.user);

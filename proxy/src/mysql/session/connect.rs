@@ -10,6 +10,9 @@ pub struct Identity<'a> {
     pub user: String,
     /// Its password, for more backend connections.
     pub password: String,
+    /// Passthrough: SHA1(password), proven by the client's scramble, for a user whose config
+    /// keeps MariaDB's stored hash instead of a password.
+    pub native_key: Option<[u8; 20]>,
     /// Initial database.
     pub database: Option<String>,
     /// The client's capabilities, within what the proxy relays.
@@ -61,6 +64,7 @@ impl<'a> Identity<'a> {
             cluster,
             user: user.to_owned(),
             password: account.password.clone(),
+            native_key: None,
             database: database.map(str::to_owned),
             caps,
             ext,
@@ -112,6 +116,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
     let login = Login {
         user: &id.user,
         password: &id.password,
+        native_key: id.native_key,
         database: id.database.as_deref(),
         caps: id.caps,
         ext: id.ext,
