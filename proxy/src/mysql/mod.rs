@@ -79,7 +79,7 @@ pub async fn serve(
     ) else {
         return;
     };
-    id.native_key = native_key(&cluster, &hello.user, &scramble, &hello.auth);
+    id.native_key = native_key(&cluster, &hello.user, &scramble, &hello.auth).map(Box::new);
     id.scramble = scramble;
     thread.set_user(&hello.user);
     let read_only = id.read_only;

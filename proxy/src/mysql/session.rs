@@ -277,10 +277,11 @@ impl<'a> MySession<'a> {
                 let undeclares = !self.id.read_only && v.session_read_only == Some(false);
                 let temp = self.temp_use(&sql);
                 let refused = self.core.refusal(v.refused_read_only() && !undeclares, may_write);
-                if let Some(refused) = refused.filter(|_| temp.is_none()) {
+                let refusal = refused.filter(|_| temp.is_none()).map(|r| {
+                    format!("The MySQL server is running with the --read-only option so it cannot execute this statement ({}; sqlswitch)", r.why())
+                });
+                if let Some(text) = refusal {
                     cluster.metrics.refused.increment(1);
-                    let why = refused.why();
-                    let text = format!("The MySQL server is running with the --read-only option so it cannot execute this statement ({why}; sqlswitch)");
                     self.err(seq, code::OPTION_PREVENTS_STATEMENT, "HY000", &text).await;
                     return Ok(());
                 }
@@ -435,10 +436,11 @@ impl<'a> MySession<'a> {
                 Err(e) => {
                     self.leave_primary();
                     let text = format!("sqlswitch cannot reach the primary: {e}");
-                    match e {
-                        BackendError::Full { .. } => self.err(seq, code::TOO_MANY_CONNECTIONS, "08004", &text).await,
-                        _ => self.err(seq, code::UNKNOWN, "08S01", &text).await,
-                    }
+                    let (number, state) = match e {
+                        BackendError::Full { .. } => (code::TOO_MANY_CONNECTIONS, "08004"),
+                        _ => (code::UNKNOWN, "08S01"),
+                    };
+                    self.err(seq, number, state, &text).await;
                     return Ok(());
                 }
             }

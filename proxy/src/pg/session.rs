@@ -130,6 +130,18 @@ pub struct Session<'a> {
     pub(super) unnamed_side: Option<Side>,
 }
 
+/// What woke a session up.
+enum Event {
+    /// The active connection sent bytes.
+    Backend,
+    /// The client sent bytes.
+    Client,
+    /// The active connection closed or failed.
+    BackendFailed,
+    /// An idle session whose state cannot move looks whether the primary changed.
+    MovedCheck,
+}
+
 /// A session-state change in flight.
 #[derive(Debug)]
 pub(super) enum StateChange {
@@ -242,27 +254,27 @@ impl<'a> Session<'a> {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
                 () = idle_timer.fired(), if idle && armed => return End::IdleTimeout,
-                () = moved_timer.fired(), if stuck => Err(true),
+                () = moved_timer.fired(), if stuck => Event::MovedCheck,
                 r = read_backend(active) => match r {
-                    Ok(0) | Err(_) => Err(false),
+                    Ok(0) | Err(_) => Event::BackendFailed,
                     Ok(n) => {
                         self.received.1 += n as u64;
-                        Ok(true)
+                        Event::Backend
                     }
                 },
                 r = read_client(&mut self.client, &mut self.cbuf, park), if !hold => match r {
                     Ok(0) | Err(_) => return End::ClientGone,
                     Ok(n) => {
                         self.received.0 += n as u64;
-                        Ok(false)
+                        Event::Client
                     }
                 },
             };
             let result = match step {
-                Ok(true) => self.on_backend().await,
-                Ok(false) => self.on_client().await,
-                Err(false) => Box::pin(self.backend_failed()).await,
-                Err(true) => match self.core.moved_away() {
+                Event::Backend => self.on_backend().await,
+                Event::Client => self.on_client().await,
+                Event::BackendFailed => Box::pin(self.backend_failed()).await,
+                Event::MovedCheck => match self.core.moved_away() {
                     Some(e) => {
                         Box::pin(self.end_unmovable(&e)).await;
                         return End::BackendGone;

@@ -57,7 +57,7 @@ impl MySession<'_> {
         self.temp_tables.clear();
         self.temp_home = None;
         self.core.reset(new_id.read_only);
-        new_id.native_key = crate::mysql::native_key(cluster, &request.user, &nonce, &auth);
+        new_id.native_key = crate::mysql::native_key(cluster, &request.user, &nonce, &auth).map(Box::new);
         new_id.scramble = std::mem::take(&mut self.id.scramble);
         self.id = new_id;
         self.thread.set_user(&self.id.user);

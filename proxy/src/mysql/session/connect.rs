@@ -12,7 +12,8 @@ pub struct Identity<'a> {
     pub password: String,
     /// Passthrough: SHA1(password), proven by the client's scramble, for a user whose config
     /// keeps MariaDB's stored hash instead of a password.
-    pub native_key: Option<[u8; 20]>,
+    /// Boxed: a pointer in every session's future, where 20 bytes would be.
+    pub native_key: Option<Box<[u8; 20]>>,
     /// Initial database.
     pub database: Option<String>,
     /// The client's capabilities, within what the proxy relays.
@@ -116,7 +117,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
     let login = Login {
         user: &id.user,
         password: &id.password,
-        native_key: id.native_key,
+        native_key: id.native_key.as_deref().copied(),
         database: id.database.as_deref(),
         caps: id.caps,
         ext: id.ext,
