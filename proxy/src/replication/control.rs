@@ -58,7 +58,12 @@ impl ControlConn {
             }
             Protocol::Mysql => {
                 let login = crate::conn::mysql::Login::control(user, password, to.tls.as_deref());
-                Ok(Self::My(MyConn::connect(&to.dialing(), &login).await?))
+                let conn = MyConn::connect(&to.dialing(), &login).await?;
+                if let Some(why) = unsupported_flavour(&conn.version) {
+                    conn.quit().await;
+                    return Err(BackendError::Protocol(why));
+                }
+                Ok(Self::My(conn))
             }
         }
     }
@@ -113,6 +118,23 @@ impl ControlConn {
         let rows = self.exec(sql).await.map_err(|e| e.to_string())?;
         rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| format!("{sql}: no value"))
     }
+}
+
+/// Why a MySQL-protocol server cannot be monitored or switched over, from the version its
+/// handshake gave, or `None` for MariaDB. The monitor reads MariaDB's GTID positions
+/// (`@@gtid_binlog_pos`, `@@gtid_slave_pos`) and switches over with MariaDB's statements
+/// (`CHANGE MASTER TO ... MASTER_USE_GTID`); Oracle MySQL has none of them (8.4 removed even the
+/// old names), and a monitor that half-works would claim lag and read-your-writes it cannot
+/// measure. Said once per control connection; the backend is then seen down, with this reason.
+pub fn unsupported_flavour(version: &str) -> Option<String> {
+    if version.to_ascii_lowercase().contains("mariadb") {
+        return None;
+    }
+    Some(format!(
+        "the server is MySQL {version}, not MariaDB: sqlswitch's monitor, lag, read-your-writes and switchover \
+         support MariaDB only (they read MariaDB's GTID positions); without `monitor` sqlswitch proxies MySQL, \
+         read-write sessions on the primary and read-only ones on the replicas"
+    ))
 }
 
 impl ControlConn {

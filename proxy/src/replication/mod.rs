@@ -364,6 +364,18 @@ impl Role {
 mod tests {
     use super::*;
 
+    /// MariaDB in any spelling of its version is monitored; Oracle MySQL is told why not.
+    #[test]
+    fn mysql_servers_are_told_the_monitor_is_mariadb_only() {
+        for mariadb in ["10.11.6-MariaDB-0+deb12u1", "5.5.5-10.11.6-MariaDB", "11.4.2-MariaDB-upgraded"] {
+            assert_eq!(control::unsupported_flavour(mariadb), None, "{mariadb}");
+        }
+        for mysql in ["8.0.36", "8.4.0-commercial", "5.7.44-log"] {
+            let why = control::unsupported_flavour(mysql).unwrap_or_default();
+            assert!(why.contains(mysql) && why.contains("MariaDB only"), "{why}");
+        }
+    }
+
     #[test]
     fn lsn_parsing() {
         assert_eq!(parse_lsn("0/3000148"), Some(0x300_0148));
