@@ -166,6 +166,11 @@ pub struct Cluster {
     /// Largest client message the proxy buffers, in bytes.
     #[serde(default = "defaults::max_message_size")]
     pub max_message_size: usize,
+    /// When a session gives its backend connections back: at its end (`session`, the
+    /// default), or at the end of each transaction when its state allows (`transaction`,
+    /// PostgreSQL; decision 0020).
+    #[serde(default)]
+    pub pool_mode: PoolMode,
     /// Idle backend connections kept per backend, user and database.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
@@ -303,6 +308,18 @@ pub enum Fence {
     Wait,
     /// End their sessions.
     Terminate,
+}
+
+/// When a session's backend connections go back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// At the session's end.
+    #[default]
+    Session,
+    /// At the end of each transaction, unless the session holds state that stays with its
+    /// connection (README, "Transaction pooling").
+    Transaction,
 }
 
 /// Role of a backend.

@@ -204,7 +204,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         let deadline = started + limits.wait;
         // Counted as waiting from its first wait for room to its end.
         let mut waiting = None;
-        loop {
+        let _place = loop {
             while let Some(conn) = self.take(key) {
                 if conn.is_reusable() {
                     self.waited_since(waiting.take(), started);
@@ -212,8 +212,11 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                 }
                 conn.close().await;
             }
-            if limits.max_open == 0 || self.count.get() < limits.max_open {
-                break;
+            if limits.max_open == 0 {
+                break None;
+            }
+            if let Some(place) = self.count.reserve(limits.max_open) {
+                break Some(place);
             }
             if let Some(old) = self.evict_oldest() {
                 old.close().await;
@@ -229,7 +232,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                 self.timeouts.increment(1);
                 return Err(BackendError::Full { max: limits.max_open, waited: limits.wait });
             }
-        }
+        };
         self.waited_since(waiting.take(), started);
         match open().await {
             Err(e) if e.too_many_connections() => {
@@ -419,6 +422,34 @@ mod tests {
         assert_eq!(got.ok().map(|c| c.0), Some(1));
         assert_eq!(count.get(), 1);
         assert_eq!(pool.waiting(), 0, "nor one that got its connection");
+    }
+
+    /// Sessions opening connections at once never pass the limit together: the place is taken
+    /// before the login, in one atomic step (ten at once under a limit of two: two open, the
+    /// others wait and are told).
+    #[tokio::test]
+    async fn concurrent_opens_never_pass_the_limit() {
+        let count = Arc::new(OpenCount::default());
+        let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
+        let pool: Pool<&str, Counted> = Pool::new(8, metrics);
+        let limits = Limits { max_open: 2, wait: Duration::from_millis(50) };
+        let open = |n: u32| {
+            let count = Arc::clone(&count);
+            move || {
+                let count = Arc::clone(&count);
+                async move {
+                    // A login takes a while: every session checks the limit before any is open.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    count.opened();
+                    Ok(Counted(n, count))
+                }
+            }
+        };
+        let all = futures::future::join_all((0..10).map(|n| pool.checkout(&"k", limits, open(n)))).await;
+        let opened = all.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(opened, 2, "{all:?}");
+        assert_eq!(count.get(), 2);
+        assert!(all.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, BackendError::Full { .. })));
     }
 
     #[test]

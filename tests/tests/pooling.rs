@@ -138,3 +138,86 @@ async fn a_full_backend_makes_sessions_wait_then_refuses_with_53300() {
     );
     assert_eq!(primary("waiting_clients"), 0);
 }
+
+/// The first value of a simple query's first row (the simple protocol: no named statement, so
+/// the session does not keep a connection for one).
+async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Transaction pooling: twelve sessions, all open at once, each writing and reading ten
+/// times, over three primary connections (`max_backend_connections = 4`, the monitor's one
+/// among them): each gives its connection back between transactions. In session pooling the
+/// fourth session would wait for a connection none gives back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_serves_more_sessions_than_connections() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let extra = "pool_mode = \"transaction\"\nmax_backend_connections = 4\nconnect_timeout = \"5s\"";
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(connect_str(&proxy::conn_str(port, APP)).await.expect("a session while others are open"));
+    }
+    let work = clients.iter().enumerate().map(|(i, c)| async move {
+        for round in 0..10 {
+            c.batch_execute(&format!("INSERT INTO items (note) VALUES ('pooled {i} {round}')")).await?;
+            c.simple_query("SELECT count(*) FROM items").await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    });
+    for result in futures::future::join_all(work).await {
+        result.expect("every session's transactions ran");
+    }
+    let status = daemon.control.status();
+    let primary = &status["clusters"][0]["backends"][0];
+    assert!(primary["open_connections"].as_u64().unwrap_or(99) <= 4, "{primary}");
+    let written = value(&clients[0], "SELECT count(*) FROM items WHERE note LIKE 'pooled %'").await;
+    assert!(written.parse::<u32>().unwrap() >= 120, "every write landed: {written}");
+}
+
+/// Transaction pooling keeps what a session sees: its settings and SQL prepared statements on
+/// whatever connection runs its next transaction, never another session's; `currval` right
+/// after its own insert; a temporary table, which keeps the session on its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_keeps_each_sessions_state() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let extra = "pool_mode = \"transaction\"\nmax_backend_connections = 3\nconnect_timeout = \"5s\"";
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let a = connect_str(&proxy::conn_str(port, APP)).await.unwrap();
+    let b = connect_str(&proxy::conn_str(port, APP)).await.unwrap();
+    let default_zone = value(&b, "SHOW TimeZone").await;
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; PREPARE answer AS SELECT 42").await.unwrap();
+    for round in 0..20 {
+        // The other session churns the pool between each of the first one's transactions.
+        b.batch_execute(&format!("INSERT INTO items (note) VALUES ('churn {round}')")).await.unwrap();
+        assert_eq!(value(&b, "SHOW TimeZone").await, default_zone, "round {round}: another's setting leaked");
+        assert_eq!(value(&a, "SHOW TimeZone").await, "Asia/Tokyo", "round {round}: the setting was lost");
+        assert_eq!(value(&a, "EXECUTE answer").await, "42", "round {round}: the prepared statement was lost");
+        let mine = value(&a, &format!("INSERT INTO items (note) VALUES ('mine {round}') RETURNING id")).await;
+        b.batch_execute("INSERT INTO items (note) VALUES ('between')").await.unwrap();
+        assert_eq!(
+            value(&a, "SELECT currval('items_id_seq')").await,
+            mine,
+            "round {round}: currval answered another's"
+        );
+    }
+    // A temporary table keeps the session on its connection.
+    a.batch_execute("CREATE TEMP TABLE scratch (n int); INSERT INTO scratch VALUES (1)").await.unwrap();
+    for round in 0..5 {
+        b.batch_execute("SELECT 1").await.unwrap();
+        assert_eq!(value(&a, "SELECT count(*) FROM scratch").await, "1", "round {round}");
+    }
+}

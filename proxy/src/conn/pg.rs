@@ -42,6 +42,10 @@ pub struct BackendConn {
     pub cancel: CancelTarget,
     /// Transaction status from the last ReadyForQuery.
     pub tx: TxStatus,
+    /// Transaction pooling: the session-state statements it kept from the session that gave it
+    /// back (the first `.1` of `.0`), so that a session with the same state takes it as it is;
+    /// `None`: as its login or last reset left it.
+    pub held: Option<(std::sync::Arc<Vec<String>>, usize)>,
     /// Counted as open while it lives.
     _open: OpenGuard,
 }
@@ -93,6 +97,7 @@ impl BackendConn {
             params: Vec::new(),
             cancel: CancelTarget { addr: cancel_to, pid: 0, secret: 0 },
             tx: TxStatus::Idle,
+            held: None,
             _open: OpenGuard::new(metrics),
         };
         let mut out = BytesMut::new();
@@ -237,6 +242,7 @@ impl BackendConn {
     /// # Errors
     /// I/O failure.
     pub async fn reset(&mut self) -> Result<bool, BackendError> {
+        self.held = None;
         let mut out = BytesMut::new();
         let mut expect = 0;
         if self.tx != TxStatus::Idle {

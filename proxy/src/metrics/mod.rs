@@ -3,18 +3,19 @@
 //! label lookup.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use tokio::sync::Notify;
 
 /// Each cluster's statement latencies, by cluster name.
 type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
 
 mod latency;
 pub use latency::{latency_bounds_ms, Latency};
+mod open;
+pub use open::{OpenCount, OpenGuard, Waiting};
 
 /// The daemon's recorder, and its HTTP exporter when `[admin] metrics` is set.
 pub struct Registry {
@@ -480,78 +481,6 @@ impl ClusterMetrics {
         if let Some(pause) = pause {
             self.last_pause.set(pause.as_secs_f64());
         }
-    }
-}
-
-/// Open connections to one backend (sessions', pooled and the monitor's), and a signal when
-/// one closes or goes idle: what `max_backend_connections` counts and waits on.
-#[derive(Debug, Default)]
-pub struct OpenCount {
-    open: AtomicUsize,
-    room: Notify,
-    waiting: AtomicUsize,
-}
-
-impl OpenCount {
-    /// Sessions waiting for room now.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    /// Counts a session waiting for room while the returned guard lives.
-    pub fn wait(&self) -> Waiting<'_> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(&self.waiting)
-    }
-
-    /// Connections open now.
-    pub fn get(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// One more is open.
-    pub fn opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Signalled when one closes or goes idle.
-    pub fn room(&self) -> &Notify {
-        &self.room
-    }
-
-    /// One closed: a client waiting for room may go on.
-    pub fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.room.notify_one();
-    }
-}
-
-/// A session counted as waiting for room ([`OpenCount::wait`]) while it lives.
-pub struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
-/// long as it lives.
-pub struct OpenGuard(Gauge, std::sync::Arc<OpenCount>);
-
-impl OpenGuard {
-    /// Counts one more open connection.
-    pub fn new(metrics: &BackendMetrics) -> Self {
-        metrics.open.increment(1.0);
-        metrics.count.opened();
-        Self(metrics.open.clone(), std::sync::Arc::clone(&metrics.count))
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-        self.1.closed();
     }
 }
 

@@ -330,6 +330,37 @@ impl crate::session::core::Link for BackendConn {
             release(cluster, backend, key.clone(), self, true).await;
         }
     }
+
+    fn holds(&self, replay: &[String]) -> Option<usize> {
+        match &self.held {
+            None => Some(0),
+            Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
+        }
+    }
+
+    async fn clear(&mut self) -> Result<(), BackendError> {
+        match self.reset().await? {
+            true => Ok(()),
+            false => Err(BackendError::Protocol("a pooled connection could not be reset".into())),
+        }
+    }
+
+    async fn give_back(
+        mut self,
+        cluster: &Cluster,
+        backend: usize,
+        key: &PoolKey,
+        held: Option<(Arc<Vec<String>>, usize)>,
+        wrote: bool,
+    ) {
+        // What a write left for `currval` and `lastval` is this session's: not another's.
+        if wrote && self.simple_query("DISCARD SEQUENCES").await.is_err() {
+            self.terminate().await;
+            return;
+        }
+        self.held = held;
+        release(cluster, backend, key.clone(), self, false).await;
+    }
 }
 
 #[cfg(test)]

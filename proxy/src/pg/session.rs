@@ -128,6 +128,9 @@ pub struct Session<'a> {
     pub(super) retry_binds: Names,
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
+    /// A transaction (or an autocommit statement) ended: transaction pooling may give the
+    /// connections back once the client is silent.
+    pub(super) boundary: bool,
 }
 
 /// What woke a session up.
@@ -175,6 +178,7 @@ impl<'a> Session<'a> {
             retry: None,
             retry_binds: Names::default(),
             unnamed_side: None,
+            boundary: false,
         }
     }
 
@@ -221,6 +225,12 @@ impl<'a> Session<'a> {
         let (mut idle_timer, mut moved_timer) = (Timer::default(), Timer::default());
         let mut armed = false;
         loop {
+            if self.boundary && self.is_idle() && self.cbuf.is_empty() {
+                self.boundary = false;
+                if self.core.transaction_ended() {
+                    Box::pin(self.give_back()).await;
+                }
+            }
             let idle = self.is_idle() && self.cbuf.is_empty();
             let hold = self.waiting.is_some();
             // Idle on a plain socket: no read buffer is held while the client is silent.
@@ -286,6 +296,14 @@ impl<'a> Session<'a> {
                 return end;
             }
         }
+    }
+
+    /// Transaction pooling: the connections go back to their pools between transactions; the
+    /// session's cancel key points nowhere until its next statement takes one.
+    async fn give_back(&mut self) {
+        self.core.give_back_all(self.id.key).await;
+        self.id.cancel.set_target(None);
+        self.unnamed_side = None;
     }
 
     pub(super) async fn tell_client_backend_gone(&mut self) {

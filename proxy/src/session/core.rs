@@ -38,6 +38,28 @@ pub trait Link: Pooled + Sized {
     /// Resets the connection and returns it to backend `backend`'s pool under `key`, or closes
     /// it when it cannot be made clean for another session.
     async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState);
+
+    /// How many of `replay` (a session's state, first to last) the connection holds as it
+    /// is: 0 for one as its login or last reset left it; `None` when it holds state of another
+    /// session's that `replay` does not begin with (it must be cleared first).
+    fn holds(&self, replay: &[String]) -> Option<usize>;
+
+    /// Returns it to the state its login gave (a connection that `holds` nothing of a new
+    /// session's).
+    async fn clear(&mut self) -> Result<(), BackendError>;
+
+    /// Transaction pooling: returns it to backend `backend`'s pool under `key` without a reset,
+    /// noting that it holds `held` (a session's state and how much of it it was given). With
+    /// `wrote`, what the session's writes left on it for a later read (`currval`, `lastval`) is
+    /// discarded first, so another session never reads it.
+    async fn give_back(
+        self,
+        cluster: &Cluster,
+        backend: usize,
+        key: &PoolKey,
+        held: Option<(std::sync::Arc<Vec<String>>, usize)>,
+        wrote: bool,
+    );
 }
 
 /// One backend connection of a session.
@@ -55,6 +77,9 @@ pub struct Slot<'a, C> {
     pub serial: u64,
     /// Made read-only for maintenance ([`Core::maintenance`]).
     pub maintenance: bool,
+    /// A transaction of the session wrote on it (transaction pooling: what a write leaves for
+    /// a later `currval` is discarded before the connection is given back).
+    pub wrote: bool,
     /// Keeps the backend's session count.
     _counted: Counted<'a>,
 }
@@ -70,6 +95,7 @@ impl<'a, C> Slot<'a, C> {
             stale: false,
             serial: NEXT.fetch_add(1, Ordering::Relaxed),
             maintenance: false,
+            wrote: false,
             _counted: Counted::new(&cluster.backends[backend].sessions),
         }
     }
@@ -165,6 +191,10 @@ pub struct Core<'a, C> {
     /// session's last transaction boundary: a transaction ends as it began.
     maintenance: Option<&'static str>,
     primary_work: PrimaryWork,
+    /// Transaction pooling: connections go back to the pool between transactions.
+    per_transaction: bool,
+    /// The transaction now ending wrote.
+    tx_wrote: bool,
 }
 
 impl<C> Drop for Core<'_, C> {
@@ -184,6 +214,8 @@ impl<'a, C: Link> Core<'a, C> {
             read_only,
             maintenance: None,
             primary_work: PrimaryWork::default(),
+            per_transaction: cluster.config.pool_mode == sqlswitch_config::PoolMode::Transaction,
+            tx_wrote: false,
         }
     }
 
@@ -344,6 +376,7 @@ impl<'a, C: Link> Core<'a, C> {
     /// A write was acknowledged: reads wait for a replica that has it (read-your-writes).
     pub fn wrote(&mut self) {
         self.state.last_write = Some(self.cluster.clock.now());
+        self.tx_wrote = true;
     }
 
     /// Forgets `side`'s connection (it failed) and keeps reads off its replica until the
@@ -485,8 +518,19 @@ impl<'a, C: Link> Core<'a, C> {
             if active {
                 self.active = None;
             }
-            let conn = Box::pin(open(backend)).await?;
-            self.slots[side] = Some(Box::new(Slot::new(self.cluster, backend, conn)));
+            let mut conn = Box::pin(open(backend)).await?;
+            // A connection another session gave back between transactions may hold its state:
+            // the part this session's begins with is kept, anything else is cleared.
+            let held = match conn.holds(&self.state.replay) {
+                Some(n) => n,
+                None => {
+                    Box::pin(conn.clear()).await?;
+                    0
+                }
+            };
+            let mut slot = Slot::new(self.cluster, backend, conn);
+            slot.applied.replayed = held;
+            self.slots[side] = Some(Box::new(slot));
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         // Maintenance makes the session's connections read-only (one that is read-only by
@@ -535,6 +579,8 @@ async fn release<C: Link>(cluster: &Cluster, slot: Slot<'_, C>, key: &PoolKey, s
     }
 }
 
+#[path = "pooling.rs"]
+mod pooling;
 #[path = "standing.rs"]
 mod standing;
 pub use standing::{Note, Refused};

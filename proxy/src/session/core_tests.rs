@@ -17,8 +17,10 @@ struct Fake {
     backend: usize,
     frozen: bool,
     released: Arc<AtomicUsize>,
-    /// Replays and read-only settings asked of it.
+    /// Replays, read-only settings and clears asked of it.
     asked: Arc<AtomicUsize>,
+    /// What it holds of a session's state as it comes from the pool (`None`: another's).
+    held: Option<usize>,
 }
 
 impl crate::pool::Rehome for Fake {
@@ -37,6 +39,27 @@ impl Pooled for Fake {
 
 impl Link for Fake {
     const WATCHED: bool = true;
+
+    fn holds(&self, _replay: &[String]) -> Option<usize> {
+        self.held
+    }
+
+    async fn clear(&mut self) -> Result<(), BackendError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.held = Some(0);
+        Ok(())
+    }
+
+    async fn give_back(
+        self,
+        _cluster: &Cluster,
+        _backend: usize,
+        _key: &PoolKey,
+        _held: Option<(Arc<Vec<String>>, usize)>,
+        _wrote: bool,
+    ) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
 
     async fn replay(&mut self, _sql: &[String]) -> Result<(), BackendError> {
         self.asked.fetch_add(1, Ordering::SeqCst);
@@ -77,7 +100,7 @@ fn cluster_with(extra: &str) -> Arc<Cluster> {
 /// A core whose primary connection (to backend 0) is active, with `released` counting resets.
 fn on_primary<'a>(cluster: &'a Cluster, released: &Arc<AtomicUsize>, frozen: bool) -> Core<'a, Fake> {
     let mut core = Core::new(cluster, false);
-    let conn = Fake { backend: 0, frozen, released: Arc::clone(released), asked: Arc::default() };
+    let conn = Fake { backend: 0, frozen, released: Arc::clone(released), asked: Arc::default(), held: None };
     core.slots[Side::Primary] = Some(Box::new(Slot::new(cluster, 0, conn)));
     core.active = Some(Side::Primary);
     core
@@ -96,7 +119,7 @@ async fn an_open_transaction_never_moves_to_a_new_primary() {
     let open = |backend| {
         opened.fetch_add(1, Ordering::SeqCst);
         let released = Arc::clone(&released);
-        async move { Ok(Fake { backend, frozen: false, released, asked: Arc::default() }) }
+        async move { Ok(Fake { backend, frozen: false, released, asked: Arc::default(), held: None }) }
     };
     let e = core.ready(Side::Primary, 1, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == DEPOSED), "{e:?}");
@@ -111,7 +134,9 @@ async fn between_transactions_the_connection_moves() {
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
     let r = Arc::clone(&released);
-    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: Arc::default() }) };
+    let open = move |backend| async move {
+        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None })
+    };
     let slot = core.ready(Side::Primary, 1, &key(), Tx::None, open).await.expect("moves");
     assert_eq!((slot.backend, slot.conn.backend), (1, 1));
     assert_eq!(released.load(Ordering::SeqCst), 1, "the old connection was reset and pooled");
@@ -128,7 +153,9 @@ async fn a_lost_lease_ends_an_open_transaction_even_on_the_same_primary() {
     cluster.gate.lease_until.store(0, Ordering::Relaxed);
     assert!(!core.settled(Side::Primary, 0, Tx::Open), "the fast path does not skip the check");
     let r = Arc::clone(&released);
-    let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: Arc::default() }) };
+    let open = move |backend| async move {
+        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None })
+    };
     let e = core.ready(Side::Primary, 0, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == LEASE_LOST), "{e:?}");
     // Outside a transaction the gate, not the core, decides (the session waits there).
@@ -188,7 +215,7 @@ fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
     core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
     core.fall_back(&BackendError::Timeout);
     assert!(core.slots[Side::Replica].is_none(), "the replica's connection is dropped");
@@ -237,8 +264,13 @@ async fn whenever_settled_holds_ready_does_nothing() {
         let mut core = on_primary(&cluster, &released, false);
         let asked = Arc::new(AtomicUsize::new(0));
         let slot_backend = usize::from(bit(0));
-        let conn =
-            Fake { backend: slot_backend, frozen: false, released: Arc::clone(&released), asked: Arc::clone(&asked) };
+        let conn = Fake {
+            backend: slot_backend,
+            frozen: false,
+            released: Arc::clone(&released),
+            asked: Arc::clone(&asked),
+            held: None,
+        };
         let mut slot = Slot::new(&cluster, slot_backend, conn);
         slot.stale = bit(1);
         slot.maintenance = bit(2);
@@ -284,7 +316,7 @@ fn a_recorded_setting_is_replayed_on_the_other_connection_only_and_discard_forge
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
     core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
     core.recorded(Side::Primary, "SET TimeZone = 'UTC'".into());
     assert_eq!(core.slot(Side::Primary).map(|s| s.applied.replayed), Some(1), "the connection that ran it has it");
@@ -319,8 +351,52 @@ fn a_taken_connection_is_no_longer_active_and_a_start_makes_one_active() {
     assert_eq!(core.active(), None, "no active side points at a connection the session gave up");
     core.activate(Side::Primary);
     assert_eq!(core.active(), None, "a side without a connection is never made active");
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default() };
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
     core.start(Side::Replica, Slot::new(&cluster, 1, conn));
     assert_eq!(core.active(), Some(Side::Replica));
     assert!(core.take_all().into_iter().any(|(_, s)| s.is_some()) && core.active().is_none());
+}
+
+/// Transaction pooling: a session without state that stays with its connection gives its
+/// connections back at each transaction's end, but keeps them through the transaction after
+/// one that wrote (a `currval` there reads its own value); a pin, a named statement or a
+/// custom parameter keeps them for good; session pooling never gives them back.
+#[test]
+fn connections_go_back_between_transactions_unless_the_session_holds_them() {
+    let released = Arc::new(AtomicUsize::new(0));
+    let session_mode = cluster();
+    let mut core = on_primary(&session_mode, &released, false);
+    assert!(!core.transaction_ended(), "session pooling keeps the connections");
+
+    let cluster = cluster_with("pool_mode = \"transaction\"\n");
+    let mut core = on_primary(&cluster, &released, false);
+    assert!(core.transaction_ended(), "a read-only transaction's end gives them back");
+    core.wrote();
+    assert!(!core.transaction_ended(), "kept through the next transaction after a write");
+    assert!(core.slot(Side::Primary).is_some_and(|s| s.wrote), "and what the write left is discarded later");
+    assert!(core.transaction_ended(), "given back after the next one");
+    core.define("s1", bytes::Bytes::from_static(b"P"), true);
+    assert!(!core.transaction_ended(), "a named statement lives on its connection");
+    core.forget("s1");
+    core.note(Note { pins: true, unmovable: Some("a temporary table") });
+    assert!(!core.transaction_ended(), "unmovable state keeps the connection");
+}
+
+/// A connection from the pool that holds the start of the session's state is taken as it
+/// is (only the rest is replayed); one holding another session's state is cleared first.
+#[tokio::test]
+async fn a_pooled_connection_keeps_what_the_session_shares_and_clears_the_rest() {
+    let cluster = cluster_with("pool_mode = \"transaction\"\n");
+    let released = Arc::new(AtomicUsize::new(0));
+    // Asked of it: nothing when it holds the state; else a clear, then the replay.
+    for (held, asked_of_it) in [(Some(1), 0), (None, 2)] {
+        let mut core = Core::<Fake>::new(&cluster, false);
+        core.starts_with(vec!["SET application_name = 'a'".into()]);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (r, a) = (Arc::clone(&released), Arc::clone(&asked));
+        let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: a, held }) };
+        let slot = core.ready(Side::Primary, 0, &key(), Tx::None, open).await.expect("a connection");
+        assert_eq!(slot.applied.replayed, 1, "the session's state is on it");
+        assert_eq!(asked.load(Ordering::SeqCst), asked_of_it, "held {held:?}");
+    }
 }

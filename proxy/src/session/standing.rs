@@ -106,7 +106,7 @@ impl<C: Link> Core<'_, C> {
     /// first, and a `DISCARD ALL` returns to them.
     pub fn starts_with(&mut self, settings: Vec<String>) {
         self.state.startup = settings.len();
-        self.state.replay = settings;
+        self.state.replay = settings.into();
     }
 
     /// The client (re)defined the named statement `name` with its Parse `parse`; returns its

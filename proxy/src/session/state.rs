@@ -35,13 +35,54 @@ pub enum Stay {
     Unmovable(&'static str),
 }
 
+/// The session-state statements, shared with the pooled connections that keep them
+/// (transaction pooling: a connection records what it holds without a copy); the list is
+/// copied only when the session adds to it while one still shares it. Empty, it holds nothing.
+#[derive(Debug, Default, Clone)]
+pub struct Replay(Option<std::sync::Arc<Vec<String>>>);
+
+impl std::ops::Deref for Replay {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Replay {
+    /// Adds a statement.
+    pub(super) fn push(&mut self, sql: String) {
+        std::sync::Arc::make_mut(self.0.get_or_insert_with(Default::default)).push(sql);
+    }
+
+    /// Keeps the first `n` statements.
+    pub(super) fn truncate(&mut self, n: usize) {
+        if n == 0 {
+            self.0 = None;
+        } else if let Some(list) = self.0.as_mut().filter(|l| l.len() > n) {
+            std::sync::Arc::make_mut(list).truncate(n);
+        }
+    }
+
+    /// The list, shared (`None` when empty).
+    pub fn shared(&self) -> Option<std::sync::Arc<Vec<String>>> {
+        self.0.clone()
+    }
+}
+
+impl From<Vec<String>> for Replay {
+    fn from(list: Vec<String>) -> Self {
+        Self((!list.is_empty()).then(|| std::sync::Arc::new(list)))
+    }
+}
+
 /// The session-wide state.
 #[derive(Debug, Default)]
 pub struct SessionState {
     statements: HashMap<String, Statement>,
     generation: u64,
     /// Session-state statements that succeeded, in order.
-    pub(super) replay: Vec<String>,
+    pub(super) replay: Replay,
     /// Where the session may run from now on ([`Stay`]).
     stay: Stay,
     /// When the last write was acknowledged (clock micros).
@@ -139,6 +180,11 @@ impl SessionState {
     /// `DISCARD ALL` / `DEALLOCATE ALL` dropped every prepared statement.
     pub(super) fn forget_all(&mut self) {
         self.statements.clear();
+    }
+
+    /// Whether the client defined named prepared statements (they live on a connection).
+    pub fn has_statements(&self) -> bool {
+        !self.statements.is_empty()
     }
 
     /// A session-state statement succeeded on the primary.

@@ -204,6 +204,28 @@ impl crate::session::core::Link for MyConn {
             self.quit().await;
         }
     }
+
+    /// Every MySQL connection in a pool was reset when it was given back.
+    fn holds(&self, _replay: &[String]) -> Option<usize> {
+        Some(0)
+    }
+
+    async fn clear(&mut self) -> Result<(), BackendError> {
+        self.reset().await.map(drop)
+    }
+
+    /// Transaction pooling is PostgreSQL's only (the config refuses it for MySQL): a MySQL
+    /// connection given back is reset, as at a session's end.
+    async fn give_back(
+        self,
+        cluster: &Cluster,
+        backend: usize,
+        key: &PoolKey,
+        _held: Option<(std::sync::Arc<Vec<String>>, usize)>,
+        _wrote: bool,
+    ) {
+        crate::session::core::Link::release(self, cluster, backend, key, &SessionState::default()).await;
+    }
 }
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ impl Session<'_> {
             self.retry = None;
             if self.tx() == TxStatus::Idle && self.batch.side.is_none() {
                 self.leave_primary();
+                self.boundary = true;
             }
             match self.state_change.take() {
                 Some(_) if self.batch_error => {}

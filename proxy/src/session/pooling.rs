@@ -1,0 +1,48 @@
+//! Transaction pooling in the session core: when a session's connections go back to the pool
+//! between its transactions, and how (decision 0020).
+
+use super::{release, Core, Link, Side, Slot, RELEASE_DEADLINE};
+use crate::pool::PoolKey;
+use tracing::warn;
+
+impl<C: Link> Core<'_, C> {
+    /// At the end of a transaction, with nothing owed: whether the session's connections go
+    /// back to the pool now (transaction pooling). Not when the session holds what stays with
+    /// its connection (a pin that cannot move, named prepared statements, a custom parameter),
+    /// nor right after a transaction that wrote: the connection is kept through the session's
+    /// next transaction, so that a `currval` or `lastval` there reads the session's own value.
+    pub fn transaction_ended(&mut self) -> bool {
+        let wrote = std::mem::take(&mut self.tx_wrote);
+        if let Some(slot) = self.active.and_then(|side| self.slots[side].as_mut()).filter(|_| wrote) {
+            slot.wrote = true;
+        }
+        self.per_transaction
+            && !wrote
+            && self.state.unmovable().is_none()
+            && !self.state.has_statements()
+            && !self.state.custom_settings
+            && (self.slots[Side::Primary].is_some() || self.slots[Side::Replica].is_some())
+    }
+
+    /// Gives every connection back to its pool between transactions ([`Core::transaction_ended`]):
+    /// as it is, noting the session state it holds, unless it was made read-only for
+    /// maintenance or is stale (then reset as at a session's end).
+    pub async fn give_back_all(&mut self, key: &PoolKey) {
+        self.leave_primary();
+        self.active = None;
+        let shared = self.state.replay.shared();
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let Some(slot) = slot else { continue };
+            if slot.maintenance || slot.stale {
+                release(self.cluster, *slot, key, &self.state).await;
+                continue;
+            }
+            let held = shared.clone().filter(|_| slot.applied.replayed > 0).map(|s| (s, slot.applied.replayed));
+            let Slot { conn, backend, wrote, .. } = *slot;
+            let give = conn.give_back(self.cluster, backend, key, held, wrote);
+            if tokio::time::timeout(RELEASE_DEADLINE, give).await.is_err() {
+                warn!(backend = %self.cluster.backends[backend].name, "giving a connection back did not finish in time; it is closed instead");
+            }
+        }
+    }
+}
