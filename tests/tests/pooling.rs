@@ -19,6 +19,14 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 const SEEN: &str = "SELECT current_setting('application_name') || '|' || application_name \
                     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
 
+/// sqlswitch in front of the shared servers, with `extra` cluster keys, and its read-write port.
+async fn start_with(extra: &str) -> (sqlswitch::Daemon, u16) {
+    let text = proxy::config_text(Topology::shared(), "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    (daemon, port)
+}
+
 /// Idle connections the daemon's pools hold, over every backend of its first cluster.
 fn idle(daemon: &sqlswitch::Daemon) -> u64 {
     let status = daemon.control.status();
@@ -33,10 +41,7 @@ fn idle(daemon: &sqlswitch::Daemon) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_names_are_session_state_not_pools() {
     let _serial = SERIAL.lock().await;
-    let topo = Topology::shared();
-    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "");
-    let daemon = start_text(&text).await.unwrap();
-    let port = daemon.addr("app", false).unwrap().port();
+    let (daemon, port) = start_with("").await;
     for i in 0..12 {
         let name = format!("worker {i}'s");
         let client =
@@ -90,11 +95,8 @@ async fn application_names_are_session_state_not_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backend_makes_sessions_wait_then_refuses_with_53300() {
     let _serial = SERIAL.lock().await;
-    let topo = Topology::shared();
     let extra = "max_backend_connections = 3\nconnect_timeout = \"2s\"";
-    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
-    let daemon = start_text(&text).await.unwrap();
-    let port = daemon.addr("app", false).unwrap().port();
+    let (daemon, port) = start_with(extra).await;
     let primary = |key: &str| daemon.control.status()["clusters"][0]["backends"][0][key].as_u64().unwrap_or(0);
     proxy::eventually(10, "the monitor holds its connection to the primary", || primary("open_connections") >= 1).await;
     let monitor = primary("open_connections");
@@ -159,11 +161,8 @@ async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_serves_more_sessions_than_connections() {
     let _serial = SERIAL.lock().await;
-    let topo = Topology::shared();
     let extra = "pool_mode = \"transaction\"\nmax_backend_connections = 4\nconnect_timeout = \"5s\"";
-    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
-    let daemon = start_text(&text).await.unwrap();
-    let port = daemon.addr("app", false).unwrap().port();
+    let (daemon, port) = start_with(extra).await;
     let mut clients = Vec::new();
     for _ in 0..12 {
         clients.push(connect_str(&proxy::conn_str(port, APP)).await.expect("a session while others are open"));
@@ -191,11 +190,8 @@ async fn transaction_pooling_serves_more_sessions_than_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_keeps_each_sessions_state() {
     let _serial = SERIAL.lock().await;
-    let topo = Topology::shared();
     let extra = "pool_mode = \"transaction\"\nmax_backend_connections = 3\nconnect_timeout = \"5s\"";
-    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
-    let daemon = start_text(&text).await.unwrap();
-    let port = daemon.addr("app", false).unwrap().port();
+    let (_daemon, port) = start_with(extra).await;
     let a = connect_str(&proxy::conn_str(port, APP)).await.unwrap();
     let b = connect_str(&proxy::conn_str(port, APP)).await.unwrap();
     let default_zone = value(&b, "SHOW TimeZone").await;
