@@ -357,6 +357,11 @@ impl Session<'_> {
         }
         if self.batch.parses_unnamed {
             self.unnamed_side = Some(side);
+            // Prepared and not run in this batch (psql's \gdesc, a Describe to follow): the
+            // connection stays until a batch runs something.
+            self.unnamed_unbound = self.batch.statements == 0;
+        } else if self.batch.statements > 0 {
+            self.unnamed_unbound = false;
         }
         if side == Side::Primary && writes {
             self.writes_in_flight = true;

@@ -351,13 +351,7 @@ impl crate::session::core::Link for BackendConn {
         backend: usize,
         key: &PoolKey,
         held: Option<(Arc<Vec<String>>, usize)>,
-        wrote: bool,
     ) {
-        // What a write left for `currval` and `lastval` is this session's: not another's.
-        if wrote && self.simple_query("DISCARD SEQUENCES").await.is_err() {
-            self.terminate().await;
-            return;
-        }
         self.held = held;
         release(cluster, backend, key.clone(), self, false).await;
     }

@@ -131,6 +131,8 @@ pub struct Session<'a> {
     /// A transaction (or an autocommit statement) ended: transaction pooling may give the
     /// connections back once the client is silent.
     pub(super) boundary: bool,
+    /// The unnamed statement was prepared and not run yet: its connection stays.
+    pub(super) unnamed_unbound: bool,
 }
 
 /// What woke a session up.
@@ -179,6 +181,7 @@ impl<'a> Session<'a> {
             retry_binds: Names::default(),
             unnamed_side: None,
             boundary: false,
+            unnamed_unbound: false,
         }
     }
 
@@ -227,7 +230,7 @@ impl<'a> Session<'a> {
         loop {
             if self.boundary && self.is_idle() && self.cbuf.is_empty() {
                 self.boundary = false;
-                if self.core.transaction_ended() {
+                if self.core.transaction_ended() && !self.unnamed_unbound {
                     Box::pin(self.give_back()).await;
                 }
             }

@@ -48,17 +48,15 @@ pub trait Link: Pooled + Sized {
     /// session's).
     async fn clear(&mut self) -> Result<(), BackendError>;
 
-    /// Transaction pooling: returns it to backend `backend`'s pool under `key` without a reset,
-    /// noting that it holds `held` (a session's state and how much of it it was given). With
-    /// `wrote`, what the session's writes left on it for a later read (`currval`, `lastval`) is
-    /// discarded first, so another session never reads it.
+    /// Transaction pooling: returns it to backend `backend`'s pool under `key` without a reset
+    /// (the session only read on it), noting that it holds `held` (a session's state and how
+    /// much of it it was given).
     async fn give_back(
         self,
         cluster: &Cluster,
         backend: usize,
         key: &PoolKey,
         held: Option<(std::sync::Arc<Vec<String>>, usize)>,
-        wrote: bool,
     );
 }
 
@@ -77,8 +75,8 @@ pub struct Slot<'a, C> {
     pub serial: u64,
     /// Made read-only for maintenance ([`Core::maintenance`]).
     pub maintenance: bool,
-    /// A transaction of the session wrote on it (transaction pooling: what a write leaves for
-    /// a later `currval` is discarded before the connection is given back).
+    /// A transaction of the session ran more than reads on it (transaction pooling: it is reset
+    /// before it goes back, so nothing a write or a function left reaches another session).
     pub wrote: bool,
     /// Keeps the backend's session count.
     _counted: Counted<'a>,

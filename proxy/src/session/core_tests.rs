@@ -56,7 +56,6 @@ impl Link for Fake {
         _backend: usize,
         _key: &PoolKey,
         _held: Option<(Arc<Vec<String>>, usize)>,
-        _wrote: bool,
     ) {
         self.released.fetch_add(1, Ordering::SeqCst);
     }

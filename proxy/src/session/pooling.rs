@@ -25,21 +25,23 @@ impl<C: Link> Core<'_, C> {
     }
 
     /// Gives every connection back to its pool between transactions ([`Core::transaction_ended`]):
-    /// as it is, noting the session state it holds, unless it was made read-only for
-    /// maintenance or is stale (then reset as at a session's end).
+    /// as it is, noting the session state it holds, when the session only read on it; reset as
+    /// at a session's end (`DISCARD ALL`, closed if it keeps a temporary schema) when it ran
+    /// anything else (a write, a function that may have made a temporary table or set a value,
+    /// a sequence's `nextval`), or was made read-only for maintenance, or is stale.
     pub async fn give_back_all(&mut self, key: &PoolKey) {
         self.leave_primary();
         self.active = None;
         let shared = self.state.replay.shared();
         for (_, slot) in std::mem::take(&mut self.slots) {
             let Some(slot) = slot else { continue };
-            if slot.maintenance || slot.stale {
+            if slot.maintenance || slot.stale || slot.wrote {
                 release(self.cluster, *slot, key, &self.state).await;
                 continue;
             }
             let held = shared.clone().filter(|_| slot.applied.replayed > 0).map(|s| (s, slot.applied.replayed));
-            let Slot { conn, backend, wrote, .. } = *slot;
-            let give = conn.give_back(self.cluster, backend, key, held, wrote);
+            let Slot { conn, backend, .. } = *slot;
+            let give = conn.give_back(self.cluster, backend, key, held);
             if tokio::time::timeout(RELEASE_DEADLINE, give).await.is_err() {
                 warn!(backend = %self.cluster.backends[backend].name, "giving a connection back did not finish in time; it is closed instead");
             }

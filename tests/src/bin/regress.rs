@@ -41,7 +41,9 @@ fn main() -> Result<()> {
     std::fs::copy(Path::new(dlpath).join("regress.so"), lib.join("regress.so")).context("DLPATH/regress.so")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let full = config_text(&topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
+    // Cluster keys to add, for a run in another mode (`pool_mode = "transaction"`).
+    let extra = std::env::var("SQLSWITCH_REGRESS_CLUSTER").unwrap_or_default();
+    let full = config_text(&topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, &extra)
         + &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", SUPERUSER.0, SUPERUSER.1);
     let mut primary_only = full.clone();
     for r in topo.replicas() {

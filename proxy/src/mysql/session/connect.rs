@@ -222,7 +222,6 @@ impl crate::session::core::Link for MyConn {
         backend: usize,
         key: &PoolKey,
         _held: Option<(std::sync::Arc<Vec<String>>, usize)>,
-        _wrote: bool,
     ) {
         crate::session::core::Link::release(self, cluster, backend, key, &SessionState::default()).await;
     }
