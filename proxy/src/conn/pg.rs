@@ -300,6 +300,35 @@ impl BackendConn {
         }
     }
 
+    /// Runs each of `statements` as its own simple query, all sent at once (one round trip):
+    /// each keeps its own text where the server records it (`pg_prepared_statements`).
+    ///
+    /// # Errors
+    /// The first statement the server refused (the ones after it still ran), or I/O.
+    pub async fn simple_queries(&mut self, statements: &[String]) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        for sql in statements {
+            postgres_protocol::message::frontend::query(sql, &mut out)?;
+        }
+        self.stream.send(&out).await?;
+        let (mut owed, mut failure) = (statements.len(), None);
+        while owed > 0 {
+            let f = self.read_frame().await?;
+            match f.tag {
+                msg::ERROR_RESPONSE => {
+                    failure.get_or_insert(refused(f));
+                }
+                msg::PARAMETER_STATUS => self.note_parameter(f.body()),
+                msg::READY_FOR_QUERY => {
+                    self.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'I'));
+                    owed -= 1;
+                }
+                _ => {}
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Says goodbye; errors are irrelevant, the connection is being dropped.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::with_capacity(5);

@@ -308,7 +308,7 @@ impl crate::session::core::Link for BackendConn {
     const WATCHED: bool = true;
 
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
-        self.simple_query(&sql.join(";\n")).await.map(drop)
+        self.simple_queries(sql).await
     }
 
     async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError> {

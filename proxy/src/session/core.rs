@@ -208,7 +208,7 @@ impl<'a, C: Link> Core<'a, C> {
             cluster,
             slots: Pair::default(),
             active: None,
-            state: SessionState::default(),
+            state: SessionState::compacting(cluster.config.protocol == sqlswitch_config::Protocol::Postgres),
             read_only,
             maintenance: None,
             primary_work: PrimaryWork::default(),

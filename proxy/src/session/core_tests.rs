@@ -399,3 +399,48 @@ async fn a_pooled_connection_keeps_what_the_session_shares_and_clears_the_rest()
         assert_eq!(asked.load(Ordering::SeqCst), asked_of_it, "held {held:?}");
     }
 }
+
+/// Only each parameter's last setting is replayed (PostgreSQL): a `RESET ROLE` removes the
+/// `SET ROLE` before it (replayed after the role is dropped, it would fail every statement of
+/// the session), a new `search_path` the old one; `PREPARE` and the login's settings stay; the
+/// other connection, which ran the removed setting, counts only what is left of what it ran.
+#[test]
+fn only_each_parameters_last_setting_is_replayed() {
+    use super::super::state::parameter_of;
+    for (sql, param) in [
+        ("SET ROLE x", Some("role")),
+        ("reset role;", Some("role")),
+        ("set role regress_user;\n", Some("role")),
+        ("SET SESSION search_path = a, b", Some("search_path")),
+        ("SET TIME ZONE 'UTC'", Some("timezone")),
+        ("SET SESSION AUTHORIZATION x", Some("session_authorization")),
+        ("RESET ALL", Some("all")),
+        ("SET LOCAL x = 1", None),
+        ("PREPARE q AS SELECT 1", None),
+        ("SELECT set_config('a', 'b', false)", None),
+    ] {
+        assert_eq!(parameter_of(sql).as_deref(), param, "{sql}");
+    }
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    core.starts_with(vec!["SET application_name = 'app'".into()]);
+    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
+    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
+    for sql in ["SET search_path = a", "PREPARE q AS SELECT 1", "SET ROLE x"] {
+        core.recorded(Side::Primary, sql.into());
+    }
+    if let Some(replica) = core.slots[Side::Replica].as_mut() {
+        replica.applied.replayed = 4;
+    }
+    core.recorded(Side::Primary, "RESET ROLE".into());
+    core.recorded(Side::Primary, "SET search_path = b".into());
+    let replay: Vec<&str> = core.state().replay.iter().map(String::as_str).collect();
+    assert_eq!(replay, ["SET application_name = 'app'", "PREPARE q AS SELECT 1", "RESET ROLE", "SET search_path = b"]);
+    assert_eq!(core.slot(Side::Primary).map(|s| s.applied.replayed), Some(4), "the connection that ran them has all");
+    assert_eq!(
+        core.slot(Side::Replica).map(|s| s.applied.replayed),
+        Some(2),
+        "the replica ran the login's setting and PREPARE of what is left; RESET ROLE and the new path follow"
+    );
+}

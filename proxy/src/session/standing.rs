@@ -4,6 +4,7 @@
 //! protocols; the adapters classify, the core keeps the rules.
 
 use super::{Applied, Core, Link, Side};
+use crate::session::state::parameter_of;
 
 /// What a statement does to the session's standing, as its adapter classified it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,15 +71,28 @@ impl<C: Link> Core<'_, C> {
     /// this connection too (before its next statement), as directly a `RESET ALL` returns to
     /// the client's startup values.
     pub fn recorded(&mut self, side: Side, sql: String) {
+        // A RESET of a login setting (or of all) returns it to the server's login value.
+        let is_reset = sql.trim_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case("reset"));
+        let param = is_reset.then(|| parameter_of(&sql)).flatten();
+        let startup = self.state.replay.get(..self.state.startup).unwrap_or_default();
         let resets =
-            self.state.startup > 0 && sql.trim_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case("reset"));
-        self.state.record(sql);
-        let ran = self.state.replay.len();
+            param.is_some_and(|p| p == "all" || startup.iter().any(|s| parameter_of(s).as_deref() == Some(&p)));
+        let mut again: Vec<String> = Vec::new();
         if resets {
-            let again: Vec<String> = self.state.replay.iter().take(self.state.startup).cloned().collect();
-            for setting in again {
-                self.state.record(setting);
+            again = self.state.replay.iter().take(self.state.startup).cloned().collect();
+        }
+        let mut ran = 0;
+        for (n, statement) in std::iter::once(sql).chain(again).enumerate() {
+            let removed = self.state.record(statement);
+            // What each connection ran counts only what is left of it: a removed setting was
+            // superseded by the one just recorded, which the others run next.
+            let shift = |count: usize| count - removed.iter().filter(|&&i| i < count).count();
+            for (_, slot) in self.slots.iter_mut() {
+                if let Some(slot) = slot {
+                    slot.applied.replayed = shift(slot.applied.replayed);
+                }
             }
+            ran = if n == 0 { self.state.replay.len() } else { shift(ran) };
         }
         if let Some(slot) = self.slots[side].as_mut() {
             slot.applied.replayed = ran;

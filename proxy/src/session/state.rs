@@ -93,6 +93,8 @@ pub struct SessionState {
     /// How many of the first `replay` statements the login gave (the client's startup
     /// parameters that are not part of the pool key): a `DISCARD ALL` returns to them.
     pub(super) startup: usize,
+    /// Keep only each parameter's last setting in `replay` (PostgreSQL; [`parameter_of`]).
+    pub(super) compact: bool,
 }
 
 /// The reason a session that ran `LISTEN` cannot move: it waits for notifications that only
@@ -119,6 +121,11 @@ pub fn unmovable(pin: Pin, mysql: bool) -> Option<&'static str> {
 const MAX_REPLAY: usize = 64;
 
 impl SessionState {
+    /// An empty state; with `compact`, only each parameter's last setting is replayed.
+    pub(super) fn compacting(compact: bool) -> Self {
+        Self { compact, ..Self::default() }
+    }
+
     /// Records a Parse of a named statement; returns its generation.
     pub(super) fn define(&mut self, name: &str, parse: Bytes, read: bool) -> u64 {
         self.generation += 1;
@@ -188,13 +195,64 @@ impl SessionState {
     }
 
     /// A session-state statement succeeded on the primary.
-    pub(super) fn record(&mut self, sql: String) {
+    pub(super) fn record(&mut self, sql: String) -> Vec<usize> {
+        // A setting replaces what earlier statements set of the same parameter (PostgreSQL):
+        // only its last setting is replayed, so `SET ROLE x` is not replayed after `RESET ROLE;
+        // DROP ROLE x`. The startup settings stay. Returns the indices removed.
+        let mut removed = Vec::new();
+        if let Some(param) = self.compact.then(|| parameter_of(&sql)).flatten() {
+            let keep: Vec<bool> = self
+                .replay
+                .iter()
+                .enumerate()
+                .map(|(i, old)| i < self.startup || parameter_of(old).is_none_or(|p| !(p == param || param == "all")))
+                .collect();
+            if keep.contains(&false) {
+                removed = keep.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect();
+                let kept: Vec<String> =
+                    self.replay.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s.clone()).collect();
+                self.replay = kept.into();
+            }
+        }
         if self.replay.len() >= MAX_REPLAY {
             self.stuck("more session state than sqlswitch replays");
         } else {
             self.replay.push(sql);
         }
+        removed
     }
+}
+
+/// The parameter a PostgreSQL session-state statement sets or resets, lower-cased (`all` for
+/// `RESET ALL`), or `None` for any other statement (`PREPARE`, `set_config(...)`, `SET LOCAL`,
+/// several assignments): those are replayed as they are.
+pub(super) fn parameter_of(sql: &str) -> Option<String> {
+    let mut words = sql.split(|c: char| c.is_ascii_whitespace() || c == '=' || c == ';').filter(|w| !w.is_empty());
+    let first = words.next()?.to_ascii_lowercase();
+    let mut next = || words.next().map(str::to_ascii_lowercase);
+    let name = match first.as_str() {
+        "reset" => next()?,
+        "set" => {
+            let mut word = next()?;
+            if word == "session" {
+                word = next()?;
+            }
+            match word.as_str() {
+                // DateStyle is set in parts (`SET DateStyle TO ymd` keeps the output format).
+                "local" | "constraints" | "transaction" | "datestyle" => return None,
+                "time" => "timezone".to_owned(),
+                "names" => "client_encoding".to_owned(),
+                _ => word,
+            }
+        }
+        _ => return None,
+    };
+    let name = match name.as_str() {
+        "session" | "authorization" => "session_authorization".to_owned(),
+        _ => name,
+    };
+    (!name.starts_with('"') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'))
+        .then_some(name)
 }
 
 /// A backend connection's view of the session state: what it has been given so far.
