@@ -182,10 +182,9 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         out
     }
 
-    /// A session that waited for room (`waiting`: its count) stops waiting.
+    /// A session that waited for room (`waiting`: its count, dropped here) stops waiting.
     fn waited_since(&self, waiting: Option<crate::metrics::Waiting<'_>>, started: tokio::time::Instant) {
         if waiting.is_some() {
-            self.waiting.decrement(1.0);
             self.waited.record(started.elapsed().as_secs_f64());
         }
     }
@@ -223,8 +222,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                 continue;
             }
             if waiting.is_none() {
-                self.waiting.increment(1.0);
-                waiting = Some(self.count.wait());
+                waiting = Some(self.count.wait(&self.waiting));
             }
             let room = self.count.room().notified();
             if tokio::time::timeout_at(deadline, room).await.is_err() {

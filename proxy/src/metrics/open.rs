@@ -39,10 +39,11 @@ impl OpenCount {
         }
     }
 
-    /// Counts a session waiting for room while the returned guard lives.
-    pub fn wait(&self) -> Waiting<'_> {
+    /// Counts a session waiting for room, here and in `gauge`, while the returned guard lives.
+    pub fn wait<'a>(&'a self, gauge: &'a Gauge) -> Waiting<'a> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(&self.waiting)
+        gauge.increment(1.0);
+        Waiting(&self.waiting, gauge)
     }
 
     /// Connections open now.
@@ -77,11 +78,12 @@ impl Drop for Reserved<'_> {
 }
 
 /// A session counted as waiting for room ([`OpenCount::wait`]) while it lives.
-pub struct Waiting<'a>(&'a AtomicUsize);
+pub struct Waiting<'a>(&'a AtomicUsize, &'a Gauge);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.decrement(1.0);
     }
 }
 

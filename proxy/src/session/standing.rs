@@ -77,10 +77,7 @@ impl<C: Link> Core<'_, C> {
         let startup = self.state.replay.get(..self.state.startup).unwrap_or_default();
         let resets =
             param.is_some_and(|p| p == "all" || startup.iter().any(|s| parameter_of(s).as_deref() == Some(&p)));
-        let mut again: Vec<String> = Vec::new();
-        if resets {
-            again = self.state.replay.iter().take(self.state.startup).cloned().collect();
-        }
+        let again = if resets { startup.to_vec() } else { Vec::new() };
         let mut ran = 0;
         for (n, statement) in std::iter::once(sql).chain(again).enumerate() {
             let removed = self.state.record(statement);

@@ -201,17 +201,18 @@ impl SessionState {
         // DROP ROLE x`. The startup settings stay. Returns the indices removed.
         let mut removed = Vec::new();
         if let Some(param) = self.compact.then(|| parameter_of(&sql)).flatten() {
-            let keep: Vec<bool> = self
+            let superseded = |old: &str| parameter_of(old).is_some_and(|p| p == param || param == "all");
+            removed = self
                 .replay
                 .iter()
                 .enumerate()
-                .map(|(i, old)| i < self.startup || parameter_of(old).is_none_or(|p| !(p == param || param == "all")))
+                .skip(self.startup)
+                .filter(|(_, old)| superseded(old))
+                .map(|(i, _)| i)
                 .collect();
-            if keep.contains(&false) {
-                removed = keep.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect();
-                let kept: Vec<String> =
-                    self.replay.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s.clone()).collect();
-                self.replay = kept.into();
+            if !removed.is_empty() {
+                let kept = self.replay.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, s)| s.clone());
+                self.replay = kept.collect::<Vec<_>>().into();
             }
         }
         if self.replay.len() >= MAX_REPLAY {
