@@ -171,6 +171,15 @@ pub struct Cluster {
     /// PostgreSQL; decision 0020).
     #[serde(default)]
     pub pool_mode: PoolMode,
+    /// Transaction pooling: most server connections open at once per backend and pool key
+    /// (user, database, the startup parameters a login fixes); a client past it waits for one
+    /// up to `connect_timeout`. 0: no limit. Session pooling ignores it (a session keeps its
+    /// connections for life; `max_backend_connections` bounds them).
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// Idle connections of each pool key that `pool_idle_timeout` leaves open (warm ones).
+    #[serde(default)]
+    pub min_pool_size: usize,
     /// Idle backend connections kept per backend, user and database.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
@@ -446,6 +455,10 @@ mod defaults {
     pub fn pool_max_idle() -> usize {
         64
     }
+    pub fn pool_size() -> usize {
+        20
+    }
+
     pub fn pool_idle_timeout() -> Duration {
         Duration::from_secs(300)
     }

@@ -155,6 +155,13 @@ impl Config {
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {
                 add(&mut out, format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
             }
+            if c.min_pool_size > c.pool_max_idle {
+                add(
+                    &mut out,
+                    format!("{at}.min_pool_size"),
+                    format!("keeps more warm connections than pool_max_idle ({}) lets the pool hold", c.pool_max_idle),
+                );
+            }
             if c.pool_idle_timeout.is_zero() {
                 add(&mut out, format!("{at}.pool_idle_timeout"), "must be greater than zero".into());
             }

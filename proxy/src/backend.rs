@@ -27,10 +27,12 @@ pub enum BackendError {
     },
     /// Every connection `max_backend_connections` allows to the backend stayed in use for as
     /// long as a session waits (`connect_timeout`): PostgreSQL 53300, MySQL 1040 to the client.
-    #[error("all {max} connections to the backend (max_backend_connections) stayed in use for {waited:?}")]
+    #[error("all {max} connections to the backend ({limit}) stayed in use for {waited:?}")]
     Full {
         /// The limit.
         max: usize,
+        /// Its setting: `max_backend_connections`, or `pool_size` (per pool key).
+        limit: &'static str,
         /// How long the session waited.
         waited: Duration,
     },

@@ -9,8 +9,10 @@
 //! limit is respected: under `max_backend_connections` (idle connections of other keys are
 //! closed to make room, then the client waits for one up to `connect_timeout`), and when a
 //! server refuses a login for too many connections, idle pooled ones are closed and the login
-//! tried once more, so idle connections never cost a client its session. Idle connections are
-//! closed after `pool_idle_timeout` ([`Pool::expired`]).
+//! tried once more, so idle connections never cost a client its session. Under a key's own limit
+//! (`pool_size`, transaction pooling) a client waits for one of that key's connections, first
+//! come first served. Idle connections are closed after `pool_idle_timeout` ([`Pool::expired`]),
+//! but for `min_pool_size` of each key.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram};
 
 use crate::backend::BackendError;
-pub use crate::metrics::OpenCount;
+pub use crate::metrics::{OpenCount, Place};
 
 /// A connection whose socket can move to the current runtime's reactor.
 pub trait Rehome: Sized {
@@ -38,6 +40,9 @@ pub trait Pooled: Rehome {
 
     /// Says goodbye to the server and closes.
     fn close(self) -> impl std::future::Future<Output = ()> + Send;
+
+    /// Keeps `place` (under its key's `pool_size`) for as long as the connection lives.
+    fn hold(&mut self, place: Place);
 }
 
 /// The limits a checkout respects.
@@ -47,12 +52,29 @@ pub struct Limits {
     pub max_open: usize,
     /// How long a client waits for room.
     pub wait: Duration,
+    /// Most connections open at once under one pool key; 0: no such limit (session pooling,
+    /// where a session keeps its connection for life).
+    pub per_key: usize,
 }
 
 struct Idle<C> {
     worker: usize,
     since: Instant,
     conn: C,
+}
+
+/// One key's idle connections, and its open ones counted against `pool_size`.
+struct Entry<C> {
+    /// Most recently returned last.
+    idle: Vec<Idle<C>>,
+    /// Open connections of the key that hold a [`Place`], and its waiting clients.
+    open: Arc<OpenCount>,
+}
+
+impl<C> Default for Entry<C> {
+    fn default() -> Self {
+        Self { idle: Vec::new(), open: Arc::default() }
+    }
 }
 
 /// What a pool reports, and the backend's open connections it counts.
@@ -85,8 +107,7 @@ impl Default for PoolMetrics {
 
 /// A pool of idle connections of type `C`, keyed by `K`.
 pub struct Pool<K, C> {
-    /// Most recently returned last.
-    idle: Mutex<HashMap<K, Vec<Idle<C>>>>,
+    idle: Mutex<HashMap<K, Entry<C>>>,
     max_idle: usize,
     gauge: Gauge,
     count: Arc<OpenCount>,
@@ -102,12 +123,18 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         Self { idle: Mutex::new(HashMap::new()), max_idle, gauge: idle, count, waiting, waited, timeouts }
     }
 
-    /// Sessions waiting for room now.
+    /// Sessions waiting for room now (on the backend's limit or a key's).
     pub fn waiting(&self) -> usize {
-        self.count.waiting()
+        self.count.waiting() + self.lock().values().map(|e| e.open.waiting()).sum::<usize>()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Idle<C>>>> {
+    /// Whether a client waits for one of `key`'s connections now: a session keeps a
+    /// connection past its transaction only when none does.
+    pub fn contended(&self, key: &K) -> bool {
+        self.lock().get(key).is_some_and(|e| e.open.waiting() > 0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<C>>> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -118,7 +145,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         loop {
             let idle = {
                 let mut idle = self.lock();
-                let list = idle.get_mut(key)?;
+                let list = &mut idle.get_mut(key)?.idle;
                 let at = list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))?;
                 list.remove(at)
             };
@@ -134,105 +161,143 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
 
     /// Returns a clean connection; past `max_idle` it is handed back to be closed.
     pub fn put(&self, key: K, conn: C) -> Option<C> {
-        {
+        let open = {
             let mut idle = self.lock();
-            let list = idle.entry(key).or_default();
-            if list.len() >= self.max_idle {
+            let entry = idle.entry(key).or_default();
+            if entry.idle.len() >= self.max_idle {
                 return Some(conn);
             }
-            list.push(Idle { worker: crate::workers::current(), since: Instant::now(), conn });
-        }
+            entry.idle.push(Idle { worker: crate::workers::current(), since: Instant::now(), conn });
+            Arc::clone(&entry.open)
+        };
         self.gauge.increment(1.0);
-        // A client waiting for room may take or close this one.
+        // A client waiting for this key's connections takes it; one waiting for room on the
+        // backend may close it.
+        open.room().notify_one();
         self.count.room().notify_one();
         None
     }
 
     /// How many idle connections are kept.
     pub fn idle_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(|e| e.idle.len()).sum()
     }
 
     /// Removes the connection idle longest, of any key, to be closed.
     pub fn evict_oldest(&self) -> Option<C> {
         let idle = {
             let mut idle = self.lock();
-            let (_, list) =
-                idle.iter_mut().filter(|(_, l)| !l.is_empty()).min_by_key(|(_, l)| l.first().map(|i| i.since))?;
-            list.remove(0)
+            let (_, entry) = idle
+                .iter_mut()
+                .filter(|(_, e)| !e.idle.is_empty())
+                .min_by_key(|(_, e)| e.idle.first().map(|i| i.since))?;
+            entry.idle.remove(0)
         };
         self.gauge.decrement(1.0);
         Some(idle.conn)
     }
 
-    /// Removes every connection idle for longer than `timeout`, to be closed.
-    pub fn expired(&self, timeout: Duration) -> Vec<C> {
+    /// Removes every connection idle for longer than `timeout`, but the last `keep` of each
+    /// key (`min_pool_size`), to be closed.
+    pub fn expired(&self, timeout: Duration, keep: usize) -> Vec<C> {
         let now = Instant::now();
         let mut out = Vec::new();
         {
             let mut idle = self.lock();
-            for list in idle.values_mut() {
+            for entry in idle.values_mut() {
+                let list = &mut entry.idle;
                 // Oldest first: the expired ones are a prefix.
                 let n = list.iter().take_while(|i| now.duration_since(i.since) > timeout).count();
+                let n = n.min(list.len().saturating_sub(keep));
                 out.extend(list.drain(..n).map(|i| i.conn));
             }
-            idle.retain(|_, l| !l.is_empty());
+            // A key's count stays while any of its connections (holding its place) is open.
+            idle.retain(|_, e| !e.idle.is_empty() || Arc::strong_count(&e.open) > 1);
         }
         self.gauge.decrement(out.len() as f64);
         out
     }
 
-    /// A session that waited for room (`waiting`: its count, dropped here) stops waiting.
-    fn waited_since(&self, waiting: Option<crate::metrics::Waiting<'_>>, started: tokio::time::Instant) {
-        if waiting.is_some() {
+    /// A session that waited for room (`waiting`: its counts, dropped here) stops waiting.
+    fn waited_since(&self, waiting: &mut [Option<crate::metrics::Waiting<'_>>; 2], started: tokio::time::Instant) {
+        if waiting.iter_mut().any(|w| w.take().is_some()) {
             self.waited.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// `key`'s count of open connections under `pool_size`.
+    fn key_open(&self, key: &K) -> Arc<OpenCount>
+    where
+        K: Clone,
+    {
+        let mut idle = self.lock();
+        match idle.get(key) {
+            Some(e) => Arc::clone(&e.open),
+            None => Arc::clone(&idle.entry(key.clone()).or_default().open),
         }
     }
 
     /// A connection for `key`: an idle one, or a new one from `open` within `limits`.
     ///
     /// # Errors
-    /// `open`'s error, or [`BackendError::Timeout`] when no room was made within
-    /// `limits.wait`.
+    /// `open`'s error, or [`BackendError::Full`] when no room was made within `limits.wait`.
     pub async fn checkout<F, Fut>(&self, key: &K, limits: Limits, open: F) -> Result<C, BackendError>
     where
+        K: Clone,
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<C, BackendError>>,
     {
         let started = tokio::time::Instant::now();
         let deadline = started + limits.wait;
-        // Counted as waiting from its first wait for room to its end.
-        let mut waiting = None;
-        let _place = loop {
+        let key_open = (limits.per_key > 0).then(|| self.key_open(key));
+        // Counted as waiting (for the key, for the backend) from its first wait to its end.
+        let mut waiting = [None, None];
+        let (place, _reserved) = loop {
             while let Some(conn) = self.take(key) {
                 if conn.is_reusable() {
-                    self.waited_since(waiting.take(), started);
+                    self.waited_since(&mut waiting, started);
                     return Ok(conn);
                 }
                 conn.close().await;
             }
-            if limits.max_open == 0 {
-                break None;
+            // The key's own limit first: past it, the client waits for one of its connections.
+            let (place, full) = match &key_open {
+                Some(count) => match count.reserve_owned(limits.per_key) {
+                    Some(place) => (Some(place), None),
+                    None => (None, Some((count, limits.per_key, "pool_size"))),
+                },
+                None => (None, None),
+            };
+            let full = match full {
+                Some(full) => full,
+                None if limits.max_open == 0 => break (place, None),
+                None => match self.count.reserve(limits.max_open) {
+                    Some(reserved) => break (place, Some(reserved)),
+                    None => {
+                        drop(place);
+                        if let Some(old) = self.evict_oldest() {
+                            old.close().await;
+                            continue;
+                        }
+                        (&self.count, limits.max_open, "max_backend_connections")
+                    }
+                },
+            };
+            let (count, max, limit) = full;
+            let [backend, key] = &mut waiting;
+            let counted = if limit == "pool_size" { key } else { backend };
+            if counted.is_none() {
+                *counted = Some(count.wait(&self.waiting));
             }
-            if let Some(place) = self.count.reserve(limits.max_open) {
-                break Some(place);
-            }
-            if let Some(old) = self.evict_oldest() {
-                old.close().await;
-                continue;
-            }
-            if waiting.is_none() {
-                waiting = Some(self.count.wait(&self.waiting));
-            }
-            let room = self.count.room().notified();
+            let room = count.room().notified();
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                self.waited_since(waiting.take(), started);
+                self.waited_since(&mut waiting, started);
                 self.timeouts.increment(1);
-                return Err(BackendError::Full { max: limits.max_open, waited: limits.wait });
+                return Err(BackendError::Full { max, limit, waited: limits.wait });
             }
         };
-        self.waited_since(waiting.take(), started);
-        match open().await {
+        self.waited_since(&mut waiting, started);
+        let mut conn = match open().await {
             Err(e) if e.too_many_connections() => {
                 // The server is full: idle pooled connections must not be why.
                 let mut closed = 0usize;
@@ -244,10 +309,14 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                     return Err(e);
                 }
                 tracing::info!(closed, "the backend refused a login for too many connections; closed idle ones");
-                open().await
+                open().await?
             }
-            result => result,
+            result => result?,
+        };
+        if let Some(place) = place {
+            conn.hold(place);
         }
+        Ok(conn)
     }
 }
 
@@ -324,6 +393,8 @@ mod tests {
         }
 
         async fn close(self) {}
+
+        fn hold(&mut self, _: Place) {}
     }
 
     fn pool(max_idle: usize) -> Pool<&'static str, u32> {
@@ -352,7 +423,7 @@ mod tests {
         assert_eq!(pool.evict_oldest(), Some(1));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(pool.put("a", 4), None);
-        let mut gone = pool.expired(Duration::from_millis(10));
+        let mut gone = pool.expired(Duration::from_millis(10), 0);
         gone.sort_unstable();
         assert_eq!(gone, vec![2, 3]);
         assert_eq!(pool.idle_count(), 1);
@@ -362,7 +433,7 @@ mod tests {
 
     /// A connection that counts itself open, as the real ones do through their guard.
     #[derive(Debug)]
-    struct Counted(u32, Arc<OpenCount>);
+    struct Counted(u32, Arc<OpenCount>, Option<Place>);
 
     impl Rehome for Counted {
         fn rehome(self) -> std::io::Result<Self> {
@@ -378,6 +449,10 @@ mod tests {
         async fn close(self) {
             self.1.closed();
         }
+
+        fn hold(&mut self, place: Place) {
+            self.2 = Some(place);
+        }
     }
 
     #[tokio::test]
@@ -385,18 +460,18 @@ mod tests {
         let count = Arc::new(OpenCount::default());
         let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
         let pool: Pool<&str, Counted> = Pool::new(8, metrics);
-        let limits = Limits { max_open: 1, wait: Duration::from_millis(50) };
+        let limits = Limits { max_open: 1, wait: Duration::from_millis(50), per_key: 0 };
         let open = |n: u32| {
             let count = Arc::clone(&count);
             move || {
                 count.opened();
-                let c = Counted(n, Arc::clone(&count));
+                let c = Counted(n, Arc::clone(&count), None);
                 async move { Ok(c) }
             }
         };
         // One open and idle under another key: closed to make room.
         count.opened();
-        assert!(pool.put("other", Counted(7, Arc::clone(&count))).is_none());
+        assert!(pool.put("other", Counted(7, Arc::clone(&count), None)).is_none());
         let first = pool.checkout(&"mine", limits, open(1)).await.ok();
         assert_eq!(first.as_ref().map(|c| c.0), Some(1));
         assert_eq!(count.get(), 1);
@@ -430,7 +505,7 @@ mod tests {
         let count = Arc::new(OpenCount::default());
         let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
         let pool: Pool<&str, Counted> = Pool::new(8, metrics);
-        let limits = Limits { max_open: 2, wait: Duration::from_millis(50) };
+        let limits = Limits { max_open: 2, wait: Duration::from_millis(50), per_key: 0 };
         let open = |n: u32| {
             let count = Arc::clone(&count);
             move || {
@@ -439,7 +514,7 @@ mod tests {
                     // A login takes a while: every session checks the limit before any is open.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     count.opened();
-                    Ok(Counted(n, count))
+                    Ok(Counted(n, count, None))
                 }
             }
         };

@@ -386,7 +386,7 @@ async fn close_idle_connections(cluster: Arc<Cluster>, shutdown: CancellationTok
             _ = ticker.tick() => {}
         }
         for b in cluster.backends.iter() {
-            let closed = b.close_expired(timeout).await;
+            let closed = b.close_expired(timeout, cluster.config.min_pool_size).await;
             if closed > 0 {
                 tracing::debug!(cluster = %cluster.config.name, backend = %b.name, closed, "closed idle pooled connections");
             }

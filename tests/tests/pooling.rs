@@ -144,7 +144,7 @@ async fn a_full_backend_makes_sessions_wait_then_refuses_with_53300() {
 /// The first value of a simple query's first row (the simple protocol: no named statement, so
 /// the session does not keep a connection for one).
 async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     messages
         .iter()
         .find_map(|m| match m {
@@ -216,4 +216,99 @@ async fn transaction_pooling_keeps_each_sessions_state() {
         b.batch_execute("SELECT 1").await.unwrap();
         assert_eq!(value(&a, "SELECT count(*) FROM scratch").await, "1", "round {round}");
     }
+}
+
+/// Runs the named statement `name` on a raw session, parsing it first from `sql` when given:
+/// the text of its first value, or the error's SQLSTATE.
+async fn run_named(s: &mut tokio::net::TcpStream, buf: &mut BytesMut, name: &str, sql: Option<&str>) -> String {
+    let mut out = BytesMut::new();
+    if let Some(sql) = sql {
+        frontend::parse(name, sql, [], &mut out).unwrap();
+    }
+    let none = |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes);
+    frontend::bind("", name, [], [], none, [], &mut out).map_err(|_| "bind").unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    s.write_all(&out).await.unwrap();
+    let got = read_until(s, buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    if let Some(code) = sqlswitch_tests::pg_raw::error_code(&got) {
+        return code;
+    }
+    let row = got.iter().find_map(|m| match m {
+        Message::DataRow(row) => row.ranges().next().ok().flatten().flatten().map(|r| row.buffer()[r].to_vec()),
+        _ => None,
+    });
+    String::from_utf8(row.expect("a row")).unwrap()
+}
+
+/// Transaction pooling with named (protocol) statements: a session's statements follow it to
+/// whatever connection runs its next transaction, and two sessions that give one name to
+/// different texts, sharing a single connection (`pool_size = 1`), each run their own, 20
+/// times over, while tokio-postgres clients (a statement name per statement, the same text)
+/// churn the same pool. None of them holds a connection between transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_follow_their_session_and_never_collide() {
+    let _serial = SERIAL.lock().await;
+    let extra = "pool_mode = \"transaction\"\npool_size = 1\nconnect_timeout = \"5s\"";
+    let (daemon, port) = start_with(extra).await;
+    let (mut a, mut abuf) = sqlswitch_tests::pg_raw::raw_session(port).await;
+    let (mut b, mut bbuf) = sqlswitch_tests::pg_raw::raw_session(port).await;
+    let url = proxy::conn_str(port, APP);
+    let churn: Vec<_> =
+        futures::future::join_all((0..4).map(|_| connect_str(&url))).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(run_named(&mut a, &mut abuf, "dup", Some("SELECT 'a'")).await, "a");
+    assert_eq!(run_named(&mut b, &mut bbuf, "dup", Some("SELECT 'b'")).await, "b");
+    for round in 0..20 {
+        let churned = churn.iter().map(|c| async move {
+            let stmt = c.prepare("SELECT count(*) FROM items WHERE id > $1").await?;
+            c.query_one(&stmt, &[&i64::from(round)]).await.map(drop)
+        });
+        for done in futures::future::join_all(churned).await {
+            done.expect("a churning client's prepared statement ran");
+        }
+        assert_eq!(run_named(&mut a, &mut abuf, "dup", None).await, "a", "round {round}");
+        assert_eq!(run_named(&mut b, &mut bbuf, "dup", None).await, "b", "round {round}");
+    }
+    let status = daemon.control.status();
+    for backend in status["clusters"][0]["backends"].as_array().unwrap() {
+        // One for each of the two keys (the raw sessions', tokio-postgres's startup
+        // parameters), and the monitor's.
+        assert!(backend["open_connections"].as_u64().unwrap_or(99) <= 3, "{backend}");
+    }
+}
+
+/// `pool_size` bounds a key's server connections: sixteen writers, each keeping its
+/// connection after a write only while nobody waits, take turns on two; a session that holds
+/// a transaction open makes the next one wait, then refuses it with 53300 naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_makes_writers_take_turns_and_bounds_the_wait() {
+    let _serial = SERIAL.lock().await;
+    let extra = "pool_mode = \"transaction\"\npool_size = 2\nconnect_timeout = \"1s\"";
+    let (daemon, port) = start_with(extra).await;
+    let url = proxy::conn_str(port, APP);
+    let clients: Vec<_> =
+        futures::future::join_all((0..16).map(|_| connect_str(&url))).await.into_iter().map(Result::unwrap).collect();
+    let work = clients.iter().enumerate().map(|(i, c)| async move {
+        for round in 0..10 {
+            c.batch_execute(&format!("INSERT INTO items (note) VALUES ('turns {i} {round}')")).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    });
+    for result in futures::future::join_all(work).await {
+        result.expect("every writer's transactions ran");
+    }
+    let written = value(&clients[0], "SELECT count(*) FROM items WHERE note LIKE 'turns %'").await;
+    assert!(written.parse::<u32>().unwrap() >= 160, "every write landed: {written}");
+    let primary = &daemon.control.status()["clusters"][0]["backends"][0];
+    assert!(primary["open_connections"].as_u64().unwrap_or(99) <= 3, "two and the monitor's: {primary}");
+
+    clients[0].batch_execute("BEGIN; INSERT INTO items (note) VALUES ('held')").await.unwrap();
+    clients[1].batch_execute("BEGIN; INSERT INTO items (note) VALUES ('held too')").await.unwrap();
+    let refused = clients[2].batch_execute("INSERT INTO items (note) VALUES ('waits')").await.unwrap_err();
+    let db = refused.as_db_error().expect("an error from the proxy");
+    assert_eq!(db.code().code(), "53300", "{db}");
+    assert!(db.message().contains("pool_size"), "{db}");
+    clients[0].batch_execute("ROLLBACK").await.unwrap();
+    clients[1].batch_execute("ROLLBACK").await.unwrap();
+    clients[2].batch_execute("INSERT INTO items (note) VALUES ('after')").await.expect("room again");
 }

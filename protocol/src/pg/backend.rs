@@ -20,6 +20,10 @@ pub const NOTICE_RESPONSE: u8 = b'N';
 pub const NOTIFICATION_RESPONSE: u8 = b'A';
 /// `v` NegotiateProtocolVersion.
 pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+/// `1` ParseComplete.
+pub const PARSE_COMPLETE: u8 = b'1';
+/// `3` CloseComplete.
+pub const CLOSE_COMPLETE: u8 = b'3';
 
 /// Transaction status carried by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,8 +95,17 @@ impl Backend {
         }
     }
 
-    /// Closes the pooled connections idle for longer than `timeout`; returns how many.
-    pub async fn close_expired(&self, timeout: std::time::Duration) -> usize {
+    /// Whether a client waits for one of `key`'s connections now (transaction pooling).
+    pub fn contended(&self, key: &PoolKey) -> bool {
+        match &self.pool {
+            Pools::Pg(pool) => pool.contended(key),
+            Pools::My(pool) => pool.contended(key),
+        }
+    }
+
+    /// Closes the pooled connections idle for longer than `timeout`, but the last `keep` of
+    /// each key; returns how many.
+    pub async fn close_expired(&self, timeout: std::time::Duration, keep: usize) -> usize {
         async fn close_all<C: crate::pool::Pooled>(conns: Vec<C>) -> usize {
             let n = conns.len();
             for c in conns {
@@ -105,14 +114,17 @@ impl Backend {
             n
         }
         match &self.pool {
-            Pools::Pg(pool) => close_all(pool.expired(timeout)).await,
-            Pools::My(pool) => close_all(pool.expired(timeout)).await,
+            Pools::Pg(pool) => close_all(pool.expired(timeout, keep)).await,
+            Pools::My(pool) => close_all(pool.expired(timeout, keep)).await,
         }
     }
 
-    /// Sessions waiting now for room under `max_backend_connections`.
+    /// Sessions waiting now for room (under `max_backend_connections` or `pool_size`).
     pub fn waiting(&self) -> usize {
-        self.metrics.count.waiting()
+        match &self.pool {
+            Pools::Pg(pool) => pool.waiting(),
+            Pools::My(pool) => pool.waiting(),
+        }
     }
 
     /// Connections open to it now (sessions', pooled and the monitor's).

@@ -345,7 +345,15 @@ impl Cluster {
 
     /// What a session's checkout of a backend connection respects.
     pub fn limits(&self) -> crate::pool::Limits {
-        crate::pool::Limits { max_open: self.config.max_backend_connections, wait: self.config.connect_timeout }
+        let per_key = match self.config.pool_mode {
+            sqlswitch_config::PoolMode::Transaction => self.config.pool_size,
+            sqlswitch_config::PoolMode::Session => 0,
+        };
+        crate::pool::Limits {
+            max_open: self.config.max_backend_connections,
+            wait: self.config.connect_timeout,
+            per_key,
+        }
     }
 
     /// Why sessions cannot use the primary now, if they cannot: the operator detached it or set

@@ -7,3 +7,14 @@ pub mod mysql;
 pub mod pg;
 pub mod scram;
 pub mod scramble;
+
+/// What a connection given back between transactions (transaction pooling) holds of the
+/// session that had it.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The session's state statements (the first `.1` of `.0`); `None`: none of a session's.
+    pub replay: Option<(std::sync::Arc<Vec<String>>, usize)>,
+    /// The named statements prepared on it, with their Parse messages (empty when unknown: a
+    /// statement another session redefined or closed elsewhere).
+    pub statements: Vec<(String, bytes::Bytes)>,
+}

@@ -83,7 +83,7 @@ pub struct MyConn {
     /// next client is put back here.
     database: Option<String>,
     /// Counted as open while it lives.
-    _open: OpenGuard,
+    open: OpenGuard,
 }
 
 impl crate::pool::Rehome for MyConn {
@@ -114,7 +114,7 @@ impl MyConn {
             thread_id: 0,
             read_only: login.read_only,
             database: login.database.map(str::to_owned),
-            _open: OpenGuard::new(metrics),
+            open: OpenGuard::new(metrics),
         };
         let hello = conn.read_packet().await?;
         if hello.payload.first() == Some(&0xFF) {
@@ -338,6 +338,10 @@ impl crate::pool::Pooled for MyConn {
 
     async fn close(self) {
         self.quit().await;
+    }
+
+    fn hold(&mut self, place: crate::metrics::Place) {
+        self.open.hold(place);
     }
 }
 

@@ -42,12 +42,12 @@ pub struct BackendConn {
     pub cancel: CancelTarget,
     /// Transaction status from the last ReadyForQuery.
     pub tx: TxStatus,
-    /// Transaction pooling: the session-state statements it kept from the session that gave it
-    /// back (the first `.1` of `.0`), so that a session with the same state takes it as it is;
-    /// `None`: as its login or last reset left it.
-    pub held: Option<(std::sync::Arc<Vec<String>>, usize)>,
+    /// Transaction pooling: the session state and named statements it kept from the session
+    /// that gave it back, so that a session with the same state takes it as it is; empty: as
+    /// its login or last reset left it.
+    pub held: super::Held,
     /// Counted as open while it lives.
-    _open: OpenGuard,
+    open: OpenGuard,
 }
 
 impl crate::pool::Rehome for BackendConn {
@@ -97,8 +97,8 @@ impl BackendConn {
             params: Vec::new(),
             cancel: CancelTarget { addr: cancel_to, pid: 0, secret: 0 },
             tx: TxStatus::Idle,
-            held: None,
-            _open: OpenGuard::new(metrics),
+            held: super::Held::default(),
+            open: OpenGuard::new(metrics),
         };
         let mut out = BytesMut::new();
         let params = std::iter::once(("user", login.user)).chain(login.params.clone());
@@ -242,7 +242,17 @@ impl BackendConn {
     /// # Errors
     /// I/O failure.
     pub async fn reset(&mut self) -> Result<bool, BackendError> {
-        self.held = None;
+        self.reset_keeping(Vec::new()).await
+    }
+
+    /// As [`BackendConn::reset`], then prepares `statements` again (their Parse messages, in
+    /// the same round trip): the ones the server accepts are held for the next session.
+    ///
+    /// # Errors
+    /// I/O failure.
+    pub async fn reset_keeping(&mut self, mut statements: Vec<(String, bytes::Bytes)>) -> Result<bool, BackendError> {
+        self.held = super::Held::default();
+        statements.retain(|(_, parse)| !parse.is_empty());
         let mut out = BytesMut::new();
         let mut expect = 0;
         if self.tx != TxStatus::Idle {
@@ -254,13 +264,24 @@ impl BackendConn {
         // differs from a fresh login (a transaction touching pg_temp would not create it).
         postgres_protocol::message::frontend::query("SELECT pg_my_temp_schema() = 0", &mut out)?;
         expect += 2;
+        for (_, parse) in &statements {
+            out.extend_from_slice(parse);
+        }
+        if !statements.is_empty() {
+            postgres_protocol::message::frontend::sync(&mut out);
+            expect += 1;
+        }
         self.stream.send(&out).await?;
-        let mut ok = true;
+        let (mut ok, mut parsed, mut refused) = (true, 0, false);
         while expect > 0 {
             let f = self.read_frame().await?;
             match f.tag {
                 b'D' => ok &= data_row(f.body()).is_some_and(|row| row == [Some("t".to_owned())]),
+                // A statement that no longer prepares (its table is gone) is not kept, nor are
+                // the ones after it (the server skipped them).
+                msg::ERROR_RESPONSE if expect == 1 && !statements.is_empty() => refused = true,
                 msg::ERROR_RESPONSE => ok = false,
+                msg::PARSE_COMPLETE if !refused => parsed += 1,
                 msg::PARAMETER_STATUS => self.note_parameter(f.body()),
                 msg::READY_FOR_QUERY => {
                     expect -= 1;
@@ -269,6 +290,8 @@ impl BackendConn {
                 _ => {}
             }
         }
+        statements.truncate(parsed);
+        self.held.statements = statements;
         Ok(ok && self.tx == TxStatus::Idle)
     }
 
@@ -344,6 +367,10 @@ impl crate::pool::Pooled for BackendConn {
 
     async fn close(self) {
         self.terminate().await;
+    }
+
+    fn hold(&mut self, place: crate::metrics::Place) {
+        self.open.hold(place);
     }
 }
 

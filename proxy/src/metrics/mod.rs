@@ -15,7 +15,7 @@ type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
 mod latency;
 pub use latency::{latency_bounds_ms, Latency};
 mod open;
-pub use open::{OpenCount, OpenGuard, Waiting};
+pub use open::{OpenCount, OpenGuard, Place, Waiting};
 
 /// The daemon's recorder, and its HTTP exporter when `[admin] metrics` is set.
 pub struct Registry {

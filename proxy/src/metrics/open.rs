@@ -27,13 +27,23 @@ impl OpenCount {
     /// The place is given back when the returned value drops (the new connection, once open,
     /// counts itself).
     pub fn reserve(&self, max: usize) -> Option<Reserved<'_>> {
+        self.take_one(max).then(|| Reserved(self))
+    }
+
+    /// As [`OpenCount::reserve`], for a place that lives as long as the connection it was
+    /// taken for (`pool_size`: connections per pool key), given back when it drops.
+    pub fn reserve_owned(self: &std::sync::Arc<Self>, max: usize) -> Option<Place> {
+        self.take_one(max).then(|| Place(std::sync::Arc::clone(self)))
+    }
+
+    fn take_one(&self, max: usize) -> bool {
         let mut n = self.open.load(Ordering::Relaxed);
         loop {
             if n >= max {
-                return None;
+                return false;
             }
             match self.open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(Reserved(self)),
+                Ok(_) => return true,
                 Err(now) => n = now,
             }
         }
@@ -77,6 +87,17 @@ impl Drop for Reserved<'_> {
     }
 }
 
+/// A connection's place under a pool key's `pool_size` ([`OpenCount::reserve_owned`]): the
+/// connection keeps it for its whole life.
+#[derive(Debug)]
+pub struct Place(std::sync::Arc<OpenCount>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
+}
+
 /// A session counted as waiting for room ([`OpenCount::wait`]) while it lives.
 pub struct Waiting<'a>(&'a AtomicUsize, &'a Gauge);
 
@@ -88,15 +109,20 @@ impl Drop for Waiting<'_> {
 }
 
 /// Counts one open backend connection in `sqlswitch_backend_connections{state="open"}` for as
-/// long as it lives.
-pub struct OpenGuard(Gauge, std::sync::Arc<OpenCount>);
+/// long as it lives, and holds its place under its pool key's `pool_size`, if it has one.
+pub struct OpenGuard(Gauge, std::sync::Arc<OpenCount>, Option<Place>);
 
 impl OpenGuard {
     /// Counts one more open connection.
     pub fn new(metrics: &BackendMetrics) -> Self {
         metrics.open.increment(1.0);
         metrics.count.opened();
-        Self(metrics.open.clone(), std::sync::Arc::clone(&metrics.count))
+        Self(metrics.open.clone(), std::sync::Arc::clone(&metrics.count), None)
+    }
+
+    /// Keeps the connection's place under its pool key's limit.
+    pub fn hold(&mut self, place: Place) {
+        self.2 = Some(place);
     }
 }
 

@@ -317,11 +317,19 @@ impl Session<'_> {
         self.core.ready(side, backend, id.key, tx, open).await?;
         let (slot, state) =
             self.core.slot_with_state(side).ok_or_else(|| BackendError::Protocol("no connection".into()))?;
+        // A statement of the same name that another session left on a pooled connection goes
+        // before the client's own Parse reaches the server.
+        for (name, _) in &self.batch.parsed {
+            if slot.applied.foreign.contains_key(name) {
+                prepare(&mut slot.conn, name, &Bytes::new(), true).await?;
+                slot.applied.closed(name);
+            }
+        }
         for name in binds {
             let Some(stmt) = state.statement(name) else { continue };
             let Some(close_first) = slot.applied.needs(name, stmt.generation) else { continue };
             prepare(&mut slot.conn, name, &stmt.parse, close_first).await?;
-            slot.applied.prepared.insert(name.clone(), stmt.generation);
+            slot.applied.prepared_here(name.clone(), stmt.generation);
         }
         Ok(())
     }
@@ -333,9 +341,11 @@ impl Session<'_> {
             return false;
         }
         let Some(slot) = self.core.slot(side) else { return false };
-        binds.iter().all(|name| {
-            self.core.state().statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
-        })
+        let foreign = &slot.applied.foreign;
+        (foreign.is_empty() || self.batch.parsed.iter().all(|(name, _)| !foreign.contains_key(name)))
+            && binds.iter().all(|name| {
+                self.core.state().statement(name).is_none_or(|stmt| slot.applied.needs(name, stmt.generation).is_none())
+            })
     }
 
     /// Bookkeeping after the batch went to `side`.
@@ -343,10 +353,10 @@ impl Session<'_> {
         let activates = self.core.active() != Some(side);
         let Some(slot) = self.core.slot_mut(side) else { return };
         for (name, generation) in self.batch.parsed.drain(..) {
-            slot.applied.prepared.insert(name, generation);
+            slot.applied.prepared_here(name, generation);
         }
         for name in &self.batch.closes {
-            slot.applied.prepared.remove(name);
+            slot.applied.closed(name);
         }
         let backend = slot.backend;
         if activates {
@@ -476,8 +486,9 @@ fn remember_statements(cluster: &crate::cluster::Cluster, mut messages: &[u8]) -
     names
 }
 
-/// Prepares a named statement on `conn` from the client's own Parse message (closing an older
-/// definition first), and waits for the answer.
+/// Prepares the named statement `name` on `conn` from the client's own Parse message `parse`
+/// (nothing when empty), closing the one of that name there first with `close_first`, and
+/// waits for the answer.
 async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first: bool) -> Result<(), BackendError> {
     let mut out = BytesMut::with_capacity(parse.len() + name.len() + 16);
     if close_first {

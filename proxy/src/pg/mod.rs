@@ -23,6 +23,7 @@ use crate::cancel::{self, CancelKey};
 use crate::cluster::Cluster;
 use crate::conn::pg::{BackendConn, Login};
 use crate::pool::PoolKey;
+use crate::session::core::Held;
 use crate::tls::ClientStream;
 use client::{send_fatal, Opening};
 use session::{End, Identity, Session};
@@ -332,10 +333,14 @@ impl crate::session::core::Link for BackendConn {
     }
 
     fn holds(&self, replay: &[String]) -> Option<usize> {
-        match &self.held {
+        match &self.held.replay {
             None => Some(0),
             Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
         }
+    }
+
+    fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {
+        std::mem::take(&mut self.held.statements)
     }
 
     async fn clear(&mut self) -> Result<(), BackendError> {
@@ -345,14 +350,15 @@ impl crate::session::core::Link for BackendConn {
         }
     }
 
-    async fn give_back(
-        mut self,
-        cluster: &Cluster,
-        backend: usize,
-        key: &PoolKey,
-        held: Option<(Arc<Vec<String>>, usize)>,
-    ) {
-        self.held = held;
+    async fn give_back(mut self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held, reset: bool) {
+        if reset {
+            if !matches!(self.reset_keeping(held.statements).await, Ok(true)) {
+                self.terminate().await;
+                return;
+            }
+        } else {
+            self.held = held;
+        }
         release(cluster, backend, key.clone(), self, false).await;
     }
 }

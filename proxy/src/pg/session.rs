@@ -145,6 +145,9 @@ enum Event {
     BackendFailed,
     /// An idle session whose state cannot move looks whether the primary changed.
     MovedCheck,
+    /// A session that kept its connection after a write heard nothing from its client for a
+    /// moment (transaction pooling).
+    KeepExpired,
 }
 
 /// A session-state change in flight.
@@ -230,8 +233,12 @@ impl<'a> Session<'a> {
         loop {
             if self.boundary && self.is_idle() && self.cbuf.is_empty() {
                 self.boundary = false;
-                if self.core.transaction_ended() && !self.unnamed_unbound {
+                if self.core.transaction_ended(self.id.key) && !self.unnamed_unbound {
                     Box::pin(self.give_back()).await;
+                } else if self.core.keeping() {
+                    // The one timer serves both: a session that keeps its connection after a
+                    // write holds no state that stops it moving.
+                    moved_timer.arm(crate::session::core::KEEP_AFTER_WRITE);
                 }
             }
             let idle = self.is_idle() && self.cbuf.is_empty();
@@ -256,6 +263,7 @@ impl<'a> Session<'a> {
                 _ => {}
             }
             let stuck = idle && self.core.listening();
+            let keeping = idle && self.core.keeping();
             if stuck {
                 moved_timer.arm(MOVED_CHECK);
             }
@@ -267,7 +275,9 @@ impl<'a> Session<'a> {
                 biased;
                 () = shutdown.cancelled(), if idle => return End::Shutdown,
                 () = idle_timer.fired(), if idle && armed => return End::IdleTimeout,
-                () = moved_timer.fired(), if stuck => Event::MovedCheck,
+                () = moved_timer.fired(), if stuck || keeping => {
+                    if stuck { Event::MovedCheck } else { Event::KeepExpired }
+                }
                 r = read_backend(active) => match r {
                     Ok(0) | Err(_) => Event::BackendFailed,
                     Ok(n) => {
@@ -294,6 +304,12 @@ impl<'a> Session<'a> {
                     }
                     None => Ok(()),
                 },
+                Event::KeepExpired => {
+                    if self.core.keep_expired() && !self.unnamed_unbound {
+                        Box::pin(self.give_back()).await;
+                    }
+                    Ok(())
+                }
             };
             if let Err(end) = result {
                 return end;

@@ -48,17 +48,17 @@ pub trait Link: Pooled + Sized {
     /// session's).
     async fn clear(&mut self) -> Result<(), BackendError>;
 
-    /// Transaction pooling: returns it to backend `backend`'s pool under `key` without a reset
-    /// (the session only read on it), noting that it holds `held` (a session's state and how
-    /// much of it it was given).
-    async fn give_back(
-        self,
-        cluster: &Cluster,
-        backend: usize,
-        key: &PoolKey,
-        held: Option<(std::sync::Arc<Vec<String>>, usize)>,
-    );
+    /// The named statements prepared on it that it was given back with, taken (transaction
+    /// pooling; MySQL: none).
+    fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)>;
+
+    /// Transaction pooling: returns it to backend `backend`'s pool under `key`, noting that it
+    /// holds `held`; with `reset` (the session ran more than reads on it), reset first as at a
+    /// session's end, keeping only its named statements (prepared again after the reset).
+    async fn give_back(self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held, reset: bool);
 }
+
+pub use crate::conn::Held;
 
 /// One backend connection of a session.
 pub struct Slot<'a, C> {
@@ -193,6 +193,9 @@ pub struct Core<'a, C> {
     per_transaction: bool,
     /// The transaction now ending wrote.
     tx_wrote: bool,
+    /// Transaction pooling: the connections are kept after a write for the session's next
+    /// transaction, if it begins within [`KEEP_AFTER_WRITE`].
+    kept: bool,
 }
 
 impl<C> Drop for Core<'_, C> {
@@ -214,6 +217,7 @@ impl<'a, C: Link> Core<'a, C> {
             primary_work: PrimaryWork::default(),
             per_transaction: cluster.config.pool_mode == sqlswitch_config::PoolMode::Transaction,
             tx_wrote: false,
+            kept: false,
         }
     }
 
@@ -526,8 +530,10 @@ impl<'a, C: Link> Core<'a, C> {
                     0
                 }
             };
+            let statements = conn.take_statements();
             let mut slot = Slot::new(self.cluster, backend, conn);
             slot.applied.replayed = held;
+            slot.applied.adopt(statements, &self.state);
             self.slots[side] = Some(Box::new(slot));
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
@@ -579,6 +585,7 @@ async fn release<C: Link>(cluster: &Cluster, slot: Slot<'_, C>, key: &PoolKey, s
 
 #[path = "pooling.rs"]
 mod pooling;
+pub use pooling::KEEP_AFTER_WRITE;
 #[path = "standing.rs"]
 mod standing;
 pub use standing::{Note, Refused};

@@ -35,6 +35,8 @@ impl Pooled for Fake {
     }
 
     async fn close(self) {}
+
+    fn hold(&mut self, _: crate::pool::Place) {}
 }
 
 impl Link for Fake {
@@ -50,13 +52,11 @@ impl Link for Fake {
         Ok(())
     }
 
-    async fn give_back(
-        self,
-        _cluster: &Cluster,
-        _backend: usize,
-        _key: &PoolKey,
-        _held: Option<(Arc<Vec<String>>, usize)>,
-    ) {
+    fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {
+        Vec::new()
+    }
+
+    async fn give_back(self, _cluster: &Cluster, _backend: usize, _key: &PoolKey, _held: Held, _reset: bool) {
         self.released.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -356,29 +356,29 @@ fn a_taken_connection_is_no_longer_active_and_a_start_makes_one_active() {
     assert!(core.take_all().into_iter().any(|(_, s)| s.is_some()) && core.active().is_none());
 }
 
-/// Transaction pooling: a session without state that stays with its connection gives its
-/// connections back at each transaction's end, but keeps them through the transaction after
-/// one that wrote (a `currval` there reads its own value); a pin, a named statement or a
-/// custom parameter keeps them for good; session pooling never gives them back.
+/// Transaction pooling: a session without unmovable state gives its connections back at each
+/// transaction's end, but keeps them through the transaction after one that wrote (a
+/// `currval` there reads its own value); a pin or a custom parameter keeps them for good;
+/// session pooling never gives them back.
 #[test]
 fn connections_go_back_between_transactions_unless_the_session_holds_them() {
     let released = Arc::new(AtomicUsize::new(0));
+    let key = PoolKey::new("app", Vec::<(&str, &str)>::new());
     let session_mode = cluster();
     let mut core = on_primary(&session_mode, &released, false);
-    assert!(!core.transaction_ended(), "session pooling keeps the connections");
+    assert!(!core.transaction_ended(&key), "session pooling keeps the connections");
 
     let cluster = cluster_with("pool_mode = \"transaction\"\n");
     let mut core = on_primary(&cluster, &released, false);
-    assert!(core.transaction_ended(), "a read-only transaction's end gives them back");
+    assert!(core.transaction_ended(&key), "a read-only transaction's end gives them back");
     core.wrote();
-    assert!(!core.transaction_ended(), "kept through the next transaction after a write");
+    assert!(!core.transaction_ended(&key), "kept through the next transaction after a write");
     assert!(core.slot(Side::Primary).is_some_and(|s| s.wrote), "and what the write left is discarded later");
-    assert!(core.transaction_ended(), "given back after the next one");
+    assert!(core.transaction_ended(&key), "given back after the next one");
     core.define("s1", bytes::Bytes::from_static(b"P"), true);
-    assert!(!core.transaction_ended(), "a named statement lives on its connection");
-    core.forget("s1");
+    assert!(core.transaction_ended(&key), "a named statement goes with its connection");
     core.note(Note { pins: true, unmovable: Some("a temporary table") });
-    assert!(!core.transaction_ended(), "unmovable state keeps the connection");
+    assert!(!core.transaction_ended(&key), "unmovable state keeps the connection");
 }
 
 /// A connection from the pool that holds the start of the session's state is taken as it

@@ -1,47 +1,81 @@
 //! Transaction pooling in the session core: when a session's connections go back to the pool
 //! between its transactions, and how (decision 0020).
 
-use super::{release, Core, Link, Side, Slot, RELEASE_DEADLINE};
+use super::{release, Core, Held, Link, Side, Slot, RELEASE_DEADLINE};
 use crate::pool::PoolKey;
+use crate::session::state::MAX_HELD_STATEMENTS;
+
+/// Transaction pooling: how long a session keeps its connection after a transaction that
+/// wrote, waiting for its next one (where a `currval` reads its own value), before it gives the
+/// connection back. Past it, as when other clients wait, such a read fails as on a fresh
+/// session.
+pub const KEEP_AFTER_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
 use tracing::warn;
 
 impl<C: Link> Core<'_, C> {
     /// At the end of a transaction, with nothing owed: whether the session's connections go
     /// back to the pool now (transaction pooling). Not when the session holds what stays with
-    /// its connection (a pin that cannot move, named prepared statements, a custom parameter),
-    /// nor right after a transaction that wrote: the connection is kept through the session's
-    /// next transaction, so that a `currval` or `lastval` there reads the session's own value.
-    pub fn transaction_ended(&mut self) -> bool {
+    /// its connection (a pin that cannot move, a custom parameter), nor right after a
+    /// transaction that wrote while no other client waits for a connection of the session's
+    /// key: the connection is kept through the session's next transaction, so that a `currval`
+    /// or `lastval` there reads the session's own value, if it begins within
+    /// [`KEEP_AFTER_WRITE`] (then [`Core::keeping`]); with clients waiting, or later, it goes back
+    /// reset, and such a read fails as on a fresh session: never another session's value.
+    pub fn transaction_ended(&mut self, key: &PoolKey) -> bool {
         let wrote = std::mem::take(&mut self.tx_wrote);
+        let mut keep = false;
         if let Some(slot) = self.active.and_then(|side| self.slots[side].as_mut()).filter(|_| wrote) {
             slot.wrote = true;
+            keep = !self.cluster.backends[slot.backend].contended(key);
         }
+        let movable = self.movable();
+        self.kept = keep && movable;
+        movable && !keep
+    }
+
+    /// Whether the session keeps its connections after a write for a moment
+    /// ([`KEEP_AFTER_WRITE`]) and gives them back if its client stays silent.
+    pub fn keeping(&self) -> bool {
+        self.kept
+    }
+
+    /// The client stayed silent for [`KEEP_AFTER_WRITE`] after a write: whether the
+    /// connections go back now.
+    pub fn keep_expired(&mut self) -> bool {
+        std::mem::take(&mut self.kept) && self.movable()
+    }
+
+    /// Whether the session's connections may go back between transactions at all.
+    fn movable(&self) -> bool {
         self.per_transaction
-            && !wrote
             && self.state.unmovable().is_none()
-            && !self.state.has_statements()
             && !self.state.custom_settings
             && (self.slots[Side::Primary].is_some() || self.slots[Side::Replica].is_some())
     }
 
     /// Gives every connection back to its pool between transactions ([`Core::transaction_ended`]):
-    /// as it is, noting the session state it holds, when the session only read on it; reset as
-    /// at a session's end (`DISCARD ALL`, closed if it keeps a temporary schema) when it ran
-    /// anything else (a write, a function that may have made a temporary table or set a value,
-    /// a sequence's `nextval`), or was made read-only for maintenance, or is stale.
+    /// as it is, noting the session state and named statements it holds, when the session only
+    /// read on it; reset as at a session's end (`DISCARD ALL`, closed if it keeps a temporary
+    /// schema), keeping its named statements, when it ran anything else (a write, a function
+    /// that may have made a temporary table or set a value, a sequence's `nextval`). Fully
+    /// reset, as at a session's end, when it was made read-only for maintenance, is stale, or
+    /// holds more than [`MAX_HELD_STATEMENTS`] statements.
     pub async fn give_back_all(&mut self, key: &PoolKey) {
         self.leave_primary();
         self.active = None;
         let shared = self.state.replay.shared();
         for (_, slot) in std::mem::take(&mut self.slots) {
             let Some(slot) = slot else { continue };
-            if slot.maintenance || slot.stale || slot.wrote {
+            let many = slot.applied.prepared.len() + slot.applied.foreign.len() > MAX_HELD_STATEMENTS;
+            if slot.maintenance || slot.stale || many || (slot.wrote && self.state.custom_settings) {
                 release(self.cluster, *slot, key, &self.state).await;
                 continue;
             }
-            let held = shared.clone().filter(|_| slot.applied.replayed > 0).map(|s| (s, slot.applied.replayed));
-            let Slot { conn, backend, .. } = *slot;
-            let give = conn.give_back(self.cluster, backend, key, held);
+            let replay = shared.clone().filter(|_| slot.applied.replayed > 0 && !slot.wrote);
+            let held =
+                Held { replay: replay.map(|s| (s, slot.applied.replayed)), statements: slot.applied.held(&self.state) };
+            let Slot { conn, backend, wrote, .. } = *slot;
+            let give = conn.give_back(self.cluster, backend, key, held, wrote);
             if tokio::time::timeout(RELEASE_DEADLINE, give).await.is_err() {
                 warn!(backend = %self.cluster.backends[backend].name, "giving a connection back did not finish in time; it is closed instead");
             }

@@ -189,11 +189,6 @@ impl SessionState {
         self.statements.clear();
     }
 
-    /// Whether the client defined named prepared statements (they live on a connection).
-    pub fn has_statements(&self) -> bool {
-        !self.statements.is_empty()
-    }
-
     /// A session-state statement succeeded on the primary.
     pub(super) fn record(&mut self, sql: String) -> Vec<usize> {
         // A setting replaces what earlier statements set of the same parameter (PostgreSQL):
@@ -263,12 +258,59 @@ pub struct Applied {
     pub replayed: usize,
     /// Named statements prepared here, by generation.
     pub prepared: HashMap<String, u64>,
+    /// Named statements another session left here (transaction pooling) that this session has
+    /// not defined the same way: closed before the session prepares one of the same name.
+    pub foreign: HashMap<String, Bytes>,
 }
 
+/// Most named statements a connection given back between transactions keeps for the next
+/// session; past it, it goes back reset, with none.
+pub const MAX_HELD_STATEMENTS: usize = 256;
+
 impl Applied {
+    /// Takes over `statements`, prepared on a pooled connection by the sessions before: those
+    /// the session defined alike count as prepared, the others as foreign.
+    pub fn adopt(&mut self, statements: Vec<(String, Bytes)>, state: &SessionState) {
+        for (name, parse) in statements {
+            match state.statement(&name) {
+                Some(s) if !parse.is_empty() && s.parse == parse => {
+                    self.prepared.insert(name, s.generation);
+                }
+                _ => {
+                    self.foreign.insert(name, parse);
+                }
+            }
+        }
+    }
+
+    /// `name` is now prepared here at `generation`.
+    pub fn prepared_here(&mut self, name: String, generation: u64) {
+        self.foreign.remove(&name);
+        self.prepared.insert(name, generation);
+    }
+
+    /// `name` was closed here.
+    pub fn closed(&mut self, name: &str) {
+        self.foreign.remove(name);
+        self.prepared.remove(name);
+    }
+
+    /// The named statements prepared here, for the next session to take over: the session's
+    /// own with their Parse messages, and the foreign ones it left alone.
+    pub fn held(&self, state: &SessionState) -> Vec<(String, Bytes)> {
+        let own = self.prepared.iter().map(|(name, generation)| {
+            let parse = state.statement(name).filter(|s| s.generation == *generation).map(|s| s.parse.clone());
+            (name.clone(), parse.unwrap_or_default())
+        });
+        own.chain(self.foreign.iter().map(|(n, p)| (n.clone(), p.clone()))).collect()
+    }
+
     /// Whether `name` at `generation` is prepared here; `Some(true)` when an older definition
     /// is there and must be closed first.
     pub fn needs(&self, name: &str, generation: u64) -> Option<bool> {
+        if self.foreign.contains_key(name) {
+            return Some(true);
+        }
         match self.prepared.get(name) {
             Some(g) if *g == generation => None,
             Some(_) => Some(true),
@@ -294,6 +336,29 @@ mod tests {
         assert!(!s.statement("s1").unwrap().read);
         s.forget("s1");
         assert!(s.statement("s1").is_none());
+    }
+
+    /// Statements another session left on a pooled connection: those the session defined alike
+    /// count as prepared, the rest as foreign (closed before one of their names is prepared),
+    /// and all of them go back with the connection, the foreign ones unchanged.
+    #[test]
+    fn a_pooled_connections_statements_are_adopted_by_content() {
+        let mut s = SessionState::default();
+        let same = s.define("s1", Bytes::from_static(b"P same"), true);
+        s.define("s2", Bytes::from_static(b"P mine"), true);
+        let mut a = Applied::default();
+        let left = [("s1", &b"P same"[..]), ("s2", b"P theirs"), ("s3", b"P other"), ("s4", b"")];
+        a.adopt(left.iter().map(|(n, p)| ((*n).to_owned(), Bytes::copy_from_slice(p))).collect(), &s);
+        assert_eq!(a.needs("s1", same), None, "the same text is taken as prepared");
+        assert_eq!(a.needs("s2", same + 1), Some(true), "another text is closed first");
+        assert_eq!(a.needs("s3", 99), Some(true));
+        assert_eq!(a.needs("s4", 99), Some(true), "an unknown text is never taken as the session's");
+        a.prepared_here("s2".into(), same + 1);
+        a.closed("s3");
+        let mut held = a.held(&s);
+        held.sort();
+        let names: Vec<_> = held.iter().map(|(n, p)| (n.as_str(), &p[..])).collect();
+        assert_eq!(names, [("s1", &b"P same"[..]), ("s2", b"P mine"), ("s4", b"")]);
     }
 
     #[test]

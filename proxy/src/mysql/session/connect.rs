@@ -216,12 +216,17 @@ impl crate::session::core::Link for MyConn {
 
     /// Transaction pooling is PostgreSQL's only (the config refuses it for MySQL): a MySQL
     /// connection given back is reset, as at a session's end.
+    fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {
+        Vec::new()
+    }
+
     async fn give_back(
         self,
         cluster: &Cluster,
         backend: usize,
         key: &PoolKey,
-        _held: Option<(std::sync::Arc<Vec<String>>, usize)>,
+        _held: crate::session::core::Held,
+        _reset: bool,
     ) {
         crate::session::core::Link::release(self, cluster, backend, key, &SessionState::default()).await;
     }
