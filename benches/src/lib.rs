@@ -8,3 +8,4 @@ pub mod measure;
 pub mod peers;
 pub mod report;
 pub mod targets;
+pub mod txpool;

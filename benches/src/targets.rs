@@ -153,17 +153,32 @@ pub fn pgbouncer_bin() -> Option<PathBuf> {
 /// # Errors
 /// It could not start or did not listen within 30 s.
 pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, wrapper: &[&str]) -> Result<Process> {
-    let pool_size = 80;
-    let dir = dir.join("pgbouncer");
-    std::fs::create_dir_all(&dir)?;
+    start_pgbouncer_pooling(bin, &dir.join("pgbouncer"), port, primary, wrapper, "session", 80)
+}
+
+/// As [`start_pgbouncer`], in `mode` (`session`, `transaction`) with `pool_size` server
+/// connections, its files in `dir`.
+///
+/// # Errors
+/// It could not start or did not listen within 30 s.
+pub fn start_pgbouncer_pooling(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    primary: u16,
+    wrapper: &[&str],
+    mode: &str,
+    pool_size: usize,
+) -> Result<Process> {
+    std::fs::create_dir_all(dir)?;
     let pidfile = dir.join("pgbouncer.pid");
     let _ = std::fs::remove_file(&pidfile);
     std::fs::write(dir.join("userlist.txt"), format!("\"{}\" \"{}\"\n", APP.0, APP.1))?;
     let ini = format!(
         "[databases]\n{DATABASE} = host=127.0.0.1 port={primary} dbname={DATABASE}\n\n\
          [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-         auth_type = scram-sha-256\nauth_file = {users}\npool_mode = session\n\
-         max_client_conn = 10000\ndefault_pool_size = {pool_size}\nmax_db_connections = 0\n\
+         auth_type = scram-sha-256\nauth_file = {users}\npool_mode = {mode}\n\
+         max_client_conn = 20000\ndefault_pool_size = {pool_size}\nmax_db_connections = 0\n\
          logfile = {log}\npidfile = {pid}\nlog_connections = 0\nlog_disconnections = 0\n\
          ignore_startup_parameters = extra_float_digits\n",
         users = dir.join("userlist.txt").display(),
@@ -178,7 +193,7 @@ pub fn start_pgbouncer(bin: &Path, dir: &Path, port: u16, primary: u16, wrapper:
         let mut ini = std::fs::read_to_string(&ini_path)?;
         ini += "user = postgres\n";
         std::fs::write(&ini_path, ini)?;
-        sqlswitch_tests::pg::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
+        sqlswitch_tests::pg::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
     }
     let mut cmd = wrapped(bin, wrapper);
     cmd.arg(&ini_path).stdout(Stdio::null()).stderr(Stdio::null());

@@ -180,6 +180,11 @@ pub struct Cluster {
     /// Idle connections of each pool key that `pool_idle_timeout` leaves open (warm ones).
     #[serde(default)]
     pub min_pool_size: usize,
+    /// Transaction pooling, for tests: each transaction takes another connection than the
+    /// session's last whenever the pool can give one (`scripts/regress` proves with it that
+    /// sessions keep their state across connections).
+    #[serde(default)]
+    pub pool_shuffle: bool,
     /// Idle backend connections kept per backend, user and database.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,

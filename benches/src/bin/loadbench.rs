@@ -9,8 +9,10 @@
 //!
 //! Options (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
-//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`; default all), `BENCH_CLIENTS`
-//! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`).
+//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`, `txpool`; default all), `BENCH_CLIENTS`
+//! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`),
+//! `BENCH_RESULTS` (the file under `benches/` written, default `RESULTS.md`); `txpool`'s own in
+//! `benches/src/txpool.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -79,6 +81,9 @@ fn main() -> Result<()> {
     if opts.wants("sysbench") {
         mysql_suite(&opts, &sqlswitch, &mut rows, &mut notes)?;
     }
+    if opts.wants("txpool") {
+        sqlswitch_benches::txpool::run(&sqlswitch, opts.seconds, opts.rounds.min(3), &mut rows, &mut notes)?;
+    }
     let table = report::markdown(&rows);
     println!("\n{table}");
     for n in &notes {
@@ -102,7 +107,8 @@ fn main() -> Result<()> {
     };
     let _ = std::fs::remove_file(&ratios_data);
     let text = text + &charts;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    let name = std::env::var("BENCH_RESULTS").unwrap_or_else(|_| "RESULTS.md".into());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
     Ok(())

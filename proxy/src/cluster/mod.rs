@@ -353,6 +353,7 @@ impl Cluster {
             max_open: self.config.max_backend_connections,
             wait: self.config.connect_timeout,
             per_key,
+            shuffle: self.config.pool_shuffle,
         }
     }
 

@@ -1,8 +1,8 @@
 //! `sqlswitch-regress` (run by `scripts/regress`): PostgreSQL's own regression suite, run with
 //! `pg_regress` against a real primary with two streaming replicas, directly and through
-//! sqlswitch (with replicas, and primary-only), and each result file compared with the direct
-//! run's. Expected-file mismatches (locale, version) are the same in every run and cancel out:
-//! what differs is the proxy's. Writes `report.txt` (tests, differing, and the diff of each)
+//! sqlswitch (with replicas, primary-only, and in transaction pooling with `pool_shuffle`), and
+//! each result file compared with the direct run's. Expected-file mismatches (locale, version)
+//! are the same in every run and cancel out: what differs is the proxy's. Writes `report.txt` (tests, differing, and the diff of each)
 //! in the output directory and exits 1 when any test differs.
 //!
 //! Usage: `sqlswitch-regress REGRESS_DIR DLPATH OUTDIR [SCHEDULE]`, where `REGRESS_DIR` is
@@ -49,8 +49,22 @@ fn main() -> Result<()> {
     for r in topo.replicas() {
         primary_only = without_backend(&primary_only, &r.name);
     }
-    let runs: [(&str, Option<&str>); 3] =
-        [("direct", None), ("replicas", Some(full.as_str())), ("primary-only", Some(primary_only.as_str()))];
+    // Transaction pooling with replicas, each transaction on another connection whenever the
+    // pool can give one (`pool_shuffle`): sessions must keep their state across connections.
+    let pooled = config_text(
+        &topo,
+        "app",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        None,
+        &format!("{extra}\npool_mode = \"transaction\"\npool_shuffle = true"),
+    ) + &format!("\n[[cluster.user]]\nname = \"{}\"\npassword = \"{}\"\n", SUPERUSER.0, SUPERUSER.1);
+    let runs: [(&str, Option<&str>); 4] = [
+        ("direct", None),
+        ("replicas", Some(full.as_str())),
+        ("primary-only", Some(primary_only.as_str())),
+        ("transaction", Some(pooled.as_str())),
+    ];
     for (label, config) in runs {
         let daemon = match config {
             Some(text) => Some(runtime.block_on(sqlswitch_tests::proxy::start_text(text))?),
@@ -83,7 +97,7 @@ fn main() -> Result<()> {
         drop(daemon);
     }
     drop(runtime);
-    let report = compare(&outdir, &["replicas", "primary-only"])?;
+    let report = compare(&outdir, &["replicas", "primary-only", "transaction"])?;
     std::fs::write(outdir.join("report.txt"), &report.text)?;
     print!("{}", report.summary);
     // The plain closing line test runners are read by.
