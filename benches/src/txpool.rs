@@ -197,8 +197,9 @@ fn one_run(topo: &Topology, pooler: &Pooler, clients: &str, args: &[&str], secon
     let prefix = logs.join("tx");
     let prefix = prefix.to_string_lossy().into_owned();
     let t = seconds.to_string();
+    let threads = pgbench_threads(clients, args).to_string();
     let mut all: Vec<&str> = args.to_vec();
-    all.extend(["-c", clients, "-j", "2", "-T", &t, "-l", "--log-prefix", &prefix]);
+    all.extend(["-c", clients, "-j", &threads, "-T", &t, "-l", "--log-prefix", &prefix]);
     let stop = AtomicBool::new(false);
     let most = AtomicU64::new(0);
     let out = std::thread::scope(|scope| {
@@ -223,6 +224,21 @@ fn one_run(topo: &Topology, pooler: &Pooler, clients: &str, args: &[&str], secon
         servers: most.load(Ordering::Relaxed),
         failed: pgbench_failed(&out),
     })
+}
+
+/// pgbench threads for `clients` running `args`: 2, but for TPC-B with `-M prepared`, where
+/// pgbench prepares each statement with libpq's blocking `PQprepare` in the middle of a
+/// client's first transaction: the whole thread waits for a server connection there while its
+/// other clients hold theirs mid-transaction, and with more clients per thread than the pool
+/// has connections every connection can end up held by clients of waiting threads (through
+/// any transaction pooler that prepares on a server connection). Ten clients per thread keep
+/// most of the pool with clients that are not waiting.
+fn pgbench_threads(clients: &str, args: &[&str]) -> usize {
+    let clients: usize = clients.parse().unwrap_or(2);
+    if args.contains(&"-S") || !args.contains(&"prepared") {
+        return 2;
+    }
+    clients.div_ceil(POOL_SIZE / 2).max(2)
 }
 
 /// The TCP connections process `pid` holds to `port` on loopback (`ss`), if it can tell.

@@ -112,14 +112,6 @@ impl Config {
                     Err((key, message)) => add(&mut out, key, message),
                 }
             }
-            if c.pool_mode == PoolMode::Transaction && c.protocol != Protocol::Postgres {
-                add(
-                    &mut out,
-                    format!("{at}.pool_mode"),
-                    "transaction pooling is built for PostgreSQL clusters only so far (decision 0020); use \"session\""
-                        .into(),
-                );
-            }
             if c.monitor_interval.is_zero() {
                 add(&mut out, format!("{at}.monitor_interval"), "must be greater than zero".into());
             }

@@ -43,14 +43,17 @@ async fn through_a_cursor(conn: &mut RawConn, sql: &str) -> usize {
 }
 
 /// Two cursors one after the other, then a plain query: the session answers all of them,
-/// through sqlswitch as directly.
+/// through sqlswitch as directly; also in transaction pooling, where a cursor keeps its
+/// session's connection between the fetches (one statement each, no transaction open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_cursors_fetch_their_rows() {
     let topo = Topology::shared();
     let daemon = start_mysql(topo, "").await.unwrap();
     let proxy = daemon.addr("app", false).unwrap().port();
+    let pooling = start_mysql(topo, "pool_mode = \"transaction\"\npool_shuffle = true").await.unwrap();
+    let pooled = pooling.addr("app", false).unwrap().port();
     let sql = "SELECT seq FROM seq_1_to_5";
-    for port in [topo.primary().port, proxy] {
+    for port in [topo.primary().port, proxy, pooled] {
         let mut conn = RawConn::login(port, APP, caps::MULTI_RESULTS).await;
         assert_eq!(conn.login.last().unwrap()[0], 0x00, "logged in: {:?}", conn.login);
         assert_eq!(through_a_cursor(&mut conn, sql).await, 5, "port {port}");

@@ -312,3 +312,24 @@ async fn pool_size_makes_writers_take_turns_and_bounds_the_wait() {
     clients[1].batch_execute("ROLLBACK").await.unwrap();
     clients[2].batch_execute("INSERT INTO items (note) VALUES ('after')").await.expect("room again");
 }
+
+/// Transaction pooling, between transactions: a batch that only prepares (libpq's
+/// `PQprepare`: Parse and Sync) is answered at once, the statement prepared where it is first
+/// bound; a statement that does not parse gets the server's own error there (42601).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_alone_is_answered_and_prepared_where_first_bound() {
+    let _serial = SERIAL.lock().await;
+    let (_daemon, port) = start_with("pool_mode = \"transaction\"\npool_size = 1").await;
+    let (mut s, mut buf) = sqlswitch_tests::pg_raw::raw_session(port).await;
+    for (name, sql) in [("seven", "SELECT 7"), ("typo", "SELEC 7")] {
+        let mut out = BytesMut::new();
+        frontend::parse(name, sql, [], &mut out).unwrap();
+        frontend::sync(&mut out);
+        s.write_all(&out).await.unwrap();
+        let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+        assert!(matches!(got.first(), Some(Message::ParseComplete)), "{name}: answered at once");
+    }
+    assert_eq!(run_named(&mut s, &mut buf, "seven", None).await, "7");
+    assert_eq!(run_named(&mut s, &mut buf, "typo", None).await, "42601", "the server's error, at first use");
+    assert_eq!(run_named(&mut s, &mut buf, "seven", None).await, "7", "the session goes on");
+}

@@ -47,6 +47,9 @@ pub struct Tracker {
     pub failed: bool,
     /// The class (first two characters) of the ERR's SQLSTATE; `HY` when it names none.
     pub error_class: [u8; 2],
+    /// The last insert id an OK packet of the answer carried (0: none): what the session's
+    /// `LAST_INSERT_ID()` answers from then on.
+    pub insert_id: u64,
 }
 
 /// How many leading payload bytes [`Tracker::feed`] needs for a packet starting with `first`.
@@ -66,7 +69,7 @@ impl Tracker {
             Answer::Prepare => State::PrepareDefs { params: u64::MAX, columns: 0, eof_after_params: false },
             Answer::FieldList => State::FieldList,
         };
-        Self { state, deprecate_eof, continuation: false, failed: false, error_class: *b"HY" }
+        Self { state, deprecate_eof, continuation: false, failed: false, error_class: *b"HY", insert_id: 0 }
     }
 
     /// Whether the answer is complete.
@@ -97,7 +100,12 @@ impl Tracker {
                 Ok(Step::Done(terminator_status(payload)))
             }
             State::Start => match first {
-                Some(0x00) => self.end_of_result(ok_status(payload)),
+                Some(0x00) => {
+                    if let Some(id) = ok_insert_id(payload).filter(|id| *id != 0) {
+                        self.insert_id = id;
+                    }
+                    self.end_of_result(ok_status(payload))
+                }
                 Some(0xFF) => self.error(payload),
                 Some(0xFB) => Err(ProtocolError::Malformed { what: "LOCAL INFILE request (not supported)" }),
                 Some(_) => {
@@ -238,6 +246,12 @@ pub fn ok_status(p: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]))
 }
 
+/// The last insert id of an OK packet (header, affected rows, last insert id, ...).
+pub fn ok_insert_id(p: &[u8]) -> Option<u64> {
+    let (_, n) = lenenc(p.get(1..)?)?;
+    lenenc(p.get(1 + n..)?).map(|(id, _)| id)
+}
+
 /// Status flags of a (pre-4.1-style deprecated) EOF packet: `0xFE`, warnings, status.
 pub fn eof_status(p: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes([*p.get(3)?, *p.get(4)?]))
@@ -290,6 +304,19 @@ mod tests {
         run(&mut t, &[b"\xff\x10\x04no state"]);
         assert!(t.failed);
         assert_eq!(&t.error_class, b"HY", "an ERR without a SQLSTATE");
+    }
+
+    /// An OK packet's insert id is kept (a two-byte length-encoded one here: 300); one
+    /// without any leaves it.
+    #[test]
+    fn the_insert_id_of_an_ok_packet_is_kept() {
+        let mut t = Tracker::new(Answer::ResultSet, false);
+        run(&mut t, &[&[0x00, 1, 0xfc, 0x2c, 0x01, 0x02, 0x00, 0, 0]]);
+        assert_eq!(t.insert_id, 300);
+        let mut t = Tracker::new(Answer::ResultSet, false);
+        run(&mut t, &[OK_AUTOCOMMIT]);
+        assert_eq!(t.insert_id, 0);
+        assert_eq!(ok_insert_id(&[0x00, 0]), None, "cut short");
     }
 
     #[test]

@@ -100,6 +100,14 @@ impl Registry {
             ),
             ("sqlswitch_switchovers_total", "Switchovers and failovers, by kind and outcome (completed, failed)."),
             (
+                "sqlswitch_session_pins_total",
+                "Sessions that came to hold state no other connection can be given (they keep their connection; a change of primary ends them), by reason.",
+            ),
+            (
+                "sqlswitch_statements_prepared_again_total",
+                "Named prepared statements prepared again on another connection than the client's first (the replica, a new primary, transaction pooling).",
+            ),
+            (
                 "sqlswitch_client_errors_total",
                 "Errors sent to clients, by source (server: relayed; sqlswitch: its own) and SQLSTATE class.",
             ),
@@ -110,6 +118,11 @@ impl Registry {
         let gauges: &[(&'static str, Unit, &'static str)] = &[
             ("sqlswitch_build_info", Unit::Count, "1, labelled with the running sqlswitch's version."),
             ("sqlswitch_client_sessions", Unit::Count, "Client sessions open now."),
+            (
+                "sqlswitch_pinned_sessions",
+                Unit::Count,
+                "Client sessions open now that hold state no other connection can be given.",
+            ),
             ("sqlswitch_backend_connections", Unit::Count, "Backend connections, by state (open, idle)."),
             (
                 "sqlswitch_backend_waiting_clients",
@@ -242,6 +255,11 @@ impl Registry {
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
             refused: self.counter("sqlswitch_statements_refused_total", &c),
             reruns: self.counter("sqlswitch_replica_reruns_total", &c),
+            pins: PIN_REASONS.map(|reason| {
+                (reason, self.counter("sqlswitch_session_pins_total", &[("cluster", cluster), ("reason", reason)]))
+            }),
+            pinned: self.gauge("sqlswitch_pinned_sessions", &c),
+            prepared_again: self.counter("sqlswitch_statements_prepared_again_total", &c),
             role_changes: self.counter("sqlswitch_primary_changes_total", &c),
             primary_known: self.gauge("sqlswitch_primary_known", &c),
             split_brain: self.gauge("sqlswitch_split_brain", &c),
@@ -456,6 +474,12 @@ pub struct ClusterMetrics {
     pub refused: Counter,
     /// Reads a replica refused as not on a standby, run again on the primary.
     pub reruns: Counter,
+    /// Sessions pinned, by reason ([`PIN_REASONS`]).
+    pub pins: [(&'static str, Counter); PIN_REASONS.len()],
+    /// Pinned sessions open now.
+    pub pinned: Gauge,
+    /// Named statements prepared again on another connection.
+    pub prepared_again: Counter,
     /// Primary changes made to follow the servers.
     pub role_changes: Counter,
     /// Exactly one backend takes writes (1) or not (0).
@@ -464,7 +488,33 @@ pub struct ClusterMetrics {
     pub split_brain: Gauge,
 }
 
+/// Why sessions are pinned, as `sqlswitch_session_pins_total` labels them (the text a session
+/// ended over it is told); the last counts any other.
+pub const PIN_REASONS: [&str; 11] = [
+    "a temporary table",
+    "LISTEN",
+    "an advisory lock",
+    "a GET_LOCK() lock",
+    "LOCK TABLES",
+    "a cursor WITH HOLD",
+    "a connection option (COM_SET_OPTION)",
+    "session state set inside a transaction",
+    "session state that sqlswitch cannot replay",
+    "more session state than sqlswitch replays",
+    "other",
+];
+
 impl ClusterMetrics {
+    /// Counts a session pinned for `reason` (one of [`PIN_REASONS`], else `other`), and one
+    /// more pinned session open.
+    pub fn count_pin(&self, reason: &str) {
+        let counter = self.pins.iter().find(|(r, _)| *r == reason).or(self.pins.last());
+        if let Some((_, counter)) = counter {
+            counter.increment(1);
+        }
+        self.pinned.increment(1.0);
+    }
+
     /// Counts `n` statements routed to a replica (or the primary) for `reason`.
     pub fn count_routed(&self, replica: bool, reason: crate::route::Reason, n: u64) {
         if let Some(Some(counter)) = self.routed.get(usize::from(replica)).and_then(|r| r.get(reason.index())) {

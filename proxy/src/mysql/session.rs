@@ -34,8 +34,11 @@ use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ChangeUser};
 
 mod commands;
 mod connect;
+mod pooling;
 mod relay;
 mod temporary;
+use super::timeout::sleep_or_never;
+use temporary::TempUse;
 
 pub use connect::{acquire, first_connection, first_connection_error, Identity};
 
@@ -77,6 +80,7 @@ pub struct MySession<'a> {
     /// The `wait_timeout` the session set ([`super::timeout`]).
     wait_timeout: Option<std::time::Duration>,
     peer: std::net::SocketAddr,
+    pooling: pooling::Pooling,
 }
 
 /// Why an answer could not be relayed whole.
@@ -97,17 +101,6 @@ struct Plan {
     record: Option<String>,
     /// A read-only session's statement on its own temporary tables.
     temp: Option<TempUse>,
-}
-
-/// What a read-only session's statement does with its temporary tables.
-#[derive(Debug, Clone)]
-enum TempUse {
-    /// Creates this one.
-    Create(String),
-    /// Drops these.
-    Drop(Vec<String>),
-    /// Writes to one of them.
-    Write,
 }
 
 impl<'a> MySession<'a> {
@@ -136,6 +129,7 @@ impl<'a> MySession<'a> {
             thread,
             wait_timeout: None,
             peer,
+            pooling: pooling::Pooling::default(),
         }
     }
 
@@ -148,7 +142,7 @@ impl<'a> MySession<'a> {
     /// Whether the session runs with autocommit off (PyMySQL's and mysqlclient's default): its
     /// next statement opens a transaction.
     fn autocommit_off(&self) -> bool {
-        self.core.active_slot().is_some_and(|s| autocommit_off(s.conn.status))
+        self.core.active_slot().map_or(self.pooling.autocommit_off, |s| autocommit_off(s.conn.status))
     }
 
     /// The session's transaction, for routing and the drain.
@@ -176,16 +170,24 @@ impl<'a> MySession<'a> {
                     }
                 }
                 self.cbuf.reserve(8 * 1024);
+                if self.between_commands().await {
+                    // The one timer serves both: a session that keeps its connection after a
+                    // write holds no state that stops it moving.
+                    moved_timer.arm(crate::session::core::KEEP_AFTER_WRITE);
+                }
                 let idle = !self.in_tx();
                 let idle_timeout = self.id.cluster.config.idle_timeout.filter(|_| idle);
                 let stuck = idle && self.core.listening();
                 if stuck {
                     moved_timer.arm(crate::session::core::MOVED_CHECK);
                 }
+                let keeping = idle && self.core.keeping();
                 tokio::select! {
                     () = shutdown.cancelled(), if idle => return End::Shutdown,
-                    () = moved_timer.fired(), if stuck => {
-                        if let Some(e) = self.core.moved_away() {
+                    () = moved_timer.fired(), if stuck || keeping => {
+                        if !stuck {
+                            self.keep_expired().await;
+                        } else if let Some(e) = self.core.moved_away() {
                             self.end_unmovable(0, &e).await;
                             return End::BackendGone;
                         }
@@ -222,7 +224,7 @@ impl<'a> MySession<'a> {
                 continue;
             };
             match self.command(&packet, cmd, answer, reply_seq).await {
-                Ok(()) => {}
+                Ok(()) => self.pooling.boundary = true,
                 Err(end) => return end,
             }
         }
@@ -330,7 +332,9 @@ impl<'a> MySession<'a> {
             // A prepared read may execute on a replica (prepared there lazily).
             command::STMT_EXECUTE if packet.payload.len() >= 6 => {
                 let id = le_u32(&packet.payload, 1).unwrap_or(0);
-                let read = self.statements.replica_ok(id, packet.payload.get(5).copied().unwrap_or(0));
+                let flags = packet.payload.get(5).copied().unwrap_or(0);
+                self.note_cursor(cmd, id, flags);
+                let read = self.statements.replica_ok(id, flags);
                 self.statements.set_long_data(id, false);
                 let batch = route::Batch { read, ..Default::default() };
                 self.plan(&batch, None)
@@ -346,6 +350,9 @@ impl<'a> MySession<'a> {
             _ => {
                 if let Some(id) = le_u32(&packet.payload, 1).filter(|_| cmd == command::STMT_SEND_LONG_DATA) {
                     self.statements.set_long_data(id, true);
+                }
+                if let Some(id) = le_u32(&packet.payload, 1) {
+                    self.note_cursor(cmd, id, 0);
                 }
                 if cmd == command::SET_OPTION {
                     self.core.note(Note { pins: true, unmovable: Some("a connection option (COM_SET_OPTION)") });
@@ -517,7 +524,10 @@ impl<'a> MySession<'a> {
         // and the client must hear it.
         let tx = self.tx();
         let id = &self.id;
-        let slot = self.core.ready(side, plan.backend, &id.key, tx, |backend| acquire(id, backend)).await?;
+        self.core.ready(side, plan.backend, &id.key, tx, |backend| acquire(id, backend)).await?;
+        self.carry_insert_id(side).await?;
+        let id = &self.id;
+        let slot = self.core.slot_mut(side).ok_or(BackendError::Closed)?;
         let mut close_elsewhere = Vec::new();
         // A command naming a prepared statement names it as this connection knows it,
         // preparing it here first if it never ran here.
@@ -530,6 +540,7 @@ impl<'a> MySession<'a> {
                     Some(sql) => {
                         let b = prepare_on(&mut slot.conn, &sql).await?;
                         self.statements.record(client_id, slot.serial, b);
+                        id.cluster.metrics.prepared_again.increment(1);
                         Some(b)
                     }
                     None => None,
@@ -582,12 +593,4 @@ impl<'a> MySession<'a> {
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
     let bytes: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
     Some(u32::from_le_bytes(bytes))
-}
-
-/// Sleeps for `d`, or forever when there is none.
-async fn sleep_or_never(d: Option<std::time::Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }

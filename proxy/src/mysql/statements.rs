@@ -51,6 +51,18 @@ impl Statements {
         self.next
     }
 
+    /// Whether long data was sent for an execution still to come: it is on its connection.
+    pub fn long_data_pending(&self) -> bool {
+        self.map.values().any(|p| p.long_data)
+    }
+
+    /// Connection `conn` went back to the pool (reset): nothing is prepared there any more.
+    pub fn forget_conn(&mut self, conn: u64) {
+        for p in self.map.values_mut() {
+            p.on.retain(|o| o.conn != conn);
+        }
+    }
+
     /// The id of client statement `id` on connection `conn`, if prepared there.
     pub fn on(&self, id: u32, conn: u64) -> Option<u32> {
         self.map.get(&id)?.on.iter().find(|o| o.conn == conn).map(|o| o.id)

@@ -32,6 +32,14 @@ pub fn set_by(sql: &str) -> Option<Option<Duration>> {
     found
 }
 
+/// Sleeps for `d`, or forever when there is none.
+pub async fn sleep_or_never(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

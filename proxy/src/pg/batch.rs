@@ -6,7 +6,12 @@
 use sqlswitch_protocol::classify::text::Text;
 use sqlswitch_protocol::classify::{Class, TxControl, Verdict};
 
+use sqlswitch_protocol::pg::frame::Fields;
+use sqlswitch_protocol::pg::frontend as fe;
+use sqlswitch_protocol::ProtocolError;
+
 use crate::route;
+use crate::session::state::SessionState;
 use crate::session::Side;
 
 /// A list of statement names that keeps its strings' buffers from batch to batch, so that
@@ -92,6 +97,8 @@ pub struct OpenBatch {
     pub syncs: u32,
     /// It reached its sync point and waits only to be dispatched.
     pub complete: bool,
+    /// It holds only named Parses and Syncs (libpq's `PQprepare`).
+    pub only_parses: bool,
 }
 
 impl OpenBatch {
@@ -114,6 +121,7 @@ impl OpenBatch {
         self.parses_unnamed = false;
         self.syncs = 0;
         self.complete = false;
+        self.only_parses = true;
     }
 
     /// Adds a statement's verdict; `text` is its text, kept when it is session state. State set
@@ -199,6 +207,45 @@ fn statement_effect(sql: &str) -> Effect {
     } else {
         Effect::Replayable
     }
+}
+
+/// Records a Bind, Describe or Close of a named (or the unnamed) statement.
+pub fn note_statement_use(batch: &mut OpenBatch, state: &SessionState, tag: u8, name: Option<&str>) {
+    let Some(name) = name else { return };
+    if tag == fe::CLOSE {
+        if !name.is_empty() {
+            batch.closes.push(name.to_owned());
+        }
+        return;
+    }
+    if name.is_empty() {
+        if !batch.parses_unnamed {
+            batch.needs_unnamed_from = true;
+        }
+        return;
+    }
+    if batch.parsed.iter().any(|(n, _)| n == name) {
+        return;
+    }
+    match state.statement(name) {
+        Some(s) if s.read => {}
+        _ => batch.read = false,
+    }
+    if !batch.binds.contains(name) {
+        batch.binds.push(name);
+    }
+}
+
+/// The statement a Bind, Describe (`S`) or Close (`S`) names; `None` for portals.
+pub fn statement_name(tag: u8, body: &[u8]) -> Result<Option<&str>, ProtocolError> {
+    let mut f = Fields::new(body);
+    if tag == fe::BIND {
+        f.cstr("Bind portal")?;
+        return f.cstr("Bind statement").map(Some);
+    }
+    let kind = f.byte("Describe/Close kind")?;
+    let name = f.cstr("Describe/Close name")?;
+    Ok((kind == b'S').then_some(name))
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ impl Session<'_> {
     /// Routes and sends the undispatched part of the open batch. Returns false when it must
     /// wait until the active connection has answered everything.
     pub(super) async fn dispatch(&mut self) -> Result<bool, End> {
+        if self.batch.complete && self.batch.only_parses && self.outstanding == 0 && self.core.pooled_out() {
+            return Box::pin(self.answer_parses()).await.map(|()| true);
+        }
         let (side, backend, reason) = match self.batch.side {
             Some(side) => {
                 let backend = self.core.slot(side).map_or(0, |s| s.backend);
@@ -233,6 +236,19 @@ impl Session<'_> {
                 self.end_unmovable(&e).await;
                 Err(End::BackendGone)
             }
+            BackendError::Refused { error, .. } if !ends_session(&error) => {
+                // The server refused to prepare a statement the batch uses (its text does not
+                // parse, its table is gone), or to take the session's state: the server's own
+                // error is the batch's answer. (A refused login is FATAL: not the client's.)
+                let mut out = BytesMut::from(&error[..]);
+                for _ in 0..self.batch.syncs {
+                    msg::ready_for_query(&mut out, self.tx());
+                }
+                self.batch.syncs = 0;
+                self.id.cluster.metrics.errors.count_state(true, None);
+                self.send_client(&out).await?;
+                Ok(false)
+            }
             e => {
                 warn!(error = %e, fault = ?e.fault(), "the primary is unavailable");
                 // Nothing of this batch runs anywhere: unless an earlier one still does, the
@@ -248,6 +264,25 @@ impl Session<'_> {
                 Ok(false)
             }
         }
+    }
+
+    /// Transaction pooling, between transactions: a batch that only prepares named statements
+    /// (libpq's `PQprepare`) is answered here, and each statement is prepared on a server
+    /// connection where it is first bound. Waiting for a connection to prepare it could wait
+    /// forever: a client library blocked in `PQprepare` (pgbench) does not read its other
+    /// clients' answers, whose transactions hold the pool's connections meanwhile. An error
+    /// in the statement is the server's answer to its first use instead.
+    async fn answer_parses(&mut self) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        for _ in &self.batch.parsed {
+            out.extend_from_slice(&[msg::PARSE_COMPLETE, 0, 0, 0, 4]);
+        }
+        for _ in 0..self.batch.syncs {
+            msg::ready_for_query(&mut out, TxStatus::Idle);
+        }
+        let _ = self.cbuf.split_to(self.batch.len);
+        self.batch.reset();
+        self.send_client(&out).await
     }
 
     /// Answers the undispatched batch with a read-only error instead of sending it.
@@ -330,6 +365,7 @@ impl Session<'_> {
             let Some(close_first) = slot.applied.needs(name, stmt.generation) else { continue };
             prepare(&mut slot.conn, name, &stmt.parse, close_first).await?;
             slot.applied.prepared_here(name.clone(), stmt.generation);
+            self.id.cluster.metrics.prepared_again.increment(1);
         }
         Ok(())
     }
@@ -514,6 +550,12 @@ async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first:
     }
 }
 
+/// Whether an ErrorResponse (whole) is FATAL or PANIC: it ended its server session.
+fn ends_session(error: &[u8]) -> bool {
+    let body = error.get(sqlswitch_protocol::pg::frame::HEADER_LEN..).unwrap_or_default();
+    body.split(|&b| b == 0).any(|field| matches!(field, b"SFATAL" | b"SPANIC" | b"VFATAL" | b"VPANIC"))
+}
+
 /// A pooled or new connection to `backend` for the session `id`.
 async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, BackendError> {
     let cluster = id.cluster;
@@ -529,4 +571,23 @@ async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, Backe
     let to = b.dialing(cluster.config.connect_timeout);
     let open = || BackendConn::connect(&to, &login);
     b.checkout(id.key, cluster.limits(), open).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// A refused login (FATAL) ends the server session; a statement's error does not.
+    #[test]
+    fn fatal_errors_end_the_session() {
+        let error = |severity: &str| {
+            let mut out = bytes::BytesMut::new();
+            let severity = match severity {
+                "FATAL" => super::Severity::Fatal,
+                _ => super::Severity::Error,
+            };
+            super::msg::error_response(&mut out, severity, "28000", "role is not permitted to log in");
+            out
+        };
+        assert!(super::ends_session(&error("FATAL")));
+        assert!(!super::ends_session(&error("ERROR")));
+    }
 }

@@ -17,19 +17,18 @@ use crate::tls::ClientStream;
 use bytes::{Buf, Bytes, BytesMut};
 use sqlswitch_protocol::classify::{self, text::Text};
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
-use sqlswitch_protocol::pg::frame::{self, Fields, HEADER_LEN};
+use sqlswitch_protocol::pg::frame::{self, HEADER_LEN};
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use sqlswitch_protocol::ProtocolError;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Names, OpenBatch};
+use super::batch::{note_statement_use, statement_name, Names, OpenBatch};
 use crate::cancel::CancelKey;
 use crate::cluster::Cluster;
 use crate::conn::pg::{BackendConn, MAX_BACKEND_MESSAGE};
 use crate::pool::PoolKey;
 use crate::session::core::{Core, Timer, MOVED_CHECK};
-use crate::session::state::SessionState;
 use crate::session::Side;
 
 mod refuse;
@@ -398,6 +397,7 @@ impl<'a> Session<'a> {
                 continue;
             }
             let body = &self.cbuf[at + HEADER_LEN..at + len];
+            self.batch.only_parses &= header.tag == fe::SYNC || (header.tag == fe::PARSE && body.first() != Some(&0));
             match header.tag {
                 fe::QUERY | fe::PARSE => {
                     let parsed =
@@ -513,33 +513,6 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Records a Bind, Describe or Close of a named (or the unnamed) statement.
-fn note_statement_use(batch: &mut OpenBatch, state: &SessionState, tag: u8, name: Option<&str>) {
-    let Some(name) = name else { return };
-    if tag == fe::CLOSE {
-        if !name.is_empty() {
-            batch.closes.push(name.to_owned());
-        }
-        return;
-    }
-    if name.is_empty() {
-        if !batch.parses_unnamed {
-            batch.needs_unnamed_from = true;
-        }
-        return;
-    }
-    if batch.parsed.iter().any(|(n, _)| n == name) {
-        return;
-    }
-    match state.statement(name) {
-        Some(s) if s.read => {}
-        _ => batch.read = false,
-    }
-    if !batch.binds.contains(name) {
-        batch.binds.push(name);
-    }
-}
-
 /// A retryable replica answer is held back up to this size.
 const RETRY_HOLD: usize = 64 * 1024;
 
@@ -598,16 +571,4 @@ fn read_backend<'s>(slot: Option<&'s mut Slot<'_>>) -> impl std::future::Future<
         Some(conn) => tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut conn.stream), cx, &mut conn.buf),
         None => std::task::Poll::Pending,
     })
-}
-
-/// The statement a Bind, Describe (`S`) or Close (`S`) names; `None` for portals.
-fn statement_name(tag: u8, body: &[u8]) -> Result<Option<&str>, ProtocolError> {
-    let mut f = Fields::new(body);
-    if tag == fe::BIND {
-        f.cstr("Bind portal")?;
-        return f.cstr("Bind statement").map(Some);
-    }
-    let kind = f.byte("Describe/Close kind")?;
-    let name = f.cstr("Describe/Close name")?;
-    Ok((kind == b'S').then_some(name))
 }

@@ -77,20 +77,27 @@ impl Pooled for Counted {
     }
 }
 
-#[tokio::test]
-async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
+/// A pool of [`Counted`] connections and their count.
+fn counted_pool() -> (Arc<OpenCount>, Pool<&'static str, Counted>) {
     let count = Arc::new(OpenCount::default());
     let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
-    let pool: Pool<&str, Counted> = Pool::new(8, metrics);
+    (count, Pool::new(8, metrics))
+}
+
+/// What opens connection `n`, counted in `count`, at once.
+fn opener(count: &Arc<OpenCount>, n: u32) -> impl Fn() -> std::future::Ready<Result<Counted, BackendError>> + use<> {
+    let count = Arc::clone(count);
+    move || {
+        count.opened();
+        std::future::ready(Ok(Counted(n, Arc::clone(&count), None)))
+    }
+}
+
+#[tokio::test]
+async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
+    let (count, pool) = counted_pool();
     let limits = Limits { max_open: 1, wait: Duration::from_millis(50), per_key: 0, shuffle: false };
-    let open = |n: u32| {
-        let count = Arc::clone(&count);
-        move || {
-            count.opened();
-            let c = Counted(n, Arc::clone(&count), None);
-            async move { Ok(c) }
-        }
-    };
+    let open = |n: u32| opener(&count, n);
     // One open and idle under another key: closed to make room.
     count.opened();
     assert!(pool.put("other", Counted(7, Arc::clone(&count), None)).is_none());
@@ -124,9 +131,7 @@ async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
 /// others wait and are told).
 #[tokio::test]
 async fn concurrent_opens_never_pass_the_limit() {
-    let count = Arc::new(OpenCount::default());
-    let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
-    let pool: Pool<&str, Counted> = Pool::new(8, metrics);
+    let (count, pool) = counted_pool();
     let limits = Limits { max_open: 2, wait: Duration::from_millis(50), per_key: 0, shuffle: false };
     let open = |n: u32| {
         let count = Arc::clone(&count);
@@ -171,18 +176,9 @@ fn pool_keys_differ_when_their_logins_differ() {
 /// the order they came, none opened).
 #[tokio::test]
 async fn a_full_key_serves_its_waiters_first_come_first_served() {
-    let count = Arc::new(OpenCount::default());
-    let metrics = super::PoolMetrics { count: Arc::clone(&count), ..Default::default() };
-    let pool: Pool<&str, Counted> = Pool::new(8, metrics);
+    let (count, pool) = counted_pool();
     let limits = Limits { max_open: 0, wait: Duration::from_secs(5), per_key: 1, shuffle: false };
-    let open = |n: u32| {
-        let count = Arc::clone(&count);
-        move || {
-            count.opened();
-            let c = Counted(n, Arc::clone(&count), None);
-            async move { Ok(c) }
-        }
-    };
+    let open = |n: u32| opener(&count, n);
     let first = pool.checkout(&"k", limits, open(1)).await.ok();
     let gave_up = pool.checkout(&"k", Limits { wait: Duration::from_millis(1), ..limits }, open(8)).await;
     assert!(gave_up.is_err_and(|e| e.to_string().contains("pool_size")));

@@ -196,11 +196,16 @@ pub struct Core<'a, C> {
     /// Transaction pooling: the connections are kept after a write for the session's next
     /// transaction, if it begins within [`KEEP_AFTER_WRITE`].
     kept: bool,
+    /// Counted in `sqlswitch_pinned_sessions` (until it ends).
+    pin_counted: bool,
 }
 
 impl<C> Drop for Core<'_, C> {
     fn drop(&mut self) {
         self.primary_work.leave(self.cluster);
+        if self.pin_counted {
+            self.cluster.metrics.pinned.decrement(1.0);
+        }
     }
 }
 
@@ -218,6 +223,7 @@ impl<'a, C: Link> Core<'a, C> {
             per_transaction: cluster.config.pool_mode == sqlswitch_config::PoolMode::Transaction,
             tx_wrote: false,
             kept: false,
+            pin_counted: false,
         }
     }
 

@@ -33,6 +33,11 @@ impl<C: Link> Core<'_, C> {
         movable && !keep
     }
 
+    /// Transaction pooling, between transactions: the session holds no connection now.
+    pub fn pooled_out(&self) -> bool {
+        self.per_transaction && self.slots[Side::Primary].is_none() && self.slots[Side::Replica].is_none()
+    }
+
     /// Whether the session keeps its connections after a write for a moment
     /// ([`KEEP_AFTER_WRITE`]) and gives them back if its client stays silent.
     pub fn keeping(&self) -> bool {

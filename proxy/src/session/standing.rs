@@ -60,6 +60,18 @@ impl<C: Link> Core<'_, C> {
         }
         if let Some(why) = note.unmovable {
             self.state.stuck(why);
+            self.counted_pin();
+        }
+    }
+
+    /// Counts the session among the pinned ones once it holds state that cannot move.
+    pub(super) fn counted_pin(&mut self) {
+        if self.pin_counted {
+            return;
+        }
+        if let Some(why) = self.state.unmovable() {
+            self.pin_counted = true;
+            self.cluster.metrics.count_pin(why);
         }
     }
 
@@ -94,6 +106,8 @@ impl<C: Link> Core<'_, C> {
         if let Some(slot) = self.slots[side].as_mut() {
             slot.applied.replayed = ran;
         }
+        // Past the replay limit the session is pinned.
+        self.counted_pin();
     }
 
     /// The session's state was discarded on `side` (`DISCARD ALL`): its statements and

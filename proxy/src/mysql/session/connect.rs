@@ -214,8 +214,9 @@ impl crate::session::core::Link for MyConn {
         self.reset().await.map(drop)
     }
 
-    /// Transaction pooling is PostgreSQL's only (the config refuses it for MySQL): a MySQL
-    /// connection given back is reset, as at a session's end.
+    /// Transaction pooling: a MySQL connection given back is always reset, as at a session's
+    /// end (`COM_RESET_CONNECTION`: its prepared statements go too), holding nothing of the
+    /// session's.
     fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {
         Vec::new()
     }

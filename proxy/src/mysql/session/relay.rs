@@ -88,6 +88,9 @@ impl MySession<'_> {
                 if let Some(f) = flags {
                     conn.status = f;
                 }
+                if tracker.insert_id != 0 {
+                    self.pooling.insert_id = (tracker.insert_id, conn_id);
+                }
                 return Ok(tracker.failed);
             }
             conn.buf.reserve(16 * 1024);

@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// What a read-only session's statement does with its temporary tables.
+#[derive(Debug, Clone)]
+pub(super) enum TempUse {
+    /// Creates this one.
+    Create(String),
+    /// Drops these.
+    Drop(Vec<String>),
+    /// Writes to one of them.
+    Write,
+}
+
 impl MySession<'_> {
     /// A read-only session's statement on its own temporary tables, which its replica allows.
     pub(super) fn temp_use(&self, sql: &str) -> Option<TempUse> {

@@ -1,0 +1,90 @@
+//! Transaction pooling for MySQL/MariaDB sessions (decision 0020): the connections go back to
+//! the pool between transactions, reset (`COM_RESET_CONNECTION`), unless the session holds
+//! what lives on its connection: a transaction (also an implicit one, with autocommit off, as
+//! the server says), a read-only session's temporary tables, long data sent for an execution
+//! still to come, or a statement's open cursor.
+
+use super::*;
+
+/// Per session: what keeps its connection between transactions beyond the core's rules.
+#[derive(Debug, Default)]
+pub(super) struct Pooling {
+    /// A command ended since the last look: the session may be between transactions.
+    pub boundary: bool,
+    /// Client statement ids executed with a cursor and not closed or reset since: their
+    /// fetches need the connection the cursor is on.
+    pub cursors: Vec<u32>,
+    /// Autocommit was off when the connections went back: the next statement opens a
+    /// transaction (as the server's status said when it had one).
+    pub autocommit_off: bool,
+    /// The session's last insert id (from the servers' OK packets; 0: none yet) and the
+    /// connection (its serial) that answers it: another primary connection is given it
+    /// (`SELECT LAST_INSERT_ID(n)`) before the session's next command, so that
+    /// `LAST_INSERT_ID()` answers the session's own value wherever that runs.
+    pub insert_id: (u64, u64),
+}
+
+impl MySession<'_> {
+    /// Between commands, with no next command buffered: at the end of a transaction the
+    /// connections go back to the pool (transaction pooling), unless the session keeps them;
+    /// `true` when it keeps them after a write for a moment (the caller arms
+    /// [`crate::session::core::KEEP_AFTER_WRITE`]).
+    pub(super) async fn between_commands(&mut self) -> bool {
+        if !std::mem::take(&mut self.pooling.boundary) || self.in_tx() || self.holds_connection() {
+            return false;
+        }
+        if self.core.transaction_ended(&self.id.key) {
+            self.give_back().await;
+            return false;
+        }
+        self.core.keeping()
+    }
+
+    /// The client stayed silent for a moment after a write: the connections go back now.
+    pub(super) async fn keep_expired(&mut self) {
+        if self.core.keep_expired() && !self.in_tx() && !self.holds_connection() {
+            self.give_back().await;
+        }
+    }
+
+    /// What keeps the connection beyond the core's rules.
+    fn holds_connection(&self) -> bool {
+        self.temp_home.is_some() || self.statements.long_data_pending() || !self.pooling.cursors.is_empty()
+    }
+
+    /// Gives every connection back (reset); the statements prepared on them are forgotten
+    /// there and prepared again where they next execute.
+    async fn give_back(&mut self) {
+        self.pooling.autocommit_off = self.autocommit_off();
+        for side in [Side::Primary, Side::Replica] {
+            if let Some(serial) = self.core.slot(side).map(|s| s.serial) {
+                self.statements.forget_conn(serial);
+            }
+        }
+        Box::pin(self.core.give_back_all(&self.id.key)).await;
+    }
+
+    /// Gives the primary connection about to run a command the session's last insert id, if
+    /// another connection answered it.
+    pub(super) async fn carry_insert_id(&mut self, side: Side) -> Result<(), BackendError> {
+        let (value, on) = self.pooling.insert_id;
+        let Some(slot) = self.core.slot_mut(side).filter(|s| value != 0 && side == Side::Primary && s.serial != on)
+        else {
+            return Ok(());
+        };
+        slot.conn.simple_query(&format!("SELECT LAST_INSERT_ID({value})")).await?;
+        self.pooling.insert_id.1 = slot.serial;
+        Ok(())
+    }
+
+    /// Notes what a command does to cursors: an execution with cursor `flags` opens one on
+    /// statement `id`; a close or reset of `id` ends it.
+    pub(super) fn note_cursor(&mut self, cmd: u8, id: u32, flags: u8) {
+        let cursors = &mut self.pooling.cursors;
+        match cmd {
+            command::STMT_EXECUTE if flags != 0 && !cursors.contains(&id) => cursors.push(id),
+            command::STMT_CLOSE | command::STMT_RESET => cursors.retain(|c| *c != id),
+            _ => {}
+        }
+    }
+}

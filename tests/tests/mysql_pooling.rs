@@ -1,0 +1,57 @@
+//! Transaction pooling for MySQL/MariaDB clusters, against real MariaDB servers: sessions share
+//! few server connections and keep what they see.
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+use sqlswitch_tests::mysql::Topology;
+use sqlswitch_tests::pg::APP;
+use sqlswitch_tests::proxy::{mysql_url, start_mysql};
+
+async fn connect(port: u16) -> Conn {
+    Conn::new(Opts::from_url(&mysql_url(port, APP)).expect("url")).await.expect("a session")
+}
+
+/// Twelve sessions over `pool_size = 2` (each transaction on another connection whenever the
+/// pool can give one, `pool_shuffle`) keep their settings, user variables and prepared
+/// statements across 20 transactions while the others churn the pool; `LAST_INSERT_ID()` in
+/// the statement after an insert answers the session's own id; the pool never holds more
+/// than its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_keeps_each_mysql_sessions_state() {
+    let topo = Topology::shared();
+    let extra = "pool_mode = \"transaction\"\npool_size = 2\npool_shuffle = true\nconnect_timeout = \"10s\"";
+    let daemon = start_mysql(topo, extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut sessions = Vec::new();
+    for i in 0..12i64 {
+        let mut c = connect(port).await;
+        c.query_drop(format!("SET time_zone = '+0{}:00'", i % 10)).await.unwrap();
+        c.query_drop(format!("SET @mine = {i}")).await.unwrap();
+        sessions.push((i, c));
+    }
+    let work = sessions.iter_mut().map(|(i, c)| async move {
+        let i = *i;
+        for round in 0..20 {
+            let zone: String = c.query_first("SELECT @@time_zone").await?.unwrap_or_default();
+            assert_eq!(zone, format!("+0{}:00", i % 10), "session {i} round {round}: its setting");
+            let mine: Option<i64> = c.exec_first("SELECT @mine + ?", (0i64,)).await?;
+            assert_eq!(mine, Some(i), "session {i} round {round}: its variable, by a prepared statement");
+            c.query_drop(format!("INSERT INTO items (note) VALUES ('mysql pooled {i} {round}')")).await?;
+            let id: Option<u64> = c.query_first("SELECT LAST_INSERT_ID()").await?;
+            let note: Option<String> = c.exec_first("SELECT note FROM items WHERE id = ?", (id,)).await?;
+            assert_eq!(note, Some(format!("mysql pooled {i} {round}")), "session {i}: its own insert id");
+        }
+        Ok::<_, mysql_async::Error>(())
+    });
+    for done in futures::future::join_all(work).await {
+        done.expect("every session's transactions ran");
+    }
+    let status = daemon.control.status();
+    for backend in status["clusters"][0]["backends"].as_array().unwrap() {
+        // The key's two, and the monitor's.
+        assert!(backend["open_connections"].as_u64().unwrap_or(99) <= 3, "{backend}");
+    }
+    for (_, c) in sessions {
+        c.disconnect().await.unwrap();
+    }
+}
