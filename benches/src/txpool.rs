@@ -4,7 +4,9 @@
 //!
 //! Options (environment): `BENCH_POOL_CLIENTS` (default `500,2000,10000`),
 //! `BENCH_POOL_WORKLOADS` (`select-simple`, `select-prepared`, `tpcb-simple`, `tpcb-prepared`;
-//! default all).
+//! default all), `BENCH_POOL_BIG_WORKLOADS` (those for 5,000 clients or more, default
+//! `select-simple,tpcb-simple`). Each run lasts `BENCH_SECONDS` plus a second per 200 clients:
+//! pgbench logs its clients in first (a SCRAM exchange each, on its own two threads).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,7 +122,14 @@ pub fn suite(
 ) -> Result<()> {
     let log_dir = topo.dir.join("txpool-logs");
     for clients in list("BENCH_POOL_CLIENTS", "500,2000,10000") {
-        for name in list("BENCH_POOL_WORKLOADS", "select-simple,select-prepared,tpcb-simple,tpcb-prepared") {
+        let all = "select-simple,select-prepared,tpcb-simple,tpcb-prepared";
+        let big = clients.parse::<usize>().is_ok_and(|c| c >= 5000);
+        let names = if big {
+            list("BENCH_POOL_BIG_WORKLOADS", "select-simple,tpcb-simple")
+        } else {
+            list("BENCH_POOL_WORKLOADS", all)
+        };
+        for name in names {
             let Some((label, args)) = workload_args(&name) else {
                 notes.push(format!("unknown BENCH_POOL_WORKLOADS entry {name:?}"));
                 continue;
@@ -196,7 +205,7 @@ fn one_run(topo: &Topology, pooler: &Pooler, clients: &str, args: &[&str], secon
     std::fs::create_dir_all(logs)?;
     let prefix = logs.join("tx");
     let prefix = prefix.to_string_lossy().into_owned();
-    let t = seconds.to_string();
+    let t = (seconds + clients.parse::<u64>().unwrap_or(0) / 200).to_string();
     let threads = pgbench_threads(clients, args).to_string();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["-c", clients, "-j", &threads, "-T", &t, "-l", "--log-prefix", &prefix]);

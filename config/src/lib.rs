@@ -167,8 +167,8 @@ pub struct Cluster {
     #[serde(default = "defaults::max_message_size")]
     pub max_message_size: usize,
     /// When a session gives its backend connections back: at its end (`session`, the
-    /// default), or at the end of each transaction when its state allows (`transaction`,
-    /// PostgreSQL; decision 0020).
+    /// default), or at the end of each transaction when its state allows (`transaction`;
+    /// decision 0020).
     #[serde(default)]
     pub pool_mode: PoolMode,
     /// Transaction pooling: most server connections open at once per backend and pool key

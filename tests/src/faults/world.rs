@@ -125,7 +125,9 @@ impl World {
         }
         let listen = crate::pg::free_ports(2)?;
         let admin = out.join(format!("admin-{i}.sock"));
-        let settings = "max_replica_lag = \"2s\"\nconnect_timeout = \"2s\"";
+        // Cluster keys to add, for a run in another mode (`pool_mode = "transaction"`).
+        let more = std::env::var("SQLSWITCH_FAULTS_CLUSTER").unwrap_or_default();
+        let settings = format!("max_replica_lag = \"2s\"\nconnect_timeout = \"2s\"\n{more}");
         let (l0, l1) = (format!("127.0.0.1:{}", listen[0]), format!("127.0.0.1:{}", listen[1]));
         let mut text = match &self.servers {
             Servers::Pg(t) => {
