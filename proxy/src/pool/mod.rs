@@ -150,7 +150,13 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     /// Whether a client waits for one of `key`'s connections now: a session keeps a
     /// connection past its transaction only when none does.
     pub fn contended(&self, key: &K) -> bool {
-        self.lock().get(key).is_some_and(|e| e.waiters.iter().any(|w| !w.is_closed()))
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(key) else { return false };
+        // Clients that stopped waiting (timed out) leave their place at the front.
+        while entry.waiters.front().is_some_and(oneshot::Sender::is_closed) {
+            entry.waiters.pop_front();
+        }
+        !entry.waiters.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<C>>> {
@@ -220,12 +226,14 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
             map.insert(key.clone(), Entry::default());
         }
         let Some(entry) = map.get_mut(key) else { return Turn::Queued(oneshot::channel().1) };
-        entry.waiters.retain(|w| !w.is_closed());
+        // An idle connection means no client waits: `put` hands each one to the first client
+        // still waiting, and a client queues only when none is idle. (No walk over the queue
+        // here: with thousands waiting it would cost every transaction.)
         let list = &mut entry.idle;
-        let at = match (entry.waiters.is_empty(), limits.shuffle) {
-            (false, _) => None,
-            (true, false) => list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1)),
-            (true, true) => (list.len() >= 2).then_some(0),
+        let at = if limits.shuffle {
+            (list.len() >= 2).then_some(0)
+        } else {
+            list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))
         };
         if let Some(idle) = at.map(|at| list.remove(at)) {
             self.gauge.decrement(1.0);
