@@ -216,6 +216,14 @@ async fn transaction_pooling_keeps_each_sessions_state() {
         b.batch_execute("SELECT 1").await.unwrap();
         assert_eq!(value(&a, "SELECT count(*) FROM scratch").await, "1", "round {round}");
     }
+    // DISCARD ALL drops it, and the session pools again, its next statements on any connection.
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    let gone = a.simple_query("SELECT count(*) FROM scratch").await.unwrap_err();
+    assert_eq!(gone.code().map(|c| c.code()), Some("42P01"), "{gone:?}");
+    for round in 0..5 {
+        b.batch_execute("INSERT INTO items (note) VALUES ('churn again')").await.unwrap();
+        assert_eq!(value(&a, "SHOW TimeZone").await, default_zone, "round {round}: back to the login's");
+    }
 }
 
 /// Runs the named statement `name` on a raw session, parsing it first from `sql` when given:

@@ -296,7 +296,7 @@ async fn whenever_settled_holds_ready_does_nothing() {
 }
 
 #[test]
-fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable() {
+fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable_until_discard_all() {
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
@@ -308,6 +308,17 @@ fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable() {
     assert_eq!(core.state().unmovable(), Some("a temporary table"), "an unmovable note implies the pin");
     core.note(Note { pins: true, unmovable: Some("LISTEN") });
     assert_eq!(core.state().unmovable(), Some("a temporary table"), "the first reason is the one told");
+    core.discarded(Side::Replica);
+    assert!(core.state().unmovable().is_some(), "a DISCARD ALL elsewhere leaves the primary's state");
+    core.discarded(Side::Primary);
+    assert!(!core.state().pinned(), "a DISCARD ALL on the primary connection leaves nothing that pins");
+    let pooled = cluster_with("pool_mode = \"transaction\"\n");
+    let mut core = on_primary(&pooled, &released, false);
+    core.note(Note { pins: true, unmovable: Some("an advisory lock") });
+    let key = PoolKey::new("app", Vec::<(&str, &str)>::new());
+    assert!(!core.transaction_ended(&key), "the lock keeps the connection");
+    core.discarded(Side::Primary);
+    assert!(core.transaction_ended(&key), "until a DISCARD ALL releases it");
 }
 
 #[test]

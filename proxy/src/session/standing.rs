@@ -115,6 +115,14 @@ impl<C: Link> Core<'_, C> {
     /// next use.
     pub fn discarded(&mut self, side: Side) {
         self.state.forget_all();
+        // What pinned the session is gone with it, when it was on the connection that ran the
+        // DISCARD ALL (a pinned session's state is on its primary connection).
+        if side == Side::Primary || self.slots[Side::Primary].is_none() {
+            self.state.unpin();
+            if std::mem::take(&mut self.pin_counted) {
+                self.cluster.metrics.pinned.decrement(1.0);
+            }
+        }
         // Back to what the login gave (as directly, where DISCARD ALL returns every setting
         // to its value at the start of the session).
         self.state.replay.truncate(self.state.startup);

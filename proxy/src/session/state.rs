@@ -20,7 +20,8 @@ pub struct Statement {
     pub read: bool,
 }
 
-/// Where a session's state lets it run: it only ever goes down this list.
+/// Where a session's state lets it run: it only goes down this list, until a `DISCARD ALL`
+/// on its primary connection returns it to the top (nothing of the session's is left there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stay {
     /// Anywhere: its reads may go to replicas.
@@ -145,6 +146,12 @@ impl SessionState {
         if !matches!(self.stay, Stay::Unmovable(_)) {
             self.stay = Stay::Unmovable(why);
         }
+    }
+
+    /// The session's state is gone from its primary connection (`DISCARD ALL`): temporary
+    /// tables, locks, `LISTEN`s, cursors and settings alike. It may run anywhere again.
+    pub(super) fn unpin(&mut self) {
+        self.stay = Stay::Free;
     }
 
     /// The session holds state only the primary has: it runs there from now on.
