@@ -9,3 +9,8 @@ pub mod peers;
 pub mod report;
 pub mod targets;
 pub mod txpool;
+
+/// A comma-separated list from the environment variable `name`, else from `default`.
+pub fn list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_owned()).collect()
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sqlswitch_tests::pg::{free_ports, pgbench, pgbench_failed, Topology};
 
+use crate::list;
 use crate::measure::{self, median};
 use crate::report::{Row, N, PGBOUNCER, PRIMARY_ONLY};
 use crate::targets::{self, ClusterSpec};
@@ -40,11 +41,6 @@ struct Run {
     p99_ms: f64,
     servers: u64,
     failed: u64,
-}
-
-/// A comma-separated list from the environment.
-fn list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_owned()).collect()
 }
 
 /// The pgbench arguments of a workload name.

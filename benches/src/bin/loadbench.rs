@@ -9,16 +9,17 @@
 //!
 //! Options (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
-//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`, `txpool`; default all), `BENCH_CLIENTS`
-//! (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default `simple,extended,prepared`),
-//! `BENCH_RESULTS` (the file under `benches/` written, default `RESULTS.md`); `txpool`'s own in
-//! `benches/src/txpool.rs`.
+//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`, `txpool`; default
+//! all), `BENCH_CLIENTS` (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default
+//! `simple,extended,prepared`), `BENCH_RESULTS` (the file under `benches/` written, default
+//! `RESULTS.md`); `txpool`'s own in `benches/src/txpool.rs`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use sqlswitch_benches::list;
 use sqlswitch_benches::measure::{self, median};
 use sqlswitch_benches::peers;
 use sqlswitch_benches::report::{self, Row, DIRECT, HAPROXY, N, PGBOUNCER, PRIMARY_ONLY, SPLIT};
@@ -50,11 +51,6 @@ impl Options {
     fn wants(&self, group: &str) -> bool {
         self.only.as_ref().is_none_or(|g| g.iter().any(|g| g == group))
     }
-}
-
-/// A comma-separated list from the environment.
-fn list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_owned()).collect()
 }
 
 /// The PostgreSQL side: targets as ports (`None` when absent).

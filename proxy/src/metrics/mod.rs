@@ -15,7 +15,9 @@ type Latencies = Arc<std::sync::Mutex<Vec<(String, Arc<Latency>)>>>;
 mod latency;
 pub use latency::{latency_bounds_ms, Latency};
 mod open;
+mod pins;
 pub use open::{OpenCount, OpenGuard, Place, Waiting};
+pub use pins::PIN_REASONS;
 
 /// The daemon's recorder, and its HTTP exporter when `[admin] metrics` is set.
 pub struct Registry {
@@ -488,33 +490,7 @@ pub struct ClusterMetrics {
     pub split_brain: Gauge,
 }
 
-/// Why sessions are pinned, as `sqlswitch_session_pins_total` labels them (the text a session
-/// ended over it is told); the last counts any other.
-pub const PIN_REASONS: [&str; 11] = [
-    "a temporary table",
-    "LISTEN",
-    "an advisory lock",
-    "a GET_LOCK() lock",
-    "LOCK TABLES",
-    "a cursor WITH HOLD",
-    "a connection option (COM_SET_OPTION)",
-    "session state set inside a transaction",
-    "session state that sqlswitch cannot replay",
-    "more session state than sqlswitch replays",
-    "other",
-];
-
 impl ClusterMetrics {
-    /// Counts a session pinned for `reason` (one of [`PIN_REASONS`], else `other`), and one
-    /// more pinned session open.
-    pub fn count_pin(&self, reason: &str) {
-        let counter = self.pins.iter().find(|(r, _)| *r == reason).or(self.pins.last());
-        if let Some((_, counter)) = counter {
-            counter.increment(1);
-        }
-        self.pinned.increment(1.0);
-    }
-
     /// Counts `n` statements routed to a replica (or the primary) for `reason`.
     pub fn count_routed(&self, replica: bool, reason: crate::route::Reason, n: u64) {
         if let Some(Some(counter)) = self.routed.get(usize::from(replica)).and_then(|r| r.get(reason.index())) {

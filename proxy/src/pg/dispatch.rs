@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use sqlswitch_protocol::pg::backend::{self as msg, Severity, TxStatus};
+use sqlswitch_protocol::pg::frame::HEADER_LEN;
 use sqlswitch_protocol::pg::frontend as fe;
 use sqlswitch_protocol::pg::sqlstate;
 use tracing::{debug, warn};
@@ -236,7 +237,7 @@ impl Session<'_> {
                 self.end_unmovable(&e).await;
                 Err(End::BackendGone)
             }
-            BackendError::Refused { error, .. } if !ends_session(&error) => {
+            BackendError::Refused { error, .. } if !msg::is_fatal(error.get(HEADER_LEN..).unwrap_or_default()) => {
                 // The server refused to prepare a statement the batch uses (its text does not
                 // parse, its table is gone), or to take the session's state: the server's own
                 // error is the batch's answer. (A refused login is FATAL: not the client's.)
@@ -550,12 +551,6 @@ async fn prepare(conn: &mut BackendConn, name: &str, parse: &Bytes, close_first:
     }
 }
 
-/// Whether an ErrorResponse (whole) is FATAL or PANIC: it ended its server session.
-fn ends_session(error: &[u8]) -> bool {
-    let body = error.get(sqlswitch_protocol::pg::frame::HEADER_LEN..).unwrap_or_default();
-    body.split(|&b| b == 0).any(|field| matches!(field, b"SFATAL" | b"SPANIC" | b"VFATAL" | b"VPANIC"))
-}
-
 /// A pooled or new connection to `backend` for the session `id`.
 async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, BackendError> {
     let cluster = id.cluster;
@@ -571,23 +566,4 @@ async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, Backe
     let to = b.dialing(cluster.config.connect_timeout);
     let open = || BackendConn::connect(&to, &login);
     b.checkout(id.key, cluster.limits(), open).await
-}
-
-#[cfg(test)]
-mod tests {
-    /// A refused login (FATAL) ends the server session; a statement's error does not.
-    #[test]
-    fn fatal_errors_end_the_session() {
-        let error = |severity: &str| {
-            let mut out = bytes::BytesMut::new();
-            let severity = match severity {
-                "FATAL" => super::Severity::Fatal,
-                _ => super::Severity::Error,
-            };
-            super::msg::error_response(&mut out, severity, "28000", "role is not permitted to log in");
-            out
-        };
-        assert!(super::ends_session(&error("FATAL")));
-        assert!(!super::ends_session(&error("ERROR")));
-    }
 }

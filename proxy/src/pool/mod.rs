@@ -92,8 +92,8 @@ enum Turn<C> {
     Idle(usize, C),
     /// Room to open one.
     Room(Place),
-    /// Neither: it waits in the key's queue.
-    Queued(oneshot::Receiver<(usize, C)>),
+    /// Neither: it waits in the key's queue, for a connection or room under the key's count.
+    Queued(oneshot::Receiver<(usize, C)>, Arc<OpenCount>),
 }
 
 /// What a pool reports, and the backend's open connections it counts.
@@ -225,7 +225,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         if !map.contains_key(key) {
             map.insert(key.clone(), Entry::default());
         }
-        let Some(entry) = map.get_mut(key) else { return Turn::Queued(oneshot::channel().1) };
+        let Some(entry) = map.get_mut(key) else { return Turn::Queued(oneshot::channel().1, Arc::default()) };
         // An idle connection means no client waits: `put` hands each one to the first client
         // still waiting, and a client queues only when none is idle. (No walk over the queue
         // here: with thousands waiting it would cost every transaction.)
@@ -249,7 +249,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         }
         let (tx, rx) = oneshot::channel();
         entry.waiters.push_back(tx);
-        Turn::Queued(rx)
+        Turn::Queued(rx, Arc::clone(&entry.open))
     }
 
     /// How many idle connections are kept.
@@ -296,18 +296,6 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     fn waited_since(&self, waiting: &mut [Option<crate::metrics::Waiting<'_>>; 2], started: tokio::time::Instant) {
         if waiting.iter_mut().any(|w| w.take().is_some()) {
             self.waited.record(started.elapsed().as_secs_f64());
-        }
-    }
-
-    /// `key`'s count of open connections under `pool_size`.
-    fn key_open(&self, key: &K) -> Arc<OpenCount>
-    where
-        K: Clone,
-    {
-        let mut idle = self.lock();
-        match idle.get(key) {
-            Some(e) => Arc::clone(&e.open),
-            None => Arc::clone(&idle.entry(key.clone()).or_default().open),
         }
     }
 
@@ -380,13 +368,14 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     {
         let started = tokio::time::Instant::now();
         let deadline = started + limits.wait;
-        let key_open = (limits.per_key > 0).then(|| self.key_open(key));
+        // The key's count, once the client first waits for one of its connections.
+        let key_count = std::cell::OnceCell::new();
         // Counted as waiting (for the backend, for the key) from its first wait to its end.
         let mut waiting = [None, None];
         let (place, _reserved) = loop {
             // The key's own limit first: past it, the client waits for one of its connections.
-            let place = match &key_open {
-                Some(count) => match self.turn(key, limits) {
+            let place = match limits.per_key {
+                1.. => match self.turn(key, limits) {
                     Turn::Idle(worker, conn) => {
                         if let Some(conn) = self.usable(worker, conn).await {
                             self.waited_since(&mut waiting, started);
@@ -395,7 +384,8 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                         continue;
                     }
                     Turn::Room(place) => Some(place),
-                    Turn::Queued(rx) => {
+                    Turn::Queued(rx, count) => {
+                        let count: &OpenCount = key_count.get_or_init(|| count);
                         if waiting[1].is_none() {
                             waiting[1] = Some(count.wait(&self.waiting));
                         }
@@ -414,7 +404,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                         }
                     }
                 },
-                None => {
+                0 => {
                     while let Some(conn) = self.take(key, false) {
                         if conn.is_reusable() {
                             self.waited_since(&mut waiting, started);

@@ -4,13 +4,13 @@
 use super::{release, Core, Held, Link, Side, Slot, RELEASE_DEADLINE};
 use crate::pool::PoolKey;
 use crate::session::state::MAX_HELD_STATEMENTS;
+use tracing::warn;
 
 /// Transaction pooling: how long a session keeps its connection after a transaction that
 /// wrote, waiting for its next one (where a `currval` reads its own value), before it gives the
 /// connection back. Past it, as when other clients wait, such a read fails as on a fresh
 /// session.
 pub const KEEP_AFTER_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
-use tracing::warn;
 
 impl<C: Link> Core<'_, C> {
     /// At the end of a transaction, with nothing owed: whether the session's connections go
