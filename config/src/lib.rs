@@ -228,6 +228,17 @@ impl Cluster {
         self.users.iter().find(|u| u.name == name)
     }
 
+    /// How `user`'s sessions pool: the user's own `pool_mode`, else the cluster's (users
+    /// looked up through `auth_user` have none of their own).
+    pub fn pool_mode_of(&self, user: &str) -> PoolMode {
+        self.user(user).and_then(|u| u.pool_mode).unwrap_or(self.pool_mode)
+    }
+
+    /// Whether any of the cluster's sessions pool per transaction.
+    pub fn pools_transactions(&self) -> bool {
+        self.pool_mode == PoolMode::Transaction || self.users.iter().any(|u| u.pool_mode == Some(PoolMode::Transaction))
+    }
+
     /// Index of the primary backend: the primary of the first group listed (validation
     /// guarantees exactly one per group).
     pub fn primary_index(&self) -> usize {
@@ -281,6 +292,10 @@ pub struct User {
     /// A file whose content is the password (a trailing newline is not part of it).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// This user's sessions pool per session or per transaction, whatever the cluster's
+    /// `pool_mode` says (a migration tool's user in session mode, the app's in transaction).
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
 }
 
 impl User {

@@ -147,8 +147,12 @@ impl Config {
             if c.idle_timeout.is_some_and(|d| d.is_zero()) {
                 add(&mut out, format!("{at}.idle_timeout"), "must be greater than zero (leave it out for none)".into());
             }
-            if c.pool_shuffle && c.pool_mode != PoolMode::Transaction {
-                add(&mut out, format!("{at}.pool_shuffle"), "applies to pool_mode = \"transaction\" only".into());
+            if c.pool_shuffle && !c.pools_transactions() {
+                add(
+                    &mut out,
+                    format!("{at}.pool_shuffle"),
+                    "applies to pool_mode = \"transaction\" only (the cluster's or a user's)".into(),
+                );
             }
             if c.min_pool_size > c.pool_max_idle {
                 add(

@@ -87,6 +87,11 @@ impl Control {
                     o.name
                 ));
             }
+            // A session's pool mode is fixed when it starts from the config it started under.
+            for u in n.users.iter().filter(|u| n.pool_mode_of(&u.name) != o.pool_mode_of(&u.name)) {
+                refused
+                    .push(format!("cluster {:?}: user {:?} would change pool_mode (needs a restart)", o.name, u.name));
+            }
             // Everything else but the reloadable keys must be the same.
             let mut same = n.clone();
             same.users.clone_from(&o.users);

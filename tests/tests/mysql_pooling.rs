@@ -55,3 +55,58 @@ async fn transaction_pooling_keeps_each_mysql_sessions_state() {
         c.disconnect().await.unwrap();
     }
 }
+
+/// Whether the pool (`pool_size = 2`) has a connection for one more transaction while another
+/// client keeps one in an open transaction: only if no pinned session holds the other.
+async fn room_for_one_more(port: u16) -> bool {
+    let mut holder = connect(port).await;
+    let mut probe = connect(port).await;
+    holder.query_drop("BEGIN").await.unwrap();
+    holder.query_drop("INSERT INTO items (note) VALUES ('holds')").await.unwrap();
+    let got = probe.query_drop("INSERT INTO items (note) VALUES ('probe')").await;
+    holder.query_drop("ROLLBACK").await.unwrap();
+    match got {
+        Ok(()) => true,
+        Err(mysql_async::Error::Server(e)) if e.code == 1040 => false,
+        Err(e) => panic!("not a pool refusal: {e}"),
+    }
+}
+
+/// A `GET_LOCK()` lock and `LOCK TABLES` keep the session on its connection across its
+/// transactions while another client churns the pool; `RELEASE_ALL_LOCKS()` and
+/// `UNLOCK TABLES` give it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_locks_keep_their_connection_until_released() {
+    let topo = Topology::shared();
+    let extra = "pool_mode = \"transaction\"\npool_size = 2\nconnect_timeout = \"1s\"";
+    let daemon = start_mysql(topo, extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let mut a = connect(port).await;
+    let mut b = connect(port).await;
+    assert!(room_for_one_more(port).await, "nothing pinned yet");
+    let got: Option<i64> = a.query_first("SELECT GET_LOCK('sqlswitch_pins', 5)").await.unwrap();
+    assert_eq!(got, Some(1));
+    for round in 0..20 {
+        b.query_drop(format!("INSERT INTO items (note) VALUES ('lock churn {round}')")).await.unwrap();
+        let mine: Option<i64> = a.query_first("SELECT IS_USED_LOCK('sqlswitch_pins') = CONNECTION_ID()").await.unwrap();
+        assert_eq!(mine, Some(1), "round {round}: the lock is on the session's connection");
+        let free: Option<i64> = b.query_first("SELECT IS_FREE_LOCK('sqlswitch_pins')").await.unwrap();
+        assert_eq!(free, Some(0), "round {round}");
+    }
+    assert!(!room_for_one_more(port).await, "the locking session holds its connection");
+    a.query_drop("SELECT RELEASE_LOCK('nothing held')").await.unwrap();
+    assert!(!room_for_one_more(port).await, "releasing one name says nothing of the others");
+    a.query_drop("SELECT RELEASE_ALL_LOCKS()").await.unwrap();
+    assert!(room_for_one_more(port).await, "released: the connection went back");
+
+    // A table of its own: the probe's writes to `items` must not wait for the lock.
+    a.query_drop("CREATE TABLE IF NOT EXISTS pins_locked (n int)").await.unwrap();
+    a.query_drop("LOCK TABLES pins_locked READ").await.unwrap();
+    let n: Option<i64> = a.query_first("SELECT count(*) FROM pins_locked").await.unwrap();
+    assert_eq!(n, Some(0));
+    assert!(!room_for_one_more(port).await, "LOCK TABLES holds the connection");
+    a.query_drop("UNLOCK TABLES").await.unwrap();
+    assert!(room_for_one_more(port).await, "UNLOCK TABLES gave it back");
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
+}

@@ -350,6 +350,12 @@ async fn reload_applies_weights_and_users_and_refuses_structural_changes() {
     assert!(err.contains("restart") && err.contains("running config stays"), "{err}");
     assert!(!sqlswitch::ctl::ctl(&socket, "reload", true).await.unwrap(), "ctl reports the refusal");
     assert_eq!(daemon.control.status()["clusters"][0]["backends"][1]["weight"], 0);
+    // A user's pool mode is fixed for the daemon's life, as the cluster's is.
+    let moded = weighted.replacen("name = \"late\"\n", "name = \"late\"\npool_mode = \"transaction\"\n", 1);
+    std::fs::write(&file, moded).unwrap();
+    let answer = admin(&socket, "reload").await;
+    let err = answer["error"].as_str().unwrap_or_default();
+    assert!(err.contains("user \"late\" would change pool_mode"), "{answer}");
     // An invalid file is refused the same way.
     std::fs::write(&file, "[[cluster]]\nname = 1\n").unwrap();
     assert_eq!(admin(&socket, "reload").await["ok"], false);

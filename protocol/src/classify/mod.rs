@@ -102,6 +102,11 @@ pub struct Verdict {
     /// MySQL `SHOW WARNINGS` / `SHOW ERRORS` / `@@warning_count` / `@@error_count`: about the
     /// last statement, so only the connection that ran it can answer.
     pub about_last_statement: bool,
+    /// Some statement may release state that keeps a session on its connection: an
+    /// advisory-lock unlock (`pg_advisory_unlock*`, `RELEASE_LOCK`, `RELEASE_ALL_LOCKS`), a
+    /// `pg_try_advisory_lock*` (which may have taken nothing),
+    /// `UNLISTEN`, `CLOSE`, `DISCARD`, `DROP`, `UNLOCK TABLES`.
+    pub releases: bool,
 }
 
 impl Verdict {
@@ -117,6 +122,7 @@ impl Verdict {
         sets_config_only: false,
         session_read_only: None,
         about_last_statement: false,
+        releases: false,
     };
 
     /// Whether a read-only session must refuse this string with SQLSTATE 25006.
@@ -197,6 +203,7 @@ impl Verdict {
             self.sets_config_only = self.statements == 1 && s.sets_config_only;
             self.session_read_only = s.session_read_only.or(self.session_read_only);
             self.about_last_statement |= s.about_last_statement;
+            self.releases |= s.releases;
         }
     }
 }

@@ -13,6 +13,7 @@ pub(super) struct Stmt {
     pub(super) sets_config_only: bool,
     pub(super) session_read_only: Option<bool>,
     pub(super) about_last_statement: bool,
+    pub(super) releases: bool,
 }
 
 /// The per-statement state machine fed one token at a time.
@@ -60,6 +61,8 @@ pub(super) struct Scan<'a, 'x> {
     custom_setting: bool,
     /// A `set_config` call.
     set_config: bool,
+    /// It may release what keeps a session on its connection ([`Verdict::releases`]).
+    releases: bool,
     /// The previous token opened a `current_setting(` call: its argument is next.
     setting_arg: bool,
     /// A call, other than `set_config`, to a function not on the read-only list.
@@ -108,6 +111,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             serializable: false,
             custom_setting: false,
             set_config: false,
+            releases: false,
             setting_arg: false,
             other_unsafe_call: false,
             local_relation: false,
@@ -196,6 +200,7 @@ impl<'a, 'x> Scan<'a, 'x> {
         }
         if self.lead == Lead::None {
             self.lead = lead_of(w);
+            self.releases = ["unlisten", "close", "discard", "drop", "unlock"].iter().any(|k| is(w, k));
         } else {
             self.keyword(w);
         }
@@ -328,14 +333,18 @@ impl<'a, 'x> Scan<'a, 'x> {
             const USER_LOCKS: [&str; 4] = ["get_lock", "release_lock", "release_all_locks", "is_used_lock"];
             let lock =
                 USER_LOCKS.contains(&name) || name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_");
-            (lock, name == "set_config", functions::is_read_only(name, extra), name == "current_setting")
+            // A try that failed takes nothing: the server is asked, as after an unlock.
+            let release =
+                lock && (name.contains("unlock") || name.starts_with("release") || name.starts_with("pg_try_"));
+            (lock, release, name == "set_config", functions::is_read_only(name, extra), name == "current_setting")
         });
-        let Some((lock, set_config, read_only, setting)) = known else {
+        let Some((lock, release, set_config, read_only, setting)) = known else {
             self.unsafe_call = true; // a name no built-in has
             self.other_unsafe_call = true;
             return;
         };
         self.advisory |= lock;
+        self.releases |= release;
         self.custom_setting |= set_config;
         self.setting_arg = setting && builtin;
         if !builtin || !read_only {
@@ -408,6 +417,7 @@ impl<'a, 'x> Scan<'a, 'x> {
                 && !self.param,
             session_read_only: if self.characteristics { self.opts.read_only } else { None },
             about_last_statement: self.last_statement,
+            releases: self.releases,
         }
     }
 }

@@ -345,6 +345,35 @@ fn pins() {
 }
 
 #[test]
+fn statements_that_may_release_a_pin() {
+    for sql in [
+        "select pg_advisory_unlock(1)",
+        "SELECT pg_catalog.PG_ADVISORY_UNLOCK_ALL()",
+        "select pg_advisory_unlock_shared(1, 2)",
+        "select pg_try_advisory_lock(1)",
+        "UNLISTEN *",
+        "unlisten c",
+        "CLOSE ALL",
+        "close c",
+        "DISCARD TEMP",
+        "drop table scratch",
+        "select 1; select pg_advisory_unlock(7)",
+    ] {
+        assert!(classify_pg(sql).releases, "{sql}");
+    }
+    for sql in
+        ["select pg_advisory_lock(1)", "listen c", "select 1", "insert into t values (1)", "select closed from t"]
+    {
+        assert!(!classify_pg(sql).releases, "{sql}");
+    }
+    let m = |sql| classify_mysql_with(sql, &[]);
+    for sql in ["SELECT RELEASE_LOCK('x')", "select release_all_locks()", "UNLOCK TABLES", "DROP TEMPORARY TABLE t"] {
+        assert!(m(sql).releases, "{sql}");
+    }
+    assert!(!m("SELECT GET_LOCK('x', 1)").releases);
+}
+
+#[test]
 fn session_and_serializable_flags() {
     assert!(classify_pg("set search_path = a").session);
     assert!(classify_pg("select 1; set search_path = a").session);

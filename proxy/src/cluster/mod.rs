@@ -343,9 +343,9 @@ impl Cluster {
         }
     }
 
-    /// What a session's checkout of a backend connection respects.
-    pub fn limits(&self) -> crate::pool::Limits {
-        let per_key = match self.config.pool_mode {
+    /// What a checkout of a backend connection for `user`'s session respects.
+    pub fn limits(&self, user: &str) -> crate::pool::Limits {
+        let per_key = match self.config.pool_mode_of(user) {
             sqlswitch_config::PoolMode::Transaction => self.config.pool_size,
             sqlswitch_config::PoolMode::Session => 0,
         };
@@ -353,7 +353,7 @@ impl Cluster {
             max_open: self.config.max_backend_connections,
             wait: self.config.connect_timeout,
             per_key,
-            shuffle: self.config.pool_shuffle,
+            shuffle: self.config.pool_shuffle && per_key > 0,
         }
     }
 

@@ -301,6 +301,20 @@ impl BackendConn {
     /// # Errors
     /// I/O failure, or the server's error message.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.query_passing(sql, None).await
+    }
+
+    /// [`Self::simple_query`] on a session's own connection: the notifications and notices
+    /// the server sends meanwhile (a `LISTEN`ing session's) are added to `aside`, whole, for
+    /// the client.
+    ///
+    /// # Errors
+    /// As [`Self::simple_query`].
+    pub async fn query_passing(
+        &mut self,
+        sql: &str,
+        mut aside: Option<&mut BytesMut>,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut out)?;
         self.stream.send(&out).await?;
@@ -317,6 +331,11 @@ impl BackendConn {
                 msg::READY_FOR_QUERY => {
                     self.tx = TxStatus::from_byte(f.body().first().copied().unwrap_or(b'I'));
                     return failure.map_or(Ok(rows), Err);
+                }
+                msg::NOTIFICATION_RESPONSE | msg::NOTICE_RESPONSE => {
+                    if let Some(aside) = aside.as_deref_mut() {
+                        aside.extend_from_slice(&f.bytes);
+                    }
                 }
                 _ => {}
             }

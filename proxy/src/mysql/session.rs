@@ -114,7 +114,7 @@ impl<'a> MySession<'a> {
         thread: ThreadId,
         peer: std::net::SocketAddr,
     ) -> Self {
-        let mut core = Core::new(id.cluster, id.read_only);
+        let mut core = Core::new(id.cluster, id.read_only, id.key.user());
         core.start(side, first);
         Self {
             client,
@@ -129,7 +129,9 @@ impl<'a> MySession<'a> {
             thread,
             wait_timeout: None,
             peer,
-            pooling: pooling::Pooling::default(),
+            // The login's connection goes back (transaction pooling) before the first command: a
+            // client that logs in and waits holds none.
+            pooling: pooling::Pooling { boundary: true, ..Default::default() },
         }
     }
 
@@ -291,13 +293,14 @@ impl<'a> MySession<'a> {
                     self.core.set_read_only(declared);
                 }
                 let in_tx = self.in_tx();
+                let releases = if v.releases { commands::releases_all_of(&sql) } else { 0 };
                 let mut record = None;
                 let note = if let Some(pin) = v.pin {
-                    Note { pins: true, unmovable: crate::session::state::unmovable(pin, true) }
+                    Note { pins: true, unmovable: crate::session::state::unmovable(pin, true), releases: false }
                 } else if v.session && in_tx {
-                    Note { pins: true, unmovable: Some("session state set inside a transaction") }
+                    Note { pins: true, unmovable: Some("session state set inside a transaction"), releases: false }
                 } else if v.session && (v.statements > 1 || legacy) {
-                    Note { pins: true, unmovable: Some("session state that sqlswitch cannot replay") }
+                    Note { pins: true, unmovable: Some(commands::UNREPLAYABLE), releases: false }
                 } else {
                     // `SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE` pins the session to
                     // the primary and, like any session setting, is replayed on every server
@@ -305,9 +308,16 @@ impl<'a> MySession<'a> {
                     if v.class == Class::Session {
                         record = Some(sql.into_owned());
                     }
-                    Note { pins: v.serializable, unmovable: None }
+                    Note { pins: v.serializable, unmovable: None, releases: false }
                 };
                 self.core.note(note);
+                if v.pin.is_some() && v.statements > 1 {
+                    // Which kinds a multi-statement string pins is not known one by one: only
+                    // a reset releases them.
+                    self.core.note(Note { pins: true, unmovable: Some(commands::UNREPLAYABLE), releases: false });
+                } else if releases != 0 {
+                    self.core.released(releases);
+                }
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
                 let last = self.core.active().and_then(|side| self.core.slot(side).map(|s| (side, s.backend)));
@@ -355,9 +365,13 @@ impl<'a> MySession<'a> {
                     self.note_cursor(cmd, id, 0);
                 }
                 if cmd == command::SET_OPTION {
-                    self.core.note(Note { pins: true, unmovable: Some("a connection option (COM_SET_OPTION)") });
+                    self.core.note(Note {
+                        pins: true,
+                        unmovable: Some("a connection option (COM_SET_OPTION)"),
+                        releases: false,
+                    });
                 } else if cmd == command::RESET_CONNECTION {
-                    self.core.note(Note { pins: true, unmovable: None });
+                    self.core.note(Note { pins: true, unmovable: None, releases: false });
                     self.wait_timeout = None;
                 }
                 let batch = route::Batch { session_state: true, ..Default::default() };

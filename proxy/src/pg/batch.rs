@@ -99,6 +99,8 @@ pub struct OpenBatch {
     pub complete: bool,
     /// It holds only named Parses and Syncs (libpq's `PQprepare`).
     pub only_parses: bool,
+    /// Some statement may release what keeps the session on its connection.
+    pub releases: bool,
 }
 
 impl OpenBatch {
@@ -122,6 +124,7 @@ impl OpenBatch {
         self.syncs = 0;
         self.complete = false;
         self.only_parses = true;
+        self.releases = false;
     }
 
     /// Adds a statement's verdict; `text` is its text, kept when it is session state. State set
@@ -135,6 +138,7 @@ impl OpenBatch {
         if v.may_write() {
             self.maybe_writes = true;
         }
+        self.releases |= v.releases;
         if let Some(pin) = v.pin {
             self.pins = true;
             if let Some(why) = crate::session::state::unmovable(pin, false) {

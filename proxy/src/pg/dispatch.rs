@@ -109,7 +109,7 @@ impl Session<'_> {
                 None => StateChange::ForgetAll,
             });
         }
-        self.core.note(Note { pins: self.batch.pins, unmovable: self.batch.unmovable });
+        self.core.note(Note { pins: self.batch.pins, unmovable: self.batch.unmovable, releases: self.batch.releases });
         let len = self.batch.len;
         let bytes = self.cbuf.split_to(len).freeze();
         let binds = std::mem::take(&mut self.batch.binds);
@@ -565,5 +565,5 @@ async fn acquire(id: &Identity<'_>, backend: usize) -> Result<BackendConn, Backe
     };
     let to = b.dialing(cluster.config.connect_timeout);
     let open = || BackendConn::connect(&to, &login);
-    b.checkout(id.key, cluster.limits(), open).await
+    b.checkout(id.key, cluster.limits(id.key.user()), open).await
 }

@@ -250,7 +250,7 @@ async fn acquire(
         let timeout = cluster.config.connect_timeout;
         let to = backend.dialing(timeout);
         let open = || BackendConn::connect(&to, login);
-        match backend.checkout(key, cluster.limits(), open).await {
+        match backend.checkout(key, cluster.limits(key.user()), open).await {
             Ok(conn) => return Ok((index, conn)),
             // The server itself said no (bad database, no such role): every backend of the
             // cluster would say the same, so relay it now.
@@ -305,8 +305,22 @@ pub(crate) async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut c
     }
 }
 
+/// Whether the connection holds what keeps a session on it: a session-level advisory lock, a
+/// `LISTEN`, a cursor `WITH HOLD`, a relation in its temporary schema.
+const HOLDS_UNMOVABLE: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks \
+     WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+     OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) \
+     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
+     OR EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+
 impl crate::session::core::Link for BackendConn {
     const WATCHED: bool = true;
+    const CHECKED: u8 = crate::session::state::Held::PG_CHECKED;
+
+    async fn holds_unmovable(&mut self, aside: &mut BytesMut) -> Result<bool, BackendError> {
+        let rows = self.query_passing(HOLDS_UNMOVABLE, Some(aside)).await?;
+        Ok(rows.first().and_then(|r| r.first()).is_none_or(|v| v.as_deref() != Some("f")))
+    }
 
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
         self.simple_queries(sql).await

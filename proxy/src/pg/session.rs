@@ -166,7 +166,7 @@ impl<'a> Session<'a> {
         Self {
             client,
             cbuf,
-            core: Core::new(id.cluster, id.read_only),
+            core: Core::new(id.cluster, id.read_only, id.key.user()),
             id,
             batch,
             outstanding: 0,
@@ -182,7 +182,9 @@ impl<'a> Session<'a> {
             retry: None,
             retry_binds: Names::default(),
             unnamed_side: None,
-            boundary: false,
+            // The login's connection goes back (transaction pooling) before the first statement:
+            // a client that logs in and waits holds none.
+            boundary: true,
             unnamed_unbound: false,
         }
     }
@@ -232,6 +234,15 @@ impl<'a> Session<'a> {
         loop {
             if self.boundary && self.is_idle() && self.cbuf.is_empty() {
                 self.boundary = false;
+                if self.core.rechecks() {
+                    let mut aside = bytes::BytesMut::new();
+                    Box::pin(self.core.recheck_pins(&mut aside)).await;
+                    if !aside.is_empty() {
+                        if let Err(end) = self.send_client(&aside).await {
+                            return end;
+                        }
+                    }
+                }
                 if self.core.transaction_ended(self.id.key) && !self.unnamed_unbound {
                     Box::pin(self.give_back()).await;
                 } else if self.core.keeping() {

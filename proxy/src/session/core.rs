@@ -27,6 +27,15 @@ pub trait Link: Pooled + Sized {
     /// connection is checked before it is used.
     const WATCHED: bool;
 
+    /// The kinds of state that keep a session on its connection ([`crate::session::state::Held`] bits) that the
+    /// server can be asked whether the connection still holds.
+    const CHECKED: u8;
+
+    /// Whether the connection still holds state of the kinds [`Link::CHECKED`] (its server
+    /// answers); what the server sends the client meanwhile (notifications) is added to
+    /// `aside`.
+    async fn holds_unmovable(&mut self, aside: &mut bytes::BytesMut) -> Result<bool, BackendError>;
+
     /// Runs the session-state statements `sql` (those this connection has not run yet), in order.
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError>;
 
@@ -185,8 +194,8 @@ impl<C> Drop for Core<'_, C> {
 }
 
 impl<'a, C: Link> Core<'a, C> {
-    /// A session of `cluster` with no connection yet.
-    pub fn new(cluster: &'a Cluster, read_only: bool) -> Self {
+    /// A session of `user` on `cluster` with no connection yet.
+    pub fn new(cluster: &'a Cluster, read_only: bool, user: &str) -> Self {
         Self {
             cluster,
             slots: Pair::default(),
@@ -195,7 +204,7 @@ impl<'a, C: Link> Core<'a, C> {
             read_only,
             maintenance: None,
             primary_work: PrimaryWork::default(),
-            per_transaction: cluster.config.pool_mode == sqlswitch_config::PoolMode::Transaction,
+            per_transaction: cluster.config.pool_mode_of(user) == sqlswitch_config::PoolMode::Transaction,
             tx_wrote: false,
             kept: false,
             pin_counted: false,

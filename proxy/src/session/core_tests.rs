@@ -21,6 +21,8 @@ struct Fake {
     asked: Arc<AtomicUsize>,
     /// What it holds of a session's state as it comes from the pool (`None`: another's).
     held: Option<usize>,
+    /// Whether the server would say it still holds unmovable state.
+    holding: bool,
 }
 
 impl crate::pool::Rehome for Fake {
@@ -41,6 +43,12 @@ impl Pooled for Fake {
 
 impl Link for Fake {
     const WATCHED: bool = true;
+    const CHECKED: u8 = crate::session::state::Held::PG_CHECKED;
+
+    async fn holds_unmovable(&mut self, _aside: &mut bytes::BytesMut) -> Result<bool, BackendError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Ok(self.holding)
+    }
 
     fn holds(&self, _replay: &[String]) -> Option<usize> {
         self.held
@@ -98,8 +106,9 @@ fn cluster_with(extra: &str) -> Arc<Cluster> {
 
 /// A core whose primary connection (to backend 0) is active, with `released` counting resets.
 fn on_primary<'a>(cluster: &'a Cluster, released: &Arc<AtomicUsize>, frozen: bool) -> Core<'a, Fake> {
-    let mut core = Core::new(cluster, false);
-    let conn = Fake { backend: 0, frozen, released: Arc::clone(released), asked: Arc::default(), held: None };
+    let mut core = Core::new(cluster, false, "app");
+    let conn =
+        Fake { backend: 0, frozen, released: Arc::clone(released), asked: Arc::default(), held: None, holding: false };
     core.slots[Side::Primary] = Some(Box::new(Slot::new(cluster, 0, conn)));
     core.active = Some(Side::Primary);
     core
@@ -118,7 +127,7 @@ async fn an_open_transaction_never_moves_to_a_new_primary() {
     let open = |backend| {
         opened.fetch_add(1, Ordering::SeqCst);
         let released = Arc::clone(&released);
-        async move { Ok(Fake { backend, frozen: false, released, asked: Arc::default(), held: None }) }
+        async move { Ok(Fake { backend, frozen: false, released, asked: Arc::default(), held: None, holding: false }) }
     };
     let e = core.ready(Side::Primary, 1, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == DEPOSED), "{e:?}");
@@ -134,7 +143,7 @@ async fn between_transactions_the_connection_moves() {
     let mut core = on_primary(&cluster, &released, false);
     let r = Arc::clone(&released);
     let open = move |backend| async move {
-        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None })
+        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None, holding: false })
     };
     let slot = core.ready(Side::Primary, 1, &key(), Tx::None, open).await.expect("moves");
     assert_eq!((slot.backend, slot.conn.backend), (1, 1));
@@ -153,7 +162,7 @@ async fn a_lost_lease_ends_an_open_transaction_even_on_the_same_primary() {
     assert!(!core.settled(Side::Primary, 0, Tx::Open), "the fast path does not skip the check");
     let r = Arc::clone(&released);
     let open = move |backend| async move {
-        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None })
+        Ok(Fake { backend, frozen: false, released: r, asked: Arc::default(), held: None, holding: false })
     };
     let e = core.ready(Side::Primary, 0, &key(), Tx::Open, open).await.err().expect("the transaction ends");
     assert!(matches!(e, BackendError::Ended(why) if why == LEASE_LOST), "{e:?}");
@@ -192,8 +201,8 @@ fn replica_caught_up_to(cluster: &Cluster, t: u64) {
 #[tokio::test(start_paused = true)]
 async fn the_gate_holds_primary_work_and_lets_reads_through() {
     let cluster = cluster();
-    let mut writer = Core::<Fake>::new(&cluster, false);
-    let mut reader = Core::<Fake>::new(&cluster, false);
+    let mut writer = Core::<Fake>::new(&cluster, false, "app");
+    let mut reader = Core::<Fake>::new(&cluster, false, "app");
     cluster.gate.set(|h| h.primary = true);
     assert!(matches!(reader.pass(false, true).await, Ok(true)), "a replica read passes a switchover's hold");
     let held = tokio::time::timeout(Duration::from_millis(500), writer.pass(true, false)).await;
@@ -214,7 +223,14 @@ fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
+    let conn = Fake {
+        backend: 1,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    };
     core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
     core.fall_back(&BackendError::Timeout);
     assert!(core.slots[Side::Replica].is_none(), "the replica's connection is dropped");
@@ -230,7 +246,7 @@ fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
 #[test]
 fn reads_wait_for_a_replica_that_has_the_sessions_last_write() {
     let cluster = cluster_with("monitor = { user = \"m\", password = \"m\" }\n");
-    let mut core = Core::<Fake>::new(&cluster, false);
+    let mut core = Core::<Fake>::new(&cluster, false, "app");
     let before = cluster.clock.now().max(1);
     replica_caught_up_to(&cluster, before);
     let d = core.route(&READ, Tx::None);
@@ -269,6 +285,7 @@ async fn whenever_settled_holds_ready_does_nothing() {
             released: Arc::clone(&released),
             asked: Arc::clone(&asked),
             held: None,
+            holding: false,
         };
         let mut slot = Slot::new(&cluster, slot_backend, conn);
         slot.stale = bit(1);
@@ -302,11 +319,11 @@ fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable_until_discard_all
     let mut core = on_primary(&cluster, &released, false);
     core.note(Note::default());
     assert!(!core.state().pinned(), "a plain statement leaves the session free");
-    core.note(Note { pins: true, unmovable: None });
+    core.note(Note { pins: true, unmovable: None, releases: false });
     assert!(core.state().pinned() && core.state().unmovable().is_none(), "pinned to the primary, still movable");
-    core.note(Note { pins: false, unmovable: Some("a temporary table") });
+    core.note(Note { pins: false, unmovable: Some("a temporary table"), releases: false });
     assert_eq!(core.state().unmovable(), Some("a temporary table"), "an unmovable note implies the pin");
-    core.note(Note { pins: true, unmovable: Some("LISTEN") });
+    core.note(Note { pins: true, unmovable: Some("LISTEN"), releases: false });
     assert_eq!(core.state().unmovable(), Some("a temporary table"), "the first reason is the one told");
     core.discarded(Side::Replica);
     assert!(core.state().unmovable().is_some(), "a DISCARD ALL elsewhere leaves the primary's state");
@@ -314,7 +331,7 @@ fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable_until_discard_all
     assert!(!core.state().pinned(), "a DISCARD ALL on the primary connection leaves nothing that pins");
     let pooled = cluster_with("pool_mode = \"transaction\"\n");
     let mut core = on_primary(&pooled, &released, false);
-    core.note(Note { pins: true, unmovable: Some("an advisory lock") });
+    core.note(Note { pins: true, unmovable: Some("an advisory lock"), releases: false });
     let key = PoolKey::new("app", Vec::<(&str, &str)>::new());
     assert!(!core.transaction_ended(&key), "the lock keeps the connection");
     core.discarded(Side::Primary);
@@ -322,11 +339,48 @@ fn a_statements_note_pins_and_an_unmovable_one_stays_unmovable_until_discard_all
 }
 
 #[test]
+fn a_users_pool_mode_overrides_the_clusters() {
+    let pooled = cluster_with("pool_mode = \"transaction\"\npool_size = 3\n");
+    assert_eq!(pooled.limits("app").per_key, 3);
+    assert_eq!(pooled.limits("looked-up").per_key, 3, "a user not listed pools as the cluster says");
+    let text = "pool_mode = \"transaction\"\n[[cluster.user]]\nname = \"migrate\"\npassword = \"m\"\npool_mode = \"session\"\n";
+    let mixed = cluster_with(text);
+    assert_eq!(mixed.limits("migrate").per_key, 0, "a session-mode user's sessions keep their connections");
+    let released = Arc::new(AtomicUsize::new(0));
+    let key = PoolKey::new("migrate", Vec::<(&str, &str)>::new());
+    let mut core = Core::<Fake>::new(&mixed, false, "migrate");
+    let conn = Fake {
+        backend: 0,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    };
+    core.slots[Side::Primary] = Some(Box::new(Slot::new(&mixed, 0, conn)));
+    core.active = Some(Side::Primary);
+    assert!(!core.transaction_ended(&key), "the session-mode user keeps its connection");
+    let session = cluster_with("[[cluster.user]]\nname = \"web\"\npassword = \"w\"\npool_mode = \"transaction\"\n");
+    assert!(session.config.pools_transactions());
+    assert_eq!(session.limits("web").per_key, 20);
+    let mut core = on_primary(&session, &released, false);
+    let app = PoolKey::new("app", Vec::<(&str, &str)>::new());
+    assert!(!core.transaction_ended(&app), "the cluster's session mode for users without their own");
+}
+
+#[test]
 fn a_recorded_setting_is_replayed_on_the_other_connection_only_and_discard_forgets_it() {
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
+    let conn = Fake {
+        backend: 1,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    };
     core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
     core.recorded(Side::Primary, "SET TimeZone = 'UTC'".into());
     assert_eq!(core.slot(Side::Primary).map(|s| s.applied.replayed), Some(1), "the connection that ran it has it");
@@ -341,7 +395,7 @@ fn a_recorded_setting_is_replayed_on_the_other_connection_only_and_discard_forge
 #[test]
 fn a_write_is_refused_for_the_session_first_then_for_maintenance() {
     let cluster = cluster();
-    let mut core = Core::<Fake>::new(&cluster, true);
+    let mut core = Core::<Fake>::new(&cluster, true, "app");
     assert_eq!(core.refusal(true, true), Some(Refused::ReadOnly));
     assert_eq!(core.refusal(false, true), None, "a read-only session's unsure statement goes to a replica's refusal");
     core.maintenance = Some("the primary is away");
@@ -361,7 +415,14 @@ fn a_taken_connection_is_no_longer_active_and_a_start_makes_one_active() {
     assert_eq!(core.active(), None, "no active side points at a connection the session gave up");
     core.activate(Side::Primary);
     assert_eq!(core.active(), None, "a side without a connection is never made active");
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
+    let conn = Fake {
+        backend: 1,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    };
     core.start(Side::Replica, Slot::new(&cluster, 1, conn));
     assert_eq!(core.active(), Some(Side::Replica));
     assert!(core.take_all().into_iter().any(|(_, s)| s.is_some()) && core.active().is_none());
@@ -388,7 +449,7 @@ fn connections_go_back_between_transactions_unless_the_session_holds_them() {
     assert!(core.transaction_ended(&key), "given back after the next one");
     core.define("s1", bytes::Bytes::from_static(b"P"), true);
     assert!(core.transaction_ended(&key), "a named statement goes with its connection");
-    core.note(Note { pins: true, unmovable: Some("a temporary table") });
+    core.note(Note { pins: true, unmovable: Some("a temporary table"), releases: false });
     assert!(!core.transaction_ended(&key), "unmovable state keeps the connection");
 }
 
@@ -400,11 +461,13 @@ async fn a_pooled_connection_keeps_what_the_session_shares_and_clears_the_rest()
     let released = Arc::new(AtomicUsize::new(0));
     // Asked of it: nothing when it holds the state; else a clear, then the replay.
     for (held, asked_of_it) in [(Some(1), 0), (None, 2)] {
-        let mut core = Core::<Fake>::new(&cluster, false);
+        let mut core = Core::<Fake>::new(&cluster, false, "app");
         core.starts_with(vec!["SET application_name = 'a'".into()]);
         let asked = Arc::new(AtomicUsize::new(0));
         let (r, a) = (Arc::clone(&released), Arc::clone(&asked));
-        let open = move |backend| async move { Ok(Fake { backend, frozen: false, released: r, asked: a, held }) };
+        let open = move |backend| async move {
+            Ok(Fake { backend, frozen: false, released: r, asked: a, held, holding: false })
+        };
         let slot = core.ready(Side::Primary, 0, &key(), Tx::None, open).await.expect("a connection");
         assert_eq!(slot.applied.replayed, 1, "the session's state is on it");
         assert_eq!(asked.load(Ordering::SeqCst), asked_of_it, "held {held:?}");
@@ -436,7 +499,14 @@ fn only_each_parameters_last_setting_is_replayed() {
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
     core.starts_with(vec!["SET application_name = 'app'".into()]);
-    let conn = Fake { backend: 1, frozen: false, released: Arc::clone(&released), asked: Arc::default(), held: None };
+    let conn = Fake {
+        backend: 1,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    };
     core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
     for sql in ["SET search_path = a", "PREPARE q AS SELECT 1", "SET ROLE x"] {
         core.recorded(Side::Primary, sql.into());
@@ -454,4 +524,53 @@ fn only_each_parameters_last_setting_is_replayed() {
         Some(2),
         "the replica ran the login's setting and PREPARE of what is left; RESET ROLE and the new path follow"
     );
+}
+
+#[tokio::test]
+async fn a_pin_ends_when_the_server_says_its_state_is_released() {
+    use crate::session::state::Held;
+    let pooled = cluster_with("pool_mode = \"transaction\"\n");
+    let released = Arc::new(AtomicUsize::new(0));
+    let key = PoolKey::new("app", Vec::<(&str, &str)>::new());
+    let lock = Note { pins: true, unmovable: Some("an advisory lock"), releases: false };
+    let unlock = Note { pins: true, unmovable: Some("an advisory lock"), releases: true };
+
+    // Taken, then released: the server is asked once, and the session pools again.
+    let mut core = on_primary(&pooled, &released, false);
+    core.note(lock);
+    assert!(!core.rechecks(), "nothing released yet: nothing to ask");
+    core.note(unlock);
+    assert!(core.rechecks());
+    core.recheck_pins(&mut bytes::BytesMut::new()).await;
+    assert!(!core.rechecks(), "asked once");
+    assert_eq!(core.state().unmovable(), None);
+    assert!(core.state().pinned(), "what pinned it may have pinned it to the primary too");
+    assert!(core.transaction_ended(&key), "the connection goes back");
+
+    // The server says something is still held (another lock, a LISTEN): the pin stays.
+    let mut core = on_primary(&pooled, &released, false);
+    if let Some(slot) = core.slots[Side::Primary].as_mut() {
+        slot.conn.holding = true;
+    }
+    core.note(lock);
+    core.note(Note { pins: true, unmovable: Some("LISTEN"), releases: true });
+    core.recheck_pins(&mut bytes::BytesMut::new()).await;
+    assert_eq!(core.state().unmovable(), Some("an advisory lock"));
+    assert!(!core.transaction_ended(&key));
+
+    // State the server cannot be asked about is never released by its answer.
+    let mut core = on_primary(&pooled, &released, false);
+    core.note(lock);
+    core.note(Note { pins: true, unmovable: Some("session state that sqlswitch cannot replay"), releases: true });
+    assert_eq!(core.state().held(), Held::ADVISORY | Held::OTHER);
+    assert!(!core.rechecks(), "only a DISCARD ALL releases what the server cannot be asked about");
+
+    // A statement that releases all of one kind (MySQL's UNLOCK TABLES) leaves the others.
+    let mut core = on_primary(&pooled, &released, false);
+    core.note(Note { pins: true, unmovable: Some("LOCK TABLES"), releases: false });
+    core.note(Note { pins: true, unmovable: Some("a GET_LOCK() lock"), releases: false });
+    core.released(Held::LOCK_TABLES);
+    assert_eq!(core.state().unmovable(), Some("a GET_LOCK() lock"), "the reason left is the one told");
+    core.released(Held::GET_LOCK);
+    assert_eq!((core.state().unmovable(), core.state().held()), (None, 0));
 }

@@ -3,6 +3,8 @@
 //! defined, and the refusal of a write before it reaches any server. One place for both
 //! protocols; the adapters classify, the core keeps the rules.
 
+use tracing::debug;
+
 use super::{Applied, Core, Link, Side};
 use crate::session::state::parameter_of;
 
@@ -13,6 +15,8 @@ pub struct Note {
     pub pins: bool,
     /// It leaves state on its connection that cannot move to another server, and why.
     pub unmovable: Option<&'static str>,
+    /// It may release such state (an unlock, `UNLISTEN`, `CLOSE`, `DROP`, ...).
+    pub releases: bool,
 }
 
 /// Why a statement is refused before it reaches any server.
@@ -61,6 +65,48 @@ impl<C: Link> Core<'_, C> {
         if let Some(why) = note.unmovable {
             self.state.stuck(why);
             self.counted_pin();
+        }
+        if note.releases && self.state.unmovable().is_some() {
+            self.state.recheck = true;
+        }
+    }
+
+    /// A statement released every piece of state of the kinds `kinds`
+    /// ([`crate::session::state::Held`] bits) on the session's primary connection.
+    pub fn released(&mut self, kinds: u8) {
+        self.state.released(kinds);
+        self.uncount_pin();
+    }
+
+    /// Whether to ask the server at this transaction's end what still keeps the session on
+    /// its connection ([`Core::recheck_pins`]).
+    pub fn rechecks(&self) -> bool {
+        self.state.rechecks(C::CHECKED)
+    }
+
+    /// Asks the server whether the session's primary connection still holds what kept the
+    /// session there, after a statement that may have released it: when it holds nothing,
+    /// the session may move again (transaction pooling gives the connection back; a change of
+    /// primary moves the session instead of ending it). A failed question changes nothing:
+    /// the session finds the broken connection at its next statement. What the server sent
+    /// the client meanwhile is added to `aside`.
+    pub async fn recheck_pins(&mut self, aside: &mut bytes::BytesMut) {
+        self.state.recheck = false;
+        let Some(slot) = self.slots[Side::Primary].as_deref_mut() else { return };
+        match slot.conn.holds_unmovable(aside).await {
+            Ok(false) => {
+                debug!("the session's connection holds nothing that keeps it there any more");
+                self.released(C::CHECKED);
+            }
+            Ok(true) => {}
+            Err(e) => debug!(error = %e, "could not ask what the session's connection holds"),
+        }
+    }
+
+    /// The gauge of pinned sessions no longer counts this one once nothing keeps it.
+    fn uncount_pin(&mut self) {
+        if self.state.unmovable().is_none() && std::mem::take(&mut self.pin_counted) {
+            self.cluster.metrics.pinned.decrement(1.0);
         }
     }
 

@@ -96,6 +96,48 @@ pub struct SessionState {
     pub(super) startup: usize,
     /// Keep only each parameter's last setting in `replay` (PostgreSQL; [`parameter_of`]).
     pub(super) compact: bool,
+    /// What keeps the session on its connection, one bit per kind ([`Held`]).
+    held: u8,
+    /// A statement that may release some of it ran: the server is asked at the transaction's
+    /// end ([`SessionState::rechecks`]).
+    pub(super) recheck: bool,
+}
+
+/// The kinds of state that keep a session on its connection, as bits of a `u8`: those a
+/// statement can release, and the rest (only a `DISCARD ALL` releases them).
+#[derive(Debug, Clone, Copy)]
+pub struct Held;
+
+impl Held {
+    /// A temporary table (or any relation in the session's temporary schema).
+    pub const TEMP: u8 = 1;
+    /// `LISTEN`.
+    pub const LISTEN: u8 = 2;
+    /// A session-level advisory lock (PostgreSQL).
+    pub const ADVISORY: u8 = 4;
+    /// A cursor `WITH HOLD`.
+    pub const CURSOR: u8 = 8;
+    /// A `GET_LOCK()` lock (MySQL).
+    pub const GET_LOCK: u8 = 16;
+    /// `LOCK TABLES` (MySQL).
+    pub const LOCK_TABLES: u8 = 32;
+    /// Anything else: state set inside a transaction, state sqlswitch cannot replay, ...
+    pub const OTHER: u8 = 128;
+    /// What a PostgreSQL server can be asked whether the connection still holds.
+    pub const PG_CHECKED: u8 = Self::TEMP | Self::LISTEN | Self::ADVISORY | Self::CURSOR;
+
+    const REASONS: [(u8, &'static str); 6] = [
+        (Self::TEMP, "a temporary table"),
+        (Self::LISTEN, LISTENING),
+        (Self::ADVISORY, "an advisory lock"),
+        (Self::CURSOR, "a cursor WITH HOLD"),
+        (Self::GET_LOCK, "a GET_LOCK() lock"),
+        (Self::LOCK_TABLES, "LOCK TABLES"),
+    ];
+
+    fn of(why: &str) -> u8 {
+        Self::REASONS.iter().find(|(_, r)| *r == why).map_or(Self::OTHER, |(bit, _)| *bit)
+    }
 }
 
 /// The reason a session that ran `LISTEN` cannot move: it waits for notifications that only
@@ -143,6 +185,7 @@ impl SessionState {
     /// The session holds state that cannot move (`why`): it stays on its primary connection.
     /// The first reason is kept.
     pub(super) fn stuck(&mut self, why: &'static str) {
+        self.held |= Held::of(why);
         if !matches!(self.stay, Stay::Unmovable(_)) {
             self.stay = Stay::Unmovable(why);
         }
@@ -152,6 +195,36 @@ impl SessionState {
     /// tables, locks, `LISTEN`s, cursors and settings alike. It may run anywhere again.
     pub(super) fn unpin(&mut self) {
         self.stay = Stay::Free;
+        self.held = 0;
+        self.recheck = false;
+    }
+
+    /// What keeps the session on its connection ([`Held`] bits).
+    #[cfg(test)]
+    pub fn held(&self) -> u8 {
+        self.held
+    }
+
+    /// The kinds `kinds` of state are gone from the session's primary connection (the server
+    /// said so, or a statement that releases all of a kind succeeded). When nothing is left
+    /// that keeps it there, it may move again, on the primary only (what pinned it may have
+    /// pinned it to the primary for other reasons too, and staying there is always safe).
+    pub(super) fn released(&mut self, kinds: u8) {
+        self.held &= !kinds;
+        let Stay::Unmovable(why) = self.stay else { return };
+        if self.held == 0 {
+            self.stay = Stay::Primary;
+        } else if Held::of(why) & self.held == 0 {
+            let left = Held::REASONS.iter().find(|(bit, _)| self.held & bit != 0);
+            self.stay = Stay::Unmovable(left.map_or("session state that sqlswitch cannot replay", |(_, r)| r));
+        }
+    }
+
+    /// Whether to ask the server, at the transaction's end, what the connection still holds:
+    /// a statement that may release something ran, and all the session holds is of kinds the
+    /// server can be asked about (`checked`: [`Held::PG_CHECKED`], or 0 where it cannot).
+    pub(super) fn rechecks(&self, checked: u8) -> bool {
+        self.recheck && self.held != 0 && self.held & !checked == 0
     }
 
     /// The session holds state only the primary has: it runs there from now on.

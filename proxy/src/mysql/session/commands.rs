@@ -150,3 +150,40 @@ impl MySession<'_> {
         self.client.send(&out).await.map_err(|_| End::ClientGone)
     }
 }
+
+/// Why a session whose state sqlswitch cannot replay stays on its connection.
+pub(super) const UNREPLAYABLE: &str = "session state that sqlswitch cannot replay";
+
+/// The kinds of state ([`crate::session::state::Held`] bits) a single statement `sql`
+/// releases all of, whatever the session took: `UNLOCK TABLES` its table locks,
+/// `SELECT RELEASE_ALL_LOCKS()` its `GET_LOCK()` locks. Anything else releases nothing known
+/// (`RELEASE_LOCK('a')` leaves any other name, or a lock taken twice).
+pub(super) fn releases_all_of(sql: &str) -> u8 {
+    use crate::session::state::Held;
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["unlock", "tables" | "table"] => Held::LOCK_TABLES,
+        ["select", "release_all_locks()"] => Held::GET_LOCK,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod releases_tests {
+    use super::releases_all_of;
+    use crate::session::state::Held;
+
+    #[test]
+    fn only_statements_that_release_a_whole_kind_count() {
+        assert_eq!(releases_all_of("UNLOCK TABLES"), Held::LOCK_TABLES);
+        assert_eq!(releases_all_of("  unlock   tables ;"), Held::LOCK_TABLES);
+        assert_eq!(releases_all_of("SELECT RELEASE_ALL_LOCKS()"), Held::GET_LOCK);
+        for sql in ["SELECT RELEASE_LOCK('a')", "SELECT RELEASE_ALL_LOCKS(), GET_LOCK('b', 1)", "DROP TABLE t"] {
+            assert_eq!(releases_all_of(sql), 0, "{sql}");
+        }
+    }
+}

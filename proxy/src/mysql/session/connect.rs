@@ -132,7 +132,7 @@ pub async fn acquire(id: &Identity<'_>, index: usize) -> Result<MyConn, BackendE
         id.cluster.servers_offer(conn.server_ext);
         Ok(conn)
     };
-    let conn = b.checkout(&id.key, id.cluster.limits(), open).await?;
+    let conn = b.checkout(&id.key, id.cluster.limits(id.key.user()), open).await?;
     match missing_behaviour(conn.caps, id.caps).or_else(|| missing_ext(conn.ext, id.ext)) {
         None => Ok(conn),
         Some(flags) => {
@@ -180,6 +180,14 @@ fn missing_ext(conn: u32, client: u32) -> Option<String> {
 
 impl crate::session::core::Link for MyConn {
     const WATCHED: bool = false;
+    /// MariaDB cannot be asked which user locks or tables a connection holds: releases are
+    /// known from the statements that release all of a kind (`UNLOCK TABLES`,
+    /// `RELEASE_ALL_LOCKS()`).
+    const CHECKED: u8 = 0;
+
+    async fn holds_unmovable(&mut self, _aside: &mut bytes::BytesMut) -> Result<bool, BackendError> {
+        Ok(true)
+    }
 
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
         for statement in sql {
