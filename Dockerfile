@@ -1,11 +1,7 @@
 # Build stage: compile the sqlswitch binary.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# etcd-client (fleet mode) builds its gRPC code with protoc, and etcd's protos import protoc's
-# well-known types (libprotobuf-dev).
-RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* \
-    libprotobuf-dev=3.21.* \
-    && rm -rf /var/lib/apt/lists/*
+# Nothing but Rust: etcd-client's gRPC code is checked in (vendor/, decision 0021).
 COPY . .
 RUN cargo build --release --locked -p sqlswitch
 

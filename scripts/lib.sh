@@ -75,15 +75,11 @@ ensure_promtool() {
   apt_install --no-install-recommends prometheus
 }
 
-# etcd (fleet mode's tests start their own) and protoc (etcd-client builds its gRPC code with it):
-# from Debian's packages when root and missing.
+# etcd (fleet mode's tests start their own): from Debian's packages when root and missing.
+# (Building needs no protoc: etcd-client's gRPC code is checked in, decision 0021.)
 ensure_etcd() {
   local missing=()
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-  # protoc's well-known types (google/protobuf/*.proto), which etcd's protos import: only
-  # recommended by protobuf-compiler, so not there with --no-install-recommends.
-  [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${missing[*]}; install them from Debian's packages (or run this as root)" >&2
