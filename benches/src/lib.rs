@@ -9,6 +9,7 @@ pub mod peers;
 pub mod report;
 pub mod targets;
 pub mod txpool;
+pub mod txpool_mysql;
 
 /// A comma-separated list from the environment variable `name`, else from `default`.
 pub fn list(name: &str, default: &str) -> Vec<String> {

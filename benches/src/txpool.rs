@@ -247,7 +247,7 @@ fn pgbench_threads(clients: &str, args: &[&str]) -> usize {
 }
 
 /// The TCP connections process `pid` holds to `port` on loopback (`ss`), if it can tell.
-fn server_connections(pid: u32, port: u16) -> Option<u64> {
+pub fn server_connections(pid: u32, port: u16) -> Option<u64> {
     let out = std::process::Command::new("ss")
         .args(["-tnpH", "state", "established", "dport", "=", &format!(":{port}")])
         .output()

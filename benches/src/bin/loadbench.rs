@@ -9,10 +9,11 @@
 //!
 //! Options (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS` (default 5),
 //! `BENCH_IDLE_CONNS` (default 5000), `BENCH_ONLY` (comma-separated groups: `pgbench`, `tpcb`,
-//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`, `txpool`; default
+//! `connect`, `idle`, `syscalls`, `callgrind`, `switchover`, `sysbench`, `txpool`, `txpool-mysql`; default
 //! all), `BENCH_CLIENTS` (pgbench -S client counts, default `8,64`), `BENCH_MODES` (default
 //! `simple,extended,prepared`), `BENCH_RESULTS` (the file under `benches/` written, default
-//! `RESULTS.md`); `txpool`'s own in `benches/src/txpool.rs`.
+//! `RESULTS.md`); `txpool`'s own in `benches/src/txpool.rs`, `txpool-mysql`'s in
+//! `benches/src/txpool_mysql.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -79,6 +80,9 @@ fn main() -> Result<()> {
     }
     if opts.wants("txpool") {
         sqlswitch_benches::txpool::run(&sqlswitch, opts.seconds, opts.rounds.min(3), &mut rows, &mut notes)?;
+    }
+    if opts.wants("txpool-mysql") {
+        sqlswitch_benches::txpool_mysql::run(&sqlswitch, opts.seconds, opts.rounds.min(3), &mut rows, &mut notes)?;
     }
     let table = report::markdown(&rows);
     println!("\n{table}");
