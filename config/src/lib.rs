@@ -142,6 +142,16 @@ pub struct Cluster {
     /// sessions send everything to the primary (lag and read-your-writes cannot be checked).
     #[serde(default)]
     pub monitor: Option<Credentials>,
+    /// PostgreSQL: a login for users not listed under `[[cluster.user]]`: sqlswitch looks the
+    /// user's SCRAM verifier up on the primary with `auth_query` and logs the client in by
+    /// passthrough (its own proof opens the backend connections), caching the answer briefly.
+    #[serde(default)]
+    pub auth_user: Option<Credentials>,
+    /// The lookup `auth_user` runs, `$1` standing for the user name (as a quoted literal):
+    /// one row whose first column is the server's `rolpassword`. Default: `pg_authid`, which
+    /// needs a superuser, or a `SECURITY DEFINER` function's call (README).
+    #[serde(default)]
+    pub auth_query: Option<String>,
     /// How often the monitor checks each backend.
     #[serde(default = "defaults::monitor_interval", with = "humantime_serde")]
     pub monitor_interval: Duration,

@@ -252,3 +252,31 @@ fn a_scram_verifier_is_a_postgres_users_secret_and_must_be_whole() {
     let err = parse(&mysql).unwrap_err().to_string();
     assert!(err.contains("PostgreSQL secret"), "{err}");
 }
+
+#[test]
+fn auth_user_and_per_user_pool_mode() {
+    let auth = GOOD.replace(
+        "max_replica_lag = \"1s\"\n",
+        "max_replica_lag = \"1s\"\nauth_user = { user = \"auth\", password_env = \"ANON_PW\" }\n",
+    );
+    let c = parse(&auth).unwrap();
+    assert_eq!(c.clusters[0].auth_user.as_ref().map(|a| a.password.expose()), Some("secret"), "password_env resolved");
+    let no_placeholder =
+        auth.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\nauth_query = \"SELECT 1\"\n");
+    let err = parse(&no_placeholder).unwrap_err();
+    assert_eq!(err.problems[0].key, "cluster[0].auth_query", "{err}");
+    let mysql = auth.replace("protocol = \"postgres\"", "protocol = \"mysql\"");
+    let err = parse(&mysql).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.key == "cluster[0].auth_user"), "{err}");
+
+    let moded = GOOD.replace("name = \"anon\"\n", "name = \"anon\"\npool_mode = \"transaction\"\n");
+    let c = parse(&moded).unwrap();
+    let cl = &c.clusters[0];
+    assert_eq!(cl.pool_mode_of("anon"), PoolMode::Transaction);
+    assert_eq!(cl.pool_mode_of("app"), PoolMode::Session, "the cluster's");
+    assert!(cl.pools_transactions());
+    let shuffled = moded.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\npool_shuffle = true\n");
+    assert!(parse(&shuffled).is_ok(), "a user in transaction mode is enough for pool_shuffle");
+    let shuffled = GOOD.replace("max_replica_lag = \"1s\"\n", "max_replica_lag = \"1s\"\npool_shuffle = true\n");
+    assert!(parse(&shuffled).is_err(), "pool_shuffle with nothing in transaction mode");
+}

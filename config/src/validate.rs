@@ -103,7 +103,18 @@ impl Config {
                     }
                 }
             }
-            for (name, creds) in [("monitor", c.monitor.as_mut()), ("replication", c.replication.as_mut())] {
+            if c.auth_user.is_some() && c.protocol != Protocol::Postgres {
+                add(&mut out, format!("{at}.auth_user"), "is supported for PostgreSQL clusters only".into());
+            }
+            if c.auth_query.as_ref().is_some_and(|q| !q.contains("$1")) {
+                add(&mut out, format!("{at}.auth_query"), "must contain $1, where the user name goes".into());
+            }
+            let creds = [
+                ("monitor", c.monitor.as_mut()),
+                ("replication", c.replication.as_mut()),
+                ("auth_user", c.auth_user.as_mut()),
+            ];
+            for (name, creds) in creds {
                 let Some(creds) = creds else { continue };
                 let key = format!("{at}.{name}");
                 let given = Some(std::mem::take(&mut creds.password)).filter(|p| !p.expose().is_empty());

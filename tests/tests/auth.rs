@@ -79,6 +79,54 @@ async fn a_scram_verifier_in_the_config_logs_in_by_passthrough() {
     assert!(db.message().contains("pg_authid"), "it says what to do: {}", db.message());
 }
 
+/// `auth_user`: a role not in the config logs in with its own password; sqlswitch looks its
+/// verifier up on the primary (here through a `SECURITY DEFINER` function the monitor may call,
+/// as the README shows) and logs in by passthrough, on the replicas and the primary. A wrong
+/// password and an unknown role are refused as the server refuses them (28P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_user_looks_up_users_not_in_the_config() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let (role, password) = ("looked_up_user", "looked-up-not-stored");
+    let verifier = role_with_verifier(topo, role, password);
+    let lookup = "CREATE OR REPLACE FUNCTION public.sqlswitch_auth(name text) RETURNS text \
+                  LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS \
+                  $$ SELECT rolpassword FROM pg_authid WHERE rolname = name AND rolcanlogin $$; \
+                  REVOKE ALL ON FUNCTION public.sqlswitch_auth(text) FROM public; \
+                  GRANT EXECUTE ON FUNCTION public.sqlswitch_auth(text) TO monitor";
+    topo.psql_admin(topo.primary(), lookup, "postgres").unwrap();
+    for replica in topo.replicas() {
+        let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
+        let replicated = || topo.psql_admin(replica, &has, "postgres").is_ok_and(|n| n.trim() == "1");
+        eventually(10, "the replicas have the role", replicated).await;
+    }
+    let extra = "auth_user = { user = \"monitor\", password = \"monitor\" }\n\
+                 auth_query = \"SELECT public.sqlswitch_auth($1)\"";
+    let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    assert!(!text.contains(role) && !text.contains(password), "the user is not in the config");
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+
+    let client = connect(port, (role, password)).await.expect("a user looked up on the primary");
+    let on_replica: String =
+        client.query_one("SELECT current_user || '@' || pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert_eq!(on_replica, format!("{role}@true"), "a read on a replica, logged in by passthrough");
+    let written: String = client
+        .query_one("INSERT INTO items (note) VALUES ('looked up') RETURNING current_user::text", &[])
+        .await
+        .expect("a write on the primary")
+        .get(0);
+    assert_eq!(written, role);
+    let wrong = connect(port, (role, "not-the-password")).await.expect_err("a wrong password");
+    assert_eq!(wrong.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{wrong:?}");
+    let unknown = connect(port, ("nobody_at_all", "x")).await.expect_err("no such role");
+    assert_eq!(unknown.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{unknown:?}");
+    // The configured users still log in with their own passwords.
+    let app = connect(port, sqlswitch_tests::pg::APP).await.expect("a configured user");
+    let one: i32 = app.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 /// A MariaDB user whose config keeps the server's stored `mysql_native_password` hash
 /// (`*` and 40 hex digits), not a password: the client's scramble is checked against it, and
 /// sqlswitch logs in to the primary and the replicas with the key the scramble proved. A wrong

@@ -249,7 +249,9 @@ pub struct Cluster {
     /// Backends, in config order, then those added by reloads.
     pub backends: Backends,
     /// Users by name; replaced whole by a reload.
-    pub users: ArcSwap<HashMap<String, User>>,
+    pub users: ArcSwap<HashMap<String, Arc<User>>>,
+    /// Users looked up through `auth_user`, briefly.
+    pub looked_up: users::LookedUp,
     /// A verifier that matches no password, used for unknown users so that a login attempt
     /// does not reveal which user names exist.
     pub decoy: Verifier,
@@ -474,6 +476,7 @@ impl Cluster {
             progress: std::sync::Mutex::new(String::new()),
             discovery: std::sync::Mutex::new(Discovery::default()),
             mysql_threads: Arc::default(),
+            looked_up: users::LookedUp::default(),
             mysql_ext: AtomicU32::new(u32::MAX),
             clients: tokio::sync::Semaphore::new(config.max_client_connections),
             tls: arc_swap::ArcSwapOption::empty(),

@@ -2,8 +2,11 @@
 //! derived once (at start, or by a reload that changed it), so a login costs no key derivation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlswitch_config::Cluster as ClusterConfig;
+use tracing::{debug, warn};
 
 /// A user's SCRAM-SHA-256 verifier (RFC 5802 StoredKey and ServerKey).
 #[derive(Clone)]
@@ -68,6 +71,7 @@ impl Verifier {
 }
 
 /// A configured user at run time.
+#[derive(Clone)]
 pub struct User {
     /// Password, for logging in to backends (empty for a passthrough user).
     pub password: String,
@@ -86,7 +90,7 @@ pub struct User {
 
 /// The users of `config`, reusing the verifiers of `old` for unchanged passwords (deriving one
 /// costs a PBKDF2).
-pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> HashMap<String, User> {
+pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, Arc<User>>>) -> HashMap<String, Arc<User>> {
     config
         .users
         .iter()
@@ -95,13 +99,13 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
             let mysql = config.protocol == sqlswitch_config::Protocol::Mysql;
             if let Some(verifier) = Verifier::parse(u.secret()).filter(|_| !mysql) {
                 let user = User { password: String::new(), passthrough: true, native_hash: None, verifier, read_only };
-                return (u.name.clone(), user);
+                return (u.name.clone(), Arc::new(user));
             }
             if let Some(hash) = crate::conn::scramble::parse_native_hash(u.secret()).filter(|_| mysql) {
                 let verifier = Verifier::unused();
                 let user =
                     User { password: String::new(), passthrough: true, native_hash: Some(hash), verifier, read_only };
-                return (u.name.clone(), user);
+                return (u.name.clone(), Arc::new(user));
             }
             let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
                 _ if mysql => Verifier::unused(),
@@ -110,7 +114,83 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, User>>) -> 
             };
             let user =
                 User { password: u.secret().to_owned(), passthrough: false, native_hash: None, verifier, read_only };
-            (u.name.clone(), user)
+            (u.name.clone(), Arc::new(user))
         })
         .collect()
+}
+
+/// How long a user looked up through `auth_user` is trusted before it is looked up again, and
+/// how long an unknown name is.
+const LOOKED_UP_FOR: Duration = Duration::from_secs(30);
+const UNKNOWN_FOR: Duration = Duration::from_secs(5);
+/// Names kept at most (unknown ones included): past it, the cache starts again.
+const MAX_LOOKED_UP: usize = 10_000;
+
+/// PostgreSQL's `auth_query` default: the role's SCRAM verifier, for a role that may log in.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1 \
+     AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())";
+
+/// A looked-up user (`None`: no such user, or no SCRAM verifier) and when it was looked up.
+type Found = (Option<Arc<User>>, Instant);
+
+/// Users looked up on the primary through `auth_user`, by name.
+#[derive(Default)]
+pub struct LookedUp(std::sync::Mutex<HashMap<String, Found>>);
+
+impl LookedUp {
+    fn get(&self, name: &str) -> Option<Option<Arc<User>>> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (user, at) = map.get(name)?;
+        let ttl = if user.is_some() { LOOKED_UP_FOR } else { UNKNOWN_FOR };
+        (at.elapsed() < ttl).then(|| user.clone())
+    }
+
+    fn put(&self, name: &str, user: Option<Arc<User>>) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_LOOKED_UP {
+            map.clear();
+        }
+        map.insert(name.to_owned(), (user, Instant::now()));
+    }
+}
+
+impl super::Cluster {
+    /// The user called `name`: a configured one, else (PostgreSQL with `auth_user`) one looked
+    /// up on the primary, logged in by passthrough; `None` when there is none (its login then
+    /// fails as a wrong password does).
+    pub async fn account(&self, name: &str) -> Option<Arc<User>> {
+        if let Some(user) = self.users.load().get(name) {
+            return Some(Arc::clone(user));
+        }
+        let auth = self.config.auth_user.as_ref()?;
+        if let Some(known) = self.looked_up.get(name) {
+            return known;
+        }
+        let primary = self.table.load().primary;
+        let target = self.control_target(primary).map(|t| crate::replication::ControlTarget { monitor: auth, ..t })?;
+        let query = self.config.auth_query.as_deref().unwrap_or(DEFAULT_AUTH_QUERY);
+        let sql = query.replace("$1", &crate::replication::literal(name));
+        let rows = match crate::replication::ControlConn::connect(&target, "sqlswitch auth_user").await {
+            Ok(mut conn) => conn.exec(&sql).await,
+            Err(e) => Err(e),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(cluster = %self.config.name, user = %name, error = %e, "auth_user could not look the user up");
+                return None;
+            }
+        };
+        let secret = rows.first().and_then(|r| r.first()).cloned().flatten();
+        let verifier = secret.as_deref().and_then(Verifier::parse);
+        if secret.is_some() && verifier.is_none() {
+            debug!(user = %name, "auth_user: the user's password is not a SCRAM-SHA-256 verifier");
+        }
+        let read_only = self.config.read_only_users.iter().any(|u| u == name);
+        let user = verifier.map(|verifier| {
+            Arc::new(User { password: String::new(), passthrough: true, native_hash: None, verifier, read_only })
+        });
+        self.looked_up.put(name, user.clone());
+        user
+    }
 }

@@ -17,13 +17,15 @@ use tokio::io::AsyncReadExt;
 
 use crate::tls::ClientStream;
 
-use crate::cluster::Cluster;
+use std::sync::Arc;
+
+use crate::cluster::{Cluster, User};
 
 /// What a new connection asked for.
 pub enum Opening {
-    /// A session, authenticated; with the client's SCRAM keys when its user logs in to the
-    /// backends by passthrough.
-    Session(Startup, Option<Box<crate::conn::scram::Keys>>),
+    /// A session, authenticated, of the user; with the client's SCRAM keys when its user logs
+    /// in to the backends by passthrough.
+    Session(Startup, Arc<User>, Option<Box<crate::conn::scram::Keys>>),
     /// Cancel another session's query.
     Cancel {
         /// Process id.
@@ -137,8 +139,8 @@ pub async fn handshake(
     if startup.minor > 0 || startup.protocol_options().next().is_some() {
         msg::negotiate_protocol_version(&mut out, 0, startup.protocol_options());
     }
-    let keys = authenticate(stream, buf, &mut out, cluster, &user).await?;
-    Ok(Opening::Session(startup, keys))
+    let (account, keys) = authenticate(stream, buf, &mut out, cluster, &user).await?;
+    Ok(Opening::Session(startup, account, keys))
 }
 
 /// The first byte of a TLS handshake record. A startup packet cannot start with it: its length
@@ -162,16 +164,17 @@ async fn direct_tls(stream: &mut ClientStream, buf: &mut BytesMut, cluster: &Clu
 }
 
 /// SCRAM-SHA-256 against the user's verifier (or a decoy for unknown users, so that both fail
-/// alike). Sends AuthenticationOk on success; returns the client's keys for a passthrough user.
+/// alike). Sends AuthenticationOk on success; returns the user and, for a passthrough user,
+/// the client's keys.
 async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     cluster: &Cluster,
     user: &str,
-) -> Result<Option<Box<crate::conn::scram::Keys>>, HandshakeError> {
-    let users = cluster.users.load();
-    let verifier = users.get(user).map_or(&cluster.decoy, |u| &u.verifier);
+) -> Result<(Arc<User>, Option<Box<crate::conn::scram::Keys>>), HandshakeError> {
+    let account = cluster.account(user).await;
+    let verifier = account.as_ref().map_or(&cluster.decoy, |u| &u.verifier);
     msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
     stream.send(out).await?;
     out.clear();
@@ -204,8 +207,8 @@ async fn authenticate(
 
     let last = read_password_message(stream, buf).await?;
     match waiting.on_client_final_message(last.body()) {
-        Ok(server_final) if users.contains_key(user) => {
-            let keys = match users.get(user).filter(|u| u.passthrough) {
+        Ok(server_final) if account.is_some() => {
+            let keys = match account.as_ref().filter(|u| u.passthrough) {
                 Some(u) => {
                     let v = &u.verifier;
                     let key = crate::conn::scram::recover_client_key(
@@ -227,7 +230,10 @@ async fn authenticate(
             msg::authentication_ok(out);
             stream.send(out).await?;
             out.clear();
-            Ok(keys)
+            match account {
+                Some(account) => Ok((account, keys)),
+                None => Err(HandshakeError::Auth(user.to_owned())),
+            }
         }
         _ => {
             let text = format!("password authentication failed for user \"{user}\"");

@@ -55,12 +55,11 @@ pub async fn serve(accepted: Box<Accepted>) {
     let Ok(stream) = TcpStream::from_std(stream) else { return };
     // The login is boxed: its states (startup, SCRAM, a backend login) are the largest of a
     // session, and an idle session would carry their size for its whole life.
-    let Some(Opened { stream, buf, users, key, read_only, cancel_key, settings, keys }) =
+    let Some(Opened { stream, buf, account, key, read_only, cancel_key, settings, keys }) =
         Box::pin(open(stream, peer, &cluster, read_only_listener, cancels)).await
     else {
         return;
     };
-    let Some(account) = users.get(key.user()) else { return };
     let id = Identity {
         cluster: &cluster,
         password: &account.password,
@@ -115,7 +114,7 @@ pub async fn serve(accepted: Box<Accepted>) {
 struct Opened {
     stream: ClientStream,
     buf: BytesMut,
-    users: Arc<std::collections::HashMap<String, crate::cluster::User>>,
+    account: Arc<crate::cluster::User>,
     key: PoolKey,
     read_only: bool,
     cancel_key: cancel::CancelKey,
@@ -139,8 +138,8 @@ async fn open(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let opening =
         tokio::time::timeout(cluster.config.auth_timeout, client::handshake(&mut stream, &mut buf, cluster)).await;
-    let (startup, keys) = match opening {
-        Ok(Ok(Opening::Session(s, keys))) => (s, keys),
+    let (startup, account, keys) = match opening {
+        Ok(Ok(Opening::Session(s, account, keys))) => (s, account, keys),
         Ok(Ok(Opening::Cancel { pid, secret })) => {
             cancels.cancel(pid, secret).await;
             return None;
@@ -156,8 +155,6 @@ async fn open(
         }
     };
     let user = startup.param("user").unwrap_or_default().to_owned();
-    let users = cluster.users.load_full();
-    let account = users.get(&user)?;
     let read_only = read_only_listener || account.read_only || declared_read_only(&startup);
     let key = pool_key(&startup, &user, read_only);
     let app_name = application_name(&startup);
@@ -194,7 +191,7 @@ async fn open(
     release(cluster, index, key.clone(), conn, false).await;
 
     let settings = session_settings(app_name);
-    Some(Opened { stream, buf, users, key, read_only, cancel_key, settings, keys })
+    Some(Opened { stream, buf, account, key, read_only, cancel_key, settings, keys })
 }
 
 /// A session is read-only when the client declares `default_transaction_read_only=on`, as a
