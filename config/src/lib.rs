@@ -142,14 +142,15 @@ pub struct Cluster {
     /// sessions send everything to the primary (lag and read-your-writes cannot be checked).
     #[serde(default)]
     pub monitor: Option<Credentials>,
-    /// PostgreSQL: a login for users not listed under `[[cluster.user]]`: sqlswitch looks the
-    /// user's SCRAM verifier up on the primary with `auth_query` and logs the client in by
-    /// passthrough (its own proof opens the backend connections), caching the answer briefly.
+    /// A login for users not listed under `[[cluster.user]]`: sqlswitch looks the user's
+    /// stored secret up on the primary with `auth_query` (a SCRAM verifier; MariaDB: a
+    /// `mysql_native_password` hash) and logs the client in by passthrough (its own proof
+    /// opens the backend connections), caching the answer briefly.
     #[serde(default)]
     pub auth_user: Option<Credentials>,
     /// The lookup `auth_user` runs, `$1` standing for the user name (as a quoted literal):
-    /// one row whose first column is the server's `rolpassword`. Default: `pg_authid`, which
-    /// needs a superuser, or a `SECURITY DEFINER` function's call (README).
+    /// one row whose first column is the stored secret. Default: `pg_authid` (a superuser's;
+    /// or call a `SECURITY DEFINER` function, README), MariaDB's `mysql.user`.
     #[serde(default)]
     pub auth_query: Option<String>,
     /// How often the monitor checks each backend.

@@ -103,9 +103,6 @@ impl Config {
                     }
                 }
             }
-            if c.auth_user.is_some() && c.protocol != Protocol::Postgres {
-                add(&mut out, format!("{at}.auth_user"), "is supported for PostgreSQL clusters only".into());
-            }
             if c.auth_query.as_ref().is_some_and(|q| !q.contains("$1")) {
                 add(&mut out, format!("{at}.auth_query"), "must contain $1, where the user name goes".into());
             }

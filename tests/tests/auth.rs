@@ -170,3 +170,47 @@ async fn a_mysql_native_hash_in_the_config_logs_in_by_passthrough() {
     let err = mysql_async::Conn::new(wrong).await.expect_err("a wrong password");
     assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045), "{err:?}");
 }
+
+/// `auth_user` on MariaDB: a user absent from the config logs in with its password; sqlswitch
+/// reads its `mysql_native_password` hash from `mysql.user` on the primary (the auth user may
+/// only read that table) and logs in by passthrough. A wrong password and an unknown user get
+/// 1045.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_user_looks_up_mariadb_users_not_in_the_config() {
+    use mysql_async::prelude::Queryable;
+    let _serial = SERIAL.lock().await;
+    let topo = sqlswitch_tests::mysql::Topology::shared();
+    let (user, password) = ("looked_up_my", "looked-up-my-pass");
+    topo.sql(
+        topo.primary(),
+        &format!(
+            "DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; \
+             GRANT SELECT, INSERT ON {DATABASE}.* TO '{user}'@'%'; \
+             DROP USER IF EXISTS 'auth_reader'@'%'; CREATE USER 'auth_reader'@'%' IDENTIFIED BY 'auth-reader'; \
+             GRANT SELECT ON mysql.user TO 'auth_reader'@'%'"
+        ),
+    )
+    .unwrap();
+    for replica in topo.replicas() {
+        let has = format!("SELECT count(*) FROM mysql.user WHERE user = '{user}'");
+        eventually(10, "the replicas have the user", || topo.sql(replica, &has).is_ok_and(|n| n.trim() == "1")).await;
+    }
+    let extra = "auth_user = { user = \"auth_reader\", password = \"auth-reader\" }";
+    let text = proxy::mysql_config_text(topo, "app", extra);
+    assert!(!text.contains(user) && !text.contains(password), "the user is not in the config");
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let opts = mysql_async::Opts::from_url(&proxy::mysql_url(port, (user, password))).unwrap();
+    let mut conn = mysql_async::Conn::new(opts).await.expect("a user looked up on the primary");
+    let read: Option<(u32, String)> = conn.query_first("SELECT @@server_id, CURRENT_USER()").await.unwrap();
+    let (server, who) = read.unwrap();
+    assert!(server == 2 || server == 3, "a read on a replica (server {server})");
+    assert!(who.starts_with(user), "{who}");
+    conn.query_drop("INSERT INTO items (note) VALUES ('looked up')").await.expect("a write on the primary");
+    conn.disconnect().await.unwrap();
+    for (who, pw) in [(user, "not-the-password"), ("nobody_at_all", "x")] {
+        let wrong = mysql_async::Opts::from_url(&proxy::mysql_url(port, (who, pw))).unwrap();
+        let err = mysql_async::Conn::new(wrong).await.expect_err("refused");
+        assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045), "{who}: {err:?}");
+    }
+}

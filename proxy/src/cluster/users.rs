@@ -130,6 +130,10 @@ const MAX_LOOKED_UP: usize = 10_000;
 pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1 \
      AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())";
 
+/// MariaDB's: the user's stored `mysql_native_password` hash (the first of its hosts).
+pub const DEFAULT_AUTH_QUERY_MYSQL: &str =
+    "SELECT authentication_string FROM mysql.user WHERE user = $1 AND plugin = 'mysql_native_password' LIMIT 1";
+
 /// A looked-up user (`None`: no such user, or no SCRAM verifier) and when it was looked up.
 type Found = (Option<Arc<User>>, Instant);
 
@@ -155,9 +159,10 @@ impl LookedUp {
 }
 
 impl super::Cluster {
-    /// The user called `name`: a configured one, else (PostgreSQL with `auth_user`) one looked
-    /// up on the primary, logged in by passthrough; `None` when there is none (its login then
-    /// fails as a wrong password does).
+    /// The user called `name`: a configured one, else (with `auth_user`) one looked up on the
+    /// primary, logged in by passthrough (a PostgreSQL SCRAM verifier, a MariaDB native
+    /// password hash); `None` when there is none (its login then fails as a wrong password
+    /// does).
     pub async fn account(&self, name: &str) -> Option<Arc<User>> {
         if let Some(user) = self.users.load().get(name) {
             return Some(Arc::clone(user));
@@ -168,8 +173,13 @@ impl super::Cluster {
         }
         let primary = self.table.load().primary;
         let target = self.control_target(primary).map(|t| crate::replication::ControlTarget { monitor: auth, ..t })?;
-        let query = self.config.auth_query.as_deref().unwrap_or(DEFAULT_AUTH_QUERY);
-        let sql = query.replace("$1", &crate::replication::literal(name));
+        let mysql = self.config.protocol == sqlswitch_config::Protocol::Mysql;
+        let default = if mysql { DEFAULT_AUTH_QUERY_MYSQL } else { DEFAULT_AUTH_QUERY };
+        let query = self.config.auth_query.as_deref().unwrap_or(default);
+        // MariaDB reads a backslash in a literal as an escape (unless NO_BACKSLASH_ESCAPES,
+        // where the doubled one is two characters: no match, never an injection).
+        let quoted = if mysql { name.replace('\\', "\\\\") } else { name.to_owned() };
+        let sql = query.replace("$1", &crate::replication::literal(&quoted));
         let rows = match crate::replication::ControlConn::connect(&target, "sqlswitch auth_user").await {
             Ok(mut conn) => conn.exec(&sql).await,
             Err(e) => Err(e),
@@ -182,14 +192,28 @@ impl super::Cluster {
             }
         };
         let secret = rows.first().and_then(|r| r.first()).cloned().flatten();
-        let verifier = secret.as_deref().and_then(Verifier::parse);
-        if secret.is_some() && verifier.is_none() {
-            debug!(user = %name, "auth_user: the user's password is not a SCRAM-SHA-256 verifier");
-        }
         let read_only = self.config.read_only_users.iter().any(|u| u == name);
-        let user = verifier.map(|verifier| {
-            Arc::new(User { password: String::new(), passthrough: true, native_hash: None, verifier, read_only })
-        });
+        let user = match secret.as_deref() {
+            Some(s) if mysql => crate::conn::scramble::parse_native_hash(s).map(|hash| User {
+                password: String::new(),
+                passthrough: true,
+                native_hash: Some(hash),
+                verifier: Verifier::unused(),
+                read_only,
+            }),
+            Some(s) => Verifier::parse(s).map(|verifier| User {
+                password: String::new(),
+                passthrough: true,
+                native_hash: None,
+                verifier,
+                read_only,
+            }),
+            None => None,
+        };
+        if secret.is_some() && user.is_none() {
+            debug!(user = %name, "auth_user: the user's stored secret is not one sqlswitch can check");
+        }
+        let user = user.map(Arc::new);
         self.looked_up.put(name, user.clone());
         user
     }

@@ -9,6 +9,7 @@ pub mod temp;
 pub mod timeout;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use sqlswitch_protocol::mysql::handshake::{auth_switch_request, ClientResponse, ServerHandshake};
@@ -19,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, User};
 use crate::session::Side;
 use crate::tls::ClientStream;
 use session::{MySession, MySlot};
@@ -57,7 +58,7 @@ pub async fn serve(
         handshake(&mut stream, &mut buf, &cluster, peer, thread.id),
     ))
     .await;
-    let (hello, seq, scramble) = match login {
+    let (hello, seq, scramble, account) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection ended before its session began");
@@ -68,18 +69,17 @@ pub async fn serve(
             return;
         }
     };
-    let Some(mut id) = session::Identity::new(
+    let mut id = session::Identity::new(
         &cluster,
         &hello.user,
+        &account,
         hello.database.as_deref(),
         hello.caps,
         hello.ext,
         hello.charset,
         read_only_listener,
-    ) else {
-        return;
-    };
-    id.native_key = native_key(&cluster, &hello.user, &scramble, &hello.auth).map(Box::new);
+    );
+    id.native_key = native_key(Some(&account), &scramble, &hello.auth).map(Box::new);
     id.scramble = scramble;
     thread.set_user(&hello.user);
     let read_only = id.read_only;
@@ -119,7 +119,7 @@ async fn handshake(
     cluster: &Cluster,
     peer: SocketAddr,
     connection_id: u32,
-) -> anyhow::Result<(ClientResponse, u8, Vec<u8>)> {
+) -> anyhow::Result<(ClientResponse, u8, Vec<u8>, Arc<User>)> {
     let nonce = new_nonce();
     let acceptor = cluster.tls.load_full();
     let hello = ServerHandshake {
@@ -168,8 +168,9 @@ async fn handshake(
         }
     };
     let mut seq = first.last_seq.wrapping_add(1);
+    let account = cluster.account(&response.user).await;
     // A user whose config keeps a mysql_native_password hash can only be checked that way.
-    let hashed = cluster.users.load().get(&response.user).is_some_and(|u| u.native_hash.is_some());
+    let hashed = account.as_ref().is_some_and(|u| u.native_hash.is_some());
     let sha2 = response.plugin.as_deref() == Some(CACHING_SHA2) && !hashed;
     if !sha2 && response.plugin.as_deref().is_some_and(|p| p != NATIVE) {
         let mut out = BytesMut::new();
@@ -179,10 +180,15 @@ async fn handshake(
         response.auth = answer.payload.to_vec();
         seq = answer.last_seq.wrapping_add(1);
     }
-    if !password_ok(cluster, &response.user, &nonce, sha2, &response.auth) {
-        send_err(stream, seq, code::ACCESS_DENIED, "28000", &access_denied(&response.user, peer, &response.auth)).await;
-        anyhow::bail!("authentication failed for user {:?}", response.user);
-    }
+    let verified = password_ok(cluster, account.as_deref(), &nonce, sha2, &response.auth);
+    let account = match account.filter(|_| verified) {
+        Some(account) => account,
+        None => {
+            let text = access_denied(&response.user, peer, &response.auth);
+            send_err(stream, seq, code::ACCESS_DENIED, "28000", &text).await;
+            anyhow::bail!("authentication failed for user {:?}", response.user);
+        }
+    };
     if sha2 && !response.auth.is_empty() {
         // caching_sha2_password: the proxy knows every password, so its "cache" always holds
         // the user and the scramble is checked on the fast path; full authentication (RSA or
@@ -192,7 +198,7 @@ async fn handshake(
         stream.send(&out).await?;
         seq = seq.wrapping_add(1);
     }
-    Ok((response, seq, nonce))
+    Ok((response, seq, nonce, account))
 }
 
 /// A fresh 20-byte scramble of printable bytes.
@@ -200,10 +206,11 @@ pub(crate) fn new_nonce() -> Vec<u8> {
     (0..20).map(|_| rand::random::<u8>() % 94 + 33).collect()
 }
 
-/// Whether `auth` is `user`'s password scrambled with `nonce` (`mysql_native_password`, or
-/// `caching_sha2_password` with `sha2`). Unknown users never match; failures are counted.
-pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
-    let ok = password_matches(cluster, user, nonce, sha2, auth);
+/// Whether `auth` is `account`'s password scrambled with `nonce` (`mysql_native_password`, or
+/// `caching_sha2_password` with `sha2`). Unknown users (`None`) never match; failures are
+/// counted.
+pub(crate) fn password_ok(cluster: &Cluster, account: Option<&User>, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
+    let ok = password_matches(account, nonce, sha2, auth);
     if !ok {
         cluster.metrics.auth_failures.increment(1);
     }
@@ -211,12 +218,11 @@ pub(crate) fn password_ok(cluster: &Cluster, user: &str, nonce: &[u8], sha2: boo
 }
 
 /// [`password_ok`] without counting a failure (a first try that may be followed by another).
-pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
-    let users = cluster.users.load();
-    if let Some(hash) = users.get(user).and_then(|u| u.native_hash) {
+pub(crate) fn password_matches(account: Option<&User>, nonce: &[u8], sha2: bool, auth: &[u8]) -> bool {
+    if let Some(hash) = account.and_then(|u| u.native_hash) {
         return !sha2 && crate::conn::scramble::native_key(nonce, &hash, auth).is_some();
     }
-    let expected = users.get(user).and_then(|u| {
+    let expected = account.and_then(|u| {
         if u.password.is_empty() {
             Some(Vec::new())
         } else if sha2 {
@@ -232,8 +238,8 @@ pub(crate) fn password_matches(cluster: &Cluster, user: &str, nonce: &[u8], sha2
 /// Passthrough: the key SHA1(password) that `auth` (the client's `mysql_native_password`
 /// scramble for `nonce`) proves, for a user whose config keeps a stored hash; `None` for other
 /// users or a scramble that does not match.
-pub(crate) fn native_key(cluster: &Cluster, user: &str, nonce: &[u8], auth: &[u8]) -> Option<[u8; 20]> {
-    let hash = cluster.users.load().get(user)?.native_hash?;
+pub(crate) fn native_key(account: Option<&User>, nonce: &[u8], auth: &[u8]) -> Option<[u8; 20]> {
+    let hash = account?.native_hash?;
     crate::conn::scramble::native_key(nonce, &hash, auth)
 }
 

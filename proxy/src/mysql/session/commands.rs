@@ -18,12 +18,13 @@ impl MySession<'_> {
             }
         };
         let cluster = self.id.cluster;
+        let account = cluster.account(&request.user).await;
         // MariaDB Connector/C answers even an auth switch with the first scramble's response:
         // the one in the request is checked first, as the server does.
         let native = request.plugin.as_deref().is_none_or(|p| p == crate::mysql::NATIVE);
         let first = native
             && !self.id.scramble.is_empty()
-            && crate::mysql::password_matches(cluster, &request.user, &self.id.scramble, false, &request.auth);
+            && crate::mysql::password_matches(account.as_deref(), &self.id.scramble, false, &request.auth);
         let (verified, auth, seq, nonce) = if first {
             (true, request.auth.clone(), seq, self.id.scramble.clone())
         } else {
@@ -33,23 +34,24 @@ impl MySession<'_> {
             self.client.send(&out).await.map_err(|_| End::ClientGone)?;
             let answer =
                 crate::mysql::read_packet(&mut self.client, &mut self.cbuf).await.map_err(|_| End::ClientGone)?;
-            let verified = crate::mysql::password_ok(cluster, &request.user, &nonce, false, &answer.payload);
+            let verified = crate::mysql::password_ok(cluster, account.as_deref(), &nonce, false, &answer.payload);
             (verified, answer.payload.to_vec(), answer.last_seq.wrapping_add(1), nonce)
         };
-        let new_id = Identity::new(
+        let Some(account) = account.filter(|_| verified) else {
+            let text = crate::mysql::access_denied(&request.user, self.peer, &auth);
+            self.err(seq, code::ACCESS_DENIED, "28000", &text).await;
+            return Err(End::ClientGone);
+        };
+        let mut new_id = Identity::new(
             cluster,
             &request.user,
+            &account,
             request.database.as_deref(),
             self.id.caps,
             self.id.ext,
             request.charset.unwrap_or(self.id.charset),
             self.id.listener_read_only,
         );
-        let Some(mut new_id) = new_id.filter(|_| verified) else {
-            let text = crate::mysql::access_denied(&request.user, self.peer, &auth);
-            self.err(seq, code::ACCESS_DENIED, "28000", &text).await;
-            return Err(End::ClientGone);
-        };
         // Nothing of the old session carries over.
         self.core.release_all(&self.id.key).await;
         self.wait_timeout = None;
@@ -57,7 +59,7 @@ impl MySession<'_> {
         self.temp_tables.clear();
         self.temp_home = None;
         self.core.reset(new_id.read_only);
-        new_id.native_key = crate::mysql::native_key(cluster, &request.user, &nonce, &auth).map(Box::new);
+        new_id.native_key = crate::mysql::native_key(Some(&account), &nonce, &auth).map(Box::new);
         new_id.scramble = std::mem::take(&mut self.id.scramble);
         self.id = new_id;
         self.thread.set_user(&self.id.user);

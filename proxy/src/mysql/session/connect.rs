@@ -34,18 +34,18 @@ pub struct Identity<'a> {
 }
 
 impl<'a> Identity<'a> {
-    /// The identity of `user` (who must be configured) logging in with these settings.
+    /// The identity of `user` (`account`, authenticated) logging in with these settings.
+    #[expect(clippy::too_many_arguments, reason = "the login's parts, each its own")]
     pub fn new(
         cluster: &'a Cluster,
         user: &str,
+        account: &crate::cluster::User,
         database: Option<&str>,
         caps: u32,
         ext: u32,
         charset: u8,
         listener_read_only: bool,
-    ) -> Option<Self> {
-        let users = cluster.users.load();
-        let account = users.get(user)?;
+    ) -> Self {
         let read_only = listener_read_only || account.read_only;
         let caps = caps & caps::OFFERED;
         let ext = ext & caps::ext::OFFERED;
@@ -61,7 +61,7 @@ impl<'a> Identity<'a> {
         if read_only {
             params.push(("read_only", "on"));
         }
-        Some(Self {
+        Self {
             cluster,
             user: user.to_owned(),
             password: account.password.clone(),
@@ -74,7 +74,7 @@ impl<'a> Identity<'a> {
             scramble: Vec::new(),
             read_only,
             listener_read_only,
-        })
+        }
     }
 }
 
