@@ -49,6 +49,18 @@ async fn passwords_reads_and_writes() {
     conn.query_drop("INSERT INTO items (note) VALUES ('in tx')").await.unwrap();
     conn.query_drop("COMMIT").await.unwrap();
     conn.disconnect().await.unwrap();
+
+    // MariaDB's own functions (from its help tables) are reads: a fresh session that sleeps or
+    // concatenates reads on a replica, and is not counted as having written.
+    let mut conn = connect(port, APP).await.unwrap();
+    let slept: Option<(i64, u32)> = conn.query_first("SELECT SLEEP(0), @@server_id").await.unwrap();
+    assert!(slept.is_some_and(|(_, id)| id == 2 || id == 3), "SLEEP() on a replica: {slept:?}");
+    let listed: Option<(Option<String>, u32)> =
+        conn.query_first("SELECT GROUP_CONCAT(note), @@server_id FROM items WHERE id < 3").await.unwrap();
+    assert!(listed.as_ref().is_some_and(|(_, id)| *id == 2 || *id == 3), "GROUP_CONCAT() on a replica: {listed:?}");
+    let read_only: Option<i64> = conn.query_first("SELECT @@read_only").await.unwrap();
+    assert_eq!(read_only, Some(1), "the next read still on a replica: nothing was written");
+    conn.disconnect().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

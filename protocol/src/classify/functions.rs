@@ -537,10 +537,26 @@ pub fn depends_on_role(quoted: &str) -> bool {
     ROLE.iter().any(|part| name.contains(part))
 }
 
-/// Whether `name(...)` is a built-in that reads and changes nothing. `extra` is the config's own
+/// The servers' own read-only built-ins, from their catalogs (`scripts/regen-builtins`): one
+/// lower-case name a line, sorted, after `#` comment lines.
+const PG_BUILTINS: &str = include_str!("builtins/postgres.txt");
+const MYSQL_BUILTINS: &str = include_str!("builtins/mariadb.txt");
+
+/// The names of a builtins file, for binary search (built once).
+pub(super) fn builtins(mysql: bool) -> &'static [&'static str] {
+    static PG: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    static MY: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let (cell, text) = if mysql { (&MY, MYSQL_BUILTINS) } else { (&PG, PG_BUILTINS) };
+    cell.get_or_init(|| text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect())
+}
+
+/// Whether `name(...)` is a built-in that reads and changes nothing: in the reviewed list, or
+/// in the server's own (`mysql`: MariaDB's, else PostgreSQL's). `extra` is the config's own
 /// additions, already lower-case and sorted.
-pub fn is_read_only(name: &str, extra: &[String]) -> bool {
-    contains(READ_ONLY, name) || extra.binary_search_by(|probe| cmp_ci(probe, name)).is_ok()
+pub fn is_read_only(name: &str, mysql: bool, extra: &[String]) -> bool {
+    contains(READ_ONLY, name)
+        || contains(builtins(mysql), name)
+        || extra.binary_search_by(|probe| cmp_ci(probe, name)).is_ok()
 }
 
 #[cfg(test)]
@@ -549,7 +565,16 @@ mod tests {
 
     #[test]
     fn lists_are_sorted_for_binary_search() {
-        for list in [SYNTAX, READ_ONLY, LOCAL_RELATIONS, MYSQL_LOCAL_RELATIONS, MYSQL_LOCAL_SHOW] {
+        let lists = [
+            SYNTAX,
+            READ_ONLY,
+            LOCAL_RELATIONS,
+            MYSQL_LOCAL_RELATIONS,
+            MYSQL_LOCAL_SHOW,
+            builtins(false),
+            builtins(true),
+        ];
+        for list in lists {
             for pair in list.windows(2) {
                 assert_eq!(cmp_ci(pair[0], pair[1]), std::cmp::Ordering::Less, "{pair:?}");
             }
@@ -558,9 +583,12 @@ mod tests {
 
     #[test]
     fn lookups_ignore_case() {
-        assert!(is_read_only("COUNT", &[]));
-        assert!(!is_read_only("nextval", &[]));
-        assert!(is_read_only("my_fn", &["my_fn".to_owned()]));
+        assert!(is_read_only("COUNT", false, &[]));
+        assert!(!is_read_only("nextval", false, &[]));
+        assert!(is_read_only("my_fn", false, &["my_fn".to_owned()]));
+        assert!(is_read_only("JSONB_PATH_QUERY_ARRAY", false, &[]), "from pg_proc");
+        assert!(is_read_only("Group_Concat", true, &[]), "from MariaDB's help");
+        assert!(builtins(false).len() > 2000 && builtins(true).len() > 300);
         assert!(is_syntax("EXISTS"));
     }
 }

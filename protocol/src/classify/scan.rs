@@ -63,6 +63,9 @@ pub(super) struct Scan<'a, 'x> {
     set_config: bool,
     /// It may release what keeps a session on its connection ([`Verdict::releases`]).
     releases: bool,
+    /// The last word alone made the statement DML (`insert`): MySQL's `INSERT(str, ...)`
+    /// string function, when a `(` follows, takes it back.
+    dml_by_last_word: bool,
     /// The previous token opened a `current_setting(` call: its argument is next.
     setting_arg: bool,
     /// A call, other than `set_config`, to a function not on the read-only list.
@@ -112,6 +115,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             custom_setting: false,
             set_config: false,
             releases: false,
+            dml_by_last_word: false,
             setting_arg: false,
             other_unsafe_call: false,
             local_relation: false,
@@ -195,6 +199,7 @@ impl<'a, 'x> Scan<'a, 'x> {
 
     fn word(&mut self, w: &'a str) {
         self.words = self.words.saturating_add(1);
+        let dml_before = std::mem::replace(&mut self.dml_by_last_word, false) || self.dml;
         if w.len() == 12 && is(w, "serializable") {
             self.serializable = true;
         }
@@ -203,6 +208,7 @@ impl<'a, 'x> Scan<'a, 'x> {
             self.releases = ["unlisten", "close", "discard", "drop", "unlock"].iter().any(|k| is(w, k));
         } else {
             self.keyword(w);
+            self.dml_by_last_word = self.mysql && !dml_before && self.dml && is(w, "insert");
         }
         self.prev2_word = self.prev_word;
         self.prev_word = w;
@@ -311,6 +317,10 @@ impl<'a, 'x> Scan<'a, 'x> {
     /// ([`ident`]), so every spelling of a function is the same function.
     fn call(&mut self, name: Token<'a>) {
         const COLUMN_LIST: [&str; 4] = ["as", "with", "recursive", "tablesample"];
+        if std::mem::take(&mut self.dml_by_last_word) {
+            // MySQL `INSERT(str, pos, len, newstr)`, a string function: not a statement.
+            self.dml = false;
+        }
         // Syntax, `AS alias(col, ...)`, `WITH name(col, ...)`, `TABLESAMPLE method(n)`. The
         // word before a name is `prev2_word` for a bare name and `prev_word` for a quoted one
         // (quoted names are not words); a quoted name is never a keyword.
@@ -336,7 +346,13 @@ impl<'a, 'x> Scan<'a, 'x> {
             // A try that failed takes nothing: the server is asked, as after an unlock.
             let release =
                 lock && (name.contains("unlock") || name.starts_with("release") || name.starts_with("pg_try_"));
-            (lock, release, name == "set_config", functions::is_read_only(name, extra), name == "current_setting")
+            (
+                lock,
+                release,
+                name == "set_config",
+                functions::is_read_only(name, mysql, extra),
+                name == "current_setting",
+            )
         });
         let Some((lock, release, set_config, read_only, setting)) = known else {
             self.unsafe_call = true; // a name no built-in has

@@ -715,3 +715,69 @@ fn postgres_json_functions_are_reads() {
         assert!(classify_pg(sql).is_read(), "{sql}");
     }
 }
+
+/// Every built-in of the servers' own lists (`builtins/*.txt`) is routed as a read when a
+/// `SELECT` calls it; every function with side effects, or that answers for the connection it
+/// runs on, is not. (`pg_is_in_recovery()` and `pg_sleep()` are reads by choice, in the
+/// reviewed list: they change nothing, and the first shows a client which server answered.)
+#[test]
+fn the_servers_builtins_are_reads_and_side_effects_are_not() {
+    let mut not_read = Vec::new();
+    for name in functions::builtins(false) {
+        if !classify_pg(&format!("SELECT {name}(1)")).is_read() {
+            not_read.push(format!("postgres {name}"));
+        }
+    }
+    for name in functions::builtins(true) {
+        if !classify_mysql_with(&format!("SELECT {name}(1)"), &[]).is_read() {
+            not_read.push(format!("mariadb {name}"));
+        }
+    }
+    assert!(not_read.is_empty(), "listed but not read: {not_read:?}");
+    let pg_effects = [
+        "nextval('s')",
+        "setval('s', 1)",
+        "pg_advisory_lock(1)",
+        "pg_advisory_xact_lock(1)",
+        "pg_try_advisory_lock(1)",
+        "set_config('a.b', 'c', false)",
+        "pg_notify('c', 'x')",
+        "txid_current()",
+        "pg_current_wal_lsn()",
+        "pg_backend_pid()",
+        "lo_unlink(1)",
+        "pg_terminate_backend(1)",
+        "pg_listening_channels()",
+        "currval('s')",
+        "lastval()",
+    ];
+    for call in pg_effects {
+        assert!(!classify_pg(&format!("SELECT {call}")).is_read(), "postgres {call}");
+    }
+    let my_effects = [
+        "GET_LOCK('x', 1)",
+        "RELEASE_LOCK('x')",
+        "RELEASE_ALL_LOCKS()",
+        "IS_USED_LOCK('x')",
+        "LAST_INSERT_ID(5)",
+        "LAST_INSERT_ID()",
+        "FOUND_ROWS()",
+        "ROW_COUNT()",
+        "CONNECTION_ID()",
+        "NEXTVAL(s)",
+        "SETVAL(s, 1)",
+        "LASTVAL(s)",
+        "MASTER_GTID_WAIT('0-1-1')",
+        "LOAD_FILE('/etc/passwd')",
+        "BENCHMARK(10, 1)",
+    ];
+    for call in my_effects {
+        assert!(!classify_mysql_with(&format!("SELECT {call}"), &[]).is_read(), "mariadb {call}");
+    }
+    // What the issue found: MariaDB's own functions are reads now.
+    for sql in
+        ["SELECT SLEEP(0)", "SELECT RAND()", "SELECT GROUP_CONCAT(note) FROM items", "SELECT SLEEP(2), @@read_only"]
+    {
+        assert!(classify_mysql_with(sql, &[]).is_read(), "{sql}");
+    }
+}
