@@ -341,3 +341,51 @@ async fn a_prepare_alone_is_answered_and_prepared_where_first_bound() {
     assert_eq!(run_named(&mut s, &mut buf, "typo", None).await, "42601", "the server's error, at first use");
     assert_eq!(run_named(&mut s, &mut buf, "seven", None).await, "7", "the session goes on");
 }
+
+/// Transaction pooling and a schema change under a prepared statement (on the primary: `FOR
+/// UPDATE`): a batch that describes its portal (libpq's `PQexecPrepared`) and meets 0A000
+/// "cached plan must not change result type" is prepared again and run again, the client
+/// seeing the new columns; one that does not describe (the client relies on the columns it
+/// prepared) gets the server's 0A000, as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_under_a_prepared_statement_prepares_it_again() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let admin = |sql: &str| topo.psql_admin(topo.primary(), sql, sqlswitch_tests::pg::DATABASE).unwrap();
+    admin("DROP TABLE IF EXISTS replan_t; CREATE TABLE replan_t (a int); INSERT INTO replan_t VALUES (1); GRANT SELECT, UPDATE ON replan_t TO app");
+    let (_daemon, port) = start_with("pool_mode = \"transaction\"\npool_size = 1").await;
+    let (mut s, mut buf) = sqlswitch_tests::pg_raw::raw_session(port).await;
+    let run = |describe: bool, parse: bool| {
+        let mut out = BytesMut::new();
+        if parse {
+            frontend::parse("wide", "SELECT * FROM replan_t FOR UPDATE", [], &mut out).unwrap();
+        }
+        let none = |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes);
+        frontend::bind("", "wide", [], [], none, [], &mut out).map_err(|_| "bind").unwrap();
+        if describe {
+            frontend::describe(b'P', "", &mut out).unwrap();
+        }
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        out
+    };
+    let columns = |got: &[Message]| {
+        got.iter().find_map(|m| match m {
+            Message::RowDescription(d) => Some(d.fields().count().unwrap()),
+            _ => None,
+        })
+    };
+    s.write_all(&run(true, true)).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(columns(&got), Some(1));
+    admin("ALTER TABLE replan_t ADD COLUMN b int DEFAULT 2");
+    s.write_all(&run(true, false)).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(sqlswitch_tests::pg_raw::error_code(&got), None, "prepared again and run again");
+    assert_eq!(columns(&got), Some(2), "the client is told the new columns");
+    admin("ALTER TABLE replan_t ADD COLUMN c int DEFAULT 3");
+    s.write_all(&run(false, false)).await.unwrap();
+    let got = read_until(&mut s, &mut buf, |m| matches!(m, Message::ReadyForQuery(_))).await;
+    assert_eq!(sqlswitch_tests::pg_raw::error_code(&got).as_deref(), Some("0A000"), "as directly");
+    admin("DROP TABLE replan_t");
+}

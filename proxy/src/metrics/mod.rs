@@ -88,6 +88,10 @@ impl Registry {
             ),
             ("sqlswitch_statements_refused_total", "Writes refused in read-only sessions."),
             (
+                "sqlswitch_stale_plans_rerun_total",
+                "Batches of prepared statements whose plan a schema change made stale (0A000), prepared and run again.",
+            ),
+            (
                 "sqlswitch_replica_reruns_total",
                 "Reads a replica refused as not runnable on a standby (25006, 0A000, 40001), run again on the primary.",
             ),
@@ -257,6 +261,7 @@ impl Registry {
             auth_failures: self.counter("sqlswitch_auth_failures_total", &c),
             refused: self.counter("sqlswitch_statements_refused_total", &c),
             reruns: self.counter("sqlswitch_replica_reruns_total", &c),
+            replans: self.counter("sqlswitch_stale_plans_rerun_total", &c),
             pins: PIN_REASONS.map(|reason| {
                 (reason, self.counter("sqlswitch_session_pins_total", &[("cluster", cluster), ("reason", reason)]))
             }),
@@ -476,6 +481,8 @@ pub struct ClusterMetrics {
     pub refused: Counter,
     /// Reads a replica refused as not on a standby, run again on the primary.
     pub reruns: Counter,
+    /// Batches run again after a stale plan (0A000) was prepared again.
+    pub replans: Counter,
     /// Sessions pinned, by reason ([`PIN_REASONS`]).
     pub pins: [(&'static str, Counter); PIN_REASONS.len()],
     /// Pinned sessions open now.

@@ -59,7 +59,7 @@ pub async fn serve(
     ))
     .await;
     let (hello, seq, scramble, account) = match login {
-        Ok(Ok(v)) => v,
+        Ok(Ok(v)) => *v,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection ended before its session began");
             return;
@@ -80,6 +80,8 @@ pub async fn serve(
         read_only_listener,
     );
     id.native_key = native_key(Some(&account), &scramble, &hello.auth).map(Box::new);
+    // Not kept for the session's life: the future would carry it.
+    drop(account);
     id.scramble = scramble;
     thread.set_user(&hello.user);
     let read_only = id.read_only;
@@ -119,7 +121,7 @@ async fn handshake(
     cluster: &Cluster,
     peer: SocketAddr,
     connection_id: u32,
-) -> anyhow::Result<(ClientResponse, u8, Vec<u8>, Arc<User>)> {
+) -> anyhow::Result<Box<Handshaken>> {
     let nonce = new_nonce();
     let acceptor = cluster.tls.load_full();
     let hello = ServerHandshake {
@@ -198,8 +200,13 @@ async fn handshake(
         stream.send(&out).await?;
         seq = seq.wrapping_add(1);
     }
-    Ok((response, seq, nonce, account))
+    Ok(Box::new((response, seq, nonce, account)))
 }
+
+/// What a client's handshake gave: its response, the next sequence number, the scramble it
+/// answered and its user. Boxed: the serving future would otherwise hold its size in the
+/// result it matches for the session's whole life.
+type Handshaken = (ClientResponse, u8, Vec<u8>, Arc<User>);
 
 /// A fresh 20-byte scramble of printable bytes.
 pub(crate) fn new_nonce() -> Vec<u8> {

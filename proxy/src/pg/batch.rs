@@ -272,3 +272,60 @@ mod tests {
         }
     }
 }
+
+/// Whether a client batch holds only what runs prepared statements (Bind, Describe, Execute,
+/// Close, Flush) and one Sync, last, and describes each portal before executing it: run again
+/// whole, it does what it would have done once, and the client learns the result's columns
+/// from the new plan (libpq's `PQexecPrepared`, pgbench `-M prepared`), not from the plan it
+/// prepared.
+pub fn only_executes(mut batch: &[u8]) -> bool {
+    use sqlswitch_protocol::pg::frame;
+    let (mut syncs, mut described) = (0, false);
+    while let Ok(Some(h)) = frame::peek_header(batch, usize::MAX) {
+        match h.tag {
+            _ if syncs > 0 => return false,
+            b'B' => described = false,
+            b'D' => described |= batch.get(frame::HEADER_LEN) == Some(&b'P'),
+            b'E' if described => {}
+            b'C' | b'H' => {}
+            b'S' => syncs += 1,
+            _ => return false,
+        }
+        batch = batch.get(h.total_len..).unwrap_or_default();
+    }
+    syncs == 1 && batch.is_empty()
+}
+
+#[cfg(test)]
+mod replan_tests {
+    use super::only_executes;
+    use bytes::BytesMut;
+    use postgres_protocol::message::frontend;
+
+    fn batch(describe: bool, sync: bool) -> BytesMut {
+        let mut out = BytesMut::new();
+        let none = |_: (), _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes);
+        frontend::bind("", "s1", [], [], none, [], &mut out).map_err(|_| "bind").unwrap();
+        if describe {
+            frontend::describe(b'P', "", &mut out).unwrap();
+        }
+        frontend::execute("", 0, &mut out).unwrap();
+        if sync {
+            frontend::sync(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn only_described_executions_with_one_sync_run_again() {
+        assert!(only_executes(&batch(true, true)));
+        assert!(!only_executes(&batch(false, true)), "the client would keep the old columns");
+        assert!(!only_executes(&batch(true, false)), "no Sync: not a whole implicit transaction");
+        let mut two = batch(true, true);
+        two.extend_from_slice(&batch(true, true));
+        assert!(!only_executes(&two), "two transactions");
+        let mut query = batch(true, false);
+        frontend::query("COMMIT", &mut query).unwrap();
+        assert!(!only_executes(&query), "a simple query may end a transaction");
+    }
+}

@@ -140,11 +140,24 @@ impl Session<'_> {
         let pipelined = self.outstanding > 0;
         let alone = !pipelined && self.tx() == TxStatus::Idle;
         let on_replica = side == Side::Replica && self.batch.complete && !self.batch.needs_unnamed_from;
+        self.replanning = false;
         if on_replica && (alone || self.core.active() == Some(Side::Replica)) {
             self.retry_binds.copy_from(&binds);
             self.retry = Some(bytes);
         } else {
             self.retry = None;
+            // Transaction pooling only: there the statement may have been prepared by another
+            // session, before a schema change this session prepared after.
+            let replannable = alone
+                && side == Side::Primary
+                && self.core.pools_per_transaction()
+                && self.batch.complete
+                && !binds.as_slice().is_empty();
+            if replannable && self.batch.parsed.is_empty() && crate::pg::batch::only_executes(&bytes) {
+                self.retry_binds.copy_from(&binds);
+                self.retry = Some(bytes);
+                self.replanning = true;
+            }
         }
         self.batch.binds = binds;
         self.after_send(side, reason, writes);
@@ -436,7 +449,7 @@ impl Session<'_> {
         let Some(side) = self.core.active() else { return Ok(()) };
         let was_idle = self.outstanding == 0 && self.core.slot(side).is_some_and(|s| s.conn.tx == TxStatus::Idle);
         self.drop_slot(side);
-        if self.retry.is_some() && self.outstanding == 1 {
+        if self.replica_retry() && self.outstanding == 1 {
             warn!("a replica failed before answering; sending the read to the primary");
             return self.resend_on_primary().await;
         }
@@ -462,6 +475,37 @@ impl Session<'_> {
             Some(side) => {
                 self.outstanding += 1;
                 self.id.cancel.set_target(self.core.slot(side).map(|s| s.conn.cancel.clone()));
+                self.core.activate(side);
+            }
+            None => self.waiting = None,
+        }
+        Ok(())
+    }
+
+    /// The primary answered a batch of prepared statements (held in [`Session::retry`], none
+    /// of it sent to the client) with 0A000 "cached plan must not change result type": a schema
+    /// change since the statements were prepared on this connection (by this session, or by
+    /// another that left them here). Directly, a session preparing after the change would not
+    /// see it. They are closed, prepared again, and the batch runs again: its implicit
+    /// transaction failed whole, so nothing of it took effect.
+    pub(super) async fn replan_and_rerun(&mut self) -> Result<(), End> {
+        let Some(batch) = self.retry.take().filter(|_| std::mem::take(&mut self.replanning)) else { return Ok(()) };
+        let binds = std::mem::take(&mut self.retry_binds);
+        // The connection's copies are stale: closed and prepared again before the batch.
+        if let Some(slot) = self.core.slot_mut(Side::Primary) {
+            for name in binds.as_slice() {
+                slot.applied.stale(name);
+            }
+        }
+        self.id.cluster.metrics.replans.increment(1);
+        debug!("a prepared statement's plan went stale under a schema change; preparing it again");
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let primary = self.id.cluster.table.load().primary;
+        let sent = self.send(Sending::To(Side::Primary), primary, &batch, binds.as_slice()).await;
+        self.retry_binds = binds;
+        match sent? {
+            Some(side) => {
+                self.outstanding += 1;
                 self.core.activate(side);
             }
             None => self.waiting = None,

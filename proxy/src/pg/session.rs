@@ -121,9 +121,15 @@ pub struct Session<'a> {
     /// The backend reported an error since the last ReadyForQuery.
     batch_error: bool,
     /// A replica read kept until its first answer byte, to retry it on the primary if the
-    /// replica fails.
+    /// replica fails; or, with `replanning`, a batch of the primary that binds named
+    /// statements, alone in an implicit transaction, kept until its first answer byte: if the
+    /// server answers that a statement's cached plan must not change result type (0A000, a
+    /// schema change under a statement prepared before it), it is prepared again and the batch
+    /// run again, as nothing of it took effect.
     pub(super) retry: Option<Bytes>,
-    /// The statements that read binds (buffers reused).
+    /// `retry` holds a primary batch to run again after a stale plan, not a replica read.
+    pub(super) replanning: bool,
+    /// The statements that `retry` binds (buffers reused).
     pub(super) retry_binds: Names,
     /// Where the unnamed statement was last parsed.
     pub(super) unnamed_side: Option<Side>,
@@ -180,6 +186,7 @@ impl<'a> Session<'a> {
             state_change: None,
             batch_error: false,
             retry: None,
+            replanning: false,
             retry_binds: Names::default(),
             unnamed_side: None,
             // The login's connection goes back (transaction pooling) before the first statement:
@@ -187,6 +194,16 @@ impl<'a> Session<'a> {
             boundary: true,
             unnamed_unbound: false,
         }
+    }
+
+    /// A replica read is held that may run on the primary instead ([`Session::retry`]).
+    pub(super) fn replica_retry(&self) -> bool {
+        self.retry.is_some() && !self.replanning
+    }
+
+    /// A primary batch is held that may run again after a stale plan ([`Session::retry`]).
+    pub(super) fn replan_held(&self) -> bool {
+        self.retry.is_some() && self.replanning
     }
 
     pub(super) fn slot(&mut self, side: Side) -> Option<&mut Slot<'a>> {

@@ -33,6 +33,11 @@ impl<C: Link> Core<'_, C> {
         movable && !keep
     }
 
+    /// Whether the session pools per transaction (its user's or cluster's `pool_mode`).
+    pub fn pools_per_transaction(&self) -> bool {
+        self.per_transaction
+    }
+
     /// Transaction pooling, between transactions: the session holds no connection now.
     pub fn pooled_out(&self) -> bool {
         self.per_transaction && self.slots[Side::Primary].is_none() && self.slots[Side::Replica].is_none()

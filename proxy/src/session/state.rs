@@ -369,6 +369,14 @@ impl Applied {
         self.prepared.insert(name, generation);
     }
 
+    /// `name`'s plan here went stale (a schema change): closed and prepared again before its
+    /// next use, as another session's statement of that name would be.
+    pub fn stale(&mut self, name: &str) {
+        if self.prepared.remove(name).is_some() {
+            self.foreign.insert(name.to_owned(), Bytes::new());
+        }
+    }
+
     /// `name` was closed here.
     pub fn closed(&mut self, name: &str) {
         self.foreign.remove(name);

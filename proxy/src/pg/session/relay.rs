@@ -8,12 +8,20 @@ impl Session<'_> {
     #[expect(clippy::indexing_slicing, reason = "slices end at `fwd`, which never passes the bytes buffered")]
     pub(super) async fn on_backend(&mut self) -> Result<(), End> {
         let Some(side) = self.core.active() else { return Ok(()) };
-        if self.retry.is_some() {
+        if self.replica_retry() {
             // A replica read that may still be retried elsewhere: hold its answer until it is
             // whole (ends with ReadyForQuery) or large, so that a replica dying mid-answer costs
             // the client nothing. A small answer usually arrives in one read anyway.
             let buf = self.core.slot(side).map(|s| &s.conn.buf[..]).unwrap_or_default();
             if buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
+                return Ok(());
+            }
+        }
+        if self.replan_held() {
+            // An error first may be a stale plan's: wait for the ReadyForQuery that tells
+            // whether the batch's transaction failed whole (it follows at once).
+            let buf = self.core.slot(side).map(|s| &s.conn.buf[..]).unwrap_or_default();
+            if buf.first() == Some(&msg::ERROR_RESPONSE) && buf.len() < RETRY_HOLD && !ends_with_ready_for_query(buf) {
                 return Ok(());
             }
         }
@@ -80,7 +88,8 @@ impl Session<'_> {
                             let refusal = standby_refusal(msg::error_fields(body).0);
                             if let Some(remember) = refusal {
                                 let whole = ends_with_ready_for_query(&slot.conn.buf);
-                                let rerun = side == Side::Replica && !read_only && self.retry.is_some();
+                                let rerun =
+                                    side == Side::Replica && !read_only && self.retry.is_some() && !self.replanning;
                                 if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
                                     // Earlier batches' answers are the client's; this one's is not.
                                     self.flush_backend(side, answered, answered).await?;
@@ -91,8 +100,28 @@ impl Session<'_> {
                                 }
                             }
                             let body = &slot.conn.buf[start..fwd];
+                            if self.retry.is_some() && self.replanning && self.outstanding == 1 && stale_plan(body) {
+                                // The implicit transaction failed whole (the last byte is its
+                                // ReadyForQuery's status): nothing of the batch took effect.
+                                let idle_after = slot.conn.buf.last() == Some(&b'I');
+                                if ends_with_ready_for_query(&slot.conn.buf)
+                                    && idle_after
+                                    && fwd - header.total_len == answered
+                                {
+                                    self.flush_backend(side, answered, answered).await?;
+                                    if let Some(slot) = self.core.slot_mut(side) {
+                                        slot.conn.buf.clear();
+                                    }
+                                    return Box::pin(self.replan_and_rerun()).await;
+                                }
+                            }
+                            let body = &slot.conn.buf[start..fwd];
                             let open_tx = slot.conn.tx != TxStatus::Idle;
-                            if msg::is_fatal(body) && self.outstanding == 0 && self.retry.is_none() && open_tx {
+                            if msg::is_fatal(body)
+                                && self.outstanding == 0
+                                && (self.retry.is_none() || self.replanning)
+                                && open_tx
+                            {
                                 // The server ended the session's open transaction with its
                                 // connection (idle_in_transaction_session_timeout, a
                                 // terminate): the client hears the server's own words, and the
@@ -100,7 +129,9 @@ impl Session<'_> {
                                 self.flush_backend(side, fwd, 0).await?;
                                 return Err(End::BackendGone);
                             }
-                            if msg::is_fatal(body) && (self.outstanding == 0 || self.retry.is_some()) {
+                            if msg::is_fatal(body)
+                                && (self.outstanding == 0 || (self.retry.is_some() && !self.replanning))
+                            {
                                 // The server is closing this connection (shutdown, crash): with
                                 // nothing owed to the client, or a read that can run elsewhere,
                                 // the client need not hear of it.
@@ -189,4 +220,11 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// An error that says a prepared statement's cached plan no longer fits its tables (a schema
+/// change since it was prepared on this connection).
+fn stale_plan(body: &[u8]) -> bool {
+    let (code, text) = msg::error_fields(body);
+    code == Some("0A000") && text.is_some_and(|t| t.contains("cached plan must not change result type"))
 }
