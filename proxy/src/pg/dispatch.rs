@@ -462,8 +462,8 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
-    /// Sends the held replica read ([`Session::retry`]) to the primary instead; its replica
-    /// answer, if any, has been consumed.
+    /// Sends the held batch ([`Session::retry`]) to the primary (again); its first answer, if
+    /// any, has been consumed.
     async fn resend_on_primary(&mut self) -> Result<(), End> {
         let Some(retry) = self.retry.take() else { return Ok(()) };
         let binds = std::mem::take(&mut self.retry_binds);
@@ -489,28 +489,18 @@ impl Session<'_> {
     /// see it. They are closed, prepared again, and the batch runs again: its implicit
     /// transaction failed whole, so nothing of it took effect.
     pub(super) async fn replan_and_rerun(&mut self) -> Result<(), End> {
-        let Some(batch) = self.retry.take().filter(|_| std::mem::take(&mut self.replanning)) else { return Ok(()) };
-        let binds = std::mem::take(&mut self.retry_binds);
+        if !std::mem::take(&mut self.replanning) {
+            return Ok(());
+        }
         // The connection's copies are stale: closed and prepared again before the batch.
         if let Some(slot) = self.core.slot_mut(Side::Primary) {
-            for name in binds.as_slice() {
+            for name in self.retry_binds.as_slice() {
                 slot.applied.stale(name);
             }
         }
         self.id.cluster.metrics.replans.increment(1);
         debug!("a prepared statement's plan went stale under a schema change; preparing it again");
-        self.outstanding = self.outstanding.saturating_sub(1);
-        let primary = self.id.cluster.table.load().primary;
-        let sent = self.send(Sending::To(Side::Primary), primary, &batch, binds.as_slice()).await;
-        self.retry_binds = binds;
-        match sent? {
-            Some(side) => {
-                self.outstanding += 1;
-                self.core.activate(side);
-            }
-            None => self.waiting = None,
-        }
-        Ok(())
+        self.resend_on_primary().await
     }
 
     /// A read-write session's replica refused a read, before any of its answer reached the
