@@ -257,6 +257,27 @@ pub fn eof_status(p: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes([*p.get(3)?, *p.get(4)?]))
 }
 
+/// The warning count of whatever terminator `p` is (OK after its status flags, EOF before
+/// them); 0 when it has none.
+pub fn terminator_warnings(p: &[u8]) -> u16 {
+    let at = match p.first() {
+        Some(0xFE) if p.len() < 9 => 1,
+        Some(0x00 | 0xFE) => {
+            let mut at = 1;
+            for _ in 0..2 {
+                let Some((_, n)) = p.get(at..).and_then(lenenc) else { return 0 };
+                at += n;
+            }
+            at + 2
+        }
+        _ => return 0,
+    };
+    match (p.get(at), p.get(at + 1)) {
+        (Some(lo), Some(hi)) => u16::from_le_bytes([*lo, *hi]),
+        _ => 0,
+    }
+}
+
 /// Status flags of whatever terminator `p` is (OK, EOF), if any.
 pub fn terminator_status(p: &[u8]) -> Option<u16> {
     match p.first() {
@@ -308,6 +329,16 @@ mod tests {
 
     /// An OK packet's insert id is kept (a two-byte length-encoded one here: 300); one
     /// without any leaves it.
+    #[test]
+    fn warnings_of_terminators() {
+        // OK: header, affected rows 1, insert id 0, status 0x0002, warnings 3.
+        assert_eq!(terminator_warnings(&[0x00, 1, 0, 0x02, 0x00, 3, 0]), 3);
+        // EOF: 0xFE, warnings 2, status.
+        assert_eq!(terminator_warnings(&[0xFE, 2, 0, 0x02, 0x00]), 2);
+        assert_eq!(terminator_warnings(&[0xFF, 0x10, 0x04]), 0, "an ERR is not a terminator");
+        assert_eq!(terminator_warnings(&[0x00, 1]), 0, "cut short");
+    }
+
     #[test]
     fn the_insert_id_of_an_ok_packet_is_kept() {
         let mut t = Tracker::new(Answer::ResultSet, false);

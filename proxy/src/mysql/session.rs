@@ -321,6 +321,7 @@ impl<'a> MySession<'a> {
                 // `SHOW WARNINGS` and friends are about the last statement: the connection that
                 // ran it answers.
                 let last = self.core.active().and_then(|side| self.core.slot(side).map(|s| (side, s.backend)));
+                self.pooling.about_last = v.about_last_statement && record.is_none();
                 if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
                     Plan { side, backend, reason: Reason::Transaction, read: true, record: None, temp: None }
                 } else {

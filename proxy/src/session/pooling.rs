@@ -33,6 +33,16 @@ impl<C: Link> Core<'_, C> {
         movable && !keep
     }
 
+    /// Keeps the session's connections after a transaction that [`Core::transaction_ended`]
+    /// would give back, for a moment ([`KEEP_AFTER_WRITE`]), when no client waits for its
+    /// key: what the last statement left on the connection (MySQL's warnings) answers the
+    /// next command there.
+    pub fn keep_a_moment(&mut self, key: &PoolKey) -> bool {
+        let Some(slot) = self.active.and_then(|side| self.slots[side].as_ref()) else { return false };
+        self.kept = !self.cluster.backends[slot.backend].contended(key);
+        self.kept
+    }
+
     /// Whether the session pools per transaction (its user's or cluster's `pool_mode`).
     pub fn pools_per_transaction(&self) -> bool {
         self.per_transaction

@@ -189,9 +189,15 @@ impl crate::session::core::Link for MyConn {
         Ok(true)
     }
 
+    /// A `PREPARE`, `DEALLOCATE PREPARE` or `USE` that the server refuses now (its table or
+    /// database dropped since the session ran it) is passed over: directly, the session's
+    /// statement would fail when executed, its database would be gone; the session goes on.
     async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError> {
         for statement in sql {
-            self.simple_query(statement).await?;
+            match self.simple_query(statement).await {
+                Err(BackendError::Refused { .. }) if may_lapse(statement) => {}
+                other => drop(other?),
+            }
         }
         Ok(())
     }
@@ -265,6 +271,30 @@ mod tests {
         for flag in (0..32).map(|bit| 1u32 << bit).filter(|f| caps::ext::OFFERED & f != 0) {
             assert!(missing_ext(0, flag).is_some_and(|n| n.starts_with("MARIADB_CLIENT_")), "{flag:#x}");
             assert!(missing_ext(flag, 0).is_some(), "{flag:#x} given unasked changes answers too");
+        }
+    }
+}
+
+/// Whether a replayed session statement may be refused now without harm to the session: one
+/// whose object may have been dropped since it ran (`PREPARE x FROM ...`, `DEALLOCATE PREPARE`,
+/// `DROP PREPARE`, `USE db`).
+fn may_lapse(statement: &str) -> bool {
+    let mut words = statement.split_whitespace().map(str::to_ascii_lowercase);
+    matches!(
+        (words.next().as_deref(), words.next().as_deref()),
+        (Some("prepare" | "use"), _) | (Some("deallocate" | "drop"), Some("prepare"))
+    )
+}
+
+#[cfg(test)]
+mod lapse_tests {
+    #[test]
+    fn only_statements_about_dropped_objects_may_lapse() {
+        for sql in ["PREPARE s FROM 'select a from t'", "use `demo`", "DEALLOCATE PREPARE s", "drop prepare s"] {
+            assert!(super::may_lapse(sql), "{sql}");
+        }
+        for sql in ["SET @a = 1", "SET NAMES utf8mb4", "DROP TABLE t", "SET time_zone = '+00:00'"] {
+            assert!(!super::may_lapse(sql), "{sql}");
         }
     }
 }

@@ -22,6 +22,13 @@ pub(super) struct Pooling {
     /// (`SELECT LAST_INSERT_ID(n)`) before the session's next command, so that
     /// `LAST_INSERT_ID()` answers the session's own value wherever that runs.
     pub insert_id: (u64, u64),
+    /// The last command left warnings or an error (`SHOW WARNINGS`, `@@warning_count`
+    /// answer for the connection that ran it): the connection is kept for the next command
+    /// a moment, when no client waits for one.
+    pub diagnostics: bool,
+    /// The command asks about the last statement (`SHOW WARNINGS`): it leaves the
+    /// diagnostics as they were, as the server does.
+    pub about_last: bool,
 }
 
 impl MySession<'_> {
@@ -34,6 +41,9 @@ impl MySession<'_> {
             return false;
         }
         if self.core.transaction_ended(&self.id.key) {
+            if self.pooling.diagnostics && self.core.keep_a_moment(&self.id.key) {
+                return true;
+            }
             self.give_back().await;
             return false;
         }

@@ -69,6 +69,9 @@ impl MySession<'_> {
                     fwd += h.total_len();
                 }
                 if let Step::Done(flags) = step {
+                    let left = tracker.failed || sqlswitch_protocol::mysql::response::terminator_warnings(prefix) > 0;
+                    let about_last = std::mem::take(&mut self.pooling.about_last);
+                    self.pooling.diagnostics = left || (about_last && self.pooling.diagnostics);
                     // Counted before the client can see it.
                     if tracker.failed {
                         self.id.cluster.metrics.errors.count(true, &tracker.error_class);
