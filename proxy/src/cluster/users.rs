@@ -88,6 +88,18 @@ pub struct User {
     pub read_only: bool,
 }
 
+/// A user whose stored secret stands for its password: the server's own SCRAM verifier
+/// (PostgreSQL) or `mysql_native_password` hash (`mysql`), checked against clients' proofs and
+/// logged in to backends with the key they prove; `None` when `secret` is neither.
+fn passthrough(secret: &str, mysql: bool, read_only: bool) -> Option<User> {
+    let (verifier, native_hash) = if mysql {
+        (Verifier::unused(), Some(crate::conn::scramble::parse_native_hash(secret)?))
+    } else {
+        (Verifier::parse(secret)?, None)
+    };
+    Some(User { password: String::new(), passthrough: true, native_hash, verifier, read_only })
+}
+
 /// The users of `config`, reusing the verifiers of `old` for unchanged passwords (deriving one
 /// costs a PBKDF2).
 pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, Arc<User>>>) -> HashMap<String, Arc<User>> {
@@ -97,14 +109,7 @@ pub fn users_of(config: &ClusterConfig, old: Option<&HashMap<String, Arc<User>>>
         .map(|u| {
             let read_only = config.read_only_users.contains(&u.name);
             let mysql = config.protocol == sqlswitch_config::Protocol::Mysql;
-            if let Some(verifier) = Verifier::parse(u.secret()).filter(|_| !mysql) {
-                let user = User { password: String::new(), passthrough: true, native_hash: None, verifier, read_only };
-                return (u.name.clone(), Arc::new(user));
-            }
-            if let Some(hash) = crate::conn::scramble::parse_native_hash(u.secret()).filter(|_| mysql) {
-                let verifier = Verifier::unused();
-                let user =
-                    User { password: String::new(), passthrough: true, native_hash: Some(hash), verifier, read_only };
+            if let Some(user) = passthrough(u.secret(), mysql, read_only) {
                 return (u.name.clone(), Arc::new(user));
             }
             let verifier = match old.and_then(|o| o.get(&u.name)).filter(|o| o.password == u.secret()) {
@@ -193,23 +198,7 @@ impl super::Cluster {
         };
         let secret = rows.first().and_then(|r| r.first()).cloned().flatten();
         let read_only = self.config.read_only_users.iter().any(|u| u == name);
-        let user = match secret.as_deref() {
-            Some(s) if mysql => crate::conn::scramble::parse_native_hash(s).map(|hash| User {
-                password: String::new(),
-                passthrough: true,
-                native_hash: Some(hash),
-                verifier: Verifier::unused(),
-                read_only,
-            }),
-            Some(s) => Verifier::parse(s).map(|verifier| User {
-                password: String::new(),
-                passthrough: true,
-                native_hash: None,
-                verifier,
-                read_only,
-            }),
-            None => None,
-        };
+        let user = secret.as_deref().and_then(|s| passthrough(s, mysql, read_only));
         if secret.is_some() && user.is_none() {
             debug!(user = %name, "auth_user: the user's stored secret is not one sqlswitch can check");
         }

@@ -165,9 +165,7 @@ impl<C: Link> Core<'_, C> {
         // DISCARD ALL (a pinned session's state is on its primary connection).
         if side == Side::Primary || self.slots[Side::Primary].is_none() {
             self.state.unpin();
-            if std::mem::take(&mut self.pin_counted) {
-                self.cluster.metrics.pinned.decrement(1.0);
-            }
+            self.uncount_pin();
         }
         // Back to what the login gave (as directly, where DISCARD ALL returns every setting
         // to its value at the start of the session).
