@@ -38,7 +38,7 @@ pub fn proxy_pid(random: i32) -> i32 {
 /// All sessions' cancel keys.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<i32, Entry>>,
+    sessions: Mutex<HashMap<i32, Entry, foldhash::fast::RandomState>>,
     /// The last server process of sessions that ended, newest last (at most [`RECENT`]): a
     /// notification is often delivered after its sender quit (at the listener's next
     /// transaction boundary), and still names the pid the sender's client was given.

@@ -86,9 +86,15 @@ impl Backend {
         }
     }
 
+    /// An idle connection for `key` taken without waiting, if there is one (see
+    /// [`Pool::take_idle`]): the common case of a checkout under transaction pooling.
+    pub fn take_idle<C: PoolOf + Send + 'static>(&self, key: &PoolKey, limits: crate::pool::Limits) -> Option<C> {
+        C::pool_in(&self.pool)?.take_idle(key, limits)
+    }
+
     /// Pools `conn`; returns a connection the caller must close (the pool is full, or speaks the
     /// other protocol).
-    pub fn put<C: PoolOf>(&self, key: PoolKey, conn: C) -> Option<C> {
+    pub fn put<C: PoolOf>(&self, key: &PoolKey, conn: C) -> Option<C> {
         match C::pool_in(&self.pool) {
             Some(pool) => pool.put(key, conn),
             None => Some(conn),

@@ -512,7 +512,7 @@ impl Cluster {
         let active = self.active_group(&rt);
         let mut views =
             [route::BackendView { replica: false, up: false, weight: 0, caught_up_to: 0, lag: u64::MAX }; MAX_VIEWS];
-        for (i, (view, b)) in views.iter_mut().zip(&self.backends).enumerate() {
+        for (i, (view, b)) in views.iter_mut().zip(self.backends.iter()).enumerate() {
             // Only the primary's group serves: another group is a cluster on its own.
             let serves = rt.enabled(i) && (rt.is_primary(i) || b.group_id == active);
             *view = if monitored {

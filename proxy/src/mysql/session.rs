@@ -539,7 +539,11 @@ impl<'a> MySession<'a> {
         // and the client must hear it.
         let tx = self.tx();
         let id = &self.id;
-        self.core.ready(side, plan.backend, &id.key, tx, |backend| acquire(id, backend)).await?;
+        // Boxed, when there is anything to do: taking a connection (a wait, a login) is the
+        // largest state of a session's future; unboxed, every idle session would carry its size.
+        if !self.core.settled(side, plan.backend, tx) {
+            Box::pin(self.core.ready(side, plan.backend, &id.key, tx, |backend| acquire(id, backend))).await?;
+        }
         self.carry_insert_id(side).await?;
         let id = &self.id;
         let slot = self.core.slot_mut(side).ok_or(BackendError::Closed)?;

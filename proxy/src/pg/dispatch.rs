@@ -116,6 +116,9 @@ impl Session<'_> {
         // The common case, a connection that is ready as it is, writes here; anything else
         // (taking a connection, replaying state, a failed write, falling back) is boxed.
         let mut written = None;
+        if self.core.slot(side).is_none() {
+            self.adopt_idle(side, backend);
+        }
         if self.slot_settled(side, backend, binds.as_slice()) {
             if let Some(slot) = self.core.slot_mut(side) {
                 written = Some(slot.conn.stream.send(&bytes).await.is_ok());
@@ -382,6 +385,20 @@ impl Session<'_> {
             self.id.cluster.metrics.prepared_again.increment(1);
         }
         Ok(())
+    }
+
+    /// Takes an idle connection to `backend` for `side` without waiting, when its pool has
+    /// one (the common case under transaction pooling), so that `dispatch` writes at once;
+    /// else [`Session::ready_slot`] checks one out.
+    fn adopt_idle(&mut self, side: Side, backend: usize) {
+        let (cluster, key) = (self.id.cluster, self.id.key);
+        let b = &cluster.backends[backend];
+        let Some(conn) = b.take_idle::<BackendConn>(key, cluster.limits(key.user())) else { return };
+        if let Err(conn) = self.core.adopt_idle(side, backend, conn) {
+            if let Some(extra) = b.put(key, conn) {
+                tokio::spawn(extra.terminate());
+            }
+        }
     }
 
     /// Whether `side`'s connection is ready for a batch that binds `binds` as it is: what

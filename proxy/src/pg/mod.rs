@@ -103,7 +103,7 @@ pub async fn serve(accepted: Box<Accepted>) {
                 cancel::send_cancel(slot.conn.cancel.clone()).await;
                 slot.conn.terminate().await;
             } else {
-                release(&cluster, slot.backend, key.clone(), slot.conn, true).await;
+                release(&cluster, slot.backend, &key, slot.conn, true).await;
             }
         }
     })
@@ -180,7 +180,7 @@ async fn open(
     let cancel_key = cancels.register();
     if let Err(e) = welcome(&mut stream, &conn, &cancel_key, app_name).await {
         debug!(%peer, error = %e, "client left during startup");
-        release(cluster, index, key, conn, false).await;
+        release(cluster, index, &key, conn, false).await;
         return None;
     }
     info!(cluster = %cluster.config.name, %peer, user = %user, backend = %backend.name, read_only, "session started");
@@ -188,7 +188,7 @@ async fn open(
     cluster.metrics.sessions.increment(1.0);
     // The login proved the user and database good; the connection goes back to the pool and
     // the session takes one when it first sends something, so an idle client holds none.
-    release(cluster, index, key.clone(), conn, false).await;
+    release(cluster, index, &key, conn, false).await;
 
     let settings = session_settings(app_name);
     Some(Opened { stream, buf, account, key, read_only, cancel_key, settings, keys })
@@ -291,7 +291,7 @@ async fn welcome(
 }
 
 /// Resets a connection and returns it to its backend's pool, or closes it.
-pub(crate) async fn release(cluster: &Cluster, index: usize, key: PoolKey, mut conn: BackendConn, reset: bool) {
+pub(crate) async fn release(cluster: &Cluster, index: usize, key: &PoolKey, mut conn: BackendConn, reset: bool) {
     let clean = !reset || matches!(conn.reset().await, Ok(true));
     if clean && conn.is_reusable() {
         if let Some(extra) = cluster.backends[index].put(key, conn) {
@@ -339,7 +339,7 @@ impl crate::session::core::Link for BackendConn {
             // A custom parameter's placeholder survives every reset: not for another session.
             self.terminate().await;
         } else {
-            release(cluster, backend, key.clone(), self, true).await;
+            release(cluster, backend, key, self, true).await;
         }
     }
 
@@ -370,7 +370,17 @@ impl crate::session::core::Link for BackendConn {
         } else {
             self.held = held;
         }
-        release(cluster, backend, key.clone(), self, false).await;
+        release(cluster, backend, key, self, false).await;
+    }
+
+    const GIVES_BACK_NOW: bool = true;
+
+    fn give_back_now(mut self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held) {
+        self.held = held;
+        let closing = if self.is_reusable() { cluster.backends[backend].put(key, self) } else { Some(self) };
+        if let Some(conn) = closing {
+            tokio::spawn(conn.terminate());
+        }
     }
 }
 

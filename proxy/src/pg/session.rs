@@ -261,7 +261,9 @@ impl<'a> Session<'a> {
                     }
                 }
                 if self.core.transaction_ended(self.id.key) && !self.unnamed_unbound {
-                    Box::pin(self.give_back()).await;
+                    if !self.give_back_now() {
+                        Box::pin(self.give_back()).await;
+                    }
                 } else if self.core.keeping() {
                     // The one timer serves both: a session that keeps its connection after a
                     // write holds no state that stops it moving.
@@ -348,6 +350,20 @@ impl<'a> Session<'a> {
     /// session's cancel key points nowhere until its next statement takes one.
     async fn give_back(&mut self) {
         self.core.give_back_all(self.id.key).await;
+        self.gave_back();
+    }
+
+    /// [`Session::give_back`]'s common case (the session only read), without awaiting:
+    /// whether every connection went back.
+    fn give_back_now(&mut self) -> bool {
+        let all = self.core.give_back_now(self.id.key);
+        if all {
+            self.gave_back();
+        }
+        all
+    }
+
+    fn gave_back(&mut self) {
         self.id.cancel.set_target(None);
         self.unnamed_side = None;
     }

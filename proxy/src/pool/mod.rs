@@ -126,7 +126,7 @@ impl Default for PoolMetrics {
 
 /// A pool of idle connections of type `C`, keyed by `K`.
 pub struct Pool<K, C> {
-    idle: Mutex<HashMap<K, Entry<C>>>,
+    idle: Mutex<HashMap<K, Entry<C>, foldhash::fast::RandomState>>,
     max_idle: usize,
     gauge: Gauge,
     count: Arc<OpenCount>,
@@ -139,7 +139,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     /// A pool that keeps at most `max_idle` connections per key, reporting to `metrics`.
     pub fn new(max_idle: usize, metrics: PoolMetrics) -> Self {
         let PoolMetrics { idle, waiting, waited, timeouts, count } = metrics;
-        Self { idle: Mutex::new(HashMap::new()), max_idle, gauge: idle, count, waiting, waited, timeouts }
+        Self { idle: Mutex::new(HashMap::default()), max_idle, gauge: idle, count, waiting, waited, timeouts }
     }
 
     /// Sessions waiting for room now (on the backend's limit or a key's).
@@ -159,7 +159,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         !entry.waiters.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<C>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<C>, foldhash::fast::RandomState>> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -172,11 +172,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
             let idle = {
                 let mut idle = self.lock();
                 let list = &mut idle.get_mut(key)?.idle;
-                let at = if shuffle {
-                    (list.len() >= 2).then_some(0)?
-                } else {
-                    list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))?
-                };
+                let at = pick(list, shuffle, here)?;
                 list.remove(at)
             };
             self.gauge.decrement(1.0);
@@ -190,11 +186,18 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     }
 
     /// Returns a clean connection; past `max_idle` it is handed back to be closed.
-    pub fn put(&self, key: K, conn: C) -> Option<C> {
+    pub fn put(&self, key: &K, conn: C) -> Option<C>
+    where
+        K: Clone,
+    {
         let worker = crate::workers::current();
         {
             let mut idle = self.lock();
-            let entry = idle.entry(key).or_default();
+            // The key is cloned only the first time: a transaction's give-back allocates nothing.
+            if !idle.contains_key(key) {
+                idle.insert(key.clone(), Entry::default());
+            }
+            let Some(entry) = idle.get_mut(key) else { return Some(conn) };
             // The first client waiting for one of the key's connections takes it.
             let mut conn = conn;
             while let Some(waiter) = entry.waiters.pop_front() {
@@ -230,12 +233,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         // still waiting, and a client queues only when none is idle. (No walk over the queue
         // here: with thousands waiting it would cost every transaction.)
         let list = &mut entry.idle;
-        let at = if limits.shuffle {
-            (list.len() >= 2).then_some(0)
-        } else {
-            list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))
-        };
-        if let Some(idle) = at.map(|at| list.remove(at)) {
+        if let Some(idle) = pick(list, limits.shuffle, here).map(|at| list.remove(at)) {
             self.gauge.decrement(1.0);
             return Turn::Idle(idle.worker, idle.conn);
         }
@@ -250,6 +248,30 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         let (tx, rx) = oneshot::channel();
         entry.waiters.push_back(tx);
         Turn::Queued(rx, Arc::clone(&entry.open))
+    }
+
+    /// The common case of a checkout, without waiting: an idle connection for `key` when one is
+    /// there (then no client waits before this one: [`Pool::put`] hands each connection to the
+    /// first waiting), picked as [`Pool::checkout`] would. `None`: the caller checks out. One
+    /// found unusable is closed in the background.
+    pub fn take_idle(&self, key: &K, limits: Limits) -> Option<C>
+    where
+        C: Send + 'static,
+    {
+        let here = crate::workers::current();
+        let idle = {
+            let mut map = self.lock();
+            let list = &mut map.get_mut(key)?.idle;
+            let at = pick(list, limits.shuffle, here)?;
+            list.remove(at)
+        };
+        self.gauge.decrement(1.0);
+        let conn = if idle.worker == here { idle.conn } else { idle.conn.rehome().ok()? };
+        if conn.is_reusable() {
+            return Some(conn);
+        }
+        tokio::spawn(conn.close());
+        None
     }
 
     /// How many idle connections are kept.
@@ -333,7 +355,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         match rx.try_recv() {
             Ok(got) if waited.is_some() => Some(Some(got)),
             Ok((_, conn)) => {
-                if let Some(extra) = self.put(key.clone(), conn) {
+                if let Some(extra) = self.put(key, conn) {
                     extra.close().await;
                 }
                 None
@@ -435,7 +457,10 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
             }
         };
         self.waited_since(&mut waiting, started);
-        let mut conn = match open().await {
+        // Boxed: a login is the largest state of a checkout, and a rare one under transaction
+        // pooling, where a checkout is most often a wait for a connection another session
+        // gives back.
+        let mut conn = match Box::pin(open()).await {
             Err(e) if e.too_many_connections() => {
                 // The server is full: idle pooled connections must not be why.
                 let mut closed = 0usize;
@@ -447,7 +472,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
                     return Err(e);
                 }
                 tracing::info!(closed, "the backend refused a login for too many connections; closed idle ones");
-                open().await?
+                Box::pin(open()).await?
             }
             result => result?,
         };
@@ -456,6 +481,17 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
         }
         Ok(conn)
     }
+}
+
+/// Which of a key's idle connections (most recently returned last) a checkout takes: the most
+/// recently returned one registered on this worker (`here`), else the most recently returned;
+/// with `shuffle`, the one returned longest ago, and only when another is idle too
+/// ([`Limits::shuffle`]).
+fn pick<C>(list: &[Idle<C>], shuffle: bool, here: usize) -> Option<usize> {
+    if shuffle {
+        return (list.len() >= 2).then_some(0);
+    }
+    list.iter().rposition(|i| i.worker == here).or_else(|| list.len().checked_sub(1))
 }
 
 mod key;

@@ -25,25 +25,38 @@ fn pool(max_idle: usize) -> Pool<&'static str, u32> {
 #[test]
 fn keeps_per_key_and_caps() {
     let pool = pool(2);
-    assert_eq!(pool.put("a", 1), None);
-    assert_eq!(pool.put("a", 2), None);
-    assert_eq!(pool.put("a", 3), Some(3));
-    assert_eq!(pool.put("b", 4), None);
+    assert_eq!(pool.put(&"a", 1), None);
+    assert_eq!(pool.put(&"a", 2), None);
+    assert_eq!(pool.put(&"a", 3), Some(3));
+    assert_eq!(pool.put(&"b", 4), None);
     assert_eq!(pool.take(&"a", false), Some(2));
     assert_eq!(pool.take(&"c", false), None);
     assert_eq!(pool.idle_count(), 2);
 }
 
 #[test]
+fn take_idle_takes_what_a_checkout_would_without_waiting() {
+    let pool = pool(8);
+    let limits = |shuffle| Limits { max_open: 0, wait: Duration::from_secs(1), per_key: 2, shuffle };
+    assert_eq!(pool.take_idle(&"a", limits(false)), None);
+    assert_eq!(pool.put(&"a", 1), None);
+    assert_eq!(pool.put(&"a", 2), None);
+    assert_eq!(pool.take_idle(&"a", limits(true)), Some(1), "shuffling: the one returned longest ago");
+    assert_eq!(pool.take_idle(&"a", limits(true)), None, "shuffling: never the only one idle");
+    assert_eq!(pool.take_idle(&"a", limits(false)), Some(2), "the most recently returned");
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[test]
 fn evicts_the_oldest_of_any_key_and_expires_idle_ones() {
     let pool = pool(8);
-    assert_eq!(pool.put("a", 1), None);
+    assert_eq!(pool.put(&"a", 1), None);
     std::thread::sleep(Duration::from_millis(5));
-    assert_eq!(pool.put("b", 2), None);
-    assert_eq!(pool.put("a", 3), None);
+    assert_eq!(pool.put(&"b", 2), None);
+    assert_eq!(pool.put(&"a", 3), None);
     assert_eq!(pool.evict_oldest(), Some(1));
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(pool.put("a", 4), None);
+    assert_eq!(pool.put(&"a", 4), None);
     let mut gone = pool.expired(Duration::from_millis(10), 0);
     gone.sort_unstable();
     assert_eq!(gone, vec![2, 3]);
@@ -100,7 +113,7 @@ async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
     let open = |n: u32| opener(&count, n);
     // One open and idle under another key: closed to make room.
     count.opened();
-    assert!(pool.put("other", Counted(7, Arc::clone(&count), None)).is_none());
+    assert!(pool.put(&"other", Counted(7, Arc::clone(&count), None)).is_none());
     let first = pool.checkout(&"mine", limits, open(1)).await.ok();
     assert_eq!(first.as_ref().map(|c| c.0), Some(1));
     assert_eq!(count.get(), 1);
@@ -118,7 +131,7 @@ async fn a_full_backend_makes_room_from_idle_connections_or_waits() {
         }
         assert_eq!(pool.waiting(), 1, "the session waiting for room is counted");
         if let Some(c) = first {
-            assert!(pool.put("mine", c).is_none());
+            assert!(pool.put(&"mine", c).is_none());
         }
     });
     assert_eq!(got.ok().map(|c| c.0), Some(1));
@@ -188,7 +201,7 @@ async fn a_full_key_serves_its_waiters_first_come_first_served() {
         async move {
             let c = pool.checkout(&"k", limits, open).await.expect("served");
             served.lock().unwrap().push((i, c.0));
-            assert!(pool.put("k", c).is_none());
+            assert!(pool.put(&"k", c).is_none());
         }
     };
     let driver = async {
@@ -196,7 +209,7 @@ async fn a_full_key_serves_its_waiters_first_come_first_served() {
             tokio::task::yield_now().await;
         }
         if let Some(c) = first {
-            assert!(pool.put("k", c).is_none());
+            assert!(pool.put(&"k", c).is_none());
         }
     };
     tokio::join!(waiter(0), waiter(1), waiter(2), driver);

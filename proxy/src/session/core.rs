@@ -65,6 +65,17 @@ pub trait Link: Pooled + Sized {
     /// holds `held`; with `reset` (the session ran more than reads on it), reset first as at a
     /// session's end, keeping only its named statements (prepared again after the reset).
     async fn give_back(self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held, reset: bool);
+
+    /// Whether [`Link::give_back_now`] serves: a connection given back without a reset goes
+    /// back without awaiting (PostgreSQL; a MySQL one is always reset).
+    const GIVES_BACK_NOW: bool = false;
+
+    /// Transaction pooling's common case, without awaiting: [`Link::give_back`] without a
+    /// reset; one the pool cannot keep is closed in the background. Called only when
+    /// [`Link::GIVES_BACK_NOW`].
+    fn give_back_now(self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held) {
+        let _ = (cluster, backend, key, held);
+    }
 }
 
 pub use crate::conn::Held;
@@ -502,15 +513,15 @@ impl<'a, C: Link> Core<'a, C> {
             return Err(BackendError::Closed);
         }
         if replace {
-            // Boxed: taking a connection (a login, maybe) is the largest state of a session's
-            // future and a rare one; unboxed, every idle session would carry its size.
+            // Giving a connection back (a reset) is boxed; taking one is not: its login is boxed
+            // inside the checkout ([`crate::pool::Pool::checkout`]), and callers box `ready`.
             if let Some(old) = self.slots[side].take() {
                 Box::pin(release(self.cluster, *old, key, &self.state)).await;
             }
             if active {
                 self.active = None;
             }
-            let mut conn = Box::pin(open(backend)).await?;
+            let mut conn = open(backend).await?;
             // A connection another session gave back between transactions may hold its state:
             // the part this session's begins with is kept, anything else is cleared.
             let held = match conn.holds(&self.state.replay) {
@@ -520,11 +531,7 @@ impl<'a, C: Link> Core<'a, C> {
                     0
                 }
             };
-            let statements = conn.take_statements();
-            let mut slot = Slot::new(self.cluster, backend, conn);
-            slot.applied.replayed = held;
-            slot.applied.adopt(statements, &self.state);
-            self.slots[side] = Some(Box::new(slot));
+            self.install(side, backend, conn, held);
         }
         let slot = self.slots[side].as_mut().ok_or_else(|| BackendError::Protocol("no connection".into()))?;
         // Maintenance makes the session's connections read-only (one that is read-only by
@@ -545,6 +552,37 @@ impl<'a, C: Link> Core<'a, C> {
             slot.maintenance = true;
         }
         Ok(slot)
+    }
+
+    /// `conn`, just taken from `backend`'s pool and holding the first `held` of the session
+    /// state ([`Link::holds`]), becomes `side`'s connection.
+    fn install(&mut self, side: Side, backend: usize, mut conn: C, held: usize) {
+        let statements = conn.take_statements();
+        let mut slot = Slot::new(self.cluster, backend, conn);
+        slot.applied.replayed = held;
+        slot.applied.adopt(statements, &self.state);
+        self.slots[side] = Some(Box::new(slot));
+    }
+
+    /// Transaction pooling's common case, without awaiting: `conn`, an idle connection just
+    /// taken from `backend`'s pool, becomes `side`'s connection when the session has none
+    /// there and `conn` holds nothing of another session's that would have to be cleared
+    /// first; else it comes back (for the pool: [`Core::ready`] takes it the long way).
+    /// What the slot still lacks (state to replay, statements to prepare) is
+    /// [`Core::ready`]'s, which finds the slot in place.
+    ///
+    /// # Errors
+    /// `conn` itself, when it cannot be adopted now.
+    pub fn adopt_idle(&mut self, side: Side, backend: usize, conn: C) -> Result<(), C> {
+        if self.slots[side].is_some() {
+            return Err(conn);
+        }
+        let Some(held) = conn.holds(&self.state.replay) else { return Err(conn) };
+        if self.active == Some(side) {
+            self.active = None;
+        }
+        self.install(side, backend, conn, held);
+        Ok(())
     }
 
     /// Returns every connection to its pool (or closes it), and ends the session's primary

@@ -78,6 +78,12 @@ impl Link for Fake {
         Ok(())
     }
 
+    const GIVES_BACK_NOW: bool = true;
+
+    fn give_back_now(self, _cluster: &Cluster, _backend: usize, _key: &PoolKey, _held: Held) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn release(self, _cluster: &Cluster, _backend: usize, _key: &PoolKey, _state: &SessionState) {
         if self.frozen {
             std::future::pending::<()>().await;
@@ -573,4 +579,32 @@ async fn a_pin_ends_when_the_server_says_its_state_is_released() {
     assert_eq!(core.state().unmovable(), Some("a GET_LOCK() lock"), "the reason left is the one told");
     core.released(Held::GET_LOCK);
     assert_eq!((core.state().unmovable(), core.state().held()), (None, 0));
+}
+
+/// Transaction pooling without awaiting: a connection the session only read on goes back at
+/// once, one a transaction wrote on waits for `give_back_all` (its reset); an idle connection
+/// is adopted only where the session has none and when it holds nothing another session left.
+#[test]
+fn read_connections_go_back_at_once_and_written_ones_wait_for_their_reset() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    assert!(core.give_back_now(&key()));
+    assert_eq!(released.load(Ordering::SeqCst), 1);
+    assert!(core.slot(Side::Primary).is_none() && core.active().is_none());
+    let fake = |held| Fake {
+        backend: 0,
+        frozen: false,
+        released: Arc::clone(&released),
+        asked: Arc::default(),
+        held,
+        holding: false,
+    };
+    assert!(core.adopt_idle(Side::Primary, 0, fake(None)).is_err(), "another session's state is cleared first");
+    assert!(core.adopt_idle(Side::Primary, 0, fake(Some(0))).is_ok());
+    assert!(core.adopt_idle(Side::Primary, 0, fake(Some(0))).is_err(), "the side has its connection");
+    core.slots[Side::Primary].as_mut().expect("adopted").wrote = true;
+    assert!(!core.give_back_now(&key()), "a connection a write ran on is reset first");
+    assert!(core.slot(Side::Primary).is_some());
+    assert_eq!(released.load(Ordering::SeqCst), 1);
 }

@@ -12,6 +12,12 @@ use tracing::warn;
 /// session.
 pub const KEEP_AFTER_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Whether a connection holds more named statements than one given back keeps
+/// ([`MAX_HELD_STATEMENTS`]): it is fully reset.
+fn many_statements<C>(slot: &Slot<'_, C>) -> bool {
+    slot.applied.prepared.len() + slot.applied.foreign.len() > MAX_HELD_STATEMENTS
+}
+
 impl<C: Link> Core<'_, C> {
     /// At the end of a transaction, with nothing owed: whether the session's connections go
     /// back to the pool now (transaction pooling). Not when the session holds what stays with
@@ -83,22 +89,50 @@ impl<C: Link> Core<'_, C> {
     pub async fn give_back_all(&mut self, key: &PoolKey) {
         self.leave_primary();
         self.active = None;
-        let shared = self.state.replay.shared();
         for (_, slot) in std::mem::take(&mut self.slots) {
             let Some(slot) = slot else { continue };
-            let many = slot.applied.prepared.len() + slot.applied.foreign.len() > MAX_HELD_STATEMENTS;
-            if slot.maintenance || slot.stale || many || (slot.wrote && self.state.custom_settings) {
+            if slot.maintenance || slot.stale || many_statements(&slot) || (slot.wrote && self.state.custom_settings) {
                 release(self.cluster, *slot, key, &self.state).await;
                 continue;
             }
-            let replay = shared.clone().filter(|_| slot.applied.replayed > 0 && !slot.wrote);
-            let held =
-                Held { replay: replay.map(|s| (s, slot.applied.replayed)), statements: slot.applied.held(&self.state) };
+            let held = self.held_by(&slot);
             let Slot { conn, backend, wrote, .. } = *slot;
             let give = conn.give_back(self.cluster, backend, key, held, wrote);
             if tokio::time::timeout(RELEASE_DEADLINE, give).await.is_err() {
                 warn!(backend = %self.cluster.backends[backend].name, "giving a connection back did not finish in time; it is closed instead");
             }
         }
+    }
+
+    /// [`Core::give_back_all`]'s common case, without awaiting: each connection the session
+    /// only read on goes back as it is, now ([`Link::give_back_now`]). Whether none is left
+    /// (else `give_back_all` gives back, resetting, the rest).
+    pub fn give_back_now(&mut self, key: &PoolKey) -> bool {
+        if !C::GIVES_BACK_NOW {
+            return false;
+        }
+        self.leave_primary();
+        self.active = None;
+        let mut left = false;
+        for side in [Side::Primary, Side::Replica] {
+            let Some(slot) = self.slots[side].take() else { continue };
+            if slot.maintenance || slot.stale || many_statements(&slot) || slot.wrote {
+                self.slots[side] = Some(slot);
+                left = true;
+                continue;
+            }
+            let held = self.held_by(&slot);
+            let Slot { conn, backend, .. } = *slot;
+            conn.give_back_now(self.cluster, backend, key, held);
+        }
+        !left
+    }
+
+    /// What a connection given back between transactions holds of the session: its state, as
+    /// far as replayed (unless a transaction wrote on it: it is reset), and its named
+    /// statements.
+    fn held_by(&self, slot: &Slot<'_, C>) -> Held {
+        let replay = self.state.replay.shared().filter(|_| slot.applied.replayed > 0 && !slot.wrote);
+        Held { replay: replay.map(|s| (s, slot.applied.replayed)), statements: slot.applied.held(&self.state) }
     }
 }

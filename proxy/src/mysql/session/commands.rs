@@ -99,7 +99,7 @@ impl MySession<'_> {
     pub(super) async fn kill_thread(&self, backend: usize, thread: u32) -> Result<(), BackendError> {
         let mut killer = acquire(&self.id, backend).await?;
         killer.simple_query(&format!("KILL QUERY {thread}")).await?;
-        if let Some(extra) = self.id.cluster.backends[backend].put(self.id.key.clone(), killer) {
+        if let Some(extra) = self.id.cluster.backends[backend].put(&self.id.key, killer) {
             extra.quit().await;
         }
         Ok(())

@@ -211,7 +211,7 @@ impl crate::session::core::Link for MyConn {
     /// setting) and pools it, or closes it.
     async fn release(mut self, cluster: &Cluster, backend: usize, key: &PoolKey, _state: &SessionState) {
         if matches!(self.reset().await, Ok(true)) && self.is_reusable() {
-            if let Some(extra) = cluster.backends[backend].put(key.clone(), self) {
+            if let Some(extra) = cluster.backends[backend].put(key, self) {
                 extra.quit().await;
             }
         } else {
