@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod client;
 mod dispatch;
+mod rerun;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -557,26 +557,6 @@ impl<'a> Session<'a> {
     }
 }
 
-/// A retryable replica answer is held back up to this size.
-const RETRY_HOLD: usize = 64 * 1024;
-
-/// Whether SQLSTATE `code` says a standby cannot run the statement, and if so whether to
-/// remember that: `Some(true)` for 25006 (read-only transaction: the statement writes) and
-/// 0A000 (an unlogged or temporary relation), `Some(false)` for 40001 (a cancel by a recovery
-/// conflict, which passes).
-fn standby_refusal(code: Option<&str>) -> Option<bool> {
-    match code? {
-        "25006" | "0A000" => Some(true),
-        "40001" => Some(false),
-        _ => None,
-    }
-}
-
-/// Whether `buf` ends with a whole ReadyForQuery message.
-fn ends_with_ready_for_query(buf: &[u8]) -> bool {
-    buf.len().checked_sub(6).and_then(|at| buf.get(at..at + 5)) == Some(&[msg::READY_FOR_QUERY, 0, 0, 0, 5])
-}
-
 /// Client batches larger than this are dispatched before their Sync.
 const FORCE_DISPATCH: usize = 1 << 20;
 

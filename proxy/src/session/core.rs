@@ -17,66 +17,7 @@ use super::{Counted, Pair, PrimaryWork, Side};
 use crate::backend::BackendError;
 use crate::cluster::Cluster;
 use crate::pool::PoolKey;
-use crate::pool::Pooled;
 use crate::route::{self, Reason, SessionView, Target};
-
-/// What the core needs of a protocol's backend connection.
-pub trait Link: Pooled + Sized {
-    /// The session reads its active connection all the time (PostgreSQL), so a connection the
-    /// server closed is noticed there; otherwise (MySQL, one command at a time) every
-    /// connection is checked before it is used.
-    const WATCHED: bool;
-
-    /// The kinds of state that keep a session on its connection ([`crate::session::state::Held`] bits) that the
-    /// server can be asked whether the connection still holds.
-    const CHECKED: u8;
-
-    /// Whether the connection still holds state of the kinds [`Link::CHECKED`] (its server
-    /// answers); what the server sends the client meanwhile (notifications) is added to
-    /// `aside`.
-    async fn holds_unmovable(&mut self, aside: &mut bytes::BytesMut) -> Result<bool, BackendError>;
-
-    /// Runs the session-state statements `sql` (those this connection has not run yet), in order.
-    async fn replay(&mut self, sql: &[String]) -> Result<(), BackendError>;
-
-    /// Makes the connection's transactions read-only for the session (in maintenance the
-    /// server itself refuses what the classifier cannot see), or, with `false`, puts back what
-    /// the login gave it.
-    async fn set_read_only(&mut self, on: bool) -> Result<(), BackendError>;
-
-    /// Resets the connection and returns it to backend `backend`'s pool under `key`, or closes
-    /// it when it cannot be made clean for another session.
-    async fn release(self, cluster: &Cluster, backend: usize, key: &PoolKey, state: &SessionState);
-
-    /// How many of `replay` (a session's state, first to last) the connection holds as it
-    /// is: 0 for one as its login or last reset left it; `None` when it holds state of another
-    /// session's that `replay` does not begin with (it must be cleared first).
-    fn holds(&self, replay: &[String]) -> Option<usize>;
-
-    /// Returns it to the state its login gave (a connection that `holds` nothing of a new
-    /// session's).
-    async fn clear(&mut self) -> Result<(), BackendError>;
-
-    /// The named statements prepared on it that it was given back with, taken (transaction
-    /// pooling; MySQL: none).
-    fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)>;
-
-    /// Transaction pooling: returns it to backend `backend`'s pool under `key`, noting that it
-    /// holds `held`; with `reset` (the session ran more than reads on it), reset first as at a
-    /// session's end, keeping only its named statements (prepared again after the reset).
-    async fn give_back(self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held, reset: bool);
-
-    /// Whether [`Link::give_back_now`] serves: a connection given back without a reset goes
-    /// back without awaiting (PostgreSQL; a MySQL one is always reset).
-    const GIVES_BACK_NOW: bool = false;
-
-    /// Transaction pooling's common case, without awaiting: [`Link::give_back`] without a
-    /// reset; one the pool cannot keep is closed in the background. Called only when
-    /// [`Link::GIVES_BACK_NOW`].
-    fn give_back_now(self, cluster: &Cluster, backend: usize, key: &PoolKey, held: Held) {
-        let _ = (cluster, backend, key, held);
-    }
-}
 
 pub use crate::conn::Held;
 
@@ -554,37 +495,6 @@ impl<'a, C: Link> Core<'a, C> {
         Ok(slot)
     }
 
-    /// `conn`, just taken from `backend`'s pool and holding the first `held` of the session
-    /// state ([`Link::holds`]), becomes `side`'s connection.
-    fn install(&mut self, side: Side, backend: usize, mut conn: C, held: usize) {
-        let statements = conn.take_statements();
-        let mut slot = Slot::new(self.cluster, backend, conn);
-        slot.applied.replayed = held;
-        slot.applied.adopt(statements, &self.state);
-        self.slots[side] = Some(Box::new(slot));
-    }
-
-    /// Transaction pooling's common case, without awaiting: `conn`, an idle connection just
-    /// taken from `backend`'s pool, becomes `side`'s connection when the session has none
-    /// there and `conn` holds nothing of another session's that would have to be cleared
-    /// first; else it comes back (for the pool: [`Core::ready`] takes it the long way).
-    /// What the slot still lacks (state to replay, statements to prepare) is
-    /// [`Core::ready`]'s, which finds the slot in place.
-    ///
-    /// # Errors
-    /// `conn` itself, when it cannot be adopted now.
-    pub fn adopt_idle(&mut self, side: Side, backend: usize, conn: C) -> Result<(), C> {
-        if self.slots[side].is_some() {
-            return Err(conn);
-        }
-        let Some(held) = conn.holds(&self.state.replay) else { return Err(conn) };
-        if self.active == Some(side) {
-            self.active = None;
-        }
-        self.install(side, backend, conn, held);
-        Ok(())
-    }
-
     /// Returns every connection to its pool (or closes it), and ends the session's primary
     /// work.
     pub async fn release_all(&mut self, key: &PoolKey) {
@@ -611,6 +521,9 @@ async fn release<C: Link>(cluster: &Cluster, slot: Slot<'_, C>, key: &PoolKey, s
     }
 }
 
+#[path = "link.rs"]
+mod link;
+pub use link::Link;
 #[path = "pooling.rs"]
 mod pooling;
 #[path = "timer.rs"]

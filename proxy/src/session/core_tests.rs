@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::pool::PoolKey;
+use crate::pool::{PoolKey, Pooled};
 
 /// A connection that records what the core asked of it; `frozen` makes its reset hang, as on
 /// a server stopped with SIGSTOP.

@@ -135,4 +135,35 @@ impl<C: Link> Core<'_, C> {
         let replay = self.state.replay.shared().filter(|_| slot.applied.replayed > 0 && !slot.wrote);
         Held { replay: replay.map(|s| (s, slot.applied.replayed)), statements: slot.applied.held(&self.state) }
     }
+
+    /// `conn`, just taken from `backend`'s pool and holding the first `held` of the session
+    /// state ([`Link::holds`]), becomes `side`'s connection.
+    pub(super) fn install(&mut self, side: Side, backend: usize, mut conn: C, held: usize) {
+        let statements = conn.take_statements();
+        let mut slot = Slot::new(self.cluster, backend, conn);
+        slot.applied.replayed = held;
+        slot.applied.adopt(statements, &self.state);
+        self.slots[side] = Some(Box::new(slot));
+    }
+
+    /// Transaction pooling's common case, without awaiting: `conn`, an idle connection just
+    /// taken from `backend`'s pool, becomes `side`'s connection when the session has none
+    /// there and `conn` holds nothing of another session's that would have to be cleared
+    /// first; else it comes back (for the pool: [`Core::ready`] takes it the long way).
+    /// What the slot still lacks (state to replay, statements to prepare) is
+    /// [`Core::ready`]'s, which finds the slot in place.
+    ///
+    /// # Errors
+    /// `conn` itself, when it cannot be adopted now.
+    pub fn adopt_idle(&mut self, side: Side, backend: usize, conn: C) -> Result<(), C> {
+        if self.slots[side].is_some() {
+            return Err(conn);
+        }
+        let Some(held) = conn.holds(&self.state.replay) else { return Err(conn) };
+        if self.active == Some(side) {
+            self.active = None;
+        }
+        self.install(side, backend, conn, held);
+        Ok(())
+    }
 }

@@ -82,65 +82,10 @@ impl Session<'_> {
                             answered = fwd;
                         }
                         msg::ERROR_RESPONSE => {
-                            let body = &slot.conn.buf[start..fwd];
-                            // A replica read refused as "not on a standby", with nothing of it
-                            // sent yet and its whole answer here: run it on the primary.
-                            let refusal = standby_refusal(msg::error_fields(body).0);
-                            if let Some(remember) = refusal {
-                                let whole = ends_with_ready_for_query(&slot.conn.buf);
-                                let rerun =
-                                    side == Side::Replica && !read_only && self.retry.is_some() && !self.replanning;
-                                if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
-                                    // Earlier batches' answers are the client's; this one's is not.
-                                    self.flush_backend(side, answered, answered).await?;
-                                    if let Some(slot) = self.core.slot_mut(side) {
-                                        slot.conn.buf.clear();
-                                    }
-                                    return Box::pin(self.rerun_on_primary(remember)).await;
-                                }
+                            // Boxed: an error's paths (a rerun, a failover) are a session's rare ones.
+                            if Box::pin(self.on_error(side, (start, fwd), answered, read_only)).await? {
+                                return Ok(());
                             }
-                            let body = &slot.conn.buf[start..fwd];
-                            if self.retry.is_some() && self.replanning && self.outstanding == 1 && stale_plan(body) {
-                                // The implicit transaction failed whole (the last byte is its
-                                // ReadyForQuery's status): nothing of the batch took effect.
-                                let idle_after = slot.conn.buf.last() == Some(&b'I');
-                                if ends_with_ready_for_query(&slot.conn.buf)
-                                    && idle_after
-                                    && fwd - header.total_len == answered
-                                {
-                                    self.flush_backend(side, answered, answered).await?;
-                                    if let Some(slot) = self.core.slot_mut(side) {
-                                        slot.conn.buf.clear();
-                                    }
-                                    return Box::pin(self.replan_and_rerun()).await;
-                                }
-                            }
-                            let body = &slot.conn.buf[start..fwd];
-                            let open_tx = slot.conn.tx != TxStatus::Idle;
-                            if msg::is_fatal(body)
-                                && self.outstanding == 0
-                                && (self.retry.is_none() || self.replanning)
-                                && open_tx
-                            {
-                                // The server ended the session's open transaction with its
-                                // connection (idle_in_transaction_session_timeout, a
-                                // terminate): the client hears the server's own words, and the
-                                // connection closes, as a direct client's would.
-                                self.flush_backend(side, fwd, 0).await?;
-                                return Err(End::BackendGone);
-                            }
-                            if msg::is_fatal(body)
-                                && (self.outstanding == 0 || (self.retry.is_some() && !self.replanning))
-                            {
-                                // The server is closing this connection (shutdown, crash): with
-                                // nothing owed to the client, or a read that can run elsewhere,
-                                // the client need not hear of it.
-                                self.flush_backend(side, fwd - header.total_len, answered).await?;
-                                return Box::pin(self.backend_failed()).await;
-                            }
-                            self.id.cluster.metrics.errors.count_state(true, msg::error_fields(body).0);
-                            self.inject = None;
-                            self.batch_error = true;
                         }
                         msg::NOTIFICATION_RESPONSE => {
                             // A notification names the process id the sender's client was
@@ -181,6 +126,73 @@ impl Session<'_> {
             return Box::pin(self.on_client()).await;
         }
         Ok(())
+    }
+
+    /// An ErrorResponse at `start..fwd` of `side`'s buffer, the answers before `answered`
+    /// owed to the client: a replica's "not on a standby" and a stale plan run the batch
+    /// again, a FATAL ends the connection. Whether `on_backend` is done (else forwarding goes
+    /// on).
+    #[expect(clippy::indexing_slicing, reason = "`start..fwd` is a whole message within the bytes buffered")]
+    async fn on_error(
+        &mut self,
+        side: Side,
+        (start, fwd): (usize, usize),
+        answered: usize,
+        read_only: bool,
+    ) -> Result<bool, End> {
+        let Some(slot) = self.core.slot_mut(side) else { return Ok(true) };
+        // Where the message begins (its header).
+        let at = start - HEADER_LEN;
+        let body = &slot.conn.buf[start..fwd];
+        // A replica read refused as "not on a standby", with nothing of it
+        // sent yet and its whole answer here: run it on the primary.
+        let refusal = standby_refusal(msg::error_fields(body).0);
+        if let Some(remember) = refusal {
+            let whole = ends_with_ready_for_query(&slot.conn.buf);
+            let rerun = side == Side::Replica && !read_only && self.retry.is_some() && !self.replanning;
+            if rerun && self.outstanding == 1 && whole && slot.conn.tx == TxStatus::Idle {
+                // Earlier batches' answers are the client's; this one's is not.
+                self.flush_backend(side, answered, answered).await?;
+                if let Some(slot) = self.core.slot_mut(side) {
+                    slot.conn.buf.clear();
+                }
+                return Box::pin(self.rerun_on_primary(remember)).await.map(|()| true);
+            }
+        }
+        let body = &slot.conn.buf[start..fwd];
+        if self.retry.is_some() && self.replanning && self.outstanding == 1 && stale_plan(body) {
+            // The implicit transaction failed whole (the last byte is its
+            // ReadyForQuery's status): nothing of the batch took effect.
+            let idle_after = slot.conn.buf.last() == Some(&b'I');
+            if ends_with_ready_for_query(&slot.conn.buf) && idle_after && at == answered {
+                self.flush_backend(side, answered, answered).await?;
+                if let Some(slot) = self.core.slot_mut(side) {
+                    slot.conn.buf.clear();
+                }
+                return Box::pin(self.replan_and_rerun()).await.map(|()| true);
+            }
+        }
+        let body = &slot.conn.buf[start..fwd];
+        let open_tx = slot.conn.tx != TxStatus::Idle;
+        if msg::is_fatal(body) && self.outstanding == 0 && (self.retry.is_none() || self.replanning) && open_tx {
+            // The server ended the session's open transaction with its
+            // connection (idle_in_transaction_session_timeout, a
+            // terminate): the client hears the server's own words, and the
+            // connection closes, as a direct client's would.
+            self.flush_backend(side, fwd, 0).await?;
+            return Err(End::BackendGone);
+        }
+        if msg::is_fatal(body) && (self.outstanding == 0 || (self.retry.is_some() && !self.replanning)) {
+            // The server is closing this connection (shutdown, crash): with
+            // nothing owed to the client, or a read that can run elsewhere,
+            // the client need not hear of it.
+            self.flush_backend(side, at, answered).await?;
+            return Box::pin(self.backend_failed()).await.map(|()| true);
+        }
+        self.id.cluster.metrics.errors.count_state(true, msg::error_fields(body).0);
+        self.inject = None;
+        self.batch_error = true;
+        Ok(false)
     }
 
     /// Bookkeeping at each ReadyForQuery of `side`.
@@ -227,4 +239,24 @@ impl Session<'_> {
 fn stale_plan(body: &[u8]) -> bool {
     let (code, text) = msg::error_fields(body);
     code == Some("0A000") && text.is_some_and(|t| t.contains("cached plan must not change result type"))
+}
+
+/// A retryable replica answer is held back up to this size.
+const RETRY_HOLD: usize = 64 * 1024;
+
+/// Whether SQLSTATE `code` says a standby cannot run the statement, and if so whether to
+/// remember that: `Some(true)` for 25006 (read-only transaction: the statement writes) and
+/// 0A000 (an unlogged or temporary relation), `Some(false)` for 40001 (a cancel by a recovery
+/// conflict, which passes).
+fn standby_refusal(code: Option<&str>) -> Option<bool> {
+    match code? {
+        "25006" | "0A000" => Some(true),
+        "40001" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `buf` ends with a whole ReadyForQuery message.
+fn ends_with_ready_for_query(buf: &[u8]) -> bool {
+    buf.len().checked_sub(6).and_then(|at| buf.get(at..at + 5)) == Some(&[msg::READY_FOR_QUERY, 0, 0, 0, 5])
 }
