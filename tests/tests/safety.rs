@@ -445,3 +445,48 @@ async fn a_transaction_begun_during_a_switchover_hold_waits_at_begin() {
     let count = "SELECT count(*) FROM items WHERE note = 'begun in a hold'";
     assert_eq!(topo.psql_admin(&topo.replicas()[0], count, DATABASE).unwrap().trim(), "2", "both on the new primary");
 }
+
+/// A frozen primary (SIGSTOP: it accepts connections and never answers) with the default
+/// `connect_timeout` (5 s) and `max_replica_lag` (1 s): each of the monitor's checks waits the
+/// timeout for it, and the replicas still count as fresh between themselves, so a read-write
+/// session logs in and reads on a replica for as long as the primary stays frozen (three
+/// checks here), and writes are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_frozen_primary_the_replicas_keep_serving_reads() {
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::start(2).unwrap();
+    let daemon = proxy::start(&topo, "").await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let pids = topo.pids(topo.primary()).unwrap();
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = std::process::Command::new("kill").args([sig, pid]).status();
+        }
+    };
+    /// Thaws the primary however the test ends.
+    struct Thaw<F: Fn(&str)>(F);
+    impl<F: Fn(&str)> Drop for Thaw<F> {
+        fn drop(&mut self) {
+            (self.0)("-CONT");
+        }
+    }
+    signal("-STOP");
+    let _thaw = Thaw(signal);
+    eventually(20, "the cluster knows its primary is away", || {
+        daemon.control.status()["clusters"][0]["maintenance"].as_str().is_some()
+    })
+    .await;
+    let client = connect(port, APP).await.expect("a read-write session logs in on a replica");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(16) {
+        let on: String = client
+            .query_one("SELECT current_setting('cluster_name')", &[])
+            .await
+            .expect("reads go to a fresh replica")
+            .get(0);
+        assert_ne!(on, "primary");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let e = client.batch_execute("INSERT INTO items (note) VALUES ('refused')").await.expect_err("refused");
+    assert_eq!(code(&e), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{e:?}");
+}

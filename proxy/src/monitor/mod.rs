@@ -216,6 +216,10 @@ impl Monitor {
             }
             cluster.backends[i].health.caught_up_to.store(t, Ordering::Relaxed);
         }
+        // When the replicas were asked: a primary that does not answer (frozen, cut off) takes
+        // up to `connect_timeout` above, and a sample between replicas stamped before that
+        // wait would make the freshest of them look that far behind.
+        let asked = cluster.clock.now();
         let replicas =
             conns.iter_mut().enumerate().filter(|(i, _)| live(*i) && kind(*i) == Probe::Replica).map(|(i, conn)| {
                 let cluster = &cluster;
@@ -236,7 +240,7 @@ impl Monitor {
             if let (Some((_, newest)), Some(group)) =
                 (newest.max_by_key(|(_, pos)| pos.total()), self.samples.get_mut(active))
             {
-                group.push(t, newest.clone());
+                group.push(asked, newest.clone());
             }
         }
         self.replayed.resize(cluster.backends.len(), None);
