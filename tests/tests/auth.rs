@@ -7,6 +7,14 @@ use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
+/// The `auth_query` function the README gives: the monitor role reads verifiers through it
+/// without reading `pg_authid` itself.
+const LOOKUP_FUNCTION: &str = "CREATE OR REPLACE FUNCTION public.sqlswitch_auth(name text) RETURNS text \
+     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS \
+     $$ SELECT rolpassword FROM pg_authid WHERE rolname = name AND rolcanlogin $$; \
+     REVOKE ALL ON FUNCTION public.sqlswitch_auth(text) FROM public; \
+     GRANT EXECUTE ON FUNCTION public.sqlswitch_auth(text) TO monitor";
+
 /// A role made for one test, with `password`, its `pg_authid` verifier read back once every
 /// replica has it.
 fn role_with_verifier(topo: &Topology, role: &str, password: &str) -> String {
@@ -41,11 +49,8 @@ async fn a_scram_verifier_in_the_config_logs_in_by_passthrough() {
     let topo = Topology::shared();
     let (role, password) = ("passthrough_user", "pass-through-not-stored");
     let verifier = role_with_verifier(topo, role, password);
-    for replica in topo.replicas() {
-        let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
-        let replicated = || topo.psql_admin(replica, &has, "postgres").is_ok_and(|n| n.trim() == "1");
-        eventually(10, "the replicas have the role", replicated).await;
-    }
+    let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
+    on_every_replica(topo, "the replicas have the role", &has).await;
     let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, "")
         + &format!("\n[[cluster.user]]\nname = \"{role}\"\npassword = \"{verifier}\"\n");
     assert!(!text.contains(password), "no password in the config");
@@ -89,17 +94,9 @@ async fn auth_user_looks_up_users_not_in_the_config() {
     let topo = Topology::shared();
     let (role, password) = ("looked_up_user", "looked-up-not-stored");
     let verifier = role_with_verifier(topo, role, password);
-    let lookup = "CREATE OR REPLACE FUNCTION public.sqlswitch_auth(name text) RETURNS text \
-                  LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS \
-                  $$ SELECT rolpassword FROM pg_authid WHERE rolname = name AND rolcanlogin $$; \
-                  REVOKE ALL ON FUNCTION public.sqlswitch_auth(text) FROM public; \
-                  GRANT EXECUTE ON FUNCTION public.sqlswitch_auth(text) TO monitor";
-    topo.psql_admin(topo.primary(), lookup, "postgres").unwrap();
-    for replica in topo.replicas() {
-        let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
-        let replicated = || topo.psql_admin(replica, &has, "postgres").is_ok_and(|n| n.trim() == "1");
-        eventually(10, "the replicas have the role", replicated).await;
-    }
+    topo.psql_admin(topo.primary(), LOOKUP_FUNCTION, "postgres").unwrap();
+    let has = format!("SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}'");
+    on_every_replica(topo, "the replicas have the role", &has).await;
     let extra = "auth_user = { user = \"monitor\", password = \"monitor\" }\n\
                  auth_query = \"SELECT public.sqlswitch_auth($1)\"";
     let text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
@@ -212,5 +209,81 @@ async fn auth_user_looks_up_mariadb_users_not_in_the_config() {
         let wrong = mysql_async::Opts::from_url(&proxy::mysql_url(port, (who, pw))).unwrap();
         let err = mysql_async::Conn::new(wrong).await.expect_err("refused");
         assert!(matches!(err, mysql_async::Error::Server(ref e) if e.code == 1045), "{who}: {err:?}");
+    }
+}
+
+/// `auth_user` while the primary cannot be reached (every backend behind a relay, the
+/// primary's blackholed): a user the config does not list is looked up on a replica, logs in
+/// and reads there. With no server reachable, the login fails as unavailability (08006, the
+/// reason named), not as a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_user_looks_up_on_a_replica_while_the_primary_is_away() {
+    use sqlswitch_tests::relay::Relay;
+    let _serial = SERIAL.lock().await;
+    let topo = Topology::shared();
+    let (role, password) = ("looked_up_away", "looked-up-away-pass");
+    let verifier = role_with_verifier(topo, role, password);
+    topo.psql_admin(topo.primary(), LOOKUP_FUNCTION, "postgres").unwrap();
+    let has = format!(
+        "SELECT count(*) FROM pg_authid WHERE rolpassword = '{verifier}' \
+         AND to_regprocedure('public.sqlswitch_auth(text)') IS NOT NULL"
+    );
+    on_every_replica(topo, "the replicas have the role and the lookup function", &has).await;
+    let mut relays = Vec::new();
+    let extra = "auth_user = { user = \"monitor\", password = \"monitor\" }\n\
+                 auth_query = \"SELECT public.sqlswitch_auth($1)\"\n\
+                 connect_timeout = \"1s\"";
+    let mut text = proxy::config_text(topo, "app", "127.0.0.1:0", "127.0.0.1:0", None, extra);
+    for node in std::iter::once(topo.primary()).chain(topo.replicas()) {
+        let relay = Relay::start(node.port).await.unwrap();
+        text = text.replace(&format!("127.0.0.1:{}\"", node.port), &format!("127.0.0.1:{}\"", relay.port));
+        relays.push(relay);
+    }
+    let daemon = start_text(&text).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    relays[0].blackhole();
+    relays[0].cut();
+    eventually(10, "the cluster knows its primary is away", || {
+        daemon.control.status()["clusters"][0]["maintenance"].as_str().is_some()
+    })
+    .await;
+    // Once the monitor sees the primary gone (a second), sessions log in and read on replicas.
+    let read = || async {
+        let client = connect(port, (role, password)).await.ok()?;
+        let row = client.query_one("SELECT current_user || '@' || pg_is_in_recovery()", &[]).await.ok()?;
+        Some(row.get::<_, String>(0))
+    };
+    assert_eq!(loop_until(read).await, format!("{role}@true"), "looked up and read on a replica");
+
+    for relay in &relays {
+        relay.blackhole();
+        relay.cut();
+    }
+    let nobody = connect(port, ("looked_up_nowhere", "x")).await.expect_err("no server to look the user up");
+    assert_eq!(nobody.code(), Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE), "{nobody:?}");
+    let text = nobody.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(text.contains("auth_user") && text.contains("looked_up_nowhere"), "{text}");
+}
+
+/// Polls `attempt` (every 200 ms, up to 30 s) until it yields something.
+async fn loop_until<T, F, Fut>(attempt: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(found) = attempt().await {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `count` (a `SELECT count(*)` in `postgres`) answers 1 on every replica.
+async fn on_every_replica(topo: &Topology, what: &str, count: &str) {
+    for replica in topo.replicas() {
+        eventually(10, what, || topo.psql_admin(replica, count, "postgres").is_ok_and(|n| n.trim() == "1")).await;
     }
 }

@@ -163,21 +163,34 @@ impl LookedUp {
     }
 }
 
+/// No server of the cluster answered an `auth_user` lookup: the login fails as the cluster's
+/// unavailability, not as a wrong password.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupFailed;
+
+impl LookupFailed {
+    /// What the client hears.
+    pub fn text(self, name: &str) -> String {
+        format!("sqlswitch could not look up user \"{name}\" (auth_user): no server of the cluster answered")
+    }
+}
+
 impl super::Cluster {
     /// The user called `name`: a configured one, else (with `auth_user`) one looked up on the
-    /// primary, logged in by passthrough (a PostgreSQL SCRAM verifier, a MariaDB native
-    /// password hash); `None` when there is none (its login then fails as a wrong password
-    /// does).
-    pub async fn account(&self, name: &str) -> Option<Arc<User>> {
+    /// primary, or on a replica when the primary cannot answer (its catalog is the primary's),
+    /// logged in by passthrough (a PostgreSQL SCRAM verifier, a MariaDB native password hash);
+    /// `None` when there is none (its login then fails as a wrong password does).
+    ///
+    /// # Errors
+    /// [`LookupFailed`] when no server answered the lookup.
+    pub async fn account(&self, name: &str) -> Result<Option<Arc<User>>, LookupFailed> {
         if let Some(user) = self.users.load().get(name) {
-            return Some(Arc::clone(user));
+            return Ok(Some(Arc::clone(user)));
         }
-        let auth = self.config.auth_user.as_ref()?;
+        let Some(auth) = self.config.auth_user.as_ref() else { return Ok(None) };
         if let Some(known) = self.looked_up.get(name) {
-            return known;
+            return Ok(known);
         }
-        let primary = self.table.load().primary;
-        let target = self.control_target(primary).map(|t| crate::replication::ControlTarget { monitor: auth, ..t })?;
         let mysql = self.config.protocol == sqlswitch_config::Protocol::Mysql;
         let default = if mysql { DEFAULT_AUTH_QUERY_MYSQL } else { DEFAULT_AUTH_QUERY };
         let query = self.config.auth_query.as_deref().unwrap_or(default);
@@ -185,17 +198,32 @@ impl super::Cluster {
         // where the doubled one is two characters: no match, never an injection).
         let quoted = if mysql { name.replace('\\', "\\\\") } else { name.to_owned() };
         let sql = query.replace("$1", &crate::replication::literal(&quoted));
-        let rows = match crate::replication::ControlConn::connect(&target, "sqlswitch auth_user").await {
-            Ok(mut conn) => conn.exec(&sql).await,
-            Err(e) => Err(e),
-        };
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                warn!(cluster = %self.config.name, user = %name, error = %e, "auth_user could not look the user up");
-                return None;
+        let mut rows = Err(LookupFailed);
+        for index in self.lookup_order() {
+            let Some(b) = self.backends.at(index) else { continue };
+            let target = crate::replication::ControlTarget {
+                protocol: self.config.protocol,
+                address: &b.address,
+                monitor: auth,
+                tls: self.backend_tls.load_full(),
+                timeout: self.config.connect_timeout,
+                metrics: &b.metrics,
+            };
+            let answer = match crate::replication::ControlConn::connect(&target, "sqlswitch auth_user").await {
+                Ok(mut conn) => conn.exec(&sql).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(found) => {
+                    rows = Ok(found);
+                    break;
+                }
+                Err(e) => {
+                    warn!(cluster = %self.config.name, backend = %b.name, user = %name, error = %e, "auth_user could not look the user up there");
+                }
             }
-        };
+        }
+        let rows = rows?;
         let secret = rows.first().and_then(|r| r.first()).cloned().flatten();
         let read_only = self.config.read_only_users.iter().any(|u| u == name);
         let user = secret.as_deref().and_then(|s| passthrough(s, mysql, read_only));
@@ -204,6 +232,20 @@ impl super::Cluster {
         }
         let user = user.map(Arc::new);
         self.looked_up.put(name, user.clone());
-        user
+        Ok(user)
+    }
+
+    /// Where an `auth_user` lookup is tried, in order: the primary first, unless sessions
+    /// cannot use it now ([`super::Cluster::maintenance`]: it is tried last), and the replicas
+    /// that serve reads.
+    fn lookup_order(&self) -> Vec<usize> {
+        let primary = self.table.load().primary;
+        let mut order: Vec<usize> = self.candidates(true).into_iter().filter(|&i| i != primary).collect();
+        if self.maintenance().is_some() {
+            order.push(primary);
+        } else {
+            order.insert(0, primary);
+        }
+        order
     }
 }

@@ -170,7 +170,13 @@ async fn handshake(
         }
     };
     let mut seq = first.last_seq.wrapping_add(1);
-    let account = cluster.account(&response.user).await;
+    let account = match cluster.account(&response.user).await {
+        Ok(account) => account,
+        Err(e) => {
+            send_err(stream, seq, code::UNKNOWN, "08S01", &e.text(&response.user)).await;
+            anyhow::bail!("{}", e.text(&response.user));
+        }
+    };
     // A user whose config keeps a mysql_native_password hash can only be checked that way.
     let hashed = account.as_ref().is_some_and(|u| u.native_hash.is_some());
     let sha2 = response.plugin.as_deref() == Some(CACHING_SHA2) && !hashed;

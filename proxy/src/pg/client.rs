@@ -50,6 +50,9 @@ pub enum HandshakeError {
     /// The client asked for something the proxy does not offer.
     #[error("{0}")]
     Unsupported(String),
+    /// No server could check the login (an `auth_user` lookup nobody answered).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Sends a FATAL ErrorResponse; the caller closes the connection after.
@@ -173,7 +176,13 @@ async fn authenticate(
     cluster: &Cluster,
     user: &str,
 ) -> Result<(Arc<User>, Option<Box<crate::conn::scram::Keys>>), HandshakeError> {
-    let account = cluster.account(user).await;
+    let account = match cluster.account(user).await {
+        Ok(account) => account,
+        Err(e) => {
+            send_fatal(stream, sqlstate::CONNECTION_FAILURE, &e.text(user)).await;
+            return Err(HandshakeError::Unavailable(e.text(user)));
+        }
+    };
     let verifier = account.as_ref().map_or(&cluster.decoy, |u| &u.verifier);
     msg::authentication_sasl(out, &["SCRAM-SHA-256"]);
     stream.send(out).await?;

@@ -18,7 +18,13 @@ impl MySession<'_> {
             }
         };
         let cluster = self.id.cluster;
-        let account = cluster.account(&request.user).await;
+        let account = match cluster.account(&request.user).await {
+            Ok(account) => account,
+            Err(e) => {
+                self.err(seq, code::UNKNOWN, "08S01", &e.text(&request.user)).await;
+                return Err(End::ClientGone);
+            }
+        };
         // MariaDB Connector/C answers even an auth switch with the first scramble's response:
         // the one in the request is checked first, as the server does.
         let native = request.plugin.as_deref().is_none_or(|p| p == crate::mysql::NATIVE);
