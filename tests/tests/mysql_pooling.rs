@@ -4,7 +4,7 @@
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 use sqlswitch_tests::mysql::Topology;
-use sqlswitch_tests::pg::APP;
+use sqlswitch_tests::pg::{APP, DATABASE};
 use sqlswitch_tests::proxy::{mysql_url, start_mysql};
 
 async fn connect(port: u16) -> Conn {
@@ -109,4 +109,52 @@ async fn user_locks_keep_their_connection_until_released() {
     assert!(room_for_one_more(port).await, "UNLOCK TABLES gave it back");
     a.disconnect().await.unwrap();
     b.disconnect().await.unwrap();
+}
+
+/// Read-only transactions give their connection back as it is, with the statements prepared
+/// on it (all on the primary here: reads in a transaction run there). A session with state of
+/// its own (another database) never executes a statement another session left there (its
+/// text names another table), and what else the last session left does not reach the next:
+/// its last insert id (carried to the connection for its own read), its user variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_keep_statements_and_nothing_else() {
+    let topo = Topology::shared();
+    let setup = format!(
+        "CREATE DATABASE IF NOT EXISTS pooling_other; CREATE TABLE IF NOT EXISTS pooling_other.kept (n int); \
+         TRUNCATE pooling_other.kept; INSERT INTO pooling_other.kept VALUES (1), (2); \
+         GRANT ALL ON pooling_other.* TO '{}'@'%'; CREATE TABLE IF NOT EXISTS {DATABASE}.kept (n int); \
+         TRUNCATE {DATABASE}.kept; INSERT INTO {DATABASE}.kept VALUES (1)",
+        APP.0
+    );
+    topo.sql(topo.primary(), &setup).unwrap();
+    let extra = "pool_mode = \"transaction\"\npool_size = 1\nconnect_timeout = \"10s\"";
+    let daemon = start_mysql(topo, extra).await.unwrap();
+    let port = daemon.addr("app", false).unwrap().port();
+    let (mut a, mut b) = (connect(port).await, connect(port).await);
+    b.query_drop("USE pooling_other").await.unwrap();
+    let count = "SELECT count(*) FROM kept";
+    for round in 0..5 {
+        for (c, expected, whose) in [(&mut a, 1, "the login's database"), (&mut b, 2, "its own database")] {
+            c.query_drop("BEGIN").await.unwrap();
+            let n: Option<i64> = c.exec_first(count, ()).await.unwrap();
+            c.query_drop("COMMIT").await.unwrap();
+            assert_eq!(n, Some(expected), "round {round}: {whose}");
+        }
+    }
+    a.query_drop("INSERT INTO items (note) VALUES ('kept insert')").await.unwrap();
+    a.query_drop("BEGIN").await.unwrap();
+    let own: Option<u64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    a.query_drop("COMMIT").await.unwrap();
+    assert!(own.unwrap_or(0) > 0, "the session's own insert id");
+    b.query_drop("SET @leak = 1").await.unwrap();
+    let mut c = connect(port).await;
+    c.query_drop("BEGIN").await.unwrap();
+    let (id, var): (u64, Option<i64>) = c.query_first("SELECT LAST_INSERT_ID(), @leak").await.unwrap().unwrap();
+    let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(db.as_deref(), Some(DATABASE), "its login's database");
+    c.query_drop("COMMIT").await.unwrap();
+    assert_eq!((id, var), (0, None), "nothing of another session's");
+    for conn in [a, b, c] {
+        conn.disconnect().await.unwrap();
+    }
 }

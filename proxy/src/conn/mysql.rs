@@ -84,6 +84,35 @@ pub struct MyConn {
     database: Option<String>,
     /// Counted as open while it lives.
     open: OpenGuard,
+    /// Transaction pooling: what it kept from the session that gave it back without a reset
+    /// (one that only read on it), cleared by a reset.
+    pub kept: Kept,
+}
+
+/// What a MySQL connection given back without a reset keeps: the session state it was given,
+/// and statements prepared on it (by text), for the next session that prepares the same text
+/// there.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The session's state statements (the first `.1` of `.0`).
+    pub replay: Option<(std::sync::Arc<Vec<String>>, usize)>,
+    /// Prepared statements by text, with the connection's ids; at most [`MAX_KEPT_STATEMENTS`].
+    pub statements: Vec<(Vec<u8>, u32)>,
+    /// A last insert id was set on it (an insert, or one carried there): what
+    /// `LAST_INSERT_ID()` answers must not reach another session, so it is reset.
+    pub insert_id: bool,
+}
+
+/// Most prepared statements a connection keeps between sessions.
+pub const MAX_KEPT_STATEMENTS: usize = 64;
+
+impl Kept {
+    /// The connection's id of a statement prepared there with `sql`, taken (the session that
+    /// takes it owns it until it gives the connection back).
+    pub fn take_statement(&mut self, sql: &[u8]) -> Option<u32> {
+        let at = self.statements.iter().position(|(s, _)| s == sql)?;
+        Some(self.statements.swap_remove(at).1)
+    }
 }
 
 impl crate::pool::Rehome for MyConn {
@@ -115,6 +144,7 @@ impl MyConn {
             read_only: login.read_only,
             database: login.database.map(str::to_owned),
             open: OpenGuard::new(metrics),
+            kept: Kept::default(),
         };
         let hello = conn.read_packet().await?;
         if hello.payload.first() == Some(&0xFF) {
@@ -289,6 +319,8 @@ impl MyConn {
     /// # Errors
     /// I/O failure.
     pub async fn reset(&mut self) -> Result<bool, BackendError> {
+        // The server forgets the session state and every prepared statement.
+        self.kept = Kept::default();
         let mut out = BytesMut::with_capacity(128);
         packet::encode(&mut out, 0, &[command::RESET_CONNECTION]);
         let mut init_db = Vec::with_capacity(64);

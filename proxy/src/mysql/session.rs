@@ -99,6 +99,8 @@ struct Plan {
     backend: usize,
     reason: Reason,
     read: bool,
+    /// `BEGIN`, `COMMIT` and the like: they write nothing of their own.
+    tx_control: bool,
     record: Option<String>,
     /// A read-only session's statement on its own temporary tables.
     temp: Option<TempUse>,
@@ -324,7 +326,15 @@ impl<'a> MySession<'a> {
                 let last = self.core.active().and_then(|side| self.core.slot(side).map(|s| (side, s.backend)));
                 self.pooling.about_last = v.about_last_statement && record.is_none();
                 if let Some((side, backend)) = last.filter(|_| v.about_last_statement && record.is_none()) {
-                    Plan { side, backend, reason: Reason::Transaction, read: true, record: None, temp: None }
+                    Plan {
+                        side,
+                        backend,
+                        reason: Reason::Transaction,
+                        read: true,
+                        tx_control: false,
+                        record: None,
+                        temp: None,
+                    }
                 } else {
                     let batch = route::Batch {
                         read: v.is_read(),
@@ -333,6 +343,7 @@ impl<'a> MySession<'a> {
                     };
                     let mut plan = self.plan(&batch, record);
                     plan.temp = temp;
+                    plan.tx_control = matches!(v.class, Class::Tx(_));
                     plan
                 }
             }
@@ -388,7 +399,7 @@ impl<'a> MySession<'a> {
         // A session with temporary tables stays where they are.
         let (side, backend, reason) =
             self.temp_home.map_or((d.side, d.backend, d.reason), |(s, b)| (s, b, Reason::Pinned));
-        Plan { side, backend, reason, read: batch.read, record, temp: None }
+        Plan { side, backend, reason, read: batch.read, tx_control: false, record, temp: None }
     }
 
     /// Sends the command where `plan` says (a replica that fails before answering hands it to
@@ -490,7 +501,11 @@ impl<'a> MySession<'a> {
                             self.core.recorded(plan.side, sql);
                         }
                     }
-                    if plan.side == Side::Primary && !plan.read && plan.reason != Reason::SessionState {
+                    if plan.side == Side::Primary
+                        && !plan.read
+                        && !plan.tx_control
+                        && plan.reason != Reason::SessionState
+                    {
                         self.core.wrote();
                     }
                     if !self.in_tx() {

@@ -56,11 +56,16 @@ impl Statements {
         self.map.values().any(|p| p.long_data)
     }
 
-    /// Connection `conn` went back to the pool (reset): nothing is prepared there any more.
-    pub fn forget_conn(&mut self, conn: u64) {
+    /// Connection `conn` goes back to the pool: the statements prepared there stop being the
+    /// session's. Returns them (text, the connection's id), for the connection to keep.
+    pub fn take_conn(&mut self, conn: u64) -> Vec<(Vec<u8>, u32)> {
+        let mut taken = Vec::new();
         for p in self.map.values_mut() {
-            p.on.retain(|o| o.conn != conn);
+            if let Some(at) = p.on.iter().position(|o| o.conn == conn) {
+                taken.push((p.sql.clone(), p.on.swap_remove(at).id));
+            }
         }
+        taken
     }
 
     /// The id of client statement `id` on connection `conn`, if prepared there.

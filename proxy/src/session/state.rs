@@ -239,6 +239,12 @@ impl SessionState {
         self.custom_settings
     }
 
+    /// Whether the session has state of its own to replay (its connections run as their
+    /// login left them otherwise).
+    pub fn has_state(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
     /// Whether the session runs on the primary only.
     pub fn pinned(&self) -> bool {
         self.stay != Stay::Free

@@ -88,13 +88,22 @@ pub async fn first_connection(id: &Identity<'_>) -> Result<(usize, MyConn), Back
     // In maintenance (no usable primary), every session logs in on a replica.
     let on_replicas = id.read_only || id.cluster.maintenance().is_some();
     for index in id.cluster.candidates(on_replicas) {
-        match acquire(id, index).await {
-            Ok(conn) => return Ok((index, conn)),
+        match acquire(id, index).await.map(fresh) {
+            Ok(fresh) => return Ok((index, fresh.await?)),
             Err(e @ BackendError::Refused { .. }) => return Err(e),
             Err(e) => last_error = e,
         }
     }
     Err(last_error)
+}
+
+/// `conn` as a new session begins on it (the session's first connection is not readied by the
+/// core): one another session gave back with its state (transaction pooling) is reset first.
+async fn fresh(mut conn: MyConn) -> Result<MyConn, BackendError> {
+    if conn.kept.replay.is_some() && !conn.reset().await? {
+        return Err(BackendError::Protocol("a pooled connection could not be reset".into()));
+    }
+    Ok(conn)
 }
 
 /// The error packet for a failed first connection.
@@ -219,31 +228,45 @@ impl crate::session::core::Link for MyConn {
         }
     }
 
-    /// Every MySQL connection in a pool was reset when it was given back.
-    fn holds(&self, _replay: &[String]) -> Option<usize> {
-        Some(0)
+    /// A connection given back without a reset holds its last session's state; one reset,
+    /// none.
+    fn holds(&self, replay: &[String]) -> Option<usize> {
+        match &self.kept.replay {
+            None => Some(0),
+            Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
+        }
     }
 
     async fn clear(&mut self) -> Result<(), BackendError> {
         self.reset().await.map(drop)
     }
 
-    /// Transaction pooling: a MySQL connection given back is always reset, as at a session's
-    /// end (`COM_RESET_CONNECTION`: its prepared statements go too), holding nothing of the
-    /// session's.
+    /// Named statements are PostgreSQL's; a MySQL connection keeps its prepared statements by
+    /// text ([`crate::conn::mysql::Kept`]).
     fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {
         Vec::new()
     }
 
+    /// Transaction pooling: reset as at a session's end (`COM_RESET_CONNECTION`: its prepared
+    /// statements go too) after a transaction that ran more than reads on it, or once a last
+    /// insert id was set on it; else given back as it is, keeping the session's state (a
+    /// session with the same takes it without a replay) and its prepared statements.
     async fn give_back(
-        self,
+        mut self,
         cluster: &Cluster,
         backend: usize,
         key: &PoolKey,
-        _held: crate::session::core::Held,
-        _reset: bool,
+        held: crate::session::core::Held,
+        reset: bool,
     ) {
-        crate::session::core::Link::release(self, cluster, backend, key, &SessionState::default()).await;
+        if reset || self.kept.insert_id || !self.is_reusable() {
+            crate::session::core::Link::release(self, cluster, backend, key, &SessionState::default()).await;
+            return;
+        }
+        self.kept.replay = held.replay;
+        if let Some(extra) = cluster.backends[backend].put(key, self) {
+            extra.quit().await;
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! still to come, or a statement's open cursor.
 
 use super::*;
+use crate::conn::mysql::MAX_KEPT_STATEMENTS;
 
 /// Per session: what keeps its connection between transactions beyond the core's rules.
 #[derive(Debug, Default)]
@@ -62,13 +63,32 @@ impl MySession<'_> {
         self.temp_home.is_some() || self.statements.long_data_pending() || !self.pooling.cursors.is_empty()
     }
 
-    /// Gives every connection back (reset); the statements prepared on them are forgotten
-    /// there and prepared again where they next execute.
+    /// Gives every connection back: reset after a transaction that wrote, when the last
+    /// command left diagnostics (`SHOW WARNINGS` would answer for it) or with autocommit off;
+    /// else as it is. The statements the session prepared on a connection stay there, by
+    /// text, for whoever prepares the same next ([`crate::conn::mysql::Kept`]; a reset
+    /// drops them); the session prepares them again where they next execute.
     async fn give_back(&mut self) {
         self.pooling.autocommit_off = self.autocommit_off();
+        let reset = self.pooling.diagnostics || self.pooling.autocommit_off;
+        // Kept only when prepared with the login's settings (the session has no state of its
+        // own: it would have had it when it prepared them, as state only grows).
+        let keep = !self.core.state().has_state();
         for side in [Side::Primary, Side::Replica] {
-            if let Some(serial) = self.core.slot(side).map(|s| s.serial) {
-                self.statements.forget_conn(serial);
+            let Some(slot) = self.core.slot_mut(side) else { continue };
+            slot.wrote |= reset;
+            let mut closing = BytesMut::new();
+            for (sql, id) in self.statements.take_conn(slot.serial) {
+                let kept = &mut slot.conn.kept.statements;
+                if !keep || kept.len() >= MAX_KEPT_STATEMENTS || kept.iter().any(|(s, _)| *s == sql) {
+                    packet::encode(&mut closing, 0, &[&[command::STMT_CLOSE][..], &id.to_le_bytes()].concat());
+                } else {
+                    kept.push((sql, id));
+                }
+            }
+            // COM_STMT_CLOSE has no answer: one write, no wait.
+            if !closing.is_empty() && slot.conn.stream.send(&closing).await.is_err() {
+                slot.stale = true;
             }
         }
         Box::pin(self.core.give_back_all(&self.id.key)).await;
@@ -83,6 +103,7 @@ impl MySession<'_> {
             return Ok(());
         };
         slot.conn.simple_query(&format!("SELECT LAST_INSERT_ID({value})")).await?;
+        slot.conn.kept.insert_id = true;
         self.pooling.insert_id.1 = slot.serial;
         Ok(())
     }

@@ -93,6 +93,7 @@ impl MySession<'_> {
                 }
                 if tracker.insert_id != 0 {
                     self.pooling.insert_id = (tracker.insert_id, conn_id);
+                    conn.kept.insert_id = true;
                 }
                 return Ok(tracker.failed);
             }

@@ -20,6 +20,10 @@ impl MySession<'_> {
         }
         self.carry_insert_id(side).await?;
         let id = &self.id;
+        // Statements a connection kept were prepared with the login's settings: only a session
+        // with no state of its own may take them (the same text could name another table
+        // after a `USE`, another collation after a `SET`).
+        let stateless = !self.core.state().has_state();
         let slot = self.core.slot_mut(side).ok_or(BackendError::Closed)?;
         let mut close_elsewhere = Vec::new();
         // A command naming a prepared statement names it as this connection knows it,
@@ -31,9 +35,17 @@ impl MySession<'_> {
                 Some(b) => Some(b),
                 None => match self.statements.sql(client_id).map(<[u8]>::to_vec) {
                     Some(sql) => {
-                        let b = prepare_on(&mut slot.conn, &sql).await?;
+                        // Prepared there already by a session before (kept by the connection), or
+                        // prepared now.
+                        let kept = if stateless { slot.conn.kept.take_statement(&sql) } else { None };
+                        let b = match kept {
+                            Some(b) => b,
+                            None => {
+                                id.cluster.metrics.prepared_again.increment(1);
+                                prepare_on(&mut slot.conn, &sql).await?
+                            }
+                        };
                         self.statements.record(client_id, slot.serial, b);
-                        id.cluster.metrics.prepared_again.increment(1);
                         Some(b)
                     }
                     None => None,
