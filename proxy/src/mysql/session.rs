@@ -360,7 +360,9 @@ impl<'a> MySession<'a> {
                 let read = self.statements.replica_ok(id, flags);
                 self.statements.set_long_data(id, false);
                 let batch = route::Batch { read, ..Default::default() };
-                self.plan(&batch, None)
+                let mut plan = self.plan(&batch, None);
+                plan.tx_control = self.statements.tx_control(id);
+                plan
             }
             // A bulk execution writes (MariaDB runs only DML in bulk): the primary, where the
             // session's writes go, counted for read-your-writes.
@@ -411,7 +413,11 @@ impl<'a> MySession<'a> {
                 let primary_work = plan.side == Side::Primary && packet.payload.first() != Some(&command::STMT_PREPARE);
                 match self.core.pass(primary_work, plan.read).await {
                     Ok(true) => break,
-                    Ok(false) => plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record),
+                    Ok(false) => {
+                        let tx_control = plan.tx_control;
+                        plan = self.plan(&route::Batch { read: plan.read, ..Default::default() }, plan.record);
+                        plan.tx_control = tx_control;
+                    }
                     Err(refusal @ Refusal::Full(_)) => {
                         self.err(seq, code::UNKNOWN, "HY000", refusal.text()).await;
                         return Ok(());

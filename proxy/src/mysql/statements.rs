@@ -16,6 +16,8 @@ struct Prepared {
     sql: Vec<u8>,
     /// Provably a read: its executions may run on a replica.
     read: bool,
+    /// `BEGIN`, `COMMIT` and the like: their executions write nothing of their own.
+    tx_control: bool,
     /// Long data was sent for its next execution (to the primary connection).
     long_data: bool,
     /// Number of parameters.
@@ -45,9 +47,11 @@ impl Statements {
     pub fn add(&mut self, sql: Vec<u8>, params: u16, conn: u64, backend_id: u32) -> u32 {
         self.next = self.next.wrapping_add(1).max(1);
         let text = sqlswitch_protocol::classify::text::Text::read(&sql);
-        let read = !text.ambiguous && sqlswitch_protocol::classify::classify_mysql_with(&text.sql, &[]).is_read();
+        let verdict = sqlswitch_protocol::classify::classify_mysql_with(&text.sql, &[]);
+        let read = !text.ambiguous && verdict.is_read();
+        let tx_control = matches!(verdict.class, sqlswitch_protocol::classify::Class::Tx(_));
         let on = vec![On { conn, id: backend_id, typed: false }];
-        self.map.insert(self.next, Prepared { sql, read, long_data: false, params, types: None, on });
+        self.map.insert(self.next, Prepared { sql, read, tx_control, long_data: false, params, types: None, on });
         self.next
     }
 
@@ -110,6 +114,11 @@ impl Statements {
     /// connection that opened it).
     pub fn replica_ok(&self, id: u32, flags: u8) -> bool {
         self.map.get(&id).is_some_and(|p| p.read && !p.long_data && flags == 0)
+    }
+
+    /// Whether statement `id` is `BEGIN`, `COMMIT` or the like (sysbench prepares them).
+    pub fn tx_control(&self, id: u32) -> bool {
+        self.map.get(&id).is_some_and(|p| p.tx_control)
     }
 
     /// Long data was sent for statement `id` (it goes to the primary connection), or its
@@ -219,5 +228,13 @@ mod tests {
         assert_eq!(s.execute_payload(a, 8, &untyped), None, "only the first time");
         s.remove(a);
         assert_eq!(s.sql(a), None);
+        // sysbench prepares its BEGIN and COMMIT: they write nothing of their own.
+        let begin = s.add(b"BEGIN".to_vec(), 0, 7, 3);
+        assert!(s.tx_control(begin) && !s.tx_control(b));
+        // Connection 7 goes back: what was prepared there is its to keep, no longer the session's.
+        let mut kept = s.take_conn(7);
+        kept.sort_unstable();
+        assert_eq!(kept, vec![(b"BEGIN".to_vec(), 3), (b"select 2".to_vec(), 2)]);
+        assert_eq!(s.on(b, 7), None);
     }
 }
