@@ -120,6 +120,18 @@ fn on_primary<'a>(cluster: &'a Cluster, released: &Arc<AtomicUsize>, frozen: boo
     core
 }
 
+/// A connection to backend 1 (the replica), its releases counted in `released`.
+fn replica(released: &Arc<AtomicUsize>) -> Fake {
+    Fake {
+        backend: 1,
+        frozen: false,
+        released: Arc::clone(released),
+        asked: Arc::default(),
+        held: None,
+        holding: false,
+    }
+}
+
 fn key() -> PoolKey {
     PoolKey::new("app", [("database", "app")])
 }
@@ -229,15 +241,7 @@ fn a_failed_replica_is_kept_out_and_a_refused_replay_pins_the_session() {
     let cluster = cluster();
     let released = Arc::new(AtomicUsize::new(0));
     let mut core = on_primary(&cluster, &released, false);
-    let conn = Fake {
-        backend: 1,
-        frozen: false,
-        released: Arc::clone(&released),
-        asked: Arc::default(),
-        held: None,
-        holding: false,
-    };
-    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, conn)));
+    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, replica(&released))));
     core.fall_back(&BackendError::Timeout);
     assert!(core.slots[Side::Replica].is_none(), "the replica's connection is dropped");
     assert!(!cluster.backends[1].health.is_up(), "and the replica is out until the monitor sees it again");
@@ -607,4 +611,21 @@ fn read_connections_go_back_at_once_and_written_ones_wait_for_their_reset() {
     assert!(!core.give_back_now(&key()), "a connection a write ran on is reset first");
     assert!(core.slot(Side::Primary).is_some());
     assert_eq!(released.load(Ordering::SeqCst), 1);
+}
+
+/// A setting superseded while another connection of the session had run it: that connection
+/// still has the old value beyond what its count says, so it goes back reset, never as it is
+/// (another session with the same state would take it with the old setting).
+#[test]
+fn a_connection_holding_a_superseded_setting_goes_back_reset() {
+    let cluster = cluster();
+    let released = Arc::new(AtomicUsize::new(0));
+    let mut core = on_primary(&cluster, &released, false);
+    core.slots[Side::Replica] = Some(Box::new(Slot::new(&cluster, 1, replica(&released))));
+    core.recorded(Side::Primary, "SET enable_bitmapscan = off".into());
+    core.slots[Side::Replica].as_mut().expect("replica").applied.replayed = 1;
+    core.recorded(Side::Primary, "RESET enable_bitmapscan".into());
+    assert!(core.slot(Side::Replica).expect("replica").wrote, "the replica's connection still has it off");
+    assert!(!core.slot(Side::Primary).expect("primary").wrote, "the primary ran the RESET itself");
+    assert!(!core.give_back_now(&key()), "the replica's connection waits for its reset");
 }

@@ -142,8 +142,16 @@ impl<C: Link> Core<'_, C> {
             // What each connection ran counts only what is left of it: a removed setting was
             // superseded by the one just recorded, which the others run next.
             let shift = |count: usize| count - removed.iter().filter(|&&i| i < count).count();
-            for (_, slot) in self.slots.iter_mut() {
+            for (at, slot) in self.slots.iter_mut() {
                 if let Some(slot) = slot {
+                    // Another connection that ran a removed setting still has it, beyond what
+                    // its count now says it holds: it runs the new one before the session's next
+                    // statement there, but must not go back to the pool claiming that count
+                    // (another session with the same state would take it with the old setting):
+                    // it is reset when given back.
+                    if at != side && removed.iter().any(|&i| i < slot.applied.replayed) {
+                        slot.wrote = true;
+                    }
                     slot.applied.replayed = shift(slot.applied.replayed);
                 }
             }
