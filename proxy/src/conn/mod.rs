@@ -18,3 +18,13 @@ pub struct Held {
     /// statement another session redefined or closed elsewhere).
     pub statements: Vec<(String, bytes::Bytes)>,
 }
+
+/// How many of `replay` (a session's state, first to last) a connection holds that was given
+/// back holding `held` (the first `.1` of `.0`; `None`: nothing of a session's): `None` when it
+/// holds state `replay` does not begin with.
+pub fn holds_prefix(held: Option<&(std::sync::Arc<Vec<String>>, usize)>, replay: &[String]) -> Option<usize> {
+    match held {
+        None => Some(0),
+        Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
+    }
+}

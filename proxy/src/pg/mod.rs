@@ -345,10 +345,7 @@ impl crate::session::core::Link for BackendConn {
     }
 
     fn holds(&self, replay: &[String]) -> Option<usize> {
-        match &self.held.replay {
-            None => Some(0),
-            Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
-        }
+        crate::conn::holds_prefix(self.held.replay.as_ref(), replay)
     }
 
     fn take_statements(&mut self) -> Vec<(String, bytes::Bytes)> {

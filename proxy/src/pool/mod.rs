@@ -258,15 +258,7 @@ impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     where
         C: Send + 'static,
     {
-        let here = crate::workers::current();
-        let idle = {
-            let mut map = self.lock();
-            let list = &mut map.get_mut(key)?.idle;
-            let at = pick(list, limits.shuffle, here)?;
-            list.remove(at)
-        };
-        self.gauge.decrement(1.0);
-        let conn = if idle.worker == here { idle.conn } else { idle.conn.rehome().ok()? };
+        let conn = self.take(key, limits.shuffle)?;
         if conn.is_reusable() {
             return Some(conn);
         }

@@ -231,10 +231,7 @@ impl crate::session::core::Link for MyConn {
     /// A connection given back without a reset holds its last session's state; one reset,
     /// none.
     fn holds(&self, replay: &[String]) -> Option<usize> {
-        match &self.kept.replay {
-            None => Some(0),
-            Some((list, n)) => (list.get(..*n)? == replay.get(..*n)?).then_some(*n),
-        }
+        crate::conn::holds_prefix(self.kept.replay.as_ref(), replay)
     }
 
     async fn clear(&mut self) -> Result<(), BackendError> {
